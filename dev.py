@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Set up and run wsproxy with nothing but Python 3.11+ and the registries.
+
+    python3 dev.py demo    # venv + deps, then the demo on the embedded server
+    python3 dev.py test    # venv + deps + Chromium, then the whole test suite
+    python3 dev.py bench   # venv + deps, then the fan-out benchmark
+
+Extra arguments go to gunicorn, pytest or the benchmark.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(ROOT, ".venv")
+BIN = os.path.join(VENV, "bin")
+PY = os.path.join(BIN, "python")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def run(*cmd, **kw):
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_venv():
+    """Create .venv and install requirements.txt when it changed."""
+    if sys.version_info < (3, 11):
+        sys.exit("wsproxy needs Python 3.11 or newer")
+    if not os.path.exists(PY):
+        venv.create(VENV, with_pip=True)
+    with open(os.path.join(ROOT, "requirements.txt"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    stamp = os.path.join(VENV, ".requirements.sha256")
+    if not os.path.exists(stamp) or open(stamp).read() != digest:
+        run(PY, "-m", "pip", "install", "-q", "-r",
+            os.path.join(ROOT, "requirements.txt"))
+        with open(stamp, "w") as f:
+            f.write(digest)
+
+
+def ensure_chromium():
+    """The browser tests drive Debian's chromium (Playwright's own browser
+    download cannot work offline)."""
+    if os.path.exists(CHROMIUM):
+        return
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    if shutil.which(apt[0]) is None or shutil.which("apt-get") is None:
+        sys.exit("the browser tests need Debian's chromium at /usr/bin/chromium")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(*apt, "update", "-qq", env=env)
+    run(*apt, "install", "-y", "-qq", "chromium", env=env)
+
+
+def main(argv):
+    if not argv or argv[0] not in {"demo", "test", "bench"}:
+        sys.exit(__doc__)
+    command, extra = argv[0], argv[1:]
+    ensure_venv()
+    os.chdir(ROOT)
+    if command == "demo":
+        os.execv(os.path.join(BIN, "gunicorn"),
+                 ["gunicorn", "-c", "gunicorn.conf.py", *extra, "wsgi:app"])
+    if command == "test":
+        ensure_chromium()
+        os.execv(PY, [PY, "-m", "pytest", *extra])
+    os.execv(PY, [PY, "-m", "wsproxy.bench", *extra])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

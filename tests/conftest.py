@@ -1,0 +1,56 @@
+import pymongo
+import pytest
+
+from wsproxy.embedded import EmbeddedMongo
+
+from .helpers import Gunicorn
+
+
+@pytest.fixture(scope="session")
+def mongo(tmp_path_factory):
+    """One SecantusDB for the session, on a free port with its own data."""
+    server = EmbeddedMongo(str(tmp_path_factory.mktemp("secantus")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_mongo(tmp_path):
+    """A SecantusDB of this test's own, for tests that kill it: durable, so
+    acknowledged writes survive kill -9."""
+    server = EmbeddedMongo(str(tmp_path / "data"), durable=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_client(mongo):
+    client = pymongo.MongoClient(mongo.uri)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(request, mongo_client):
+    """A fresh db.coll per test, so tests never see each other's events."""
+    name = "".join(c for c in request.node.name if c.isalnum())[:40]
+    db = f"t_{name}"
+    mongo_client.drop_database(db)
+    return db, "items"
+
+
+@pytest.fixture
+def gunicorn():
+    """Factory: start real gunicorn servers; all are stopped at the end."""
+    servers = []
+
+    def start(env, workers=1, args=(), ready=True):
+        server = Gunicorn(env, workers=workers, args=args)
+        servers.append(server)
+        return server.start(ready=ready)
+
+    yield start
+    for server in servers:
+        server.stop()

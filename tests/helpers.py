@@ -1,0 +1,206 @@
+"""Shared test tools: timeouts, the gunicorn process, WebSocket clients."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Every timeout in the suite is multiplied by this, for slow machines.
+SCALE = float(os.environ.get("WSPROXY_TEST_TIMEOUT_SCALE", "1"))
+
+
+def scaled(seconds):
+    return seconds * SCALE
+
+
+def wait_for(predicate, timeout, what, interval=0.02):
+    """Poll ``predicate`` until true; fail naming ``what`` after timeout."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {scaled(timeout)}s waiting "
+                                 f"for {what}")
+        time.sleep(interval)
+
+
+def http_get(url, timeout=5.0, headers=None):
+    """(status, body bytes) without raising on 4xx/5xx."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=scaled(timeout)) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Gunicorn:
+    """The real ``gunicorn -c gunicorn.conf.py wsgi:app`` on port 0."""
+
+    def __init__(self, env=None, workers=1, args=()):
+        self.env = dict(os.environ)
+        self.env.pop("WSPROXY_MONGODB_URI", None)
+        self.env.update(env or {})
+        self.workers = workers
+        self.args = list(args)
+        self.log = tempfile.NamedTemporaryFile(
+            prefix="wsproxy-gunicorn-", suffix=".log", delete=False)
+        self.process = None
+        self.port = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, query=""):
+        return f"ws://127.0.0.1:{self.port}/ws" + (f"?{query}" if query else "")
+
+    def output(self):
+        return pathlib.Path(self.log.name).read_text(errors="replace")
+
+    def start(self, ready=True, timeout=30):
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+               "-b", "127.0.0.1:0", "--workers", str(self.workers),
+               *self.args, "wsgi:app"]
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        match = wait_for(
+            lambda: self._exited() or re.search(
+                r"Listening at: http://127\.0\.0\.1:(\d+)", self.output()),
+            timeout, "gunicorn to listen")
+        self.port = int(match.group(1))
+        if ready:
+            self.wait_ready(timeout)
+        return self
+
+    def _exited(self):
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"gunicorn exited with {self.process.returncode}:\n"
+                + self.output()[-3000:])
+        return None
+
+    def wait_ready(self, timeout=30):
+        wait_for(lambda: self._exited() or http_get(
+            self.url + "/readyz")[0] == 200, timeout, "/readyz to be 200")
+
+    def readyz(self):
+        status, body = http_get(self.url + "/readyz")
+        return status, json.loads(body)
+
+    def worker_pids(self):
+        import psutil
+        return [c.pid for c in psutil.Process(self.process.pid).children()
+                if "gunicorn" in " ".join(c.cmdline())]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        self.log.close()
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(scaled(timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise AssertionError("gunicorn did not stop within "
+                                 f"{scaled(timeout)}s:\n{self.output()[-3000:]}")
+
+
+class WSClient:
+    """A test WebSocket client that speaks JSON (the ``websockets`` library,
+    so the server is checked against an implementation other than its own).
+    """
+
+    def __init__(self, url, **kw):
+        kw.setdefault("compression", None)
+        kw.setdefault("open_timeout", scaled(10))
+        kw.setdefault("max_size", None)
+        # legacy=True: connect without a `with` block (websockets >= 17.1).
+        self.ws = connect(url, legacy=True, **kw)
+
+    def recv(self, timeout=5.0):
+        try:
+            data = self.ws.recv(timeout=scaled(timeout))
+        except TimeoutError:
+            raise AssertionError(f"no message within {scaled(timeout)}s") from None
+        return json.loads(data)
+
+    def recv_type(self, kind, timeout=5.0):
+        """Next message of ``kind``, skipping others (status, hello)."""
+        deadline = time.monotonic() + scaled(timeout)
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            message = self.recv(remaining / SCALE)
+            if message["type"] == kind:
+                return message
+
+    def changes(self, count, timeout=5.0):
+        return [self.recv_type("change", timeout) for _ in range(count)]
+
+    def wait_closed(self, timeout=5.0):
+        """Read until the server closes; returns (code, reason)."""
+        deadline = time.monotonic() + scaled(timeout)
+        try:
+            while True:
+                self.ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            raise AssertionError("the server did not close the connection") from None
+        except ConnectionClosed as exc:
+            if exc.rcvd is None:
+                return 1006, ""
+            return exc.rcvd.code, exc.rcvd.reason
+
+    def drop(self):
+        """Vanish without a close frame, like a browser losing its network."""
+        sock = self.ws.socket
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def close(self):
+        self.ws.close()
+
+
+def server_ws_pair(**client_kw):
+    """A simple-websocket Server on one end of a socketpair, and the raw
+    client socket plus a wsproto client state machine on the other."""
+    from simple_websocket import Server
+
+    srv_sock, cli_sock = socket.socketpair()
+    conn = WSConnection(ConnectionType.CLIENT)
+    conn.send(Request(host="test", target="/ws"))
+    environ = {
+        "werkzeug.socket": srv_sock,
+        "HTTP_HOST": "test", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_UPGRADE": "websocket", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    return srv_sock, cli_sock, conn, environ, Server
+
+
+def read_handshake(cli_sock, conn):
+    while True:
+        conn.receive_data(cli_sock.recv(4096))
+        for event in conn.events():
+            if isinstance(event, AcceptConnection):
+                return

@@ -1,0 +1,22 @@
+"""The app gunicorn serves: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Every ``WSPROXY_*`` setting can come from the environment. Your own app
+does the same thing in two lines: ``WSProxy(app)`` after configuring it.
+"""
+
+from flask import Flask
+
+from wsproxy import WSProxy
+from wsproxy.config import from_env
+
+
+def create_app(config=None):
+    app = Flask(__name__)
+    app.config.update(from_env())
+    if config:
+        app.config.update(config)
+    WSProxy(app)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,289 @@
+"""One WebSocket connection: its subscription, bounded outbox and send lock.
+
+Writes to a socket must never interleave: simple-websocket's own reader
+thread writes pong and close frames on the same socket, and its ``send()``
+takes no lock and uses ``socket.send`` (partial writes). So every write to
+this socket, ours and the reader thread's, goes through ``write_lock`` and
+``_write_all`` (see :class:`GuardedSocket`).
+
+Fan-out has two paths. The broadcaster first tries a *direct* write: if the
+outbox is empty and nobody is writing, it writes the shared frame with a
+non-blocking ``send``; that is one syscall and wakes no thread, which is what
+keeps 1,000 mostly idle connections cheap. Anything that does not go out at
+once (a full socket buffer, a concurrent writer) is queued in the bounded
+outbox, and the connection's own handler thread drains it. A connection whose
+outbox overflows is a slow consumer: its outbox is dropped and it is closed
+with 4008, so it can reconnect and resume from the last id it received.
+"""
+
+import collections
+import errno
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+
+from wsproto.events import Ping
+
+from . import protocol
+from .codec import frame
+
+log = logging.getLogger(__name__)
+
+_POLL_SLICE = 0.5  # seconds; how often a blocked writer rechecks for abort
+
+
+class SendTimeout(OSError):
+    """The peer did not accept data within the send timeout."""
+
+
+def _write_all(sock, data, deadline, nonblocking):
+    """Write all of ``data`` or raise; never blocks past ``deadline``."""
+    view = memoryview(data)
+    if not nonblocking:
+        # TLS sockets take no send flags; fall back to a blocking sendall
+        # bounded by the socket timeout.
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            sock.sendall(view)
+        except socket.timeout:
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
+        finally:
+            sock.settimeout(None)
+        return
+    poller = None
+    while view:
+        try:
+            sent = sock.send(view, socket.MSG_DONTWAIT)
+            view = view[sent:]
+            continue
+        except (BlockingIOError, InterruptedError):
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        poller.poll(min(remaining, _POLL_SLICE) * 1000)
+
+
+class GuardedSocket:
+    """The socket as simple-websocket sees it: every ``send`` takes the
+    connection's write lock and writes everything (``sendall`` semantics)
+    within the send timeout. Reads pass straight through."""
+
+    def __init__(self, sock, send_timeout):
+        self.raw = sock
+        # Serialises every write on this socket: ours, and the
+        # simple-websocket reader thread's pongs and close replies.
+        self.write_lock = threading.RLock()
+        self.send_timeout = send_timeout
+        self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
+
+    def send(self, data):
+        with self.write_lock:
+            self.write_now(data)
+        return len(data)
+
+    sendall = send
+
+    def write_now(self, data):
+        """Write ``data``; the caller holds ``write_lock``."""
+        _write_all(self.raw, data, time.monotonic() + self.send_timeout,
+                   self.nonblocking_ok)
+
+    def try_write(self, data):
+        """One non-blocking attempt; returns how many bytes went out."""
+        try:
+            return self.raw.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def abort(self):
+        """Unblock every thread using this socket (reader and writers)."""
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        # recv, fileno, close, setblocking... are the real socket's.
+        return getattr(self.raw, name)
+
+
+class Client:
+    """One subscriber. Thread-safe: the broadcaster calls :meth:`offer`, the
+    connection's handler thread calls :meth:`run`."""
+
+    _ids = iter(range(1, 1 << 62))
+
+    def __init__(self, ws, guarded, *, max_messages, max_bytes,
+                 ping_interval, close_timeout, subscription=None,
+                 remote_addr=None):
+        self.id = next(self._ids)
+        self.ws = ws
+        self.sock = guarded
+        self.subscription = subscription
+        self.remote_addr = remote_addr
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.ping_interval = ping_interval
+        self.close_timeout = close_timeout
+        # Guards the outbox, its byte count and the close request.
+        self._state_lock = threading.Lock()
+        self._outbox = collections.deque()
+        self._outbox_bytes = 0
+        self._close_request = None  # (code, reason) once decided
+        self.close_code = None
+        self.messages_sent = 0
+        # Set by the broadcaster and by simple-websocket's reader thread (it
+        # is installed as ws.event), so one wait covers both directions.
+        self._wake = threading.Event()
+        ws.event = self._wake
+        self._direct_ok = guarded.nonblocking_ok
+
+    def __repr__(self):
+        return f"<Client {self.id} {self.remote_addr}>"
+
+    # -- called by the broadcaster (and at registration) -------------------
+
+    def offer(self, data):
+        """Queue or write one frame. False if this client is closing."""
+        lock = self.sock.write_lock
+        with self._state_lock:
+            if self._close_request is not None:
+                return False
+            direct = (self._direct_ok and not self._outbox
+                      and lock.acquire(blocking=False))
+            if not direct:
+                if (len(self._outbox) >= self.max_messages
+                        or self._outbox_bytes + len(data) > self.max_bytes):
+                    self._request_close_locked(
+                        protocol.CLOSE_SLOW_CONSUMER,
+                        f"slow consumer: more than {len(self._outbox)} "
+                        "messages queued; reconnect with resume_after")
+                    return False
+                self._outbox.append(data)
+                self._outbox_bytes += len(data)
+                self._wake.set()
+                return True
+        try:
+            sent = self.sock.try_write(data)
+        except OSError:
+            # The peer is gone; the handler thread notices and cleans up.
+            sent = len(data)
+            self._wake.set()
+        if sent < len(data):
+            with self._state_lock:
+                # The unsent tail of a frame already begun goes first.
+                rest = memoryview(data)[sent:]
+                self._outbox.appendleft(rest)
+                self._outbox_bytes += len(rest)
+                self._wake.set()
+        else:
+            self.messages_sent += 1
+        lock.release()
+        return True
+
+    def preload(self, frames):
+        """Queue replayed frames; bounded by the history they come from."""
+        with self._state_lock:
+            for data in frames:
+                self._outbox.append(data)
+                self._outbox_bytes += len(data)
+            self._wake.set()
+
+    def request_close(self, code, reason):
+        with self._state_lock:
+            self._request_close_locked(code, reason)
+
+    def _request_close_locked(self, code, reason):
+        if self._close_request is None:
+            self._close_request = (code, reason)
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        self._wake.set()
+
+    @property
+    def closing(self):
+        return self._close_request is not None
+
+    # -- the connection's own handler thread -------------------------------
+
+    def send_text(self, text):
+        """Queue a message from the handler thread (replies)."""
+        self.preload([frame(text)])
+
+    def run(self, on_message):
+        """Drain the outbox, answer the peer and keep the heartbeat until
+        the connection ends. ``on_message(client, data)`` handles each
+        message the peer sends."""
+        heartbeat = bool(self.ping_interval)
+        next_ping = time.monotonic() + (self.ping_interval or 0)
+        try:
+            while True:
+                self._wake.wait(max(next_ping - time.monotonic(), 0)
+                                if heartbeat else None)
+                self._wake.clear()
+                while self.ws.input_buffer and not self.closing:
+                    on_message(self, self.ws.input_buffer.pop(0))
+                if not self.ws.connected:
+                    self.close_code = self.ws.close_reason
+                    return
+                self._flush()
+                if self.closing:
+                    break
+                if heartbeat and time.monotonic() >= next_ping:
+                    if not self.ws.pong_received:
+                        log.info("client %s: no pong within %ss, dropping",
+                                 self.id, self.ping_interval)
+                        self.close_code = 1006
+                        self.sock.abort()
+                        return
+                    self.ws.pong_received = False
+                    self.sock.send(self.ws.ws.send(Ping()))
+                    next_ping = time.monotonic() + self.ping_interval
+        except OSError as exc:
+            # Peer reset, broken pipe or send timeout: nothing more can be
+            # delivered, so there is no close frame to send either.
+            log.info("client %s: connection lost (%s)", self.id, exc)
+            self.close_code = 1006
+            self.sock.abort()
+            return
+        self._send_close()
+
+    def _flush(self):
+        with self.sock.write_lock:
+            while True:
+                with self._state_lock:
+                    if not self._outbox or self._close_request is not None:
+                        return
+                    data = self._outbox.popleft()
+                    self._outbox_bytes -= len(data)
+                self.sock.write_now(data)
+                self.messages_sent += 1
+
+    def _send_close(self):
+        code, reason = self._close_request
+        self.close_code = code
+        try:
+            self.ws.close(code, protocol.close_reason(reason))
+        except Exception:  # noqa: BLE001 - already closed or peer gone
+            self.sock.abort()
+            return
+        # Wait for the peer's close reply (simple-websocket's reader thread
+        # ends when it arrives); a peer that never answers is cut off.
+        self.ws.thread.join(self.close_timeout)
+        if self.ws.thread.is_alive():
+            self.sock.abort()
+
+    def finish(self):
+        """Make sure simple-websocket's reader thread has ended."""
+        if self.ws.thread.is_alive():
+            self.ws.thread.join(self.close_timeout)
+        if self.ws.thread.is_alive():
+            self.sock.abort()
+            self.ws.thread.join(self.close_timeout)

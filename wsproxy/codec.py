@@ -1,0 +1,96 @@
+"""Change event -> wire message, encoded once per event.
+
+Every ``change`` message is JSON text (relaxed Extended JSON for the event)
+and, because server-to-client frames are never masked, an uncompressed
+WebSocket frame of it is the same bytes for every connection: the frame is
+built here once and written to every socket as is.
+"""
+
+import base64
+import binascii
+import json
+import re
+
+from bson import BSON, json_util
+from bson.errors import BSONError
+from wsproto.frame_protocol import FrameProtocol
+
+from .errors import ClientError
+
+_JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS
+_HEX_TOKEN = re.compile(r"[0-9A-Fa-f]{2,4096}")
+_B64_PREFIX = "b64:"
+MAX_TOKEN_CHARS = 8192
+
+
+def token_to_id(token):
+    """Resume token document -> the opaque string clients echo back.
+
+    MongoDB tokens are ``{"_data": "<hex>"}``; the hex string itself is the
+    id. Anything else (older servers add ``_typeBits``) is carried as
+    base64url BSON so no part of it is lost.
+    """
+    if set(token) == {"_data"} and isinstance(token["_data"], str):
+        return token["_data"]
+    return _B64_PREFIX + base64.urlsafe_b64encode(BSON.encode(token)).decode()
+
+
+def id_to_token(text):
+    """The inverse of :func:`token_to_id`; a malformed id is a client error."""
+    if not isinstance(text, str) or not text or len(text) > MAX_TOKEN_CHARS:
+        raise ClientError("resume_after: not a resume token")
+    if text.startswith(_B64_PREFIX):
+        try:
+            return BSON(base64.urlsafe_b64decode(text[len(_B64_PREFIX):])).decode()
+        except (binascii.Error, BSONError, ValueError):
+            raise ClientError("resume_after: not a resume token") from None
+    if not _HEX_TOKEN.fullmatch(text):
+        raise ClientError("resume_after: not a resume token")
+    return {"_data": text}
+
+
+def frame(text):
+    """One final, unmasked, uncompressed text frame carrying ``text``."""
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(text))
+
+
+def dumps(document):
+    return json_util.dumps(document, json_options=_JSON_OPTIONS)
+
+
+class Change:
+    """One change event, with its wire forms computed once.
+
+    ``raw`` is the event as PyMongo decoded it (for filters), ``id`` its
+    opaque resume token, ``text`` the JSON message and ``frame`` the bytes
+    of that message as a WebSocket frame.
+    """
+
+    __slots__ = ("raw", "id", "token", "text", "frame", "_variants")
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.token = raw["_id"]
+        self.id = token_to_id(self.token)
+        self.text = change_message(self.id, raw)
+        self.frame = frame(self.text)
+        self._variants = None
+
+    def __repr__(self):
+        return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"
+
+
+def change_message(change_id, raw, redact=None):
+    """``{"type": "change", "id": ..., "event": {...}}`` as JSON text."""
+    event = {k: v for k, v in raw.items() if k != "_id"}
+    if redact is not None:
+        event = redact(event)
+    # The envelope is assembled around the event's JSON so the (possibly
+    # large) event is serialised exactly once.
+    return ('{"type": "change", "id": ' + json.dumps(change_id)
+            + ', "event": ' + dumps(event) + "}")
+
+
+def control_message(kind, **fields):
+    """A non-change message (hello, reset, status) as JSON text."""
+    return dumps({"type": kind, **fields})

@@ -1,0 +1,88 @@
+"""Every ``WSPROXY_*`` setting: its default, its type, and how the
+environment spells it. The README's configuration table mirrors this.
+"""
+
+import json
+import os
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+DEFAULTS = {
+    # Where and what to watch.
+    "WSPROXY_MONGODB_URI": None,
+    "WSPROXY_WATCH": "",                     # "" deployment, "db", "db.coll"
+    "WSPROXY_FULL_DOCUMENT": "updateLookup",
+    "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE": None,
+    "WSPROXY_PIPELINE": [],                  # operator's aggregation stages
+    "WSPROXY_MAX_AWAIT_MS": 500,
+    "WSPROXY_BACKOFF_INITIAL": 0.5,
+    "WSPROXY_BACKOFF_MAX": 30.0,
+    # Routes.
+    "WSPROXY_PATH": "/ws",
+    "WSPROXY_PAGE_PATH": "/",                # None: don't serve the page
+    # Fan-out and connections.
+    "WSPROXY_HISTORY_SIZE": 1000,
+    "WSPROXY_QUEUE_SIZE": 10000,
+    "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
+    "WSPROXY_OUTBOX_MAX_BYTES": 8 * MiB,
+    "WSPROXY_SEND_TIMEOUT": 10.0,
+    "WSPROXY_CLOSE_TIMEOUT": 5.0,
+    "WSPROXY_PING_INTERVAL": 25.0,
+    "WSPROXY_COMPRESSION": False,
+    "WSPROXY_MAX_MESSAGE_SIZE": 4096,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(key, text, default):
+    if text.strip().lower() in {"none", "null"}:
+        return None
+    try:
+        if isinstance(default, bool):
+            value = text.strip().lower()
+            if value in _TRUE:
+                return True
+            if value in _FALSE:
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, list):
+            return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}={text!r}: {exc}") from None
+    return text
+
+
+def from_env(environ=None):
+    """The ``WSPROXY_*`` settings present in the environment, typed."""
+    environ = os.environ if environ is None else environ
+    return {key: _parse(key, environ[key], default)
+            for key, default in DEFAULTS.items() if key in environ}
+
+
+def validate(config):
+    """Check the settings an app ended up with; raise ConfigError."""
+    if not config.get("WSPROXY_MONGODB_URI"):
+        raise ConfigError("WSPROXY_MONGODB_URI is not set")
+    pipeline = config["WSPROXY_PIPELINE"]
+    if isinstance(pipeline, str):
+        pipeline = config["WSPROXY_PIPELINE"] = json.loads(pipeline)
+    if not isinstance(pipeline, list) or not all(
+            isinstance(stage, dict) for stage in pipeline):
+        raise ConfigError("WSPROXY_PIPELINE must be a list of stages")
+    scope = config["WSPROXY_WATCH"] or ""
+    if scope.startswith(".") or scope.endswith(".") or " " in scope:
+        raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
+    for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_QUEUE_SIZE",
+                "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer")
+    if not str(config["WSPROXY_PATH"]).startswith("/"):
+        raise ConfigError("WSPROXY_PATH must start with /")

@@ -1,0 +1,140 @@
+"""The embedded MongoDB-compatible server used by the demo and the tests.
+
+SecantusDB (``secantusd-py``) runs as a *subprocess*, never imported: it is a
+development dependency, and production points ``WSPROXY_MONGODB_URI`` at a
+real replica set or Atlas cluster.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import EmbeddedServerError
+
+log = logging.getLogger(__name__)
+
+REPLICA_SET = "secantus"
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _executable():
+    # Prefer the script installed beside this interpreter (a venv), then PATH.
+    beside = os.path.join(os.path.dirname(sys.executable), "secantusd-py")
+    if os.path.exists(beside):
+        return beside
+    found = shutil.which("secantusd-py")
+    if not found:
+        raise EmbeddedServerError(
+            "secantusd-py not found: install the demo dependencies "
+            "(pip install -r requirements.txt) or set WSPROXY_MONGODB_URI")
+    return found
+
+
+class EmbeddedMongo:
+    """One SecantusDB process on a loopback port.
+
+    ``storage_path=None`` uses a fresh temporary directory, removed by
+    :meth:`stop`; a given path is kept, so the server can be killed and
+    restarted on the same data (its oplog survives ``kill -9``).
+    """
+
+    def __init__(self, storage_path=None, host="127.0.0.1", port=None,
+                 log_path=None, durable=False):
+        self.host = host
+        # Sync every commit to disk, so acknowledged writes survive kill -9
+        # (as journaled writes do on MongoDB); slower, so off by default.
+        self.durable = durable
+        self.port = port or free_port(host)
+        self._own_dir = storage_path is None
+        self.storage_path = storage_path or tempfile.mkdtemp(prefix="wsproxy-db-")
+        self.log_path = log_path or os.path.join(
+            tempfile.gettempdir(), f"wsproxy-secantus-{self.port}.log")
+        self.process = None
+
+    @property
+    def uri(self):
+        return (f"mongodb://{self.host}:{self.port}/"
+                f"?replicaSet={REPLICA_SET}")
+
+    def start(self, timeout=30.0):
+        """Start the server and return once it answers ``ping``."""
+        cmd = [_executable(), "--host", self.host, "--port", str(self.port),
+               "--storage-path", self.storage_path, "--log-level", "WARNING"]
+        if self.durable:
+            cmd.append("--sync-on-commit")
+        with open(self.log_path, "ab") as logfile:
+            # A new session: Ctrl-C on the terminal goes to gunicorn, which
+            # then stops this server in order, not to both at once.
+            self.process = subprocess.Popen(
+                cmd, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._wait_ready(timeout)
+        log.info("embedded SecantusDB pid %s at %s (data %s)",
+                 self.process.pid, self.uri, self.storage_path)
+        return self
+
+    def _wait_ready(self, timeout):
+        # Readiness is the server answering ping, polled; never a fixed sleep.
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        deadline = time.monotonic() + timeout
+        client = MongoClient(self.uri, serverSelectionTimeoutMS=500,
+                             connectTimeoutMS=500)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise EmbeddedServerError(
+                        f"secantusd-py exited with {self.process.returncode}; "
+                        f"see {self.log_path}")
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise EmbeddedServerError(
+                            f"secantusd-py did not answer within {timeout}s; "
+                            f"see {self.log_path}")
+        finally:
+            client.close()
+
+    def kill(self):
+        """``kill -9``: no clean shutdown, the data directory stays."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self, timeout=30.0):
+        """Start again on the same port and data after :meth:`kill`."""
+        self.kill()
+        return self.start(timeout)
+
+    def stop(self, timeout=10.0):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._own_dir:
+            shutil.rmtree(self.storage_path, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,176 @@
+"""The Flask extension: configuration, per-app state, lazy per-process start.
+
+Nothing here opens a connection or starts a thread at import or at
+``init_app``: PyMongo is not fork-safe, so the ``MongoClient`` and the
+threads are created in the process that serves requests (the gunicorn
+worker), on first use or from gunicorn's ``post_worker_init`` hook.
+"""
+
+import copy
+import logging
+import os
+import signal
+import threading
+
+from flask import current_app
+from pymongo import MongoClient
+
+from . import config as settings
+from . import protocol
+from . import views
+from .hub import Hub
+from .source import Backoff, ChangeSource, watch_target
+
+log = logging.getLogger(__name__)
+
+
+class ProxyState:
+    """Everything one app runs in one process: the MongoClient, the hub
+    (broadcaster) and the change source (watcher)."""
+
+    def __init__(self, config):
+        self.config = config
+        # Guards start/stop so concurrent first requests start things once.
+        self._lock = threading.Lock()
+        self._pid = None
+        self.mongo = None
+        self.hub = None
+        self.source = None
+        self.stopping = threading.Event()
+
+    def ensure_started(self):
+        if self._pid == os.getpid():
+            return self
+        with self._lock:
+            if self._pid == os.getpid():
+                return self
+            if self._pid is not None:
+                # Forked after starting: the parent's client and threads do
+                # not exist here. Start afresh (never reuse its MongoClient).
+                log.warning("wsproxy: started before a fork; restarting in "
+                            "pid %s", os.getpid())
+            self._start()
+            self._pid = os.getpid()
+        return self
+
+    def _start(self):
+        c = self.config
+        self.stopping.clear()
+        self.mongo = MongoClient(c["WSPROXY_MONGODB_URI"], appname="wsproxy",
+                                 connect=False)
+        self.hub = Hub(history_size=c["WSPROXY_HISTORY_SIZE"],
+                       queue_size=c["WSPROXY_QUEUE_SIZE"])
+        self.source = ChangeSource(
+            watch_target(self.mongo, c["WSPROXY_WATCH"]), self.hub,
+            pipeline=c["WSPROXY_PIPELINE"],
+            full_document=c["WSPROXY_FULL_DOCUMENT"],
+            full_document_before_change=c["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"],
+            max_await_ms=c["WSPROXY_MAX_AWAIT_MS"],
+            backoff=Backoff(c["WSPROXY_BACKOFF_INITIAL"],
+                            c["WSPROXY_BACKOFF_MAX"]))
+        self.hub.start()
+        self.source.start()
+        log.info("wsproxy: watching %r in pid %s",
+                 c["WSPROXY_WATCH"] or "(deployment)", os.getpid())
+
+    def begin_shutdown(self, reason="server shutting down; reconnect and resume"):
+        """Close every client with 1001 so it resumes elsewhere; new clients
+        are refused (503) from now on. Returns at once: each connection's
+        own thread sends its close frame."""
+        self.stopping.set()
+        if self.hub is None:
+            return
+        for client in self.hub.clients():
+            client.request_close(protocol.CLOSE_GOING_AWAY, reason)
+
+    def install_sigterm_handler(self):
+        """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before
+        gunicorn's own handler starts its graceful wait, so nothing holds
+        the worker open until graceful_timeout."""
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            # A thread, not here: the signal may have interrupted a thread
+            # that holds a lock begin_shutdown needs.
+            threading.Thread(target=self.begin_shutdown,
+                             name="wsproxy-shutdown", daemon=True).start()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    @property
+    def started(self):
+        return self._pid == os.getpid()
+
+    def stop(self, timeout=5.0):
+        """Stop the watcher, then the broadcaster; close the MongoClient."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            self.stopping.set()
+            self.source.stop(timeout)
+            self.hub.stop(timeout)
+            self.mongo.close()
+            self._pid = None
+
+
+class WSProxy:
+    """Stream MongoDB change streams to WebSocket clients of a Flask app.
+
+    ``WSProxy(app)`` or ``ext = WSProxy(); ext.init_app(app)``.
+    """
+
+    def __init__(self, app=None):
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app):
+        """Register the WebSocket route, health endpoints and the page.
+
+        Settings (``app.config``, defaults in parentheses; README has more):
+
+        - ``WSPROXY_MONGODB_URI`` (required): a replica set or Atlas URI.
+        - ``WSPROXY_WATCH`` (``""``): ``""`` the deployment, ``"db"`` or
+          ``"db.coll"``.
+        - ``WSPROXY_FULL_DOCUMENT`` (``"updateLookup"``) and
+          ``WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE`` (None): PyMongo's
+          ``full_document`` / ``full_document_before_change``.
+        - ``WSPROXY_PIPELINE`` (``[]``): aggregation stages appended to the
+          change stream, e.g. a ``$project`` dropping fields.
+        - ``WSPROXY_MAX_AWAIT_MS`` (500): longest the watcher blocks.
+        - ``WSPROXY_BACKOFF_INITIAL`` (0.5) / ``WSPROXY_BACKOFF_MAX`` (30):
+          seconds between attempts to reopen a failed stream.
+        - ``WSPROXY_PATH`` (``"/ws"``): the WebSocket route.
+        - ``WSPROXY_PAGE_PATH`` (``"/"``): the bundled page; None disables.
+        - ``WSPROXY_HISTORY_SIZE`` (1000): recent events kept for resume.
+        - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher
+          and the broadcaster.
+        - ``WSPROXY_OUTBOX_MAX_MESSAGES`` (1000) /
+          ``WSPROXY_OUTBOX_MAX_BYTES`` (8 MiB): per-client backlog before
+          the client is closed as a slow consumer (4008).
+        - ``WSPROXY_SEND_TIMEOUT`` (10): seconds a write may block.
+        - ``WSPROXY_CLOSE_TIMEOUT`` (5): seconds to wait for a close reply.
+        - ``WSPROXY_PING_INTERVAL`` (25): heartbeat seconds; 0 disables.
+        - ``WSPROXY_COMPRESSION`` (False): accept permessage-deflate.
+        - ``WSPROXY_MAX_MESSAGE_SIZE`` (4096): largest client message.
+        """
+        if "wsproxy" in app.extensions:
+            raise RuntimeError("WSProxy is already registered on this app")
+        for key, default in settings.DEFAULTS.items():
+            app.config.setdefault(key, copy.deepcopy(default))
+        settings.validate(app.config)
+        app.extensions["wsproxy"] = ProxyState(app.config)
+        app.register_blueprint(views.create_blueprint(app.config))
+
+    @staticmethod
+    def state(app=None):
+        return (app or current_app).extensions["wsproxy"]
+
+    def start(self, app):
+        """Start the watcher and broadcaster in this process now (gunicorn
+        ``post_worker_init``); otherwise they start on first use."""
+        return self.state(app).ensure_started()
+
+    def stop(self, app, timeout=5.0):
+        self.state(app).stop(timeout)

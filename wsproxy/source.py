@@ -1,0 +1,238 @@
+"""The watcher: a blocking PyMongo change stream, resumed forever.
+
+The ``wsproxy-watcher`` thread iterates ``watch()`` with ``try_next()`` and
+``max_await_time_ms``, so it wakes at least that often and can stop
+promptly. It remembers the last resume token (an event's, or the server's
+post-batch token while idle) and, after any error PyMongo did not already
+resume from, reopens the stream from it after a capped, jittered backoff.
+"""
+
+import logging
+import random
+import threading
+import time
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from . import codec, protocol
+from .hub import Announcement
+
+log = logging.getLogger(__name__)
+
+# Error policy as data. History lost: the token is older than the oplog
+# window, so resuming is impossible; restart from "now" and tell clients.
+HISTORY_LOST_CODES = frozenset({
+    286,    # ChangeStreamHistoryLost
+    280,    # ChangeStreamFatalError (e.g. resume token no longer valid)
+    260,    # InvalidResumeToken
+})
+# Configuration or permission problems a retry will not fix by itself; we
+# still retry (slowly), so fixing a role or pipeline needs no restart.
+FATAL_CODES = frozenset({
+    13,     # Unauthorized
+    18,     # AuthenticationFailed
+    40573,  # change streams need a replica set or sharded cluster
+    40324,  # unrecognised pipeline stage
+    40602,  # $changeStream must be the first stage
+    9,      # FailedToParse (bad pipeline)
+    2,      # BadValue (bad option)
+})
+
+
+class _StreamEnded(PyMongoError):
+    """The cursor died without an error (it gets the reconnect backoff)."""
+
+
+def error_code(exc):
+    return exc.code if isinstance(exc, OperationFailure) else None
+
+
+def is_history_lost(exc):
+    return error_code(exc) in HISTORY_LOST_CODES
+
+
+def is_fatal(exc):
+    return error_code(exc) in FATAL_CODES
+
+
+class Backoff:
+    """Capped exponential backoff with equal jitter."""
+
+    def __init__(self, initial=0.5, cap=30.0):
+        self.initial = initial
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self):
+        ceiling = min(self.cap, self.initial * (2 ** self.failures))
+        self.failures += 1
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self):
+        self.failures = 0
+
+
+class ChangeSource:
+    """Owns the watcher thread. ``target`` is what to ``watch()``: a
+    MongoClient, a Database or a Collection (see :func:`watch_target`)."""
+
+    def __init__(self, target, hub, *, pipeline=(), full_document=None,
+                 full_document_before_change=None, max_await_ms=500,
+                 backoff=None, metrics=None):
+        self.target = target
+        self.hub = hub
+        self.pipeline = list(pipeline)
+        self.full_document = full_document
+        self.full_document_before_change = full_document_before_change
+        self.max_await_ms = max_await_ms
+        self.backoff = backoff or Backoff()
+        self.metrics = metrics
+        self.resume_token = None
+        self._start_after = None
+        self.state = "starting"
+        self.last_error = None
+        self.errors = 0
+        self.reconnects = 0
+        self.last_event_at = None
+        self.last_ok_at = None  # last successful round trip (event or idle)
+        self._stopping = threading.Event()
+        self._thread = None
+        self._stream = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self):
+        self._thread = threading.Thread(
+            target=self._run, name="wsproxy-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=5.0):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.state = "stopped"
+
+    @property
+    def connected(self):
+        return self.state == "connected"
+
+    @property
+    def healthy(self):
+        """Connected, and the last round trip to the server is recent: a
+        getMore returns within max_await_ms, so a longer silence means the
+        server or the network is gone even before the driver says so."""
+        if not self.connected or self.last_ok_at is None:
+            return False
+        stale_after = max(5.0, 3 * self.max_await_ms / 1000)
+        return time.time() - self.last_ok_at < stale_after
+
+    def open_stream(self, resume_after=None, start_after=None):
+        """A change stream on the watched scope with the operator's options
+        (also used for per-client catch-up)."""
+        return self.target.watch(
+            self.pipeline,
+            full_document=self.full_document,
+            full_document_before_change=self.full_document_before_change,
+            max_await_time_ms=self.max_await_ms,
+            resume_after=resume_after,
+            start_after=start_after,
+        )
+
+    # -- the watcher thread --------------------------------------------------
+
+    def _run(self):
+        while not self._stopping.is_set():
+            invalidated = False
+            try:
+                invalidated = self._stream_once()
+            except PyMongoError as exc:
+                self._on_error(exc)
+            except Exception as exc:  # noqa: BLE001 - never die silently
+                log.exception("watcher: unexpected error")
+                self._on_error(exc)
+            if self._stopping.is_set():
+                break
+            if not invalidated:
+                delay = self.backoff.next_delay()
+                if is_fatal(self.last_error):
+                    delay = self.backoff.cap
+                log.info("watcher: reopening the change stream in %.1fs", delay)
+                self._stopping.wait(delay)
+            self.reconnects += 1
+
+    def _stream_once(self):
+        if self._start_after is not None:
+            stream = self.open_stream(start_after=self._start_after)
+        else:
+            stream = self.open_stream(resume_after=self.resume_token)
+        with stream:
+            self._stream = stream
+            self.last_ok_at = time.time()
+            self._set_state("connected", None)
+            while not self._stopping.is_set():
+                raw = stream.try_next()
+                now = time.time()
+                self.last_ok_at = now
+                if raw is None:
+                    if stream.resume_token is not None:
+                        self.resume_token = stream.resume_token
+                    if not stream.alive:
+                        raise _StreamEnded("the server closed the change stream")
+                    continue
+                self.last_event_at = now
+                change = codec.Change(raw)
+                if not self.hub.submit(change, self._stopping):
+                    return
+                self.resume_token = change.token
+                self._start_after = None
+                self.backoff.reset()
+                if raw.get("operationType") == "invalidate":
+                    # The watched collection or database went away; the
+                    # stream is over. Watch on from just after the event.
+                    self._start_after = change.token
+                    self.resume_token = None
+                    return True
+            return False
+        return False
+
+    def _on_error(self, exc):
+        self.errors += 1
+        self.last_error = exc
+        if is_history_lost(exc):
+            log.error("watcher: cannot resume (%s); restarting from now, "
+                      "clients are told events may have been lost", exc)
+            self.resume_token = None
+            self._start_after = None
+            self.hub.submit(Announcement(
+                codec.control_message(
+                    protocol.RESET, lost=True,
+                    reason="the proxy lost its place in the change stream"),
+                forget_history=True), self._stopping)
+        elif is_fatal(exc):
+            log.error("watcher: %s (retrying slowly; fix the deployment or "
+                      "WSPROXY_* settings)", exc)
+        else:
+            log.warning("watcher: change stream failed: %s", exc)
+        self._set_state("failed" if is_fatal(exc) else "reconnecting", str(exc))
+
+    def _set_state(self, state, detail):
+        if state == self.state:
+            return
+        previous, self.state = self.state, state
+        if previous == "starting" and state == "connected":
+            return
+        # Tell clients the live feed paused or came back, so a page can show
+        # it; no event is lost either way.
+        self.hub.submit(Announcement(codec.control_message(
+            protocol.STATUS, watcher="connected" if state == "connected"
+            else "reconnecting", detail=detail or "")), self._stopping)
+
+
+def watch_target(client, scope):
+    """``""`` -> the whole deployment, ``"db"`` -> a database,
+    ``"db.coll"`` -> a collection."""
+    if not scope:
+        return client
+    db, _, coll = scope.partition(".")
+    return client[db][coll] if coll else client[db]
