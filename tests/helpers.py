@@ -204,3 +204,96 @@ def read_handshake(cli_sock, conn):
         for event in conn.events():
             if isinstance(event, AcceptConnection):
                 return
+
+
+class TcpProxy:
+    """A loopback TCP forwarder the tests can cut, hold and re-point, to
+    play a flaky network or a load balancer in front of several servers."""
+
+    def __init__(self, target_port):
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held = False          # refuse (close at once) new connections
+        # Guards _pairs, the live (client, upstream) socket pairs.
+        self._lock = threading.Lock()
+        self._pairs = []
+        self._threads = []
+        self._closed = False
+        self._accepting = threading.Thread(target=self._accept,
+                                           name="test-proxy-accept")
+        self._accepting.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self._closed:
+                conn.close()
+                return
+            if self.held:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self.target_port))
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._pairs.append((conn, upstream))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                thread = threading.Thread(target=self._pump, args=(a, b),
+                                          name="test-proxy-pump", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        src.close()  # each socket is the source of exactly one pump
+
+    def cut(self):
+        """Drop every live connection at once, without a close frame."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._closed = True
+        self.cut()
+        try:
+            socket.create_connection(("127.0.0.1", self.port)).close()
+        except OSError:
+            pass
+        self._accepting.join(scaled(5))
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(scaled(5))

@@ -1,0 +1,201 @@
+"""One connection over a real socket pair: the outbox, the write lock and
+the slow-consumer policy, with simple-websocket on the server end and a
+wsproto client on the other."""
+
+import socket
+import threading
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong,
+                            Request, TextMessage)
+
+from wsproxy import codec, protocol
+from wsproxy.client import Client, GuardedSocket
+from wsproxy.subscription import EVERYTHING
+
+from .helpers import scaled
+
+
+class Peer:
+    """The browser's end: a raw socket and a wsproto client."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.conn = WSConnection(ConnectionType.CLIENT)
+        request = self.conn.send(Request(host="test", target="/ws")).decode()
+        # The server side is handed this key through its WSGI environ.
+        self.key = next(line.split(":", 1)[1].strip()
+                        for line in request.split("\r\n")
+                        if line.lower().startswith("sec-websocket-key"))
+        self.pending = []
+        self._partial = ""
+        self.closed = None
+
+    def handshake(self):
+        self._read_until(lambda: self.accepted)
+
+    accepted = False
+
+    def _pump(self, timeout):
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError
+        self.conn.receive_data(data)
+        for event in self.conn.events():
+            if isinstance(event, AcceptConnection):
+                self.accepted = True
+            elif isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self.pending.append(self._partial)
+                    self._partial = ""
+            elif isinstance(event, CloseConnection):
+                self.closed = (event.code, event.reason)
+                self.sock.sendall(self.conn.send(event.response()))
+            elif isinstance(event, Pong):
+                self.pending.append(("pong", event.payload))
+
+    def _read_until(self, predicate, timeout=5.0):
+        while not predicate():
+            self._pump(scaled(timeout))
+
+    def messages(self, count, timeout=5.0):
+        self._read_until(lambda: len(self.pending) >= count, timeout)
+        taken, self.pending = self.pending[:count], self.pending[count:]
+        return taken
+
+    def wait_close(self, timeout=10.0):
+        self._read_until(lambda: self.closed is not None, timeout)
+        return self.closed
+
+    def ping(self, payloads):
+        """Send many pings in one write (the peer reads nothing meanwhile,
+        so separate blocking writes could wait on each other)."""
+        self.sock.sendall(b"".join(self.conn.send(Ping(p)) for p in payloads))
+
+
+_sockets = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets():
+    yield
+    while _sockets:
+        _sockets.pop().close()
+
+
+def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
+                sndbuf=None):
+    from simple_websocket import Server
+
+    srv_sock, cli_sock = socket.socketpair()
+    _sockets.extend([srv_sock, cli_sock])
+    if sndbuf:
+        srv_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        cli_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    guarded = GuardedSocket(srv_sock, send_timeout)
+    environ = {
+        "werkzeug.socket": guarded, "HTTP_HOST": "test",
+        "HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket",
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    peer = Peer(cli_sock)
+    environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
+    # The handshake reply is written as soon as the server object exists,
+    # so the peer reads it afterwards from the socket buffer.
+    ws = Server(environ)
+    peer.handshake()
+    client = Client(ws, guarded, max_messages=max_messages,
+                    max_bytes=max_bytes, ping_interval=0,
+                    close_timeout=scaled(2), subscription=EVERYTHING)
+    return client, peer
+
+
+def run_in_thread(client):
+    thread = threading.Thread(target=client.run, args=(lambda c, m: None,),
+                              name="test-handler")
+    thread.start()
+    return thread
+
+
+def test_offered_frames_arrive_in_order():
+    client, peer = make_client(max_messages=1000)
+    thread = run_in_thread(client)
+    texts = [codec.control_message("n", i=i) for i in range(500)]
+    for text in texts:
+        assert client.offer(codec.frame(text))
+    assert peer.messages(500) == texts
+    client.request_close(protocol.CLOSE_NORMAL, "bye")
+    assert peer.wait_close() == (1000, "bye")
+    thread.join(scaled(5))
+    assert not thread.is_alive()
+
+
+def test_pongs_from_the_reader_thread_never_interleave_with_data():
+    """simple-websocket's reader thread answers pings on the same socket
+    while the broadcaster writes large frames: every frame must still parse
+    (wsproto raises on a corrupt stream)."""
+    client, peer = make_client(max_messages=10000, max_bytes=1 << 30,
+                               sndbuf=8192)
+    thread = run_in_thread(client)
+    big = [codec.control_message("big", i=i, pad="x" * 30000)
+           for i in range(200)]
+
+    def broadcast():
+        for text in big:
+            client.offer(codec.frame(text))
+
+    writer = threading.Thread(target=broadcast, name="test-broadcaster")
+    writer.start()
+    peer.ping([str(i).encode() for i in range(200)])
+    writer.join(scaled(20))
+    got = peer.messages(400, timeout=20)
+    assert [m for m in got if isinstance(m, str)] == big
+    assert [m[1] for m in got if isinstance(m, tuple)] == [
+        str(i).encode() for i in range(200)]
+    client.request_close(protocol.CLOSE_NORMAL, "")
+    peer.wait_close()
+    thread.join(scaled(5))
+
+
+def test_a_client_that_stops_reading_is_closed_with_4008():
+    client, peer = make_client(max_messages=20, max_bytes=1 << 30,
+                               sndbuf=4096, send_timeout=30)
+    thread = run_in_thread(client)
+    frame = codec.frame(codec.control_message("x", pad="y" * 5000))
+    accepted = 0
+    # The peer reads nothing: socket buffers fill, then the outbox.
+    for _ in range(1000):
+        if not client.offer(frame):
+            break
+        accepted += 1
+    assert client.closing, "the outbox should have overflowed"
+    assert accepted < 1000
+    # Once the peer reads again, it gets what was already under way and
+    # then the close frame, with the code and a reason saying why.
+    code, reason = peer.wait_close(timeout=30)
+    assert code == protocol.CLOSE_SLOW_CONSUMER
+    assert "slow consumer" in reason
+    assert not client.offer(frame)  # nothing more is queued
+    thread.join(scaled(10))
+    assert not thread.is_alive()
+    assert client.close_code == protocol.CLOSE_SLOW_CONSUMER
+
+
+def test_the_outbox_is_bounded_in_bytes_too():
+    client, peer = make_client(max_messages=10**6, max_bytes=64 * 1024,
+                               sndbuf=4096)
+    frame = codec.frame("z" * 10000)
+    # No handler thread drains: everything past the socket buffer queues.
+    results = [client.offer(frame) for _ in range(200)]
+    assert results.index(False) < 200
+    assert client.closing
+    del peer
+
+
+@pytest.mark.parametrize("reason_len", [10, 500])
+def test_close_reasons_fit_in_a_close_frame(reason_len):
+    reason = protocol.close_reason("é" * reason_len)
+    assert len(reason.encode()) <= 123

@@ -1,0 +1,35 @@
+"""Start-up: the demo command with no MongoDB configured serves the page and
+live events from the embedded server, and cleans up after itself."""
+
+import re
+
+import psutil
+
+from .helpers import WSClient, http_get, wait_for
+
+
+def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
+    server = gunicorn({})  # no WSPROXY_MONGODB_URI: embedded mode
+    status, body = http_get(server.url + "/")
+    assert status == 200
+    page = body.decode()
+    assert 'content="/ws"' in page and "/wsproxy-static/app.js" in page
+    assert http_get(server.url + "/wsproxy-static/app.js")[0] == 200
+    assert http_get(server.url + "/wsproxy-static/app.css")[0] == 200
+
+    client = WSClient(server.ws_url())
+    assert client.recv()["watch"] == "demo"
+    # The demo writer makes a few changes per second.
+    change = client.recv_type("change", timeout=10)
+    assert change["event"]["ns"]["db"] == "demo"
+    client.close()
+
+    pids = [int(p) for p in re.findall(r"embedded SecantusDB pid (\d+)",
+                                       server.output())]
+    writer = [int(p) for p in re.findall(r"demo writer pid (\d+)",
+                                         server.output())]
+    assert len(pids) == 1 and len(writer) == 1
+    assert server.stop() == 0
+    for pid in pids + writer:
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(
+            pid).status() == psutil.STATUS_ZOMBIE, 10, f"pid {pid} to exit")
