@@ -26,6 +26,7 @@ import threading
 import time
 
 from wsproto.events import Ping
+from wsproto.utilities import LocalProtocolError
 
 from . import protocol
 from .codec import frame
@@ -82,6 +83,10 @@ class GuardedSocket:
         self.write_lock = threading.RLock()
         self.send_timeout = send_timeout
         self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
+        # The unsent end of a frame a non-blocking write began. Whoever
+        # writes next (under write_lock) must finish it first, or another
+        # frame would land inside it.
+        self.tail = None
 
     def send(self, data):
         with self.write_lock:
@@ -91,16 +96,33 @@ class GuardedSocket:
     sendall = send
 
     def write_now(self, data):
-        """Write ``data``; the caller holds ``write_lock``."""
-        _write_all(self.raw, data, time.monotonic() + self.send_timeout,
-                   self.nonblocking_ok)
+        """Write ``data`` (after any tail); the caller holds ``write_lock``."""
+        deadline = time.monotonic() + self.send_timeout
+        if self.tail is not None:
+            tail, self.tail = self.tail, None
+            _write_all(self.raw, tail, deadline, self.nonblocking_ok)
+        if data:
+            _write_all(self.raw, data, deadline, self.nonblocking_ok)
 
     def try_write(self, data):
-        """One non-blocking attempt; returns how many bytes went out."""
+        """One non-blocking attempt at a whole frame; the caller holds
+        ``write_lock`` and has checked there is no tail. Returns False if
+        part of it (kept as the tail) is still to be written."""
         try:
-            return self.raw.send(data, socket.MSG_DONTWAIT)
+            sent = self.raw.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            return 0
+            sent = 0
+        if sent < len(data):
+            self.tail = memoryview(data)[sent:]
+            return False
+        return True
+
+    def close(self):
+        # Under the write lock: closing the fd while another thread is
+        # inside send() on it could hand that write to a new connection
+        # that reuses the fd number.
+        with self.write_lock:
+            self.raw.close()
 
     def abort(self):
         """Unblock every thread using this socket (reader and writers)."""
@@ -143,12 +165,19 @@ class Client:
         # is installed as ws.event), so one wait covers both directions.
         self._wake = threading.Event()
         ws.event = self._wake
+        # Set whenever the handler thread has flushed the outbox.
+        self._drained = threading.Event()
         self._direct_ok = guarded.nonblocking_ok
 
     def __repr__(self):
         return f"<Client {self.id} {self.remote_addr}>"
 
     # -- called by the broadcaster (and at registration) -------------------
+
+    def on_change(self, change):
+        sub = self.subscription
+        if sub.wants(change):
+            self.offer(sub.frame(change))
 
     def offer(self, data):
         """Queue or write one frame. False if this client is closing."""
@@ -158,6 +187,9 @@ class Client:
                 return False
             direct = (self._direct_ok and not self._outbox
                       and lock.acquire(blocking=False))
+            if direct and self.sock.tail is not None:
+                lock.release()
+                direct = False
             if not direct:
                 if (len(self._outbox) >= self.max_messages
                         or self._outbox_bytes + len(data) > self.max_bytes):
@@ -171,21 +203,15 @@ class Client:
                 self._wake.set()
                 return True
         try:
-            sent = self.sock.try_write(data)
+            if self.sock.try_write(data):
+                self.messages_sent += 1
+            else:
+                self._wake.set()  # the handler thread finishes the tail
         except OSError:
             # The peer is gone; the handler thread notices and cleans up.
-            sent = len(data)
             self._wake.set()
-        if sent < len(data):
-            with self._state_lock:
-                # The unsent tail of a frame already begun goes first.
-                rest = memoryview(data)[sent:]
-                self._outbox.appendleft(rest)
-                self._outbox_bytes += len(rest)
-                self._wake.set()
-        else:
-            self.messages_sent += 1
-        lock.release()
+        finally:
+            lock.release()
         return True
 
     def preload(self, frames):
@@ -196,6 +222,17 @@ class Client:
                 self._outbox_bytes += len(data)
             self._wake.set()
 
+    def wait_for_room(self, below, timeout):
+        """Block until fewer than ``below`` messages are queued (or the
+        timeout passes); replay uses it to follow the client's pace."""
+        deadline = time.monotonic() + timeout
+        while len(self._outbox) >= below and not self.closing:
+            if time.monotonic() >= deadline:
+                return False
+            self._drained.wait(min(deadline - time.monotonic(), 0.1))
+            self._drained.clear()
+        return True
+
     def request_close(self, code, reason):
         with self._state_lock:
             self._request_close_locked(code, reason)
@@ -203,6 +240,8 @@ class Client:
     def _request_close_locked(self, code, reason):
         if self._close_request is None:
             self._close_request = (code, reason)
+            # The backlog is dropped; a half-written frame is not (it is
+            # the socket's tail, finished before the close frame).
             self._outbox.clear()
             self._outbox_bytes = 0
         self._wake.set()
@@ -244,7 +283,12 @@ class Client:
                         self.sock.abort()
                         return
                     self.ws.pong_received = False
-                    self.sock.send(self.ws.ws.send(Ping()))
+                    try:
+                        self.sock.send(self.ws.ws.send(Ping()))
+                    except LocalProtocolError:
+                        # The peer's close frame arrived meanwhile.
+                        self.close_code = self.ws.close_reason
+                        return
                     next_ping = time.monotonic() + self.ping_interval
         except OSError as exc:
             # Peer reset, broken pipe or send timeout: nothing more can be
@@ -257,6 +301,9 @@ class Client:
 
     def _flush(self):
         with self.sock.write_lock:
+            if self.sock.tail is not None:
+                self.sock.write_now(b"")
+                self.messages_sent += 1
             while True:
                 with self._state_lock:
                     if not self._outbox or self._close_request is not None:
@@ -265,6 +312,8 @@ class Client:
                     self._outbox_bytes -= len(data)
                 self.sock.write_now(data)
                 self.messages_sent += 1
+                if len(self._outbox) < 8:
+                    self._drained.set()
 
     def _send_close(self):
         code, reason = self._close_request
