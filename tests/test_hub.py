@@ -17,6 +17,10 @@ class FakeClient:
         self.frames = []
         self.got = threading.Condition()
 
+    def on_change(self, change):
+        if self.subscription.wants(change):
+            self.offer(self.subscription.frame(change))
+
     def offer(self, data):
         with self.got:
             self.frames.append(bytes(data))

@@ -24,6 +24,7 @@ DEFAULTS = {
     "WSPROXY_PAGE_PATH": "/",                # None: don't serve the page
     # Fan-out and connections.
     "WSPROXY_HISTORY_SIZE": 1000,
+    "WSPROXY_MAX_CATCHUPS": 16,             # concurrent replays from MongoDB
     "WSPROXY_QUEUE_SIZE": 10000,
     "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
     "WSPROXY_OUTBOX_MAX_BYTES": 8 * MiB,
@@ -81,6 +82,7 @@ def validate(config):
     if scope.startswith(".") or scope.endswith(".") or " " in scope:
         raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_QUEUE_SIZE",
+                "WSPROXY_MAX_CATCHUPS",
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")

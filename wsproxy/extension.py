@@ -37,6 +37,9 @@ class ProxyState:
         self.hub = None
         self.source = None
         self.stopping = threading.Event()
+        # Bounds how many clients replay from MongoDB at once.
+        self.catchup_slots = threading.BoundedSemaphore(
+            config["WSPROXY_MAX_CATCHUPS"])
 
     def ensure_started(self):
         if self._pid == os.getpid():
@@ -144,6 +147,8 @@ class WSProxy:
         - ``WSPROXY_PATH`` (``"/ws"``): the WebSocket route.
         - ``WSPROXY_PAGE_PATH`` (``"/"``): the bundled page; None disables.
         - ``WSPROXY_HISTORY_SIZE`` (1000): recent events kept for resume.
+        - ``WSPROXY_MAX_CATCHUPS`` (16): clients replaying older events
+          from MongoDB at once; more wait, then get 1013.
         - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher
           and the broadcaster.
         - ``WSPROXY_OUTBOX_MAX_MESSAGES`` (1000) /

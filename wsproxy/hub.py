@@ -151,9 +151,7 @@ class Hub:
             clients = list(self._clients)
         self.published += 1
         for client in clients:
-            sub = client.subscription
-            if sub.wants(change):
-                client.offer(sub.frame(change))
+            client.on_change(change)
 
     def _announce(self, announcement):
         if announcement.forget_history:

@@ -8,6 +8,7 @@ only close codes are left (see :mod:`wsproxy.protocol`).
 import json
 import logging
 import os
+import threading
 import time
 
 from flask import (Blueprint, Response, current_app, g, jsonify, request,
@@ -17,6 +18,7 @@ from flask_sock import Sock
 from . import codec, protocol
 from .client import Client, GuardedSocket
 from .errors import ClientError
+from .resume import CatchUp, catch_up
 from .subscription import EVERYTHING
 
 log = logging.getLogger(__name__)
@@ -132,14 +134,17 @@ def serve(state, client, resume_id):
             protocol.HELLO, worker=os.getpid(),
             watch=state.config["WSPROXY_WATCH"] or "", resume=mode)
 
+    member = client
     resume = hub.register(client, resume_id, hello)
     if resume is None:
-        resume = "reset"
-        client.preload([codec.frame(hello(resume)), codec.frame(
-            codec.control_message(
-                protocol.RESET, lost=True,
-                reason="cannot resume from resume_after"))])
-        hub.add(client)
+        # Not in this worker's history: replay from MongoDB, then splice.
+        resume = "catch-up"
+        client.preload([codec.frame(hello(resume))])
+        member = CatchUp(client, state.config["WSPROXY_OUTBOX_MAX_MESSAGES"])
+        hub.add(member)
+        threading.Thread(target=catch_up, args=(state, member, resume_id),
+                         name=f"wsproxy-catchup-{client.id}",
+                         daemon=True).start()
     log.info("client %s connected from %s (resume: %s)", client.id,
              client.remote_addr, resume)
     started = time.monotonic()
@@ -149,7 +154,7 @@ def serve(state, client, resume_id):
         log.exception("client %s: handler failed", client.id)
         client.sock.abort()
     finally:
-        hub.unregister(client)
+        hub.unregister(member)
         client.finish()
         log.info("client %s disconnected after %.1fs (code %s)", client.id,
                  time.monotonic() - started, client.close_code)

@@ -1,0 +1,204 @@
+"""No event lost or duplicated: client reconnects (to the same or another
+proxy process), proxy restarts, and the database killed mid-burst."""
+
+import threading
+import urllib.parse
+
+import pymongo
+import pytest
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .helpers import WSClient, scaled
+
+BURST = 2000
+
+
+def _env(uri, db, coll, **extra):
+    env = {"WSPROXY_MONGODB_URI": uri + "&serverSelectionTimeoutMS=3000",
+           "WSPROXY_WATCH": f"{db}.{coll}", "WSPROXY_MAX_AWAIT_MS": "100",
+           "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Writer(threading.Thread):
+    """Inserts documents numbered 0..count-1, in order, retrying through
+    outages; an insert that went through before an error counts once."""
+
+    def __init__(self, uri, db, coll, count):
+        super().__init__(name="test-writer")
+        self.client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000)
+        self.coll = self.client[db][coll]
+        self.count = count
+        self.error = None
+        self.written = 0
+        self._progress = threading.Condition()
+
+    def run(self):
+        try:
+            i = 0
+            while i < self.count:
+                try:
+                    self.coll.insert_one({"_id": i, "seq": i})
+                except DuplicateKeyError:
+                    pass  # written before the connection dropped
+                except PyMongoError:
+                    continue
+                i += 1
+                with self._progress:
+                    self.written = i
+                    self._progress.notify_all()
+        except Exception as exc:  # noqa: BLE001 - surfaced by join()
+            self.error = exc
+        finally:
+            self.client.close()
+            with self._progress:
+                self.written = self.count
+                self._progress.notify_all()
+
+    def wait_written(self, count):
+        with self._progress:
+            assert self._progress.wait_for(
+                lambda: self.written >= min(count, self.count), scaled(60))
+
+    def finish(self):
+        self.join(scaled(120))
+        assert not self.is_alive(), "the writer did not finish"
+        assert self.error is None, self.error
+
+
+def _connect(url, last_id):
+    query = urllib.parse.urlencode({"resume_after": last_id}) if last_id else ""
+    client = WSClient(url + ("?" + query if query else ""))
+    hello = client.recv()
+    assert hello["type"] == "hello"
+    return client, hello["resume"]
+
+
+def collect(urls, total, reconnects, while_away=None):
+    """Read ``total`` numbered inserts, dropping the connection
+    ``reconnects`` times and resuming each time, going round ``urls``;
+    ``while_away()`` runs between a drop and the reconnect."""
+    seen, modes, last_id = [], [], None
+    every = max(total // (reconnects + 1), 1)
+    client, _ = _connect(urls[0], None)
+    drops = 0
+    while len(seen) < total:
+        message = client.recv(timeout=30)
+        if message["type"] == "reset":
+            raise AssertionError(f"unexpected reset: {message}")
+        if message["type"] != "change":
+            continue
+        seq = message["event"]["fullDocument"]["seq"]
+        # Fail at the first gap or repeat, not after a 30 s wait.
+        assert seq == len(seen), f"expected {len(seen)}, got {seq} ({modes})"
+        seen.append(seq)
+        last_id = message["id"]
+        if drops < reconnects and len(seen) >= every * (drops + 1):
+            client.drop()
+            drops += 1
+            if while_away:
+                while_away()
+            client, mode = _connect(urls[drops % len(urls)], last_id)
+            modes.append(mode)
+    client.close()
+    return seen, modes
+
+
+def _first_client(server):
+    client = WSClient(server.ws_url())
+    assert client.recv()["type"] == "hello"
+    return client
+
+
+@pytest.mark.parametrize("history", [1000, 20], ids=["history", "catch-up"])
+def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
+        mongo, namespace, gunicorn, history):
+    db, coll = namespace
+    server = gunicorn(_env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=history))
+    writer = Writer(mongo.uri, db, coll, BURST)
+    writer.start()
+
+    def away_for_50_writes():
+        # Long enough away that a 20-event history no longer covers it.
+        writer.wait_written(writer.written + 50)
+
+    seen, modes = collect([server.ws_url()], BURST, reconnects=20,
+                          while_away=away_for_50_writes)
+    writer.finish()
+    assert seen == list(range(BURST))
+    assert len(modes) == 20
+    if history == 20:
+        # A history that small cannot serve every resume: MongoDB did.
+        assert "catch-up" in modes
+
+
+def test_reconnecting_to_another_proxy_process_loses_and_repeats_nothing(
+        mongo, namespace, gunicorn):
+    db, coll = namespace
+    env = _env(mongo.uri, db, coll)
+    first, second = gunicorn(env), gunicorn(env)
+    writer = Writer(mongo.uri, db, coll, BURST)
+    writer.start()
+    seen, modes = collect([first.ws_url(), second.ws_url()], BURST,
+                          reconnects=20)
+    writer.finish()
+    assert seen == list(range(BURST))
+    assert len(modes) == 20
+
+
+def test_a_restarted_proxy_resumes_clients_from_mongodb(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    env = _env(mongo.uri, db, coll)
+    server = gunicorn(env)
+    client = _first_client(server)
+    items = mongo_client[db][coll]
+    items.insert_many([{"_id": i, "seq": i} for i in range(10)])
+    last = client.changes(10)[-1]["id"]
+    client.close()
+    server.stop()
+    items.insert_many([{"_id": i, "seq": i} for i in range(10, 20)])
+    restarted = gunicorn(env)
+    client, mode = _connect(restarted.ws_url(), last)
+    assert mode == "catch-up"
+    items.insert_many([{"_id": i, "seq": i} for i in range(20, 25)])
+    got = [m["event"]["fullDocument"]["seq"] for m in client.changes(15)]
+    assert got == list(range(10, 25))
+    client.close()
+
+
+def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn(_env(mongo.uri, db, coll))
+    forged = "82" + "00" * 40  # well-formed hex, but no such position
+    client, mode = _connect(server.ws_url(), forged)
+    assert mode == "catch-up"
+    reset = client.recv_type("reset", timeout=10)
+    assert reset["lost"] is True and "resume" in reset["reason"]
+    mongo_client[db][coll].insert_one({"_id": 1, "seq": 1})
+    assert client.recv_type("change")["event"]["fullDocument"]["seq"] == 1
+    client.close()
+
+
+def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
+        own_mongo, gunicorn):
+    db, coll = "burst", "items"
+    server = gunicorn(_env(own_mongo.uri, db, coll))
+    clients = [_first_client(server) for _ in range(3)]
+    writer = Writer(own_mongo.uri, db, coll, BURST)
+    writer.start()
+    writer.wait_written(BURST // 3)  # well into the burst
+    own_mongo.kill()
+    own_mongo.start()
+    writer.finish()
+    for client in clients:
+        got = []
+        while len(got) < BURST:
+            message = client.recv(timeout=30)
+            assert message["type"] != "reset", message
+            if message["type"] == "change":
+                got.append(message["event"]["fullDocument"]["seq"])
+        assert got == list(range(BURST))
+        client.close()

@@ -1,0 +1,157 @@
+"""Catch-up: resume a client from a token older than this worker's history.
+
+A client may come back with an id this worker never recorded or already
+forgot: its page was away longer than the history covers, it was served by
+another worker or another host, or this worker restarted. Resume tokens are
+valid across the whole replica set, so a dedicated change stream opened
+with ``resume_after`` replays what it missed; the only hard part is the
+seam with the live feed.
+
+The seam. From the moment the catch-up starts, a :class:`CatchUp` stands in
+for the client in the hub and records every live event (its id, and its
+frame if the client wants it). The catch-up stream reads forward from the
+client's token. The two are the same ordered stream seen from two places,
+so they meet at the first event both have seen:
+
+* a catch-up event whose id is among the recorded live events: everything
+  recorded before it was either delivered by the catch-up or older than the
+  token; it and what was recorded after it are delivered, then live events
+  flow;
+* a live event whose id the catch-up already delivered (the catch-up ran
+  ahead of this worker's watcher): live events flow from the next one on,
+  skipping any the catch-up delivered.
+
+Both checks and every delivery happen under one lock, in stream order, so
+there is no gap and no duplicate at the seam. A token the server cannot
+resume from (too old for the oplog, or not a token at all) gets a
+``reset`` message, then the live feed.
+"""
+
+import logging
+import threading
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from . import codec, protocol
+
+log = logging.getLogger(__name__)
+
+
+class CatchUp:
+    """The hub member that stands in for a client being caught up."""
+
+    def __init__(self, client, buffer_limit):
+        self.client = client
+        self.subscription = client.subscription
+        self.buffer_limit = buffer_limit
+        # Guards everything below: the seam is decided under it.
+        self._lock = threading.Lock()
+        self._live = []            # live events recorded before the seam
+        self._live_ids = {}        # id -> index in _live
+        self._delivered = set()    # ids the catch-up stream delivered
+        self.spliced = False
+        self.replayed = 0
+
+    # -- the broadcaster's side ------------------------------------------
+
+    def on_change(self, change):
+        with self._lock:
+            if self.spliced:
+                if self._delivered and change.id in self._delivered:
+                    self._delivered.discard(change.id)
+                    return
+                self.client.on_change(change)
+                return
+            if change.id in self._delivered:
+                # The catch-up ran ahead: it has delivered this one and
+                # everything before it, so the live feed takes over after it.
+                self._splice_locked([])
+                return
+            if len(self._live) >= self.buffer_limit:
+                self.client.request_close(
+                    protocol.CLOSE_SLOW_CONSUMER,
+                    "fell behind while catching up; resume again")
+                return
+            self._live_ids[change.id] = len(self._live)
+            self._live.append(change)
+
+    def offer(self, data):
+        return self.client.offer(data)
+
+    def request_close(self, code, reason):
+        self.client.request_close(code, reason)
+
+    # -- the catch-up thread's side ----------------------------------------
+
+    def deliver(self, change):
+        """One event from the catch-up stream. Returns False once the
+        seam has been found (the caller stops reading)."""
+        with self._lock:
+            if self.spliced:
+                return False
+            index = self._live_ids.get(change.id)
+            if index is not None:
+                # The seam: this event and what followed it come from the
+                # recorded live feed.
+                self._splice_locked(self._live[index:])
+                return False
+            self._delivered.add(change.id)
+            if self.subscription.wants(change):
+                self.client.preload([self.subscription.frame(change)])
+                self.replayed += 1
+            return True
+
+    def reset(self, reason):
+        """The token cannot be resumed from: say so, then go live with what
+        was recorded since the catch-up began."""
+        with self._lock:
+            if self.spliced:
+                return
+            self.client.preload([codec.frame(codec.control_message(
+                protocol.RESET, lost=True, reason=reason))])
+            self._delivered.clear()
+            self._splice_locked(self._live)
+
+    def _splice_locked(self, recorded):
+        sub = self.subscription
+        self.client.preload([sub.frame(c) for c in recorded if sub.wants(c)])
+        self._live, self._live_ids = [], {}
+        self.spliced = True
+
+
+def catch_up(state, catchup, resume_id):
+    """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
+    until the seam, or reset. Bounded by ``state.catchup_slots``."""
+    client = catchup.client
+    token = codec.id_to_token(resume_id)
+    if not state.catchup_slots.acquire(timeout=state.config["WSPROXY_CLOSE_TIMEOUT"]):
+        client.request_close(protocol.CLOSE_TRY_AGAIN,
+                             "too many clients catching up; retry shortly")
+        return
+    try:
+        with state.source.open_stream(resume_after=token) as stream:
+            while not client.closing and not state.stopping.is_set():
+                # Back-pressure: never hold more than half an outbox of
+                # replay, so a slow client slows the replay, not memory.
+                client.wait_for_room(client.max_messages // 2, timeout=0.5)
+                raw = stream.try_next()
+                if raw is None:
+                    continue
+                if not catchup.deliver(codec.Change(raw)):
+                    break
+        log.info("client %s: caught up (%d events replayed)", client.id,
+                 catchup.replayed)
+    except OperationFailure as exc:
+        # Too old for the oplog (286), or a token the server rejects.
+        log.info("client %s: cannot resume (%s); reset", client.id, exc)
+        catchup.reset("cannot resume from resume_after: events may have "
+                      "been missed")
+    except PyMongoError as exc:
+        log.warning("client %s: catch-up failed: %s", client.id, exc)
+        client.request_close(protocol.CLOSE_TRY_AGAIN,
+                             "cannot reach the database to resume; retry")
+    except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
+        log.exception("client %s: catch-up failed", client.id)
+        client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+    finally:
+        state.catchup_slots.release()
