@@ -1,0 +1,35 @@
+"""Benchmark for wsproxy against two baseline broadcast servers.
+
+``python -m wsproxy.bench`` starts one SecantusDB, then for every client
+count in the sweep and every server (wsproxy under gunicorn, a Tornado + Motor
+baseline, an asyncio ``websockets`` baseline) it starts a fresh server
+process, connects M WebSocket clients spread over several client processes,
+writes documents at a fixed rate and measures what the clients receive
+(throughput, latency, losses) and what the server spends (CPU, RSS).
+
+Run from the repository root (wsproxy needs its ``wsgi.py`` and
+``gunicorn.conf.py``)::
+
+    python -m wsproxy.bench                       # 1,100,1000 clients, 50/s, 10 s
+    python -m wsproxy.bench --quick               # smoke: 1,10 clients, 2 s
+    python -m wsproxy.bench --servers tornado,websockets --clients 1,100 \
+        --duration 3 --json results.json
+
+Clients are "lean" (websockets' sans-I/O protocol on a bare asyncio
+Protocol) unless ``--client asyncio``; see :mod:`.connections` for why.
+
+One concept per module:
+
+- ``__main__``      command line
+- ``driver``        the sweep: SecantusDB lifecycle, runs, report, cleanup
+- ``run``           one measured run of one server with M clients
+- ``servers``       how to start each server and wait until it is ready
+- ``procs``         process plumbing: spawning, stopping, CPU/RSS sampling
+- ``clientpool``    driver side of the client processes
+- ``loadclient``    a client process: N connections, per-message records
+- ``connections``   the two client connection implementations
+- ``writer``        the writer process: inserts at a fixed rate
+- ``wire``          the shared message format (encode and cheap parse)
+- ``report``        statistics, the table, ratios, JSON output
+- ``baseline_tornado``, ``baseline_websockets``  the two baseline servers
+"""

@@ -1,0 +1,105 @@
+"""Driver side of the load-client processes (:mod:`.loadclient`).
+
+Spreads M connections over P processes, talks to each over its
+stdin/stdout line protocol (every wait has a timeout), and merges their
+results and latency files. ``close()`` always stops every process group.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from array import array
+
+from . import procs
+
+
+class ClientPool:
+    def __init__(self, url, total, nprocs, workdir, *, hello=False,
+                 first_seq=0, not_before=0.0, connect_timeout=60.0,
+                 client="lean"):
+        self.total = total
+        self.workdir = workdir
+        self.children = []
+        nprocs = max(1, min(nprocs, total))
+        base, extra = divmod(total, nprocs)
+        self._args = dict(url=url, hello=hello, first_seq=first_seq,
+                          not_before=not_before,
+                          connect_timeout=connect_timeout, client=client)
+        self._counts = [base + (1 if i < extra else 0) for i in range(nprocs)]
+
+    def _argv(self, i, count):
+        a = self._args
+        argv = [sys.executable, "-m", "wsproxy.bench.loadclient",
+                "--url", a["url"], "--count", str(count),
+                "--out", os.path.join(self.workdir, f"lat-{i}.bin"),
+                "--first-seq", str(a["first_seq"]),
+                "--not-before", repr(a["not_before"]),
+                "--connect-timeout", str(a["connect_timeout"]),
+                "--client", a["client"]]
+        return argv + (["--hello"] if a["hello"] else [])
+
+    def start(self):
+        log = os.path.join(self.workdir, "clients.log")
+        for i, n in enumerate(self._counts):
+            if n:
+                self.children.append(
+                    procs.LineChild(f"client proc {i}", self._argv(i, n), log))
+                self.children[-1].index = i
+        return self
+
+    def wait_connected(self):
+        """Block until every process has tried all its connections."""
+        deadline = time.monotonic() + self._args["connect_timeout"] + 30
+        ok = failed = retries = 0
+        errors = {}
+        for c in self.children:
+            r = c.expect("CONNECTED", deadline)
+            ok += r["ok"]
+            failed += r["failed"]
+            retries += r.get("retries", 0)
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        return {"ok": ok, "failed": failed, "retries": retries,
+                "errors": errors}
+
+    def finish(self, last_seq, drain_timeout):
+        """Tell clients the last seq; merge their results and latencies."""
+        deadline_epoch = time.time() + drain_timeout
+        for c in self.children:
+            c.send(f"FINISH {last_seq} {deadline_epoch!r}")
+        deadline = time.monotonic() + drain_timeout + 30
+        merged = {}
+        lat = array("d")
+        for c in self.children:
+            r = c.expect("RESULT", deadline)
+            for k, v in r.items():
+                if k == "first_recv":
+                    merged[k] = min((x for x in (merged.get(k), v)
+                                     if x is not None), default=None)
+                elif k == "last_recv":
+                    merged[k] = max((x for x in (merged.get(k), v)
+                                     if x is not None), default=None)
+                elif isinstance(v, bool):
+                    merged[k] = merged.get(k, False) or v
+                else:
+                    merged[k] = merged.get(k, 0) + v
+            path = os.path.join(self.workdir, f"lat-{c.index}.bin")
+            with open(path, "rb") as f:
+                lat.frombytes(f.read())
+        return merged, lat
+
+    def close(self):
+        for c in self.children:
+            if c.proc.stdin:
+                try:
+                    c.proc.stdin.close()  # EOF: clients clean up and exit
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 8
+        for c in self.children:
+            try:  # they close their sockets boundedly, then exit by themselves
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            procs.stop_group(c.proc, timeout=5.0)

@@ -1,0 +1,118 @@
+"""The sweep: one SecantusDB, every (client count, server) run, the report.
+
+Cleans up on every exit path: each run stops what it started (see
+:mod:`.run`), SecantusDB is stopped in ``finally``, and SIGTERM is turned
+into KeyboardInterrupt so it takes the same path as Ctrl-C. Children also
+die with the driver via PR_SET_PDEATHSIG (see :func:`.procs.die_with_parent`).
+"""
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from ..embedded import EmbeddedMongo
+from . import procs, report
+from .run import run_one
+from .servers import SERVERS
+
+NAMESPACE = "bench.events"
+
+
+_interrupted = False
+
+
+def _interrupt(signum, frame):
+    # The first Ctrl-C/SIGTERM stops the sweep; later ones are ignored so
+    # they cannot cut the cleanup in the finally blocks short.
+    global _interrupted
+    if not _interrupted:
+        _interrupted = True
+        raise KeyboardInterrupt
+
+
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _line(r):
+    if r["error"]:
+        return f"ERROR {r['error'].splitlines()[0]}"
+    return (f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
+            f"p99 {_fmt(r['lat_p99_ms'], '{:.1f}')} ms, lost {r['lost']}, "
+            f"cpu {_fmt(r['cpu_s'], '{:.2f}')} s")
+
+
+def _fmt(v, f):
+    return "-" if v is None else f.format(v)
+
+
+def main(opts):
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Installed even when started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, _interrupt)
+    nofile = procs.raise_nofile()
+    if max(opts.clients) + 64 > nofile:
+        _say(f"warning: RLIMIT_NOFILE {nofile} is low for "
+             f"{max(opts.clients)} clients")
+    servers = []
+    for name in opts.servers:
+        missing = SERVERS[name].missing()
+        if missing:
+            _say(f"skipping {name}: missing {', '.join(missing)}")
+        else:
+            servers.append(SERVERS[name])
+    if not servers:
+        _say("no server to benchmark")
+        return 2
+
+    workdir = tempfile.mkdtemp(prefix="wsproxy-bench-")
+    results = []
+    mongo = EmbeddedMongo(log_path=os.path.join(workdir, "secantus.log"))
+    interrupted = False
+    guard = None
+    try:
+        mongo.start()
+        # EmbeddedMongo starts it; the guard kills it should we be SIGKILLed.
+        guard = procs.guard(mongo.process.pid)
+        _say(f"SecantusDB at {mongo.uri}; logs in {workdir}")
+        for m in opts.clients:
+            for spec in servers:
+                rundir = os.path.join(workdir, f"{spec.name}-{m}")
+                _say(f"run {spec.name} M={m} rate={opts.rate}/s "
+                     f"duration={opts.duration}s ...")
+                t0 = time.monotonic()
+                raw, lat = run_one(spec, m, opts, mongo.uri, NAMESPACE, rundir)
+                r = report.summarize(raw, lat)
+                results.append(r)
+                _say(f"  {_line(r)}  ({time.monotonic() - t0:.1f}s)")
+    except KeyboardInterrupt:
+        interrupted = True
+        _say("interrupted: cleaning up")
+    finally:
+        mongo.stop()
+        if guard:
+            guard.stdin.close()  # SecantusDB is gone: the guard just exits
+            procs.stop_group(guard, timeout=5)
+
+    if results:
+        print()
+        print(report.table(results))
+        ratio_lines = report.ratios(results)
+        if ratio_lines:
+            print("\nratios (wsproxy / baseline; msgs/s >1 is better, "
+                  "p99 and cpu <1 are better):")
+            print(ratio_lines)
+    if opts.json:
+        report.write_json(opts.json, results, vars(opts))
+        _say(f"results written to {opts.json}")
+    if opts.keep_logs or any(r["error"] for r in results):
+        _say(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if interrupted:
+        return 130
+    return 1 if any(r["error"] for r in results) else 0
+

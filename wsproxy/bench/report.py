@@ -1,0 +1,170 @@
+"""Turning raw run data into statistics, a table, ratios and JSON."""
+
+import json
+import math
+
+CAVEAT = ("caveat: 2 CPU cores shared by server, SecantusDB, writer and "
+          "client processes -- client CPU limits throughput and adds "
+          "latency; compare servers relative to each other, not absolutely.")
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile of an already sorted sequence."""
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1,
+            max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def summarize(raw, lat):
+    """Flat result dict of one run (what goes into the table and JSON)."""
+    m = raw["clients"]
+    w = raw.get("writer") or {}
+    recv = raw.get("recv") or {}
+    writes = w.get("written", 0)
+    received = recv.get("received", 0)
+    lat = sorted(lat) if lat else []
+    span = None
+    if recv.get("last_recv") and w.get("t_first"):
+        span = recv["last_recv"] - w["t_first"]
+    conn = raw.get("connect") or {}
+    rss_conn = None
+    if m and raw.get("rss_connected") and raw.get("rss_idle") is not None:
+        rss_conn = (raw["rss_connected"] - raw["rss_idle"]) / m
+    cpu = raw.get("cpu_s")
+    return {
+        "server": raw["server"], "clients": m, "rate": raw["rate"],
+        "duration": raw["duration"], "error": raw.get("error"),
+        "writes": writes, "achieved_write_rate": w.get("achieved_rate"),
+        "writer_max_behind_s": w.get("max_behind_s"),
+        "expected": m * writes, "received": received,
+        "msgs_per_s": received / span if span and span > 0 else None,
+        "offered_msgs_per_s": m * raw["rate"],
+        "lat_p50_ms": percentile(lat, 50), "lat_p99_ms": percentile(lat, 99),
+        "lat_max_ms": lat[-1] if lat else None,
+        "lost": m * writes - received if writes else None,
+        "dups": recv.get("dups", 0), "out_of_order": recv.get("ooo", 0),
+        "dropped_conns": recv.get("closed_early", 0),
+        "incomplete_conns": recv.get("incomplete", 0),
+        "drain_timed_out": recv.get("timed_out", False),
+        "stale_msgs": recv.get("stale", 0),
+        "connected": conn.get("ok", 0),
+        "connect_failed": conn.get("failed", 0),
+        "connect_retries": conn.get("retries", 0),
+        "connect_errors": conn.get("errors", {}),
+        "connect_s": raw.get("connect_s"), "ready_s": raw.get("ready_s"),
+        "cpu_s": cpu,
+        "client_cpu_s": recv.get("client_cpu_s"),
+        "cpu_us_per_msg": cpu / received * 1e6 if cpu and received else None,
+        "rss_idle_mb": _mb(raw.get("rss_idle")),
+        "rss_connected_mb": _mb(raw.get("rss_connected")),
+        "rss_peak_mb": _mb(raw.get("rss_peak")),
+        "rss_per_conn_kb": rss_conn / 1024 if rss_conn is not None else None,
+        "server_alive_after": raw.get("server_alive_after"),
+        "server_stop": (raw.get("stop") or (None, None))[0],
+        "server_stop_s": (raw.get("stop") or (None, None))[1],
+        "server_log_problems": _problems(raw, "run")[0],
+        "server_log_sample": _problems(raw, "run")[1],
+        "server_log_problems_shutdown": _problems(raw, "shutdown")[0],
+        "server_log_sample_shutdown": _problems(raw, "shutdown")[1],
+        "server_log": raw.get("server_log"),
+    }
+
+
+def _problems(raw, phase):
+    return (raw.get("log_problems") or {}).get(phase, (0, []))
+
+
+def _mb(b):
+    return b / (1024 * 1024) if b is not None else None
+
+
+def _f(v, fmt="{:.1f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+COLUMNS = [  # header, key, format
+    ("server", "server", "{}"), ("M", "clients", "{}"),
+    ("writes", "writes", "{}"), ("msgs/s", "msgs_per_s", "{:.0f}"),
+    ("offered", "offered_msgs_per_s", "{:.0f}"),
+    ("p50ms", "lat_p50_ms", "{:.1f}"), ("p99ms", "lat_p99_ms", "{:.1f}"),
+    ("maxms", "lat_max_ms", "{:.0f}"), ("lost", "lost", "{}"),
+    ("dup", "dups", "{}"), ("ooo", "out_of_order", "{}"),
+    ("drop", "dropped_conns", "{}"), ("cpu_s", "cpu_s", "{:.2f}"),
+    ("us/msg", "cpu_us_per_msg", "{:.0f}"),
+    ("cli_cpu", "client_cpu_s", "{:.1f}"),
+    ("rssMB", "rss_peak_mb", "{:.1f}"),
+    ("KB/conn", "rss_per_conn_kb", "{:.1f}"),
+    ("ready_s", "ready_s", "{:.2f}"), ("conn_s", "connect_s", "{:.2f}"),
+]
+
+
+def table(results):
+    rows = [[h for h, _, _ in COLUMNS]]
+    for r in results:
+        row = [_f(r.get(k), fmt) for _, k, fmt in COLUMNS]
+        if r.get("drain_timed_out"):
+            # Not all missing messages are lost: some were still in flight.
+            row[[k for _, k, _ in COLUMNS].index("lost")] += "*"
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    notes = [f"  {r['server']} M={r['clients']}: {r['error']}"
+             for r in results if r.get("error")]
+    for phase, suffix in (("while measuring", ""),
+                          ("at shutdown", "_shutdown")):
+        notes += [f"  {r['server']} M={r['clients']}: "
+                  f"{r['server_log_problems' + suffix]} error-like server log "
+                  f"lines {phase}, e.g. {r['server_log_sample' + suffix][:1]}"
+                  for r in results if r.get("server_log_problems" + suffix)]
+    if any(r.get("drain_timed_out") for r in results):
+        notes.append("  * not every client had the last seq when the drain "
+                     "timeout ended the run: 'lost' counts messages still "
+                     "queued or in flight too; the machine could not take "
+                     "the offered load (see cli_cpu) -- a lower --rate "
+                     "compares the servers at that M")
+    notes += [f"  {r['server']} M={r['clients']}: stop needed SIGKILL after "
+              f"{r['server_stop_s']}s" for r in results
+              if r.get("server_stop") == "killed"]
+    notes += [f"  {r['server']} M={r['clients']}: {r['connect_failed']} "
+              f"clients failed to connect {r['connect_errors']}"
+              for r in results if r.get("connect_failed")]
+    if notes:
+        lines += ["notes:"] + notes
+    return "\n".join(lines + [CAVEAT])
+
+
+def ratios(results, base="wsproxy", others=("tornado", "websockets")):
+    """Lines of base/other for msgs/s, p99 and CPU, per client count."""
+    by = {(r["server"], r["clients"]): r for r in results if not r["error"]}
+    out = []
+    for m in sorted({r["clients"] for r in results}):
+        b = by.get((base, m))
+        if not b:
+            continue
+        for o in others:
+            r = by.get((o, m))
+            if not r:
+                continue
+            parts = [f"{label} {_ratio(b.get(k), r.get(k))}"
+                     for label, k in (("msgs/s", "msgs_per_s"),
+                                      ("p99", "lat_p99_ms"),
+                                      ("cpu", "cpu_s"))]
+            out.append(f"M={m:<5} {base} / {o:<10} " + "  ".join(parts))
+    return "\n".join(out)
+
+
+def _ratio(a, b):
+    if a is None or not b:
+        return "   -"
+    return f"{a / b:5.2f}x"
+
+
+def write_json(path, results, options):
+    with open(path, "w") as f:
+        json.dump({"options": options, "caveat": CAVEAT,
+                   "results": results}, f, indent=2, default=str)

@@ -1,0 +1,93 @@
+"""One measured run: a fresh server, M clients, a writer, raw numbers.
+
+Sequence (each step bounded by a timeout):
+drop the collection -> start the server, poll /readyz -> sample idle RSS ->
+connect M clients (hello included for wsproxy) -> sample RSS -> writer:
+warm-up, then MEASURE (CPU sample) and the measured writes -> clients wait
+for the last seq (at most ``drain`` s) -> CPU sample -> stop everything.
+"""
+
+import os
+import sys
+import time
+
+from pymongo import MongoClient
+
+from . import procs
+from .clientpool import ClientPool
+from ..embedded import free_port
+from .servers import ServerProcess
+
+
+def _drop(uri, namespace):
+    # A fresh collection per run; no server is watching at this point.
+    db, coll = namespace.split(".", 1)
+    with MongoClient(uri, serverSelectionTimeoutMS=10000) as c:
+        c[db].drop_collection(coll)
+
+
+def run_one(spec, clients, opts, db_uri, namespace, workdir):
+    """Run ``spec`` with ``clients`` connections; return (raw dict, latencies).
+
+    Never raises for a failing server: the error goes into ``raw["error"]``
+    so a sweep goes on. Everything started here is stopped here.
+    """
+    raw = {"server": spec.name, "clients": clients, "rate": opts.rate,
+           "duration": opts.duration, "error": None}
+    lat = None
+    os.makedirs(workdir, exist_ok=True)
+    warm = int(round(opts.rate * opts.warmup))
+    server = ServerProcess(spec, db_uri, namespace, free_port(),
+                           os.path.join(workdir, "server.log"))
+    monitor = pool = writer = log_split = None
+    try:
+        _drop(db_uri, namespace)
+        # Anything older (a server replaying history) is not this run's.
+        not_before = time.time()
+        server.start()
+        raw["ready_s"] = server.wait_ready(opts.ready_timeout)
+        monitor = procs.TreeMonitor(server.proc.pid).start()
+        raw["rss_idle"] = monitor.rss()
+        if clients:
+            pool = ClientPool(server.url, clients, opts.procs, workdir,
+                              hello=spec.hello, first_seq=warm,
+                              not_before=not_before,
+                              connect_timeout=opts.connect_timeout,
+                              client=opts.client).start()
+            t0 = time.monotonic()
+            raw["connect"] = pool.wait_connected()
+            raw["connect_s"] = time.monotonic() - t0
+        raw["rss_connected"] = monitor.rss()
+
+        writer = procs.LineChild("writer", [
+            sys.executable, "-m", "wsproxy.bench.writer", "--uri", db_uri,
+            "--ns", namespace, "--rate", str(opts.rate),
+            "--duration", str(opts.duration), "--warmup-count", str(warm)],
+            os.path.join(workdir, "writer.log"))
+        budget = opts.warmup + opts.duration + 60  # slow inserts, bounded
+        deadline = time.monotonic() + budget
+        raw["t_first"] = writer.expect("MEASURE", deadline)
+        cpu0 = monitor.cpu_seconds()
+        raw["writer"] = writer.expect("DONE", deadline)
+        if pool:
+            raw["recv"], lat = pool.finish(raw["writer"]["last_seq"],
+                                           opts.drain)
+        raw["cpu_s"] = monitor.cpu_seconds() - cpu0
+        log_split = server.log_offset()
+        raw["rss_peak"] = max(monitor.peak_rss, monitor.rss())
+        raw["server_alive_after"] = server.alive()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # one failing run must not stop the sweep
+        raw["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if monitor:
+            monitor.stop()
+        if pool:
+            pool.close()
+        if writer:
+            procs.stop_group(writer.proc, timeout=5)
+        raw["stop"] = server.stop()
+        raw["log_problems"] = server.log_problems(log_split)
+        raw["server_log"] = server.log_path
+    return raw, lat

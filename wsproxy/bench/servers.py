@@ -1,0 +1,177 @@
+"""How to start each benchmarked server, and wait until it is ready.
+
+Every server is a separate process (tree) in its own session, started on a
+free loopback port against the shared SecantusDB, logging to a file. All
+three answer ``GET /readyz`` with 200 once their change stream is open; we
+poll that (and the process) rather than sleeping.
+"""
+
+import http.client
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import procs
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    argv: object            # callable(uri, namespace, port) -> list[str]
+    env: dict = field(default_factory=dict)
+    hello: bool = False      # the server greets each client with "hello"
+    cwd: str = REPO_ROOT
+    required_files: tuple = ()
+
+    def missing(self):
+        """Files this server needs that do not exist (yet)."""
+        return [f for f in self.required_files
+                if not os.path.exists(os.path.join(self.cwd, f))]
+
+
+def _python_module(module):
+    def argv(uri, namespace, port):
+        return [sys.executable, "-m", module, "--uri", uri,
+                "--watch", namespace, "--port", str(port)]
+    return argv
+
+
+def _gunicorn(uri, namespace, port):
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    return procs.exec_with_parent_death([
+        gunicorn, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
+        "--workers", "1", "wsgi:app"])
+
+
+SERVERS = {
+    "wsproxy": ServerSpec(
+        "wsproxy", _gunicorn, hello=True,
+        env={"WSPROXY_DEMO_WRITER": "0"},
+        required_files=("wsgi.py", "gunicorn.conf.py")),
+    "tornado": ServerSpec(
+        "tornado", _python_module("wsproxy.bench.baseline_tornado")),
+    "websockets": ServerSpec(
+        "websockets", _python_module("wsproxy.bench.baseline_websockets")),
+}
+
+
+class ServerProcess:
+    """One running server; use as a context manager so it always stops."""
+
+    def __init__(self, spec, uri, namespace, port, log_path):
+        self.spec = spec
+        self.uri = uri
+        self.namespace = namespace
+        self.port = port
+        self.log_path = log_path
+        self.proc = None
+        self.stop_how = None
+
+    @property
+    def url(self):
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self):
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        # wsproxy reads its configuration from the environment; the
+        # baselines from argv. Setting both is harmless.
+        env["WSPROXY_MONGODB_URI"] = self.uri
+        env["WSPROXY_WATCH"] = self.namespace
+        env.pop("WSPROXY_BIND", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            self.proc = procs.spawn(
+                self.spec.argv(self.uri, self.namespace, self.port),
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                env=env, cwd=self.spec.cwd)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout=60.0):
+        """Poll ``/readyz`` until 200; return seconds it took."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.spec.name} exited with {self.proc.returncode} "
+                    f"before ready:\n{self.log_tail()}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                              timeout=2)
+            try:
+                conn.request("GET", "/readyz")
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    return time.monotonic() - t0
+                last = f"HTTP {resp.status}"
+            except OSError as e:
+                last = repr(e)
+            finally:
+                conn.close()
+            time.sleep(0.05)  # poll interval, not a synchronisation sleep
+        raise RuntimeError(f"{self.spec.name} not ready after {timeout}s "
+                           f"({last}):\n{self.log_tail()}")
+
+    def stop(self, timeout=15.0):
+        """SIGTERM the group, SIGKILL after ``timeout``; return (how, secs).
+
+        15 s leaves room for gunicorn's graceful shutdown (wsproxy's
+        graceful_timeout is 10 s) so a kill here means it overran.
+        """
+        t0 = time.monotonic()
+        self.stop_how = procs.stop_group(self.proc, timeout=timeout)
+        return self.stop_how, round(time.monotonic() - t0, 2)
+
+    def log_tail(self, lines=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_offset(self):
+        """Current size of the log: a mark to split problems by phase."""
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_problems(self, split=None, limit=3):
+        """Error-like log lines before and after byte offset ``split``.
+
+        Returns ``{"run": (count, first few), "shutdown": (count, ...)}``:
+        errors while measuring are the server's; after ``split`` the clients
+        are closing and the server is stopping.
+        """
+        keys = ("Traceback", "ERROR", "Error", "CRITICAL", "WORKER TIMEOUT",
+                "Exception", "exception")
+        out = {}
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        split = len(data) if split is None else split
+        for phase, chunk in (("run", data[:split]),
+                             ("shutdown", data[split:])):
+            hits = [ln.rstrip() for ln in
+                    chunk.decode(errors="replace").splitlines()
+                    if any(k in ln for k in keys)]
+            out[phase] = (len(hits), hits[:limit])
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,39 @@
+"""The message format every benchmarked server sends, and its cheap parse.
+
+One JSON text frame per change::
+
+    {"type": "change", "id": "<resume token _data>", "event": {...}}
+
+where ``event`` is the change event without ``_id`` in relaxed Extended
+JSON. The baselines encode with :func:`encode_change`; the load clients
+extract seq and t with :data:`SEQ_T` instead of parsing JSON, because a
+Python client receiving tens of thousands of messages a second is CPU-bound.
+"""
+
+import json
+import re
+
+from bson import json_util
+
+_RELAXED = json_util.RELAXED_JSON_OPTIONS
+
+# The benchmark document is inserted as {"seq": i, "t": float, "pad": ...};
+# field order survives into fullDocument, so seq and t are adjacent there.
+# Anchoring on the pair matters: clusterTime also has a "t" key
+# ({"$timestamp": {"t": ..., "i": ...}}). \s* tolerates compact separators.
+SEQ_T = re.compile(r'"seq":\s*(-?\d+),\s*"t":\s*([-+0-9.eE]+)')
+# The same over undecoded frame payloads (the lean client never decodes).
+SEQ_T_BYTES = re.compile(SEQ_T.pattern.encode())
+
+
+def encode_change(change):
+    """One wire message for a PyMongo/Motor change document (consumed)."""
+    token = change.pop("_id", None) or {}
+    return ('{"type": "change", "id": %s, "event": %s}'
+            % (json.dumps(token.get("_data")),
+               json_util.dumps(change, json_options=_RELAXED)))
+
+
+def bench_document(seq, t, pad=200):
+    """The document the writer inserts."""
+    return {"seq": seq, "t": t, "pad": "x" * pad}
