@@ -46,8 +46,8 @@ def gunicorn():
     """Factory: start real gunicorn servers; all are stopped at the end."""
     servers = []
 
-    def start(env, workers=1, args=(), ready=True):
-        server = Gunicorn(env, workers=workers, args=args)
+    def start(env, workers=1, args=(), ready=True, app="wsgi:app"):
+        server = Gunicorn(env, workers=workers, args=args, app=app)
         servers.append(server)
         return server.start(ready=ready)
 

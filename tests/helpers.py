@@ -53,12 +53,13 @@ def http_get(url, timeout=5.0, headers=None):
 class Gunicorn:
     """The real ``gunicorn -c gunicorn.conf.py wsgi:app`` on port 0."""
 
-    def __init__(self, env=None, workers=1, args=()):
+    def __init__(self, env=None, workers=1, args=(), app="wsgi:app"):
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
         self.env.update(env or {})
         self.workers = workers
         self.args = list(args)
+        self.app = app
         self.log = tempfile.NamedTemporaryFile(
             prefix="wsproxy-gunicorn-", suffix=".log", delete=False)
         self.process = None
@@ -77,7 +78,7 @@ class Gunicorn:
     def start(self, ready=True, timeout=30):
         cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                "-b", "127.0.0.1:0", "--workers", str(self.workers),
-               *self.args, "wsgi:app"]
+               *self.args, self.app]
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log,
             stdin=subprocess.DEVNULL, start_new_session=True)

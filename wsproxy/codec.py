@@ -16,6 +16,7 @@ from bson.errors import BSONError
 from wsproto.frame_protocol import FrameProtocol
 
 from .errors import ClientError
+from .redaction import redact
 
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS
 _HEX_TOKEN = re.compile(r"[0-9A-Fa-f]{2,4096}")
@@ -76,15 +77,26 @@ class Change:
         self.frame = frame(self.text)
         self._variants = None
 
+    def redacted(self, hide):
+        """(event, frame) with the ``hide`` fields removed, computed once per
+        distinct set of hidden fields (the broadcaster thread and catch-up
+        threads may race to fill the cache; both compute the same value)."""
+        variants = self._variants
+        if variants is None:
+            variants = self._variants = {}
+        found = variants.get(hide)
+        if found is None:
+            raw = redact(self.raw, hide)
+            found = variants[hide] = (raw, frame(change_message(self.id, raw)))
+        return found
+
     def __repr__(self):
         return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"
 
 
-def change_message(change_id, raw, redact=None):
+def change_message(change_id, raw):
     """``{"type": "change", "id": ..., "event": {...}}`` as JSON text."""
     event = {k: v for k, v in raw.items() if k != "_id"}
-    if redact is not None:
-        event = redact(event)
     # The envelope is assembled around the event's JSON so the (possibly
     # large) event is serialised exactly once.
     return ('{"type": "change", "id": ' + json.dumps(change_id)

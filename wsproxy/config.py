@@ -33,8 +33,17 @@ DEFAULTS = {
     "WSPROXY_PING_INTERVAL": 25.0,
     "WSPROXY_COMPRESSION": False,
     "WSPROXY_MAX_MESSAGE_SIZE": 4096,
+    # Who may connect and what they see.
+    "WSPROXY_ALLOWED_ORIGINS": None,         # None: same origin only
+    "WSPROXY_AUTHORIZE": None,               # callable(request) -> Principal
+    "WSPROXY_HIDE_FIELDS": [],               # dotted fields hidden from all
+    "WSPROXY_MAX_CLIENTS": 1000,             # per worker; then 503
+    "WSPROXY_MAX_FILTER_BYTES": 4096,
+    "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
+    "WSPROXY_CLIENT_MESSAGE_BURST": 20,
 }
 
+_LISTS = {"WSPROXY_ALLOWED_ORIGINS"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -54,8 +63,11 @@ def _parse(key, text, default):
             return int(text)
         if isinstance(default, float):
             return float(text)
-        if isinstance(default, list):
-            return json.loads(text)
+        if isinstance(default, list) or key in _LISTS:
+            text = text.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
     except ValueError as exc:
         raise ConfigError(f"{key}={text!r}: {exc}") from None
     return text
@@ -86,5 +98,32 @@ def validate(config):
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")
+    origins = config["WSPROXY_ALLOWED_ORIGINS"]
+    if isinstance(origins, str):
+        origins = config["WSPROXY_ALLOWED_ORIGINS"] = [
+            o.strip() for o in origins.split(",") if o.strip()]
+    if origins is not None:
+        config["WSPROXY_ALLOWED_ORIGINS"] = [o.rstrip("/") for o in origins]
+    authorize = config["WSPROXY_AUTHORIZE"]
+    if isinstance(authorize, str):
+        config["WSPROXY_AUTHORIZE"] = _import(authorize)
+    hide = config["WSPROXY_HIDE_FIELDS"]
+    if isinstance(hide, str):
+        hide = config["WSPROXY_HIDE_FIELDS"] = [
+            h.strip() for h in hide.split(",") if h.strip()]
+    if not all(isinstance(h, str) and h and not h.startswith("$")
+               for h in hide):
+        raise ConfigError("WSPROXY_HIDE_FIELDS must be dotted field names")
     if not str(config["WSPROXY_PATH"]).startswith("/"):
         raise ConfigError("WSPROXY_PATH must start with /")
+
+
+def _import(spec):
+    """``"package.module:attribute"`` -> the attribute."""
+    import importlib
+
+    module, _, attribute = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"WSPROXY_AUTHORIZE={spec!r}: {exc}") from None

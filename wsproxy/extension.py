@@ -37,9 +37,15 @@ class ProxyState:
         self.hub = None
         self.source = None
         self.stopping = threading.Event()
+        self.extension = None  # the WSProxy, for its @authorize function
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
+
+    @property
+    def authorizer(self):
+        return self.config["WSPROXY_AUTHORIZE"] or (
+            self.extension and self.extension.authorizer)
 
     def ensure_started(self):
         if self._pid == os.getpid():
@@ -125,8 +131,17 @@ class WSProxy:
     """
 
     def __init__(self, app=None):
+        self.authorizer = None
         if app is not None:
             self.init_app(app)
+
+    def authorize(self, function):
+        """Decorator: ``function(request)`` decides who may connect, before
+        the upgrade; it returns a :class:`~wsproxy.access.Principal`, None
+        (HTTP 401), or raises :class:`~wsproxy.access.AccessDenied` (403).
+        ``WSPROXY_AUTHORIZE`` in an app's config takes precedence."""
+        self.authorizer = function
+        return function
 
     def init_app(self, app):
         """Register the WebSocket route, health endpoints and the page.
@@ -158,14 +173,27 @@ class WSProxy:
         - ``WSPROXY_CLOSE_TIMEOUT`` (5): seconds to wait for a close reply.
         - ``WSPROXY_PING_INTERVAL`` (25): heartbeat seconds; 0 disables.
         - ``WSPROXY_COMPRESSION`` (False): accept permessage-deflate.
-        - ``WSPROXY_MAX_MESSAGE_SIZE`` (4096): largest client message.
+        - ``WSPROXY_MAX_MESSAGE_SIZE`` (4096): largest client message
+          (close 1009 beyond it).
+        - ``WSPROXY_ALLOWED_ORIGINS`` (None): browser origins allowed to
+          connect; None means same-origin only, ``["*"]`` any.
+        - ``WSPROXY_AUTHORIZE`` (None): ``callable(request)`` or
+          ``"module:function"``; see :meth:`authorize`.
+        - ``WSPROXY_HIDE_FIELDS`` (``[]``): dotted document fields never
+          sent to anyone.
+        - ``WSPROXY_MAX_CLIENTS`` (1000): connections per worker (503
+          beyond).
+        - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
+        - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
+          messages a client may send per second (close 1008 beyond).
         """
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")
         for key, default in settings.DEFAULTS.items():
             app.config.setdefault(key, copy.deepcopy(default))
         settings.validate(app.config)
-        app.extensions["wsproxy"] = ProxyState(app.config)
+        state = app.extensions["wsproxy"] = ProxyState(app.config)
+        state.extension = self
         app.register_blueprint(views.create_blueprint(app.config))
 
     @staticmethod

@@ -1,28 +1,48 @@
-"""What one client receives: namespaces, operation types and a filter.
+"""What one client receives: namespaces, operation types, a filter, and
+which fields are hidden from it.
 
 A subscription is parsed from the WebSocket URL before the upgrade, so a bad
-one is an HTTP 400 with a reason, never a half-open socket.
+one is an HTTP 400 with a reason, never a half-open socket. It combines what
+the client asked for with what its principal is granted: the client can only
+narrow its grant, never widen it.
 """
 
-from . import codec
+import re
+
+from .errors import ClientError, FilterError
+from .filters import compile_filter
 
 _ALL = None
+KNOWN_PARAMS = frozenset({"resume_after", "ns", "ops", "filter", "access_token"})
+OPERATION_TYPES = frozenset({
+    "insert", "update", "replace", "delete", "drop", "rename",
+    "dropDatabase", "invalidate", "createIndexes", "dropIndexes", "create",
+    "modify", "shardCollection", "refineCollectionShardKey",
+    "reshardCollection"})
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-.$]{1,120})?")
+MAX_NAMESPACES = 32
+
+
+def _within(ns, scope):
+    """Is namespace ``ns`` ("db" or "db.coll") inside ``scope``?"""
+    return not scope or ns == scope or ns.startswith(scope + ".")
+
+
+def _covers(grant, ns):
+    """Does a grant (set of "db"/"db.coll") cover ``ns``?"""
+    return grant is None or ns in grant or ns.split(".", 1)[0] in grant
 
 
 class Subscription:
-    """Decides whether a change goes to a client and in which encoding.
+    """Decides whether a change goes to a client and in which encoding."""
 
-    ``namespaces``: set of ``"db"`` / ``"db.coll"`` strings, or None for all.
-    ``ops``: set of operation types, or None for all.
-    ``predicate``: compiled filter (``raw event -> bool``), or None.
-    """
+    __slots__ = ("namespaces", "ops", "predicates", "hide")
 
-    __slots__ = ("namespaces", "ops", "predicate")
-
-    def __init__(self, namespaces=_ALL, ops=_ALL, predicate=None):
+    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=()):
         self.namespaces = frozenset(namespaces) if namespaces else _ALL
         self.ops = frozenset(ops) if ops else _ALL
-        self.predicate = predicate
+        self.predicates = tuple(predicates)
+        self.hide = tuple(sorted(set(hide)))
 
     def wants(self, change):
         raw = change.raw
@@ -30,8 +50,11 @@ class Subscription:
             return False
         if self.namespaces is not _ALL and not self._ns_match(raw.get("ns")):
             return False
-        if self.predicate is not None:
-            return self.predicate(raw)
+        if self.predicates:
+            # Filters see the event as this client would: a hidden field
+            # cannot be probed with a filter either.
+            seen = change.redacted(self.hide)[0] if self.hide else raw
+            return all(predicate(seen) for predicate in self.predicates)
         return True
 
     def _ns_match(self, ns):
@@ -43,7 +66,56 @@ class Subscription:
         return f"{db}.{ns.get('coll')}" in self.namespaces
 
     def frame(self, change):
-        return change.frame
+        return change.redacted(self.hide)[1] if self.hide else change.frame
 
 
 EVERYTHING = Subscription()
+
+
+def _split(values, name, limit):
+    items = [v.strip() for value in values for v in value.split(",")]
+    items = [v for v in items if v]
+    if not items:
+        raise ClientError(f"{name}: empty")
+    if len(items) > limit:
+        raise ClientError(f"{name}: more than {limit} values")
+    return items
+
+
+def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
+    """Build a Subscription from the WebSocket URL's query ``args`` (a
+    werkzeug MultiDict) for ``principal``; raises ClientError (400/403)."""
+    unknown = sorted(set(args) - KNOWN_PARAMS)
+    if unknown:
+        raise ClientError(f"unknown parameter {unknown[0][:40]!r}")
+    grant = principal.namespaces
+    namespaces = None
+    if "ns" in args:
+        namespaces = _split(args.getlist("ns"), "ns", MAX_NAMESPACES)
+        for ns in namespaces:
+            if not _NAME.fullmatch(ns):
+                raise ClientError(f"ns: {ns[:60]!r} is not 'db' or 'db.coll'")
+            if not (_within(ns, scope) or _within(scope, ns)):
+                raise ClientError(f"ns: {ns[:60]} is outside the watched "
+                                  f"scope {scope or '(deployment)'}")
+            if not _covers(grant, ns):
+                raise ClientError(f"ns: {ns[:60]} is not granted", status=403)
+    elif grant is not None:
+        namespaces = sorted(grant)
+    ops = None
+    if "ops" in args:
+        ops = _split(args.getlist("ops"), "ops", len(OPERATION_TYPES))
+        for op in ops:
+            if op not in OPERATION_TYPES:
+                raise ClientError(f"ops: unknown operation type {op[:40]!r}")
+    predicates = []
+    limits = filter_limits or {}
+    if "filter" in args:
+        texts = args.getlist("filter")
+        if len(texts) != 1:
+            raise FilterError("filter: give it once")
+        predicates.append(compile_filter(texts[0], **limits))
+    if principal.filter is not None:
+        predicates.append(compile_filter(principal.filter))
+    return Subscription(namespaces, ops, predicates,
+                        tuple(operator_hide) + principal.hide)

@@ -1,8 +1,10 @@
 """The blueprint: the WebSocket route, health endpoints and the page.
 
-Everything that can be refused is refused in ``before_request``, before the
-WebSocket upgrade, as an HTTP status with a JSON reason; after the upgrade
-only close codes are left (see :mod:`wsproxy.protocol`).
+Everything that can be refused is refused before the WebSocket upgrade, as
+an HTTP status with a JSON reason: not an upgrade (426), a foreign origin
+(403), no or bad credentials (401/403), a bad subscription or resume id
+(400), a full or stopping worker (503). After the upgrade only close codes
+are left (see :mod:`wsproxy.protocol`).
 """
 
 import json
@@ -11,15 +13,15 @@ import os
 import threading
 import time
 
-from flask import (Blueprint, Response, current_app, g, jsonify, request,
+from flask import (Blueprint, Response, current_app, jsonify, request,
                    send_from_directory, render_template_string)
-from flask_sock import Sock
+from simple_websocket import Server
 
-from . import codec, protocol
+from . import access, codec, control, protocol
+from . import subscription as subscriptions
 from .client import Client, GuardedSocket
 from .errors import ClientError
 from .resume import CatchUp, catch_up
-from .subscription import EVERYTHING
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ STATIC_DIR = next(
     (d for d in (os.path.join(_PACKAGE_DIR, "static"),
                  os.path.join(os.path.dirname(_PACKAGE_DIR), "static"))
      if os.path.isdir(d)), os.path.join(_PACKAGE_DIR, "static"))
-_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+_SOCKET_KEYS = (("gunicorn.socket", "gunicorn"),
+                ("werkzeug.socket", "werkzeug"))
 
 
 def _state():
@@ -37,55 +40,106 @@ def _state():
 
 
 def _refuse(error):
-    return Response(json.dumps({"error": error.reason}), status=error.status,
-                    mimetype="application/json")
+    response = Response(json.dumps({"error": error.reason}),
+                        status=error.status, mimetype="application/json")
+    if error.status == 503:
+        response.headers["Retry-After"] = "5"
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+class _Upgraded(Response):
+    """The connection now belongs to the WebSocket: tell the WSGI server not
+    to write a response (the same dance flask-sock does)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ, start_response):
+        if self.mode == "gunicorn":
+            raise StopIteration()  # gunicorn: close without a response
+        if self.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []
+
+
+def _authorize(state):
+    authorizer = state.authorizer
+    if authorizer is None:
+        return access.ANYONE
+    principal = authorizer(request)
+    if principal is None:
+        raise ClientError("authentication required", status=401)
+    if not isinstance(principal, access.Principal):
+        raise TypeError("an authorizer must return a Principal or None")
+    return principal
+
+
+def _admit(state, config):
+    """All the checks before the upgrade; returns (subscription, resume id,
+    principal) or raises ClientError."""
+    if state.stopping.is_set():
+        raise ClientError("server shutting down", status=503)
+    access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
+    principal = _authorize(state)
+    if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
+        raise ClientError("this worker is full; retry", status=503)
+    resume_id = request.args.get("resume_after")
+    if resume_id is not None:
+        codec.id_to_token(resume_id)  # validates
+    sub = subscriptions.parse(
+        request.args, scope=config["WSPROXY_WATCH"], principal=principal,
+        operator_hide=config["WSPROXY_HIDE_FIELDS"],
+        filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]})
+    return sub, resume_id, principal
 
 
 def create_blueprint(config):
     bp = Blueprint("wsproxy", __name__)
-    sock = Sock()
 
-    @bp.before_request
-    def before_upgrade():
-        if request.endpoint != "wsproxy.websocket":
-            return None
+    @bp.route(config["WSPROXY_PATH"], endpoint="websocket", websocket=True)
+    def websocket():
         state = _state().ensure_started()
-        if state.stopping.is_set():
-            return _refuse(ClientError("server shutting down", status=503))
-        environ = request.environ
         try:
-            resume_id = request.args.get("resume_after")
-            if resume_id is not None:
-                codec.id_to_token(resume_id)  # validates
-            g.wsproxy_resume_after = resume_id
+            sub, resume_id, principal = _admit(state, config)
         except ClientError as exc:
+            log.info("refused %s (%s): %s", request.remote_addr,
+                     exc.status, exc.reason)
             return _refuse(exc)
+        environ = request.environ
         if not config["WSPROXY_COMPRESSION"]:
             # simple-websocket accepts permessage-deflate whenever offered;
             # not offering it keeps frames shareable between clients.
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        key = next((k for k in _SOCKET_KEYS if k in environ), None)
+        key, mode = next(((k, m) for k, m in _SOCKET_KEYS if k in environ),
+                         (None, None))
         if key is None:
-            return _refuse(ClientError("this server cannot upgrade to "
-                                       "WebSocket", status=500))
+            return _refuse(ClientError(
+                "this WSGI server cannot hand over its socket", status=500))
         guarded = GuardedSocket(environ[key], config["WSPROXY_SEND_TIMEOUT"])
         environ[key] = guarded
-        g.wsproxy_socket = guarded
-        g.wsproxy_state = state
-        return None
-
-    @sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
-    def websocket(ws):
-        ws.max_message_size = config["WSPROXY_MAX_MESSAGE_SIZE"]
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        ws = Server(environ,
+                    subprotocols=[access.BEARER_SUBPROTOCOL]
+                    if access.BEARER_SUBPROTOCOL in offered else None,
+                    max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"])
         client = Client(
-            ws, g.wsproxy_socket,
+            ws, guarded,
             max_messages=config["WSPROXY_OUTBOX_MAX_MESSAGES"],
             max_bytes=config["WSPROXY_OUTBOX_MAX_BYTES"],
             ping_interval=config["WSPROXY_PING_INTERVAL"],
             close_timeout=config["WSPROXY_CLOSE_TIMEOUT"],
-            subscription=EVERYTHING,
-            remote_addr=request.remote_addr)
-        serve(g.wsproxy_state, client, g.wsproxy_resume_after)
+            subscription=sub, remote_addr=request.remote_addr)
+        client.principal = principal
+        serve(state, client, resume_id)
+        return _Upgraded(mode)
+
+    @bp.route(config["WSPROXY_PATH"], endpoint="upgrade_required")
+    def upgrade_required():
+        # The same path without an Upgrade header (a plain GET).
+        return _refuse(ClientError("this is a WebSocket endpoint", status=426))
 
     @bp.route("/healthz")
     def healthz():
@@ -95,7 +149,8 @@ def create_blueprint(config):
     def readyz():
         state = _state().ensure_started()
         source = state.source
-        ready = source.healthy and state.hub.running
+        ready = (source.healthy and state.hub.running
+                 and not state.stopping.is_set())
         body = {
             "ready": ready,
             "pid": os.getpid(),
@@ -128,11 +183,12 @@ def create_blueprint(config):
 def serve(state, client, resume_id):
     """Run one connection from hello to close."""
     hub = state.hub
+    config = state.config
 
     def hello(mode):
         return codec.control_message(
             protocol.HELLO, worker=os.getpid(),
-            watch=state.config["WSPROXY_WATCH"] or "", resume=mode)
+            watch=config["WSPROXY_WATCH"] or "", resume=mode)
 
     member = client
     resume = hub.register(client, resume_id, hello)
@@ -140,16 +196,17 @@ def serve(state, client, resume_id):
         # Not in this worker's history: replay from MongoDB, then splice.
         resume = "catch-up"
         client.preload([codec.frame(hello(resume))])
-        member = CatchUp(client, state.config["WSPROXY_OUTBOX_MAX_MESSAGES"])
+        member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
         hub.add(member)
         threading.Thread(target=catch_up, args=(state, member, resume_id),
                          name=f"wsproxy-catchup-{client.id}",
                          daemon=True).start()
-    log.info("client %s connected from %s (resume: %s)", client.id,
-             client.remote_addr, resume)
+    log.info("client %s connected from %s as %s (resume: %s)", client.id,
+             client.remote_addr, client.principal.name, resume)
     started = time.monotonic()
     try:
-        client.run(on_client_message)
+        client.run(control.handler(config["WSPROXY_CLIENT_MESSAGE_RATE"],
+                                   config["WSPROXY_CLIENT_MESSAGE_BURST"]))
     except Exception:  # noqa: BLE001 - one connection must not hurt others
         log.exception("client %s: handler failed", client.id)
         client.sock.abort()
@@ -158,21 +215,3 @@ def serve(state, client, resume_id):
         client.finish()
         log.info("client %s disconnected after %.1fs (code %s)", client.id,
                  time.monotonic() - started, client.close_code)
-
-
-def on_client_message(client, data):
-    """Client-to-server messages are small JSON control messages."""
-    if isinstance(data, (bytes, bytearray)):
-        client.request_close(protocol.CLOSE_UNSUPPORTED_DATA,
-                             "binary messages are not accepted")
-        return
-    try:
-        message = json.loads(data)
-    except ValueError:
-        client.request_close(protocol.CLOSE_POLICY, "message is not JSON")
-        return
-    if isinstance(message, dict) and message.get("type") == "ping":
-        client.send_text(codec.control_message(protocol.PONG))
-        return
-    client.request_close(protocol.CLOSE_POLICY,
-                         "unknown message; only {\"type\": \"ping\"} is accepted")

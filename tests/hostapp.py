@@ -1,0 +1,64 @@
+"""An existing Flask app with its own routes, session login and bearer
+tokens, with wsproxy mounted in: what the README's "Mount into your app"
+describes, served by the real gunicorn in the access tests."""
+
+import os
+
+from flask import Blueprint, Flask, jsonify, session
+
+from wsproxy import AccessDenied, Principal, WSProxy
+from wsproxy.access import bearer_token
+from wsproxy.config import from_env
+
+DB = os.environ.get("HOSTAPP_DB", "hostapp")
+
+# Who each user or token may see.
+PRINCIPALS = {
+    "admin": Principal("admin"),
+    "shop": Principal("shop", namespaces={f"{DB}.orders"},
+                      hide=["card", "customer.email"]),
+    "open-only": Principal("open-only", filter={"fullDocument.status": "open"}),
+}
+TOKENS = {"token-admin": "admin", "token-shop": "shop"}
+
+proxy = WSProxy()
+
+
+@proxy.authorize
+def authorize(request):
+    token = bearer_token(request)
+    if token is not None:
+        if token not in TOKENS:
+            raise AccessDenied("unknown token")
+        return PRINCIPALS[TOKENS[token]]
+    user = session.get("user")
+    if user is None:
+        return None
+    if user not in PRINCIPALS:
+        raise AccessDenied(f"user {user} may not watch changes")
+    return PRINCIPALS[user]
+
+
+def create_app():
+    app = Flask(__name__)
+    app.secret_key = "test-only-secret"
+    app.config.update(from_env())
+    app.config.setdefault("WSPROXY_PAGE_PATH", "/live")
+
+    account = Blueprint("account", __name__, url_prefix="/account")
+
+    @account.route("/login/<user>")
+    def login(user):
+        session["user"] = user
+        return jsonify(user=user)
+
+    @app.route("/")
+    def home():
+        return "the host app's own home page"
+
+    app.register_blueprint(account)
+    proxy.init_app(app)
+    return app
+
+
+app = create_app()

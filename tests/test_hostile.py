@@ -1,0 +1,219 @@
+"""Malformed and hostile input: each gets its exact status or close code and
+reason, the worker survives, and a well-behaved client connected the whole
+time keeps receiving every event."""
+
+import json
+import socket
+import urllib.parse
+
+import pymongo
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .helpers import Gunicorn, WSClient, http_get, scaled
+
+DB, COLL = "hostile", "items"
+
+
+@pytest.fixture(scope="module")
+def server(mongo):
+    client = pymongo.MongoClient(mongo.uri)
+    client.drop_database(DB)
+    client.close()
+    server = Gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                       "WSPROXY_WATCH": DB, "WSPROXY_MAX_AWAIT_MS": "100",
+                       "WSPROXY_CLIENT_MESSAGE_RATE": "5",
+                       "WSPROXY_MAX_FILTER_BYTES": "2048",
+                       "WSPROXY_CLIENT_MESSAGE_BURST": "10"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def writes(mongo):
+    client = pymongo.MongoClient(mongo.uri)
+    yield client[DB][COLL]
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def bystander(server):
+    """Connected through the whole table; checked at the end."""
+    client = WSClient(server.ws_url())
+    assert client.recv()["type"] == "hello"
+    yield client
+    client.close()
+
+
+def _q(**params):
+    return urllib.parse.urlencode(params)
+
+
+DEEP = {"a": 1}
+for _ in range(12):
+    DEEP = {"$and": [DEEP]}
+
+# (query string, status, reason fragment): refused before the upgrade.
+BEFORE_UPGRADE = [
+    (_q(filter="{not json"), 400, "filter is not valid JSON"),
+    (_q(filter="[1, 2]"), 400, "filter must be a JSON object"),
+    (_q(filter='"text"'), 400, "filter must be a JSON object"),
+    (_q(filter="null"), 400, "filter must be a JSON object"),
+    (_q(filter='{"$where": "sleep(1000)"}'), 400, "unsupported operator $where"),
+    (_q(filter='{"$function": {"body": "x"}}'), 400, "unsupported operator $function"),
+    (_q(filter='{"$expr": {"$eq": [1, 1]}}'), 400, "unsupported operator $expr"),
+    (_q(filter='{"a": {"$accumulator": {}}}'), 400, "unsupported operator $accumulator"),
+    (_q(filter='{"a": {"$regex": "^x"}}'), 400, "unsupported operator $regex"),
+    (_q(filter='{"a": {"$elemMatch": {"b": 1}}}'), 400, "unsupported operator $elemMatch"),
+    (_q(filter='{"$nor": [{"a": 1}]}'), 400, "unsupported operator $nor"),
+    (_q(filter='{"a": {"$foo": 1}}'), 400, "unsupported operator $foo"),
+    (_q(filter='{"a": {"$in": 5}}'), 400, "$in needs a list"),
+    (_q(filter='{"a": {"$nin": "x"}}'), 400, "$nin needs a list"),
+    (_q(filter='{"a": {"$exists": "yes"}}'), 400, "$exists"),
+    (_q(filter='{"$and": []}'), 400, "$and"),
+    (_q(filter='{"$or": {"a": 1}}'), 400, "$or"),
+    (_q(filter='{"a": {"$not": 5}}'), 400, "$not"),
+    (_q(filter='{"": 1}'), 400, "filter"),
+    (_q(filter='{"a..b": 1}'), 400, "filter"),
+    (_q(filter='{"a": {"$gt": 1, "b": 2}}'), 400, "filter"),
+    (_q(filter='{"a": {"$oid": "not-an-oid"}}'), 400, "filter"),
+    (_q(filter=json.dumps({"a": "x" * 2500})), 400, "filter too large"),
+    # Over gunicorn's request-line limit: refused before the app sees it.
+    (_q(filter=json.dumps({"a": "x" * 5000})), 414, "Request Line is too large"),
+    (_q(filter=json.dumps(DEEP)), 400, "nested too deep"),
+    (_q(filter=json.dumps({"a": {"$in": list(range(500))}})), 400, "filter"),
+    (_q(filter="{}") + "&" + _q(filter="{}"), 400, "filter: give it once"),
+    ("filter=%FF%FE", 400, "filter"),
+    (_q(ns=""), 400, "ns: empty"),
+    (_q(ns="a b"), 400, "is not 'db' or 'db.coll'"),
+    (_q(ns="other.items"), 400, "outside the watched scope"),
+    (_q(ns="other"), 400, "outside the watched scope"),
+    (_q(ns=",".join(f"{DB}.c{i}" for i in range(40))), 400, "more than 32"),
+    (_q(ns="x" * 300), 400, "is not 'db' or 'db.coll'"),
+    (_q(ops="explode"), 400, "unknown operation type 'explode'"),
+    (_q(ops=","), 400, "ops: empty"),
+    (_q(fliter="{}"), 400, "unknown parameter 'fliter'"),
+    (_q(resume_after="not a token"), 400, "resume_after"),
+    (_q(resume_after="ab" * 5000), 414, "Request Line is too large"),
+    (_q(resume_after="b64:%%%"), 400, "resume_after"),
+    (_q(resume_after="b64:AAAA"), 400, "resume_after"),
+]
+
+
+@pytest.mark.parametrize("query, status, reason", BEFORE_UPGRADE)
+def test_refused_before_the_upgrade(server, bystander, writes, query, status,
+                                    reason):
+    with pytest.raises(InvalidStatus) as info:
+        WSClient(server.ws_url() + "?" + query)
+    response = info.value.response
+    assert response.status_code == status
+    if status == 414:
+        assert reason in response.body.decode()
+    else:
+        assert reason in json.loads(response.body)["error"]
+    _bystander_still_receives(bystander, writes)
+
+
+def test_a_foreign_origin_is_refused(server, bystander, writes):
+    with pytest.raises(InvalidStatus) as info:
+        WSClient(server.ws_url(), origin="https://evil.example")
+    assert info.value.response.status_code == 403
+    _bystander_still_receives(bystander, writes)
+
+
+def test_a_plain_get_is_told_to_upgrade(server, bystander, writes):
+    status, body = http_get(server.url + "/ws")
+    assert status == 426 and b"WebSocket endpoint" in body
+    _bystander_still_receives(bystander, writes)
+
+
+def _send_and_expect_close(server, send):
+    client = WSClient(server.ws_url())
+    assert client.recv()["type"] == "hello"
+    send(client.ws)
+    return client.wait_closed(timeout=10)
+
+
+# (how to misbehave after the upgrade, close code, reason fragment)
+AFTER_UPGRADE = [
+    (lambda ws: ws.send(b"\x00\x01binary"), 1003, "binary messages"),
+    (lambda ws: ws.send("not json"), 1008, "message is not JSON"),
+    (lambda ws: ws.send('{"type": "subscribe"}'), 1008, "unknown message type"),
+    (lambda ws: ws.send("[1, 2, 3]"), 1008, "unknown message type"),
+    (lambda ws: ws.send('"ping"'), 1008, "unknown message type"),
+    (lambda ws: ws.send("x" * 5000), 1009, "too big"),
+    (lambda ws: ws.send(["x" * 3000, "y" * 3000]), 1009, "too big"),
+    (lambda ws: ws.send(b"\xff\xfe\xfd", text=True), 1007, ""),
+    (lambda ws: [ws.send('{"type": "ping"}') for _ in range(60)], 1008,
+     "too many messages"),
+]
+
+
+@pytest.mark.parametrize("send, code, reason", AFTER_UPGRADE)
+def test_closed_after_the_upgrade(server, bystander, writes, send, code,
+                                  reason):
+    got_code, got_reason = _send_and_expect_close(server, send)
+    assert got_code == code
+    assert reason in got_reason
+    _bystander_still_receives(bystander, writes)
+
+
+def test_a_ping_message_gets_a_pong(server):
+    client = WSClient(server.ws_url())
+    client.recv()
+    client.ws.send('{"type": "ping"}')
+    assert client.recv_type("pong")["type"] == "pong"
+    client.close()
+
+
+def test_a_forged_resume_token_gets_a_reset_not_a_crash(
+        server, bystander, writes):
+    client = WSClient(server.ws_url(_q(resume_after="82" + "ab" * 40)))
+    assert client.recv()["resume"] == "catch-up"
+    assert client.recv_type("reset", timeout=10)["lost"] is True
+    _bystander_still_receives(bystander, writes)
+    assert client.recv_type("change")["type"] == "change"
+    client.close()
+
+
+def test_garbage_instead_of_a_handshake(server, bystander, writes):
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+        raw.settimeout(scaled(5))
+        assert raw.recv(1024).startswith(b"HTTP/1.1 400")
+    _bystander_still_receives(bystander, writes)
+
+
+def test_the_worker_is_full(mongo, namespace, gunicorn):
+    db, coll = namespace
+    full = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                     "WSPROXY_WATCH": db, "WSPROXY_MAX_CLIENTS": "2"})
+    keep = [WSClient(full.ws_url()) for _ in range(2)]
+    for client in keep:
+        client.recv()
+    with pytest.raises(InvalidStatus) as info:
+        WSClient(full.ws_url())
+    assert info.value.response.status_code == 503
+    assert info.value.response.headers["Retry-After"] == "5"
+    for client in keep:
+        client.close()
+
+
+_counter = iter(range(10**6))
+
+
+def _bystander_still_receives(bystander, writes):
+    """One new write reaches the client that did nothing wrong."""
+    n = next(_counter)
+    writes.insert_one({"probe": n})
+    while True:
+        message = bystander.recv_type("change", timeout=5)
+        if message["event"]["fullDocument"].get("probe") == n:
+            return
+
+
+def test_the_bystander_was_never_disconnected(bystander):
+    try:
+        bystander.ws.ping().wait(scaled(5))
+    except ConnectionClosed:
+        pytest.fail("the well-behaved client was disconnected")
