@@ -7,7 +7,18 @@ stops both on shutdown. With it, it serves that deployment and nothing more.
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
+
+# Metrics from every worker, summed by whichever one answers /metrics. Set
+# before any worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="wsproxy-metrics-")
+    _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:
+    _own_metrics_dir = None
 
 # Where to listen; `-b HOST:PORT` on the command line overrides this.
 bind = os.environ.get("WSPROXY_BIND", "127.0.0.1:8000")
@@ -123,8 +134,17 @@ def worker_exit(server, worker):
         state.stop()
 
 
+def child_exit(server, worker):
+    """Master, after a worker died: drop its live gauges (clients)."""
+    from wsproxy.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
 def on_exit(server):
     """Master, last: stop the demo writer, then the embedded server."""
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
     if _demo_writer is not None and _demo_writer.poll() is None:
         _demo_writer.terminate()
         _demo_writer.wait(10)

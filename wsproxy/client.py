@@ -28,7 +28,7 @@ import time
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError
 
-from . import protocol
+from . import metrics, protocol
 from .codec import frame
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,9 @@ class Client:
     # -- called by the broadcaster (and at registration) -------------------
 
     def on_change(self, change):
+        """Offer ``change`` if subscribed; True if it was handed over."""
         sub = self.subscription
-        if sub.wants(change):
-            self.offer(sub.frame(change))
+        return sub.wants(change) and self.offer(sub.frame(change))
 
     def offer(self, data):
         """Queue or write one frame. False if this client is closing."""
@@ -240,6 +240,8 @@ class Client:
     def _request_close_locked(self, code, reason):
         if self._close_request is None:
             self._close_request = (code, reason)
+            if code == protocol.CLOSE_SLOW_CONSUMER:
+                metrics.SLOW.inc()
             # The backlog is dropped; a half-written frame is not (it is
             # the socket's tail, finished before the close frame).
             self._outbox.clear()

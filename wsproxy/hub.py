@@ -13,7 +13,10 @@ import logging
 import queue
 import threading
 
-from . import codec
+import datetime
+import time
+
+from . import codec, metrics
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +153,19 @@ class Hub:
                 self._history.popitem(last=False)
             clients = list(self._clients)
         self.published += 1
+        wall = change.raw.get("wallTime")
+        if isinstance(wall, datetime.datetime):
+            # PyMongo decodes naive UTC datetimes.
+            lag = time.time() - wall.replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            metrics.LAG.observe(max(lag, 0.0))
+        handed = 0
         for client in clients:
-            client.on_change(change)
+            if client.on_change(change):
+                handed += 1
+        if handed:
+            metrics.MESSAGES.inc(handed)
+            metrics.BYTES.inc(handed * len(change.frame))
 
     def _announce(self, announcement):
         if announcement.forget_history:

@@ -32,7 +32,7 @@ import threading
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import codec, protocol
+from . import codec, metrics, protocol
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +55,26 @@ class CatchUp:
     # -- the broadcaster's side ------------------------------------------
 
     def on_change(self, change):
+        """The broadcaster's offer; True if handed to the client now."""
         with self._lock:
             if self.spliced:
                 if self._delivered and change.id in self._delivered:
                     self._delivered.discard(change.id)
-                    return
-                self.client.on_change(change)
-                return
+                    return False
+                return self.client.on_change(change)
             if change.id in self._delivered:
                 # The catch-up ran ahead: it has delivered this one and
                 # everything before it, so the live feed takes over after it.
                 self._splice_locked([])
-                return
+                return False
             if len(self._live) >= self.buffer_limit:
                 self.client.request_close(
                     protocol.CLOSE_SLOW_CONSUMER,
                     "fell behind while catching up; resume again")
-                return
+                return False
             self._live_ids[change.id] = len(self._live)
             self._live.append(change)
+            return False
 
     def offer(self, data):
         return self.client.offer(data)
@@ -109,6 +110,7 @@ class CatchUp:
                 return
             self.client.preload([codec.frame(codec.control_message(
                 protocol.RESET, lost=True, reason=reason))])
+            metrics.RESETS.labels("client").inc()
             self._delivered.clear()
             self._splice_locked(self._live)
 

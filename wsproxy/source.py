@@ -14,7 +14,7 @@ import time
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import codec, protocol
+from . import codec, metrics, protocol
 from .hub import Announcement
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class ChangeSource:
                 log.info("watcher: reopening the change stream in %.1fs", delay)
                 self._stopping.wait(delay)
             self.reconnects += 1
+            metrics.WATCHER_RECONNECTS.inc()
 
     def _stream_once(self):
         if self._start_after is not None:
@@ -181,6 +182,7 @@ class ChangeSource:
                         raise _StreamEnded("the server closed the change stream")
                     continue
                 self.last_event_at = now
+                metrics.EVENTS.inc()
                 change = codec.Change(raw)
                 if not self.hub.submit(change, self._stopping):
                     return
@@ -198,12 +200,14 @@ class ChangeSource:
 
     def _on_error(self, exc):
         self.errors += 1
+        metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
         if is_history_lost(exc):
             log.error("watcher: cannot resume (%s); restarting from now, "
                       "clients are told events may have been lost", exc)
             self.resume_token = None
             self._start_after = None
+            metrics.RESETS.labels("watcher").inc()
             self.hub.submit(Announcement(
                 codec.control_message(
                     protocol.RESET, lost=True,

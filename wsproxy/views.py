@@ -17,7 +17,7 @@ from flask import (Blueprint, Response, current_app, jsonify, request,
                    send_from_directory, render_template_string)
 from simple_websocket import Server
 
-from . import access, codec, control, protocol
+from . import access, codec, control, metrics, protocol
 from . import subscription as subscriptions
 from .client import Client, GuardedSocket
 from .errors import ClientError
@@ -107,6 +107,7 @@ def create_blueprint(config):
         except ClientError as exc:
             log.info("refused %s (%s): %s", request.remote_addr,
                      exc.status, exc.reason)
+            metrics.REFUSED.labels(str(exc.status)).inc()
             return _refuse(exc)
         environ = request.environ
         if not config["WSPROXY_COMPRESSION"]:
@@ -140,6 +141,11 @@ def create_blueprint(config):
     def upgrade_required():
         # The same path without an Upgrade header (a plain GET).
         return _refuse(ClientError("this is a WebSocket endpoint", status=426))
+
+    @bp.route("/metrics")
+    def metrics_view():
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @bp.route("/healthz")
     def healthz():
@@ -201,8 +207,11 @@ def serve(state, client, resume_id):
         threading.Thread(target=catch_up, args=(state, member, resume_id),
                          name=f"wsproxy-catchup-{client.id}",
                          daemon=True).start()
-    log.info("client %s connected from %s as %s (resume: %s)", client.id,
-             client.remote_addr, client.principal.name, resume)
+    log.info("client %s connected from %s as %s (resume: %s, ns: %s)",
+             client.id, client.remote_addr, client.principal.name, resume,
+             ",".join(sorted(client.subscription.namespaces or ())) or "*")
+    metrics.RESUMES.labels(resume).inc()
+    metrics.CLIENTS.inc()
     started = time.monotonic()
     try:
         client.run(control.handler(config["WSPROXY_CLIENT_MESSAGE_RATE"],
@@ -212,6 +221,7 @@ def serve(state, client, resume_id):
         client.sock.abort()
     finally:
         hub.unregister(member)
+        metrics.CLIENTS.dec()
         client.finish()
         log.info("client %s disconnected after %.1fs (code %s)", client.id,
                  time.monotonic() - started, client.close_code)

@@ -1,0 +1,93 @@
+"""Operations: metrics summed across workers, graceful shutdown with 1001,
+and readiness following the database."""
+
+import re
+import time
+
+from .helpers import WSClient, http_get, scaled, wait_for
+
+
+def _metric(text, name, labels=""):
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def _scrape(server):
+    status, body = http_get(server.url + "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def test_metrics_move_under_a_small_workload_across_two_workers(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                       "WSPROXY_WATCH": f"{db}.{coll}",
+                       "WSPROXY_MAX_AWAIT_MS": "100"}, workers=2)
+    wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
+    # Both workers' watchers must be up before writing, or one misses some.
+    wait_for(lambda: all(http_get(server.url + "/readyz")[0] == 200
+                         for _ in range(6)), 20, "both workers ready")
+    clients = [WSClient(server.ws_url()) for _ in range(6)]
+    for client in clients:
+        assert client.recv()["type"] == "hello"
+    wait_for(lambda: _metric(_scrape(server), "wsproxy_clients") == 6, 10,
+             "6 clients counted across workers")
+    mongo_client[db][coll].insert_many([{"i": i} for i in range(5)])
+    for client in clients:
+        assert len(client.changes(5)) == 5
+
+    def settled():
+        text = _scrape(server)
+        return (_metric(text, "wsproxy_events_received_total") == 10
+                and _metric(text, "wsproxy_messages_sent_total") == 30) and text
+
+    # Every worker watches on its own: 5 events x 2 workers read, and
+    # 5 events x 6 clients sent, whichever worker answers the scrape.
+    text = wait_for(settled, 10, "counters to settle")
+    assert _metric(text, "wsproxy_resumes_total", '{mode="none"}') == 6
+    assert _metric(text, "wsproxy_bytes_sent_total") > 0
+    assert _metric(text, "wsproxy_event_lag_seconds_count") == 10
+    assert "wsproxy_slow_consumer_disconnects_total" in text
+    for client in clients:
+        client.close()
+    wait_for(lambda: _metric(_scrape(server), "wsproxy_clients") == 0, 10,
+             "clients to be counted out")
+
+
+def test_sigterm_closes_clients_with_1001_within_the_graceful_timeout(
+        mongo, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                       "WSPROXY_WATCH": f"{db}.{coll}",
+                       "WSPROXY_GRACEFUL_TIMEOUT": "10"})
+    clients = [WSClient(server.ws_url()) for _ in range(5)]
+    for client in clients:
+        client.recv()
+    started = time.monotonic()
+    server.process.terminate()
+    for client in clients:
+        code, reason = client.wait_closed(timeout=10)
+        assert code == 1001 and "resume" in reason
+    assert server.process.wait(scaled(15)) == 0
+    # Well inside the graceful timeout, not at it.
+    assert time.monotonic() - started < scaled(8)
+    assert "Traceback" not in server.output()
+
+
+def test_readiness_follows_the_database(own_mongo, gunicorn):
+    server = gunicorn({
+        "WSPROXY_MONGODB_URI": own_mongo.uri + "&serverSelectionTimeoutMS=2000",
+        "WSPROXY_WATCH": "ops.items", "WSPROXY_MAX_AWAIT_MS": "100",
+        "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"})
+    status, body = server.readyz()
+    assert status == 200 and body["watcher"] == "connected"
+    assert http_get(server.url + "/healthz")[0] == 200
+    own_mongo.kill()
+    wait_for(lambda: server.readyz()[0] == 503, 15, "not ready")
+    assert http_get(server.url + "/healthz")[0] == 200  # alive all along
+    own_mongo.start()
+    server.wait_ready(30)
+    text = _scrape(server)
+    assert _metric(text, "wsproxy_watcher_errors_total") >= 1
+    assert _metric(text, "wsproxy_watcher_reconnects_total") >= 1
