@@ -317,6 +317,14 @@ class Client:
                 if len(self._outbox) < 8:
                     self._drained.set()
 
+    def close_now(self):
+        """Send the requested close frame from this thread, whatever the
+        state of the loop (used after an unexpected error)."""
+        try:
+            self._send_close()
+        except Exception:  # noqa: BLE001 - the connection is beyond saving
+            self.sock.abort()
+
     def _send_close(self):
         code, reason = self._close_request
         self.close_code = code

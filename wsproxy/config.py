@@ -31,7 +31,6 @@ DEFAULTS = {
     "WSPROXY_SEND_TIMEOUT": 10.0,
     "WSPROXY_CLOSE_TIMEOUT": 5.0,
     "WSPROXY_PING_INTERVAL": 25.0,
-    "WSPROXY_COMPRESSION": False,
     "WSPROXY_MAX_MESSAGE_SIZE": 4096,
     # Who may connect and what they see.
     "WSPROXY_ALLOWED_ORIGINS": None,         # None: same origin only

@@ -172,7 +172,6 @@ class WSProxy:
         - ``WSPROXY_SEND_TIMEOUT`` (10): seconds a write may block.
         - ``WSPROXY_CLOSE_TIMEOUT`` (5): seconds to wait for a close reply.
         - ``WSPROXY_PING_INTERVAL`` (25): heartbeat seconds; 0 disables.
-        - ``WSPROXY_COMPRESSION`` (False): accept permessage-deflate.
         - ``WSPROXY_MAX_MESSAGE_SIZE`` (4096): largest client message
           (close 1009 beyond it).
         - ``WSPROXY_ALLOWED_ORIGINS`` (None): browser origins allowed to
