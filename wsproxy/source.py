@@ -169,15 +169,24 @@ class ChangeSource:
             stream = self.open_stream(resume_after=self.resume_token)
         with stream:
             self._stream = stream
-            self.last_ok_at = time.time()
-            self._set_state("connected", None)
             while not self._stopping.is_set():
                 raw = stream.try_next()
                 now = time.time()
                 self.last_ok_at = now
+                if self.state != "connected":
+                    # Connected once a round trip has worked, not when the
+                    # aggregate was accepted: a server that accepts every
+                    # aggregate but fails every getMore stays "reconnecting"
+                    # (and keeps its growing backoff).
+                    self._set_state("connected", None)
+                    self.backoff.reset()
                 if raw is None:
-                    if stream.resume_token is not None:
-                        self.resume_token = stream.resume_token
+                    token = stream.resume_token
+                    if token is not None and token != self._start_after:
+                        # The server's post-batch token: a position after
+                        # everything seen, including an invalidate.
+                        self.resume_token = token
+                        self._start_after = None
                     if not stream.alive:
                         raise _StreamEnded("the server closed the change stream")
                     continue
@@ -221,11 +230,10 @@ class ChangeSource:
         self._set_state("failed" if is_fatal(exc) else "reconnecting", str(exc))
 
     def _set_state(self, state, detail):
-        if state == self.state:
-            return
         previous, self.state = self.state, state
-        if previous == "starting" and state == "connected":
-            return
+        was_live = previous in ("starting", "connected")
+        if was_live == (state == "connected"):
+            return  # e.g. failed -> reconnecting: clients already know
         # Tell clients the live feed paused or came back, so a page can show
         # it; no event is lost either way.
         self.hub.submit(Announcement(codec.control_message(
