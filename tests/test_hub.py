@@ -146,3 +146,16 @@ def test_unregistered_clients_get_nothing_more():
     probe.wait_for(2)
     hub.stop()
     assert len(client.frames) == 2 and len(hub) == 1
+
+
+def test_history_is_bounded_in_bytes_too():
+    events = [change(i) for i in range(20)]
+    hub = Hub(history_size=1000,
+              history_bytes=sum(len(e.frame) for e in events[-5:]))
+    hub.start()
+    watcher = FakeClient()
+    hub.register(watcher, None, hello)
+    submit_all(hub, events)
+    watcher.wait_for(21)
+    assert hub.history_ids() == [e.id for e in events[-5:]]
+    hub.stop()

@@ -83,6 +83,7 @@ class GuardedSocket:
         self.write_lock = threading.RLock()
         self.send_timeout = send_timeout
         self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
+        self.closed = False  # set under write_lock; no write after it
         # The unsent end of a frame a non-blocking write began. Whoever
         # writes next (under write_lock) must finish it first, or another
         # frame would land inside it.
@@ -97,6 +98,8 @@ class GuardedSocket:
 
     def write_now(self, data):
         """Write ``data`` (after any tail); the caller holds ``write_lock``."""
+        if self.closed:
+            raise BrokenPipeError(errno.EPIPE, "connection closed")
         deadline = time.monotonic() + self.send_timeout
         if self.tail is not None:
             tail, self.tail = self.tail, None
@@ -108,6 +111,8 @@ class GuardedSocket:
         """One non-blocking attempt at a whole frame; the caller holds
         ``write_lock`` and has checked there is no tail. Returns False if
         part of it (kept as the tail) is still to be written."""
+        if self.closed:
+            raise BrokenPipeError(errno.EPIPE, "connection closed")
         try:
             sent = self.raw.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -118,11 +123,15 @@ class GuardedSocket:
         return True
 
     def close(self):
-        # Under the write lock: closing the fd while another thread is
-        # inside send() on it could hand that write to a new connection
-        # that reuses the fd number.
+        """Called by simple-websocket's reader thread when it is done. The
+        WSGI server owns the socket and closes it after the handler returns
+        (closing it here too would make gunicorn count the connection out
+        twice), so this only ends it, and under the write lock, so no write
+        can be in flight on an fd that gunicorn then closes and the OS
+        reuses for another connection."""
         with self.write_lock:
-            self.raw.close()
+            self.closed = True
+            self.abort()
 
     def abort(self):
         """Unblock every thread using this socket (reader and writers)."""
@@ -195,8 +204,9 @@ class Client:
                         or self._outbox_bytes + len(data) > self.max_bytes):
                     self._request_close_locked(
                         protocol.CLOSE_SLOW_CONSUMER,
-                        f"slow consumer: more than {len(self._outbox)} "
-                        "messages queued; reconnect with resume_after")
+                        f"slow consumer: {len(self._outbox)} messages, "
+                        f"{self._outbox_bytes} bytes queued; reconnect "
+                        "with resume_after")
                     return False
                 self._outbox.append(data)
                 self._outbox_bytes += len(data)
@@ -272,7 +282,7 @@ class Client:
                 while self.ws.input_buffer and not self.closing:
                     on_message(self, self.ws.input_buffer.pop(0))
                 if not self.ws.connected:
-                    self.close_code = self.ws.close_reason
+                    self.close_code = self._peer_close_code()
                     return
                 self._flush()
                 if self.closing:
@@ -317,6 +327,14 @@ class Client:
                 if len(self._outbox) < 8:
                     self._drained.set()
 
+    def _peer_close_code(self):
+        # simple-websocket reports 1005 both for a close frame without a
+        # code and for a connection that just vanished; only the first
+        # sent a (possibly empty) reason.
+        if self.ws.close_message is None:
+            return 1006
+        return self.ws.close_reason
+
     def close_now(self):
         """Send the requested close frame from this thread, whatever the
         state of the loop (used after an unexpected error)."""
@@ -340,9 +358,12 @@ class Client:
             self.sock.abort()
 
     def finish(self):
-        """Make sure simple-websocket's reader thread has ended."""
+        """Make sure simple-websocket's reader thread has ended and no write
+        can reach the socket any more (the WSGI server closes it next)."""
         if self.ws.thread.is_alive():
             self.ws.thread.join(self.close_timeout)
         if self.ws.thread.is_alive():
             self.sock.abort()
             self.ws.thread.join(self.close_timeout)
+        with self.sock.write_lock:
+            self.sock.closed = True

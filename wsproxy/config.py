@@ -24,6 +24,7 @@ DEFAULTS = {
     "WSPROXY_PAGE_PATH": "/",                # None: don't serve the page
     # Fan-out and connections.
     "WSPROXY_HISTORY_SIZE": 1000,
+    "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
     "WSPROXY_MAX_CATCHUPS": 16,             # concurrent replays from MongoDB
     "WSPROXY_QUEUE_SIZE": 10000,
     "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
@@ -92,7 +93,8 @@ def validate(config):
     scope = config["WSPROXY_WATCH"] or ""
     if scope.startswith(".") or scope.endswith(".") or " " in scope:
         raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
-    for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_QUEUE_SIZE",
+    for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
+                "WSPROXY_QUEUE_SIZE",
                 "WSPROXY_MAX_CATCHUPS",
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:

@@ -68,6 +68,7 @@ class ProxyState:
         self.mongo = MongoClient(c["WSPROXY_MONGODB_URI"], appname="wsproxy",
                                  connect=False)
         self.hub = Hub(history_size=c["WSPROXY_HISTORY_SIZE"],
+                       history_bytes=c["WSPROXY_HISTORY_MAX_BYTES"],
                        queue_size=c["WSPROXY_QUEUE_SIZE"])
         self.source = ChangeSource(
             watch_target(self.mongo, c["WSPROXY_WATCH"]), self.hub,
@@ -162,6 +163,8 @@ class WSProxy:
         - ``WSPROXY_PATH`` (``"/ws"``): the WebSocket route.
         - ``WSPROXY_PAGE_PATH`` (``"/"``): the bundled page; None disables.
         - ``WSPROXY_HISTORY_SIZE`` (1000): recent events kept for resume.
+        - ``WSPROXY_HISTORY_MAX_BYTES`` (64 MiB): and at most this many
+          bytes of their frames (memory is about three times that).
         - ``WSPROXY_MAX_CATCHUPS`` (16): clients replaying older events
           from MongoDB at once; more wait, then get 1013.
         - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher

@@ -37,7 +37,8 @@ class Announcement:
 
 
 class Hub:
-    def __init__(self, *, history_size=1000, queue_size=10000, metrics=None):
+    def __init__(self, *, history_size=1000, history_bytes=64 << 20,
+                 queue_size=10000):
         # Guards _clients and _history together: a client registers and
         # replays history in the same critical section in which the
         # broadcaster appends to history and snapshots the clients, which
@@ -47,8 +48,11 @@ class Hub:
         self._clients = set()
         self._history = collections.OrderedDict()  # id -> Change, oldest first
         self._history_size = history_size
+        # Counted as frame bytes; the decoded event and its JSON text are
+        # kept too, so memory is about three times this.
+        self._history_bytes_max = history_bytes
+        self._history_bytes = 0
         self.intake = queue.Queue(maxsize=queue_size)
-        self.metrics = metrics
         self.published = 0
         self._thread = None
 
@@ -149,8 +153,12 @@ class Hub:
     def _publish(self, change):
         with self._lock:
             self._history[change.id] = change
-            if len(self._history) > self._history_size:
-                self._history.popitem(last=False)
+            self._history_bytes += len(change.frame)
+            while self._history and (
+                    len(self._history) > self._history_size
+                    or self._history_bytes > self._history_bytes_max):
+                _, old = self._history.popitem(last=False)
+                self._history_bytes -= len(old.frame)
             clients = list(self._clients)
         self.published += 1
         wall = change.raw.get("wallTime")
@@ -171,5 +179,6 @@ class Hub:
         if announcement.forget_history:
             with self._lock:
                 self._history.clear()
+                self._history_bytes = 0
         for client in self.clients():
             client.offer(announcement.frame)
