@@ -25,9 +25,17 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
                        "WSPROXY_WATCH": f"{db}.{coll}",
                        "WSPROXY_MAX_AWAIT_MS": "100"}, workers=2)
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
-    # Both workers' watchers must be up before writing, or one misses some.
-    wait_for(lambda: all(http_get(server.url + "/readyz")[0] == 200
-                         for _ in range(6)), 20, "both workers ready")
+    # Both workers' watchers must be up before writing, or one misses some:
+    # poll /readyz until each worker (by pid) has answered ready.
+    ready = set()
+
+    def both_ready():
+        status, body = server.readyz()
+        if status == 200:
+            ready.add(body["pid"])
+        return ready == set(server.worker_pids())
+
+    wait_for(both_ready, 30, "both workers' watchers to be ready")
     clients = [WSClient(server.ws_url()) for _ in range(6)]
     for client in clients:
         assert client.recv()["type"] == "hello"
@@ -37,14 +45,20 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
     for client in clients:
         assert len(client.changes(5)) == 5
 
+    seen = {}
+
     def settled():
         text = _scrape(server)
-        return (_metric(text, "wsproxy_events_received_total") == 10
-                and _metric(text, "wsproxy_messages_sent_total") == 30) and text
+        seen["events"] = _metric(text, "wsproxy_events_received_total")
+        seen["sent"] = _metric(text, "wsproxy_messages_sent_total")
+        return seen == {"events": 10, "sent": 30} and text
 
     # Every worker watches on its own: 5 events x 2 workers read, and
     # 5 events x 6 clients sent, whichever worker answers the scrape.
-    text = wait_for(settled, 10, "counters to settle")
+    try:
+        text = wait_for(settled, 10, "counters to settle")
+    except AssertionError:
+        raise AssertionError(f"counters: {seen}") from None
     assert _metric(text, "wsproxy_resumes_total", '{mode="none"}') == 6
     assert _metric(text, "wsproxy_bytes_sent_total") > 0
     assert _metric(text, "wsproxy_event_lag_seconds_count") == 10
