@@ -9,15 +9,13 @@ being compared against. ``GET /readyz`` is 200 once the stream is open.
     python -m wsproxy.bench.baseline_tornado --uri URI --watch db.coll --port P
 """
 
-import argparse
-import asyncio
 import sys
 
 import tornado.web
 import tornado.websocket
 from motor.motor_tornado import MotorClient
 
-from .procs import die_with_parent, raise_nofile
+from .procs import run_baseline
 from .wire import encode_change
 
 
@@ -72,17 +70,5 @@ async def main(args):
     await watch(args.uri, args.watch)  # returns only if the stream ends
 
 
-def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--uri", required=True)
-    p.add_argument("--watch", default="bench.events")
-    p.add_argument("--port", type=int, required=True)
-    args = p.parse_args(argv)
-    die_with_parent()
-    raise_nofile()
-    asyncio.run(main(args))
-    return 1  # the change stream ended: a failure for a long-lived server
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_baseline(main, __doc__))

@@ -10,7 +10,6 @@ open. Server options are the library defaults except the listen backlog.
         --port P
 """
 
-import argparse
 import asyncio
 import sys
 from http import HTTPStatus
@@ -18,7 +17,7 @@ from http import HTTPStatus
 from pymongo import AsyncMongoClient
 from websockets.asyncio.server import broadcast, serve
 
-from .procs import die_with_parent, raise_nofile
+from .procs import run_baseline
 from .wire import encode_change
 
 CLIENTS = set()
@@ -64,17 +63,5 @@ async def main(args):
         await watch(args.uri, args.watch)  # returns only if the stream ends
 
 
-def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--uri", required=True)
-    p.add_argument("--watch", default="bench.events")
-    p.add_argument("--port", type=int, required=True)
-    args = p.parse_args(argv)
-    die_with_parent()
-    raise_nofile()
-    asyncio.run(main(args))
-    return 1  # the change stream ended: a failure for a long-lived server
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_baseline(main, __doc__))

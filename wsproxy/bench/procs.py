@@ -57,6 +57,23 @@ def die_with_parent():
         os._exit(1)
 
 
+def run_baseline(main, doc, argv=None):
+    """The command line every baseline server shares: parse --uri, --watch
+    and --port, tie the process to its parent, and run ``main(args)``."""
+    import argparse
+    import asyncio
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--uri", required=True)
+    p.add_argument("--watch", default="bench.events")
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args(argv)
+    die_with_parent()
+    raise_nofile()
+    asyncio.run(main(args))
+    return 1  # the change stream ended: a failure for a long-lived server
+
+
 def exec_with_parent_death(argv):
     """``argv`` prefixed so the program dies with us, for foreign programs.
 
