@@ -78,3 +78,27 @@ def test_page_shows_changes_live_and_after_a_network_cut(
                         full_page=True)
     finally:
         proxy.close()
+
+
+def test_page_subscription_controls_become_the_websocket_subscription(
+        mongo, mongo_client, namespace, gunicorn, browser_page):
+    db, coll = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                       "WSPROXY_WATCH": db, "WSPROXY_MAX_AWAIT_MS": "100"})
+    page = browser_page
+    # A link can preset the view: only deletes in db.coll.
+    page.goto(server.url + f"/?ns={db}.{coll}&ops=delete")
+    page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
+    assert f"ns={db}.{coll}" in page.evaluate("wsproxy.socket.url")
+    keep, gone = ObjectId(), ObjectId()
+    items = mongo_client[db][coll]
+    items.insert_many([{"_id": keep}, {"_id": gone}])
+    mongo_client[db].other.insert_one({"_id": gone})
+    mongo_client[db].other.delete_one({"_id": gone})
+    items.delete_one({"_id": gone})
+    page.wait_for_selector(f"{_row(gone)}[data-op=delete]",
+                           timeout=scaled(2000))
+    rows = page.eval_on_selector_all(
+        ".event-row", "rows => rows.map(r => [r.dataset.op, r.dataset.ns])")
+    # The inserts and the other collection's delete were never sent.
+    assert rows == [["delete", f"{db}.{coll}"]]
