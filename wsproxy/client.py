@@ -169,6 +169,7 @@ class Client:
         self._outbox_bytes = 0
         self._close_request = None  # (code, reason) once decided
         self.close_code = None
+        self.ended = False  # the connection is over, however it ended
         self.messages_sent = 0
         # Set by the broadcaster and by simple-websocket's reader thread (it
         # is installed as ws.event), so one wait covers both directions.
@@ -236,7 +237,7 @@ class Client:
         """Block until fewer than ``below`` messages are queued (or the
         timeout passes); replay uses it to follow the client's pace."""
         deadline = time.monotonic() + timeout
-        while len(self._outbox) >= below and not self.closing:
+        while len(self._outbox) >= below and not self.closing and not self.ended:
             if time.monotonic() >= deadline:
                 return False
             self._drained.wait(min(deadline - time.monotonic(), 0.1))
@@ -360,6 +361,7 @@ class Client:
     def finish(self):
         """Make sure simple-websocket's reader thread has ended and no write
         can reach the socket any more (the WSGI server closes it next)."""
+        self.ended = True
         if self.ws.thread.is_alive():
             self.ws.thread.join(self.close_timeout)
         if self.ws.thread.is_alive():

@@ -23,6 +23,16 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+class Barrier:
+    """Runs ``callback`` on the broadcaster thread once everything queued
+    before it has been published to every client."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback):
+        self.callback = callback
+
+
 class Announcement:
     """A control message for every connected client (status, reset)."""
 
@@ -145,6 +155,8 @@ class Hub:
             try:
                 if isinstance(item, codec.Change):
                     self._publish(item)
+                elif isinstance(item, Barrier):
+                    item.callback()
                 else:
                     self._announce(item)
             except Exception:  # noqa: BLE001 - the broadcaster must survive

@@ -25,6 +25,9 @@ SLOW = Counter("wsproxy_slow_consumer_disconnects_total",
 RESUMES = Counter("wsproxy_resumes_total",
                   "Connections by how their resume was served",
                   ["mode"])  # none, history, catch-up
+CATCHUPS = Gauge("wsproxy_catchups_active",
+                  "Clients being replayed from MongoDB right now",
+                  multiprocess_mode="livesum")
 RESETS = Counter("wsproxy_resets_total",
                  "Reset messages: events may have been lost", ["cause"])
 WATCHER_ERRORS = Counter("wsproxy_watcher_errors_total",

@@ -21,7 +21,18 @@ so they meet at the first event both have seen:
   ahead of this worker's watcher): live events flow from the next one on,
   skipping any the catch-up delivered.
 
-Both checks and every delivery happen under one lock, in stream order, so
+* neither, because nothing happens: the catch-up has read everything and is
+  idle. Once the watcher too has done a round trip that began after that
+  moment and found nothing new, everything it read earlier is in the
+  intake queue ahead of a barrier the catch-up then sends through it. When
+  the broadcaster reaches the barrier, every live event recorded so far is
+  one the catch-up also read (it would have met it) or one at or before
+  the client's token (a watcher behind the client's previous worker), so
+  the recorded events are dropped and the live feed takes over. Without
+  this, a quiet collection would keep the catch-up open, and holding one of
+  the few catch-up slots, until the next write.
+
+Every check and every delivery happens under one lock, in stream order, so
 there is no gap and no duplicate at the seam. A token the server cannot
 resume from (too old for the oplog, or not a token at all) gets a
 ``reset`` message, then the live feed.
@@ -29,10 +40,12 @@ resume from (too old for the oplog, or not a token at all) gets a
 
 import logging
 import threading
+import time
 
 from pymongo.errors import OperationFailure, PyMongoError
 
 from . import codec, metrics, protocol
+from .hub import Barrier
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,7 @@ class CatchUp:
         self._delivered = set()    # ids the catch-up stream delivered
         self.spliced = False
         self.replayed = 0
+        self.last_delivery = 0.0  # monotonic time of the last catch-up event
 
     # -- the broadcaster's side ------------------------------------------
 
@@ -97,10 +111,19 @@ class CatchUp:
                 self._splice_locked(self._live[index:])
                 return False
             self._delivered.add(change.id)
+            self.last_delivery = time.monotonic()
             if self.subscription.wants(change):
                 self.client.preload([self.subscription.frame(change)])
                 self.replayed += 1
             return True
+
+    def splice_if_idle_since(self, idle_at):
+        """The barrier's callback (broadcaster thread): the live feed takes
+        over if the catch-up delivered nothing since ``idle_at``."""
+        with self._lock:
+            if self.spliced or self.last_delivery > idle_at:
+                return
+            self._splice_locked([])
 
     def reset(self, reason):
         """The token cannot be resumed from: say so, then go live with what
@@ -121,6 +144,17 @@ class CatchUp:
         self.spliced = True
 
 
+def _send_barrier(state, catchup, idle_since):
+    """Once the watcher has caught up past ``idle_since``, queue a barrier
+    behind everything it read; True if one was sent."""
+    caught_up = state.source.caught_up_as_of
+    if caught_up is None or caught_up <= idle_since:
+        return False
+    return state.hub.submit(
+        Barrier(lambda: catchup.splice_if_idle_since(idle_since)),
+        state.stopping)
+
+
 def catch_up(state, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded by ``state.catchup_slots``."""
@@ -130,19 +164,32 @@ def catch_up(state, catchup, resume_id):
         client.request_close(protocol.CLOSE_TRY_AGAIN,
                              "too many clients catching up; retry shortly")
         return
+    metrics.CATCHUPS.inc()
+    idle_since, barrier_sent = None, False
     try:
         with state.source.open_stream(resume_after=token) as stream:
-            while not client.closing and not state.stopping.is_set():
+            while not (catchup.spliced or client.closing or client.ended
+                       or state.stopping.is_set()):
                 # Back-pressure: never hold more than half an outbox of
                 # replay, so a slow client slows the replay, not memory.
                 client.wait_for_room(client.max_messages // 2, timeout=0.5)
                 raw = stream.try_next()
                 if raw is None:
+                    # Idle since the first empty round after a delivery.
+                    if idle_since is None:
+                        idle_since = time.monotonic()
+                    if not barrier_sent:
+                        barrier_sent = _send_barrier(state, catchup, idle_since)
                     continue
+                idle_since, barrier_sent = None, False
                 if not catchup.deliver(codec.Change(raw)):
                     break
-        log.info("client %s: caught up (%d events replayed)", client.id,
-                 catchup.replayed)
+        if catchup.spliced:
+            log.info("client %s: caught up (%d events replayed)", client.id,
+                     catchup.replayed)
+        else:
+            log.info("client %s: catch-up ended before the seam (client "
+                     "gone or closing)", client.id)
     except OperationFailure as exc:
         # Too old for the oplog (286), or a token the server rejects.
         log.info("client %s: cannot resume (%s); reset", client.id, exc)
@@ -156,4 +203,5 @@ def catch_up(state, catchup, resume_id):
         log.exception("client %s: catch-up failed", client.id)
         client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
     finally:
+        metrics.CATCHUPS.dec()
         state.catchup_slots.release()

@@ -95,6 +95,9 @@ class ChangeSource:
         self.reconnects = 0
         self.last_event_at = None
         self.last_ok_at = None  # last successful round trip (event or idle)
+        # When the last round trip that found nothing new *began*: the
+        # stream had then read everything committed before that moment.
+        self.caught_up_as_of = None
         self._stopping = threading.Event()
         self._thread = None
         self._stream = None
@@ -170,9 +173,12 @@ class ChangeSource:
         with stream:
             self._stream = stream
             while not self._stopping.is_set():
+                began = time.monotonic()
                 raw = stream.try_next()
                 now = time.time()
                 self.last_ok_at = now
+                if raw is None:
+                    self.caught_up_as_of = began
                 if self.state != "connected":
                     # Connected once a round trip has worked, not when the
                     # aggregate was accepted: a server that accepts every
