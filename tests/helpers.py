@@ -50,6 +50,19 @@ def http_get(url, timeout=5.0, headers=None):
         return exc.code, exc.read()
 
 
+def metric(text, name, labels=""):
+    """One sample's value from Prometheus text, or None if absent."""
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def scrape(server):
+    """``GET /metrics`` of a running server, as text."""
+    status, body = http_get(server.url + "/metrics")
+    assert status == 200
+    return body.decode()
+
+
 class Gunicorn:
     """The real ``gunicorn -c gunicorn.conf.py wsgi:app`` on port 0."""
 

@@ -1,21 +1,9 @@
 """Operations: metrics summed across workers, graceful shutdown with 1001,
 and readiness following the database."""
 
-import re
 import time
 
-from .helpers import WSClient, http_get, scaled, wait_for
-
-
-def _metric(text, name, labels=""):
-    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else None
-
-
-def _scrape(server):
-    status, body = http_get(server.url + "/metrics")
-    assert status == 200
-    return body.decode()
+from .helpers import WSClient, http_get, metric, scaled, scrape, wait_for
 
 
 def test_metrics_move_under_a_small_workload_across_two_workers(
@@ -39,7 +27,7 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
     clients = [WSClient(server.ws_url()) for _ in range(6)]
     for client in clients:
         assert client.recv()["type"] == "hello"
-    wait_for(lambda: _metric(_scrape(server), "wsproxy_clients") == 6, 10,
+    wait_for(lambda: metric(scrape(server), "wsproxy_clients") == 6, 10,
              "6 clients counted across workers")
     mongo_client[db][coll].insert_many([{"i": i} for i in range(5)])
     for client in clients:
@@ -48,9 +36,9 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
     seen = {}
 
     def settled():
-        text = _scrape(server)
-        seen["events"] = _metric(text, "wsproxy_events_received_total")
-        seen["sent"] = _metric(text, "wsproxy_messages_sent_total")
+        text = scrape(server)
+        seen["events"] = metric(text, "wsproxy_events_received_total")
+        seen["sent"] = metric(text, "wsproxy_messages_sent_total")
         return seen == {"events": 10, "sent": 30} and text
 
     # Every worker watches on its own: 5 events x 2 workers read, and
@@ -59,13 +47,13 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
         text = wait_for(settled, 10, "counters to settle")
     except AssertionError:
         raise AssertionError(f"counters: {seen}") from None
-    assert _metric(text, "wsproxy_resumes_total", '{mode="none"}') == 6
-    assert _metric(text, "wsproxy_bytes_sent_total") > 0
-    assert _metric(text, "wsproxy_event_lag_seconds_count") == 10
+    assert metric(text, "wsproxy_resumes_total", '{mode="none"}') == 6
+    assert metric(text, "wsproxy_bytes_sent_total") > 0
+    assert metric(text, "wsproxy_event_lag_seconds_count") == 10
     assert "wsproxy_slow_consumer_disconnects_total" in text
     for client in clients:
         client.close()
-    wait_for(lambda: _metric(_scrape(server), "wsproxy_clients") == 0, 10,
+    wait_for(lambda: metric(scrape(server), "wsproxy_clients") == 0, 10,
              "clients to be counted out")
 
 
@@ -102,6 +90,6 @@ def test_readiness_follows_the_database(own_mongo, gunicorn):
     assert http_get(server.url + "/healthz")[0] == 200  # alive all along
     own_mongo.start()
     server.wait_ready(30)
-    text = _scrape(server)
-    assert _metric(text, "wsproxy_watcher_errors_total") >= 1
-    assert _metric(text, "wsproxy_watcher_reconnects_total") >= 1
+    text = scrape(server)
+    assert metric(text, "wsproxy_watcher_errors_total") >= 1
+    assert metric(text, "wsproxy_watcher_reconnects_total") >= 1

@@ -8,7 +8,7 @@ import pymongo
 import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .helpers import WSClient, scaled
+from .helpers import WSClient, metric, scaled, scrape, wait_for
 
 BURST = 2000
 
@@ -204,20 +204,11 @@ def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
         client.close()
 
 
-def _metric(server, name):
-    import re
-    from .helpers import http_get
-    text = http_get(server.url + "/metrics")[1].decode()
-    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else None
-
-
 def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
         mongo, mongo_client, namespace, gunicorn):
     """Nothing is written after the reconnect, so the replay and the live
     feed never meet at an event: the catch-up must still end (it holds one
     of the few catch-up slots), and the next write arrive exactly once."""
-    from .helpers import wait_for
     db, coll = namespace
     env = _env(mongo.uri, db, coll)
     first = gunicorn(env)
@@ -231,7 +222,7 @@ def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
     assert mode == "catch-up"
     got = [m["event"]["fullDocument"]["seq"] for m in client.changes(3)]
     assert got == [2, 3, 4]
-    wait_for(lambda: _metric(other, "wsproxy_catchups_active") == 0, 15,
+    wait_for(lambda: metric(scrape(other), "wsproxy_catchups_active") == 0, 15,
              "the idle catch-up to hand over to the live feed")
     items.insert_one({"_id": 5, "seq": 5})
     assert client.changes(1)[0]["event"]["fullDocument"]["seq"] == 5
@@ -242,7 +233,6 @@ def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
 
 def test_a_client_gone_during_catch_up_frees_its_slot(
         mongo, mongo_client, namespace, gunicorn):
-    from .helpers import wait_for
     db, coll = namespace
     env = _env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=1)
     server = gunicorn(env)
@@ -254,5 +244,5 @@ def test_a_client_gone_during_catch_up_frees_its_slot(
     again, mode = _connect(server.ws_url(), first_id)
     assert mode == "catch-up"
     again.drop()
-    wait_for(lambda: _metric(server, "wsproxy_catchups_active") == 0, 15,
+    wait_for(lambda: metric(scrape(server), "wsproxy_catchups_active") == 0, 15,
              "the catch-up of a vanished client to end")
