@@ -170,14 +170,12 @@ class Client:
         self._close_request = None  # (code, reason) once decided
         self.close_code = None
         self.ended = False  # the connection is over, however it ended
-        self.messages_sent = 0
         # Set by the broadcaster and by simple-websocket's reader thread (it
         # is installed as ws.event), so one wait covers both directions.
         self._wake = threading.Event()
         ws.event = self._wake
         # Set whenever the handler thread has flushed the outbox.
         self._drained = threading.Event()
-        self._direct_ok = guarded.nonblocking_ok
 
     def __repr__(self):
         return f"<Client {self.id} {self.remote_addr}>"
@@ -195,7 +193,7 @@ class Client:
         with self._state_lock:
             if self._close_request is not None:
                 return False
-            direct = (self._direct_ok and not self._outbox
+            direct = (self.sock.nonblocking_ok and not self._outbox
                       and lock.acquire(blocking=False))
             if direct and self.sock.tail is not None:
                 lock.release()
@@ -214,9 +212,7 @@ class Client:
                 self._wake.set()
                 return True
         try:
-            if self.sock.try_write(data):
-                self.messages_sent += 1
-            else:
+            if not self.sock.try_write(data):
                 self._wake.set()  # the handler thread finishes the tail
         except OSError:
             # The peer is gone; the handler thread notices and cleans up.
@@ -316,7 +312,6 @@ class Client:
         with self.sock.write_lock:
             if self.sock.tail is not None:
                 self.sock.write_now(b"")
-                self.messages_sent += 1
             while True:
                 with self._state_lock:
                     if not self._outbox or self._close_request is not None:
@@ -324,7 +319,6 @@ class Client:
                     data = self._outbox.popleft()
                     self._outbox_bytes -= len(data)
                 self.sock.write_now(data)
-                self.messages_sent += 1
                 if len(self._outbox) < 8:
                     self._drained.set()
 

@@ -109,10 +109,6 @@ class ProxyState:
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
-    @property
-    def started(self):
-        return self._pid == os.getpid()
-
     def stop(self, timeout=5.0):
         """Stop the watcher, then the broadcaster; close the MongoClient."""
         with self._lock:

@@ -63,7 +63,6 @@ class Hub:
         self._history_bytes_max = history_bytes
         self._history_bytes = 0
         self.intake = queue.Queue(maxsize=queue_size)
-        self.published = 0
         self._thread = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -172,7 +171,6 @@ class Hub:
                 _, old = self._history.popitem(last=False)
                 self._history_bytes -= len(old.frame)
             clients = list(self._clients)
-        self.published += 1
         wall = change.raw.get("wallTime")
         if isinstance(wall, datetime.datetime):
             # PyMongo decodes naive UTC datetimes.

@@ -100,7 +100,6 @@ class ChangeSource:
         self.caught_up_as_of = None
         self._stopping = threading.Event()
         self._thread = None
-        self._stream = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -171,7 +170,6 @@ class ChangeSource:
         else:
             stream = self.open_stream(resume_after=self.resume_token)
         with stream:
-            self._stream = stream
             while not self._stopping.is_set():
                 began = time.monotonic()
                 raw = stream.try_next()
