@@ -75,13 +75,16 @@ def _connect(url, last_id):
     return client, hello["resume"]
 
 
-def collect(urls, total, reconnects, while_away=None):
-    """Read ``total`` numbered inserts, dropping the connection
-    ``reconnects`` times and resuming each time, going round ``urls``;
-    ``while_away()`` runs between a drop and the reconnect."""
+def collect(urls, total, reconnects, writer, while_away=None):
+    """Start ``writer`` once connected, then read its ``total`` numbered
+    inserts, dropping the connection ``reconnects`` times and resuming each
+    time, going round ``urls``; ``while_away()`` runs between a drop and
+    the reconnect."""
     seen, modes, last_id = [], [], None
     every = max(total // (reconnects + 1), 1)
     client, _ = _connect(urls[0], None)
+    # Only now: a client with no resume id gets what happens after it joined.
+    writer.start()
     drops = 0
     while len(seen) < total:
         message = client.recv(timeout=30)
@@ -117,14 +120,13 @@ def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
     db, coll = namespace
     server = gunicorn(_env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=history))
     writer = Writer(mongo.uri, db, coll, BURST)
-    writer.start()
 
     def away_for_50_writes():
         # Long enough away that a 20-event history no longer covers it.
         writer.wait_written(writer.written + 50)
 
     seen, modes = collect([server.ws_url()], BURST, reconnects=20,
-                          while_away=away_for_50_writes)
+                          writer=writer, while_away=away_for_50_writes)
     writer.finish()
     assert seen == list(range(BURST))
     assert len(modes) == 20
@@ -139,9 +141,8 @@ def test_reconnecting_to_another_proxy_process_loses_and_repeats_nothing(
     env = _env(mongo.uri, db, coll)
     first, second = gunicorn(env), gunicorn(env)
     writer = Writer(mongo.uri, db, coll, BURST)
-    writer.start()
     seen, modes = collect([first.ws_url(), second.ws_url()], BURST,
-                          reconnects=20)
+                          reconnects=20, writer=writer)
     writer.finish()
     assert seen == list(range(BURST))
     assert len(modes) == 20
