@@ -11,7 +11,8 @@ from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong,
                             Request, TextMessage)
 
 from wsproxy import codec, protocol
-from wsproxy.client import Client, GuardedSocket
+from wsproxy import websocket
+from wsproxy.client import Client
 from wsproxy.subscription import EVERYTHING
 
 from .helpers import scaled
@@ -88,16 +89,13 @@ def _close_sockets():
 
 def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
                 sndbuf=None):
-    from simple_websocket import Server
-
     srv_sock, cli_sock = socket.socketpair()
     _sockets.extend([srv_sock, cli_sock])
     if sndbuf:
         srv_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         cli_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
-    guarded = GuardedSocket(srv_sock, send_timeout)
     environ = {
-        "werkzeug.socket": guarded, "HTTP_HOST": "test",
+        "werkzeug.socket": srv_sock, "HTTP_HOST": "test",
         "HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
     }
@@ -105,9 +103,9 @@ def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
     environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
     # The handshake reply is written as soon as the server object exists,
     # so the peer reads it afterwards from the socket buffer.
-    ws = Server(environ)
+    conn = websocket.open_for_test(environ, send_timeout=send_timeout)
     peer.handshake()
-    client = Client(ws, guarded, max_messages=max_messages,
+    client = Client(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0,
                     close_timeout=scaled(2), subscription=EVERYTHING)
     return client, peer

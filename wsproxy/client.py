@@ -1,10 +1,8 @@
-"""One WebSocket connection: its subscription, bounded outbox and send lock.
+"""One WebSocket connection: its subscription, bounded outbox and close.
 
-Writes to a socket must never interleave: simple-websocket's own reader
-thread writes pong and close frames on the same socket, and its ``send()``
-takes no lock and uses ``socket.send`` (partial writes). So every write to
-this socket, ours and the reader thread's, goes through ``write_lock`` and
-``_write_all`` (see :class:`GuardedSocket`).
+Writes to a socket must never interleave; :mod:`wsproxy.websocket` guards
+every write, ours and simple-websocket's reader thread's, with the
+connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
 
 Fan-out has two paths. The broadcaster first tries a *direct* write: if the
 outbox is empty and nobody is writing, it writes the shared frame with a
@@ -17,132 +15,15 @@ with 4008, so it can reconnect and resume from the last id it received.
 """
 
 import collections
-import errno
 import logging
-import select
-import socket
-import ssl
 import threading
 import time
 
-from wsproto.events import Ping
-from wsproto.utilities import LocalProtocolError
-
 from . import metrics, protocol
 from .codec import frame
+from .websocket import ConnectionClosedByPeer
 
 log = logging.getLogger(__name__)
-
-_POLL_SLICE = 0.5  # seconds; how often a blocked writer rechecks for abort
-
-
-class SendTimeout(OSError):
-    """The peer did not accept data within the send timeout."""
-
-
-def _write_all(sock, data, deadline, nonblocking):
-    """Write all of ``data`` or raise; never blocks past ``deadline``."""
-    view = memoryview(data)
-    if not nonblocking:
-        # TLS sockets take no send flags; fall back to a blocking sendall
-        # bounded by the socket timeout.
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            sock.sendall(view)
-        except socket.timeout:
-            raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
-        finally:
-            sock.settimeout(None)
-        return
-    poller = None
-    while view:
-        try:
-            sent = sock.send(view, socket.MSG_DONTWAIT)
-            view = view[sent:]
-            continue
-        except (BlockingIOError, InterruptedError):
-            pass
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
-        if poller is None:
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-        poller.poll(min(remaining, _POLL_SLICE) * 1000)
-
-
-class GuardedSocket:
-    """The socket as simple-websocket sees it: every ``send`` takes the
-    connection's write lock and writes everything (``sendall`` semantics)
-    within the send timeout. Reads pass straight through."""
-
-    def __init__(self, sock, send_timeout):
-        self.raw = sock
-        # Serialises every write on this socket: ours, and the
-        # simple-websocket reader thread's pongs and close replies.
-        self.write_lock = threading.RLock()
-        self.send_timeout = send_timeout
-        self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
-        self.closed = False  # set under write_lock; no write after it
-        # The unsent end of a frame a non-blocking write began. Whoever
-        # writes next (under write_lock) must finish it first, or another
-        # frame would land inside it.
-        self.tail = None
-
-    def send(self, data):
-        with self.write_lock:
-            self.write_now(data)
-        return len(data)
-
-    sendall = send
-
-    def write_now(self, data):
-        """Write ``data`` (after any tail); the caller holds ``write_lock``."""
-        if self.closed:
-            raise BrokenPipeError(errno.EPIPE, "connection closed")
-        deadline = time.monotonic() + self.send_timeout
-        if self.tail is not None:
-            tail, self.tail = self.tail, None
-            _write_all(self.raw, tail, deadline, self.nonblocking_ok)
-        if data:
-            _write_all(self.raw, data, deadline, self.nonblocking_ok)
-
-    def try_write(self, data):
-        """One non-blocking attempt at a whole frame; the caller holds
-        ``write_lock`` and has checked there is no tail. Returns False if
-        part of it (kept as the tail) is still to be written."""
-        if self.closed:
-            raise BrokenPipeError(errno.EPIPE, "connection closed")
-        try:
-            sent = self.raw.send(data, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent < len(data):
-            self.tail = memoryview(data)[sent:]
-            return False
-        return True
-
-    def close(self):
-        """Called by simple-websocket's reader thread when it is done. The
-        WSGI server owns the socket and closes it after the handler returns
-        (closing it here too would make gunicorn count the connection out
-        twice), so this only ends it, and under the write lock, so no write
-        can be in flight on an fd that gunicorn then closes and the OS
-        reuses for another connection."""
-        with self.write_lock:
-            self.closed = True
-            self.abort()
-
-    def abort(self):
-        """Unblock every thread using this socket (reader and writers)."""
-        try:
-            self.raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def __getattr__(self, name):
-        # recv, fileno, close, setblocking... are the real socket's.
-        return getattr(self.raw, name)
 
 
 class Client:
@@ -151,12 +32,12 @@ class Client:
 
     _ids = iter(range(1, 1 << 62))
 
-    def __init__(self, ws, guarded, *, max_messages, max_bytes,
+    def __init__(self, conn, *, max_messages, max_bytes,
                  ping_interval, close_timeout, subscription=None,
                  remote_addr=None):
         self.id = next(self._ids)
-        self.ws = ws
-        self.sock = guarded
+        self.conn = conn
+        self.sock = conn.sock
         self.subscription = subscription
         self.remote_addr = remote_addr
         self.max_messages = max_messages
@@ -170,10 +51,10 @@ class Client:
         self._close_request = None  # (code, reason) once decided
         self.close_code = None
         self.ended = False  # the connection is over, however it ended
-        # Set by the broadcaster and by simple-websocket's reader thread (it
-        # is installed as ws.event), so one wait covers both directions.
-        self._wake = threading.Event()
-        ws.event = self._wake
+        # Set by the broadcaster and by simple-websocket's reader thread
+        # (see wsproxy.websocket.prepare), so one wait covers both
+        # directions.
+        self._wake = conn.wake
         # Set whenever the handler thread has flushed the outbox.
         self._drained = threading.Event()
 
@@ -276,27 +157,27 @@ class Client:
                 self._wake.wait(max(next_ping - time.monotonic(), 0)
                                 if heartbeat else None)
                 self._wake.clear()
-                while self.ws.input_buffer and not self.closing:
-                    on_message(self, self.ws.input_buffer.pop(0))
-                if not self.ws.connected:
-                    self.close_code = self._peer_close_code()
+                for message in self.conn.messages():
+                    on_message(self, message)
+                    if self.closing:
+                        break
+                if not self.conn.connected:
+                    self.close_code = self.conn.peer_close_code()
                     return
                 self._flush()
                 if self.closing:
                     break
                 if heartbeat and time.monotonic() >= next_ping:
-                    if not self.ws.pong_received:
+                    try:
+                        answered = self.conn.send_ping()
+                    except ConnectionClosedByPeer:
+                        self.close_code = self.conn.peer_close_code()
+                        return
+                    if not answered:
                         log.info("client %s: no pong within %ss, dropping",
                                  self.id, self.ping_interval)
                         self.close_code = 1006
                         self.sock.abort()
-                        return
-                    self.ws.pong_received = False
-                    try:
-                        self.sock.send(self.ws.ws.send(Ping()))
-                    except LocalProtocolError:
-                        # The peer's close frame arrived meanwhile.
-                        self.close_code = self.ws.close_reason
                         return
                     next_ping = time.monotonic() + self.ping_interval
         except OSError as exc:
@@ -322,14 +203,6 @@ class Client:
                 if len(self._outbox) < 8:
                     self._drained.set()
 
-    def _peer_close_code(self):
-        # simple-websocket reports 1005 both for a close frame without a
-        # code and for a connection that just vanished; only the first
-        # sent a (possibly empty) reason.
-        if self.ws.close_message is None:
-            return 1006
-        return self.ws.close_reason
-
     def close_now(self):
         """Send the requested close frame from this thread, whatever the
         state of the loop (used after an unexpected error)."""
@@ -342,24 +215,21 @@ class Client:
         code, reason = self._close_request
         self.close_code = code
         try:
-            self.ws.close(code, protocol.close_reason(reason))
+            self.conn.send_close(code, protocol.close_reason(reason))
         except Exception:  # noqa: BLE001 - already closed or peer gone
             self.sock.abort()
             return
         # Wait for the peer's close reply (simple-websocket's reader thread
         # ends when it arrives); a peer that never answers is cut off.
-        self.ws.thread.join(self.close_timeout)
-        if self.ws.thread.is_alive():
+        if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
 
     def finish(self):
         """Make sure simple-websocket's reader thread has ended and no write
         can reach the socket any more (the WSGI server closes it next)."""
         self.ended = True
-        if self.ws.thread.is_alive():
-            self.ws.thread.join(self.close_timeout)
-        if self.ws.thread.is_alive():
+        if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
-            self.ws.thread.join(self.close_timeout)
+            self.conn.wait_reader(self.close_timeout)
         with self.sock.write_lock:
             self.sock.closed = True

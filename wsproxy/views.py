@@ -13,13 +13,14 @@ import os
 import threading
 import time
 
-from flask import (Blueprint, Response, current_app, jsonify, request,
+from flask import (Blueprint, Response, current_app, g, jsonify, request,
                    send_from_directory, render_template_string)
-from simple_websocket import Server
+from flask_sock import Sock
 
 from . import access, codec, control, metrics, protocol
 from . import subscription as subscriptions
-from .client import Client, GuardedSocket
+from . import websocket
+from .client import Client
 from .errors import ClientError
 from .resume import CatchUp, catch_up
 
@@ -31,8 +32,11 @@ STATIC_DIR = next(
     (d for d in (os.path.join(_PACKAGE_DIR, "static"),
                  os.path.join(os.path.dirname(_PACKAGE_DIR), "static"))
      if os.path.isdir(d)), os.path.join(_PACKAGE_DIR, "static"))
-_SOCKET_KEYS = (("gunicorn.socket", "gunicorn"),
-                ("werkzeug.socket", "werkzeug"))
+STATIC_PATH = "/wsproxy-static"
+
+# Registers wsproxy's WebSocket route on its blueprint only; it never
+# touches the app, so it sits beside a host app's own Sock(app).
+_sock = Sock()
 
 
 def _state():
@@ -49,22 +53,6 @@ def _refuse(error):
     return response
 
 
-class _Upgraded(Response):
-    """The connection now belongs to the WebSocket: tell the WSGI server not
-    to write a response (the same dance flask-sock does)."""
-
-    def __init__(self, mode):
-        super().__init__()
-        self.mode = mode
-
-    def __call__(self, environ, start_response):
-        if self.mode == "gunicorn":
-            raise StopIteration()  # gunicorn: close without a response
-        if self.mode == "werkzeug":
-            return super().__call__(environ, start_response)
-        return []
-
-
 def _authorize(state):
     authorizer = state.authorizer
     if authorizer is None:
@@ -77,9 +65,22 @@ def _authorize(state):
     return principal
 
 
+class Admission:
+    """What the checks before the upgrade decided, for the handler."""
+
+    __slots__ = ("subscription", "resume_id", "principal", "pending")
+
+    def __init__(self, subscription, resume_id, principal, pending):
+        self.subscription = subscription
+        self.resume_id = resume_id
+        self.principal = principal
+        self.pending = pending
+
+
 def _admit(state, config):
-    """All the checks before the upgrade; returns (subscription, resume id,
-    principal) or raises ClientError."""
+    """All the checks before the upgrade; returns an Admission or raises
+    ClientError."""
+    state.check_server(request.environ)
     if state.stopping.is_set():
         raise ClientError("server shutting down", status=503)
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
@@ -93,81 +94,89 @@ def _admit(state, config):
         request.args, scope=config["WSPROXY_WATCH"], principal=principal,
         operator_hide=config["WSPROXY_HIDE_FIELDS"],
         filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]})
-    return sub, resume_id, principal
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    pending = websocket.prepare(
+        request.environ, send_timeout=config["WSPROXY_SEND_TIMEOUT"],
+        subprotocols=[access.BEARER_SUBPROTOCOL]
+        if access.BEARER_SUBPROTOCOL in offered else None,
+        max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"])
+    return Admission(sub, resume_id, principal, pending)
 
 
 def create_blueprint(config):
     bp = Blueprint("wsproxy", __name__)
 
-    @bp.route(config["WSPROXY_PATH"], endpoint="websocket", websocket=True)
-    def websocket():
-        state = _state().ensure_started()
+    @bp.before_request
+    def admit():
+        # Runs before flask-sock's wrapper starts the handshake, so every
+        # refusal is an HTTP status with a reason, never a half-open socket.
+        if request.endpoint != "wsproxy.websocket":
+            return None
+        state = _state().ensure_started(current_app)
         try:
-            sub, resume_id, principal = _admit(state, config)
+            g.wsproxy_admission = _admit(state, config)
         except ClientError as exc:
             log.info("refused %s (%s): %s", request.remote_addr,
                      exc.status, exc.reason)
             metrics.REFUSED.labels(str(exc.status)).inc()
             return _refuse(exc)
-        environ = request.environ
-        # simple-websocket accepts permessage-deflate whenever offered, and
-        # browsers always offer it; compressing every message once per
-        # connection costs ~2,000x the shared frame (python -m
-        # wsproxy.bench.framing), so the offer is declined.
-        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        key, mode = next(((k, m) for k, m in _SOCKET_KEYS if k in environ),
-                         (None, None))
-        if key is None:
-            return _refuse(ClientError(
-                "this WSGI server cannot hand over its socket", status=500))
-        guarded = GuardedSocket(environ[key], config["WSPROXY_SEND_TIMEOUT"])
-        environ[key] = guarded
-        offered = request.headers.get("Sec-WebSocket-Protocol", "")
-        ws = Server(environ,
-                    subprotocols=[access.BEARER_SUBPROTOCOL]
-                    if access.BEARER_SUBPROTOCOL in offered else None,
-                    max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"])
+        return None
+
+    @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
+    def websocket_view(ws):
+        # After the upgrade an exception must not reach Flask: it would
+        # write an HTML 500 page into the WebSocket.
+        try:
+            _run_connection(ws, g.pop("wsproxy_admission"))
+        except Exception:  # noqa: BLE001 - one connection must not hurt others
+            log.exception("wsproxy: connection failed")
+
+    def _run_connection(ws, admission):
         client = Client(
-            ws, guarded,
+            websocket.Connection(ws, admission.pending),
             max_messages=config["WSPROXY_OUTBOX_MAX_MESSAGES"],
             max_bytes=config["WSPROXY_OUTBOX_MAX_BYTES"],
             ping_interval=config["WSPROXY_PING_INTERVAL"],
             close_timeout=config["WSPROXY_CLOSE_TIMEOUT"],
-            subscription=sub, remote_addr=request.remote_addr)
-        client.principal = principal
-        serve(state, client, resume_id)
-        return _Upgraded(mode)
+            subscription=admission.subscription,
+            remote_addr=request.remote_addr)
+        client.principal = admission.principal
+        serve(_state(), client, admission.resume_id)
 
     @bp.route(config["WSPROXY_PATH"], endpoint="upgrade_required")
     def upgrade_required():
         # The same path without an Upgrade header (a plain GET).
         return _refuse(ClientError("this is a WebSocket endpoint", status=426))
 
-    @bp.route("/metrics")
-    def metrics_view():
-        body, content_type = metrics.exposition()
-        return Response(body, content_type=content_type)
+    if config["WSPROXY_METRICS_PATH"]:
+        @bp.route(config["WSPROXY_METRICS_PATH"], endpoint="metrics")
+        def metrics_view():
+            body, content_type = metrics.exposition()
+            return Response(body, content_type=content_type)
 
-    @bp.route("/healthz")
-    def healthz():
-        return jsonify(status="ok", pid=os.getpid())
+    if config["WSPROXY_HEALTH_PATH"]:
+        @bp.route(config["WSPROXY_HEALTH_PATH"], endpoint="healthz")
+        def healthz():
+            return jsonify(status="ok", pid=os.getpid())
 
-    @bp.route("/readyz")
-    def readyz():
-        state = _state().ensure_started()
-        source = state.source
-        ready = (source.healthy and state.hub.running
-                 and not state.stopping.is_set())
-        body = {
-            "ready": ready,
-            "pid": os.getpid(),
-            "watcher": source.state,
-            "last_error": str(source.last_error) if source.last_error else None,
-            "last_event_at": source.last_event_at,
-            "last_ok_at": source.last_ok_at,
-            "clients": len(state.hub),
-        }
-        return jsonify(body), 200 if ready else 503
+    if config["WSPROXY_READY_PATH"]:
+        @bp.route(config["WSPROXY_READY_PATH"], endpoint="readyz")
+        def readyz():
+            state = _state().ensure_started(current_app)
+            source = state.source
+            ready = (source.healthy and state.hub.running
+                     and not state.stopping.is_set())
+            body = {
+                "ready": ready,
+                "pid": os.getpid(),
+                "watcher": source.state,
+                "last_error": (str(source.last_error) if source.last_error
+                               else None),
+                "last_event_at": source.last_event_at,
+                "last_ok_at": source.last_ok_at,
+                "clients": len(state.hub),
+            }
+            return jsonify(body), 200 if ready else 503
 
     page_path = config["WSPROXY_PAGE_PATH"]
     if page_path:
@@ -178,13 +187,24 @@ def create_blueprint(config):
                 template = f.read()
             return render_template_string(
                 template, ws_path=request.script_root + config["WSPROXY_PATH"],
-                static_base=request.script_root + "/wsproxy-static/")
+                static_base=request.script_root + STATIC_PATH + "/")
 
-        @bp.route("/wsproxy-static/<path:filename>", endpoint="static_file")
+        @bp.route(STATIC_PATH + "/<path:filename>", endpoint="static_file")
         def static_file(filename):
             return send_from_directory(STATIC_DIR, filename, max_age=60)
 
     return bp
+
+
+def registered_paths(config):
+    """Every URL rule the blueprint registers, for collision checks."""
+    paths = [config[key] for key in ("WSPROXY_PATH", "WSPROXY_METRICS_PATH",
+                                     "WSPROXY_HEALTH_PATH",
+                                     "WSPROXY_READY_PATH") if config[key]]
+    if config["WSPROXY_PAGE_PATH"]:
+        paths += [config["WSPROXY_PAGE_PATH"],
+                  STATIC_PATH + "/<path:filename>"]
+    return paths
 
 
 def serve(state, client, resume_id):

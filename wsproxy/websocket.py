@@ -1,0 +1,293 @@
+"""The one module that knows simple-websocket's insides.
+
+flask-sock's route wrapper builds ``simple_websocket.Server(request.environ,
+**app.config["SOCK_SERVER_OPTIONS"])`` and hands it to the view. Three things
+about that server matter to wsproxy, and all of them are dealt with here, so
+the rest of the package talks to a :class:`Connection` and never to
+simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
+``pong_received``, ``close_reason``, ``event``):
+
+* **Options are app-wide.** ``SOCK_SERVER_OPTIONS`` belongs to the host app
+  and its own Flask-Sock routes. wsproxy's route needs its own message size
+  limit and subprotocol ("bearer") and must not inherit the host's ping
+  thread or limits. :func:`prepare` (called from the blueprint's
+  ``before_request``, before flask-sock's wrapper runs) leaves wsproxy's own
+  options in the request's environ, and the server factory installed into
+  flask-sock uses them for that request only; every other request gets the
+  host's options unchanged.
+* **Writes must not interleave.** simple-websocket's reader thread writes
+  pongs and close replies, its ``send()`` takes no lock and uses
+  ``socket.send`` (partial writes). :class:`GuardedSocket` is put in the
+  environ in place of the WSGI server's socket, so every write, ours and the
+  reader thread's, takes one lock and writes everything.
+* **permessage-deflate is declined**: simple-websocket accepts it whenever
+  offered, and compressing every message per connection costs ~2,000x the
+  shared frame (``python -m wsproxy.bench.framing``), so the offer is
+  removed before the handshake.
+
+Written against simple-websocket 1.1, wsproto 1.2-1.3 and flask-sock 0.7
+(pinned with upper bounds in ``pyproject.toml``).
+"""
+
+import errno
+import select
+import socket
+import ssl
+import threading
+import time
+
+import flask_sock
+import simple_websocket
+from wsproto.events import Ping
+from wsproto.utilities import LocalProtocolError
+
+from .errors import ClientError
+
+_POLL_SLICE = 0.5  # seconds; how often a blocked writer rechecks for abort
+_OPTIONS_KEY = "wsproxy.server_options"
+# Where each WSGI server flask-sock supports puts the client socket.
+_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+
+
+class SendTimeout(OSError):
+    """The peer did not accept data within the send timeout."""
+
+
+def _write_all(sock, data, deadline, nonblocking):
+    """Write all of ``data`` or raise; never blocks past ``deadline``."""
+    view = memoryview(data)
+    if not nonblocking:
+        # TLS sockets take no send flags; fall back to a blocking sendall
+        # bounded by the socket timeout.
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            sock.sendall(view)
+        except socket.timeout:
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
+        finally:
+            sock.settimeout(None)
+        return
+    poller = None
+    while view:
+        try:
+            sent = sock.send(view, socket.MSG_DONTWAIT)
+            view = view[sent:]
+            continue
+        except (BlockingIOError, InterruptedError):
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        poller.poll(min(remaining, _POLL_SLICE) * 1000)
+
+
+class GuardedSocket:
+    """The socket as simple-websocket sees it: every ``send`` takes the
+    connection's write lock and writes everything (``sendall`` semantics)
+    within the send timeout. Reads pass straight through."""
+
+    def __init__(self, sock, send_timeout):
+        self.raw = sock
+        # Serialises every write on this socket: ours, and the
+        # simple-websocket reader thread's pongs and close replies.
+        # Re-entrant because Client._flush holds it across write_now calls
+        # that a close (also under it) may follow on the same thread.
+        self.write_lock = threading.RLock()
+        self.send_timeout = send_timeout
+        self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
+        self.closed = False  # set under write_lock; no write after it
+        # The unsent end of a frame a non-blocking write began. Whoever
+        # writes next (under write_lock) must finish it first, or another
+        # frame would land inside it.
+        self.tail = None
+
+    def send(self, data):
+        with self.write_lock:
+            self.write_now(data)
+        return len(data)
+
+    sendall = send
+
+    def write_now(self, data):
+        """Write ``data`` (after any tail); the caller holds ``write_lock``."""
+        if self.closed:
+            raise BrokenPipeError(errno.EPIPE, "connection closed")
+        deadline = time.monotonic() + self.send_timeout
+        if self.tail is not None:
+            tail, self.tail = self.tail, None
+            _write_all(self.raw, tail, deadline, self.nonblocking_ok)
+        if data:
+            _write_all(self.raw, data, deadline, self.nonblocking_ok)
+
+    def try_write(self, data):
+        """One non-blocking attempt at a whole frame; the caller holds
+        ``write_lock`` and has checked there is no tail. Returns False if
+        part of it (kept as the tail) is still to be written."""
+        if self.closed:
+            raise BrokenPipeError(errno.EPIPE, "connection closed")
+        try:
+            sent = self.raw.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.tail = memoryview(data)[sent:]
+            return False
+        return True
+
+    def close(self):
+        """Called by simple-websocket's reader thread when it is done. The
+        WSGI server owns the socket and closes it after the handler returns
+        (closing it here too would make gunicorn count the connection out
+        twice), so this only ends it, and under the write lock, so no write
+        can be in flight on an fd that gunicorn then closes and the OS
+        reuses for another connection."""
+        with self.write_lock:
+            self.closed = True
+            self.abort()
+
+    def abort(self):
+        """Unblock every thread using this socket (reader and writers)."""
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        # recv, fileno, setblocking... are the real socket's.
+        return getattr(self.raw, name)
+
+
+class Pending:
+    """What :func:`prepare` set up for one request, until flask-sock hands
+    the view its server object."""
+
+    __slots__ = ("sock", "wake", "environ")
+
+    def __init__(self, sock, wake, environ):
+        self.sock = sock
+        self.wake = wake
+        self.environ = environ
+
+
+def prepare(environ, *, send_timeout, subprotocols, max_message_size):
+    """Before the handshake (a ``before_request``): put the guarded socket
+    and wsproxy's own server options in ``environ``, decline compression.
+    Raises ClientError (500) when the WSGI server cannot hand its socket
+    over."""
+    key = next((k for k in _SOCKET_KEYS if k in environ), None)
+    if key is None:
+        raise ClientError("this WSGI server cannot hand over its socket "
+                          "(serve with gunicorn -k gthread)", status=500)
+    guarded = GuardedSocket(environ[key], send_timeout)
+    environ[key] = guarded
+    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    # The reader thread sets this on every message and on close; the
+    # connection's handler thread waits on it together with the outbox.
+    wake = threading.Event()
+    environ[_OPTIONS_KEY] = {
+        "subprotocols": subprotocols,
+        # Enforced again in bytes by the message handler: simple-websocket
+        # counts characters of text messages.
+        "max_message_size": max_message_size,
+        "event_class": lambda: wake,
+        # Heartbeats are the handler thread's (Client.run), never a second
+        # pinger in the reader thread.
+        "ping_interval": None,
+    }
+    return Pending(guarded, wake, environ)
+
+
+def _server(environ, **host_options):
+    """flask-sock's ``Server(...)`` call: wsproxy's options for a request
+    :func:`prepare` set up, the host's ``SOCK_SERVER_OPTIONS`` otherwise."""
+    ours = environ.pop(_OPTIONS_KEY, None)
+    return simple_websocket.Server(
+        environ, **(host_options if ours is None else ours))
+
+
+# flask-sock looks its server class up in its module at every request; this
+# is the one seam it has for per-route options.
+flask_sock.Server = _server
+
+
+class Connection:
+    """wsproxy's view of one simple-websocket server: messages in, pings,
+    close, and the reader thread's life."""
+
+    def __init__(self, ws, pending):
+        if _OPTIONS_KEY in pending.environ:
+            # flask-sock built the server without our factory: its options
+            # (and so our limits) would be the host's. Refuse to run.
+            raise RuntimeError("flask-sock did not use wsproxy's server "
+                               "options; unsupported flask-sock version")
+        self._ws = ws
+        self.sock = pending.sock
+        self.wake = pending.wake
+
+    @property
+    def connected(self):
+        return self._ws.connected
+
+    @property
+    def subprotocol(self):
+        return self._ws.subprotocol
+
+    def messages(self):
+        """Pop each complete message the reader thread has received."""
+        buffer = self._ws.input_buffer
+        while buffer:
+            yield buffer.pop(0)
+
+    def has_messages(self):
+        return bool(self._ws.input_buffer)
+
+    def send_ping(self):
+        """A heartbeat ping. Returns False if no pong answered the previous
+        one. Raises ConnectionClosedByPeer if the peer's close frame arrived
+        meanwhile."""
+        ws = self._ws
+        if not ws.pong_received:
+            return False
+        ws.pong_received = False
+        try:
+            data = ws.ws.send(Ping())
+        except LocalProtocolError:
+            raise ConnectionClosedByPeer() from None
+        self.sock.send(data)
+        return True
+
+    def send_close(self, code, reason):
+        """Start the closing handshake (raises if it cannot be sent)."""
+        self._ws.close(code, reason)
+
+    def wait_reader(self, timeout):
+        """Wait for the reader thread to end (it ends once the peer's close
+        reply arrives or the socket fails); True if it has ended."""
+        self._ws.thread.join(timeout)
+        return not self._ws.thread.is_alive()
+
+    def peer_close_code(self):
+        """The code of the peer's close frame; 1006 if it sent none.
+        simple-websocket reports 1005 both for a close frame without a
+        code and for a connection that just vanished; only the first came
+        with a (possibly empty) reason."""
+        if self._ws.close_message is None:
+            return 1006
+        return int(self._ws.close_reason)
+
+
+class ConnectionClosedByPeer(Exception):
+    """The peer's close frame arrived while we were about to write."""
+
+
+def open_for_test(environ, *, send_timeout, subprotocols=None,
+                  max_message_size=None):
+    """Prepare and accept a connection outside Flask (unit tests): the same
+    path as a request, without flask-sock's wrapper."""
+    pending = prepare(environ, send_timeout=send_timeout,
+                      subprotocols=subprotocols,
+                      max_message_size=max_message_size)
+    return Connection(_server(environ), pending)
