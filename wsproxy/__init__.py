@@ -1,12 +1,41 @@
 """wsproxy: MongoDB change streams to browsers over WebSockets, for Flask
-apps served by gunicorn's threaded workers."""
+apps served by gunicorn's threaded workers.
 
-from .errors import (ClientError, ConfigError, EmbeddedServerError,
-                     FilterError, WSProxyError)
-from .access import AccessDenied, Principal
-from .extension import WSProxy
+The names below are imported on first use, not with the package: gunicorn
+imports ``wsproxy.gunicorn`` (its config) in the master process, which must
+set ``PROMETHEUS_MULTIPROC_DIR`` before anything imports prometheus_client.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["WSProxy", "Principal", "AccessDenied", "WSProxyError", "ConfigError", "ClientError",
-           "FilterError", "EmbeddedServerError", "__version__"]
+_EXPORTS = {
+    "WSProxy": ".extension",
+    "Principal": ".access",
+    "AccessDenied": ".access",
+    "WSProxyError": ".errors",
+    "ConfigError": ".errors",
+    "ClientError": ".errors",
+    "FilterError": ".errors",
+    "EmbeddedServerError": ".errors",
+}
+
+__all__ = ["WSProxy", "Principal", "AccessDenied", "WSProxyError",
+           "ConfigError", "ClientError", "FilterError", "EmbeddedServerError",
+           "__version__"]
+
+if TYPE_CHECKING:
+    from .access import AccessDenied, Principal
+    from .errors import (ClientError, ConfigError, EmbeddedServerError,
+                         FilterError, WSProxyError)
+    from .extension import WSProxy
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wsproxy' has no attribute {name!r}")

@@ -2,10 +2,12 @@
 environment spells it. The README's configuration table mirrors this.
 """
 
+import copy
 import json
 import os
 
 from .errors import ConfigError
+from .watchspec import check_pipeline, check_watch
 
 MiB = 1024 * 1024
 
@@ -19,9 +21,12 @@ DEFAULTS = {
     "WSPROXY_MAX_AWAIT_MS": 500,
     "WSPROXY_BACKOFF_INITIAL": 0.5,
     "WSPROXY_BACKOFF_MAX": 30.0,
-    # Routes.
+    # Routes; every one but WSPROXY_PATH can be None (not served).
     "WSPROXY_PATH": "/ws",
-    "WSPROXY_PAGE_PATH": "/",                # None: don't serve the page
+    "WSPROXY_PAGE_PATH": "/wsproxy/",        # the bundled page
+    "WSPROXY_METRICS_PATH": "/metrics",
+    "WSPROXY_HEALTH_PATH": "/healthz",
+    "WSPROXY_READY_PATH": "/readyz",
     # Fan-out and connections.
     "WSPROXY_HISTORY_SIZE": 1000,
     "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
@@ -41,6 +46,9 @@ DEFAULTS = {
     "WSPROXY_MAX_FILTER_BYTES": 4096,
     "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
     "WSPROXY_CLIENT_MESSAGE_BURST": 20,
+    # Read from the environment by the packaged gunicorn config only: start
+    # the embedded demo server (SecantusDB) when no URI is given.
+    "WSPROXY_EMBEDDED": False,
 }
 
 _LISTS = {"WSPROXY_ALLOWED_ORIGINS"}
@@ -80,19 +88,32 @@ def from_env(environ=None):
             for key, default in DEFAULTS.items() if key in environ}
 
 
+# Paths a route is registered at; all but WSPROXY_PATH may be None.
+ROUTE_KEYS = ("WSPROXY_PATH", "WSPROXY_PAGE_PATH", "WSPROXY_METRICS_PATH",
+              "WSPROXY_HEALTH_PATH", "WSPROXY_READY_PATH")
+
+
+def apply_defaults(config, environ=None):
+    """Fill every ``WSPROXY_*`` key the app did not set: from the
+    environment if it is there, else the built-in default. The app's own
+    value always wins."""
+    from_environment = from_env(environ)
+    for key, default in DEFAULTS.items():
+        if key not in config:
+            config[key] = from_environment.get(key, copy.deepcopy(default))
+
+
 def validate(config):
     """Check the settings an app ended up with; raise ConfigError."""
     if not config.get("WSPROXY_MONGODB_URI"):
-        raise ConfigError("WSPROXY_MONGODB_URI is not set")
-    pipeline = config["WSPROXY_PIPELINE"]
-    if isinstance(pipeline, str):
-        pipeline = config["WSPROXY_PIPELINE"] = json.loads(pipeline)
-    if not isinstance(pipeline, list) or not all(
-            isinstance(stage, dict) for stage in pipeline):
-        raise ConfigError("WSPROXY_PIPELINE must be a list of stages")
-    scope = config["WSPROXY_WATCH"] or ""
-    if scope.startswith(".") or scope.endswith(".") or " " in scope:
-        raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
+        raise ConfigError(
+            "WSPROXY_MONGODB_URI is not set. Set it (in app.config or the "
+            "environment) to your replica set or Atlas URI, or run the demo "
+            "on the embedded server: python3 dev.py demo (or WSPROXY_EMBEDDED=1 "
+            "with gunicorn -c python:wsproxy.gunicorn and pip install "
+            "'wsproxy[demo]')")
+    config["WSPROXY_PIPELINE"] = check_pipeline(config["WSPROXY_PIPELINE"])
+    config["WSPROXY_WATCH"] = check_watch(config["WSPROXY_WATCH"])
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
                 "WSPROXY_QUEUE_SIZE",
                 "WSPROXY_MAX_CATCHUPS",
@@ -115,8 +136,13 @@ def validate(config):
     if not all(isinstance(h, str) and h and not h.startswith("$")
                for h in hide):
         raise ConfigError("WSPROXY_HIDE_FIELDS must be dotted field names")
-    if not str(config["WSPROXY_PATH"]).startswith("/"):
-        raise ConfigError("WSPROXY_PATH must start with /")
+    for key in ROUTE_KEYS:
+        path = config[key]
+        if path is None and key != "WSPROXY_PATH":
+            continue
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"{key}={path!r}: a path starting with /"
+                              + ("" if key == "WSPROXY_PATH" else ", or None"))
 
 
 def _import(spec):

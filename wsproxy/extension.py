@@ -6,7 +6,6 @@ threads are created in the process that serves requests (the gunicorn
 worker), on first use or from gunicorn's ``post_worker_init`` hook.
 """
 
-import copy
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from pymongo import MongoClient
 from . import config as settings
 from . import protocol
 from . import views
+from .errors import ClientError, ConfigError
 from .hub import Hub
 from .source import Backoff, ChangeSource, watch_target
 
@@ -38,6 +38,9 @@ class ProxyState:
         self.source = None
         self.stopping = threading.Event()
         self.extension = None  # the WSProxy, for its @authorize function
+        # Set by wsproxy.gunicorn's post_worker_init in this process.
+        self.hooks_installed = False
+        self._warned = set()  # one-time setup warnings already logged
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
@@ -47,12 +50,17 @@ class ProxyState:
         return self.config["WSPROXY_AUTHORIZE"] or (
             self.extension and self.extension.authorizer)
 
-    def ensure_started(self):
+    def ensure_started(self, app=None):
+        """Start in this process if not yet started; ``app`` (given by
+        requests and the gunicorn hook) has its routes checked first."""
         if self._pid == os.getpid():
             return self
         with self._lock:
             if self._pid == os.getpid():
                 return self
+            if app is not None:
+                # Routes the host added after init_app are known now.
+                check_routes(app, views.registered_paths(self.config))
             if self._pid is not None:
                 # Forked after starting: the parent's client and threads do
                 # not exist here. Start afresh (never reuse its MongoClient).
@@ -83,6 +91,37 @@ class ProxyState:
         log.info("wsproxy: watching %r in pid %s",
                  c["WSPROXY_WATCH"] or "(deployment)", os.getpid())
 
+    def check_server(self, environ):
+        """Refuse (500) a WebSocket on a server that would block on it, and
+        say once per process what the setup loses; see README, "Serve your
+        app"."""
+        if not environ.get("wsgi.multithread"):
+            self._warn_once(
+                "sync", logging.ERROR,
+                "wsproxy: this server handles one request at a time per "
+                "worker (gunicorn's default sync worker?), so each WebSocket "
+                "would block it; serve with gunicorn -c python:wsproxy.gunicorn "
+                "(or -k gthread --threads 1100)")
+            raise ClientError(
+                "this server cannot hold WebSocket connections (one request "
+                "at a time per worker); serve with gunicorn -k gthread",
+                status=500)
+        if (environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+                and not self.hooks_installed):
+            self._warn_once(
+                "hooks", logging.WARNING,
+                "wsproxy: this gunicorn worker runs without wsproxy's hooks, "
+                "so SIGTERM does not close clients with 1001 (they hold the "
+                "worker until graceful_timeout), /metrics covers only the "
+                "worker that answers, and wsproxy's INFO log is not shown; "
+                "serve with gunicorn -c python:wsproxy.gunicorn or "
+                "'from wsproxy.gunicorn import *' in your gunicorn config")
+
+    def _warn_once(self, key, level, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.log(level, message)
+
     def begin_shutdown(self, reason="server shutting down; reconnect and resume"):
         """Close every client with 1001 so it resumes elsewhere; new clients
         are refused (503) from now on. Returns at once: each connection's
@@ -108,6 +147,7 @@ class ProxyState:
                 previous(signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        self.hooks_installed = True
 
     def stop(self, timeout=5.0):
         """Stop the watcher, then the broadcaster; close the MongoClient."""
@@ -143,21 +183,29 @@ class WSProxy:
     def init_app(self, app):
         """Register the WebSocket route, health endpoints and the page.
 
-        Settings (``app.config``, defaults in parentheses; README has more):
+        Settings come from ``app.config``; a key the app does not set is
+        taken from the environment variable of the same name, else the
+        default in parentheses (README has more). Raises ConfigError for a
+        bad value or a path another route of the app already has.
 
         - ``WSPROXY_MONGODB_URI`` (required): a replica set or Atlas URI.
         - ``WSPROXY_WATCH`` (``""``): ``""`` the deployment, ``"db"`` or
-          ``"db.coll"``.
+          ``"db.coll"`` (MongoDB's naming rules).
         - ``WSPROXY_FULL_DOCUMENT`` (``"updateLookup"``) and
           ``WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE`` (None): PyMongo's
           ``full_document`` / ``full_document_before_change``.
-        - ``WSPROXY_PIPELINE`` (``[]``): aggregation stages appended to the
-          change stream, e.g. a ``$project`` dropping fields.
+        - ``WSPROXY_PIPELINE`` (``[]``): change stream stages (``$match``,
+          ``$project``, ``$addFields``, ``$set``, ``$unset``,
+          ``$replaceRoot``, ``$replaceWith``, ``$redact``) appended to the
+          stream; none may remove or rewrite ``_id``.
         - ``WSPROXY_MAX_AWAIT_MS`` (500): longest the watcher blocks.
         - ``WSPROXY_BACKOFF_INITIAL`` (0.5) / ``WSPROXY_BACKOFF_MAX`` (30):
           seconds between attempts to reopen a failed stream.
         - ``WSPROXY_PATH`` (``"/ws"``): the WebSocket route.
-        - ``WSPROXY_PAGE_PATH`` (``"/"``): the bundled page; None disables.
+        - ``WSPROXY_PAGE_PATH`` (``"/wsproxy/"``), ``WSPROXY_METRICS_PATH``
+          (``"/metrics"``), ``WSPROXY_HEALTH_PATH`` (``"/healthz"``),
+          ``WSPROXY_READY_PATH`` (``"/readyz"``): the bundled page and the
+          operational endpoints; None leaves one out.
         - ``WSPROXY_HISTORY_SIZE`` (1000): recent events kept for resume.
         - ``WSPROXY_HISTORY_MAX_BYTES`` (64 MiB): and at most this many
           bytes of their frames (memory is about three times that).
@@ -184,12 +232,14 @@ class WSProxy:
         - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
         - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
           messages a client may send per second (close 1008 beyond).
+        - ``WSPROXY_EMBEDDED`` (False): read from the environment by
+          ``wsproxy.gunicorn`` only; start the embedded demo server.
         """
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")
-        for key, default in settings.DEFAULTS.items():
-            app.config.setdefault(key, copy.deepcopy(default))
+        settings.apply_defaults(app.config)
         settings.validate(app.config)
+        check_routes(app, views.registered_paths(app.config))
         state = app.extensions["wsproxy"] = ProxyState(app.config)
         state.extension = self
         app.register_blueprint(views.create_blueprint(app.config))
@@ -201,7 +251,18 @@ class WSProxy:
     def start(self, app):
         """Start the watcher and broadcaster in this process now (gunicorn
         ``post_worker_init``); otherwise they start on first use."""
-        return self.state(app).ensure_started()
+        return self.state(app).ensure_started(app)
 
     def stop(self, app, timeout=5.0):
         self.state(app).stop(timeout)
+
+
+def check_routes(app, paths):
+    """Refuse to share a path with a route of the host app: whichever
+    matched first would silently shadow the other."""
+    for rule in app.url_map.iter_rules():
+        if rule.rule in paths and not rule.endpoint.startswith("wsproxy."):
+            raise ConfigError(
+                f"wsproxy would register {rule.rule!r}, which the app already "
+                f"routes to {rule.endpoint!r}; set the WSPROXY_*_PATH "
+                "setting for it to another path, or None to leave it out")

@@ -1,0 +1,205 @@
+"""Wrong setups fail loudly, once, with the fix: bad WSPROXY_WATCH and
+WSPROXY_PIPELINE values, route collisions, a server that cannot hold a
+WebSocket, a gunicorn worker without wsproxy's hooks, no URI at all."""
+
+import json
+import re
+
+import pytest
+from flask import Flask
+
+from wsproxy import ConfigError, WSProxy
+from wsproxy.config import apply_defaults
+
+from .helpers import ROOT, WSClient, http_get, refused, wait_for
+
+URI = "mongodb://127.0.0.1:9/?replicaSet=none"  # never contacted here
+
+
+def make_app(**config):
+    app = Flask(__name__)
+    app.config["WSPROXY_MONGODB_URI"] = URI
+    app.config.update(config)
+    return app
+
+
+@pytest.mark.parametrize("watch, why", [
+    ("$bad", "cannot contain '$'"),
+    ("shop/orders", "cannot contain '/'"),
+    ("sh op", "cannot contain ' '"),
+    (".orders", "empty database name"),
+    ("shop.", "empty collection name"),
+    ("shop.$cmd", "cannot contain '$'"),
+    ("shop.system.users", "system collections"),
+    ("x" * 64, "at most 63 bytes"),
+    (42, "a string"),
+])
+def test_a_bad_watch_is_refused_at_init_app(watch, why):
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app(WSPROXY_WATCH=watch))
+    assert "WSPROXY_WATCH" in str(info.value) and why in str(info.value)
+
+
+@pytest.mark.parametrize("watch", ["", "shop", "shop.orders",
+                                   "shop.orders.2026", "my-db_1.c"])
+def test_a_good_watch_is_accepted(watch):
+    app = make_app(WSPROXY_WATCH=watch)
+    WSProxy(app)
+    assert app.config["WSPROXY_WATCH"] == watch
+
+
+@pytest.mark.parametrize("pipeline, why", [
+    ('[{"$bogus": 1}]', "'$bogus' is not allowed"),
+    ('[{"$lookup": {"from": "x"}}]', "'$lookup' is not allowed"),
+    ('[{"$project": {"_id": 0}}]', "$project changes _id"),
+    ('[{"$project": {"_id": "$fullDocument"}}]', "$project changes _id"),
+    ('[{"$project": {"_id._data": 0}}]', "$project changes _id._data"),
+    ('[{"$unset": "_id"}]', "$unset removes _id"),
+    ('[{"$unset": ["a", "_id"]}]', "$unset removes _id"),
+    ('[{"$set": {"_id": 1}}]', "$set rewrites _id"),
+    ('[{"$addFields": {"_id._data": "x"}}]', "$addFields rewrites _id._data"),
+    ('[{"$replaceRoot": {"newRoot": "$fullDocument"}}]', "must keep _id"),
+    ('[{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"_id": 1}]}}]',
+     "must keep _id"),
+    ('[{"$match": {}, "$project": {}}]', "a stage is one"),
+    ('{"$match": {}}', "a list of stages"),
+    ('[{"$match": ', "not JSON"),
+])
+def test_a_bad_pipeline_is_refused_at_init_app(pipeline, why):
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app(WSPROXY_PIPELINE=pipeline))
+    assert "WSPROXY_PIPELINE" in str(info.value) and why in str(info.value)
+
+
+def test_a_good_pipeline_is_accepted():
+    stages = [
+        {"$match": {"operationType": {"$in": ["insert", "update"]}}},
+        {"$project": {"fullDocument.card": 0, "_id": 1}},
+        {"$set": {"seen": True}},
+        {"$unset": ["fullDocument.secret"]},
+        {"$replaceWith": {"$mergeObjects": ["$$ROOT", {"extra": 1}]}},
+        {"$replaceRoot": {"newRoot": {"_id": "$_id", "ns": "$ns"}}},
+        {"$redact": "$$KEEP"},
+    ]
+    app = make_app(WSPROXY_PIPELINE=json.dumps(stages))
+    WSProxy(app)
+    assert app.config["WSPROXY_PIPELINE"] == stages
+
+
+@pytest.mark.parametrize("path_key, path", [
+    ("WSPROXY_PATH", "/ws"), ("WSPROXY_PAGE_PATH", "/wsproxy/"),
+    ("WSPROXY_METRICS_PATH", "/metrics"), ("WSPROXY_HEALTH_PATH", "/healthz"),
+    ("WSPROXY_READY_PATH", "/readyz"),
+])
+def test_a_path_the_app_already_has_is_refused(path_key, path):
+    app = make_app()
+    app.add_url_rule(path, "host_view", lambda: "the host's")
+    with pytest.raises(ConfigError) as info:
+        WSProxy(app)
+    message = str(info.value)
+    assert repr(path) in message and "'host_view'" in message
+    assert [r.rule for r in app.url_map.iter_rules()
+            if r.endpoint.startswith("wsproxy.")] == []
+    # Moving wsproxy's route (or leaving it out) resolves it.
+    app2 = make_app(**{path_key: "/elsewhere" if path_key == "WSPROXY_PATH"
+                       else None})
+    app2.add_url_rule(path, "host_view", lambda: "the host's")
+    WSProxy(app2)
+    assert app2.url_map.bind("x").match(path)[0] == "host_view"
+
+
+def test_a_route_added_after_init_app_is_found_before_starting():
+    app = make_app(WSPROXY_PAGE_PATH="/")
+    ext = WSProxy(app)
+    app.add_url_rule("/", "home", lambda: "the host's home")
+    with pytest.raises(ConfigError) as info:
+        ext.start(app)  # what gunicorn's post_worker_init does
+    assert "'/'" in str(info.value) and "'home'" in str(info.value)
+
+
+def test_each_route_can_be_left_out():
+    app = make_app(WSPROXY_PAGE_PATH=None, WSPROXY_METRICS_PATH=None,
+                   WSPROXY_HEALTH_PATH=None, WSPROXY_READY_PATH=None)
+    WSProxy(app)
+    rules = sorted({r.rule for r in app.url_map.iter_rules()
+                    if r.endpoint.startswith("wsproxy.")})
+    assert rules == ["/ws"]
+
+
+def test_the_websocket_path_cannot_be_left_out():
+    with pytest.raises(ConfigError, match="WSPROXY_PATH=None"):
+        WSProxy(make_app(WSPROXY_PATH=None))
+
+
+def test_no_uri_anywhere_says_both_ways_out(monkeypatch):
+    monkeypatch.delenv("WSPROXY_MONGODB_URI", raising=False)
+    with pytest.raises(ConfigError) as info:
+        WSProxy(Flask(__name__))
+    message = str(info.value)
+    assert "WSPROXY_MONGODB_URI is not set" in message
+    assert "dev.py demo" in message and "WSPROXY_EMBEDDED=1" in message
+
+
+def test_settings_come_from_the_app_then_the_environment_then_defaults():
+    config = {"WSPROXY_WATCH": "from_app"}
+    apply_defaults(config, {"WSPROXY_WATCH": "from_env",
+                            "WSPROXY_MAX_CLIENTS": "7"})
+    assert config["WSPROXY_WATCH"] == "from_app"
+    assert config["WSPROXY_MAX_CLIENTS"] == 7
+    assert config["WSPROXY_PATH"] == "/ws"
+
+
+def test_a_second_init_app_raises():
+    app = make_app()
+    WSProxy(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        WSProxy(app)
+
+
+# -- served by the real gunicorn -------------------------------------------
+
+def _env(mongo, db):
+    return {"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db}
+
+
+def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
+                                                         namespace):
+    server = gunicorn(_env(mongo, namespace[0]),
+                      args=["-k", "sync", "--threads", "1"])
+    for _ in range(2):
+        status, reason = refused(server.ws_url())
+        assert status == 500 and "gunicorn -k gthread" in reason
+    # The worker was not blocked: it still answers.
+    assert http_get(server.url + "/healthz")[0] == 200
+    errors = re.findall(r"\[ERROR\] wsproxy[^\n]*", server.output())
+    assert len(errors) == 1, errors
+    assert "-c python:wsproxy.gunicorn" in errors[0]
+
+
+def test_a_worker_without_the_hooks_warns_once(gunicorn, mongo, namespace,
+                                              tmp_path):
+    # Run elsewhere: gunicorn reads ./gunicorn.conf.py when given no -c.
+    server = gunicorn(_env(mongo, namespace[0]), config=None, cwd=tmp_path,
+                      args=["-k", "gthread", "--threads", "20",
+                            "--pythonpath", str(ROOT)])
+    for _ in range(2):
+        client = WSClient(server.ws_url())
+        assert client.recv()["type"] == "hello"
+        client.close()
+    wait_for(lambda: "without wsproxy's hooks" in server.output(), 5,
+             "the missing-hooks warning")
+    # No logging config here: Python's last-resort handler prints it.
+    warnings = re.findall(r"[^\n]*without wsproxy's hooks[^\n]*",
+                          server.output())
+    assert len(warnings) == 1
+    assert "1001" in warnings[0] and "/metrics" in warnings[0]
+
+
+def test_the_packaged_hooks_give_no_warning(gunicorn, mongo, namespace):
+    server = gunicorn(_env(mongo, namespace[0]),
+                      config="python:wsproxy.gunicorn")
+    client = WSClient(server.ws_url())
+    assert client.recv()["type"] == "hello"
+    client.close()
+    server.stop()
+    assert "without wsproxy's hooks" not in server.output()
