@@ -63,6 +63,8 @@ def main(argv):
     ensure_venv()
     os.chdir(ROOT)
     if command == "demo":
+        if not os.environ.get("WSPROXY_MONGODB_URI"):
+            os.environ["WSPROXY_EMBEDDED"] = "1"
         os.execv(os.path.join(BIN, "gunicorn"),
                  ["gunicorn", "-c", "gunicorn.conf.py", *extra, "wsgi:app"])
     if command == "test":

@@ -1,7 +1,8 @@
-"""The app gunicorn serves: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+"""The demo app: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 Every ``WSPROXY_*`` setting can come from the environment. Your own app
-does the same thing in two lines: ``WSProxy(app)`` after configuring it.
+does the same thing in two lines: ``WSProxy(app)`` after configuring it
+(see examples/).
 """
 
 from flask import Flask
@@ -15,6 +16,8 @@ def create_app(config=None):
     app.config.update(from_env())
     if config:
         app.config.update(config)
+    # This app is nothing but the page, so the page may have the root.
+    app.config.setdefault("WSPROXY_PAGE_PATH", "/")
     WSProxy(app)
     return app
 

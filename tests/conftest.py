@@ -46,10 +46,11 @@ def gunicorn():
     """Factory: start real gunicorn servers; all are stopped at the end."""
     servers = []
 
-    def start(env, workers=1, args=(), ready=True, app="wsgi:app"):
-        server = Gunicorn(env, workers=workers, args=args, app=app)
+    def start(env, workers=1, args=(), ready=True, app="wsgi:app",
+              listen=True, **kw):
+        server = Gunicorn(env, workers=workers, args=args, app=app, **kw)
         servers.append(server)
-        return server.start(ready=ready)
+        return server.start(ready=ready, listen=listen)
 
     yield start
     for server in servers:

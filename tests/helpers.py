@@ -64,15 +64,23 @@ def scrape(server):
 
 
 class Gunicorn:
-    """The real ``gunicorn -c gunicorn.conf.py wsgi:app`` on port 0."""
+    """The real ``gunicorn -c gunicorn.conf.py wsgi:app`` on port 0.
 
-    def __init__(self, env=None, workers=1, args=(), app="wsgi:app"):
+    ``config`` None runs gunicorn without a config file; ``python`` and
+    ``cwd`` serve an app from another environment and folder."""
+
+    def __init__(self, env=None, workers=1, args=(), app="wsgi:app",
+                 config="gunicorn.conf.py", python=sys.executable, cwd=ROOT):
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
+        self.env.pop("WSPROXY_EMBEDDED", None)
         self.env.update(env or {})
         self.workers = workers
         self.args = list(args)
         self.app = app
+        self.config = config
+        self.python = python
+        self.cwd = cwd
         self.log = tempfile.NamedTemporaryFile(
             prefix="wsproxy-gunicorn-", suffix=".log", delete=False)
         self.process = None
@@ -88,13 +96,18 @@ class Gunicorn:
     def output(self):
         return pathlib.Path(self.log.name).read_text(errors="replace")
 
-    def start(self, ready=True, timeout=30):
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+    def start(self, ready=True, timeout=30, listen=True):
+        """Start; wait until it listens (``listen``) and until /readyz is
+        200 (``ready``). ``listen=False`` for a server expected to fail."""
+        config = ["-c", self.config] if self.config else []
+        cmd = [self.python, "-m", "gunicorn", *config,
                "-b", "127.0.0.1:0", "--workers", str(self.workers),
                *self.args, self.app]
         self.process = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log,
+            cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=self.log,
             stdin=subprocess.DEVNULL, start_new_session=True)
+        if not listen:
+            return self
         match = wait_for(
             lambda: self._exited() or re.search(
                 r"Listening at: http://127\.0\.0\.1:(\d+)", self.output()),
@@ -114,6 +127,35 @@ class Gunicorn:
     def wait_ready(self, timeout=30):
         wait_for(lambda: self._exited() or http_get(
             self.url + "/readyz")[0] == 200, timeout, "/readyz to be 200")
+
+    def wait_every_worker_ready(self, timeout=30):
+        """Until each worker (by pid) has answered /readyz 200: its watcher
+        is up, so it sees every write made after this."""
+        wait_for(lambda: len(self.worker_pids()) == self.workers, timeout,
+                 f"{self.workers} workers")
+        ready = set()
+
+        def all_ready():
+            status, body = self.readyz()
+            if status == 200:
+                ready.add(body["pid"])
+            return ready == set(self.worker_pids())
+
+        wait_for(all_ready, timeout, "every worker's watcher to be ready")
+
+    def terminate_expecting_1001(self, clients, within):
+        """SIGTERM; every client must get 1001 (resume elsewhere) and the
+        server must exit cleanly, all well inside ``within`` seconds."""
+        started = time.monotonic()
+        self.process.terminate()
+        for client in clients:
+            code, reason = client.wait_closed(timeout=10)
+            assert code == 1001 and "resume" in reason
+        assert self.process.wait(scaled(15)) == 0
+        took = time.monotonic() - started
+        assert took < scaled(within), (
+            f"stopped after {took:.1f}s:\n{self.output()[-4000:]}")
+        assert "Traceback" not in self.output()
 
     def readyz(self):
         status, body = http_get(self.url + "/readyz")
@@ -193,6 +235,18 @@ class WSClient:
 
     def close(self):
         self.ws.close()
+
+
+def refused(url, **kw):
+    """Connect expecting a refusal before the upgrade: (status, reason)."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        WSClient(url, **kw).close()
+    except InvalidStatus as exc:
+        response = exc.response
+        return response.status_code, json.loads(response.body)["error"]
+    raise AssertionError(f"{url} was not refused")
 
 
 def server_ws_pair(**client_kw):

@@ -5,9 +5,8 @@ import json
 import urllib.parse
 
 import pytest
-from websockets.exceptions import InvalidStatus
 
-from .helpers import WSClient, http_get, scaled
+from .helpers import WSClient, http_get, refused, scaled
 
 APP = "tests.hostapp:app"
 
@@ -21,11 +20,7 @@ def host(mongo, namespace, gunicorn):
     return server, db
 
 
-def _refused(url, **kw):
-    with pytest.raises(InvalidStatus) as info:
-        WSClient(url, **kw)
-    response = info.value.response
-    return response.status_code, json.loads(response.body)["error"]
+_refused = refused
 
 
 def _login(server, user):

@@ -9,7 +9,8 @@ from .helpers import WSClient, http_get, wait_for
 
 
 def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
-    server = gunicorn({})  # no WSPROXY_MONGODB_URI: embedded mode
+    # What `python3 dev.py demo` runs: no URI, the embedded server asked for.
+    server = gunicorn({"WSPROXY_EMBEDDED": "1"})
     status, body = http_get(server.url + "/")
     assert status == 200
     page = body.decode()

@@ -37,8 +37,9 @@ def _executable():
     found = shutil.which("secantusd-py")
     if not found:
         raise EmbeddedServerError(
-            "secantusd-py not found: install the demo dependencies "
-            "(pip install -r requirements.txt) or set WSPROXY_MONGODB_URI")
+            "secantusd-py (the embedded demo server) is not installed: "
+            "pip install 'wsproxy[demo]', or set WSPROXY_MONGODB_URI to your "
+            "replica set or Atlas URI")
     return found
 
 

@@ -1,0 +1,198 @@
+"""gunicorn settings and hooks for any Flask app that mounts wsproxy.
+
+    gunicorn -c python:wsproxy.gunicorn myapp:app
+
+or, in your own ``gunicorn.conf.py``::
+
+    from wsproxy.gunicorn import *        # settings and hooks
+    workers = 4                            # then override what you need
+
+A hook you define yourself replaces wsproxy's: call it from yours
+(``wsproxy.gunicorn.post_worker_init(worker)``).
+
+What it gives: threaded (gthread) workers sized for long-lived sockets; the
+watcher and broadcaster started in each worker after the fork (PyMongo is
+not fork-safe, so never in the master and never under ``preload_app``);
+SIGTERM closing every client with 1001 at once so deploys do not wait out
+``graceful_timeout``; ``/metrics`` summed over all workers; wsproxy's own
+log lines beside gunicorn's; an access log without query strings (they can
+carry ``access_token``). With ``WSPROXY_EMBEDDED=1`` (the demo) and no
+``WSPROXY_MONGODB_URI``, it also starts the embedded SecantusDB (needs
+``pip install 'wsproxy[demo]'``) and a demo writer, and stops both on exit.
+
+This module imports nothing from wsproxy at the top: it runs in the master
+before any worker, and prometheus_client must see PROMETHEUS_MULTIPROC_DIR
+before it is first imported.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+__all__ = [
+    "worker_class", "workers", "threads", "worker_connections", "timeout",
+    "graceful_timeout", "keepalive", "preload_app", "control_socket_disable",
+    "logconfig_dict", "access_log_format",
+    "on_starting", "when_ready", "post_worker_init", "worker_exit",
+    "child_exit", "on_exit",
+]
+
+_TRUE = ("1", "true", "yes", "on")
+
+# Metrics from every worker, summed by whichever one answers /metrics.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="wsproxy-metrics-")
+    _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:
+    _own_metrics_dir = None
+
+# Threaded workers: every open WebSocket holds one thread for its lifetime,
+# so `threads` is the number of connections a worker can hold.
+worker_class = "gthread"
+
+# Each worker runs its own change stream and serves its own clients; more
+# workers use more cores. One per core is plenty (README, "How it scales").
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# Connections per worker, plus headroom for health checks and page loads.
+threads = int(os.environ.get("WSPROXY_THREADS", "1100"))
+
+# gunicorn's own cap on open connections per worker; above `threads` so
+# short HTTP requests can still be kept alive.
+worker_connections = threads + 100
+
+# Seconds of silence from a worker before the master kills it. The gthread
+# main loop reports in while handler threads block, so this is not a cap on
+# how long a WebSocket may stay open.
+timeout = 30
+
+# On SIGTERM, seconds workers get to close their clients (1001) and stop.
+graceful_timeout = int(os.environ.get("WSPROXY_GRACEFUL_TIMEOUT", "10"))
+
+# gunicorn 25+ opens a control socket at one fixed path per user; several
+# servers on one host (tests, blue/green deploys) would fight over it.
+control_socket_disable = True
+
+# HTTP keep-alive for the page and health checks.
+keepalive = 5
+
+# Never load the app in the master: PyMongo is not fork-safe, and the
+# watcher must start in each worker (post_worker_init below).
+preload_app = False
+
+# gunicorn's default format without the query string (%(U)s is the path
+# alone): `?access_token=` must never reach a log file.
+access_log_format = ('%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s '
+                     '%(b)s "%(a)s"')
+
+# wsproxy's own log lines (connections, watcher state) beside gunicorn's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["error_console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"],
+                           "propagate": False, "qualname": "gunicorn.error"},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"],
+                            "propagate": False, "qualname": "gunicorn.access"},
+        "wsproxy": {"level": os.environ.get("WSPROXY_LOG_LEVEL", "INFO"),
+                    "handlers": ["error_console"], "propagate": False},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler",
+                    "formatter": "generic", "stream": "ext://sys.stdout"},
+        "error_console": {"class": "logging.StreamHandler",
+                          "formatter": "generic", "stream": "ext://sys.stderr"},
+    },
+    "formatters": {
+        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] "
+                              "%(name)s: %(message)s",
+                    "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+                    "class": "logging.Formatter"},
+    },
+}
+
+# The master's embedded server and demo writer, when it started them.
+_embedded = None
+_demo_writer = None
+
+
+def _flag(name, default="0"):
+    return os.environ.get(name, default).strip().lower() in _TRUE
+
+
+def on_starting(server):
+    """Master, before forking: with WSPROXY_EMBEDDED=1 and no URI, start the
+    embedded server and hand its URI to every worker (environment)."""
+    global _embedded
+    if not _flag("WSPROXY_EMBEDDED"):
+        return
+    if os.environ.get("WSPROXY_MONGODB_URI"):
+        server.log.warning("WSPROXY_EMBEDDED is set but so is "
+                           "WSPROXY_MONGODB_URI; using the URI")
+        return
+    from wsproxy.embedded import EmbeddedMongo
+
+    _embedded = EmbeddedMongo(os.environ.get("WSPROXY_EMBEDDED_STORAGE"))
+    _embedded.start()
+    os.environ["WSPROXY_MONGODB_URI"] = _embedded.uri
+    os.environ.setdefault("WSPROXY_WATCH", "demo")
+    server.log.info("embedded SecantusDB at %s", _embedded.uri)
+
+
+def when_ready(server):
+    """Master, listening: the demo writer, with the embedded server."""
+    global _demo_writer
+    if _embedded is None or not _flag("WSPROXY_DEMO_WRITER", "1"):
+        return
+    _demo_writer = subprocess.Popen(
+        [sys.executable, "-m", "wsproxy.demo", _embedded.uri],
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    server.log.info("demo writer pid %s", _demo_writer.pid)
+
+
+def _state(worker):
+    return getattr(worker.wsgi, "extensions", {}).get("wsproxy")
+
+
+def post_worker_init(worker):
+    """Worker, after fork and app load: start the watcher and broadcaster
+    here (readiness and history don't wait for a first client), and close
+    clients with 1001 on SIGTERM."""
+    state = _state(worker)
+    if state is None:
+        worker.log.warning("wsproxy.gunicorn: %r has no WSProxy; nothing to "
+                           "start", worker.wsgi)
+        return
+    state.ensure_started(worker.wsgi)
+    state.install_sigterm_handler()
+
+
+def worker_exit(server, worker):
+    """Worker, on the way out: stop the watcher and broadcaster."""
+    state = _state(worker)
+    if state is not None:
+        state.stop()
+
+
+def child_exit(server, worker):
+    """Master, after a worker died: drop its live gauges (clients)."""
+    from wsproxy.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
+def on_exit(server):
+    """Master, last: stop the demo writer, then the embedded server."""
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+    if _demo_writer is not None and _demo_writer.poll() is None:
+        _demo_writer.terminate()
+        _demo_writer.wait(10)
+    if _embedded is not None:
+        _embedded.stop()
+        logging.getLogger("gunicorn.error").info("embedded SecantusDB stopped")
