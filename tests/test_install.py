@@ -1,0 +1,156 @@
+"""As a user would: a fresh virtualenv, ``pip install`` of the project
+(without the ``[demo]`` extra), and the example host app (examples/shop),
+copied outside the repository, served by that virtualenv's gunicorn with
+wsproxy's packaged config and with the shop's own config built on it."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import (ROOT, WSClient, http_get, metric, scaled, scrape,
+                      wait_for)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(python of a fresh venv with wsproxy installed, the example's copy)."""
+    base = tmp_path_factory.mktemp("install")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)],
+                   check=True, timeout=scaled(600))
+    app_dir = base / "shop"
+    shutil.copytree(ROOT / "examples" / "shop", app_dir)
+    where = subprocess.run(
+        [python, "-c", "import wsproxy; print(wsproxy.__file__)"],
+        cwd=app_dir, check=True, capture_output=True, text=True).stdout
+    assert str(venv) in where and str(ROOT) not in where
+    return python, app_dir
+
+
+def _serve(gunicorn, installed, mongo, db, config, workers=1, **env):
+    python, app_dir = installed
+    return gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "SHOP_DB": db,
+                     "WSPROXY_MAX_AWAIT_MS": "100", **env},
+                    workers=workers, app="shop:app", config=config,
+                    python=python, cwd=app_dir)
+
+
+def test_the_installed_package_has_no_demo_server(installed):
+    python, app_dir = installed
+    assert not (ROOT / "examples" / "shop" / "secantusd-py").exists()
+    found = subprocess.run([python, "-c", "import secantusdb"], cwd=app_dir,
+                           capture_output=True)
+    assert found.returncode != 0
+
+
+def test_the_example_app_with_the_packaged_config(installed, mongo,
+                                                  mongo_client, namespace,
+                                                  gunicorn):
+    db, _ = namespace
+    server = _serve(gunicorn, installed, mongo, db,
+                    "python:wsproxy.gunicorn", workers=2)
+    server.wait_every_worker_ready()
+
+    # The shop's own routes and blueprint.
+    assert http_get(server.url + "/") == (200, b"Welcome to the shop")
+    assert http_get(server.url + "/account/login/staff")[0] == 200
+    assert http_get(server.url + "/live")[0] == 200  # wsproxy's page
+
+    clients = [WSClient(server.ws_url(), subprotocols=["bearer", "dev-token"])
+               for _ in range(4)]
+    for client in clients:
+        assert client.recv()["type"] == "hello"
+    mongo_client[db]["orders"].insert_many(
+        [{"n": i, "card": "4111"} for i in range(3)])
+    for client in clients:
+        changes = client.changes(3)
+        assert [c["event"]["fullDocument"]["n"] for c in changes] == [0, 1, 2]
+
+    # Every worker's watcher read the 3 events; any worker's /metrics says 6.
+    wait_for(lambda: metric(scrape(server),
+                            "wsproxy_events_received_total") == 6,
+             10, "events counted across both workers")
+
+    server.terminate_expecting_1001(clients, within=5)
+    output = server.output()
+    assert "without wsproxy's hooks" not in output
+    assert "wsproxy.views: client" in output  # wsproxy's INFO log is shown
+
+
+def test_the_example_app_with_its_own_config(installed, mongo, mongo_client,
+                                             namespace, gunicorn):
+    db, _ = namespace
+    server = _serve(gunicorn, installed, mongo, db, "gunicorn.conf.py",
+                    workers=2)
+    server.wait_every_worker_ready()
+    login = "/account/login/packing"
+    import urllib.request
+    with urllib.request.urlopen(server.url + login, timeout=scaled(5)) as r:
+        cookie = r.headers["Set-Cookie"].split(";", 1)[0]
+    client = WSClient(server.ws_url(), additional_headers={"Cookie": cookie})
+    assert client.recv()["type"] == "hello"
+    mongo_client[db]["orders"].insert_one({"n": 1, "card": "4111"})
+    document = client.changes(1)[0]["event"]["fullDocument"]
+    assert document["n"] == 1 and "card" not in document
+    server.terminate_expecting_1001([client], within=5)
+    assert "without wsproxy's hooks" not in server.output()
+
+
+def test_the_shops_flask_sock_route_and_wsproxy_keep_their_own_limits(
+        installed, mongo, namespace, gunicorn):
+    db, _ = namespace
+    server = _serve(gunicorn, installed, mongo, db, "python:wsproxy.gunicorn")
+    # The shop's own Flask-Sock route, with the shop's SOCK_SERVER_OPTIONS.
+    echo = WSClient(server.ws_url().replace("/ws", "/echo"),
+                    subprotocols=["chat"])
+    assert echo.ws.subprotocol == "chat"
+    echo.ws.send("hello")
+    assert echo.ws.recv(timeout=scaled(5)) == "hello"
+    echo.ws.send("x" * 100)  # over the shop's 64-byte limit
+    assert echo.wait_closed()[0] == 1009
+
+    # wsproxy's route: its own subprotocol, limit and heartbeat.
+    client = WSClient(server.ws_url(), subprotocols=["bearer", "dev-token"])
+    assert client.ws.subprotocol == "bearer"
+    assert client.recv()["type"] == "hello"
+    client.ws.send(json.dumps({"type": "ping", "pad": "x" * 1000}))
+    assert client.recv_type("pong")["type"] == "pong"
+    client.ws.send("x" * 5000)  # over wsproxy's 4096-byte limit
+    assert client.wait_closed()[0] == 1009
+
+
+def test_no_uri_fails_the_boot_with_both_ways_out(installed, gunicorn):
+    python, app_dir = installed
+    server = gunicorn({}, app="shop:app", config="python:wsproxy.gunicorn",
+                      python=python, cwd=app_dir, listen=False)
+    assert server.process.wait(scaled(30)) != 0
+    output = server.output()
+    assert "WSPROXY_MONGODB_URI is not set" in output
+    assert "dev.py demo" in output and "WSPROXY_EMBEDDED=1" in output
+
+
+def test_embedded_without_the_demo_extra_says_how_to_get_it(installed,
+                                                            gunicorn):
+    python, app_dir = installed
+    server = gunicorn({"WSPROXY_EMBEDDED": "1"}, app="shop:app",
+                      config="python:wsproxy.gunicorn", python=python,
+                      cwd=app_dir, listen=False)
+    assert server.process.wait(scaled(30)) != 0
+    assert "pip install 'wsproxy[demo]'" in server.output()
+
+
+def test_wsproxy_refusals_in_the_shop_are_http_statuses(installed, mongo,
+                                                           namespace,
+                                                           gunicorn):
+    db, _ = namespace
+    server = _serve(gunicorn, installed, mongo, db, "python:wsproxy.gunicorn")
+    from .helpers import refused
+    assert refused(server.ws_url()) == (401, "authentication required")
+    status, reason = refused(server.ws_url(),
+                             subprotocols=["bearer", "wrong"])
+    assert (status, reason) == (403, "unknown token")
