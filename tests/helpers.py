@@ -249,6 +249,32 @@ def refused(url, **kw):
     raise AssertionError(f"{url} was not refused")
 
 
+def raw_upgrade(port, headers, path="/ws"):
+    """A WebSocket upgrade request written by hand, for headers no client
+    library will send: (status, JSON reason or None)."""
+    base = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket",
+            "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    base.update(headers)
+    lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in base.items()
+                                        if v is not None]
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        raw.settimeout(scaled(5))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += raw.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        length = re.search(rb"(?i)content-length: (\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            body += raw.recv(65536)
+    try:
+        return status, json.loads(body)["error"]
+    except ValueError:
+        return status, None
+
+
 def server_ws_pair(**client_kw):
     """A simple-websocket Server on one end of a socketpair, and the raw
     client socket plus a wsproto client state machine on the other."""

@@ -10,7 +10,8 @@ import pymongo
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .helpers import Gunicorn, WSClient, http_get, scaled
+from .helpers import (Gunicorn, WSClient, http_get, raw_upgrade, scaled,
+                      wait_for)
 
 DB, COLL = "hostile", "items"
 
@@ -137,6 +138,22 @@ def _send_and_expect_close(server, send):
     return client.wait_closed(timeout=10)
 
 
+def _ping_flood(ws, count):
+    try:
+        for _ in range(count):
+            ws.ping()
+    except ConnectionClosed:
+        pass
+
+
+def _unfinished(ws, count):
+    """One text message that never ends: empty continuation frames."""
+    try:
+        ws.send(iter(["{"] + [""] * count))
+    except ConnectionClosed:
+        pass
+
+
 def _flood(ws, count):
     """Valid control messages, faster than allowed; the server may close
     before the last ones are sent."""
@@ -157,8 +174,59 @@ AFTER_UPGRADE = [
     (lambda ws: ws.send("x" * 5000), 1009, "too big"),
     (lambda ws: ws.send(["x" * 3000, "y" * 3000]), 1009, "too big"),
     (lambda ws: ws.send(b"\xff\xfe\xfd", text=True), 1007, ""),
-    (lambda ws: _flood(ws, 60), 1008, "too many messages"),
+    (lambda ws: _flood(ws, 60), 1008, "too many frames"),
+    (lambda ws: _ping_flood(ws, 60), 1008, "too many frames"),
+    (lambda ws: _unfinished(ws, 200), 1008, "too many"),
+    # 3,000 characters, 6,000 bytes: the limit is in bytes.
+    (lambda ws: ws.send("é" * 3000), 1009, "too big"),
 ]
+
+
+# Request headers no client library sends: refused with 400 and a reason
+# before anything else happens (authorization included).
+BAD_HANDSHAKES = [
+    ({"Origin": "http://a,http://b"}, "malformed"),
+    ({"Origin": "http://127.0.0.1:99999"}, "malformed"),
+    ({"Origin": "http://host:port.evil"}, "malformed"),
+    ({"Origin": "http://user@127.0.0.1"}, "malformed"),
+    ({"Sec-WebSocket-Key": None}, "Sec-WebSocket-Key"),
+    ({"Sec-WebSocket-Key": "short"}, "Sec-WebSocket-Key"),
+    ({"Sec-WebSocket-Version": "8"}, "Sec-WebSocket-Version must be 13"),
+    ({"Sec-WebSocket-Version": None}, "Sec-WebSocket-Version must be 13"),
+    # DNS rebinding: another site's name, pointed at this loopback server.
+    ({"Host": "attacker.example:{port}",
+      "Origin": "http://attacker.example:{port}"}, "host attacker.example"),
+    ({"Host": "attacker.example"}, "is not allowed"),
+]
+
+
+@pytest.mark.parametrize("headers, reason", BAD_HANDSHAKES)
+def test_bad_handshakes_are_400_with_a_reason(server, bystander, writes,
+                                              headers, reason):
+    headers = {k: v.format(port=server.port) if v else v
+               for k, v in headers.items()}
+    status, got = raw_upgrade(server.port, headers)
+    assert status == 400 and reason in got
+    _bystander_still_receives(bystander, writes)
+
+
+def test_credentials_in_the_query_never_reach_the_log(server):
+    http_get(server.url + "/ws?access_token=SECRET-one")            # 426
+    raw_upgrade(server.port, {}, path="/ws?access_token=SECRET-two&x=1")
+    raw_upgrade(server.port, {"Origin": "http://elsewhere.example"},
+                path="/ws?access_token=SECRET-three")               # 403
+    http_get(server.url + "/healthz?access_token=SECRET-four")
+    wait_for(lambda: "GET /healthz" in server.output(), 5,
+             "the last request to be logged")
+    assert "SECRET" not in server.output()
+
+
+def test_loopback_names_are_allowed_hosts(server):
+    for host in ("localhost", "127.0.0.1", "[::1]"):
+        status, _ = raw_upgrade(server.port, {
+            "Host": f"{host}:{server.port}",
+            "Origin": f"http://{host}:{server.port}"})
+        assert status == 101
 
 
 @pytest.mark.parametrize("send, code, reason", AFTER_UPGRADE)

@@ -67,9 +67,21 @@ def test_readiness_follows_the_database(own_mongo, gunicorn):
     status, body = server.readyz()
     assert status == 200 and body["watcher"] == "connected"
     assert http_get(server.url + "/healthz")[0] == 200
+    client = WSClient(server.ws_url())
+    client.recv()
     own_mongo.kill()
     wait_for(lambda: server.readyz()[0] == 503, 15, "not ready")
     assert http_get(server.url + "/healthz")[0] == 200  # alive all along
+    # Clients and the unauthenticated /readyz learn that, not where the
+    # database is: the error text (hosts, ports) goes to the log only.
+    status = client.recv_type("status", timeout=15)
+    assert status["watcher"] == "reconnecting"
+    address = f"127.0.0.1:{own_mongo.port}"
+    assert "unreachable" in status["detail"] and address not in status["detail"]
+    last_error = server.readyz()[1]["last_error"]
+    assert last_error and address not in last_error
+    assert address in server.output()
+    client.close()
     own_mongo.start()
     server.wait_ready(30)
     text = scrape(server)

@@ -8,6 +8,8 @@ connection, ``None`` to refuse it as unauthenticated (HTTP 401), or raises
 :data:`ANYONE`: the whole watched scope, minus the operator's hidden fields.
 """
 
+import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from .errors import ClientError
@@ -64,14 +66,60 @@ def bearer_token(request):
     return None
 
 
-def _netloc(origin):
-    parts = urlsplit(origin)
-    if not parts.scheme or not parts.hostname:
-        return None
-    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
-    port = parts.port
-    host = parts.hostname.lower()
-    return host if port in (None, default) else f"{host}:{port}"
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_HOSTNAME = re.compile(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]")
+# Host names a loopback-bound server answers to when WSPROXY_ALLOWED_HOSTS
+# is not set: anything else reaching it is a rebound DNS name.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _parse(url):
+    """(scheme, host, port) of an origin or ``//host:port``; ClientError
+    (400) if it is not one. The port is None when it is the default."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ClientError(f"malformed {url[:60]!r}") from None
+    host = (parts.netloc.rpartition("@")[2].rsplit(":", 1)[0]
+            if port is not None else parts.netloc).lower()
+    if not host or not _HOSTNAME.fullmatch(host) or parts.username:
+        raise ClientError(f"malformed {url[:60]!r}")
+    if port == _DEFAULT_PORTS.get(parts.scheme):
+        port = None
+    return parts.scheme, host, port
+
+
+def _is_loopback(address):
+    try:
+        ip = ipaddress.ip_address(address)
+    except (TypeError, ValueError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def check_host(request, allowed, local_address):
+    """Refuse DNS rebinding: a page on another site whose name was made to
+    point at this server reaches it with its own name in ``Host``.
+    ``allowed`` lists the names this server answers to (``".example.com"``
+    also matches its subdomains, ``"*"`` anything); None means the
+    loopback names when the connection arrived on a loopback address, and
+    no check otherwise."""
+    if allowed is None:
+        if not _is_loopback(local_address):
+            return
+        allowed = LOOPBACK_HOSTS
+    if "*" in allowed:
+        return
+    _, host, _ = _parse(request.scheme + "://" + request.host)
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if host == pattern or (pattern.startswith(".") and (
+                host.endswith(pattern) or host == pattern[1:])):
+            return
+    raise ClientError(f"host {host[:60]} is not allowed; see "
+                      "WSPROXY_ALLOWED_HOSTS")
 
 
 def check_origin(request, allowed):
@@ -79,16 +127,21 @@ def check_origin(request, allowed):
     origin riding on this site's cookies. ``allowed`` None means same-origin
     only; ``["*"]`` disables the check. Clients that send no Origin (not
     browsers) are not subject to it: only browsers attach cookies
-    cross-site."""
+    cross-site. A malformed Origin is a 400."""
     origin = request.headers.get("Origin")
     if origin is None or (allowed and "*" in allowed):
         return
     if allowed and origin.rstrip("/") in allowed:
         return
-    host = request.host.lower()
-    host_default = host.rsplit(":", 1)
-    if len(host_default) == 2 and host_default[1] in ("80", "443"):
-        host = host_default[0]
-    if allowed is None and _netloc(origin) == host:
-        return
+    if origin == "null":  # an opaque origin (sandbox, file:): never ours
+        raise ClientError("origin null is not allowed", status=403)
+    scheme, host, port = _parse(origin)
+    if not allowed:
+        _, own_host, own_port = _parse(request.scheme + "://" + request.host)
+        # The request's scheme is only known to be https when TLS ends here
+        # (or ProxyFix says so); then an http page is another origin. An
+        # http request may be TLS terminated by a proxy in front.
+        same_scheme = request.scheme != "https" or scheme == "https"
+        if same_scheme and (host, port) == (own_host, own_port):
+            return
     raise ClientError(f"origin {origin[:60]} is not allowed", status=403)

@@ -157,6 +157,8 @@ class Client:
                 self._wake.wait(max(next_ping - time.monotonic(), 0)
                                 if heartbeat else None)
                 self._wake.clear()
+                if self.conn.breach is not None:
+                    self.request_close(*self.conn.breach)
                 for message in self.conn.messages():
                     on_message(self, message)
                     if self.closing:

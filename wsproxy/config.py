@@ -27,6 +27,7 @@ DEFAULTS = {
     "WSPROXY_METRICS_PATH": "/metrics",
     "WSPROXY_HEALTH_PATH": "/healthz",
     "WSPROXY_READY_PATH": "/readyz",
+    "WSPROXY_READY_DETAILS": False,          # /readyz shows the error text
     # Fan-out and connections.
     "WSPROXY_HISTORY_SIZE": 1000,
     "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
@@ -40,6 +41,7 @@ DEFAULTS = {
     "WSPROXY_MAX_MESSAGE_SIZE": 4096,
     # Who may connect and what they see.
     "WSPROXY_ALLOWED_ORIGINS": None,         # None: same origin only
+    "WSPROXY_ALLOWED_HOSTS": None,           # None: loopback names on loopback
     "WSPROXY_AUTHORIZE": None,               # callable(request) -> Principal
     "WSPROXY_HIDE_FIELDS": [],               # dotted fields hidden from all
     "WSPROXY_MAX_CLIENTS": 1000,             # per worker; then 503
@@ -51,7 +53,7 @@ DEFAULTS = {
     "WSPROXY_EMBEDDED": False,
 }
 
-_LISTS = {"WSPROXY_ALLOWED_ORIGINS"}
+_LISTS = {"WSPROXY_ALLOWED_ORIGINS", "WSPROXY_ALLOWED_HOSTS"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -120,6 +122,12 @@ def validate(config):
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")
+    hosts = config["WSPROXY_ALLOWED_HOSTS"]
+    if isinstance(hosts, str):
+        hosts = config["WSPROXY_ALLOWED_HOSTS"] = [
+            h.strip() for h in hosts.split(",") if h.strip()]
+    if hosts is not None and not all(isinstance(h, str) and h for h in hosts):
+        raise ConfigError("WSPROXY_ALLOWED_HOSTS must be a list of host names")
     origins = config["WSPROXY_ALLOWED_ORIGINS"]
     if isinstance(origins, str):
         origins = config["WSPROXY_ALLOWED_ORIGINS"] = [

@@ -231,9 +231,13 @@ class ChangeSource:
                       "WSPROXY_* settings)", exc)
         else:
             log.warning("watcher: change stream failed: %s", exc)
-        self._set_state("failed" if is_fatal(exc) else "reconnecting", str(exc))
+        self._set_state("failed" if is_fatal(exc) else "reconnecting",
+                        "the database is unreachable; the feed resumes "
+                        "when it is back")
 
     def _set_state(self, state, detail):
+        """``detail`` goes to every client: a generic reason, never the
+        driver's error text (hosts, ports, topology); that is logged."""
         previous, self.state = self.state, state
         was_live = previous in ("starting", "connected")
         if was_live == (state == "connected"):

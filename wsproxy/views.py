@@ -83,6 +83,9 @@ def _admit(state, config):
     state.check_server(request.environ)
     if state.stopping.is_set():
         raise ClientError("server shutting down", status=503)
+    websocket.check_handshake(request.environ)
+    access.check_host(request, config["WSPROXY_ALLOWED_HOSTS"],
+                      websocket.local_address(request.environ))
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
     principal = _authorize(state)
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
@@ -99,7 +102,9 @@ def _admit(state, config):
         request.environ, send_timeout=config["WSPROXY_SEND_TIMEOUT"],
         subprotocols=[access.BEARER_SUBPROTOCOL]
         if access.BEARER_SUBPROTOCOL in offered else None,
-        max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"])
+        max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
+        frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
+        frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"])
     return Admission(sub, resume_id, principal, pending)
 
 
@@ -170,8 +175,12 @@ def create_blueprint(config):
                 "ready": ready,
                 "pid": os.getpid(),
                 "watcher": source.state,
-                "last_error": (str(source.last_error) if source.last_error
-                               else None),
+                # The error text names hosts and topology: only for
+                # operators who asked for it; the log always has it.
+                "last_error": (None if source.last_error is None
+                               else str(source.last_error)
+                               if config["WSPROXY_READY_DETAILS"]
+                               else type(source.last_error).__name__),
                 "last_event_at": source.last_event_at,
                 "last_ok_at": source.last_ok_at,
                 "clients": len(state.hub),
@@ -235,8 +244,7 @@ def serve(state, client, resume_id):
     metrics.CLIENTS.inc()
     started = time.monotonic()
     try:
-        client.run(control.handler(config["WSPROXY_CLIENT_MESSAGE_RATE"],
-                                   config["WSPROXY_CLIENT_MESSAGE_BURST"]))
+        client.run(control.on_message)
     except Exception:  # noqa: BLE001 - one connection must not hurt others
         log.exception("client %s: handler failed", client.id)
         client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")

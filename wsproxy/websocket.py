@@ -20,6 +20,14 @@ simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
   ``socket.send`` (partial writes). :class:`GuardedSocket` is put in the
   environ in place of the WSGI server's socket, so every write, ours and the
   reader thread's, takes one lock and writes everything.
+* **Every frame a client sends is paid for.** simple-websocket answers
+  pings and gathers fragments in its reader thread, where wsproxy's
+  message handler never sees them, and counts a text message's size in
+  characters. :class:`FramePolicy` sees each frame first: a token bucket
+  over every frame (data, continuation, ping, pong), a bound on fragments
+  per message, and the message size limit in bytes. After a breach the
+  reader passes on nothing but the peer's close reply, and the handler
+  thread closes the connection (1008, or 1009 for size) with a reason.
 * **permessage-deflate is declined**: simple-websocket accepts it whenever
   offered, and compressing every message per connection costs ~2,000x the
   shared frame (``python -m wsproxy.bench.framing``), so the offer is
@@ -36,9 +44,13 @@ import ssl
 import threading
 import time
 
+import base64
+import binascii
+
 import flask_sock
 import simple_websocket
-from wsproto.events import Ping
+from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
+                            TextMessage)
 from wsproto.utilities import LocalProtocolError
 
 from .errors import ClientError
@@ -160,19 +172,137 @@ class GuardedSocket:
         return getattr(self.raw, name)
 
 
+class FramePolicy:
+    """What one client may send, checked frame by frame in the reader
+    thread (the only thread that uses it)."""
+
+    MAX_FRAGMENTS = 16  # frames one message may be split into
+
+    def __init__(self, *, rate, burst, max_message_bytes, on_breach=None):
+        self.rate = rate
+        self.burst = burst
+        self.max_message_bytes = max_message_bytes
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self._fragments = 0
+        self._message_bytes = 0
+        self.on_breach = on_breach
+        # (close code, reason) once broken; written once, by the reader.
+        self.breach = None
+
+    def admit(self, event):
+        """Whether the reader may act on ``event``; after a breach only the
+        peer's close reply is, so the flood costs no more writes."""
+        if self.breach is not None:
+            return isinstance(event, CloseConnection)
+        breach = self.check(event)
+        if breach is None:
+            return True
+        self.breach = breach
+        if self.on_breach is not None:
+            self.on_breach()
+        return False
+
+    def check(self, event):
+        """(close code, reason) if ``event`` breaks the policy, else None."""
+        if not isinstance(event, (TextMessage, BytesMessage, Ping, Pong)):
+            return None
+        now = time.monotonic()
+        self._tokens = min(self.burst,
+                           self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return (1008, f"too many frames (limit {self.rate:g}/s)")
+        self._tokens -= 1
+        if isinstance(event, (Ping, Pong)):
+            return None
+        data = event.data
+        self._message_bytes += len(data.encode() if isinstance(data, str)
+                                   else data)
+        self._fragments += 1
+        if (self.max_message_bytes
+                and self._message_bytes > self.max_message_bytes):
+            return (1009, f"message too big (limit {self.max_message_bytes} "
+                          "bytes)")
+        if event.message_finished:
+            self._fragments = self._message_bytes = 0
+        elif self._fragments >= self.MAX_FRAGMENTS:
+            return (1008, f"too many fragments (limit {self.MAX_FRAGMENTS} "
+                          "per message)")
+        return None
+
+
+class _PolicedEvents:
+    """The wsproto connection as the reader thread sees it: only the events
+    the policy admits reach simple-websocket."""
+
+    def __init__(self, connection, policy):
+        self._connection = connection
+        self._policy = policy
+
+    def events(self):
+        for event in self._connection.events():
+            if self._policy.admit(event):
+                yield event
+
+    def __getattr__(self, name):
+        # send, receive_data, state... are the real connection's.
+        return getattr(self._connection, name)
+
+
+class _Server(simple_websocket.Server):
+    """simple-websocket's server with a frame policy in its reader."""
+
+    def __init__(self, environ, *, policy, **options):
+        self._policy = policy
+        super().__init__(environ, **options)
+
+    def handshake(self):
+        # Called by the base constructor once self.ws exists and before the
+        # reader thread starts.
+        self.ws = _PolicedEvents(self.ws, self._policy)
+        super().handshake()
+
+
+def check_handshake(environ):
+    """The handshake headers simple-websocket would otherwise fail on with
+    a 500 after authorization: a 400 with a reason instead."""
+    version = environ.get("HTTP_SEC_WEBSOCKET_VERSION")
+    if version != "13":
+        raise ClientError("Sec-WebSocket-Version must be 13")
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise ClientError("Sec-WebSocket-Key must be 16 bytes in base64")
+
+
+def local_address(environ):
+    """The address the connection arrived on (the server's side), or None."""
+    sock = next((environ[k] for k in _SOCKET_KEYS if k in environ), None)
+    try:
+        return sock.getsockname()[0] if sock is not None else None
+    except (OSError, AttributeError, IndexError):
+        return None
+
+
 class Pending:
     """What :func:`prepare` set up for one request, until flask-sock hands
     the view its server object."""
 
-    __slots__ = ("sock", "wake", "environ")
+    __slots__ = ("sock", "wake", "environ", "policy")
 
-    def __init__(self, sock, wake, environ):
+    def __init__(self, sock, wake, environ, policy):
         self.sock = sock
         self.wake = wake
         self.environ = environ
+        self.policy = policy
 
 
-def prepare(environ, *, send_timeout, subprotocols, max_message_size):
+def prepare(environ, *, send_timeout, subprotocols, max_message_size,
+            frame_rate, frame_burst):
     """Before the handshake (a ``before_request``): put the guarded socket
     and wsproxy's own server options in ``environ``, decline compression.
     Raises ClientError (500) when the WSGI server cannot hand its socket
@@ -187,25 +317,29 @@ def prepare(environ, *, send_timeout, subprotocols, max_message_size):
     # The reader thread sets this on every message and on close; the
     # connection's handler thread waits on it together with the outbox.
     wake = threading.Event()
+    policy = FramePolicy(rate=frame_rate, burst=frame_burst,
+                         max_message_bytes=max_message_size,
+                         on_breach=wake.set)
     environ[_OPTIONS_KEY] = {
         "subprotocols": subprotocols,
-        # Enforced again in bytes by the message handler: simple-websocket
-        # counts characters of text messages.
-        "max_message_size": max_message_size,
+        # In bytes, by the policy; simple-websocket would count characters.
+        "max_message_size": None,
+        "policy": policy,
         "event_class": lambda: wake,
         # Heartbeats are the handler thread's (Client.run), never a second
         # pinger in the reader thread.
         "ping_interval": None,
     }
-    return Pending(guarded, wake, environ)
+    return Pending(guarded, wake, environ, policy)
 
 
 def _server(environ, **host_options):
     """flask-sock's ``Server(...)`` call: wsproxy's options for a request
     :func:`prepare` set up, the host's ``SOCK_SERVER_OPTIONS`` otherwise."""
     ours = environ.pop(_OPTIONS_KEY, None)
-    return simple_websocket.Server(
-        environ, **(host_options if ours is None else ours))
+    if ours is None:
+        return simple_websocket.Server(environ, **host_options)
+    return _Server(environ, **ours)
 
 
 # flask-sock looks its server class up in its module at every request; this
@@ -226,6 +360,12 @@ class Connection:
         self._ws = ws
         self.sock = pending.sock
         self.wake = pending.wake
+        self._policy = pending.policy
+
+    @property
+    def breach(self):
+        """(close code, reason) once the peer broke the frame policy."""
+        return self._policy.breach
 
     @property
     def connected(self):
@@ -284,10 +424,11 @@ class ConnectionClosedByPeer(Exception):
 
 
 def open_for_test(environ, *, send_timeout, subprotocols=None,
-                  max_message_size=None):
+                  max_message_size=None, frame_rate=1000, frame_burst=1000):
     """Prepare and accept a connection outside Flask (unit tests): the same
     path as a request, without flask-sock's wrapper."""
     pending = prepare(environ, send_timeout=send_timeout,
                       subprotocols=subprotocols,
-                      max_message_size=max_message_size)
+                      max_message_size=max_message_size,
+                      frame_rate=frame_rate, frame_burst=frame_burst)
     return Connection(_server(environ), pending)

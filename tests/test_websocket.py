@@ -1,0 +1,112 @@
+"""The frame policy and the host and origin checks, on their own."""
+
+import pytest
+from flask import Flask
+from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
+                            TextMessage)
+
+from wsproxy import ClientError
+from wsproxy.access import check_host, check_origin
+from wsproxy.websocket import FramePolicy
+
+
+def policy(rate=1000, burst=1000, max_bytes=4096):
+    return FramePolicy(rate=rate, burst=burst, max_message_bytes=max_bytes)
+
+
+def test_every_kind_of_frame_is_paid_for():
+    p = policy(rate=0.001, burst=4)
+    frames = [Ping(b""), Pong(b""), TextMessage("a", message_finished=False),
+              TextMessage("", message_finished=True)]
+    assert [p.check(f) for f in frames] == [None] * 4
+    assert p.check(Ping(b"")) == (1008, "too many frames (limit 0.001/s)")
+
+
+def test_a_message_may_not_be_split_into_more_than_16_fragments():
+    p = policy()
+    assert p.check(TextMessage("{", message_finished=False)) is None
+    for _ in range(FramePolicy.MAX_FRAGMENTS - 2):
+        assert p.check(TextMessage("", message_finished=False)) is None
+    assert p.check(TextMessage("", message_finished=False)) == (
+        1008, "too many fragments (limit 16 per message)")
+
+
+def test_a_finished_message_starts_the_count_again():
+    p = policy()
+    for _ in range(40):
+        assert p.check(TextMessage("x", message_finished=False)) is None
+        assert p.check(TextMessage("y", message_finished=True)) is None
+
+
+def test_the_size_limit_counts_bytes_across_fragments():
+    p = policy(max_bytes=10)
+    assert p.check(TextMessage("éé", message_finished=False)) is None  # 4
+    assert p.check(BytesMessage(b"123456", message_finished=False)) is None
+    assert p.check(TextMessage("é", message_finished=True)) == (
+        1009, "message too big (limit 10 bytes)")
+
+
+def test_after_a_breach_only_the_close_reply_gets_through():
+    woken = []
+    p = FramePolicy(rate=0.001, burst=1, max_message_bytes=100,
+                    on_breach=lambda: woken.append(True))
+    assert p.admit(Ping(b"")) is True
+    assert p.admit(Ping(b"")) is False
+    assert p.breach == (1008, "too many frames (limit 0.001/s)")
+    assert woken == [True]
+    assert p.admit(TextMessage("x")) is False
+    assert p.admit(CloseConnection(1000)) is True
+
+
+def _request(app, url, headers):
+    return app.test_request_context(url, headers=headers)
+
+
+@pytest.mark.parametrize("host, allowed, local, ok", [
+    ("127.0.0.1:8000", None, "127.0.0.1", True),
+    ("localhost:8000", None, "127.0.0.1", True),
+    ("[::1]:8000", None, "::1", True),
+    ("rebound.example:8000", None, "127.0.0.1", False),
+    ("rebound.example:8000", None, "::ffff:127.0.0.1", False),
+    ("anything.example", None, "10.0.0.5", True),   # not loopback: no check
+    ("app.example.com", [".example.com"], "10.0.0.5", True),
+    ("example.com", [".example.com"], "10.0.0.5", True),
+    ("evil-example.com", [".example.com"], "10.0.0.5", False),
+    ("app.example.com", ["app.example.com"], "127.0.0.1", True),
+    ("other.example.com", ["app.example.com"], "127.0.0.1", False),
+    ("app.example.com", [], "10.0.0.5", False),     # empty allows nothing
+    ("x", ["*"], "127.0.0.1", True),
+])
+def test_allowed_hosts(host, allowed, local, ok):
+    app = Flask(__name__)
+    with _request(app, "/ws", {"Host": host}) as ctx:
+        if ok:
+            check_host(ctx.request, allowed, local)
+        else:
+            with pytest.raises(ClientError) as info:
+                check_host(ctx.request, allowed, local)
+            assert info.value.status == 400
+            assert "WSPROXY_ALLOWED_HOSTS" in info.value.reason
+
+
+@pytest.mark.parametrize("url, origin, status", [
+    ("http://a.example/ws", "http://a.example", None),
+    ("http://a.example/ws", "https://a.example", None),  # TLS ends in front
+    ("https://a.example/ws", "https://a.example", None),
+    ("https://a.example/ws", "http://a.example", 403),   # a downgrade
+    ("http://a.example:8000/ws", "http://a.example:8001", 403),
+    ("http://a.example/ws", "http://a.example:80", None),
+    ("http://a.example/ws", "http://b.example", 403),
+    ("http://a.example/ws", "http://a.example:99999", 400),
+    ("http://a.example/ws", "null", 403),
+    ("http://a.example/ws", "http://a.example/path", None),
+])
+def test_same_origin(url, origin, status):
+    app = Flask(__name__)
+    with _request(app, url, {"Origin": origin}) as ctx:
+        if status is None:
+            check_origin(ctx.request, None)
+        else:
+            with pytest.raises(ClientError) as info:
+                check_origin(ctx.request, None)
+            assert info.value.status == status
