@@ -2,9 +2,30 @@
 forge; an empty grant is nothing; the operator's rules see the whole event;
 and nothing one client does can hold up the others."""
 
+import json
+
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from wsproxy.redaction import redact
+
+from .helpers import WSClient
+
+HOSTAPP = "tests.hostapp:app"
+
+
+@pytest.fixture
+def host(mongo, namespace, gunicorn):
+    """tests/hostapp.py (bearer tokens, principals) on the real gunicorn."""
+    db, _ = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
+                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
+                      app=HOSTAPP)
+    return server, db
+
+
+def _bearer(token):
+    return {"additional_headers": {"Authorization": f"Bearer {token}"}}
 
 
 # ---------------------------------------------------------------------------
@@ -71,3 +92,79 @@ def test_array_positions_and_numeric_names_in_changed_paths(updated, hide,
                                                             kept):
     event = redact(_update(updated), hide)
     assert event["updateDescription"]["updatedFields"] == kept
+
+
+# ---------------------------------------------------------------------------
+# Grants and the operator's rules (subscription.py), unit level.
+
+def _change(doc, db="shop", coll="orders"):
+    from wsproxy import codec
+    return codec.Change({"_id": {"_data": "82AB"}, "operationType": "insert",
+                         "ns": {"db": db, "coll": coll},
+                         "documentKey": {"_id": 1}, "fullDocument": doc})
+
+
+def _parse(principal, **args):
+    from werkzeug.datastructures import MultiDict
+
+    from wsproxy import subscription
+    return subscription.parse(MultiDict(args), scope="", principal=principal)
+
+
+def test_an_empty_grant_is_refused_not_everything():
+    from wsproxy import ClientError, Principal
+    for empty in (set(), frozenset(), [], ()):
+        with pytest.raises(ClientError) as info:
+            _parse(Principal("nobody", namespaces=empty))
+        assert info.value.status == 403
+        assert "no namespaces are granted" in info.value.reason
+    # Only None means the whole scope.
+    assert _parse(Principal("all", namespaces=None)).wants(_change({"a": 1}))
+
+
+def test_an_empty_set_in_a_subscription_matches_nothing():
+    from wsproxy.subscription import Subscription
+    assert not Subscription(namespaces=set()).wants(_change({"a": 1}))
+    assert not Subscription(ops=()).wants(_change({"a": 1}))
+    assert Subscription().wants(_change({"a": 1}))
+
+
+def test_the_principal_filter_sees_hidden_fields_the_client_filter_does_not():
+    from wsproxy import Principal
+    public = Principal("public", hide=["confidential"],
+                       filter={"fullDocument.confidential": {"$ne": True}})
+    secret, plain = _change({"confidential": True}), _change({"n": 1})
+    sub = _parse(public)
+    assert not sub.wants(secret)
+    assert sub.wants(plain)
+    # The client's own filter still cannot probe the hidden field.
+    probe = _parse(public, filter='{"fullDocument.confidential": false}')
+    assert not probe.wants(_change({"confidential": False}))
+
+
+# ---------------------------------------------------------------------------
+# Grants and the operator's rules, end to end (tests/hostapp.py).
+
+def test_a_principal_granted_no_namespaces_is_refused_at_connect(host):
+    server, _ = host
+    with pytest.raises(InvalidStatus) as info:
+        WSClient(server.ws_url(), **_bearer("token-nothing"))
+    response = info.value.response
+    assert response.status_code == 403
+    assert json.loads(response.body)["error"] == "no namespaces are granted"
+
+
+def test_a_principal_row_filter_on_a_hidden_field_does_not_fail_open(
+        host, mongo_client):
+    server, db = host
+    client = WSClient(server.ws_url(), **_bearer("token-public"))
+    assert client.recv()["type"] == "hello"
+    orders = mongo_client[db].orders
+    orders.insert_many([{"_id": 1, "confidential": True, "title": "merger"},
+                        {"_id": 2, "title": "picnic"}])
+    event = client.recv_type("change")["event"]
+    assert event["documentKey"] == {"_id": 2}
+    assert "confidential" not in event["fullDocument"]
+    with pytest.raises(AssertionError, match="no message"):
+        client.recv_type("change", timeout=1)
+    client.close()

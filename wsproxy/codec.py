@@ -60,35 +60,55 @@ def dumps(document):
 
 
 class Change:
-    """One change event, with its wire forms computed once.
+    """One change event, with its wire forms computed at most once.
 
     ``raw`` is the event as PyMongo decoded it (for filters), ``id`` its
     opaque resume token, ``text`` the JSON message and ``frame`` the bytes
-    of that message as a WebSocket frame.
+    of that message as a WebSocket frame. ``text``, ``frame`` and the
+    redacted variants are built on first use: a catch-up builds one per
+    client, so an event the client does not want is never encoded.
     """
 
-    __slots__ = ("raw", "id", "token", "text", "frame", "_variants")
+    __slots__ = ("raw", "id", "token", "_text", "_frame", "_variants")
 
     def __init__(self, raw):
         self.raw = raw
         self.token = raw["_id"]
         self.id = token_to_id(self.token)
-        self.text = change_message(self.id, raw)
-        self.frame = frame(self.text)
-        self._variants = None
+        self._text = self._frame = None
+        # hide tuple -> [redacted event, its frame or None]. The broadcaster
+        # and catch-up threads may race to fill these caches; both compute
+        # the same value, so either result may win.
+        self._variants = {}
 
-    def redacted(self, hide):
-        """(event, frame) with the ``hide`` fields removed, computed once per
-        distinct set of hidden fields (the broadcaster thread and catch-up
-        threads may race to fill the cache; both compute the same value)."""
-        variants = self._variants
-        if variants is None:
-            variants = self._variants = {}
-        found = variants.get(hide)
+    @property
+    def text(self):
+        if self._text is None:
+            self._text = change_message(self.id, self.raw)
+        return self._text
+
+    @property
+    def frame(self):
+        if self._frame is None:
+            self._frame = frame(self.text)
+        return self._frame
+
+    def _variant(self, hide):
+        found = self._variants.get(hide)
         if found is None:
-            raw = redact(self.raw, hide)
-            found = variants[hide] = (raw, frame(change_message(self.id, raw)))
+            found = self._variants[hide] = [redact(self.raw, hide), None]
         return found
+
+    def redacted_event(self, hide):
+        """The event without the ``hide`` fields (computed once per set)."""
+        return self._variant(hide)[0]
+
+    def redacted_frame(self, hide):
+        """The frame of the event without the ``hide`` fields."""
+        variant = self._variant(hide)
+        if variant[1] is None:
+            variant[1] = frame(change_message(self.id, variant[0]))
+        return variant[1]
 
     def __repr__(self):
         return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"

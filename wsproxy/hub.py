@@ -162,9 +162,10 @@ class Hub:
                 log.exception("broadcaster: failed to publish %r", item)
 
     def _publish(self, change):
+        size = len(change.frame)  # encoded here, not under the lock
         with self._lock:
             self._history[change.id] = change
-            self._history_bytes += len(change.frame)
+            self._history_bytes += size
             while self._history and (
                     len(self._history) > self._history_size
                     or self._history_bytes > self._history_bytes_max):
