@@ -7,6 +7,7 @@ stops both on shutdown. With it, it serves that deployment and nothing more.
 
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -100,6 +101,8 @@ def on_starting(server):
     _embedded.start()
     os.environ["WSPROXY_MONGODB_URI"] = _embedded.uri
     os.environ.setdefault("WSPROXY_WATCH", "demo")
+    # Resume ids are sealed; a demo needs no key kept between runs.
+    os.environ.setdefault("WSPROXY_SECRET_KEYS", secrets.token_urlsafe(32))
     server.log.info("embedded SecantusDB at %s (no WSPROXY_MONGODB_URI set)",
                     _embedded.uri)
 

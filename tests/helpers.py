@@ -23,6 +23,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("WSPROXY_TEST_TIMEOUT_SCALE", "1"))
 
 
+# The sealing key every test server shares (see Gunicorn).
+TEST_SECRET_KEYS = "wsproxy-tests-only-secret-key"
+
+
+def sealer_for_tests():
+    """The Sealer the test servers use, to make ids as they would."""
+    from wsproxy.sealing import Sealer
+    return Sealer([TEST_SECRET_KEYS])
+
+
 def scaled(seconds):
     return seconds * SCALE
 
@@ -69,6 +79,9 @@ class Gunicorn:
     def __init__(self, env=None, workers=1, args=(), app="wsgi:app"):
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
+        # One key for every server a test starts, so ids from one resume on
+        # another (several workers or processes, a restart).
+        self.env["WSPROXY_SECRET_KEYS"] = TEST_SECRET_KEYS
         self.env.update(env or {})
         self.workers = workers
         self.args = list(args)

@@ -24,9 +24,12 @@ PRINCIPALS = {
     "public": Principal("public", filter={"fullDocument.confidential":
                                           {"$ne": True}},
                         hide=["confidential"]),
+    # Never sees a document's key (its _id).
+    "keyless": Principal("keyless", hide=["_id"]),
 }
 TOKENS = {"token-admin": "admin", "token-shop": "shop",
-          "token-nothing": "nothing", "token-public": "public"}
+          "token-nothing": "nothing", "token-public": "public",
+          "token-keyless": "keyless"}
 
 proxy = WSProxy()
 

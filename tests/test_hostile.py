@@ -10,7 +10,8 @@ import pymongo
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .helpers import Gunicorn, WSClient, http_get, scaled
+from .helpers import (Gunicorn, WSClient, http_get, scaled,
+                      sealer_for_tests)
 
 DB, COLL = "hostile", "items"
 
@@ -97,6 +98,8 @@ BEFORE_UPGRADE = [
     (_q(resume_after="ab" * 5000), 414, "Request Line is too large"),
     (_q(resume_after="b64:%%%"), 400, "resume_after"),
     (_q(resume_after="b64:AAAA"), 400, "resume_after"),
+    # A crafted (unsealed) token, well-formed as MongoDB writes them.
+    (_q(resume_after="82" + "AB" * 40), 400, "resume_after: not a resume token"),
 ]
 
 
@@ -178,9 +181,11 @@ def test_a_ping_message_gets_a_pong(server):
     client.close()
 
 
-def test_a_forged_resume_token_gets_a_reset_not_a_crash(
+def test_a_sealed_token_the_server_cannot_resume_from_gets_a_reset(
         server, bystander, writes):
-    client = WSClient(server.ws_url(_q(resume_after="82" + "ab" * 40)))
+    # Sealed with the servers' key, but no such position in the oplog.
+    unresumable = sealer_for_tests().seal({"_data": "82" + "AB" * 40})
+    client = WSClient(server.ws_url(_q(resume_after=unresumable)))
     assert client.recv()["resume"] == "catch-up"
     assert client.recv_type("reset", timeout=10)["lost"] is True
     _bystander_still_receives(bystander, writes)

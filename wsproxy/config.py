@@ -41,9 +41,12 @@ DEFAULTS = {
     "WSPROXY_MAX_FILTER_BYTES": 4096,
     "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
     "WSPROXY_CLIENT_MESSAGE_BURST": 20,
+    # Resume ids are sealed with the first; the rest still open (rotation).
+    # None: derived from SECRET_KEY and SECRET_KEY_FALLBACKS.
+    "WSPROXY_SECRET_KEYS": None,
 }
 
-_LISTS = {"WSPROXY_ALLOWED_ORIGINS"}
+_LISTS = {"WSPROXY_ALLOWED_ORIGINS", "WSPROXY_SECRET_KEYS"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

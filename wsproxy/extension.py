@@ -17,6 +17,7 @@ from pymongo import MongoClient
 
 from . import config as settings
 from . import protocol
+from . import sealing
 from . import views
 from .hub import Hub
 from .source import Backoff, ChangeSource, watch_target
@@ -38,6 +39,8 @@ class ProxyState:
         self.source = None
         self.stopping = threading.Event()
         self.extension = None  # the WSProxy, for its @authorize function
+        # Seals resume ids; ConfigError here (init_app) without a key.
+        self.sealer = sealing.from_config(config)
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
@@ -72,7 +75,7 @@ class ProxyState:
                        queue_size=c["WSPROXY_QUEUE_SIZE"])
         self.source = ChangeSource(
             watch_target(self.mongo, c["WSPROXY_WATCH"]), self.hub,
-            pipeline=c["WSPROXY_PIPELINE"],
+            sealer=self.sealer, pipeline=c["WSPROXY_PIPELINE"],
             full_document=c["WSPROXY_FULL_DOCUMENT"],
             full_document_before_change=c["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"],
             max_await_ms=c["WSPROXY_MAX_AWAIT_MS"],
@@ -184,6 +187,11 @@ class WSProxy:
         - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
         - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
           messages a client may send per second (close 1008 beyond).
+        - ``WSPROXY_SECRET_KEYS`` (None): secrets that seal resume ids, the
+          current one first (older ones still open ids: rotation); the same
+          in every proxy serving the same clients. None: derived from
+          ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``; with neither,
+          ``init_app`` raises ConfigError.
         """
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")

@@ -159,7 +159,7 @@ def catch_up(state, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded by ``state.catchup_slots``."""
     client = catchup.client
-    token = codec.id_to_token(resume_id)
+    token = state.sealer.unseal(resume_id)
     if not state.catchup_slots.acquire(timeout=state.config["WSPROXY_CLOSE_TIMEOUT"]):
         client.request_close(protocol.CLOSE_TRY_AGAIN,
                              "too many clients catching up; retry shortly")
@@ -182,7 +182,7 @@ def catch_up(state, catchup, resume_id):
                         barrier_sent = _send_barrier(state, catchup, idle_since)
                     continue
                 idle_since, barrier_sent = None, False
-                if not catchup.deliver(codec.Change(raw)):
+                if not catchup.deliver(codec.Change(raw, state.sealer)):
                     break
         if catchup.spliced:
             log.info("client %s: caught up (%d events replayed)", client.id,

@@ -76,11 +76,12 @@ class ChangeSource:
     """Owns the watcher thread. ``target`` is what to ``watch()``: a
     MongoClient, a Database or a Collection (see :func:`watch_target`)."""
 
-    def __init__(self, target, hub, *, pipeline=(), full_document=None,
-                 full_document_before_change=None, max_await_ms=500,
-                 backoff=None, metrics=None):
+    def __init__(self, target, hub, *, sealer, pipeline=(),
+                 full_document=None, full_document_before_change=None,
+                 max_await_ms=500, backoff=None, metrics=None):
         self.target = target
         self.hub = hub
+        self.sealer = sealer  # seals each event's resume token into its id
         self.pipeline = list(pipeline)
         self.full_document = full_document
         self.full_document_before_change = full_document_before_change
@@ -196,7 +197,7 @@ class ChangeSource:
                     continue
                 self.last_event_at = now
                 metrics.EVENTS.inc()
-                change = codec.Change(raw)
+                change = codec.Change(raw, self.sealer)
                 if not self.hub.submit(change, self._stopping):
                     return
                 self.resume_token = change.token

@@ -88,7 +88,7 @@ def _admit(state, config):
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")
     if resume_id is not None:
-        codec.id_to_token(resume_id)  # validates
+        resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = subscriptions.parse(
         request.args, scope=config["WSPROXY_WATCH"], principal=principal,
         operator_hide=config["WSPROXY_HIDE_FIELDS"],

@@ -8,6 +8,7 @@ poll that (and the process) rather than sleeping.
 
 import http.client
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -51,7 +52,9 @@ def _gunicorn(uri, namespace, port):
 SERVERS = {
     "wsproxy": ServerSpec(
         "wsproxy", _gunicorn, hello=True,
-        env={"WSPROXY_DEMO_WRITER": "0"},
+        # Resume ids are sealed: a key for this run.
+        env={"WSPROXY_DEMO_WRITER": "0",
+             "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32)},
         required_files=("wsgi.py", "gunicorn.conf.py")),
     "tornado": ServerSpec(
         "tornado", _python_module("wsproxy.bench.baseline_tornado")),
