@@ -297,3 +297,172 @@ def test_hidden_key_fields_do_not_leak_through_ids(host, mongo_client):
     assert json.loads(info.value.response.body)["error"] == \
         "resume_after: not a resume token"
     client.close()
+
+
+# ---------------------------------------------------------------------------
+# Resuming from history holds the hub's lock for no client-controlled work
+# (hub.py), and the seam stays exact.
+
+class _Recorder:
+    """A hub member that records frames; ``wants`` may be made to block."""
+
+    max_messages, max_bytes = 1000, 1 << 30
+
+    def __init__(self, wants=None):
+        import threading
+
+        from wsproxy.subscription import EVERYTHING
+        self.frames = []
+        self.closed = None
+        self.got = threading.Condition()
+
+        class Sub:
+            hide = ()
+
+            def wants(self, change):
+                return wants(change) if wants else True
+
+            def frame(self, change):
+                return EVERYTHING.frame(change)
+
+        self.subscription = Sub()
+
+    def on_change(self, change):
+        return self.subscription.wants(change) and self.offer(
+            self.subscription.frame(change))
+
+    def offer(self, data):
+        with self.got:
+            self.frames.append(bytes(data))
+            self.got.notify_all()
+        return True
+
+    def preload(self, frames):
+        with self.got:
+            self.frames.extend(bytes(f) for f in frames)
+            self.got.notify_all()
+
+    def request_close(self, code, reason):
+        self.closed = (code, reason)
+
+    def wait_for(self, count, timeout=5):
+        from .helpers import scaled
+        with self.got:
+            assert self.got.wait_for(lambda: len(self.frames) >= count,
+                                     scaled(timeout)), len(self.frames)
+        return self.frames
+
+
+def _numbered(i):
+    from wsproxy import codec
+    return codec.Change({"_id": {"_data": f"82{i:08X}"},
+                         "operationType": "insert",
+                         "ns": {"db": "shop", "coll": "orders"},
+                         "documentKey": {"_id": i}, "fullDocument": {"i": i}},
+                        sealer_for_tests())
+
+
+def _hello(mode):
+    from wsproxy import codec
+    return codec.control_message("hello", resume=mode)
+
+
+def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
+    import threading
+
+    from wsproxy import codec
+    from wsproxy.hub import Hub
+
+    from .helpers import scaled
+    hub = Hub(history_size=100)
+    hub.start()
+    stop = threading.Event()
+    entered, release = threading.Event(), threading.Event()
+    try:
+        bystander = _Recorder()
+        hub.register(bystander, None, _hello)
+        events = [_numbered(i) for i in range(40)]
+        for change in events[:20]:
+            hub.submit(change, stop)
+        bystander.wait_for(21)
+
+        # The resuming client's filter blocks on its first event, as a
+        # costly filter over a long history would.
+        def slow(change):
+            entered.set()
+            assert release.wait(scaled(10))
+            return True
+
+        slow_client = _Recorder(wants=slow)
+        result = []
+        joiner = threading.Thread(
+            target=lambda: result.append(
+                hub.register(slow_client, events[9].id, _hello)),
+            name="test-joiner")
+        joiner.start()
+        assert entered.wait(scaled(5))
+        # Meanwhile the broadcaster keeps publishing to everyone else.
+        for change in events[20:30]:
+            hub.submit(change, stop)
+        bystander.wait_for(31)
+        release.set()
+        joiner.join(scaled(5))
+        assert result == ["history"]
+        for change in events[30:]:
+            hub.submit(change, stop)
+        # The seam: 10..39, each once, in order, after the hello.
+        frames = slow_client.wait_for(31)
+        assert frames == [codec.frame(_hello("history"))] + [
+            e.frame for e in events[10:]]
+        assert len(hub) == 2
+    finally:
+        release.set()
+        hub.stop()
+
+
+def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
+    import random
+    import threading
+
+    from wsproxy import codec
+    from wsproxy.hub import Announcement, Hub
+    hub = Hub(history_size=300)
+    hub.start()
+    stop = threading.Event()
+    events = [_numbered(i) for i in range(600)]
+    status = Announcement(codec.control_message("status", watcher="x"))
+    try:
+        anchor = _Recorder()
+        hub.register(anchor, None, _hello)
+        for change in events[:200]:
+            hub.submit(change, stop)
+        anchor.wait_for(201)
+        joined = []
+
+        def join_many():
+            rng = random.Random(7)
+            for _ in range(60):
+                client = _Recorder()
+                after = rng.randrange(100, 200)
+                assert hub.register(client, events[after].id,
+                                    _hello) == "history"
+                joined.append((after, client))
+
+        joiner = threading.Thread(target=join_many, name="test-joiners")
+        joiner.start()
+        for i, change in enumerate(events[200:], 200):
+            hub.submit(change, stop)
+            if i == 400:
+                hub.submit(status, stop)
+        joiner.join()
+        anchor.wait_for(402)
+        frame_of = {e.frame: i for i, e in enumerate(events)}
+        for after, client in joined:
+            frames = client.wait_for(1 + len(events) - after)[1:]
+            numbers = [frame_of.get(f, "status") for f in frames]
+            changes = [n for n in numbers if n != "status"]
+            assert changes == list(range(after + 1, len(events))), after
+            if "status" in numbers:  # where the live feed had it
+                assert numbers[numbers.index("status") - 1] == 400
+    finally:
+        hub.stop()
