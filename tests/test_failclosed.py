@@ -466,3 +466,275 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
                 assert numbers[numbers.index("status") - 1] == 400
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------------------
+# Connections per principal or address (throttle.py).
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_bucket_allows_its_burst_then_its_rate_per_key():
+    from wsproxy.throttle import KeyedRateLimit, Throttled
+    clock = _Clock()
+    limit = KeyedRateLimit(2, 3, clock=clock)
+    assert [limit.take("a") for _ in range(3)] == [0, 0, 0]
+    assert limit.take("a") == pytest.approx(0.5)   # one token in 0.5 s
+    assert limit.take("b") == 0                    # keys are independent
+    clock.now += 0.5
+    assert limit.take("a") == 0
+    assert limit.take("a") > 0
+    with pytest.raises(Throttled) as info:
+        limit.admit("a")
+    assert info.value.status == 429 and info.value.retry_after == 1
+    assert "too many connections (limit 2/s, bursts of 3)" in info.value.reason
+
+
+def test_buckets_are_bounded_in_number_and_fail_closed_when_all_are_busy():
+    from wsproxy.throttle import KeyedRateLimit
+    clock = _Clock()
+    limit = KeyedRateLimit(1, 2, max_keys=3, clock=clock)
+    for key in "abc":
+        assert limit.take(key) == 0
+    # Three keys in use: a fourth is refused, not let in on a fresh bucket.
+    assert limit.take("d") >= 1
+    assert len(limit) == 3
+    # Once a bucket has refilled it is as good as none, and makes room.
+    clock.now += 1.0
+    assert limit.take("d") == 0
+    assert len(limit) <= 3
+    # Idle keys are forgotten as others come and go.
+    clock.now += 10
+    limit.take("e")
+    limit.take("e")
+    assert len(limit) <= 2
+
+
+def test_a_bucket_is_thread_safe():
+    import threading
+
+    from wsproxy.throttle import KeyedRateLimit
+    limit = KeyedRateLimit(1e-9, 100, clock=_Clock())  # no refill
+    allowed = []
+
+    def hammer():
+        allowed.extend(1 for _ in range(500) if limit.take("k") == 0)
+
+    threads = [threading.Thread(target=hammer, name=f"test-hammer-{i}")
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(allowed) == 100
+
+
+def test_keyed_slots_bound_each_key_and_wait_for_a_release():
+    import threading
+
+    from wsproxy.throttle import KeyedSlots
+    slots = KeyedSlots(2)
+    assert slots.acquire("p") and slots.acquire("p")
+    assert not slots.acquire("p")
+    assert slots.acquire("q")
+    threading.Timer(0.05, slots.release, args=("p",)).start()
+    assert slots.acquire("p", timeout=5)
+    for key in ("p", "p", "q"):
+        slots.release(key)
+    assert slots.in_use("p") == 0 and not slots._used
+
+
+def test_costs_are_charged_to_the_principal_or_else_the_address():
+    from wsproxy import Principal
+    from wsproxy.access import ANYONE
+    from wsproxy.throttle import client_key
+    assert client_key(Principal("ada"), "10.0.0.1") == ("principal", "ada")
+    assert client_key(ANYONE, "10.0.0.1") == ("address", "10.0.0.1")
+    assert client_key(Principal(), "10.0.0.2") == ("address", "10.0.0.2")
+
+
+def test_too_many_connections_get_429_before_the_upgrade(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
+                       "WSPROXY_WATCH": f"{db}.{coll}",
+                       "WSPROXY_MAX_AWAIT_MS": "100",
+                       "WSPROXY_CONNECT_RATE": "0.01",
+                       "WSPROXY_CONNECT_BURST": "3"})
+    near = {"source_address": ("127.0.0.1", 0)}
+    bystander = WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
+    assert bystander.recv()["type"] == "hello"
+    for _ in range(3):
+        WSClient(server.ws_url(), **near).close()
+    with pytest.raises(InvalidStatus) as info:
+        WSClient(server.ws_url(), **near)
+    response = info.value.response
+    assert response.status_code == 429
+    assert "too many connections" in json.loads(response.body)["error"]
+    assert int(response.headers["Retry-After"]) >= 1
+    # Another address is not held to that one's budget, and nobody
+    # connected lost anything.
+    WSClient(server.ws_url(), source_address=("127.0.0.3", 0)).close()
+    mongo_client[db][coll].insert_one({"n": 1})
+    assert bystander.recv_type("change")["event"]["fullDocument"]["n"] == 1
+    bystander.close()
+
+
+# ---------------------------------------------------------------------------
+# The attack, end to end: reconnects resuming from a full history with the
+# costliest legal filter, for 10 s, against the default limits.
+
+ATTACK_SECONDS = 10
+BYSTANDERS = 5
+WRITE_RATE = 20  # events per second during the attack
+PREFILL = 1000   # a full history (WSPROXY_HISTORY_SIZE)
+
+
+def _costly_filter(max_query_chars=3700):
+    """As many terms as fit in a URL gunicorn accepts (its request line is
+    4094 bytes): each walks an array of sub-documents and compares."""
+    import urllib.parse
+    terms, best = [], None
+    while True:
+        terms.append({"fullDocument.items.sku": {"$gt": "~", "$lt": "!"}})
+        text = json.dumps({"$or": terms}, separators=(",", ":"))
+        if len(urllib.parse.quote_plus(text)) > max_query_chars:
+            return best
+        best = text
+
+
+def _order(seq, rng, **extra):
+    import time
+    return {"seq": seq, "t": time.time(), "customer": rng.choice(["ada", "ken"]),
+            "status": "open", "note": "x" * 200,
+            "items": [{"sku": f"SKU-{rng.randint(1, 40):03d}",
+                       "qty": rng.randint(1, 4)} for _ in range(3)], **extra}
+
+
+def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
+        mongo, mongo_client, namespace, gunicorn):
+    import random
+    import threading
+    import time
+    import urllib.parse
+
+    from wsproxy.config import DEFAULTS
+
+    from .helpers import scaled
+    db, coll = namespace
+    server = gunicorn({
+        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
+        "WSPROXY_MAX_AWAIT_MS": "100",
+        # The defaults, not the test helper's generous limits.
+        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
+        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+    items = mongo_client[db][coll]
+    rng = random.Random(10)
+    bystanders = [WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
+                  for _ in range(BYSTANDERS)]
+    for client in bystanders:
+        assert client.recv()["type"] == "hello"
+    items.insert_many([_order(-1, rng, pre=i) for i in range(PREFILL)])
+    # Early enough that most of the history follows it, late enough that
+    # the attack's writes do not evict it: a resume from history.
+    resume_ids = [client.changes(PREFILL, timeout=30)[200]["id"]
+                  for client in bystanders]
+    assert len(set(resume_ids)) == 1
+    costly = _costly_filter()
+    attack_url = server.ws_url(urllib.parse.urlencode(
+        {"resume_after": resume_ids[0], "filter": costly}))
+    assert len(urllib.parse.quote_plus(costly)) > 3500  # 3.6 KB in the URL
+
+    stop = threading.Event()
+    received = [[] for _ in bystanders]  # (seq, latency)
+    failures, outcomes, probes = [], {"ok": 0, "429": 0, "other": 0}, []
+
+    def read(index, client):
+        try:
+            while True:
+                message = client.recv_type("change", timeout=30)
+                doc = message["event"]["fullDocument"]
+                if doc.get("end"):
+                    return
+                received[index].append((doc["seq"], time.time() - doc["t"]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(("bystander", index, exc))
+
+    written = [0]
+
+    def write():
+        try:
+            seq = 0
+            while not stop.wait(1 / WRITE_RATE):
+                items.insert_one(_order(seq, rng))
+                seq += 1
+                written[0] = seq
+            items.insert_one({"end": True})
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(("writer", exc))
+
+    def attack():
+        while not stop.is_set():
+            try:
+                WSClient(attack_url, open_timeout=scaled(60)).drop()
+                outcomes["ok"] += 1
+            except InvalidStatus as exc:
+                key = "429" if exc.response.status_code == 429 else "other"
+                outcomes[key] += 1
+            except Exception:  # noqa: BLE001 - a timeout is a result too
+                outcomes["other"] += 1
+
+    def probe():
+        # A newcomer every half second, each from an address of its own.
+        n = 0
+        while not stop.wait(0.5):
+            n += 1
+            started = time.monotonic()
+            try:
+                client = WSClient(server.ws_url(), open_timeout=scaled(60),
+                                  source_address=(f"127.0.1.{n}", 0))
+                assert client.recv(timeout=60)["type"] == "hello"
+                probes.append(time.monotonic() - started)
+                client.close()
+            except BaseException as exc:  # noqa: BLE001
+                failures.append(("newcomer", n, exc))
+
+    threads = [threading.Thread(target=read, args=(i, c),
+                                name=f"test-bystander-{i}")
+               for i, c in enumerate(bystanders)]
+    threads += [threading.Thread(target=write, name="test-writer"),
+                threading.Thread(target=probe, name="test-newcomers")]
+    threads += [threading.Thread(target=attack, name=f"test-attacker-{i}")
+                for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        stop.wait(ATTACK_SECONDS)  # the attack's duration, not a sync
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(scaled(90))
+    assert not any(t.is_alive() for t in threads), "test threads still running"
+    assert not failures, (failures[:3], outcomes, written[0],
+                          [len(got) for got in received])
+
+    latencies = sorted(lat for got in received for _, lat in got)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"\nattack: {outcomes}; {written[0]} events, bystander p99 "
+          f"{p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+          f"newcomers connected in max {max(probes) * 1000:.0f} ms "
+          f"({len(probes)} of them)")
+    for got in received:  # no gap, no duplicate, in order
+        assert [seq for seq, _ in got] == list(range(written[0]))
+    assert outcomes["ok"] >= 1 and outcomes["429"] >= 1, outcomes
+    log = server.output()
+    assert "resume: history" in log and "resume: catch-up" not in log
+    assert p99 < scaled(1.0), p99
+    assert len(probes) >= ATTACK_SECONDS and max(probes) < scaled(2.0), probes
+    for client in bystanders:
+        client.close()

@@ -41,6 +41,10 @@ DEFAULTS = {
     "WSPROXY_MAX_FILTER_BYTES": 4096,
     "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
     "WSPROXY_CLIENT_MESSAGE_BURST": 20,
+    # Connections per second per principal (or address, if anonymous) and
+    # worker, and bursts; beyond, 429.
+    "WSPROXY_CONNECT_RATE": 2.0,
+    "WSPROXY_CONNECT_BURST": 10,
     # Resume ids are sealed with the first; the rest still open (rotation).
     # None: derived from SECRET_KEY and SECRET_KEY_FALLBACKS.
     "WSPROXY_SECRET_KEYS": None,
@@ -98,10 +102,13 @@ def validate(config):
         raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
                 "WSPROXY_QUEUE_SIZE",
-                "WSPROXY_MAX_CATCHUPS",
+                "WSPROXY_MAX_CATCHUPS", "WSPROXY_CONNECT_BURST",
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")
+    for key in ("WSPROXY_CONNECT_RATE",):
+        if not isinstance(config[key], (int, float)) or not config[key] > 0:
+            raise ConfigError(f"{key} must be a positive number")
     origins = config["WSPROXY_ALLOWED_ORIGINS"]
     if isinstance(origins, str):
         origins = config["WSPROXY_ALLOWED_ORIGINS"] = [

@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from . import config as settings
 from . import protocol
 from . import sealing
+from . import throttle
 from . import views
 from .hub import Hub
 from .source import Backoff, ChangeSource, watch_target
@@ -44,6 +45,10 @@ class ProxyState:
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
+        # Connections per second one principal or address may open
+        # (wsproxy/throttle.py).
+        self.connect_rate = throttle.KeyedRateLimit(
+            config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"])
 
     @property
     def authorizer(self):
@@ -187,6 +192,9 @@ class WSProxy:
         - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
         - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
           messages a client may send per second (close 1008 beyond).
+        - ``WSPROXY_CONNECT_RATE`` (2) / ``WSPROXY_CONNECT_BURST`` (10):
+          connections per second per principal (or remote address, if
+          anonymous) and worker, and bursts; beyond, HTTP 429.
         - ``WSPROXY_SECRET_KEYS`` (None): secrets that seal resume ids, the
           current one first (older ones still open ids: rotation); the same
           in every proxy serving the same clients. None: derived from

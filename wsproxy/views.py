@@ -19,6 +19,7 @@ from simple_websocket import Server
 
 from . import access, codec, control, metrics, protocol
 from . import subscription as subscriptions
+from . import throttle
 from .client import Client, GuardedSocket
 from .errors import ClientError
 from .resume import CatchUp, catch_up
@@ -46,6 +47,8 @@ def _refuse(error):
         response.headers["Retry-After"] = "5"
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if getattr(error, "retry_after", None):  # 429 (throttle.Throttled)
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -84,6 +87,8 @@ def _admit(state, config):
         raise ClientError("server shutting down", status=503)
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
     principal = _authorize(state)
+    state.connect_rate.admit(  # 429 beyond WSPROXY_CONNECT_RATE
+        throttle.client_key(principal, request.remote_addr))
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")

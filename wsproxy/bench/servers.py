@@ -53,8 +53,11 @@ SERVERS = {
     "wsproxy": ServerSpec(
         "wsproxy", _gunicorn, hello=True,
         # Resume ids are sealed: a key for this run.
+        # 1,000 clients connect from this one address at once.
         env={"WSPROXY_DEMO_WRITER": "0",
-             "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32)},
+             "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32),
+             "WSPROXY_CONNECT_RATE": "100000",
+             "WSPROXY_CONNECT_BURST": "100000"},
         required_files=("wsgi.py", "gunicorn.conf.py")),
     "tornado": ServerSpec(
         "tornado", _python_module("wsproxy.bench.baseline_tornado")),
