@@ -738,3 +738,260 @@ def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
     assert len(probes) >= ATTACK_SECONDS and max(probes) < scaled(2.0), probes
     for client in bystanders:
         client.close()
+
+
+# ---------------------------------------------------------------------------
+# Catch-up bounds (resume.py): bytes, time, per principal, encoding.
+
+class _Stream:
+    """A change stream of ``count`` inserts of ``size`` bytes each."""
+
+    def __init__(self, count, size, ns=lambda i: "orders"):
+        self.count, self.size, self.ns = count, size, ns
+        self.read = 0
+        self.on_read = lambda: None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def try_next(self):
+        from bson import Timestamp
+        self.on_read()
+        if self.read >= self.count:
+            return None
+        i, self.read = self.read, self.read + 1
+        return {"_id": {"_data": f"82{i:08X}"}, "operationType": "insert",
+                "clusterTime": Timestamp(1000 + i, 1),
+                "ns": {"db": "shop", "coll": self.ns(i)},
+                "documentKey": {"_id": i},
+                "fullDocument": {"_id": i, "pad": "x" * self.size}}
+
+
+_RESUME_ID = sealer_for_tests().seal({"_data": "82FFFFFFFF"})
+
+
+def _catch_up_state(stream, **config):
+    import threading
+    import types
+
+    from wsproxy.hub import Hub
+    from wsproxy.throttle import KeyedSlots
+    settings = {"WSPROXY_CLOSE_TIMEOUT": 0.2, "WSPROXY_CATCHUP_TIMEOUT": 60.0,
+                "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL": 2, **config}
+    source = types.SimpleNamespace(open_stream=lambda **kw: stream,
+                                   caught_up_as_of=None)
+    return types.SimpleNamespace(
+        config=settings, sealer=sealer_for_tests(), source=source, hub=Hub(),
+        stopping=threading.Event(),
+        catchup_slots=threading.BoundedSemaphore(16),
+        catchups_per_key=KeyedSlots(
+            settings["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]))
+
+
+def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
+    """A real Client whose peer never reads (nothing drains its outbox)."""
+    import socket
+    import types
+
+    from wsproxy import Principal
+    from wsproxy.client import Client, GuardedSocket
+    ours, theirs = socket.socketpair()
+    ws = types.SimpleNamespace(event=None)
+    client = Client(ws, GuardedSocket(ours, 10), max_messages=max_messages,
+                    max_bytes=max_bytes, ping_interval=0, close_timeout=1,
+                    subscription=subscription, remote_addr="10.1.1.1")
+    client.principal = Principal("ada")
+    return client, (ours, theirs)
+
+
+def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
+    import threading
+
+    from wsproxy import protocol
+    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.subscription import EVERYTHING
+
+    from .helpers import scaled, wait_for
+    stream = _Stream(count=500, size=100_000)          # 100 KB documents
+    state = _catch_up_state(stream, WSPROXY_CATCHUP_TIMEOUT=1.0)
+    client, sockets = _stalled_client(EVERYTHING, max_bytes=1_000_000)
+    member = CatchUp(client, 1000)
+    held = []  # the outbox's bytes whenever the replay reads on
+    stream.on_read = lambda: held.append(client._outbox_bytes)
+    runner = threading.Thread(target=catch_up,
+                              args=(state, member, _RESUME_ID),
+                              name="test-catchup")
+    runner.start()
+    try:
+        # Bounded in time: closed with 1013 once the limit has passed.
+        wait_for(lambda: client.closing, 10, "the catch-up time limit")
+        runner.join(scaled(5))
+        assert not runner.is_alive()
+        code, reason = client._close_request
+        assert code == protocol.CLOSE_TRY_AGAIN
+        assert "catch-up took longer than 1s" in reason
+        # ...and in bytes: it read on only while under half the outbox's
+        # bytes, so what it held never passed that plus one document.
+        assert stream.read <= 7, stream.read
+        assert max(held) < 500_000, max(held)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
+    import threading
+
+    from wsproxy import codec
+    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.subscription import Subscription
+
+    from .helpers import scaled, wait_for
+    built = []
+    real_frame = codec.frame
+    monkeypatch.setattr(codec, "frame",
+                        lambda text: built.append(1) or real_frame(text))
+    # One event in ten is in the client's namespace.
+    stream = _Stream(count=200, size=1000,
+                     ns=lambda i: "orders" if i % 10 == 0 else "other")
+    state = _catch_up_state(stream)
+    client, sockets = _stalled_client(
+        Subscription(namespaces={"shop.orders"}))
+    member = CatchUp(client, 1000)
+    runner = threading.Thread(target=catch_up,
+                              args=(state, member, _RESUME_ID),
+                              name="test-catchup")
+    runner.start()
+    try:
+        wait_for(lambda: stream.read == 200 and member.replayed == 20, 10,
+                 "the replay")
+    finally:
+        state.stopping.set()
+        runner.join(scaled(5))
+        for sock in sockets:
+            sock.close()
+    assert member.replayed == 20
+    assert len(built) == 20, len(built)
+
+
+def test_a_principal_gets_only_its_share_of_catch_ups():
+    import threading
+
+    from wsproxy import Principal, protocol
+    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.subscription import EVERYTHING
+
+    from .helpers import scaled, wait_for
+    state = _catch_up_state(_Stream(count=500, size=100_000))
+    runs, clients, sockets = [], [], []
+    try:
+        for name in ("ada", "ada", "ada", "ken"):
+            client, pair = _stalled_client(EVERYTHING, max_bytes=1_000_000)
+            client.principal = Principal(name)
+            sockets.extend(pair)
+            clients.append(client)
+            runs.append(threading.Thread(
+                target=catch_up, args=(state, CatchUp(client, 1000), _RESUME_ID),
+                name=f"test-catchup-{name}"))
+            runs[-1].start()
+            if len(runs) == 2:
+                wait_for(lambda: state.catchups_per_key.in_use(
+                    ("principal", "ada")) == 2, 5, "two catch-ups for ada")
+        third, other = clients[2], clients[3]
+        wait_for(lambda: third.closing, 5, "the third catch-up to be refused")
+        code, reason = third._close_request
+        assert code == protocol.CLOSE_TRY_AGAIN
+        assert "too many catch-ups for this client (limit 2)" in reason
+        # Another principal still gets one.
+        assert not other.closing
+        assert state.catchups_per_key.in_use(("principal", "ken")) == 1
+    finally:
+        state.stopping.set()
+        for run in runs:
+            run.join(scaled(5))
+        for sock in sockets:
+            sock.close()
+    assert not state.catchups_per_key._used
+
+
+def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
+        mongo, mongo_client, namespace, gunicorn):
+    """One address opens six catch-ups and stops reading: two run (its
+    share), the others are refused with 1013; each running one holds at
+    most half an outbox; both end at the time limit. Meanwhile another
+    client catches up in full and a bystander misses nothing."""
+    import psutil
+
+    from .helpers import metric, scaled, scrape, wait_for
+    db, coll = namespace
+    limit = 8  # WSPROXY_CATCHUP_TIMEOUT
+    server = gunicorn({
+        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
+        "WSPROXY_MAX_AWAIT_MS": "100", "WSPROXY_HISTORY_SIZE": "20",
+        "WSPROXY_CLOSE_TIMEOUT": "2", "WSPROXY_PING_INTERVAL": "0",
+        "WSPROXY_SEND_TIMEOUT": str(scaled(60)),
+        "WSPROXY_CATCHUP_TIMEOUT": str(scaled(limit))})
+    worker = psutil.Process(server.worker_pids()[0])
+    items = mongo_client[db][coll]
+    bystander = WSClient(server.ws_url(), source_address=("127.0.0.3", 0))
+    assert bystander.recv()["type"] == "hello"
+    pad = "x" * 100_000
+    got = []
+    for start in range(0, 200, 20):  # 20 MB of 100 KB documents
+        items.insert_many([{"seq": i, "pad": pad}
+                           for i in range(start, start + 20)])
+        got += bystander.changes(20, timeout=30)
+    assert [m["event"]["fullDocument"]["seq"] for m in got] == list(range(200))
+    first = got[0]["id"]
+    rss_before = worker.memory_info().rss
+
+    query = f"resume_after={first}"
+    stalled = [WSClient(server.ws_url(query), max_queue=4,
+                        source_address=("127.0.0.1", 0)) for _ in range(6)]
+    try:
+        def refused():
+            return [c for c in stalled if c.ws.close_code == 1013]
+
+        wait_for(lambda: len(refused()) == 4, 15,
+                 "four of the six to be refused")
+        for client in refused():
+            assert "too many catch-ups for this client (limit 2)" in \
+                client.ws.close_reason
+        assert metric(scrape(server), "wsproxy_catchups_active") == 2
+        rss_stalled = worker.memory_info().rss
+
+        # Another address catches up in full meanwhile.
+        legit = WSClient(server.ws_url(query),
+                         source_address=("127.0.0.2", 0))
+        assert legit.recv()["resume"] == "catch-up"
+        seqs = [m["event"]["fullDocument"]["seq"]
+                for m in legit.changes(199, timeout=30)]
+        assert seqs == list(range(1, 200))
+        items.insert_one({"seq": 200})
+        assert legit.recv_type("change")["event"]["fullDocument"]["seq"] == 200
+        assert bystander.recv_type("change")["event"]["fullDocument"][
+            "seq"] == 200
+        legit.close()
+
+        # Each stalled catch-up held at most half an outbox (4 MiB) of
+        # frames; without that bound each held its whole 20 MB backlog.
+        grown = (rss_stalled - rss_before) / (1 << 20)
+        print(f"\ntwo stalled catch-ups of 20 MB: worker RSS +{grown:.1f} MB")
+        assert grown < 30, grown
+        # Then the time limit ends them: 1013, resume from the last id.
+        wait_for(lambda: metric(scrape(server),
+                                "wsproxy_catchups_active") == 0,
+                 limit + 15, "the stalled catch-ups to reach their limit")
+        for client in stalled:
+            if client.ws.close_code is None:
+                code, reason = client.wait_closed(timeout=30)
+                assert code == 1013, (code, reason)
+                assert f"catch-up took longer than {scaled(limit):g}s" in \
+                    reason
+    finally:
+        for client in stalled:
+            client.drop()
+        bystander.close()

@@ -26,6 +26,8 @@ DEFAULTS = {
     "WSPROXY_HISTORY_SIZE": 1000,
     "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
     "WSPROXY_MAX_CATCHUPS": 16,             # concurrent replays from MongoDB
+    "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL": 2,  # ...of them for one key
+    "WSPROXY_CATCHUP_TIMEOUT": 60.0,         # seconds one may take; then 1013
     "WSPROXY_QUEUE_SIZE": 10000,
     "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
     "WSPROXY_OUTBOX_MAX_BYTES": 8 * MiB,
@@ -102,11 +104,12 @@ def validate(config):
         raise ConfigError(f"WSPROXY_WATCH={scope!r}: use '', 'db' or 'db.coll'")
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
                 "WSPROXY_QUEUE_SIZE",
-                "WSPROXY_MAX_CATCHUPS", "WSPROXY_CONNECT_BURST",
+                "WSPROXY_MAX_CATCHUPS", "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
+                "WSPROXY_CONNECT_BURST",
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")
-    for key in ("WSPROXY_CONNECT_RATE",):
+    for key in ("WSPROXY_CONNECT_RATE", "WSPROXY_CATCHUP_TIMEOUT"):
         if not isinstance(config[key], (int, float)) or not config[key] > 0:
             raise ConfigError(f"{key} must be a positive number")
     origins = config["WSPROXY_ALLOWED_ORIGINS"]

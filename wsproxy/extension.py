@@ -45,10 +45,12 @@ class ProxyState:
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
-        # Connections per second one principal or address may open
-        # (wsproxy/throttle.py).
+        # What one principal or address may cost: connections per second,
+        # catch-ups at once (wsproxy/throttle.py).
         self.connect_rate = throttle.KeyedRateLimit(
             config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"])
+        self.catchups_per_key = throttle.KeyedSlots(
+            config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"])
 
     @property
     def authorizer(self):
@@ -171,6 +173,10 @@ class WSProxy:
           bytes of their frames (memory is about three times that).
         - ``WSPROXY_MAX_CATCHUPS`` (16): clients replaying older events
           from MongoDB at once; more wait, then get 1013.
+        - ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` (2): of those, for one
+          principal (or address, if anonymous); more wait, then get 1013.
+        - ``WSPROXY_CATCHUP_TIMEOUT`` (60): seconds a catch-up may take;
+          then the client is closed with 1013 and resumes from there.
         - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher
           and the broadcaster.
         - ``WSPROXY_OUTBOX_MAX_MESSAGES`` (1000) /

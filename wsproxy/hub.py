@@ -134,6 +134,10 @@ class Hub:
         self._history_bytes = 0
         self.intake = queue.Queue(maxsize=queue_size)
         self._thread = None
+        # The clusterTime of the last change published (its offers begun):
+        # every earlier event has been offered to every member, so the live
+        # feed will never bring one again (see resume.CatchUp).
+        self.published_through = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -254,6 +258,9 @@ class Hub:
 
     def _publish(self, change):
         size = len(change.frame)  # encoded here, not under the lock
+        cluster_time = change.raw.get("clusterTime")
+        if cluster_time is not None:
+            self.published_through = cluster_time
         with self._lock:
             self._history.append(change)
             self._positions[change.id] = self._next_position

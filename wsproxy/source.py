@@ -130,9 +130,11 @@ class ChangeSource:
         stale_after = max(5.0, 3 * self.max_await_ms / 1000)
         return time.time() - self.last_ok_at < stale_after
 
-    def open_stream(self, resume_after=None, start_after=None):
+    def open_stream(self, resume_after=None, start_after=None,
+                    batch_size=None):
         """A change stream on the watched scope with the operator's options
-        (also used for per-client catch-up)."""
+        (also used for per-client catch-up, with small batches: a batch is
+        decoded at once and held until read)."""
         return self.target.watch(
             self.pipeline,
             full_document=self.full_document,
@@ -140,6 +142,7 @@ class ChangeSource:
             max_await_time_ms=self.max_await_ms,
             resume_after=resume_after,
             start_after=start_after,
+            batch_size=batch_size,
         )
 
     # -- the watcher thread --------------------------------------------------
