@@ -995,3 +995,81 @@ def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
         for client in stalled:
             client.drop()
         bystander.close()
+
+
+def _timed_events(count):
+    from bson import Timestamp
+
+    from wsproxy import codec
+    sealer = sealer_for_tests()
+    return [codec.Change({"_id": {"_data": f"82{i:08X}"},
+                          "operationType": "insert",
+                          "clusterTime": Timestamp(1000 + i, 1),
+                          "ns": {"db": "shop", "coll": "orders"},
+                          "documentKey": {"_id": i},
+                          "fullDocument": {"i": i}}, sealer)
+            for i in range(count)]
+
+
+def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
+    """The live feed (the broadcaster) and the replay (the catch-up
+    thread) race over the same stream from random starting points: the
+    client gets every event after its id once, in order."""
+    import os
+    import random
+    import threading
+    import types
+
+    from wsproxy.resume import CatchUp
+    events = _timed_events(120)
+    rng = random.Random(3)
+    for _ in range(150):
+        resume_at = rng.randrange(0, 60)           # the client's last event
+        live_from = rng.randrange(resume_at + 1, 110)
+        client = _Recorder()
+        member = CatchUp(client, 1000)
+        hub = types.SimpleNamespace(published_through=events[
+            live_from - 1].raw["clusterTime"] if live_from else None)
+        member.hub = hub
+        jitter = [rng.random() < 0.3 for _ in events]
+
+        def live():
+            for i in range(live_from, len(events)):
+                hub.published_through = events[i].raw["clusterTime"]
+                member.on_change(events[i])
+                if jitter[i]:
+                    os.sched_yield()
+
+        def replay():
+            for i in range(resume_at + 1, len(events)):
+                if not member.deliver(events[i]):
+                    return
+                if jitter[-i]:
+                    os.sched_yield()
+
+        threads = [threading.Thread(target=live, name="test-live"),
+                   threading.Thread(target=replay, name="test-replay")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert member.spliced
+        frame_of = {e.frame: i for i, e in enumerate(events)}
+        got = [frame_of[f] for f in client.frames]
+        assert got == list(range(resume_at + 1, len(events))), (
+            resume_at, live_from)
+        assert not member._live
+
+
+def test_replayed_events_the_live_feed_has_passed_are_not_remembered():
+    import threading
+
+    from wsproxy.resume import CatchUp
+    events = _timed_events(300)
+    member = CatchUp(_Recorder(), 1000)
+    member.hub = threading.local()  # published_through: the live feed's place
+    member.hub.published_through = events[250].raw["clusterTime"]
+    for change in events[:260]:
+        assert member.deliver(change)
+    # Only those at or after the live feed's position could come again.
+    assert member._delivered == {e.id for e in events[250:260]}
