@@ -193,7 +193,7 @@ def test_ids_round_trip_and_are_the_same_in_every_process(token):
 
 def test_an_id_reveals_nothing_of_the_token():
     from wsproxy.sealing import Sealer
-    secret = "ada@secret.example".encode().hex().upper()
+    secret = b"ada@secret.example".hex().upper()
     token = {"_data": "8263A1B2C3" + secret}
     sealed = Sealer(["k" * 32]).seal(token)
     for fragment in (secret, secret.lower(), token["_data"][:10]):
@@ -1033,14 +1033,14 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
         member.hub = hub
         jitter = [rng.random() < 0.3 for _ in events]
 
-        def live():
+        def live(member=member, hub=hub, live_from=live_from, jitter=jitter):
             for i in range(live_from, len(events)):
                 hub.published_through = events[i].raw["clusterTime"]
                 member.on_change(events[i])
                 if jitter[i]:
                     os.sched_yield()
 
-        def replay():
+        def replay(member=member, resume_at=resume_at, jitter=jitter):
             for i in range(resume_at + 1, len(events)):
                 if not member.deliver(events[i]):
                     return

@@ -40,7 +40,7 @@ _HKDF_INFO = b"wsproxy/v1 resume-id sealing key (AES-SIV-512)"
 # Bound into every seal: an AES-SIV output made for another purpose with
 # the same key would not open here.
 _ASSOCIATED = [b"wsproxy resume id v1"]
-_ID = re.compile(r"[A-Za-z0-9_-]{22,%d}" % MAX_ID_CHARS)
+_ID = re.compile(rf"[A-Za-z0-9_-]{{22,{MAX_ID_CHARS}}}")
 # Plaintext forms: the usual {"_data": "<uppercase hex>"} as its bytes, and
 # anything else (e.g. with _typeBits) as BSON, so nothing is lost.
 _HEX, _BSON = b"\x00", b"\x01"
@@ -108,9 +108,11 @@ def _decode(plain):
         return {"_data": body.hex().upper()}
     if kind == _BSON:
         try:
-            return BSON(body).decode()
+            token = BSON(body).decode()
         except Exception:  # noqa: BLE001 - authentic but unreadable: refuse
-            pass
+            token = None
+        if isinstance(token, dict):
+            return token
     raise ClientError(NOT_A_TOKEN)
 
 
