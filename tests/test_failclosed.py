@@ -1073,3 +1073,11 @@ def test_replayed_events_the_live_feed_has_passed_are_not_remembered():
         assert member.deliver(change)
     # Only those at or after the live feed's position could come again.
     assert member._delivered == {e.id for e in events[250:260]}
+
+
+def test_a_principal_takes_collections_of_names_not_one_string():
+    from wsproxy import Principal
+    with pytest.raises(TypeError):
+        Principal("ada", namespaces="shop")   # not {"s", "h", "o", "p"}
+    with pytest.raises(TypeError):
+        Principal("ada", hide="card")
