@@ -86,7 +86,11 @@ class Gunicorn:
         # tests of the connection throttle set their own limits.
         self.env["WSPROXY_CONNECT_RATE"] = "10000"
         self.env["WSPROXY_CONNECT_BURST"] = "10000"
-        self.env.update(env or {})
+        for key, value in (env or {}).items():  # None: leave it unset
+            if value is None:
+                self.env.pop(key, None)
+            else:
+                self.env[key] = value
         self.workers = workers
         self.args = list(args)
         self.app = app

@@ -9,7 +9,9 @@ from .helpers import WSClient, http_get, wait_for
 
 
 def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
-    server = gunicorn({})  # no WSPROXY_MONGODB_URI: embedded mode
+    # No WSPROXY_MONGODB_URI: embedded mode. No key either, as with
+    # `python3 dev.py demo`: gunicorn.conf.py makes one for the run.
+    server = gunicorn({"WSPROXY_SECRET_KEYS": None, "SECRET_KEY": None})
     status, body = http_get(server.url + "/")
     assert status == 200
     page = body.decode()
@@ -23,6 +25,10 @@ def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
     change = client.recv_type("change", timeout=10)
     assert change["event"]["ns"]["db"] == "demo"
     client.close()
+    # Its ids are sealed and resume.
+    again = WSClient(server.ws_url(f"resume_after={change['id']}"))
+    assert again.recv()["resume"] in ("history", "catch-up")
+    again.close()
 
     pids = [int(p) for p in re.findall(r"embedded SecantusDB pid (\d+)",
                                        server.output())]

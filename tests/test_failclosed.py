@@ -1109,3 +1109,27 @@ def test_a_principal_takes_collections_of_names_not_one_string():
         Principal("ada", namespaces="shop")   # not {"s", "h", "o", "p"}
     with pytest.raises(TypeError):
         Principal("ada", hide="card")
+
+
+@pytest.mark.parametrize("env, works", [
+    ({"WSPROXY_SECRET_KEYS": "k" * 32}, True),
+    ({"SECRET_KEY": "s" * 32}, True),
+    ({}, False),
+])
+def test_wsgi_app_takes_its_key_from_the_environment(env, works):
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import ROOT, scaled
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("WSPROXY_SECRET_KEYS", "SECRET_KEY")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"], cwd=ROOT, check=False,
+        capture_output=True, text=True, timeout=scaled(60),
+        env={**clean, **env,
+             "WSPROXY_MONGODB_URI": "mongodb://127.0.0.1:1/?replicaSet=x"})
+    assert (result.returncode == 0) == works, result.stderr[-2000:]
+    if not works:
+        assert "ConfigError" in result.stderr
+        assert "WSPROXY_SECRET_KEYS" in result.stderr
