@@ -5,6 +5,8 @@ does the same thing in two lines: ``WSProxy(app)`` after configuring it
 (see examples/).
 """
 
+import os
+
 from flask import Flask
 
 from wsproxy import WSProxy
@@ -13,6 +15,8 @@ from wsproxy.config import from_env
 
 def create_app(config=None):
     app = Flask(__name__)
+    # Resume ids are sealed with WSPROXY_SECRET_KEYS (from_env) or this.
+    app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY")
     app.config.update(from_env())
     if config:
         app.config.update(config)

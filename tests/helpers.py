@@ -23,6 +23,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("WSPROXY_TEST_TIMEOUT_SCALE", "1"))
 
 
+# The sealing key every test server shares (see Gunicorn).
+TEST_SECRET_KEYS = "wsproxy-tests-only-secret-key"
+
+
+def sealer_for_tests():
+    """The Sealer the test servers use, to make ids as they would."""
+    from wsproxy.sealing import Sealer
+    return Sealer([TEST_SECRET_KEYS])
+
+
 def scaled(seconds):
     return seconds * SCALE
 
@@ -74,7 +84,18 @@ class Gunicorn:
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
         self.env.pop("WSPROXY_EMBEDDED", None)
-        self.env.update(env or {})
+        # One key for every server a test starts, so ids from one resume on
+        # another (several workers or processes, a restart).
+        self.env["WSPROXY_SECRET_KEYS"] = TEST_SECRET_KEYS
+        # Tests connect from one address far faster than browsers do; the
+        # tests of the connection throttle set their own limits.
+        self.env["WSPROXY_CONNECT_RATE"] = "10000"
+        self.env["WSPROXY_CONNECT_BURST"] = "10000"
+        for key, value in (env or {}).items():  # None: leave it unset
+            if value is None:
+                self.env.pop(key, None)
+            else:
+                self.env[key] = value
         self.workers = workers
         self.args = list(args)
         self.app = app

@@ -18,8 +18,18 @@ PRINCIPALS = {
     "shop": Principal("shop", namespaces={f"{DB}.orders"},
                       hide=["card", "customer.email"]),
     "open-only": Principal("open-only", filter={"fullDocument.status": "open"}),
+    # Granted an empty set of namespaces: nothing.
+    "nothing": Principal("nothing", namespaces=set()),
+    # The operator's row filter on a field it also hides.
+    "public": Principal("public", filter={"fullDocument.confidential":
+                                          {"$ne": True}},
+                        hide=["confidential"]),
+    # Never sees a document's key (its _id).
+    "keyless": Principal("keyless", hide=["_id"]),
 }
-TOKENS = {"token-admin": "admin", "token-shop": "shop"}
+TOKENS = {"token-admin": "admin", "token-shop": "shop",
+          "token-nothing": "nothing", "token-public": "public",
+          "token-keyless": "keyless"}
 
 proxy = WSProxy()
 

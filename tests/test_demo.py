@@ -9,8 +9,10 @@ from .helpers import WSClient, http_get, wait_for
 
 
 def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
-    # What `python3 dev.py demo` runs: no URI, the embedded server asked for.
-    server = gunicorn({"WSPROXY_EMBEDDED": "1"})
+    # What `python3 dev.py demo` runs: no URI, the embedded server asked for,
+    # and no key: wsproxy.gunicorn makes one for the run.
+    server = gunicorn({"WSPROXY_EMBEDDED": "1", "WSPROXY_SECRET_KEYS": None,
+                       "SECRET_KEY": None})
     status, body = http_get(server.url + "/")
     assert status == 200
     page = body.decode()
@@ -24,6 +26,10 @@ def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
     change = client.recv_type("change", timeout=10)
     assert change["event"]["ns"]["db"] == "demo"
     client.close()
+    # Its ids are sealed and resume.
+    again = WSClient(server.ws_url(f"resume_after={change['id']}"))
+    assert again.recv()["resume"] in ("history", "catch-up")
+    again.close()
 
     pids = [int(p) for p in re.findall(r"embedded SecantusDB pid (\d+)",
                                        server.output())]

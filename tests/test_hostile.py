@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .helpers import (Gunicorn, WSClient, http_get, raw_upgrade, scaled,
-                      wait_for)
+                      sealer_for_tests, wait_for)
 
 DB, COLL = "hostile", "items"
 
@@ -98,6 +98,8 @@ BEFORE_UPGRADE = [
     (_q(resume_after="ab" * 5000), 414, "Request Line is too large"),
     (_q(resume_after="b64:%%%"), 400, "resume_after"),
     (_q(resume_after="b64:AAAA"), 400, "resume_after"),
+    # A crafted (unsealed) token, well-formed as MongoDB writes them.
+    (_q(resume_after="82" + "AB" * 40), 400, "resume_after: not a resume token"),
 ]
 
 
@@ -246,9 +248,11 @@ def test_a_ping_message_gets_a_pong(server):
     client.close()
 
 
-def test_a_forged_resume_token_gets_a_reset_not_a_crash(
+def test_a_sealed_token_the_server_cannot_resume_from_gets_a_reset(
         server, bystander, writes):
-    client = WSClient(server.ws_url(_q(resume_after="82" + "ab" * 40)))
+    # Sealed with the servers' key, but no such position in the oplog.
+    unresumable = sealer_for_tests().seal({"_data": "82" + "AB" * 40})
+    client = WSClient(server.ws_url(_q(resume_after=unresumable)))
     assert client.recv()["resume"] == "catch-up"
     assert client.recv_type("reset", timeout=10)["lost"] is True
     _bystander_still_receives(bystander, writes)
@@ -297,3 +301,88 @@ def test_the_bystander_was_never_disconnected(bystander):
         bystander.ws.ping().wait(scaled(5))
     except ConnectionClosed:
         pytest.fail("the well-behaved client was disconnected")
+
+
+# ---------------------------------------------------------------------------
+# Frame floods under load: four connections that reconnect and flood pings
+# or never-finished messages for 10 s, against the default limits.
+
+FLOOD_SECONDS = 10
+
+# argv: port, seconds, mode ("pings" or "fragments"), connections. Prints
+# how many connections were made and how many ended in 429 or errors.
+_FLOODER = """
+import json, socket, sys, threading, time
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Ping, RejectConnection, Request
+from wsproto.events import TextMessage
+port, seconds, mode, count = (int(sys.argv[1]), float(sys.argv[2]),
+                              sys.argv[3], int(sys.argv[4]))
+end = time.monotonic() + seconds
+counts = {"ok": 0, "429": 0, "other": 0}
+def once():
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        conn = WSConnection(ConnectionType.CLIENT)
+        sock.sendall(conn.send(Request(host=f"127.0.0.1:{port}",
+                                       target="/ws")))
+        while True:
+            conn.receive_data(sock.recv(65536))
+            events = list(conn.events())
+            if any(isinstance(e, RejectConnection) for e in events):
+                counts["429"] += 1
+                return
+            if any(isinstance(e, AcceptConnection) for e in events):
+                break
+        counts["ok"] += 1
+        if mode == "pings":
+            batch = b"".join(conn.send(Ping(b"%d" % i)) for i in range(200))
+        else:
+            sock.sendall(conn.send(TextMessage("{", message_finished=False)))
+            batch = b"".join(conn.send(TextMessage("", message_finished=False))
+                             for _ in range(200))
+        while time.monotonic() < end:
+            sock.sendall(batch)
+def flood():
+    while time.monotonic() < end:
+        try:
+            once()
+        except OSError:
+            pass
+        except Exception:
+            counts["other"] += 1
+threads = [threading.Thread(target=flood, name="flooder")
+           for _ in range(count)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.parametrize("mode", ["pings", "fragments"])
+def test_frame_floods_do_not_slow_the_others(mongo, mongo_client, namespace,
+                                             gunicorn, mode):
+    import random
+
+    from wsproxy.config import DEFAULTS
+
+    from . import attack
+    db, coll = namespace
+    server = gunicorn({
+        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
+        "WSPROXY_MAX_AWAIT_MS": "100",
+        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
+        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+    bystanders = attack.connect_bystanders(server)
+    report = attack.run(server, mongo_client[db][coll], random.Random(5),
+                        bystanders, [_FLOODER, str(server.port),
+                                     str(FLOOD_SECONDS), mode, "4"],
+                        FLOOD_SECONDS)
+    # The flooders kept coming back, and were cut off each time.
+    assert report.outcomes["ok"] >= 4, report.outcomes
+    assert server.output().count("(code 1008)") >= report.outcomes["ok"] - 4
+    report.assert_contained(FLOOD_SECONDS)
+    for client in bystanders:
+        client.close()

@@ -7,7 +7,9 @@ from wsproxy import codec
 from wsproxy.hub import Announcement, Hub
 from wsproxy.subscription import EVERYTHING, Subscription
 
-from .helpers import scaled
+from .helpers import scaled, sealer_for_tests
+
+SEALER = sealer_for_tests()
 
 
 class FakeClient:
@@ -40,7 +42,8 @@ class FakeClient:
 def change(i, db="shop", coll="orders", op="insert"):
     return codec.Change({"_id": {"_data": f"{i:08X}"}, "operationType": op,
                          "ns": {"db": db, "coll": coll},
-                         "documentKey": {"_id": i}, "fullDocument": {"i": i}})
+                         "documentKey": {"_id": i}, "fullDocument": {"i": i}},
+                        SEALER)
 
 
 def hello(mode):

@@ -8,7 +8,8 @@ import pymongo
 import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .helpers import WSClient, metric, scaled, scrape, wait_for
+from .helpers import (WSClient, metric, scaled, scrape, sealer_for_tests,
+                      wait_for)
 
 BURST = 2000
 
@@ -173,7 +174,8 @@ def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
         mongo, mongo_client, namespace, gunicorn):
     db, coll = namespace
     server = gunicorn(_env(mongo.uri, db, coll))
-    forged = "82" + "00" * 40  # well-formed hex, but no such position
+    # Sealed with the servers' key, but no such position.
+    forged = sealer_for_tests().seal({"_data": "82" + "00" * 40})
     client, mode = _connect(server.ws_url(), forged)
     assert mode == "catch-up"
     reset = client.recv_type("reset", timeout=10)

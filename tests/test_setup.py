@@ -19,6 +19,7 @@ URI = "mongodb://127.0.0.1:9/?replicaSet=none"  # never contacted here
 def make_app(**config):
     app = Flask(__name__)
     app.config["WSPROXY_MONGODB_URI"] = URI
+    app.config["SECRET_KEY"] = "setup-tests-secret-key"
     app.config.update(config)
     return app
 

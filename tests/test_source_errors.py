@@ -37,7 +37,7 @@ from wsproxy import codec
 from wsproxy.hub import Announcement, Hub
 from wsproxy.source import Backoff, ChangeSource
 
-from .helpers import scaled, wait_for
+from .helpers import scaled, sealer_for_tests, wait_for
 
 DB, COLL = "db", "items"
 NS = f"{DB}.{COLL}"
@@ -248,6 +248,7 @@ def start_source(mock, client, hub):
     def start(**kw):
         kw.setdefault("max_await_ms", 50)
         kw.setdefault("backoff", Backoff(initial=0.01, cap=0.05))
+        kw.setdefault("sealer", sealer_for_tests())
         source = ChangeSource(client[DB][COLL], hub, **kw)
         sources.append(source)
         source.start()

@@ -32,12 +32,18 @@ class Principal:
     """What one connection is allowed.
 
     ``namespaces``: ``"db"`` / ``"db.coll"`` strings it may watch, or None
-    for the whole watched scope. ``filter``: a filter (JSON text or dict, the
-    same language as ``?filter=``) every event must also match. ``hide``:
-    dotted document fields removed from everything sent to it.
+    for the whole watched scope; an empty set grants nothing (the connection
+    is refused with 403). ``filter``: a filter (JSON text or dict, the same
+    language as ``?filter=``) every event must also match; it sees the whole
+    event, hidden fields included. ``hide``: dotted document fields removed
+    from everything sent to it.
     """
 
     def __init__(self, name=None, namespaces=None, filter=None, hide=()):
+        if isinstance(namespaces, str) or isinstance(hide, str):
+            # A bare string would be read as a set of its characters.
+            raise TypeError("namespaces and hide take a collection of "
+                            "strings, not one string")
         self.name = name
         self.namespaces = frozenset(namespaces) if namespaces is not None else None
         self.filter = filter

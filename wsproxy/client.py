@@ -110,11 +110,15 @@ class Client:
                 self._outbox_bytes += len(data)
             self._wake.set()
 
-    def wait_for_room(self, below, timeout):
-        """Block until fewer than ``below`` messages are queued (or the
-        timeout passes); replay uses it to follow the client's pace."""
+    def wait_for_room(self, below, timeout, below_bytes=None):
+        """Block until fewer than ``below`` messages (and ``below_bytes``
+        bytes) are queued, or the timeout passes (then False); replay uses
+        it to follow the client's pace."""
         deadline = time.monotonic() + timeout
-        while len(self._outbox) >= below and not self.closing and not self.ended:
+        while ((len(self._outbox) >= below
+                or (below_bytes is not None
+                    and self._outbox_bytes >= below_bytes))
+               and not self.closing and not self.ended):
             if time.monotonic() >= deadline:
                 return False
             self._drained.wait(min(deadline - time.monotonic(), 0.1))

@@ -6,48 +6,14 @@ WebSocket frame of it is the same bytes for every connection: the frame is
 built here once and written to every socket as is.
 """
 
-import base64
-import binascii
 import json
-import re
 
-from bson import BSON, json_util
-from bson.errors import BSONError
+from bson import json_util
 from wsproto.frame_protocol import FrameProtocol
 
-from .errors import ClientError
 from .redaction import redact
 
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS
-_HEX_TOKEN = re.compile(r"[0-9A-Fa-f]{2,4096}")
-_B64_PREFIX = "b64:"
-MAX_TOKEN_CHARS = 8192
-
-
-def token_to_id(token):
-    """Resume token document -> the opaque string clients echo back.
-
-    MongoDB tokens are ``{"_data": "<hex>"}``; the hex string itself is the
-    id. Anything else (older servers add ``_typeBits``) is carried as
-    base64url BSON so no part of it is lost.
-    """
-    if set(token) == {"_data"} and isinstance(token["_data"], str):
-        return token["_data"]
-    return _B64_PREFIX + base64.urlsafe_b64encode(BSON.encode(token)).decode()
-
-
-def id_to_token(text):
-    """The inverse of :func:`token_to_id`; a malformed id is a client error."""
-    if not isinstance(text, str) or not text or len(text) > MAX_TOKEN_CHARS:
-        raise ClientError("resume_after: not a resume token")
-    if text.startswith(_B64_PREFIX):
-        try:
-            return BSON(base64.urlsafe_b64decode(text[len(_B64_PREFIX):])).decode()
-        except (binascii.Error, BSONError, ValueError):
-            raise ClientError("resume_after: not a resume token") from None
-    if not _HEX_TOKEN.fullmatch(text):
-        raise ClientError("resume_after: not a resume token")
-    return {"_data": text}
 
 
 def frame(text):
@@ -60,35 +26,56 @@ def dumps(document):
 
 
 class Change:
-    """One change event, with its wire forms computed once.
+    """One change event, with its wire forms computed at most once.
 
     ``raw`` is the event as PyMongo decoded it (for filters), ``id`` its
-    opaque resume token, ``text`` the JSON message and ``frame`` the bytes
-    of that message as a WebSocket frame.
+    resume token as ``sealer.seal`` makes it opaque (see
+    :mod:`wsproxy.sealing`), ``text`` the JSON message and ``frame`` the bytes
+    of that message as a WebSocket frame. ``text``, ``frame`` and the
+    redacted variants are built on first use: a catch-up builds one per
+    client, so an event the client does not want is never encoded.
     """
 
-    __slots__ = ("raw", "id", "token", "text", "frame", "_variants")
+    __slots__ = ("raw", "id", "token", "_text", "_frame", "_variants")
 
-    def __init__(self, raw):
+    def __init__(self, raw, sealer):
         self.raw = raw
         self.token = raw["_id"]
-        self.id = token_to_id(self.token)
-        self.text = change_message(self.id, raw)
-        self.frame = frame(self.text)
-        self._variants = None
+        self.id = sealer.seal(self.token)
+        self._text = self._frame = None
+        # hide tuple -> [redacted event, its frame or None]. The broadcaster
+        # and catch-up threads may race to fill these caches; both compute
+        # the same value, so either result may win.
+        self._variants = {}
 
-    def redacted(self, hide):
-        """(event, frame) with the ``hide`` fields removed, computed once per
-        distinct set of hidden fields (the broadcaster thread and catch-up
-        threads may race to fill the cache; both compute the same value)."""
-        variants = self._variants
-        if variants is None:
-            variants = self._variants = {}
-        found = variants.get(hide)
+    @property
+    def text(self):
+        if self._text is None:
+            self._text = change_message(self.id, self.raw)
+        return self._text
+
+    @property
+    def frame(self):
+        if self._frame is None:
+            self._frame = frame(self.text)
+        return self._frame
+
+    def _variant(self, hide):
+        found = self._variants.get(hide)
         if found is None:
-            raw = redact(self.raw, hide)
-            found = variants[hide] = (raw, frame(change_message(self.id, raw)))
+            found = self._variants[hide] = [redact(self.raw, hide), None]
         return found
+
+    def redacted_event(self, hide):
+        """The event without the ``hide`` fields (computed once per set)."""
+        return self._variant(hide)[0]
+
+    def redacted_frame(self, hide):
+        """The frame of the event without the ``hide`` fields."""
+        variant = self._variant(hide)
+        if variant[1] is None:
+            variant[1] = frame(change_message(self.id, variant[0]))
+        return variant[1]
 
     def __repr__(self):
         return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"

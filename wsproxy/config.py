@@ -32,6 +32,8 @@ DEFAULTS = {
     "WSPROXY_HISTORY_SIZE": 1000,
     "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
     "WSPROXY_MAX_CATCHUPS": 16,             # concurrent replays from MongoDB
+    "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL": 2,  # ...of them for one key
+    "WSPROXY_CATCHUP_TIMEOUT": 60.0,         # seconds one may take; then 1013
     "WSPROXY_QUEUE_SIZE": 10000,
     "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
     "WSPROXY_OUTBOX_MAX_BYTES": 8 * MiB,
@@ -51,9 +53,17 @@ DEFAULTS = {
     # Read from the environment by the packaged gunicorn config only: start
     # the embedded demo server (SecantusDB) when no URI is given.
     "WSPROXY_EMBEDDED": False,
+    # Connections per second per principal (or address, if anonymous) and
+    # worker, and bursts; beyond, 429.
+    "WSPROXY_CONNECT_RATE": 20.0,
+    "WSPROXY_CONNECT_BURST": 100,
+    # Resume ids are sealed with the first; the rest still open (rotation).
+    # None: derived from SECRET_KEY and SECRET_KEY_FALLBACKS.
+    "WSPROXY_SECRET_KEYS": None,
 }
 
-_LISTS = {"WSPROXY_ALLOWED_ORIGINS", "WSPROXY_ALLOWED_HOSTS"}
+_LISTS = {"WSPROXY_ALLOWED_ORIGINS", "WSPROXY_ALLOWED_HOSTS",
+          "WSPROXY_SECRET_KEYS"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -118,7 +128,8 @@ def validate(config):
     config["WSPROXY_WATCH"] = check_watch(config["WSPROXY_WATCH"])
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
                 "WSPROXY_QUEUE_SIZE",
-                "WSPROXY_MAX_CATCHUPS",
+                "WSPROXY_MAX_CATCHUPS", "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
+                "WSPROXY_CONNECT_BURST",
                 "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer")
@@ -128,6 +139,9 @@ def validate(config):
             h.strip() for h in hosts.split(",") if h.strip()]
     if hosts is not None and not all(isinstance(h, str) and h for h in hosts):
         raise ConfigError("WSPROXY_ALLOWED_HOSTS must be a list of host names")
+    for key in ("WSPROXY_CONNECT_RATE", "WSPROXY_CATCHUP_TIMEOUT"):
+        if not isinstance(config[key], (int, float)) or not config[key] > 0:
+            raise ConfigError(f"{key} must be a positive number")
     origins = config["WSPROXY_ALLOWED_ORIGINS"]
     if isinstance(origins, str):
         origins = config["WSPROXY_ALLOWED_ORIGINS"] = [

@@ -16,6 +16,8 @@ from pymongo import MongoClient
 
 from . import config as settings
 from . import protocol
+from . import sealing
+from . import throttle
 from . import views
 from .errors import ClientError, ConfigError
 from .hub import Hub
@@ -41,9 +43,17 @@ class ProxyState:
         # Set by wsproxy.gunicorn's post_worker_init in this process.
         self.hooks_installed = False
         self._warned = set()  # one-time setup warnings already logged
+        # Seals resume ids; ConfigError here (init_app) without a key.
+        self.sealer = sealing.from_config(config)
         # Bounds how many clients replay from MongoDB at once.
         self.catchup_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_CATCHUPS"])
+        # What one principal or address may cost: connections per second,
+        # catch-ups at once (wsproxy/throttle.py).
+        self.connect_rate = throttle.KeyedRateLimit(
+            config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"])
+        self.catchups_per_key = throttle.KeyedSlots(
+            config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"])
 
     @property
     def authorizer(self):
@@ -80,7 +90,7 @@ class ProxyState:
                        queue_size=c["WSPROXY_QUEUE_SIZE"])
         self.source = ChangeSource(
             watch_target(self.mongo, c["WSPROXY_WATCH"]), self.hub,
-            pipeline=c["WSPROXY_PIPELINE"],
+            sealer=self.sealer, pipeline=c["WSPROXY_PIPELINE"],
             full_document=c["WSPROXY_FULL_DOCUMENT"],
             full_document_before_change=c["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"],
             max_await_ms=c["WSPROXY_MAX_AWAIT_MS"],
@@ -211,6 +221,10 @@ class WSProxy:
           bytes of their frames (memory is about three times that).
         - ``WSPROXY_MAX_CATCHUPS`` (16): clients replaying older events
           from MongoDB at once; more wait, then get 1013.
+        - ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` (2): of those, for one
+          principal (or address, if anonymous); more wait, then get 1013.
+        - ``WSPROXY_CATCHUP_TIMEOUT`` (60): seconds a catch-up may take;
+          then the client is closed with 1013 and resumes from there.
         - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher
           and the broadcaster.
         - ``WSPROXY_OUTBOX_MAX_MESSAGES`` (1000) /
@@ -234,6 +248,16 @@ class WSProxy:
           messages a client may send per second (close 1008 beyond).
         - ``WSPROXY_EMBEDDED`` (False): read from the environment by
           ``wsproxy.gunicorn`` only; start the embedded demo server.
+        - ``WSPROXY_CONNECT_RATE`` (20) / ``WSPROXY_CONNECT_BURST`` (100):
+          connection cost per second per principal (or remote address, if
+          anonymous) and worker, and bursts; beyond, HTTP 429. A plain
+          connection costs 1; a resume from history with a filter costs in
+          proportion to history events x filter bytes.
+        - ``WSPROXY_SECRET_KEYS`` (None): secrets that seal resume ids, the
+          current one first (older ones still open ids: rotation); the same
+          in every proxy serving the same clients. None: derived from
+          ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``; with neither,
+          ``init_app`` raises ConfigError.
         """
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")

@@ -27,6 +27,7 @@ before it is first imported.
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,10 @@ def on_starting(server):
     _embedded.start()
     os.environ["WSPROXY_MONGODB_URI"] = _embedded.uri
     os.environ.setdefault("WSPROXY_WATCH", "demo")
+    # Resume ids are sealed; a demo needs no key kept between runs, but
+    # every worker needs the same one.
+    if not os.environ.get("SECRET_KEY"):
+        os.environ.setdefault("WSPROXY_SECRET_KEYS", secrets.token_urlsafe(32))
     server.log.info("embedded SecantusDB at %s", _embedded.uri)
 
 

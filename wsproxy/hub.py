@@ -6,17 +6,23 @@ in a bounded history of recent events (so a reconnecting client can resume
 without asking MongoDB) and offers its pre-built frame to every subscribed
 client. Offering never blocks (see :mod:`wsproxy.client`), so one slow client
 cannot stall the others.
+
+Nothing a client controls runs under the hub's lock, which the broadcaster
+needs for every event: a client resuming from history takes, under it, only
+references to the recorded events after its id and its place in the client
+set (as a :class:`_Joining` that holds what is published meanwhile); its
+filter runs over them afterwards, on its own thread.
 """
 
 import collections
+import datetime
+import itertools
 import logging
 import queue
 import threading
-
-import datetime
 import time
 
-from . import codec, metrics
+from . import codec, metrics, protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +52,81 @@ class Announcement:
         self.forget_history = forget_history
 
 
+class _Joining:
+    """Stands in for a client in the hub while its replay from history is
+    filtered and encoded outside the hub's lock: holds, in order, what the
+    broadcaster offers meanwhile, then hands over to the client."""
+
+    def __init__(self, client):
+        self.client = client
+        self.subscription = client.subscription
+        # Guards _held, _held_bytes and live: the hand-over is decided
+        # under it. Never held while filtering or encoding.
+        self._lock = threading.Lock()
+        self._held = []        # Change, or a frame (an announcement)
+        self._held_bytes = 0
+        self.live = False
+
+    def on_change(self, change):
+        with self._lock:
+            if not self.live:
+                self._hold(change, len(change.frame))
+                return False
+        return self.client.on_change(change)
+
+    def offer(self, data):
+        with self._lock:
+            if not self.live:
+                self._hold(data, len(data))
+                return True
+        return self.client.offer(data)
+
+    def _hold(self, item, size):
+        if self._held is None:
+            return  # overflowed: the client is being closed
+        self._held.append(item)
+        self._held_bytes += size
+        if (len(self._held) > self.client.max_messages
+                or self._held_bytes > self.client.max_bytes):
+            self._held = None
+            self.client.request_close(
+                protocol.CLOSE_SLOW_CONSUMER,
+                "fell behind while resuming; resume again")
+
+    def request_close(self, code, reason):
+        self.client.request_close(code, reason)
+
+    def go_live(self):
+        """Queue what was held (filtered outside the lock, in rounds, as
+        more may arrive meanwhile), then let the live feed through."""
+        sub = self.subscription
+        while True:
+            with self._lock:
+                batch, self._held = self._held, []
+                self._held_bytes = 0
+                if not batch:
+                    self.live = True
+                    return
+            self.client.preload([
+                item if isinstance(item, (bytes, bytearray)) else sub.frame(item)
+                for item in batch
+                if isinstance(item, (bytes, bytearray)) or sub.wants(item)])
+
+
 class Hub:
     def __init__(self, *, history_size=1000, history_bytes=64 << 20,
                  queue_size=10000):
-        # Guards _clients and _history together: a client registers and
-        # replays history in the same critical section in which the
-        # broadcaster appends to history and snapshots the clients, which
+        # Guards _clients and the history (_history, _positions,
+        # _next_position, _history_bytes) together: the broadcaster records
+        # an event and snapshots the clients in one critical section, and a
+        # resuming client takes its backlog and joins the set in one, which
         # is what makes the seam between replay and live gap- and
-        # duplicate-free.
+        # duplicate-free. Only O(1)-ish work happens under it.
         self._lock = threading.Lock()
         self._clients = set()
-        self._history = collections.OrderedDict()  # id -> Change, oldest first
+        self._history = collections.deque()  # Changes, oldest first
+        self._positions = {}  # id -> position (numbered from 0, never reused)
+        self._next_position = 0
         self._history_size = history_size
         # Counted as frame bytes; the decoded event and its JSON text are
         # kept too, so memory is about three times this.
@@ -64,6 +134,10 @@ class Hub:
         self._history_bytes = 0
         self.intake = queue.Queue(maxsize=queue_size)
         self._thread = None
+        # The clusterTime of the last change published (its offers begun):
+        # every earlier event has been offered to every member, so the live
+        # feed will never bring one again (see resume.CatchUp).
+        self.published_through = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -104,25 +178,46 @@ class Hub:
         ``after_id``, the recorded events after it. Returns the mode:
         ``"none"`` (live only), ``"history"`` (replayed from memory), or
         None when ``after_id`` is not in the history: the client is then
-        not added, and the caller must catch it up another way."""
-        with self._lock:
-            if after_id is None:
-                mode, replay = "none", []
-            elif after_id in self._history:
-                mode, replay = "history", self._replay_after(client, after_id)
-            else:
-                return None
-            client.preload([codec.frame(hello(mode))] + replay)
-            self._clients.add(client)
-            return mode
+        not added, and the caller must catch it up another way.
 
-    def _replay_after(self, client, after_id):
-        sub, replay, seen = client.subscription, [], False
-        for change_id, change in self._history.items():
-            if seen and sub.wants(change):
-                replay.append(sub.frame(change))
-            seen = seen or change_id == after_id
-        return replay
+        Runs on the client's thread; the hub's lock is held only to take
+        references to the backlog and join the set."""
+        if after_id is None:
+            client.preload([codec.frame(hello("none"))])
+            with self._lock:
+                self._clients.add(client)
+            return "none"
+        joining = _Joining(client)
+        with self._lock:
+            backlog = self._recorded_after(after_id)
+            if backlog is None:
+                return None
+            self._clients.add(joining)
+        try:
+            # The client's filter over the backlog, outside the lock.
+            sub = client.subscription
+            client.preload([codec.frame(hello("history"))] + [
+                sub.frame(change) for change in backlog if sub.wants(change)])
+            joining.go_live()
+        except BaseException:
+            self.unregister(joining)
+            raise
+        with self._lock:
+            # The stand-in now only forwards: put the client in its place.
+            if joining in self._clients:
+                self._clients.discard(joining)
+                self._clients.add(client)
+        return "history"
+
+    def _recorded_after(self, after_id):
+        """The recorded changes after ``after_id`` (references, copied at C
+        speed), or None if it is not recorded; the caller holds the lock."""
+        position = self._positions.get(after_id)
+        if position is None:
+            return None
+        first = self._next_position - len(self._history)
+        return list(itertools.islice(self._history, position - first + 1,
+                                     None))
 
     def add(self, client):
         """Add a client that has been caught up by other means."""
@@ -140,9 +235,12 @@ class Hub:
     def __len__(self):
         return len(self._clients)
 
+    def history_length(self):
+        return len(self._history)  # a deliberately unlocked read: a size
+
     def history_ids(self):
         with self._lock:
-            return list(self._history)
+            return [change.id for change in self._history]
 
     # -- the broadcaster thread --------------------------------------------
 
@@ -162,13 +260,22 @@ class Hub:
                 log.exception("broadcaster: failed to publish %r", item)
 
     def _publish(self, change):
+        size = len(change.frame)  # encoded here, not under the lock
+        cluster_time = change.raw.get("clusterTime")
+        if cluster_time is not None:
+            self.published_through = cluster_time
         with self._lock:
-            self._history[change.id] = change
-            self._history_bytes += len(change.frame)
+            self._history.append(change)
+            self._positions[change.id] = self._next_position
+            self._next_position += 1
+            self._history_bytes += size
             while self._history and (
                     len(self._history) > self._history_size
                     or self._history_bytes > self._history_bytes_max):
-                _, old = self._history.popitem(last=False)
+                position = self._next_position - len(self._history)
+                old = self._history.popleft()
+                if self._positions.get(old.id) == position:
+                    del self._positions[old.id]
                 self._history_bytes -= len(old.frame)
             clients = list(self._clients)
         wall = change.raw.get("wallTime")
@@ -189,6 +296,7 @@ class Hub:
         if announcement.forget_history:
             with self._lock:
                 self._history.clear()
+                self._positions.clear()
                 self._history_bytes = 0
         for client in self.clients():
             client.offer(announcement.frame)

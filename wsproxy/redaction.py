@@ -2,13 +2,21 @@
 are encoded for a client (operator-wide ``WSPROXY_HIDE_FIELDS`` and a
 principal's own ``hide`` list). Done here, in Python, because the hidden set
 differs per client while the change stream is shared.
+
+A hidden path names fields, as a MongoDB projection does: ``items.price``
+is the ``price`` of every element of an ``items`` array, and a numeric
+component (``scores.2024``) is a field named ``"2024"``. The paths of an
+update description (``updatedFields`` keys, ``removedFields``,
+``truncatedArrays``, ``disambiguatedPaths``) are different: there a numeric
+component may be an array position *or* a field name, and the event does
+not say which. So a changed path is hidden if it is, or lies inside, a
+hidden field under *either* reading (fail closed).
 """
 
 import copy
 
 # Fields whose contents are document data (and so subject to hiding).
 _DOCUMENT_FIELDS = ("fullDocument", "fullDocumentBeforeChange", "documentKey")
-
 
 
 def _drop(value, parts):
@@ -23,6 +31,38 @@ def _drop(value, parts):
             value.pop(head, None)
         elif head in value:
             _drop(value[head], parts[1:])
+
+
+def relation(changed, hidden):
+    """How the update-description path ``changed`` relates to the hidden
+    field path ``hidden`` (both lists of components).
+
+    Returns ``(covered, rests)``: ``covered`` if, under some reading of its
+    numeric components, ``changed`` is the hidden field or lies inside it;
+    ``rests``, for each reading under which ``changed`` is an ancestor of
+    the hidden field, what remains of ``hidden`` below it (to be removed
+    from the value set at ``changed``).
+    """
+    covered = False
+    reached = {0}  # how much of ``hidden`` each reading has matched so far
+    for part in changed:
+        following = set()
+        for matched in reached:
+            if matched == len(hidden):
+                covered = True  # already inside the hidden field
+                continue
+            if part.isdigit():
+                following.add(matched)          # an array position
+            if hidden[matched] == part:
+                following.add(matched + 1)      # a field name
+        reached = following
+    rests = []
+    for matched in sorted(reached):
+        if matched == len(hidden):
+            covered = True
+        else:
+            rests.append(hidden[matched:])
+    return covered, rests
 
 
 def redact(raw, hide):
@@ -41,19 +81,26 @@ def redact(raw, hide):
         updated = description.get("updatedFields")
         if isinstance(updated, dict):
             for key in list(updated):
-                plain = _without_indexes(key)
-                for h, parts in zip(hide, paths):
-                    if plain == h or plain.startswith(h + "."):
+                for parts in paths:
+                    covered, rests = relation(str(key).split("."), parts)
+                    if covered:
                         updated.pop(key, None)
                         break
-                    if h.startswith(plain + "."):
-                        _drop(updated[key], parts[len(plain.split(".")):])
+                    for rest in rests:
+                        _drop(updated[key], rest)
         for name in ("removedFields", "truncatedArrays"):
             listed = description.get(name)
             if isinstance(listed, list):
                 description[name] = [
                     item for item in listed
-                    if not _hidden(_without_indexes(_names(item)), hide)]
+                    if not _hidden(_names(item), paths)]
+        # {"a.0": ["a", 0]}: names a changed path; its value says which
+        # components are array positions, but the path is enough to hide.
+        ambiguous = description.get("disambiguatedPaths")
+        if isinstance(ambiguous, dict):
+            for key in list(ambiguous):
+                if _hidden(str(key), paths):
+                    ambiguous.pop(key)
     return event
 
 
@@ -63,11 +110,6 @@ def _names(item):
     return str(item)
 
 
-def _without_indexes(path):
-    """``items.0.price`` -> ``items.price``: update descriptions name array
-    elements by position, hidden fields do not."""
-    return ".".join(p for p in path.split(".") if not p.isdigit())
-
-
-def _hidden(path, hide):
-    return any(path == h or path.startswith(h + ".") for h in hide)
+def _hidden(path, paths):
+    parts = path.split(".")
+    return any(relation(parts, hidden)[0] for hidden in paths)

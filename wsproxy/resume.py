@@ -36,6 +36,18 @@ Every check and every delivery happens under one lock, in stream order, so
 there is no gap and no duplicate at the seam. A token the server cannot
 resume from (too old for the oplog, or not a token at all) gets a
 ``reset`` message, then the live feed.
+
+Bounds. A catch-up holds one of ``WSPROXY_MAX_CATCHUPS`` slots, and one of
+``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` for its principal (or address), so
+one principal's slow readers cannot take them all; it may last
+``WSPROXY_CATCHUP_TIMEOUT`` seconds, then the client is closed with 1013
+and resumes from where it got to. The replay follows the client's pace: it
+reads on only while the outbox holds less than half its message *and* byte
+bounds, fetching small batches, and what is recorded from the live feed
+meanwhile is bounded the same way (beyond, 4008). Each replayed event is filtered on the decoded
+event first and encoded only if the client wants it; the client's filter
+runs outside the lock the broadcaster needs. Ids the replay delivered are
+remembered only while the live feed could still bring them.
 """
 
 import logging
@@ -44,10 +56,16 @@ import time
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import codec, metrics, protocol
+from . import codec, metrics, protocol, throttle
 from .hub import Barrier
 
 log = logging.getLogger(__name__)
+
+# Events per batch a catch-up's stream fetches. PyMongo decodes a whole
+# batch at once and holds it until read, and the server fills one up to
+# 16 MiB: with large documents that, not the outbox, was most of a stalled
+# catch-up's memory.
+CATCHUP_BATCH = 16
 
 
 class CatchUp:
@@ -57,10 +75,16 @@ class CatchUp:
         self.client = client
         self.subscription = client.subscription
         self.buffer_limit = buffer_limit
-        # Guards everything below: the seam is decided under it.
+        self.buffer_bytes = client.max_bytes
+        # Where the live feed is (a Hub, see Hub.published_through); set by
+        # catch_up. Replayed events before it need no remembering.
+        self.hub = None
+        # Guards everything below: the seam is decided under it. Held for
+        # no filtering and no encoding.
         self._lock = threading.Lock()
-        self._live = []            # live events recorded before the seam
+        self._live = []            # (id, frame or None if unwanted), in order
         self._live_ids = {}        # id -> index in _live
+        self._live_bytes = 0
         self._delivered = set()    # ids the catch-up stream delivered
         self.spliced = False
         self.replayed = 0
@@ -70,24 +94,53 @@ class CatchUp:
 
     def on_change(self, change):
         """The broadcaster's offer; True if handed to the client now."""
+        sub = self.subscription
         with self._lock:
             if self.spliced:
                 if self._delivered and change.id in self._delivered:
                     self._delivered.discard(change.id)
                     return False
-                return self.client.on_change(change)
-            if change.id in self._delivered:
+                spliced = True
+            elif change.id in self._delivered:
                 # The catch-up ran ahead: it has delivered this one and
                 # everything before it, so the live feed takes over after it.
+                self._delivered.discard(change.id)
                 self._splice_locked([])
                 return False
-            if len(self._live) >= self.buffer_limit:
+            else:
+                spliced = False
+        if spliced:
+            return self.client.on_change(change)
+        # Filtered and encoded outside the lock (this is the broadcaster,
+        # doing for this client what it does for every live one).
+        data = sub.frame(change) if sub.wants(change) else None
+        with self._lock:
+            if self.spliced:
+                # The seam was found meanwhile, at an earlier event: this
+                # one belongs to the live feed.
+                if change.id in self._delivered:
+                    self._delivered.discard(change.id)
+                    return False
+                return data is not None and self.client.offer(data)
+            if change.id in self._delivered:
+                # Delivered by the replay meanwhile: it ran ahead.
+                self._delivered.discard(change.id)
+                self._splice_locked([])
+                return False
+            size = len(data) if data is not None else 0
+            if (len(self._live) >= self.buffer_limit
+                    or self._live_bytes + size > self.buffer_bytes):
                 self.client.request_close(
                     protocol.CLOSE_SLOW_CONSUMER,
                     "fell behind while catching up; resume again")
                 return False
             self._live_ids[change.id] = len(self._live)
-            self._live.append(change)
+            self._live.append((change.id, data))
+            self._live_bytes += size
+            # The replay has not reached this event, so everything it
+            # delivered so far comes before it: the live feed, already
+            # past them, can never bring those again.
+            self._delivered.clear()
             return False
 
     def offer(self, data):
@@ -101,6 +154,10 @@ class CatchUp:
     def deliver(self, change):
         """One event from the catch-up stream. Returns False once the
         seam has been found (the caller stops reading)."""
+        sub = self.subscription
+        # The client's filter, on the decoded event, and the encoding, only
+        # if wanted: both outside the lock.
+        data = sub.frame(change) if sub.wants(change) else None
         with self._lock:
             if self.spliced:
                 return False
@@ -109,12 +166,25 @@ class CatchUp:
                 # The seam: this event and what followed it come from the
                 # recorded live feed.
                 self._splice_locked(self._live[index:])
+                self._delivered.clear()
                 return False
-            self._delivered.add(change.id)
+            if self._may_come_live(change):
+                self._delivered.add(change.id)
             self.last_delivery = time.monotonic()
-            if self.subscription.wants(change):
-                self.client.preload([self.subscription.frame(change)])
+            if data is not None:
+                self.client.preload([data])
                 self.replayed += 1
+            return True
+
+    def _may_come_live(self, change):
+        """Whether the live feed may still offer ``change``: not if the hub
+        has published a later event (cluster times never decrease along
+        the stream)."""
+        through = self.hub.published_through if self.hub is not None else None
+        at = change.raw.get("clusterTime")
+        try:
+            return through is None or at is None or not at < through
+        except TypeError:
             return True
 
     def splice_if_idle_since(self, idle_at):
@@ -138,9 +208,8 @@ class CatchUp:
             self._splice_locked(self._live)
 
     def _splice_locked(self, recorded):
-        sub = self.subscription
-        self.client.preload([sub.frame(c) for c in recorded if sub.wants(c)])
-        self._live, self._live_ids = [], {}
+        self.client.preload([data for _, data in recorded if data is not None])
+        self._live, self._live_ids, self._live_bytes = [], {}, 0
         self.spliced = True
 
 
@@ -157,22 +226,62 @@ def _send_barrier(state, catchup, idle_since):
 
 def catch_up(state, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
-    until the seam, or reset. Bounded by ``state.catchup_slots``."""
+    until the seam, or reset. Bounded per principal, in number
+    (``state.catchup_slots``) and in time."""
     client = catchup.client
-    token = codec.id_to_token(resume_id)
-    if not state.catchup_slots.acquire(timeout=state.config["WSPROXY_CLOSE_TIMEOUT"]):
-        client.request_close(protocol.CLOSE_TRY_AGAIN,
-                             "too many clients catching up; retry shortly")
+    config = state.config
+    wait = config["WSPROXY_CLOSE_TIMEOUT"]
+    key = throttle.client_key(getattr(client, "principal", None),
+                              client.remote_addr)
+    if not state.catchups_per_key.acquire(key, timeout=wait):
+        client.request_close(
+            protocol.CLOSE_TRY_AGAIN,
+            f"too many catch-ups for this client (limit "
+            f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly")
         return
-    metrics.CATCHUPS.inc()
+    try:
+        if not state.catchup_slots.acquire(timeout=wait):
+            client.request_close(protocol.CLOSE_TRY_AGAIN,
+                                 "too many clients catching up; retry shortly")
+            return
+        try:
+            metrics.CATCHUPS.inc()
+            _replay(state, catchup, resume_id)
+        finally:
+            metrics.CATCHUPS.dec()
+            state.catchup_slots.release()
+    finally:
+        state.catchups_per_key.release(key)
+
+
+def _replay(state, catchup, resume_id):
+    client = catchup.client
+    catchup.hub = state.hub
+    limit = state.config["WSPROXY_CATCHUP_TIMEOUT"]
+    deadline = time.monotonic() + limit
     idle_since, barrier_sent = None, False
     try:
-        with state.source.open_stream(resume_after=token) as stream:
+        token = state.sealer.unseal(resume_id)  # views checked it already
+        with state.source.open_stream(resume_after=token,
+                                      batch_size=CATCHUP_BATCH) as stream:
             while not (catchup.spliced or client.closing or client.ended
                        or state.stopping.is_set()):
+                if time.monotonic() >= deadline:
+                    log.info("client %s: catch-up still running after %ss "
+                             "(%d events replayed); closing", client.id,
+                             limit, catchup.replayed)
+                    client.request_close(
+                        protocol.CLOSE_TRY_AGAIN,
+                        f"catch-up took longer than {limit:g}s; resume "
+                        "from the last id received")
+                    break
                 # Back-pressure: never hold more than half an outbox of
-                # replay, so a slow client slows the replay, not memory.
-                client.wait_for_room(client.max_messages // 2, timeout=0.5)
+                # replay, in messages or bytes, so a slow client slows the
+                # replay, not memory.
+                if not client.wait_for_room(
+                        client.max_messages // 2, timeout=0.5,
+                        below_bytes=client.max_bytes // 2):
+                    continue
                 raw = stream.try_next()
                 if raw is None:
                     # Idle since the first empty round after a delivery.
@@ -182,7 +291,7 @@ def catch_up(state, catchup, resume_id):
                         barrier_sent = _send_barrier(state, catchup, idle_since)
                     continue
                 idle_since, barrier_sent = None, False
-                if not catchup.deliver(codec.Change(raw)):
+                if not catchup.deliver(codec.Change(raw, state.sealer)):
                     break
         if catchup.spliced:
             log.info("client %s: caught up (%d events replayed)", client.id,
@@ -202,6 +311,3 @@ def catch_up(state, catchup, resume_id):
     except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
         log.exception("client %s: catch-up failed", client.id)
         client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
-    finally:
-        metrics.CATCHUPS.dec()
-        state.catchup_slots.release()

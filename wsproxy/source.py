@@ -76,11 +76,12 @@ class ChangeSource:
     """Owns the watcher thread. ``target`` is what to ``watch()``: a
     MongoClient, a Database or a Collection (see :func:`watch_target`)."""
 
-    def __init__(self, target, hub, *, pipeline=(), full_document=None,
-                 full_document_before_change=None, max_await_ms=500,
-                 backoff=None, metrics=None):
+    def __init__(self, target, hub, *, sealer, pipeline=(),
+                 full_document=None, full_document_before_change=None,
+                 max_await_ms=500, backoff=None, metrics=None):
         self.target = target
         self.hub = hub
+        self.sealer = sealer  # seals each event's resume token into its id
         self.pipeline = list(pipeline)
         self.full_document = full_document
         self.full_document_before_change = full_document_before_change
@@ -129,9 +130,11 @@ class ChangeSource:
         stale_after = max(5.0, 3 * self.max_await_ms / 1000)
         return time.time() - self.last_ok_at < stale_after
 
-    def open_stream(self, resume_after=None, start_after=None):
+    def open_stream(self, resume_after=None, start_after=None,
+                    batch_size=None):
         """A change stream on the watched scope with the operator's options
-        (also used for per-client catch-up)."""
+        (also used for per-client catch-up, with small batches: a batch is
+        decoded at once and held until read)."""
         return self.target.watch(
             self.pipeline,
             full_document=self.full_document,
@@ -139,6 +142,7 @@ class ChangeSource:
             max_await_time_ms=self.max_await_ms,
             resume_after=resume_after,
             start_after=start_after,
+            batch_size=batch_size,
         )
 
     # -- the watcher thread --------------------------------------------------
@@ -196,7 +200,7 @@ class ChangeSource:
                     continue
                 self.last_event_at = now
                 metrics.EVENTS.inc()
-                change = codec.Change(raw)
+                change = codec.Change(raw, self.sealer)
                 if not self.hub.submit(change, self._stopping):
                     return
                 self.resume_token = change.token

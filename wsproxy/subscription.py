@@ -34,13 +34,23 @@ def _covers(grant, ns):
 
 
 class Subscription:
-    """Decides whether a change goes to a client and in which encoding."""
+    """Decides whether a change goes to a client and in which encoding.
 
-    __slots__ = ("namespaces", "ops", "predicates", "hide")
+    Only None means "all": an empty set of namespaces or operation types
+    matches nothing (fail closed). ``rules`` are the operator's predicates
+    (a principal's filter): they see the whole event, so a hidden field
+    cannot make them pass. ``predicates`` are the client's own
+    (``?filter=``): they see the event as the client would, so a hidden
+    field cannot be probed with them.
+    """
 
-    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=()):
-        self.namespaces = frozenset(namespaces) if namespaces else _ALL
-        self.ops = frozenset(ops) if ops else _ALL
+    __slots__ = ("namespaces", "ops", "rules", "predicates", "hide")
+
+    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=(),
+                 rules=()):
+        self.namespaces = _ALL if namespaces is None else frozenset(namespaces)
+        self.ops = _ALL if ops is None else frozenset(ops)
+        self.rules = tuple(rules)
         self.predicates = tuple(predicates)
         self.hide = tuple(sorted(set(hide)))
 
@@ -50,10 +60,10 @@ class Subscription:
             return False
         if self.namespaces is not _ALL and not self._ns_match(raw.get("ns")):
             return False
+        if not all(rule(raw) for rule in self.rules):
+            return False
         if self.predicates:
-            # Filters see the event as this client would: a hidden field
-            # cannot be probed with a filter either.
-            seen = change.redacted(self.hide)[0] if self.hide else raw
+            seen = change.redacted_event(self.hide) if self.hide else raw
             return all(predicate(seen) for predicate in self.predicates)
         return True
 
@@ -66,7 +76,7 @@ class Subscription:
         return f"{db}.{ns.get('coll')}" in self.namespaces
 
     def frame(self, change):
-        return change.redacted(self.hide)[1] if self.hide else change.frame
+        return change.redacted_frame(self.hide) if self.hide else change.frame
 
 
 EVERYTHING = Subscription()
@@ -89,6 +99,9 @@ def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
     if unknown:
         raise ClientError(f"unknown parameter {unknown[0][:40]!r}")
     grant = principal.namespaces
+    if grant is not None and not grant:
+        # An empty grant is nothing, not everything.
+        raise ClientError("no namespaces are granted", status=403)
     namespaces = None
     if "ns" in args:
         namespaces = _split(args.getlist("ns"), "ns", MAX_NAMESPACES)
@@ -115,7 +128,8 @@ def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
         if len(texts) != 1:
             raise FilterError("filter: give it once")
         predicates.append(compile_filter(texts[0], **limits))
+    rules = []
     if principal.filter is not None:
-        predicates.append(compile_filter(principal.filter))
+        rules.append(compile_filter(principal.filter))
     return Subscription(namespaces, ops, predicates,
-                        tuple(operator_hide) + principal.hide)
+                        tuple(operator_hide) + principal.hide, rules=rules)

@@ -19,7 +19,7 @@ from flask_sock import Sock
 
 from . import access, codec, control, metrics, protocol
 from . import subscription as subscriptions
-from . import websocket
+from . import throttle, websocket
 from .client import Client
 from .errors import ClientError
 from .resume import CatchUp, catch_up
@@ -50,6 +50,8 @@ def _refuse(error):
         response.headers["Retry-After"] = "5"
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if getattr(error, "retry_after", None):  # 429 (throttle.Throttled)
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -88,11 +90,16 @@ def _admit(state, config):
                       websocket.local_address(request.environ))
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
     principal = _authorize(state)
+    state.connect_rate.admit(  # 429 beyond WSPROXY_CONNECT_RATE
+        throttle.client_key(principal, request.remote_addr),
+        cost=throttle.connect_cost(request.args.get("resume_after"),
+                                   request.args.get("filter"),
+                                   state.hub.history_length()))
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")
     if resume_id is not None:
-        codec.id_to_token(resume_id)  # validates
+        resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = subscriptions.parse(
         request.args, scope=config["WSPROXY_WATCH"], principal=principal,
         operator_hide=config["WSPROXY_HIDE_FIELDS"],

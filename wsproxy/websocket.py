@@ -236,9 +236,22 @@ class _PolicedEvents:
     """The wsproto connection as the reader thread sees it: only the events
     the policy admits reach simple-websocket."""
 
+    # After a breach, bytes still parsed while looking for the peer's close
+    # reply; past that a flood is read and dropped unparsed until the
+    # handler's close timeout cuts the connection.
+    DRAIN_BYTES = 64 * 1024
+
     def __init__(self, connection, policy):
         self._connection = connection
         self._policy = policy
+        self._after_breach = 0
+
+    def receive_data(self, data):
+        if self._policy.breach is not None:
+            self._after_breach += len(data or b"")
+            if self._after_breach > self.DRAIN_BYTES:
+                return
+        self._connection.receive_data(data)
 
     def events(self):
         for event in self._connection.events():

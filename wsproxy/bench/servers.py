@@ -8,6 +8,7 @@ poll that (and the process) rather than sleeping.
 
 import http.client
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -51,7 +52,12 @@ def _gunicorn(uri, namespace, port):
 SERVERS = {
     "wsproxy": ServerSpec(
         "wsproxy", _gunicorn, hello=True,
-        env={"WSPROXY_DEMO_WRITER": "0"},
+        # Resume ids are sealed: a key for this run.
+        # 1,000 clients connect from this one address at once.
+        env={"WSPROXY_DEMO_WRITER": "0",
+             "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32),
+             "WSPROXY_CONNECT_RATE": "100000",
+             "WSPROXY_CONNECT_BURST": "100000"},
         required_files=("wsgi.py", "gunicorn.conf.py")),
     "tornado": ServerSpec(
         "tornado", _python_module("wsproxy.bench.baseline_tornado")),
