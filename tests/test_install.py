@@ -34,8 +34,10 @@ def installed(tmp_path_factory):
 
 def _serve(gunicorn, installed, mongo, db, config, workers=1, **env):
     python, app_dir = installed
+    # The app's own SECRET_KEY seals ids, as for a user: no test key.
     return gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "SHOP_DB": db,
-                     "WSPROXY_MAX_AWAIT_MS": "100", **env},
+                     "WSPROXY_MAX_AWAIT_MS": "100",
+                     "WSPROXY_SECRET_KEYS": None, **env},
                     workers=workers, app="shop:app", config=config,
                     python=python, cwd=app_dir)
 
@@ -70,6 +72,14 @@ def test_the_example_app_with_the_packaged_config(installed, mongo,
     for client in clients:
         changes = client.changes(3)
         assert [c["event"]["fullDocument"]["n"] for c in changes] == [0, 1, 2]
+    # Ids are sealed with a key derived from the shop's SECRET_KEY, the
+    # same in both workers: a resume is accepted whichever one answers.
+    for _ in range(4):
+        again = WSClient(server.ws_url(f"resume_after={changes[0]['id']}"),
+                         subprotocols=["bearer", "dev-token"])
+        assert again.recv()["resume"] in ("history", "catch-up")
+        assert again.changes(2)[1]["id"] == changes[2]["id"]
+        again.close()
 
     # Every worker's watcher read the 3 events; any worker's /metrics says 6.
     wait_for(lambda: metric(scrape(server),

@@ -19,7 +19,9 @@ from wsproxy.access import bearer_token
 DB = os.environ.get("SHOP_DB", "shop")
 
 app = Flask(__name__)
-app.secret_key = os.environ.get("SHOP_SECRET_KEY", "change-me")
+# Signs the session cookie and, through wsproxy, seals resume ids: the same
+# in every worker and process, and a real secret in production.
+app.secret_key = os.environ.get("SHOP_SECRET_KEY", "dev-only-secret-change-me")
 # The shop's own WebSocket routes: small messages, a "chat" subprotocol, a
 # ping every 20 s. None of it applies to wsproxy's route.
 app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": 64,
