@@ -16,7 +16,9 @@ import urllib.request
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
+from wsproto.connection import ConnectionState
+from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong,
+                            RejectConnection, Request, TextMessage)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every timeout in the suite is multiplied by this, for slow machines.
@@ -71,6 +73,16 @@ def scrape(server):
     status, body = http_get(server.url + "/metrics")
     assert status == 200
     return body.decode()
+
+
+def server_env(uri, db, coll, selection_ms=2000, **extra):
+    """The environment most server tests start gunicorn with: one
+    collection, and short timeouts so an outage surfaces in seconds."""
+    env = {"WSPROXY_MONGODB_URI": f"{uri}&serverSelectionTimeoutMS={selection_ms}",
+           "WSPROXY_WATCH": f"{db}.{coll}", "WSPROXY_MAX_AWAIT_MS": "100",
+           "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
 class Gunicorn:
@@ -296,29 +308,116 @@ def raw_upgrade(port, headers, path="/ws"):
         return status, None
 
 
-def server_ws_pair(**client_kw):
-    """A simple-websocket Server on one end of a socketpair, and the raw
-    client socket plus a wsproto client state machine on the other."""
-    from simple_websocket import Server
+class RawPeer:
+    """The browser's end of a WebSocket, on a plain socket, driven by
+    wsproto. It reads only when told to, so it can play a tab that stopped
+    reading, and sees every frame (pongs, the close) as it arrives.
 
-    srv_sock, cli_sock = socket.socketpair()
-    conn = WSConnection(ConnectionType.CLIENT)
-    conn.send(Request(host="test", target="/ws"))
-    environ = {
-        "werkzeug.socket": srv_sock,
-        "HTTP_HOST": "test", "HTTP_CONNECTION": "Upgrade",
-        "HTTP_UPGRADE": "websocket", "HTTP_SEC_WEBSOCKET_VERSION": "13",
-        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
-    }
-    return srv_sock, cli_sock, conn, environ, Server
+    ``RawPeer.connect(port)`` upgrades over TCP; ``RawPeer(sock,
+    send_request=False)`` is for a server built directly on the other end
+    of a socket pair, handed ``peer.key`` in its environ."""
 
+    def __init__(self, sock, *, host="127.0.0.1", send_request=True):
+        self.sock = sock
+        self.conn = WSConnection(ConnectionType.CLIENT)
+        request = self.conn.send(Request(host=host, target="/ws"))
+        self.key = next(line.split(":", 1)[1].strip()
+                        for line in request.decode().split("\r\n")
+                        if line.lower().startswith("sec-websocket-key"))
+        self.accepted = False
+        self.received = []   # text messages and ("pong", payload), in order
+        self.messages = []   # the text messages, parsed
+        self._partial = []
+        self.closed = None   # (code, reason) of the server's close frame
+        self.eof = False
+        if send_request:
+            sock.sendall(request)
 
-def read_handshake(cli_sock, conn):
-    while True:
-        conn.receive_data(cli_sock.recv(4096))
-        for event in conn.events():
+    @classmethod
+    def connect(cls, port, *, rcvbuf=None, timeout=10.0):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if rcvbuf:
+                # Before connect, so the advertised window stays small.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(scaled(timeout))
+            sock.connect(("127.0.0.1", port))
+            peer = cls(sock, host=f"127.0.0.1:{port}")
+            peer.read_until(lambda: peer.accepted, timeout, "the handshake")
+        except BaseException:
+            sock.close()
+            raise
+        return peer
+
+    def feed(self, data):
+        if not data:
+            self.eof = True
+            return
+        self.conn.receive_data(data)
+        for event in self.conn.events():
             if isinstance(event, AcceptConnection):
-                return
+                self.accepted = True
+            elif isinstance(event, RejectConnection):
+                raise AssertionError(f"upgrade refused: {event.status_code}")
+            elif isinstance(event, TextMessage):
+                self._partial.append(event.data)
+                if event.message_finished:
+                    text = "".join(self._partial)
+                    self._partial = []
+                    self.received.append(text)
+                    self.messages.append(json.loads(text))
+            elif isinstance(event, CloseConnection):
+                self.closed = (event.code, event.reason)
+                if self.conn.state is ConnectionState.REMOTE_CLOSING:
+                    # The server began the close; a reply to ours needs none.
+                    self._send(self.conn.send(event.response()))
+            elif isinstance(event, Pong):
+                self.received.append(("pong", event.payload))
+            elif (isinstance(event, Ping)
+                  and self.conn.state is ConnectionState.OPEN):
+                self._send(self.conn.send(event.response()))
+
+    def _send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass  # the server may already be gone; reading tells the rest
+
+    def read_until(self, predicate, timeout, what):
+        """Blocking reads until ``predicate()``; fails after ``timeout``."""
+        deadline = time.monotonic() + scaled(timeout)
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.eof:
+                raise AssertionError(
+                    f"{'EOF' if self.eof else 'timed out'} waiting for {what}")
+            self.sock.settimeout(remaining)
+            try:
+                self.feed(self.sock.recv(1 << 16))
+            except socket.timeout:
+                pass
+
+    def take(self, count, timeout=5.0):
+        """The next ``count`` received items (texts, pongs), removed."""
+        self.read_until(lambda: len(self.received) >= count, timeout,
+                        f"{count} messages")
+        taken, self.received = self.received[:count], self.received[count:]
+        return taken
+
+    def wait_close(self, timeout=10.0):
+        self.read_until(lambda: self.closed is not None, timeout, "a close")
+        return self.closed
+
+    def ping(self, payloads):
+        """Many pings in one write (the server may not read meanwhile, so
+        separate blocking writes could wait on each other)."""
+        self.sock.sendall(b"".join(self.conn.send(Ping(p)) for p in payloads))
+
+    def send_close(self, code=1000):
+        self._send(self.conn.send(CloseConnection(code)))
+
+    def close(self):
+        self.sock.close()
 
 
 class TcpProxy:

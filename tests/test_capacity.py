@@ -10,30 +10,20 @@ to benchmark.
 """
 
 import concurrent.futures
-import json
 import resource
 import selectors
-import socket
 import threading
 import time
 
 import psutil
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (AcceptConnection, CloseConnection, Ping,
-                            RejectConnection, Request, TextMessage)
 
-from .helpers import WSClient, scaled, wait_for
+from .helpers import RawPeer, WSClient, scaled, server_env, wait_for
 
 MB = 1024 * 1024
 
 
 def _env(mongo, db, coll, **extra):
-    env = {"WSPROXY_MONGODB_URI": mongo.uri + "&serverSelectionTimeoutMS=2000",
-           "WSPROXY_WATCH": f"{db}.{coll}", "WSPROXY_MAX_AWAIT_MS": "100",
-           "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"}
-    env.update(extra)
-    return env
+    return server_env(mongo.uri, db, coll, **extra)
 
 
 def _clients(server):
@@ -50,83 +40,6 @@ def _errors(server):
     return [line for line in server.output().splitlines()
             if "[ERROR]" in line or "[CRITICAL]" in line
             or line.startswith("Traceback")]
-
-
-class RawWS:
-    """A WebSocket client on a plain socket, driven by wsproto. It reads
-    only when told to, so it can play a browser tab that stopped reading."""
-
-    def __init__(self, port, *, rcvbuf=None, timeout=10.0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.conn = WSConnection(ConnectionType.CLIENT)
-        self.accepted = False
-        self.messages = []        # complete text messages, parsed
-        self._partial = []
-        self.closed = None        # (code, reason) of the server's close frame
-        self.eof = False
-        try:
-            if rcvbuf:
-                # Before connect, so the advertised window stays small.
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                     rcvbuf)
-            self.sock.settimeout(scaled(timeout))
-            self.sock.connect(("127.0.0.1", port))
-            self.sock.sendall(self.conn.send(
-                Request(host=f"127.0.0.1:{port}", target="/ws")))
-            self.read_until(lambda: self.accepted, timeout, "the handshake")
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def feed(self, data):
-        if not data:
-            self.eof = True
-            return
-        self.conn.receive_data(data)
-        for event in self.conn.events():
-            if isinstance(event, AcceptConnection):
-                self.accepted = True
-            elif isinstance(event, RejectConnection):
-                raise AssertionError(f"upgrade refused: {event.status_code}")
-            elif isinstance(event, TextMessage):
-                self._partial.append(event.data)
-                if event.message_finished:
-                    self.messages.append(json.loads("".join(self._partial)))
-                    self._partial = []
-            elif isinstance(event, CloseConnection):
-                self.closed = (event.code, event.reason)
-                if self.conn.state is ConnectionState.REMOTE_CLOSING:
-                    # The server began the close; a reply to ours needs none.
-                    self._send(self.conn.send(event.response()))
-            elif (isinstance(event, Ping)
-                  and self.conn.state is ConnectionState.OPEN):
-                self._send(self.conn.send(event.response()))
-
-    def _send(self, data):
-        try:
-            self.sock.sendall(data)
-        except OSError:
-            pass  # the server may already be gone; reading tells the rest
-
-    def read_until(self, predicate, timeout, what):
-        """Blocking reads until ``predicate()``; fails after ``timeout``."""
-        deadline = time.monotonic() + scaled(timeout)
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.eof:
-                raise AssertionError(
-                    f"{'EOF' if self.eof else 'timed out'} waiting for {what}")
-            self.sock.settimeout(remaining)
-            try:
-                self.feed(self.sock.recv(1 << 16))
-            except socket.timeout:
-                pass
-
-    def send_close(self, code=1000):
-        self._send(self.conn.send(CloseConnection(code)))
-
-    def close(self):
-        self.sock.close()
 
 
 def _close_all(things):
@@ -171,7 +84,7 @@ def test_a_stalled_client_is_cut_off_with_4008_and_twenty_others_keep_up(
             assert client.recv()["type"] == "hello"
         # Completes the handshake and reads its hello, then stops reading;
         # its small receive window makes the server's socket fill at once.
-        stalled = RawWS(server.port, rcvbuf=4096)
+        stalled = RawPeer.connect(server.port, rcvbuf=4096)
         stalled.read_until(lambda: stalled.messages, 5, "the hello")
         wait_for(lambda: _clients(server) == 21, 5, "21 clients")
         rss_before = worker.memory_info().rss
@@ -381,7 +294,7 @@ def test_1000_concurrent_clients_on_one_worker(
     try:
         def connect(count):
             for _ in range(count):
-                client = RawWS(server.port, timeout=30)
+                client = RawPeer.connect(server.port, timeout=30)
                 with lock:
                     clients.append(client)
                 client.read_until(lambda: client.messages, 30, "the hello")

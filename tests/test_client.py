@@ -6,75 +6,13 @@ import socket
 import threading
 
 import pytest
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong,
-                            Request, TextMessage)
 
 from wsproxy import codec, protocol
 from wsproxy import websocket
 from wsproxy.client import Client
 from wsproxy.subscription import EVERYTHING
 
-from .helpers import scaled
-
-
-class Peer:
-    """The browser's end: a raw socket and a wsproto client."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.conn = WSConnection(ConnectionType.CLIENT)
-        request = self.conn.send(Request(host="test", target="/ws")).decode()
-        # The server side is handed this key through its WSGI environ.
-        self.key = next(line.split(":", 1)[1].strip()
-                        for line in request.split("\r\n")
-                        if line.lower().startswith("sec-websocket-key"))
-        self.pending = []
-        self._partial = ""
-        self.closed = None
-
-    def handshake(self):
-        self._read_until(lambda: self.accepted)
-
-    accepted = False
-
-    def _pump(self, timeout):
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError
-        self.conn.receive_data(data)
-        for event in self.conn.events():
-            if isinstance(event, AcceptConnection):
-                self.accepted = True
-            elif isinstance(event, TextMessage):
-                self._partial += event.data
-                if event.message_finished:
-                    self.pending.append(self._partial)
-                    self._partial = ""
-            elif isinstance(event, CloseConnection):
-                self.closed = (event.code, event.reason)
-                self.sock.sendall(self.conn.send(event.response()))
-            elif isinstance(event, Pong):
-                self.pending.append(("pong", event.payload))
-
-    def _read_until(self, predicate, timeout=5.0):
-        while not predicate():
-            self._pump(scaled(timeout))
-
-    def messages(self, count, timeout=5.0):
-        self._read_until(lambda: len(self.pending) >= count, timeout)
-        taken, self.pending = self.pending[:count], self.pending[count:]
-        return taken
-
-    def wait_close(self, timeout=10.0):
-        self._read_until(lambda: self.closed is not None, timeout)
-        return self.closed
-
-    def ping(self, payloads):
-        """Send many pings in one write (the peer reads nothing meanwhile,
-        so separate blocking writes could wait on each other)."""
-        self.sock.sendall(b"".join(self.conn.send(Ping(p)) for p in payloads))
+from .helpers import RawPeer, scaled
 
 
 _sockets = []
@@ -99,12 +37,12 @@ def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
         "HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
     }
-    peer = Peer(cli_sock)
+    peer = RawPeer(cli_sock, host="test", send_request=False)
     environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
     # The handshake reply is written as soon as the server object exists,
     # so the peer reads it afterwards from the socket buffer.
     conn = websocket.open_for_test(environ, send_timeout=send_timeout)
-    peer.handshake()
+    peer.read_until(lambda: peer.accepted, 5, "the handshake")
     client = Client(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0,
                     close_timeout=scaled(2), subscription=EVERYTHING)
@@ -124,8 +62,8 @@ def test_offered_frames_arrive_in_order():
     texts = [codec.control_message("n", i=i) for i in range(500)]
     for text in texts:
         assert client.offer(codec.frame(text))
-    assert peer.messages(500) == texts
-    client.request_close(protocol.CLOSE_NORMAL, "bye")
+    assert peer.take(500) == texts
+    client.request_close(protocol.CloseCode.NORMAL, "bye")
     assert peer.wait_close() == (1000, "bye")
     thread.join(scaled(5))
     assert not thread.is_alive()
@@ -149,11 +87,11 @@ def test_pongs_from_the_reader_thread_never_interleave_with_data():
     writer.start()
     peer.ping([str(i).encode() for i in range(200)])
     writer.join(scaled(20))
-    got = peer.messages(400, timeout=20)
+    got = peer.take(400, timeout=20)
     assert [m for m in got if isinstance(m, str)] == big
     assert [m[1] for m in got if isinstance(m, tuple)] == [
         str(i).encode() for i in range(200)]
-    client.request_close(protocol.CLOSE_NORMAL, "")
+    client.request_close(protocol.CloseCode.NORMAL, "")
     peer.wait_close()
     thread.join(scaled(5))
 
@@ -174,12 +112,12 @@ def test_a_client_that_stops_reading_is_closed_with_4008():
     # Once the peer reads again, it gets what was already under way and
     # then the close frame, with the code and a reason saying why.
     code, reason = peer.wait_close(timeout=30)
-    assert code == protocol.CLOSE_SLOW_CONSUMER
+    assert code == protocol.CloseCode.SLOW_CONSUMER
     assert "slow consumer" in reason
     assert not client.offer(frame)  # nothing more is queued
     thread.join(scaled(10))
     assert not thread.is_alive()
-    assert client.close_code == protocol.CLOSE_SLOW_CONSUMER
+    assert client.close_code == protocol.CloseCode.SLOW_CONSUMER
 
 
 def test_the_outbox_is_bounded_in_bytes_too():

@@ -514,7 +514,7 @@ def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
         runner.join(scaled(5))
         assert not runner.is_alive()
         code, reason = client._close_request
-        assert code == protocol.CLOSE_TRY_AGAIN
+        assert code == protocol.CloseCode.TRY_AGAIN
         assert "catch-up took longer than 1s" in reason
         # ...and in bytes: it read on only while under half the outbox's
         # bytes, so what it held never passed that plus one document.
@@ -586,7 +586,7 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
         third, other = clients[2], clients[3]
         wait_for(lambda: third.closing, 5, "the third catch-up to be refused")
         code, reason = third._close_request
-        assert code == protocol.CLOSE_TRY_AGAIN
+        assert code == protocol.CloseCode.TRY_AGAIN
         assert "too many catch-ups for this client (limit 2)" in reason
         # Another principal still gets one.
         assert not other.closing

@@ -7,16 +7,11 @@ import pytest
 from bson import Decimal128, ObjectId
 from websockets.exceptions import InvalidStatus
 
-from .helpers import WSClient, scaled, wait_for
+from .helpers import WSClient, scaled, server_env, wait_for
 
 
 def _env(mongo, db, coll, **extra):
-    # A short server selection timeout, so an outage surfaces in seconds.
-    env = {"WSPROXY_MONGODB_URI": mongo.uri + "&serverSelectionTimeoutMS=2000", "WSPROXY_WATCH": f"{db}.{coll}",
-           "WSPROXY_MAX_AWAIT_MS": "100", "WSPROXY_BACKOFF_INITIAL": "0.1",
-           "WSPROXY_BACKOFF_MAX": "1"}
-    env.update(extra)
-    return env
+    return server_env(mongo.uri, db, coll, **extra)
 
 
 def test_two_clients_receive_every_operation_in_order(

@@ -3,6 +3,8 @@ test is the fan-out, not the sockets)."""
 
 import threading
 
+import pytest
+
 from wsproxy import codec
 from wsproxy.hub import Announcement, Hub
 from wsproxy.subscription import EVERYTHING, Subscription
@@ -28,6 +30,9 @@ class FakeClient:
             self.frames.append(bytes(data))
             self.got.notify_all()
         return self.accept
+
+    def request_close(self, code, reason):
+        self.closed = (code, reason)
 
     def preload(self, frames):
         self.frames.extend(bytes(f) for f in frames)
@@ -121,6 +126,35 @@ def test_resume_from_history_replays_exactly_what_followed():
     assert hub.register(FakeClient(), events[5].id, hello) is None
     assert hub.register(FakeClient(), "ABCDEF", hello) is None
     hub.stop()
+
+
+def test_subscribe_owns_a_clients_membership():
+    hub = Hub()
+    client = FakeClient()
+    no_catch_up = pytest.fail  # a live-only client never needs one
+    with hub.subscribe(client, None, hello, no_catch_up) as mode:
+        assert mode == "none" and hub.clients() == [client]
+    assert hub.clients() == []
+    with pytest.raises(RuntimeError):
+        with hub.subscribe(client, None, hello, no_catch_up):
+            raise RuntimeError("the handler failed")
+    assert hub.clients() == []  # left in the finally, whatever happened
+
+
+def test_subscribe_puts_the_stand_in_in_place_before_its_replay_starts():
+    hub = Hub()
+    client, stand_in = FakeClient(), FakeClient()
+    seen_at_start = []
+
+    def catch_up(who):
+        assert who is client
+        return stand_in, lambda: seen_at_start.append(hub.clients())
+
+    with hub.subscribe(client, "not-recorded", hello, catch_up) as mode:
+        assert mode == "catch-up"
+        assert seen_at_start == [[stand_in]]
+        assert client.frames == [codec.frame(hello("catch-up"))]
+    assert hub.clients() == []
 
 
 def test_a_reset_forgets_history_and_reaches_everyone():

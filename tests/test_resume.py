@@ -9,17 +9,14 @@ import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .helpers import (WSClient, metric, scaled, scrape, sealer_for_tests,
+                      server_env,
                       wait_for)
 
 BURST = 2000
 
 
 def _env(uri, db, coll, **extra):
-    env = {"WSPROXY_MONGODB_URI": uri + "&serverSelectionTimeoutMS=3000",
-           "WSPROXY_WATCH": f"{db}.{coll}", "WSPROXY_MAX_AWAIT_MS": "100",
-           "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    return server_env(uri, db, coll, selection_ms=3000, **extra)
 
 
 class Writer(threading.Thread):

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from wsproxy import ConfigError, WSProxy
-from wsproxy.config import apply_defaults
+from wsproxy.config import apply_defaults, validate
 
 from .helpers import ROOT, WSClient, http_get, refused, wait_for
 
@@ -142,12 +142,34 @@ def test_no_uri_anywhere_says_both_ways_out(monkeypatch):
 
 
 def test_settings_come_from_the_app_then_the_environment_then_defaults():
-    config = {"WSPROXY_WATCH": "from_app"}
+    config = {"WSPROXY_WATCH": "from_app", "WSPROXY_MONGODB_URI": URI}
     apply_defaults(config, {"WSPROXY_WATCH": "from_env",
-                            "WSPROXY_MAX_CLIENTS": "7"})
+                            "WSPROXY_MAX_CLIENTS": "7",
+                            "WSPROXY_HIDE_FIELDS": "card, customer.email",
+                            "WSPROXY_READY_DETAILS": "yes"})
+    validate(config)
     assert config["WSPROXY_WATCH"] == "from_app"
+    assert config["WSPROXY_HIDE_FIELDS"] == ["card", "customer.email"]
+    assert config["WSPROXY_READY_DETAILS"] is True
     assert config["WSPROXY_MAX_CLIENTS"] == 7
     assert config["WSPROXY_PATH"] == "/ws"
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("WSPROXY_MAX_CLIENTS", "many", "invalid literal"),
+    ("WSPROXY_MAX_CLIENTS", 0, "must be >= 1"),
+    ("WSPROXY_SEND_TIMEOUT", -1, "must be > 0"),
+    ("WSPROXY_READY_DETAILS", "perhaps", "must be true or false"),
+    ("WSPROXY_FULL_DOCUMENT", "always", "must be one of"),
+    ("WSPROXY_HIDE_FIELDS", ["$where"], "dotted field names"),
+    ("WSPROXY_AUTHORIZE", "no_such_module:authorize", "no_such_module"),
+    ("WSPROXY_AUTHORIZE", 42, "must be a callable"),
+    ("WSPROXY_PAGE_PATH", "live", "must be a path starting with /"),
+])
+def test_each_bad_value_names_its_key_and_why(key, value, why):
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app(**{key: value}))
+    assert str(info.value).startswith(f"{key}=") and why in str(info.value)
 
 
 def test_a_second_init_app_raises():

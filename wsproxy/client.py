@@ -4,6 +4,18 @@ Writes to a socket must never interleave; :mod:`wsproxy.websocket` guards
 every write, ours and simple-websocket's reader thread's, with the
 connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
 
+Lock order, for every lock in the fan-out path (a thread holding one may
+only take those to its right):
+
+    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  Client._state_lock
+               ->  GuardedSocket.write_lock
+
+and ``write_lock`` is only ever *tried* (non-blocking) while holding
+``_state_lock`` (:meth:`Client.offer`), so a writer blocked on a slow
+socket never holds up the broadcaster. Reads of ``_outbox`` length and of
+``_close_request`` outside ``_state_lock`` are deliberate: each is a
+hint that the locked path re-checks.
+
 Fan-out has two paths. The broadcaster first tries a *direct* write: if the
 outbox is empty and nobody is writing, it writes the shared frame with a
 non-blocking ``send``; that is one syscall and wakes no thread, which is what
@@ -20,6 +32,7 @@ import threading
 import time
 
 from . import metrics, protocol
+from .protocol import CloseCode
 from .codec import frame
 from .websocket import ConnectionClosedByPeer
 
@@ -83,7 +96,7 @@ class Client:
                 if (len(self._outbox) >= self.max_messages
                         or self._outbox_bytes + len(data) > self.max_bytes):
                     self._request_close_locked(
-                        protocol.CLOSE_SLOW_CONSUMER,
+                        CloseCode.SLOW_CONSUMER,
                         f"slow consumer: {len(self._outbox)} messages, "
                         f"{self._outbox_bytes} bytes queued; reconnect "
                         "with resume_after")
@@ -115,7 +128,7 @@ class Client:
         bytes) are queued, or the timeout passes (then False); replay uses
         it to follow the client's pace."""
         deadline = time.monotonic() + timeout
-        while ((len(self._outbox) >= below
+        while ((len(self._outbox) >= below  # unlocked: a hint, rechecked
                 or (below_bytes is not None
                     and self._outbox_bytes >= below_bytes))
                and not self.closing and not self.ended):
@@ -132,7 +145,7 @@ class Client:
     def _request_close_locked(self, code, reason):
         if self._close_request is None:
             self._close_request = (code, reason)
-            if code == protocol.CLOSE_SLOW_CONSUMER:
+            if code == CloseCode.SLOW_CONSUMER:
                 metrics.SLOW.inc()
             # The backlog is dropped; a half-written frame is not (it is
             # the socket's tail, finished before the close frame).
@@ -142,7 +155,7 @@ class Client:
 
     @property
     def closing(self):
-        return self._close_request is not None
+        return self._close_request is not None  # unlocked: set once, never cleared
 
     # -- the connection's own handler thread -------------------------------
 
@@ -182,7 +195,7 @@ class Client:
                     if not answered:
                         log.info("client %s: no pong within %ss, dropping",
                                  self.id, self.ping_interval)
-                        self.close_code = 1006
+                        self.close_code = CloseCode.ABNORMAL
                         self.sock.abort()
                         return
                     next_ping = time.monotonic() + self.ping_interval
@@ -190,7 +203,7 @@ class Client:
             # Peer reset, broken pipe or send timeout: nothing more can be
             # delivered, so there is no close frame to send either.
             log.info("client %s: connection lost (%s)", self.id, exc)
-            self.close_code = 1006
+            self.close_code = CloseCode.ABNORMAL
             self.sock.abort()
             return
         self._send_close()
@@ -206,7 +219,7 @@ class Client:
                     data = self._outbox.popleft()
                     self._outbox_bytes -= len(data)
                 self.sock.write_now(data)
-                if len(self._outbox) < 8:
+                if len(self._outbox) < 8:  # unlocked: a wake-up hint
                     self._drained.set()
 
     def close_now(self):

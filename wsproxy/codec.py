@@ -11,6 +11,7 @@ import json
 from bson import json_util
 from wsproto.frame_protocol import FrameProtocol
 
+from .protocol import MessageType
 from .redaction import redact
 
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS
@@ -86,7 +87,7 @@ def change_message(change_id, raw):
     event = {k: v for k, v in raw.items() if k != "_id"}
     # The envelope is assembled around the event's JSON so the (possibly
     # large) event is serialised exactly once.
-    return ('{"type": "change", "id": ' + json.dumps(change_id)
+    return ('{"type": "' + MessageType.CHANGE + '", "id": ' + json.dumps(change_id)
             + ', "event": ' + dumps(event) + "}")
 
 

@@ -1,178 +1,288 @@
-"""Every ``WSPROXY_*`` setting: its default, its type, and how the
-environment spells it. The README's configuration table mirrors this.
+"""Every ``WSPROXY_*`` setting, in one table: its name, default, parser and
+meaning. The table drives the defaults, the environment, validation and the
+``init_app`` docstring; a test checks the README's configuration table
+against it.
+
+A setting's value may come from ``app.config`` (typed, or text) or from the
+environment (text); the same parser reads both and returns the typed value,
+or raises ``ValueError`` with the reason.
 """
 
 import copy
 import json
 import os
+from typing import Any, Callable, NamedTuple
+
+from werkzeug.utils import ImportStringError, import_string
 
 from .errors import ConfigError
 from .watchspec import check_pipeline, check_watch
 
 MiB = 1024 * 1024
 
-DEFAULTS = {
-    # Where and what to watch.
-    "WSPROXY_MONGODB_URI": None,
-    "WSPROXY_WATCH": "",                     # "" deployment, "db", "db.coll"
-    "WSPROXY_FULL_DOCUMENT": "updateLookup",
-    "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE": None,
-    "WSPROXY_PIPELINE": [],                  # operator's aggregation stages
-    "WSPROXY_MAX_AWAIT_MS": 500,
-    "WSPROXY_BACKOFF_INITIAL": 0.5,
-    "WSPROXY_BACKOFF_MAX": 30.0,
-    # Routes; every one but WSPROXY_PATH can be None (not served).
-    "WSPROXY_PATH": "/ws",
-    "WSPROXY_PAGE_PATH": "/wsproxy/",        # the bundled page
-    "WSPROXY_METRICS_PATH": "/metrics",
-    "WSPROXY_HEALTH_PATH": "/healthz",
-    "WSPROXY_READY_PATH": "/readyz",
-    "WSPROXY_READY_DETAILS": False,          # /readyz shows the error text
-    # Fan-out and connections.
-    "WSPROXY_HISTORY_SIZE": 1000,
-    "WSPROXY_HISTORY_MAX_BYTES": 64 * MiB,   # frame bytes; memory ~3x
-    "WSPROXY_MAX_CATCHUPS": 16,             # concurrent replays from MongoDB
-    "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL": 2,  # ...of them for one key
-    "WSPROXY_CATCHUP_TIMEOUT": 60.0,         # seconds one may take; then 1013
-    "WSPROXY_QUEUE_SIZE": 10000,
-    "WSPROXY_OUTBOX_MAX_MESSAGES": 1000,
-    "WSPROXY_OUTBOX_MAX_BYTES": 8 * MiB,
-    "WSPROXY_SEND_TIMEOUT": 10.0,
-    "WSPROXY_CLOSE_TIMEOUT": 5.0,
-    "WSPROXY_PING_INTERVAL": 25.0,
-    "WSPROXY_MAX_MESSAGE_SIZE": 4096,
-    # Who may connect and what they see.
-    "WSPROXY_ALLOWED_ORIGINS": None,         # None: same origin only
-    "WSPROXY_ALLOWED_HOSTS": None,           # None: loopback names on loopback
-    "WSPROXY_AUTHORIZE": None,               # callable(request) -> Principal
-    "WSPROXY_HIDE_FIELDS": [],               # dotted fields hidden from all
-    "WSPROXY_MAX_CLIENTS": 1000,             # per worker; then 503
-    "WSPROXY_MAX_FILTER_BYTES": 4096,
-    "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
-    "WSPROXY_CLIENT_MESSAGE_BURST": 20,
-    # Read from the environment by the packaged gunicorn config only: start
-    # the embedded demo server (SecantusDB) when no URI is given.
-    "WSPROXY_EMBEDDED": False,
-    # Connections per second per principal (or address, if anonymous) and
-    # worker, and bursts; beyond, 429.
-    "WSPROXY_CONNECT_RATE": 20.0,
-    "WSPROXY_CONNECT_BURST": 100,
-    # Resume ids are sealed with the first; the rest still open (rotation).
-    # None: derived from SECRET_KEY and SECRET_KEY_FALLBACKS.
-    "WSPROXY_SECRET_KEYS": None,
-}
-
-_LISTS = {"WSPROXY_ALLOWED_ORIGINS", "WSPROXY_ALLOWED_HOSTS",
-          "WSPROXY_SECRET_KEYS"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_NONE = {"none", "null"}
 
 
-def _parse(key, text, default):
-    if text.strip().lower() in {"none", "null"}:
-        return None
-    try:
-        if isinstance(default, bool):
-            value = text.strip().lower()
-            if value in _TRUE:
-                return True
-            if value in _FALSE:
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, list) or key in _LISTS:
-            text = text.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"{key}={text!r}: {exc}") from None
-    return text
+def _is_none(value):
+    return value is None or (isinstance(value, str)
+                             and value.strip().lower() in _NONE)
+
+
+def _optional(parse):
+    """``parse``, or None for None / "none" / "null"."""
+    def parse_optional(value):
+        return None if _is_none(value) else parse(value)
+    return parse_optional
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    return value
+
+
+def _choice(*choices):
+    def parse(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
+def _number(minimum, *, integer=False, exclusive=False):
+    def parse(value):
+        if isinstance(value, str):
+            value = int(value) if integer else float(value)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError("must be " + ("an integer" if integer
+                                           else "a number"))
+        if value < minimum or (exclusive and value == minimum):
+            raise ValueError(f"must be {'>' if exclusive else '>='} {minimum}")
+        return value
+    return parse
+
+
+_positive_int = _number(1, integer=True)
+_positive = _number(0, exclusive=True)
+_not_negative = _number(0)
+
+
+def _flag(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _list(value):
+    """A list of strings: a list, JSON text, or comma-separated text."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = (json.loads(text) if text.startswith("[")
+                 else [v.strip() for v in text.split(",") if v.strip()])
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of non-empty strings")
+    return list(value)
+
+
+def _origins(value):
+    return [origin.rstrip("/") for origin in _list(value)]
+
+
+def _hide_fields(value):
+    fields = _list(value)
+    if any(field.startswith("$") for field in fields):
+        raise ValueError("must be dotted field names")
+    return fields
+
+
+def _path(value):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be a path starting with /")
+    return value
+
+
+def _authorizer(value):
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportStringError as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+    if not callable(value):
+        raise ValueError("must be a callable or 'module:function'")
+    return value
+
+
+class Setting(NamedTuple):
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    meaning: str
+
+    @property
+    def shown(self):
+        """The default as the README and the docstring write it."""
+        value = self.default
+        if value is None or isinstance(value, bool):
+            return repr(value)
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (str, list)):
+            return json.dumps(value)
+        return str(value)
+
+
+SETTINGS = (
+    # Where and what to watch.
+    Setting("WSPROXY_MONGODB_URI", None, _optional(_text),
+            "A replica set or Atlas URI (required)."),
+    Setting("WSPROXY_WATCH", "", check_watch,
+            '"" the deployment, "db" or "db.coll" (MongoDB\'s naming rules).'),
+    Setting("WSPROXY_FULL_DOCUMENT", "updateLookup",
+            _optional(_choice("default", "updateLookup", "whenAvailable",
+                              "required")),
+            "PyMongo's full_document."),
+    Setting("WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE", None,
+            _optional(_choice("off", "whenAvailable", "required")),
+            "PyMongo's full_document_before_change (pre-images)."),
+    Setting("WSPROXY_PIPELINE", [], check_pipeline,
+            "Change stream stages appended for everyone; none may remove or "
+            "rewrite _id."),
+    Setting("WSPROXY_MAX_AWAIT_MS", 500, _positive_int,
+            "Longest the watcher blocks in one try_next()."),
+    Setting("WSPROXY_BACKOFF_INITIAL", 0.5, _positive,
+            "Seconds before reopening a failed stream; doubles per failure."),
+    Setting("WSPROXY_BACKOFF_MAX", 30.0, _positive,
+            "Cap on that delay."),
+    # Routes.
+    Setting("WSPROXY_PATH", "/ws", _path, "The WebSocket route."),
+    Setting("WSPROXY_PAGE_PATH", "/wsproxy/", _optional(_path),
+            "The bundled page; None leaves it out."),
+    Setting("WSPROXY_METRICS_PATH", "/metrics", _optional(_path),
+            "Prometheus metrics; None leaves them out."),
+    Setting("WSPROXY_HEALTH_PATH", "/healthz", _optional(_path),
+            "Liveness; None leaves it out."),
+    Setting("WSPROXY_READY_PATH", "/readyz", _optional(_path),
+            "Readiness; None leaves it out."),
+    Setting("WSPROXY_READY_DETAILS", False, _flag,
+            "/readyz shows the watcher's error text, not only its type."),
+    # Fan-out and connections.
+    Setting("WSPROXY_HISTORY_SIZE", 1000, _positive_int,
+            "Recent events kept per worker for resume."),
+    Setting("WSPROXY_HISTORY_MAX_BYTES", 64 * MiB, _positive_int,
+            "...and at most this many bytes of their frames."),
+    Setting("WSPROXY_MAX_CATCHUPS", 16, _positive_int,
+            "Clients replaying from MongoDB at once (then 1013)."),
+    Setting("WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL", 2, _positive_int,
+            "...of them for one principal or anonymous address."),
+    Setting("WSPROXY_CATCHUP_TIMEOUT", 60.0, _positive,
+            "Seconds one catch-up may take (then 1013)."),
+    Setting("WSPROXY_QUEUE_SIZE", 10000, _positive_int,
+            "Intake queue between watcher and broadcaster."),
+    Setting("WSPROXY_OUTBOX_MAX_MESSAGES", 1000, _positive_int,
+            "Messages queued for one client before 4008."),
+    Setting("WSPROXY_OUTBOX_MAX_BYTES", 8 * MiB, _positive_int,
+            "Bytes queued for one client before 4008."),
+    Setting("WSPROXY_SEND_TIMEOUT", 10.0, _positive,
+            "Seconds one write may wait on a peer."),
+    Setting("WSPROXY_CLOSE_TIMEOUT", 5.0, _positive,
+            "Seconds to wait for the peer's close reply."),
+    Setting("WSPROXY_PING_INTERVAL", 25.0, _not_negative,
+            "Heartbeat seconds; 0 disables."),
+    Setting("WSPROXY_MAX_MESSAGE_SIZE", 4096, _positive_int,
+            "Largest client message in bytes (then 1009)."),
+    # Who may connect and what they see.
+    Setting("WSPROXY_ALLOWED_ORIGINS", None, _optional(_origins),
+            'Browser origins allowed; None same origin, ["*"] any.'),
+    Setting("WSPROXY_ALLOWED_HOSTS", None, _optional(_list),
+            "Host names served (DNS rebinding); None: loopback names on a "
+            "loopback address."),
+    Setting("WSPROXY_AUTHORIZE", None, _optional(_authorizer),
+            "callable(request) or 'module:function' returning a Principal."),
+    Setting("WSPROXY_HIDE_FIELDS", [], _hide_fields,
+            "Dotted document fields never sent to anyone."),
+    Setting("WSPROXY_MAX_CLIENTS", 1000, _positive_int,
+            "Connections per worker (then 503)."),
+    Setting("WSPROXY_MAX_FILTER_BYTES", 4096, _positive_int,
+            "Largest ?filter=."),
+    Setting("WSPROXY_CLIENT_MESSAGE_RATE", 5.0, _positive,
+            "Frames per second a client may send..."),
+    Setting("WSPROXY_CLIENT_MESSAGE_BURST", 20, _positive_int,
+            "...in bursts this large (then 1008)."),
+    Setting("WSPROXY_CONNECT_RATE", 20.0, _positive,
+            "Connection cost per second per principal or address..."),
+    Setting("WSPROXY_CONNECT_BURST", 100, _positive_int,
+            "...in bursts this large (then 429)."),
+    Setting("WSPROXY_SECRET_KEYS", None, _optional(_list),
+            "Keys sealing resume ids, current first; None: derived from "
+            "SECRET_KEY and SECRET_KEY_FALLBACKS."),
+    Setting("WSPROXY_EMBEDDED", False, _flag,
+            "Read from the environment by the demo's gunicorn config: start "
+            "the embedded demo server."),
+)
+
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
+# Paths a route is registered at; all but WSPROXY_PATH may be None.
+ROUTE_KEYS = ("WSPROXY_PATH", "WSPROXY_PAGE_PATH", "WSPROXY_METRICS_PATH",
+              "WSPROXY_HEALTH_PATH", "WSPROXY_READY_PATH")
 
 
 def from_env(environ=None):
     """The ``WSPROXY_*`` settings present in the environment, typed."""
     environ = os.environ if environ is None else environ
-    return {key: _parse(key, environ[key], default)
-            for key, default in DEFAULTS.items() if key in environ}
-
-
-# Paths a route is registered at; all but WSPROXY_PATH may be None.
-ROUTE_KEYS = ("WSPROXY_PATH", "WSPROXY_PAGE_PATH", "WSPROXY_METRICS_PATH",
-              "WSPROXY_HEALTH_PATH", "WSPROXY_READY_PATH")
+    return {name: _parse(BY_NAME[name], environ[name])
+            for name in BY_NAME if name in environ}
 
 
 def apply_defaults(config, environ=None):
     """Fill every ``WSPROXY_*`` key the app did not set: from the
     environment if it is there, else the built-in default. The app's own
     value always wins."""
-    from_environment = from_env(environ)
-    for key, default in DEFAULTS.items():
-        if key not in config:
-            config[key] = from_environment.get(key, copy.deepcopy(default))
+    environ = os.environ if environ is None else environ
+    for setting in SETTINGS:
+        if setting.name not in config:
+            config[setting.name] = (environ[setting.name]
+                                    if setting.name in environ
+                                    else copy.deepcopy(setting.default))
 
 
 def validate(config):
-    """Check the settings an app ended up with; raise ConfigError."""
-    if not config.get("WSPROXY_MONGODB_URI"):
+    """Parse every setting in place (text from the environment becomes
+    typed); raise ConfigError naming the key and why."""
+    for setting in SETTINGS:
+        config[setting.name] = _parse(setting, config[setting.name])
+    if not config["WSPROXY_MONGODB_URI"]:
         raise ConfigError(
             "WSPROXY_MONGODB_URI is not set. Set it (in app.config or the "
             "environment) to your replica set or Atlas URI, or run the demo "
             "on the embedded server: python3 dev.py demo (or WSPROXY_EMBEDDED=1 "
             "with gunicorn -c python:wsproxy.gunicorn and pip install "
             "'wsproxy[demo]')")
-    config["WSPROXY_PIPELINE"] = check_pipeline(config["WSPROXY_PIPELINE"])
-    config["WSPROXY_WATCH"] = check_watch(config["WSPROXY_WATCH"])
-    for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",
-                "WSPROXY_QUEUE_SIZE",
-                "WSPROXY_MAX_CATCHUPS", "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
-                "WSPROXY_CONNECT_BURST",
-                "WSPROXY_OUTBOX_MAX_MESSAGES", "WSPROXY_OUTBOX_MAX_BYTES"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer")
-    hosts = config["WSPROXY_ALLOWED_HOSTS"]
-    if isinstance(hosts, str):
-        hosts = config["WSPROXY_ALLOWED_HOSTS"] = [
-            h.strip() for h in hosts.split(",") if h.strip()]
-    if hosts is not None and not all(isinstance(h, str) and h for h in hosts):
-        raise ConfigError("WSPROXY_ALLOWED_HOSTS must be a list of host names")
-    for key in ("WSPROXY_CONNECT_RATE", "WSPROXY_CATCHUP_TIMEOUT"):
-        if not isinstance(config[key], (int, float)) or not config[key] > 0:
-            raise ConfigError(f"{key} must be a positive number")
-    origins = config["WSPROXY_ALLOWED_ORIGINS"]
-    if isinstance(origins, str):
-        origins = config["WSPROXY_ALLOWED_ORIGINS"] = [
-            o.strip() for o in origins.split(",") if o.strip()]
-    if origins is not None:
-        config["WSPROXY_ALLOWED_ORIGINS"] = [o.rstrip("/") for o in origins]
-    authorize = config["WSPROXY_AUTHORIZE"]
-    if isinstance(authorize, str):
-        config["WSPROXY_AUTHORIZE"] = _import(authorize)
-    hide = config["WSPROXY_HIDE_FIELDS"]
-    if isinstance(hide, str):
-        hide = config["WSPROXY_HIDE_FIELDS"] = [
-            h.strip() for h in hide.split(",") if h.strip()]
-    if not all(isinstance(h, str) and h and not h.startswith("$")
-               for h in hide):
-        raise ConfigError("WSPROXY_HIDE_FIELDS must be dotted field names")
-    for key in ROUTE_KEYS:
-        path = config[key]
-        if path is None and key != "WSPROXY_PATH":
-            continue
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ConfigError(f"{key}={path!r}: a path starting with /"
-                              + ("" if key == "WSPROXY_PATH" else ", or None"))
 
 
-def _import(spec):
-    """``"package.module:attribute"`` -> the attribute."""
-    import importlib
-
-    module, _, attribute = spec.partition(":")
+def _parse(setting, value):
     try:
-        return getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"WSPROXY_AUTHORIZE={spec!r}: {exc}") from None
+        return setting.parse(value)
+    except ConfigError:
+        raise  # watchspec names the key and the rule itself
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{setting.name}={_short(value)}: {exc}") from None
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def docstring_lines():
+    """The settings as the ``init_app`` docstring lists them."""
+    return [f"- ``{s.name}`` (``{s.shown}``): {s.meaning}" for s in SETTINGS]

@@ -10,24 +10,25 @@ touches other clients.
 
 import json
 
-from . import codec, protocol
+from . import codec
+from .protocol import CloseCode, MessageType
 
 
 def on_message(client, data):
     """``on_message(client, data)`` for :meth:`Client.run`."""
     if isinstance(data, (bytes, bytearray)):
-        client.request_close(protocol.CLOSE_UNSUPPORTED_DATA,
+        client.request_close(CloseCode.UNSUPPORTED_DATA,
                              "binary messages are not accepted")
         return
     try:
         message = json.loads(data)
     except ValueError:
-        client.request_close(protocol.CLOSE_POLICY, "message is not JSON")
+        client.request_close(CloseCode.POLICY, "message is not JSON")
         return
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "ping":
-        client.send_text(codec.control_message(protocol.PONG))
+        client.send_text(codec.control_message(MessageType.PONG))
         return
     client.request_close(
-        protocol.CLOSE_POLICY,
+        CloseCode.POLICY,
         f"unknown message type {str(kind)[:30]!r}; only ping is accepted")

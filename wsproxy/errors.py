@@ -1,7 +1,8 @@
 """The package's exception types.
 
-Every error a client can cause carries the WebSocket close code (or HTTP
-status, before the upgrade) that reports it, so the view never has to guess.
+Every error a client can cause before the upgrade carries the HTTP status
+that reports it, so the view never has to guess. After the upgrade errors
+are close codes (:class:`wsproxy.protocol.CloseCode`).
 """
 
 
@@ -14,22 +15,17 @@ class ConfigError(WSProxyError):
 
 
 class ClientError(WSProxyError, ValueError):
-    """Something a client sent is unacceptable.
-
-    ``status`` is the HTTP status used when the error is found before the
-    WebSocket upgrade; ``close_code`` the WebSocket close code used after it.
-    """
+    """Something a client sent is unacceptable, found before the WebSocket
+    upgrade: ``status`` is the HTTP status that reports it, ``reason`` the
+    JSON reason."""
 
     status = 400
-    close_code = 1008
 
-    def __init__(self, reason, *, status=None, close_code=None):
+    def __init__(self, reason, *, status=None):
         super().__init__(reason)
         self.reason = reason
         if status is not None:
             self.status = status
-        if close_code is not None:
-            self.close_code = close_code
 
 
 class FilterError(ClientError):

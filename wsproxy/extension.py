@@ -15,11 +15,11 @@ from flask import current_app
 from pymongo import MongoClient
 
 from . import config as settings
-from . import protocol
 from . import sealing
 from . import throttle
 from . import views
 from .errors import ClientError, ConfigError
+from .protocol import CloseCode
 from .hub import Hub
 from .source import Backoff, ChangeSource, watch_target
 
@@ -140,7 +140,7 @@ class ProxyState:
         if self.hub is None:
             return
         for client in self.hub.clients():
-            client.request_close(protocol.CLOSE_GOING_AWAY, reason)
+            client.request_close(CloseCode.GOING_AWAY, reason)
 
     def install_sigterm_handler(self):
         """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before
@@ -191,74 +191,8 @@ class WSProxy:
         return function
 
     def init_app(self, app):
-        """Register the WebSocket route, health endpoints and the page.
-
-        Settings come from ``app.config``; a key the app does not set is
-        taken from the environment variable of the same name, else the
-        default in parentheses (README has more). Raises ConfigError for a
-        bad value or a path another route of the app already has.
-
-        - ``WSPROXY_MONGODB_URI`` (required): a replica set or Atlas URI.
-        - ``WSPROXY_WATCH`` (``""``): ``""`` the deployment, ``"db"`` or
-          ``"db.coll"`` (MongoDB's naming rules).
-        - ``WSPROXY_FULL_DOCUMENT`` (``"updateLookup"``) and
-          ``WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE`` (None): PyMongo's
-          ``full_document`` / ``full_document_before_change``.
-        - ``WSPROXY_PIPELINE`` (``[]``): change stream stages (``$match``,
-          ``$project``, ``$addFields``, ``$set``, ``$unset``,
-          ``$replaceRoot``, ``$replaceWith``, ``$redact``) appended to the
-          stream; none may remove or rewrite ``_id``.
-        - ``WSPROXY_MAX_AWAIT_MS`` (500): longest the watcher blocks.
-        - ``WSPROXY_BACKOFF_INITIAL`` (0.5) / ``WSPROXY_BACKOFF_MAX`` (30):
-          seconds between attempts to reopen a failed stream.
-        - ``WSPROXY_PATH`` (``"/ws"``): the WebSocket route.
-        - ``WSPROXY_PAGE_PATH`` (``"/wsproxy/"``), ``WSPROXY_METRICS_PATH``
-          (``"/metrics"``), ``WSPROXY_HEALTH_PATH`` (``"/healthz"``),
-          ``WSPROXY_READY_PATH`` (``"/readyz"``): the bundled page and the
-          operational endpoints; None leaves one out.
-        - ``WSPROXY_HISTORY_SIZE`` (1000): recent events kept for resume.
-        - ``WSPROXY_HISTORY_MAX_BYTES`` (64 MiB): and at most this many
-          bytes of their frames (memory is about three times that).
-        - ``WSPROXY_MAX_CATCHUPS`` (16): clients replaying older events
-          from MongoDB at once; more wait, then get 1013.
-        - ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` (2): of those, for one
-          principal (or address, if anonymous); more wait, then get 1013.
-        - ``WSPROXY_CATCHUP_TIMEOUT`` (60): seconds a catch-up may take;
-          then the client is closed with 1013 and resumes from there.
-        - ``WSPROXY_QUEUE_SIZE`` (10000): intake queue between the watcher
-          and the broadcaster.
-        - ``WSPROXY_OUTBOX_MAX_MESSAGES`` (1000) /
-          ``WSPROXY_OUTBOX_MAX_BYTES`` (8 MiB): per-client backlog before
-          the client is closed as a slow consumer (4008).
-        - ``WSPROXY_SEND_TIMEOUT`` (10): seconds a write may block.
-        - ``WSPROXY_CLOSE_TIMEOUT`` (5): seconds to wait for a close reply.
-        - ``WSPROXY_PING_INTERVAL`` (25): heartbeat seconds; 0 disables.
-        - ``WSPROXY_MAX_MESSAGE_SIZE`` (4096): largest client message
-          (close 1009 beyond it).
-        - ``WSPROXY_ALLOWED_ORIGINS`` (None): browser origins allowed to
-          connect; None means same-origin only, ``["*"]`` any.
-        - ``WSPROXY_AUTHORIZE`` (None): ``callable(request)`` or
-          ``"module:function"``; see :meth:`authorize`.
-        - ``WSPROXY_HIDE_FIELDS`` (``[]``): dotted document fields never
-          sent to anyone.
-        - ``WSPROXY_MAX_CLIENTS`` (1000): connections per worker (503
-          beyond).
-        - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
-        - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
-          messages a client may send per second (close 1008 beyond).
-        - ``WSPROXY_EMBEDDED`` (False): read from the environment by
-          ``wsproxy.gunicorn`` only; start the embedded demo server.
-        - ``WSPROXY_CONNECT_RATE`` (20) / ``WSPROXY_CONNECT_BURST`` (100):
-          connection cost per second per principal (or remote address, if
-          anonymous) and worker, and bursts; beyond, HTTP 429. A plain
-          connection costs 1; a resume from history with a filter costs in
-          proportion to history events x filter bytes.
-        - ``WSPROXY_SECRET_KEYS`` (None): secrets that seal resume ids, the
-          current one first (older ones still open ids: rotation); the same
-          in every proxy serving the same clients. None: derived from
-          ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``; with neither,
-          ``init_app`` raises ConfigError.
-        """
+        # The docstring, with every setting, is built from the settings
+        # table below the class.
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")
         settings.apply_defaults(app.config)
@@ -279,6 +213,17 @@ class WSProxy:
 
     def stop(self, app, timeout=5.0):
         self.state(app).stop(timeout)
+
+
+WSProxy.init_app.__doc__ = """Register the WebSocket route, health endpoints and the page.
+
+        Settings come from ``app.config``; a key the app does not set is
+        taken from the environment variable of the same name, else the
+        default in parentheses (the README says more). Raises ConfigError
+        for a bad value or a path another route of the app already has.
+
+""" + "\n".join("        " + line
+                        for line in settings.docstring_lines()) + "\n"
 
 
 def check_routes(app, paths):

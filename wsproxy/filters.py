@@ -32,6 +32,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
+from .protocol import clip_utf8
 from .errors import FilterError
 
 _FIELD_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"}
@@ -48,12 +49,8 @@ _MISSING = object()  # where a path leads nowhere; only null and $exists see it
 _NAN = object()      # NaN equals NaN (as in MongoDB) but is never ordered
 
 
-def _clip(text, limit):
-    """Cut to ``limit`` UTF-8 bytes: errors travel as WebSocket close reasons."""
-    raw = str(text).encode("utf-8", "replace")  # lone surrogates cannot be sent
-    if len(raw) <= limit:
-        return raw.decode("utf-8")
-    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+# Errors travel as HTTP reasons and close reasons: cut to UTF-8 bytes.
+_clip = clip_utf8
 
 
 def _fail(message, at=None):

@@ -15,14 +15,17 @@ filter runs over them afterwards, on its own thread.
 """
 
 import collections
+import contextlib
 import datetime
 import itertools
 import logging
 import queue
 import threading
+from typing import Protocol
 import time
 
-from . import codec, metrics, protocol
+from . import codec, metrics
+from .protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,22 @@ class Announcement:
         # After a reset, recorded positions no longer connect to the live
         # stream, so resuming from them must not look gap-free.
         self.forget_history = forget_history
+
+
+class Member(Protocol):
+    """What the hub holds in its client set: a connection (``Client``) or
+    something standing in for one while it resumes (``_Joining`` here,
+    ``resume.CatchUp``)."""
+
+    def on_change(self, change) -> bool:
+        """Offered every change, on the broadcaster thread; True if it was
+        handed to the connection (counted in metrics)."""
+
+    def offer(self, data) -> bool:
+        """A frame for everyone (an announcement); False if closing."""
+
+    def request_close(self, code, reason) -> None:
+        """Close the connection with ``code`` and ``reason`` (thread-safe)."""
 
 
 class _Joining:
@@ -90,7 +109,7 @@ class _Joining:
                 or self._held_bytes > self.client.max_bytes):
             self._held = None
             self.client.request_close(
-                protocol.CLOSE_SLOW_CONSUMER,
+                CloseCode.SLOW_CONSUMER,
                 "fell behind while resuming; resume again")
 
     def request_close(self, code, reason):
@@ -116,7 +135,8 @@ class _Joining:
 class Hub:
     def __init__(self, *, history_size=1000, history_bytes=64 << 20,
                  queue_size=10000):
-        # Guards _clients and the history (_history, _positions,
+        # First in the lock order (see wsproxy.client). Guards _clients and
+        # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
         # an event and snapshots the clients in one critical section, and a
         # resuming client takes its backlog and joins the set in one, which
@@ -173,6 +193,29 @@ class Hub:
 
     # -- clients (handler threads) -----------------------------------------
 
+    @contextlib.contextmanager
+    def subscribe(self, client, after_id, hello, catch_up):
+        """Hold ``client`` in the hub for the duration of the block, which
+        gets how its resume was served: ``"none"``, ``"history"``, or
+        ``"catch-up"`` when ``after_id`` is not in this worker's history.
+        Then ``catch_up(client)`` gives a stand-in member and the function
+        that starts its replay from MongoDB; the stand-in is in the hub
+        before the replay starts (so no live event is missed) and is
+        what leaves the hub at the end."""
+        member = client
+        mode = self.register(client, after_id, hello)
+        if mode is None:
+            mode = "catch-up"
+            client.preload([codec.frame(hello(mode))])
+            member, start = catch_up(client)
+            with self._lock:
+                self._clients.add(member)
+            start()
+        try:
+            yield mode
+        finally:
+            self.unregister(member)
+
     def register(self, client, after_id, hello):
         """Add a client, first queueing ``hello(mode)`` and, with
         ``after_id``, the recorded events after it. Returns the mode:
@@ -219,11 +262,6 @@ class Hub:
         return list(itertools.islice(self._history, position - first + 1,
                                      None))
 
-    def add(self, client):
-        """Add a client that has been caught up by other means."""
-        with self._lock:
-            self._clients.add(client)
-
     def unregister(self, client):
         with self._lock:
             self._clients.discard(client)
@@ -233,7 +271,7 @@ class Hub:
             return list(self._clients)
 
     def __len__(self):
-        return len(self._clients)
+        return len(self._clients)  # unlocked: a size, for the 503 check
 
     def history_length(self):
         return len(self._history)  # a deliberately unlocked read: a size

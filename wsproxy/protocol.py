@@ -1,32 +1,52 @@
 """The wire contract: message types, close codes and their reasons.
 
-Documented in the README ("Message format", "Close codes"); every later
-feature and every client relies on these values.
+Documented in the README ("The wire format", "Status and close codes");
+every client relies on these values, so they are defined here once and
+used by name everywhere else.
 """
 
-# Server -> client message types.
-HELLO = "hello"      # first message: worker, watch scope, how resume was served
-CHANGE = "change"    # one change event, with its resume token as "id"
-RESET = "reset"      # events may have been lost; the page should reload state
-STATUS = "status"    # the proxy's link to MongoDB changed state
-PONG = "pong"        # reply to a client {"type": "ping"}
+from enum import IntEnum, StrEnum
 
-# WebSocket close codes.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001          # worker shutting down: reconnect and resume
-CLOSE_UNSUPPORTED_DATA = 1003    # binary frame: only JSON text is accepted
-CLOSE_POLICY = 1008              # invalid subscription or control message
-CLOSE_TOO_BIG = 1009             # incoming message over the size limit
-CLOSE_INTERNAL_ERROR = 1011      # a bug on our side; the client may retry
-CLOSE_TRY_AGAIN = 1013           # worker full: retry later or elsewhere
-CLOSE_SLOW_CONSUMER = 4008       # outbox overflowed: reconnect and resume
 
-_MAX_REASON_BYTES = 123  # RFC 6455: close payload 125 bytes minus the code
+class MessageType(StrEnum):
+    """The ``type`` of every server -> client message."""
+
+    HELLO = "hello"    # first message: worker, watch scope, how resume was served
+    CHANGE = "change"  # one change event, with its sealed resume token as "id"
+    RESET = "reset"    # events may have been lost; the page should reload state
+    STATUS = "status"  # the proxy's link to MongoDB changed state
+    PONG = "pong"      # reply to a client {"type": "ping"}
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes wsproxy sends, or reports in its log."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001        # worker shutting down: reconnect and resume
+    UNSUPPORTED_DATA = 1003  # binary frame: only JSON text is accepted
+    ABNORMAL = 1006          # never sent: the connection ended without a close
+    POLICY = 1008            # bad control message, or over the frame budget
+    TOO_BIG = 1009           # incoming message over the size limit
+    INTERNAL_ERROR = 1011    # a bug on our side; the client may retry
+    TRY_AGAIN = 1013         # too busy or the database unreachable: retry later
+    SLOW_CONSUMER = 4008     # outbox overflowed: reconnect and resume
+
+
+# RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_REASON_BYTES = 123
+
+
+def clip_utf8(text, max_bytes, marker="..."):
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a
+    character, with ``marker`` where it was cut. Lone surrogates (which
+    cannot be sent) become "?"."""
+    data = str(text).encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return data.decode("utf-8")
+    keep = max_bytes - len(marker.encode("utf-8"))
+    return data[:keep].decode("utf-8", "ignore") + marker
 
 
 def close_reason(text):
-    """Trim a close reason to what fits in a close frame (UTF-8 safe)."""
-    data = text.encode("utf-8")
-    if len(data) <= _MAX_REASON_BYTES:
-        return text
-    return data[:_MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+    """Trim a close reason to what fits in a close frame."""
+    return clip_utf8(text, MAX_REASON_BYTES)

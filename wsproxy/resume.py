@@ -56,7 +56,8 @@ import time
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import codec, metrics, protocol, throttle
+from . import codec, metrics, throttle
+from .protocol import CloseCode, MessageType
 from .hub import Barrier
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class CatchUp:
             if (len(self._live) >= self.buffer_limit
                     or self._live_bytes + size > self.buffer_bytes):
                 self.client.request_close(
-                    protocol.CLOSE_SLOW_CONSUMER,
+                    CloseCode.SLOW_CONSUMER,
                     "fell behind while catching up; resume again")
                 return False
             self._live_ids[change.id] = len(self._live)
@@ -202,7 +203,7 @@ class CatchUp:
             if self.spliced:
                 return
             self.client.preload([codec.frame(codec.control_message(
-                protocol.RESET, lost=True, reason=reason))])
+                MessageType.RESET, lost=True, reason=reason))])
             metrics.RESETS.labels("client").inc()
             self._delivered.clear()
             self._splice_locked(self._live)
@@ -235,13 +236,13 @@ def catch_up(state, catchup, resume_id):
                               client.remote_addr)
     if not state.catchups_per_key.acquire(key, timeout=wait):
         client.request_close(
-            protocol.CLOSE_TRY_AGAIN,
+            CloseCode.TRY_AGAIN,
             f"too many catch-ups for this client (limit "
             f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly")
         return
     try:
         if not state.catchup_slots.acquire(timeout=wait):
-            client.request_close(protocol.CLOSE_TRY_AGAIN,
+            client.request_close(CloseCode.TRY_AGAIN,
                                  "too many clients catching up; retry shortly")
             return
         try:
@@ -271,7 +272,7 @@ def _replay(state, catchup, resume_id):
                              "(%d events replayed); closing", client.id,
                              limit, catchup.replayed)
                     client.request_close(
-                        protocol.CLOSE_TRY_AGAIN,
+                        CloseCode.TRY_AGAIN,
                         f"catch-up took longer than {limit:g}s; resume "
                         "from the last id received")
                     break
@@ -306,8 +307,8 @@ def _replay(state, catchup, resume_id):
                       "been missed")
     except PyMongoError as exc:
         log.warning("client %s: catch-up failed: %s", client.id, exc)
-        client.request_close(protocol.CLOSE_TRY_AGAIN,
+        client.request_close(CloseCode.TRY_AGAIN,
                              "cannot reach the database to resume; retry")
     except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
         log.exception("client %s: catch-up failed", client.id)
-        client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+        client.request_close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -14,7 +14,8 @@ import time
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import codec, metrics, protocol
+from . import codec, metrics
+from .protocol import MessageType
 from .hub import Announcement
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class ChangeSource:
 
     def __init__(self, target, hub, *, sealer, pipeline=(),
                  full_document=None, full_document_before_change=None,
-                 max_await_ms=500, backoff=None, metrics=None):
+                 max_await_ms=500, backoff=None):
         self.target = target
         self.hub = hub
         self.sealer = sealer  # seals each event's resume token into its id
@@ -87,7 +88,6 @@ class ChangeSource:
         self.full_document_before_change = full_document_before_change
         self.max_await_ms = max_await_ms
         self.backoff = backoff or Backoff()
-        self.metrics = metrics
         self.resume_token = None
         self._start_after = None
         self.state = "starting"
@@ -227,7 +227,7 @@ class ChangeSource:
             metrics.RESETS.labels("watcher").inc()
             self.hub.submit(Announcement(
                 codec.control_message(
-                    protocol.RESET, lost=True,
+                    MessageType.RESET, lost=True,
                     reason="the proxy lost its place in the change stream"),
                 forget_history=True), self._stopping)
         elif is_fatal(exc):
@@ -249,7 +249,7 @@ class ChangeSource:
         # Tell clients the live feed paused or came back, so a page can show
         # it; no event is lost either way.
         self.hub.submit(Announcement(codec.control_message(
-            protocol.STATUS, watcher="connected" if state == "connected"
+            MessageType.STATUS, watcher="connected" if state == "connected"
             else "reconnecting", detail=detail or "")), self._stopping)
 
 

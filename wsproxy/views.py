@@ -17,11 +17,12 @@ from flask import (Blueprint, Response, current_app, g, jsonify, request,
                    send_from_directory, render_template_string)
 from flask_sock import Sock
 
-from . import access, codec, control, metrics, protocol
+from . import access, codec, control, metrics
 from . import subscription as subscriptions
 from . import throttle, websocket
 from .client import Client
 from .errors import ClientError
+from .protocol import CloseCode, MessageType
 from .resume import CatchUp, catch_up
 
 log = logging.getLogger(__name__)
@@ -230,34 +231,34 @@ def serve(state, client, resume_id):
 
     def hello(mode):
         return codec.control_message(
-            protocol.HELLO, worker=os.getpid(),
+            MessageType.HELLO, worker=os.getpid(),
             watch=config["WSPROXY_WATCH"] or "", resume=mode)
 
-    member = client
-    resume = hub.register(client, resume_id, hello)
-    if resume is None:
+    def catch_up_from_mongodb(client):
         # Not in this worker's history: replay from MongoDB, then splice.
-        resume = "catch-up"
-        client.preload([codec.frame(hello(resume))])
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
-        hub.add(member)
-        threading.Thread(target=catch_up, args=(state, member, resume_id),
-                         name=f"wsproxy-catchup-{client.id}",
-                         daemon=True).start()
-    log.info("client %s connected from %s as %s (resume: %s, ns: %s)",
-             client.id, client.remote_addr, client.principal.name, resume,
-             ",".join(sorted(client.subscription.namespaces or ())) or "*")
-    metrics.RESUMES.labels(resume).inc()
-    metrics.CLIENTS.inc()
+        thread = threading.Thread(
+            target=catch_up, args=(state, member, resume_id),
+            name=f"wsproxy-catchup-{client.id}", daemon=True)
+        return member, thread.start
+
     started = time.monotonic()
+    metrics.CLIENTS.inc()
     try:
-        client.run(control.on_message)
-    except Exception:  # noqa: BLE001 - one connection must not hurt others
-        log.exception("client %s: handler failed", client.id)
-        client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
-        client.close_now()
+        with hub.subscribe(client, resume_id, hello,
+                           catch_up_from_mongodb) as resume:
+            log.info("client %s connected from %s as %s (resume: %s, ns: %s)",
+                     client.id, client.remote_addr, client.principal.name,
+                     resume, ",".join(sorted(client.subscription.namespaces
+                                             or ())) or "*")
+            metrics.RESUMES.labels(resume).inc()
+            try:
+                client.run(control.on_message)
+            except Exception:  # noqa: BLE001 - one connection must not hurt others
+                log.exception("client %s: handler failed", client.id)
+                client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
+                client.close_now()
     finally:
-        hub.unregister(member)
         metrics.CLIENTS.dec()
         client.finish()
         log.info("client %s disconnected after %.1fs (code %s)", client.id,

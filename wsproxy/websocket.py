@@ -54,6 +54,7 @@ from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
 from wsproto.utilities import LocalProtocolError
 
 from .errors import ClientError
+from .protocol import CloseCode
 
 _POLL_SLICE = 0.5  # seconds; how often a blocked writer rechecks for abort
 _OPTIONS_KEY = "wsproxy.server_options"
@@ -104,10 +105,10 @@ class GuardedSocket:
     def __init__(self, sock, send_timeout):
         self.raw = sock
         # Serialises every write on this socket: ours, and the
-        # simple-websocket reader thread's pongs and close replies.
-        # Re-entrant because Client._flush holds it across write_now calls
-        # that a close (also under it) may follow on the same thread.
-        self.write_lock = threading.RLock()
+        # simple-websocket reader thread's pongs and close replies. Last in
+        # the lock order (see wsproxy.client); never taken twice by one
+        # thread, so a plain lock.
+        self.write_lock = threading.Lock()
         self.send_timeout = send_timeout
         self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
         self.closed = False  # set under write_lock; no write after it
@@ -125,6 +126,7 @@ class GuardedSocket:
 
     def write_now(self, data):
         """Write ``data`` (after any tail); the caller holds ``write_lock``."""
+        assert self.write_lock.locked(), "write_now without write_lock"
         if self.closed:
             raise BrokenPipeError(errno.EPIPE, "connection closed")
         deadline = time.monotonic() + self.send_timeout
@@ -138,6 +140,7 @@ class GuardedSocket:
         """One non-blocking attempt at a whole frame; the caller holds
         ``write_lock`` and has checked there is no tail. Returns False if
         part of it (kept as the tail) is still to be written."""
+        assert self.write_lock.locked(), "try_write without write_lock"
         if self.closed:
             raise BrokenPipeError(errno.EPIPE, "connection closed")
         try:
@@ -212,7 +215,7 @@ class FramePolicy:
                            self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens < 1:
-            return (1008, f"too many frames (limit {self.rate:g}/s)")
+            return (CloseCode.POLICY, f"too many frames (limit {self.rate:g}/s)")
         self._tokens -= 1
         if isinstance(event, (Ping, Pong)):
             return None
@@ -222,12 +225,12 @@ class FramePolicy:
         self._fragments += 1
         if (self.max_message_bytes
                 and self._message_bytes > self.max_message_bytes):
-            return (1009, f"message too big (limit {self.max_message_bytes} "
+            return (CloseCode.TOO_BIG, f"message too big (limit {self.max_message_bytes} "
                           "bytes)")
         if event.message_finished:
             self._fragments = self._message_bytes = 0
         elif self._fragments >= self.MAX_FRAGMENTS:
-            return (1008, f"too many fragments (limit {self.MAX_FRAGMENTS} "
+            return (CloseCode.POLICY, f"too many fragments (limit {self.MAX_FRAGMENTS} "
                           "per message)")
         return None
 
@@ -428,7 +431,7 @@ class Connection:
         code and for a connection that just vanished; only the first came
         with a (possibly empty) reason."""
         if self._ws.close_message is None:
-            return 1006
+            return CloseCode.ABNORMAL
         return int(self._ws.close_reason)
 
 
