@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from ..embedded import EmbeddedMongo
+from wsproxy.embedded import EmbeddedMongo
 from . import procs, report
 from .run import run_one
 from .servers import SERVERS
