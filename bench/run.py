@@ -13,9 +13,10 @@ import time
 
 from pymongo import MongoClient
 
+from demo.embedded import free_port
+
 from . import procs
 from .clientpool import ClientPool
-from wsproxy.embedded import free_port
 from .servers import ServerProcess
 
 

@@ -50,8 +50,9 @@ DEFAULTS = {
     "WSPROXY_MAX_FILTER_BYTES": 4096,
     "WSPROXY_CLIENT_MESSAGE_RATE": 5.0,      # control messages per second
     "WSPROXY_CLIENT_MESSAGE_BURST": 20,
-    # Read from the environment by the packaged gunicorn config only: start
-    # the embedded demo server (SecantusDB) when no URI is given.
+    # Read from the environment by the demo's gunicorn.conf.py in wsproxy's
+    # repository only: start the embedded demo server (SecantusDB) when no
+    # URI is given. The package itself never starts one.
     "WSPROXY_EMBEDDED": False,
     # Connections per second per principal (or address, if anonymous) and
     # worker, and bursts; beyond, 429.
@@ -120,10 +121,10 @@ def validate(config):
     if not config.get("WSPROXY_MONGODB_URI"):
         raise ConfigError(
             "WSPROXY_MONGODB_URI is not set. Set it (in app.config or the "
-            "environment) to your replica set or Atlas URI, or run the demo "
-            "on the embedded server: python3 dev.py demo (or WSPROXY_EMBEDDED=1 "
-            "with gunicorn -c python:wsproxy.gunicorn and pip install "
-            "'wsproxy[demo]')")
+            "environment) to your replica set or Atlas URI, or, in a checkout "
+            "of wsproxy's repository, run the demo on its embedded server: "
+            "python3 dev.py demo (or WSPROXY_EMBEDDED=1 with the repository's "
+            "gunicorn -c gunicorn.conf.py)")
     config["WSPROXY_PIPELINE"] = check_pipeline(config["WSPROXY_PIPELINE"])
     config["WSPROXY_WATCH"] = check_watch(config["WSPROXY_WATCH"])
     for key in ("WSPROXY_HISTORY_SIZE", "WSPROXY_HISTORY_MAX_BYTES",

@@ -246,8 +246,9 @@ class WSProxy:
         - ``WSPROXY_MAX_FILTER_BYTES`` (4096): largest ``?filter=``.
         - ``WSPROXY_CLIENT_MESSAGE_RATE`` (5) / ``_BURST`` (20): control
           messages a client may send per second (close 1008 beyond).
-        - ``WSPROXY_EMBEDDED`` (False): read from the environment by
-          ``wsproxy.gunicorn`` only; start the embedded demo server.
+        - ``WSPROXY_EMBEDDED`` (False): read from the environment by the
+          demo's ``gunicorn.conf.py`` in wsproxy's repository only; start
+          the embedded demo server.
         - ``WSPROXY_CONNECT_RATE`` (20) / ``WSPROXY_CONNECT_BURST`` (100):
           connection cost per second per principal (or remote address, if
           anonymous) and worker, and bursts; beyond, HTTP 429. A plain
