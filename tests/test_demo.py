@@ -55,3 +55,4 @@ def test_the_packaged_config_never_starts_the_embedded_server(gunicorn):
     assert output.count("WSPROXY_EMBEDDED is ignored") == 1
     assert "WSPROXY_MONGODB_URI is not set" in output
     assert "embedded SecantusDB" not in output
+    assert "Exception during worker exit" not in output

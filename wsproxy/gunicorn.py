@@ -129,7 +129,9 @@ def on_starting(server):
 
 
 def _state(worker):
-    return getattr(worker.wsgi, "extensions", {}).get("wsproxy")
+    # No worker.wsgi when the app failed to load (worker_exit still runs).
+    return getattr(getattr(worker, "wsgi", None), "extensions",
+                   {}).get("wsproxy")
 
 
 def post_worker_init(worker):
