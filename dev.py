@@ -70,7 +70,7 @@ def main(argv):
     if command == "test":
         ensure_chromium()
         os.execv(PY, [PY, "-m", "pytest", *extra])
-    os.execv(PY, [PY, "-m", "wsproxy.bench", *extra])
+    os.execv(PY, [PY, "-m", "bench", *extra])
 
 
 if __name__ == "__main__":

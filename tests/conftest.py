@@ -1,7 +1,7 @@
 import pymongo
 import pytest
 
-from wsproxy.embedded import EmbeddedMongo
+from demo.embedded import EmbeddedMongo
 
 from .helpers import Gunicorn
 

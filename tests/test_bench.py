@@ -11,7 +11,7 @@ from .helpers import ROOT, scaled
 def test_quick_benchmark_runs_all_three_servers_without_loss(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "wsproxy.bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ratios" in result.stdout

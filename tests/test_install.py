@@ -1,9 +1,11 @@
 """As a user would: a fresh virtualenv, ``pip install`` of the project
-(without the ``[demo]`` extra), and the example host app (examples/shop),
-copied outside the repository, served by that virtualenv's gunicorn with
-wsproxy's packaged config and with the shop's own config built on it."""
+(the library only: no benchmark, no demo server), and the example host app
+(examples/shop), copied outside the repository, served by that
+virtualenv's gunicorn with wsproxy's packaged config and with the shop's
+own config built on it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,14 +23,20 @@ def installed(tmp_path_factory):
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)],
+    # From a copy of the working tree without build artefacts: setuptools
+    # puts whatever a stale build/ holds into the wheel.
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__",
+        ".pytest_cache", "test-artifacts"))
+    subprocess.run([python, "-m", "pip", "install", "-q", str(source)],
                    check=True, timeout=scaled(600))
     app_dir = base / "shop"
     shutil.copytree(ROOT / "examples" / "shop", app_dir)
     where = subprocess.run(
         [python, "-c", "import wsproxy; print(wsproxy.__file__)"],
         cwd=app_dir, check=True, capture_output=True, text=True).stdout
-    assert str(venv) in where and str(ROOT) not in where
+    assert str(venv) in where and str(source) not in where
     return python, app_dir
 
 
@@ -42,12 +50,47 @@ def _serve(gunicorn, installed, mongo, db, config, workers=1, **env):
                     python=python, cwd=app_dir)
 
 
-def test_the_installed_package_has_no_demo_server(installed):
+_INSPECT = """
+import importlib, importlib.metadata, importlib.util, json, pkgutil, sys
+import wsproxy
+modules = sorted(m.name for m in pkgutil.walk_packages(wsproxy.__path__,
+                                                       "wsproxy."))
+for name in modules:
+    importlib.import_module(name)
+print(json.dumps({
+    "files": sorted(str(f) for f in importlib.metadata.files("wsproxy")),
+    "modules": modules,
+    "absent": [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None],
+    "imported": [m for m in sys.argv[1:] if m in sys.modules],
+}))
+"""
+# What the benchmark and the demo need, and wsproxy must not.
+_NOT_DEPENDENCIES = ["tornado", "motor", "websockets", "psutil", "secantusdb",
+                     "bench", "demo"]
+
+
+def test_only_the_library_is_installed(installed, tmp_path):
     python, app_dir = installed
-    assert not (ROOT / "examples" / "shop" / "secantusd-py").exists()
-    found = subprocess.run([python, "-c", "import secantusdb"], cwd=app_dir,
-                           capture_output=True)
-    assert found.returncode != 0
+    found = subprocess.run(
+        [python, "-c", _INSPECT, *_NOT_DEPENDENCIES], cwd=app_dir,
+        env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+        capture_output=True, text=True, timeout=scaled(60))
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout)
+    # Every wsproxy module imports without any of them installed.
+    assert report["absent"] == _NOT_DEPENDENCIES
+    assert report["imported"] == []
+    assert "wsproxy.gunicorn" in report["modules"]
+    assert not [m for m in report["modules"]
+                if any(word in m for word in ("bench", "demo", "embedded"))]
+    # The distribution installs the package and its page, nothing else.
+    files = report["files"]
+    assert not [f for f in files if not f.startswith(("wsproxy/",
+                                                      "wsproxy-"))]
+    assert not [f for f in files
+                if any(word in f for word in ("bench", "demo", "embedded"))]
+    assert {"wsproxy/templates/wsproxy/index.html", "wsproxy/static/app.js",
+            "wsproxy/static/app.css"} <= set(files)
 
 
 def test_the_example_app_with_the_packaged_config(installed, mongo,
@@ -144,14 +187,19 @@ def test_no_uri_fails_the_boot_with_both_ways_out(installed, gunicorn):
     assert "dev.py demo" in output and "WSPROXY_EMBEDDED=1" in output
 
 
-def test_embedded_without_the_demo_extra_says_how_to_get_it(installed,
-                                                            gunicorn):
+def test_embedded_under_the_packaged_config_is_only_a_warning(installed,
+                                                               gunicorn):
+    # WSPROXY_EMBEDDED belongs to the repository's demo config: the packaged
+    # one says so once and still needs a URI.
     python, app_dir = installed
     server = gunicorn({"WSPROXY_EMBEDDED": "1"}, app="shop:app",
                       config="python:wsproxy.gunicorn", python=python,
                       cwd=app_dir, listen=False)
     assert server.process.wait(scaled(30)) != 0
-    assert "pip install 'wsproxy[demo]'" in server.output()
+    output = server.output()
+    assert output.count("WSPROXY_EMBEDDED is ignored") == 1
+    assert "WSPROXY_MONGODB_URI is not set" in output
+    assert "SecantusDB" not in output and "secantusd" not in output
 
 
 def test_wsproxy_refusals_in_the_shop_are_http_statuses(installed, mongo,

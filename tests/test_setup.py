@@ -127,6 +127,37 @@ def test_each_route_can_be_left_out():
     assert rules == ["/ws"]
 
 
+def test_the_page_is_a_template_loaded_once_and_its_assets_static_files(
+        tmp_path, monkeypatch):
+    # A host app with its own index.html: wsproxy's page is not shadowed.
+    (tmp_path / "index.html").write_text("the host's index")
+    app = Flask(__name__, template_folder=str(tmp_path))
+    app.config.update(WSPROXY_MONGODB_URI=URI,
+                      SECRET_KEY="setup-tests-secret-key",
+                      WSPROXY_PAGE_PATH="/live")
+    WSProxy(app)
+    loader = app.jinja_env.loader
+    loaded = []
+    get_source = loader.get_source
+    monkeypatch.setattr(loader, "get_source", lambda env, name: (
+        loaded.append(name), get_source(env, name))[1])
+    client = app.test_client()
+    for _ in range(3):
+        page = client.get("/live", base_url="http://localhost/app")
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert 'content="/app/ws"' in html
+        assert 'href="/app/wsproxy-static/app.css"' in html
+    assert loaded == ["wsproxy/index.html"]  # then Jinja's cache
+    for name in ("app.js", "app.css"):
+        asset = client.get(f"/wsproxy-static/{name}")
+        assert asset.status_code == 200 and asset.data
+        assert asset.headers["Cache-Control"] == "public, max-age=60"
+        asset.close()
+    # The template is not an asset.
+    assert client.get("/wsproxy-static/index.html").status_code == 404
+
+
 def test_the_websocket_path_cannot_be_left_out():
     with pytest.raises(ConfigError, match="WSPROXY_PATH=None"):
         WSProxy(make_app(WSPROXY_PATH=None))

@@ -19,17 +19,14 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "ClientError": ".errors",
     "FilterError": ".errors",
-    "EmbeddedServerError": ".errors",
 }
 
 __all__ = ["WSProxy", "Principal", "AccessDenied", "WSProxyError",
-           "ConfigError", "ClientError", "FilterError", "EmbeddedServerError",
-           "__version__"]
+           "ConfigError", "ClientError", "FilterError", "__version__"]
 
 if TYPE_CHECKING:
     from .access import AccessDenied, Principal
-    from .errors import (ClientError, ConfigError, EmbeddedServerError,
-                         FilterError, WSProxyError)
+    from .errors import ClientError, ConfigError, FilterError, WSProxyError
     from .extension import WSProxy
 
 

@@ -8,8 +8,10 @@ connection, ``None`` to refuse it as unauthenticated (HTTP 401), or raises
 :data:`ANYONE`: the whole watched scope, minus the operator's hidden fields.
 """
 
+from collections.abc import Iterable, Mapping
 import ipaddress
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ClientError
@@ -24,7 +26,7 @@ class AccessDenied(ClientError):
 
     status = 403
 
-    def __init__(self, reason="forbidden"):
+    def __init__(self, reason: str = "forbidden") -> None:
         super().__init__(reason)
 
 
@@ -39,17 +41,21 @@ class Principal:
     from everything sent to it.
     """
 
-    def __init__(self, name=None, namespaces=None, filter=None, hide=()):
+    def __init__(self, name: str | None = None,
+                 namespaces: Iterable[str] | None = None,
+                 filter: str | Mapping[str, Any] | None = None,
+                 hide: Iterable[str] = ()) -> None:
         if isinstance(namespaces, str) or isinstance(hide, str):
             # A bare string would be read as a set of its characters.
             raise TypeError("namespaces and hide take a collection of "
                             "strings, not one string")
         self.name = name
-        self.namespaces = frozenset(namespaces) if namespaces is not None else None
+        self.namespaces: frozenset[str] | None = (
+            frozenset(namespaces) if namespaces is not None else None)
         self.filter = filter
-        self.hide = tuple(hide)
+        self.hide: tuple[str, ...] = tuple(hide)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Principal {self.name!r}>"
 
 

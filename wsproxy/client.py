@@ -26,15 +26,25 @@ outbox overflows is a slow consumer: its outbox is dropped and it is closed
 with 4008, so it can reconnect and resume from the last id it received.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from . import metrics, protocol
 from .protocol import CloseCode
 from .codec import frame
 from .websocket import ConnectionClosedByPeer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from .codec import Change
+    from .subscription import Subscription
+    from .websocket import Connection
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +55,10 @@ class Client:
 
     _ids = iter(range(1, 1 << 62))
 
-    def __init__(self, conn, *, max_messages, max_bytes,
-                 ping_interval, close_timeout, subscription=None,
-                 remote_addr=None):
+    def __init__(self, conn: Connection, *, max_messages: int,
+                 max_bytes: int, ping_interval: float, close_timeout: float,
+                 subscription: Subscription,
+                 remote_addr: str | None = None) -> None:
         self.id = next(self._ids)
         self.conn = conn
         self.sock = conn.sock
@@ -59,10 +70,10 @@ class Client:
         self.close_timeout = close_timeout
         # Guards the outbox, its byte count and the close request.
         self._state_lock = threading.Lock()
-        self._outbox = collections.deque()
+        self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0
-        self._close_request = None  # (code, reason) once decided
-        self.close_code = None
+        self._close_request: tuple[int, str] | None = None  # once decided
+        self.close_code: int | None = None
         self.ended = False  # the connection is over, however it ended
         # Set by the broadcaster and by simple-websocket's reader thread
         # (see wsproxy.websocket.prepare), so one wait covers both
@@ -76,12 +87,12 @@ class Client:
 
     # -- called by the broadcaster (and at registration) -------------------
 
-    def on_change(self, change):
+    def on_change(self, change: Change) -> bool:
         """Offer ``change`` if subscribed; True if it was handed over."""
         sub = self.subscription
         return sub.wants(change) and self.offer(sub.frame(change))
 
-    def offer(self, data):
+    def offer(self, data: bytes) -> bool:
         """Queue or write one frame. False if this client is closing."""
         lock = self.sock.write_lock
         with self._state_lock:
@@ -115,7 +126,7 @@ class Client:
             lock.release()
         return True
 
-    def preload(self, frames):
+    def preload(self, frames: Iterable[bytes]) -> None:
         """Queue replayed frames; bounded by the history they come from."""
         with self._state_lock:
             for data in frames:
@@ -138,7 +149,7 @@ class Client:
             self._drained.clear()
         return True
 
-    def request_close(self, code, reason):
+    def request_close(self, code: int, reason: str) -> None:
         with self._state_lock:
             self._request_close_locked(code, reason)
 
@@ -154,16 +165,16 @@ class Client:
         self._wake.set()
 
     @property
-    def closing(self):
+    def closing(self) -> bool:
         return self._close_request is not None  # unlocked: set once, never cleared
 
     # -- the connection's own handler thread -------------------------------
 
-    def send_text(self, text):
+    def send_text(self, text: str) -> None:
         """Queue a message from the handler thread (replies)."""
         self.preload([frame(text)])
 
-    def run(self, on_message):
+    def run(self, on_message: Callable[[Client, str | bytes], None]) -> None:
         """Drain the outbox, answer the peer and keep the heartbeat until
         the connection ends. ``on_message(client, data)`` handles each
         message the peer sends."""
@@ -222,7 +233,7 @@ class Client:
                 if len(self._outbox) < 8:  # unlocked: a wake-up hint
                     self._drained.set()
 
-    def close_now(self):
+    def close_now(self) -> None:
         """Send the requested close frame from this thread, whatever the
         state of the loop (used after an unexpected error)."""
         try:
@@ -243,7 +254,7 @@ class Client:
         if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
 
-    def finish(self):
+    def finish(self) -> None:
         """Make sure simple-websocket's reader thread has ended and no write
         can reach the socket any more (the WSGI server closes it next)."""
         self.ended = True

@@ -225,8 +225,8 @@ SETTINGS = (
             "Keys sealing resume ids, current first; None: derived from "
             "SECRET_KEY and SECRET_KEY_FALLBACKS."),
     Setting("WSPROXY_EMBEDDED", False, _flag,
-            "Read from the environment by the demo's gunicorn config: start "
-            "the embedded demo server."),
+            "Read from the environment by the repository's gunicorn.conf.py "
+            "(the demo): start the embedded demo server."),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -263,10 +263,10 @@ def validate(config):
     if not config["WSPROXY_MONGODB_URI"]:
         raise ConfigError(
             "WSPROXY_MONGODB_URI is not set. Set it (in app.config or the "
-            "environment) to your replica set or Atlas URI, or run the demo "
-            "on the embedded server: python3 dev.py demo (or WSPROXY_EMBEDDED=1 "
-            "with gunicorn -c python:wsproxy.gunicorn and pip install "
-            "'wsproxy[demo]')")
+            "environment) to your replica set or Atlas URI, or, in a checkout "
+            "of wsproxy's repository, run the demo on its embedded server: "
+            "python3 dev.py demo (or WSPROXY_EMBEDDED=1 with the repository's "
+            "gunicorn -c gunicorn.conf.py)")
 
 
 def _parse(setting, value):

@@ -31,7 +31,3 @@ class ClientError(WSProxyError, ValueError):
 class FilterError(ClientError):
     """A subscription filter is malformed, too large, or uses an operator
     outside the safe subset."""
-
-
-class EmbeddedServerError(WSProxyError):
-    """The embedded MongoDB-compatible server could not be started."""

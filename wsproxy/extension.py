@@ -11,19 +11,27 @@ import os
 import signal
 import threading
 
-from flask import current_app
+from collections.abc import Callable
+
+from flask import Flask, Request, current_app
 from pymongo import MongoClient
 
 from . import config as settings
 from . import sealing
 from . import throttle
 from . import views
+from .access import Principal
 from .errors import ClientError, ConfigError
 from .protocol import CloseCode
 from .hub import Hub
 from .source import Backoff, ChangeSource, watch_target
 
 log = logging.getLogger(__name__)
+
+
+# Decides who may connect, before the upgrade: a Principal, None (401), or
+# raises AccessDenied (403).
+Authorizer = Callable[[Request], "Principal | None"]
 
 
 class ProxyState:
@@ -177,12 +185,12 @@ class WSProxy:
     ``WSProxy(app)`` or ``ext = WSProxy(); ext.init_app(app)``.
     """
 
-    def __init__(self, app=None):
-        self.authorizer = None
+    def __init__(self, app: Flask | None = None) -> None:
+        self.authorizer: Authorizer | None = None
         if app is not None:
             self.init_app(app)
 
-    def authorize(self, function):
+    def authorize(self, function: Authorizer) -> Authorizer:
         """Decorator: ``function(request)`` decides who may connect, before
         the upgrade; it returns a :class:`~wsproxy.access.Principal`, None
         (HTTP 401), or raises :class:`~wsproxy.access.AccessDenied` (403).
@@ -190,7 +198,7 @@ class WSProxy:
         self.authorizer = function
         return function
 
-    def init_app(self, app):
+    def init_app(self, app: Flask) -> None:
         # The docstring, with every setting, is built from the settings
         # table below the class.
         if "wsproxy" in app.extensions:
@@ -203,15 +211,15 @@ class WSProxy:
         app.register_blueprint(views.create_blueprint(app.config))
 
     @staticmethod
-    def state(app=None):
+    def state(app: Flask | None = None) -> ProxyState:
         return (app or current_app).extensions["wsproxy"]
 
-    def start(self, app):
+    def start(self, app: Flask) -> ProxyState:
         """Start the watcher and broadcaster in this process now (gunicorn
         ``post_worker_init``); otherwise they start on first use."""
         return self.state(app).ensure_started(app)
 
-    def stop(self, app, timeout=5.0):
+    def stop(self, app: Flask, timeout: float = 5.0) -> None:
         self.state(app).stop(timeout)
 
 

@@ -16,34 +16,31 @@ not fork-safe, so never in the master and never under ``preload_app``);
 SIGTERM closing every client with 1001 at once so deploys do not wait out
 ``graceful_timeout``; ``/metrics`` summed over all workers; wsproxy's own
 log lines beside gunicorn's; an access log without query strings (they can
-carry ``access_token``). With ``WSPROXY_EMBEDDED=1`` (the demo) and no
-``WSPROXY_MONGODB_URI``, it also starts the embedded SecantusDB (needs
-``pip install 'wsproxy[demo]'``) and a demo writer, and stops both on exit.
+carry ``access_token``). It never starts a database: the embedded demo
+server (``WSPROXY_EMBEDDED=1``) is a feature of the ``gunicorn.conf.py`` in
+wsproxy's repository, built on this module; here that variable only gets a
+warning.
 
 This module imports nothing from wsproxy at the top: it runs in the master
 before any worker, and prometheus_client must see PROMETHEUS_MULTIPROC_DIR
 before it is first imported.
 """
 
-import logging
 import os
-import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 
 __all__ = [
     "worker_class", "workers", "threads", "worker_connections", "timeout",
     "graceful_timeout", "keepalive", "preload_app", "control_socket_disable",
     "logconfig_dict", "access_log_format",
-    "on_starting", "when_ready", "post_worker_init", "worker_exit",
-    "child_exit", "on_exit",
+    "on_starting", "post_worker_init", "worker_exit", "child_exit", "on_exit",
 ]
 
 _TRUE = ("1", "true", "yes", "on")
 
 # Metrics from every worker, summed by whichever one answers /metrics.
+_own_metrics_dir: str | None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
         prefix="wsproxy-metrics-")
@@ -117,51 +114,25 @@ logconfig_dict = {
     },
 }
 
-# The master's embedded server and demo writer, when it started them.
-_embedded = None
-_demo_writer = None
-
-
 def _flag(name, default="0"):
     return os.environ.get(name, default).strip().lower() in _TRUE
 
 
 def on_starting(server):
-    """Master, before forking: with WSPROXY_EMBEDDED=1 and no URI, start the
-    embedded server and hand its URI to every worker (environment)."""
-    global _embedded
-    if not _flag("WSPROXY_EMBEDDED"):
-        return
-    if os.environ.get("WSPROXY_MONGODB_URI"):
-        server.log.warning("WSPROXY_EMBEDDED is set but so is "
-                           "WSPROXY_MONGODB_URI; using the URI")
-        return
-    from wsproxy.embedded import EmbeddedMongo
-
-    _embedded = EmbeddedMongo(os.environ.get("WSPROXY_EMBEDDED_STORAGE"))
-    _embedded.start()
-    os.environ["WSPROXY_MONGODB_URI"] = _embedded.uri
-    os.environ.setdefault("WSPROXY_WATCH", "demo")
-    # Resume ids are sealed; a demo needs no key kept between runs, but
-    # every worker needs the same one.
-    if not os.environ.get("SECRET_KEY"):
-        os.environ.setdefault("WSPROXY_SECRET_KEYS", secrets.token_urlsafe(32))
-    server.log.info("embedded SecantusDB at %s", _embedded.uri)
-
-
-def when_ready(server):
-    """Master, listening: the demo writer, with the embedded server."""
-    global _demo_writer
-    if _embedded is None or not _flag("WSPROXY_DEMO_WRITER", "1"):
-        return
-    _demo_writer = subprocess.Popen(
-        [sys.executable, "-m", "wsproxy.demo", _embedded.uri],
-        stdin=subprocess.DEVNULL, start_new_session=True)
-    server.log.info("demo writer pid %s", _demo_writer.pid)
+    """Master, before forking: WSPROXY_EMBEDDED belongs to the demo config
+    in wsproxy's repository; say so once instead of ignoring it quietly."""
+    if _flag("WSPROXY_EMBEDDED"):
+        server.log.warning(
+            "WSPROXY_EMBEDDED is ignored: it only applies to the demo config "
+            "in wsproxy's repository (gunicorn.conf.py, which python3 dev.py "
+            "demo runs); wsproxy.gunicorn never starts a database. Set "
+            "WSPROXY_MONGODB_URI.")
 
 
 def _state(worker):
-    return getattr(worker.wsgi, "extensions", {}).get("wsproxy")
+    # No worker.wsgi when the app failed to load (worker_exit still runs).
+    return getattr(getattr(worker, "wsgi", None), "extensions",
+                   {}).get("wsproxy")
 
 
 def post_worker_init(worker):
@@ -192,12 +163,6 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Master, last: stop the demo writer, then the embedded server."""
+    """Master, last: remove the metrics directory this module made."""
     if _own_metrics_dir:
         shutil.rmtree(_own_metrics_dir, ignore_errors=True)
-    if _demo_writer is not None and _demo_writer.poll() is None:
-        _demo_writer.terminate()
-        _demo_writer.wait(10)
-    if _embedded is not None:
-        _embedded.stop()
-        logging.getLogger("gunicorn.error").info("embedded SecantusDB stopped")

@@ -13,8 +13,8 @@ import os
 import threading
 import time
 
-from flask import (Blueprint, Response, current_app, g, jsonify, request,
-                   send_from_directory, render_template_string)
+from flask import (Blueprint, Response, current_app, g, jsonify,
+                   render_template, request)
 from flask_sock import Sock
 
 from . import access, codec, control, metrics
@@ -27,13 +27,10 @@ from .resume import CatchUp, catch_up
 
 log = logging.getLogger(__name__)
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# Installed: wsproxy/static (see pyproject.toml); from a checkout: ./static.
-STATIC_DIR = next(
-    (d for d in (os.path.join(_PACKAGE_DIR, "static"),
-                 os.path.join(os.path.dirname(_PACKAGE_DIR), "static"))
-     if os.path.isdir(d)), os.path.join(_PACKAGE_DIR, "static"))
+# The page's assets (wsproxy/static) are served here, by the blueprint's
+# own static route; the page itself is wsproxy/templates/wsproxy/index.html.
 STATIC_PATH = "/wsproxy-static"
+PAGE_TEMPLATE = "wsproxy/index.html"
 
 # Registers wsproxy's WebSocket route on its blueprint only; it never
 # touches the app, so it sits beside a host app's own Sock(app).
@@ -116,8 +113,24 @@ def _admit(state, config):
     return Admission(sub, resume_id, principal, pending)
 
 
+class _Blueprint(Blueprint):
+    def get_send_file_max_age(self, filename):
+        # The page's assets: a minute of caching unless the app sets
+        # SEND_FILE_MAX_AGE_DEFAULT.
+        max_age = super().get_send_file_max_age(filename)
+        return 60 if max_age is None else max_age
+
+
 def create_blueprint(config):
-    bp = Blueprint("wsproxy", __name__)
+    page_path = config["WSPROXY_PAGE_PATH"]
+    # Flask serves the assets (endpoint "wsproxy.static") and loads the
+    # page through the app's Jinja environment, which caches it; the
+    # template's own folder keeps it from shadowing the app's templates.
+    bp = _Blueprint(
+        "wsproxy", __name__,
+        static_folder="static" if page_path else None,
+        static_url_path=STATIC_PATH,
+        template_folder="templates" if page_path else None)
 
     @bp.before_request
     def admit():
@@ -195,20 +208,13 @@ def create_blueprint(config):
             }
             return jsonify(body), 200 if ready else 503
 
-    page_path = config["WSPROXY_PAGE_PATH"]
     if page_path:
         @bp.route(page_path, endpoint="page")
         def page():
-            with open(os.path.join(STATIC_DIR, "index.html"),
-                      encoding="utf-8") as f:
-                template = f.read()
-            return render_template_string(
-                template, ws_path=request.script_root + config["WSPROXY_PATH"],
+            return render_template(
+                PAGE_TEMPLATE,
+                ws_path=request.script_root + config["WSPROXY_PATH"],
                 static_base=request.script_root + STATIC_PATH + "/")
-
-        @bp.route(STATIC_PATH + "/<path:filename>", endpoint="static_file")
-        def static_file(filename):
-            return send_from_directory(STATIC_DIR, filename, max_age=60)
 
     return bp
 

@@ -30,7 +30,7 @@ simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
   thread closes the connection (1008, or 1009 for size) with a reason.
 * **permessage-deflate is declined**: simple-websocket accepts it whenever
   offered, and compressing every message per connection costs ~2,000x the
-  shared frame (``python -m wsproxy.bench.framing``), so the offer is
+  shared frame (``python -m bench.framing``), so the offer is
   removed before the handshake.
 
 Written against simple-websocket 1.1, wsproto 1.2-1.3 and flask-sock 0.7

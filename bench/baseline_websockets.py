@@ -6,7 +6,7 @@ One task reads the change stream with PyMongo's native async API
 ``GET /readyz`` is answered by ``process_request``: 200 once the stream is
 open. Server options are the library defaults except the listen backlog.
 
-    python -m wsproxy.bench.baseline_websockets --uri URI --watch db.coll \
+    python -m bench.baseline_websockets --uri URI --watch db.coll \
         --port P
 """
 

@@ -80,13 +80,12 @@ def exec_with_parent_death(argv):
     PR_SET_PDEATHSIG survives execve, so a tiny Python stub sets it and
     execs the real program (gunicorn) in the same pid.
     """
-    return [sys.executable, "-m", "wsproxy.bench.procs", "--exec"] + argv
+    return [sys.executable, "-m", "bench.procs", "--exec"] + argv
 
 
-# The directory holding the wsproxy package: children run
-# ``python -m wsproxy.bench.*`` whatever their working directory.
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+# The repository root, holding the bench and wsproxy packages: children run
+# ``python -m bench.*`` whatever their working directory.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child_env(env=None):
@@ -262,7 +261,7 @@ def guard(pid):
     """
     create = psutil.Process(pid).create_time()
     return subprocess.Popen(
-        [sys.executable, "-m", "wsproxy.bench.procs", "--guard", str(pid),
+        [sys.executable, "-m", "bench.procs", "--guard", str(pid),
          repr(create)], stdin=subprocess.PIPE, env=child_env(),
         start_new_session=True)
 

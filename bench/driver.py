@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 
-from ..embedded import EmbeddedMongo
+from demo.embedded import EmbeddedMongo
+
 from . import procs, report
 from .run import run_one
 from .servers import SERVERS

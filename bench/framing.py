@@ -3,7 +3,7 @@ per client, and compressing it per connection (permessage-deflate, which
 simple-websocket accepts whenever a browser offers it, and browsers always
 do). Prints numbers; the defaults in wsproxy follow from them.
 
-    python -m wsproxy.bench.framing [--clients 1000] [--events 200]
+    python -m bench.framing [--clients 1000] [--events 200]
 """
 
 import argparse

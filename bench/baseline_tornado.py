@@ -6,7 +6,7 @@ and, per event, encodes once and awaits ``write_message`` for each client
 in turn -- the naive sequential loop, kept on purpose since it is what is
 being compared against. ``GET /readyz`` is 200 once the stream is open.
 
-    python -m wsproxy.bench.baseline_tornado --uri URI --watch db.coll --port P
+    python -m bench.baseline_tornado --uri URI --watch db.coll --port P
 """
 
 import sys

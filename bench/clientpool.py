@@ -30,7 +30,7 @@ class ClientPool:
 
     def _argv(self, i, count):
         a = self._args
-        argv = [sys.executable, "-m", "wsproxy.bench.loadclient",
+        argv = [sys.executable, "-m", "bench.loadclient",
                 "--url", a["url"], "--count", str(count),
                 "--out", os.path.join(self.workdir, f"lat-{i}.bin"),
                 "--first-seq", str(a["first_seq"]),

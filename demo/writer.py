@@ -1,7 +1,7 @@
 """The demo writer: a few sample inserts, updates and deletes per second.
 
-Runs as its own process (``python -m wsproxy.demo URI``), started by
-``gunicorn.conf.py`` only when it also started the embedded server, so the
+Runs as its own process (``python -m demo.writer URI``, from the
+repository root), started by the repository's ``gunicorn.conf.py`` only when it also started the embedded server, so the
 bundled page shows live changes at once. Never used against a real cluster.
 """
 

@@ -1,4 +1,4 @@
-"""Command line of the benchmark: ``python -m wsproxy.bench --help``."""
+"""Command line of the benchmark: ``python -m bench --help``."""
 
 import argparse
 import sys
@@ -21,7 +21,7 @@ def _names(text):
 
 def parse(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m wsproxy.bench",
+        prog="python -m bench",
         description="Broadcast benchmark: wsproxy vs Tornado+Motor vs "
                     "asyncio websockets, all fed by one change stream.")
     p.add_argument("--clients", type=_ints, default=[1, 100, 1000],

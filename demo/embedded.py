@@ -1,8 +1,9 @@
 """The embedded MongoDB-compatible server used by the demo and the tests.
 
 SecantusDB (``secantusd-py``) runs as a *subprocess*, never imported: it is a
-development dependency, and production points ``WSPROXY_MONGODB_URI`` at a
-real replica set or Atlas cluster.
+development dependency (GPL-2.0, pinned in requirements.txt), not part of the
+installed package, and production points ``WSPROXY_MONGODB_URI`` at a real
+replica set or Atlas cluster.
 """
 
 import logging
@@ -15,11 +16,13 @@ import sys
 import tempfile
 import time
 
-from .errors import EmbeddedServerError
-
 log = logging.getLogger(__name__)
 
 REPLICA_SET = "secantus"
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded MongoDB-compatible server could not be started."""
 
 
 def free_port(host="127.0.0.1"):
@@ -38,8 +41,8 @@ def _executable():
     if not found:
         raise EmbeddedServerError(
             "secantusd-py (the embedded demo server) is not installed: "
-            "pip install 'wsproxy[demo]', or set WSPROXY_MONGODB_URI to your "
-            "replica set or Atlas URI")
+            "pip install -r requirements.txt (python3 dev.py demo does), or "
+            "set WSPROXY_MONGODB_URI to your replica set or Atlas URI")
     return found
 
 

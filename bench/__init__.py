@@ -1,6 +1,6 @@
 """Benchmark for wsproxy against two baseline broadcast servers.
 
-``python -m wsproxy.bench`` starts one SecantusDB, then for every client
+``python -m bench`` starts one SecantusDB, then for every client
 count in the sweep and every server (wsproxy under gunicorn, a Tornado + Motor
 baseline, an asyncio ``websockets`` baseline) it starts a fresh server
 process, connects M WebSocket clients spread over several client processes,
@@ -10,9 +10,9 @@ writes documents at a fixed rate and measures what the clients receive
 Run from the repository root (wsproxy needs its ``wsgi.py`` and
 ``gunicorn.conf.py``)::
 
-    python -m wsproxy.bench                       # 1,100,1000 clients, 50/s, 10 s
-    python -m wsproxy.bench --quick               # smoke: 1,10 clients, 2 s
-    python -m wsproxy.bench --servers tornado,websockets --clients 1,100 \
+    python -m bench                # 1,100,1000 clients, 50/s, 10 s
+    python -m bench --quick        # smoke: 1,10 clients, 2 s
+    python -m bench --servers tornado,websockets --clients 1,100 \
         --duration 3 --json results.json
 
 Clients are "lean" (websockets' sans-I/O protocol on a bare asyncio

@@ -13,9 +13,10 @@ import time
 
 from pymongo import MongoClient
 
+from demo.embedded import free_port
+
 from . import procs
 from .clientpool import ClientPool
-from ..embedded import free_port
 from .servers import ServerProcess
 
 
@@ -60,7 +61,7 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         raw["rss_connected"] = monitor.rss()
 
         writer = procs.LineChild("writer", [
-            sys.executable, "-m", "wsproxy.bench.writer", "--uri", db_uri,
+            sys.executable, "-m", "bench.writer", "--uri", db_uri,
             "--ns", namespace, "--rate", str(opts.rate),
             "--duration", str(opts.duration), "--warmup-count", str(warm)],
             os.path.join(workdir, "writer.log"))

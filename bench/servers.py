@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 from . import procs
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -60,9 +59,9 @@ SERVERS = {
              "WSPROXY_CONNECT_BURST": "100000"},
         required_files=("wsgi.py", "gunicorn.conf.py")),
     "tornado": ServerSpec(
-        "tornado", _python_module("wsproxy.bench.baseline_tornado")),
+        "tornado", _python_module("bench.baseline_tornado")),
     "websockets": ServerSpec(
-        "websockets", _python_module("wsproxy.bench.baseline_websockets")),
+        "websockets", _python_module("bench.baseline_websockets")),
 }
 
 
