@@ -2,7 +2,7 @@
 """Set up and run wsproxy with nothing but Python 3.11+ and the registries.
 
     python3 dev.py demo    # venv + deps, then the demo on the embedded server
-    python3 dev.py test    # venv + deps + Chromium, then the whole test suite
+    python3 dev.py test    # venv + deps + Chromium, lint and types, then tests
     python3 dev.py bench   # venv + deps, then the fan-out benchmark
 
 Extra arguments go to gunicorn, pytest or the benchmark.
@@ -56,6 +56,13 @@ def ensure_chromium():
     run(*apt, "install", "-y", "-qq", "chromium", env=env)
 
 
+def lint():
+    """The lint and type gate on the package (settings in pyproject.toml)."""
+    run(PY, "-m", "ruff", "check", "wsproxy")
+    run(PY, "-m", "ruff", "format", "--check", "wsproxy")
+    run(PY, "-m", "mypy")
+
+
 def main(argv):
     if not argv or argv[0] not in {"demo", "test", "bench"}:
         sys.exit(__doc__)
@@ -68,6 +75,7 @@ def main(argv):
         os.execv(os.path.join(BIN, "gunicorn"),
                  ["gunicorn", "-c", "gunicorn.conf.py", *extra, "wsgi:app"])
     if command == "test":
+        lint()
         ensure_chromium()
         os.execv(PY, [PY, "-m", "pytest", *extra])
     os.execv(PY, [PY, "-m", "bench", *extra])

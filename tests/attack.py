@@ -16,6 +16,19 @@ BYSTANDERS = 5
 WRITE_RATE = 20  # events per second during the attack
 
 
+# The end of every attacker script: ``count`` threads running ``attack``
+# until the time is up, then the outcomes as JSON on stdout.
+RUN_ATTACKERS = """
+threads = [threading.Thread(target=attack, name="attacker")
+           for _ in range(count)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(counts))
+"""
+
+
 def order(seq, rng, **extra):
     return {"seq": seq, "t": time.time(), "customer": rng.choice(["ada", "ken"]),
             "status": "open", "note": "x" * 200,

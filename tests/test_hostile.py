@@ -343,7 +343,7 @@ def once():
                              for _ in range(200))
         while time.monotonic() < end:
             sock.sendall(batch)
-def flood():
+def attack():
     while time.monotonic() < end:
         try:
             once()
@@ -351,13 +351,6 @@ def flood():
             pass
         except Exception:
             counts["other"] += 1
-threads = [threading.Thread(target=flood, name="flooder")
-           for _ in range(count)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-print(json.dumps(counts))
 """
 
 
@@ -377,7 +370,8 @@ def test_frame_floods_do_not_slow_the_others(mongo, mongo_client, namespace,
         "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
     bystanders = attack.connect_bystanders(server)
     report = attack.run(server, mongo_client[db][coll], random.Random(5),
-                        bystanders, [_FLOODER, str(server.port),
+                        bystanders, [_FLOODER + attack.RUN_ATTACKERS,
+                                     str(server.port),
                                      str(FLOOD_SECONDS), mode, "4"],
                         FLOOD_SECONDS)
     # The flooders kept coming back, and were cut off each time.

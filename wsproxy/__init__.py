@@ -21,8 +21,16 @@ _EXPORTS = {
     "FilterError": ".errors",
 }
 
-__all__ = ["WSProxy", "Principal", "AccessDenied", "WSProxyError",
-           "ConfigError", "ClientError", "FilterError", "__version__"]
+__all__ = [
+    "WSProxy",
+    "Principal",
+    "AccessDenied",
+    "WSProxyError",
+    "ConfigError",
+    "ClientError",
+    "FilterError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .access import AccessDenied, Principal

@@ -8,9 +8,9 @@ connection, ``None`` to refuse it as unauthenticated (HTTP 401), or raises
 :data:`ANYONE`: the whole watched scope, minus the operator's hidden fields.
 """
 
-from collections.abc import Iterable, Mapping
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,17 +41,22 @@ class Principal:
     from everything sent to it.
     """
 
-    def __init__(self, name: str | None = None,
-                 namespaces: Iterable[str] | None = None,
-                 filter: str | Mapping[str, Any] | None = None,
-                 hide: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        namespaces: Iterable[str] | None = None,
+        filter: str | Mapping[str, Any] | None = None,
+        hide: Iterable[str] = (),
+    ) -> None:
         if isinstance(namespaces, str) or isinstance(hide, str):
             # A bare string would be read as a set of its characters.
-            raise TypeError("namespaces and hide take a collection of "
-                            "strings, not one string")
+            raise TypeError(
+                "namespaces and hide take a collection of strings, not one string"
+            )
         self.name = name
         self.namespaces: frozenset[str] | None = (
-            frozenset(namespaces) if namespaces is not None else None)
+            frozenset(namespaces) if namespaces is not None else None
+        )
         self.filter = filter
         self.hide: tuple[str, ...] = tuple(hide)
 
@@ -71,8 +76,9 @@ def bearer_token(request):
         return value.strip()
     if request.args.get("access_token"):
         return request.args["access_token"]
-    offered = [p.strip() for p in
-               request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    offered = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+    ]
     if len(offered) == 2 and offered[0] == BEARER_SUBPROTOCOL and offered[1]:
         return offered[1]
     return None
@@ -93,8 +99,11 @@ def _parse(url):
         port = parts.port
     except ValueError:
         raise ClientError(f"malformed {url[:60]!r}") from None
-    host = (parts.netloc.rpartition("@")[2].rsplit(":", 1)[0]
-            if port is not None else parts.netloc).lower()
+    host = (
+        parts.netloc.rpartition("@")[2].rsplit(":", 1)[0]
+        if port is not None
+        else parts.netloc
+    ).lower()
     if not host or not _HOSTNAME.fullmatch(host) or parts.username:
         raise ClientError(f"malformed {url[:60]!r}")
     if port == _DEFAULT_PORTS.get(parts.scheme):
@@ -127,11 +136,11 @@ def check_host(request, allowed, local_address):
     _, host, _ = _parse(request.scheme + "://" + request.host)
     for pattern in allowed:
         pattern = pattern.lower()
-        if host == pattern or (pattern.startswith(".") and (
-                host.endswith(pattern) or host == pattern[1:])):
+        if host == pattern or (
+            pattern.startswith(".") and (host.endswith(pattern) or host == pattern[1:])
+        ):
             return
-    raise ClientError(f"host {host[:60]} is not allowed; see "
-                      "WSPROXY_ALLOWED_HOSTS")
+    raise ClientError(f"host {host[:60]} is not allowed; see WSPROXY_ALLOWED_HOSTS")
 
 
 def check_origin(request, allowed):

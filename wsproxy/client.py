@@ -35,8 +35,8 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics, protocol
-from .protocol import CloseCode
 from .codec import frame
+from .protocol import CloseCode
 from .websocket import ConnectionClosedByPeer
 
 if TYPE_CHECKING:
@@ -55,10 +55,17 @@ class Client:
 
     _ids = iter(range(1, 1 << 62))
 
-    def __init__(self, conn: Connection, *, max_messages: int,
-                 max_bytes: int, ping_interval: float, close_timeout: float,
-                 subscription: Subscription,
-                 remote_addr: str | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ping_interval: float,
+        close_timeout: float,
+        subscription: Subscription,
+        remote_addr: str | None = None,
+    ) -> None:
         self.id = next(self._ids)
         self.conn = conn
         self.sock = conn.sock
@@ -98,19 +105,25 @@ class Client:
         with self._state_lock:
             if self._close_request is not None:
                 return False
-            direct = (self.sock.nonblocking_ok and not self._outbox
-                      and lock.acquire(blocking=False))
+            direct = (
+                self.sock.nonblocking_ok
+                and not self._outbox
+                and lock.acquire(blocking=False)
+            )
             if direct and self.sock.tail is not None:
                 lock.release()
                 direct = False
             if not direct:
-                if (len(self._outbox) >= self.max_messages
-                        or self._outbox_bytes + len(data) > self.max_bytes):
+                if (
+                    len(self._outbox) >= self.max_messages
+                    or self._outbox_bytes + len(data) > self.max_bytes
+                ):
                     self._request_close_locked(
                         CloseCode.SLOW_CONSUMER,
                         f"slow consumer: {len(self._outbox)} messages, "
                         f"{self._outbox_bytes} bytes queued; reconnect "
-                        "with resume_after")
+                        "with resume_after",
+                    )
                     return False
                 self._outbox.append(data)
                 self._outbox_bytes += len(data)
@@ -139,10 +152,14 @@ class Client:
         bytes) are queued, or the timeout passes (then False); replay uses
         it to follow the client's pace."""
         deadline = time.monotonic() + timeout
-        while ((len(self._outbox) >= below  # unlocked: a hint, rechecked
-                or (below_bytes is not None
-                    and self._outbox_bytes >= below_bytes))
-               and not self.closing and not self.ended):
+        while (
+            (
+                len(self._outbox) >= below  # unlocked: a hint, rechecked
+                or (below_bytes is not None and self._outbox_bytes >= below_bytes)
+            )
+            and not self.closing
+            and not self.ended
+        ):
             if time.monotonic() >= deadline:
                 return False
             self._drained.wait(min(deadline - time.monotonic(), 0.1))
@@ -182,8 +199,9 @@ class Client:
         next_ping = time.monotonic() + (self.ping_interval or 0)
         try:
             while True:
-                self._wake.wait(max(next_ping - time.monotonic(), 0)
-                                if heartbeat else None)
+                self._wake.wait(
+                    max(next_ping - time.monotonic(), 0) if heartbeat else None
+                )
                 self._wake.clear()
                 if self.conn.breach is not None:
                     self.request_close(*self.conn.breach)
@@ -204,8 +222,11 @@ class Client:
                         self.close_code = self.conn.peer_close_code()
                         return
                     if not answered:
-                        log.info("client %s: no pong within %ss, dropping",
-                                 self.id, self.ping_interval)
+                        log.info(
+                            "client %s: no pong within %ss, dropping",
+                            self.id,
+                            self.ping_interval,
+                        )
                         self.close_code = CloseCode.ABNORMAL
                         self.sock.abort()
                         return

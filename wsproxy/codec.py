@@ -87,8 +87,15 @@ def change_message(change_id, raw):
     event = {k: v for k, v in raw.items() if k != "_id"}
     # The envelope is assembled around the event's JSON so the (possibly
     # large) event is serialised exactly once.
-    return ('{"type": "' + MessageType.CHANGE + '", "id": ' + json.dumps(change_id)
-            + ', "event": ' + dumps(event) + "}")
+    return (
+        '{"type": "'
+        + MessageType.CHANGE
+        + '", "id": '
+        + json.dumps(change_id)
+        + ', "event": '
+        + dumps(event)
+        + "}"
+    )
 
 
 def control_message(kind, **fields):

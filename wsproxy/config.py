@@ -11,7 +11,8 @@ or raises ``ValueError`` with the reason.
 import copy
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from werkzeug.utils import ImportStringError, import_string
 
@@ -26,14 +27,15 @@ _NONE = {"none", "null"}
 
 
 def _is_none(value):
-    return value is None or (isinstance(value, str)
-                             and value.strip().lower() in _NONE)
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
 
 
 def _optional(parse):
     """``parse``, or None for None / "none" / "null"."""
+
     def parse_optional(value):
         return None if _is_none(value) else parse(value)
+
     return parse_optional
 
 
@@ -48,6 +50,7 @@ def _choice(*choices):
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return value
+
     return parse
 
 
@@ -57,11 +60,11 @@ def _number(minimum, *, integer=False, exclusive=False):
             value = int(value) if integer else float(value)
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
-            raise ValueError("must be " + ("an integer" if integer
-                                           else "a number"))
+            raise ValueError("must be " + ("an integer" if integer else "a number"))
         if value < minimum or (exclusive and value == minimum):
             raise ValueError(f"must be {'>' if exclusive else '>='} {minimum}")
         return value
+
     return parse
 
 
@@ -85,10 +88,14 @@ def _list(value):
     """A list of strings: a list, JSON text, or comma-separated text."""
     if isinstance(value, str):
         text = value.strip()
-        value = (json.loads(text) if text.startswith("[")
-                 else [v.strip() for v in text.split(",") if v.strip()])
+        value = (
+            json.loads(text)
+            if text.startswith("[")
+            else [v.strip() for v in text.split(",") if v.strip()]
+        )
     if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) and v for v in value):
+        isinstance(v, str) and v for v in value
+    ):
         raise ValueError("must be a list of non-empty strings")
     return list(value)
 
@@ -142,105 +149,238 @@ class Setting(NamedTuple):
 
 SETTINGS = (
     # Where and what to watch.
-    Setting("WSPROXY_MONGODB_URI", None, _optional(_text),
-            "A replica set or Atlas URI (required)."),
-    Setting("WSPROXY_WATCH", "", check_watch,
-            '"" the deployment, "db" or "db.coll" (MongoDB\'s naming rules).'),
-    Setting("WSPROXY_FULL_DOCUMENT", "updateLookup",
-            _optional(_choice("default", "updateLookup", "whenAvailable",
-                              "required")),
-            "PyMongo's full_document."),
-    Setting("WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE", None,
-            _optional(_choice("off", "whenAvailable", "required")),
-            "PyMongo's full_document_before_change (pre-images)."),
-    Setting("WSPROXY_PIPELINE", [], check_pipeline,
-            "Change stream stages appended for everyone; none may remove or "
-            "rewrite _id."),
-    Setting("WSPROXY_MAX_AWAIT_MS", 500, _positive_int,
-            "Longest the watcher blocks in one try_next()."),
-    Setting("WSPROXY_BACKOFF_INITIAL", 0.5, _positive,
-            "Seconds before reopening a failed stream; doubles per failure."),
-    Setting("WSPROXY_BACKOFF_MAX", 30.0, _positive,
-            "Cap on that delay."),
+    Setting(
+        "WSPROXY_MONGODB_URI",
+        None,
+        _optional(_text),
+        "A replica set or Atlas URI (required).",
+    ),
+    Setting(
+        "WSPROXY_WATCH",
+        "",
+        check_watch,
+        '"" the deployment, "db" or "db.coll" (MongoDB\'s naming rules).',
+    ),
+    Setting(
+        "WSPROXY_FULL_DOCUMENT",
+        "updateLookup",
+        _optional(_choice("default", "updateLookup", "whenAvailable", "required")),
+        "PyMongo's full_document.",
+    ),
+    Setting(
+        "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE",
+        None,
+        _optional(_choice("off", "whenAvailable", "required")),
+        "PyMongo's full_document_before_change (pre-images).",
+    ),
+    Setting(
+        "WSPROXY_PIPELINE",
+        [],
+        check_pipeline,
+        "Change stream stages appended for everyone; none may remove or rewrite _id.",
+    ),
+    Setting(
+        "WSPROXY_MAX_AWAIT_MS",
+        500,
+        _positive_int,
+        "Longest the watcher blocks in one try_next().",
+    ),
+    Setting(
+        "WSPROXY_BACKOFF_INITIAL",
+        0.5,
+        _positive,
+        "Seconds before reopening a failed stream; doubles per failure.",
+    ),
+    Setting("WSPROXY_BACKOFF_MAX", 30.0, _positive, "Cap on that delay."),
     # Routes.
     Setting("WSPROXY_PATH", "/ws", _path, "The WebSocket route."),
-    Setting("WSPROXY_PAGE_PATH", "/wsproxy/", _optional(_path),
-            "The bundled page; None leaves it out."),
-    Setting("WSPROXY_METRICS_PATH", "/metrics", _optional(_path),
-            "Prometheus metrics; None leaves them out."),
-    Setting("WSPROXY_HEALTH_PATH", "/healthz", _optional(_path),
-            "Liveness; None leaves it out."),
-    Setting("WSPROXY_READY_PATH", "/readyz", _optional(_path),
-            "Readiness; None leaves it out."),
-    Setting("WSPROXY_READY_DETAILS", False, _flag,
-            "/readyz shows the watcher's error text, not only its type."),
+    Setting(
+        "WSPROXY_PAGE_PATH",
+        "/wsproxy/",
+        _optional(_path),
+        "The bundled page; None leaves it out.",
+    ),
+    Setting(
+        "WSPROXY_METRICS_PATH",
+        "/metrics",
+        _optional(_path),
+        "Prometheus metrics; None leaves them out.",
+    ),
+    Setting(
+        "WSPROXY_HEALTH_PATH",
+        "/healthz",
+        _optional(_path),
+        "Liveness; None leaves it out.",
+    ),
+    Setting(
+        "WSPROXY_READY_PATH",
+        "/readyz",
+        _optional(_path),
+        "Readiness; None leaves it out.",
+    ),
+    Setting(
+        "WSPROXY_READY_DETAILS",
+        False,
+        _flag,
+        "/readyz shows the watcher's error text, not only its type.",
+    ),
     # Fan-out and connections.
-    Setting("WSPROXY_HISTORY_SIZE", 1000, _positive_int,
-            "Recent events kept per worker for resume."),
-    Setting("WSPROXY_HISTORY_MAX_BYTES", 64 * MiB, _positive_int,
-            "...and at most this many bytes of their frames."),
-    Setting("WSPROXY_MAX_CATCHUPS", 16, _positive_int,
-            "Clients replaying from MongoDB at once (then 1013)."),
-    Setting("WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL", 2, _positive_int,
-            "...of them for one principal or anonymous address."),
-    Setting("WSPROXY_CATCHUP_TIMEOUT", 60.0, _positive,
-            "Seconds one catch-up may take (then 1013)."),
-    Setting("WSPROXY_QUEUE_SIZE", 10000, _positive_int,
-            "Intake queue between watcher and broadcaster."),
-    Setting("WSPROXY_OUTBOX_MAX_MESSAGES", 1000, _positive_int,
-            "Messages queued for one client before 4008."),
-    Setting("WSPROXY_OUTBOX_MAX_BYTES", 8 * MiB, _positive_int,
-            "Bytes queued for one client before 4008."),
-    Setting("WSPROXY_SEND_TIMEOUT", 10.0, _positive,
-            "Seconds one write may wait on a peer."),
-    Setting("WSPROXY_CLOSE_TIMEOUT", 5.0, _positive,
-            "Seconds to wait for the peer's close reply."),
-    Setting("WSPROXY_PING_INTERVAL", 25.0, _not_negative,
-            "Heartbeat seconds; 0 disables."),
-    Setting("WSPROXY_MAX_MESSAGE_SIZE", 4096, _positive_int,
-            "Largest client message in bytes (then 1009)."),
+    Setting(
+        "WSPROXY_HISTORY_SIZE",
+        1000,
+        _positive_int,
+        "Recent events kept per worker for resume.",
+    ),
+    Setting(
+        "WSPROXY_HISTORY_MAX_BYTES",
+        64 * MiB,
+        _positive_int,
+        "...and at most this many bytes of their frames.",
+    ),
+    Setting(
+        "WSPROXY_MAX_CATCHUPS",
+        16,
+        _positive_int,
+        "Clients replaying from MongoDB at once (then 1013).",
+    ),
+    Setting(
+        "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
+        2,
+        _positive_int,
+        "...of them for one principal or anonymous address.",
+    ),
+    Setting(
+        "WSPROXY_CATCHUP_TIMEOUT",
+        60.0,
+        _positive,
+        "Seconds one catch-up may take (then 1013).",
+    ),
+    Setting(
+        "WSPROXY_QUEUE_SIZE",
+        10000,
+        _positive_int,
+        "Intake queue between watcher and broadcaster.",
+    ),
+    Setting(
+        "WSPROXY_OUTBOX_MAX_MESSAGES",
+        1000,
+        _positive_int,
+        "Messages queued for one client before 4008.",
+    ),
+    Setting(
+        "WSPROXY_OUTBOX_MAX_BYTES",
+        8 * MiB,
+        _positive_int,
+        "Bytes queued for one client before 4008.",
+    ),
+    Setting(
+        "WSPROXY_SEND_TIMEOUT", 10.0, _positive, "Seconds one write may wait on a peer."
+    ),
+    Setting(
+        "WSPROXY_CLOSE_TIMEOUT",
+        5.0,
+        _positive,
+        "Seconds to wait for the peer's close reply.",
+    ),
+    Setting(
+        "WSPROXY_PING_INTERVAL", 25.0, _not_negative, "Heartbeat seconds; 0 disables."
+    ),
+    Setting(
+        "WSPROXY_MAX_MESSAGE_SIZE",
+        4096,
+        _positive_int,
+        "Largest client message in bytes (then 1009).",
+    ),
     # Who may connect and what they see.
-    Setting("WSPROXY_ALLOWED_ORIGINS", None, _optional(_origins),
-            'Browser origins allowed; None same origin, ["*"] any.'),
-    Setting("WSPROXY_ALLOWED_HOSTS", None, _optional(_list),
-            "Host names served (DNS rebinding); None: loopback names on a "
-            "loopback address."),
-    Setting("WSPROXY_AUTHORIZE", None, _optional(_authorizer),
-            "callable(request) or 'module:function' returning a Principal."),
-    Setting("WSPROXY_HIDE_FIELDS", [], _hide_fields,
-            "Dotted document fields never sent to anyone."),
-    Setting("WSPROXY_MAX_CLIENTS", 1000, _positive_int,
-            "Connections per worker (then 503)."),
-    Setting("WSPROXY_MAX_FILTER_BYTES", 4096, _positive_int,
-            "Largest ?filter=."),
-    Setting("WSPROXY_CLIENT_MESSAGE_RATE", 5.0, _positive,
-            "Frames per second a client may send..."),
-    Setting("WSPROXY_CLIENT_MESSAGE_BURST", 20, _positive_int,
-            "...in bursts this large (then 1008)."),
-    Setting("WSPROXY_CONNECT_RATE", 20.0, _positive,
-            "Connection cost per second per principal or address..."),
-    Setting("WSPROXY_CONNECT_BURST", 100, _positive_int,
-            "...in bursts this large (then 429)."),
-    Setting("WSPROXY_SECRET_KEYS", None, _optional(_list),
-            "Keys sealing resume ids, current first; None: derived from "
-            "SECRET_KEY and SECRET_KEY_FALLBACKS."),
-    Setting("WSPROXY_EMBEDDED", False, _flag,
-            "Read from the environment by the repository's gunicorn.conf.py "
-            "(the demo): start the embedded demo server."),
+    Setting(
+        "WSPROXY_ALLOWED_ORIGINS",
+        None,
+        _optional(_origins),
+        'Browser origins allowed; None same origin, ["*"] any.',
+    ),
+    Setting(
+        "WSPROXY_ALLOWED_HOSTS",
+        None,
+        _optional(_list),
+        "Host names served (DNS rebinding); None: loopback names on a "
+        "loopback address.",
+    ),
+    Setting(
+        "WSPROXY_AUTHORIZE",
+        None,
+        _optional(_authorizer),
+        "callable(request) or 'module:function' returning a Principal.",
+    ),
+    Setting(
+        "WSPROXY_HIDE_FIELDS",
+        [],
+        _hide_fields,
+        "Dotted document fields never sent to anyone.",
+    ),
+    Setting(
+        "WSPROXY_MAX_CLIENTS", 1000, _positive_int, "Connections per worker (then 503)."
+    ),
+    Setting("WSPROXY_MAX_FILTER_BYTES", 4096, _positive_int, "Largest ?filter=."),
+    Setting(
+        "WSPROXY_CLIENT_MESSAGE_RATE",
+        5.0,
+        _positive,
+        "Frames per second a client may send...",
+    ),
+    Setting(
+        "WSPROXY_CLIENT_MESSAGE_BURST",
+        20,
+        _positive_int,
+        "...in bursts this large (then 1008).",
+    ),
+    Setting(
+        "WSPROXY_CONNECT_RATE",
+        20.0,
+        _positive,
+        "Connection cost per second per principal or address...",
+    ),
+    Setting(
+        "WSPROXY_CONNECT_BURST",
+        100,
+        _positive_int,
+        "...in bursts this large (then 429).",
+    ),
+    Setting(
+        "WSPROXY_SECRET_KEYS",
+        None,
+        _optional(_list),
+        "Keys sealing resume ids, current first; None: derived from "
+        "SECRET_KEY and SECRET_KEY_FALLBACKS.",
+    ),
+    Setting(
+        "WSPROXY_EMBEDDED",
+        False,
+        _flag,
+        "Read from the environment by the repository's gunicorn.conf.py "
+        "(the demo): start the embedded demo server.",
+    ),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 # Paths a route is registered at; all but WSPROXY_PATH may be None.
-ROUTE_KEYS = ("WSPROXY_PATH", "WSPROXY_PAGE_PATH", "WSPROXY_METRICS_PATH",
-              "WSPROXY_HEALTH_PATH", "WSPROXY_READY_PATH")
+ROUTE_KEYS = (
+    "WSPROXY_PATH",
+    "WSPROXY_PAGE_PATH",
+    "WSPROXY_METRICS_PATH",
+    "WSPROXY_HEALTH_PATH",
+    "WSPROXY_READY_PATH",
+)
 
 
 def from_env(environ=None):
     """The ``WSPROXY_*`` settings present in the environment, typed."""
     environ = os.environ if environ is None else environ
-    return {name: _parse(BY_NAME[name], environ[name])
-            for name in BY_NAME if name in environ}
+    return {
+        name: _parse(BY_NAME[name], environ[name])
+        for name in BY_NAME
+        if name in environ
+    }
 
 
 def apply_defaults(config, environ=None):
@@ -250,9 +390,11 @@ def apply_defaults(config, environ=None):
     environ = os.environ if environ is None else environ
     for setting in SETTINGS:
         if setting.name not in config:
-            config[setting.name] = (environ[setting.name]
-                                    if setting.name in environ
-                                    else copy.deepcopy(setting.default))
+            config[setting.name] = (
+                environ[setting.name]
+                if setting.name in environ
+                else copy.deepcopy(setting.default)
+            )
 
 
 def validate(config):
@@ -266,7 +408,8 @@ def validate(config):
             "environment) to your replica set or Atlas URI, or, in a checkout "
             "of wsproxy's repository, run the demo on its embedded server: "
             "python3 dev.py demo (or WSPROXY_EMBEDDED=1 with the repository's "
-            "gunicorn -c gunicorn.conf.py)")
+            "gunicorn -c gunicorn.conf.py)"
+        )
 
 
 def _parse(setting, value):

@@ -17,8 +17,9 @@ from .protocol import CloseCode, MessageType
 def on_message(client, data):
     """``on_message(client, data)`` for :meth:`Client.run`."""
     if isinstance(data, (bytes, bytearray)):
-        client.request_close(CloseCode.UNSUPPORTED_DATA,
-                             "binary messages are not accepted")
+        client.request_close(
+            CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted"
+        )
         return
     try:
         message = json.loads(data)
@@ -31,4 +32,5 @@ def on_message(client, data):
         return
     client.request_close(
         CloseCode.POLICY,
-        f"unknown message type {str(kind)[:30]!r}; only ping is accepted")
+        f"unknown message type {str(kind)[:30]!r}; only ping is accepted",
+    )

@@ -10,20 +10,17 @@ import logging
 import os
 import signal
 import threading
-
 from collections.abc import Callable
 
 from flask import Flask, Request, current_app
 from pymongo import MongoClient
 
 from . import config as settings
-from . import sealing
-from . import throttle
-from . import views
+from . import sealing, throttle, views
 from .access import Principal
 from .errors import ClientError, ConfigError
-from .protocol import CloseCode
 from .hub import Hub
+from .protocol import CloseCode
 from .source import Backoff, ChangeSource, watch_target
 
 log = logging.getLogger(__name__)
@@ -54,19 +51,21 @@ class ProxyState:
         # Seals resume ids; ConfigError here (init_app) without a key.
         self.sealer = sealing.from_config(config)
         # Bounds how many clients replay from MongoDB at once.
-        self.catchup_slots = threading.BoundedSemaphore(
-            config["WSPROXY_MAX_CATCHUPS"])
+        self.catchup_slots = threading.BoundedSemaphore(config["WSPROXY_MAX_CATCHUPS"])
         # What one principal or address may cost: connections per second,
         # catch-ups at once (wsproxy/throttle.py).
         self.connect_rate = throttle.KeyedRateLimit(
-            config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"])
+            config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"]
+        )
         self.catchups_per_key = throttle.KeyedSlots(
-            config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"])
+            config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]
+        )
 
     @property
     def authorizer(self):
         return self.config["WSPROXY_AUTHORIZE"] or (
-            self.extension and self.extension.authorizer)
+            self.extension and self.extension.authorizer
+        )
 
     def ensure_started(self, app=None):
         """Start in this process if not yet started; ``app`` (given by
@@ -82,8 +81,9 @@ class ProxyState:
             if self._pid is not None:
                 # Forked after starting: the parent's client and threads do
                 # not exist here. Start afresh (never reuse its MongoClient).
-                log.warning("wsproxy: started before a fork; restarting in "
-                            "pid %s", os.getpid())
+                log.warning(
+                    "wsproxy: started before a fork; restarting in pid %s", os.getpid()
+                )
             self._start()
             self._pid = os.getpid()
         return self
@@ -91,23 +91,31 @@ class ProxyState:
     def _start(self):
         c = self.config
         self.stopping.clear()
-        self.mongo = MongoClient(c["WSPROXY_MONGODB_URI"], appname="wsproxy",
-                                 connect=False)
-        self.hub = Hub(history_size=c["WSPROXY_HISTORY_SIZE"],
-                       history_bytes=c["WSPROXY_HISTORY_MAX_BYTES"],
-                       queue_size=c["WSPROXY_QUEUE_SIZE"])
+        self.mongo = MongoClient(
+            c["WSPROXY_MONGODB_URI"], appname="wsproxy", connect=False
+        )
+        self.hub = Hub(
+            history_size=c["WSPROXY_HISTORY_SIZE"],
+            history_bytes=c["WSPROXY_HISTORY_MAX_BYTES"],
+            queue_size=c["WSPROXY_QUEUE_SIZE"],
+        )
         self.source = ChangeSource(
-            watch_target(self.mongo, c["WSPROXY_WATCH"]), self.hub,
-            sealer=self.sealer, pipeline=c["WSPROXY_PIPELINE"],
+            watch_target(self.mongo, c["WSPROXY_WATCH"]),
+            self.hub,
+            sealer=self.sealer,
+            pipeline=c["WSPROXY_PIPELINE"],
             full_document=c["WSPROXY_FULL_DOCUMENT"],
             full_document_before_change=c["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"],
             max_await_ms=c["WSPROXY_MAX_AWAIT_MS"],
-            backoff=Backoff(c["WSPROXY_BACKOFF_INITIAL"],
-                            c["WSPROXY_BACKOFF_MAX"]))
+            backoff=Backoff(c["WSPROXY_BACKOFF_INITIAL"], c["WSPROXY_BACKOFF_MAX"]),
+        )
         self.hub.start()
         self.source.start()
-        log.info("wsproxy: watching %r in pid %s",
-                 c["WSPROXY_WATCH"] or "(deployment)", os.getpid())
+        log.info(
+            "wsproxy: watching %r in pid %s",
+            c["WSPROXY_WATCH"] or "(deployment)",
+            os.getpid(),
+        )
 
     def check_server(self, environ):
         """Refuse (500) a WebSocket on a server that would block on it, and
@@ -115,25 +123,32 @@ class ProxyState:
         app"."""
         if not environ.get("wsgi.multithread"):
             self._warn_once(
-                "sync", logging.ERROR,
+                "sync",
+                logging.ERROR,
                 "wsproxy: this server handles one request at a time per "
                 "worker (gunicorn's default sync worker?), so each WebSocket "
                 "would block it; serve with gunicorn -c python:wsproxy.gunicorn "
-                "(or -k gthread --threads 1100)")
+                "(or -k gthread --threads 1100)",
+            )
             raise ClientError(
                 "this server cannot hold WebSocket connections (one request "
                 "at a time per worker); serve with gunicorn -k gthread",
-                status=500)
-        if (environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
-                and not self.hooks_installed):
+                status=500,
+            )
+        if (
+            environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+            and not self.hooks_installed
+        ):
             self._warn_once(
-                "hooks", logging.WARNING,
+                "hooks",
+                logging.WARNING,
                 "wsproxy: this gunicorn worker runs without wsproxy's hooks, "
                 "so SIGTERM does not close clients with 1001 (they hold the "
                 "worker until graceful_timeout), /metrics covers only the "
                 "worker that answers, and wsproxy's INFO log is not shown; "
                 "serve with gunicorn -c python:wsproxy.gunicorn or "
-                "'from wsproxy.gunicorn import *' in your gunicorn config")
+                "'from wsproxy.gunicorn import *' in your gunicorn config",
+            )
 
     def _warn_once(self, key, level, message):
         if key not in self._warned:
@@ -159,8 +174,9 @@ class ProxyState:
         def on_sigterm(signum, frame):
             # A thread, not here: the signal may have interrupted a thread
             # that holds a lock begin_shutdown needs.
-            threading.Thread(target=self.begin_shutdown,
-                             name="wsproxy-shutdown", daemon=True).start()
+            threading.Thread(
+                target=self.begin_shutdown, name="wsproxy-shutdown", daemon=True
+            ).start()
             if callable(previous):
                 previous(signum, frame)
 
@@ -223,15 +239,18 @@ class WSProxy:
         self.state(app).stop(timeout)
 
 
-WSProxy.init_app.__doc__ = """Register the WebSocket route, health endpoints and the page.
+WSProxy.init_app.__doc__ = (
+    """Register the WebSocket route, health endpoints and the page.
 
         Settings come from ``app.config``; a key the app does not set is
         taken from the environment variable of the same name, else the
         default in parentheses (the README says more). Raises ConfigError
         for a bad value or a path another route of the app already has.
 
-""" + "\n".join("        " + line
-                        for line in settings.docstring_lines()) + "\n"
+"""
+    + "\n".join("        " + line for line in settings.docstring_lines())
+    + "\n"
+)
 
 
 def check_routes(app, paths):
@@ -242,4 +261,5 @@ def check_routes(app, paths):
             raise ConfigError(
                 f"wsproxy would register {rule.rule!r}, which the app already "
                 f"routes to {rule.endpoint!r}; set the WSPROXY_*_PATH "
-                "setting for it to another path, or None to leave it out")
+                "setting for it to another path, or None to leave it out"
+            )

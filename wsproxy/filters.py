@@ -23,7 +23,7 @@ embedded-document equality is exact, key order included.
 import operator
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bson import json_util
 from bson.decimal128 import Decimal128
@@ -32,11 +32,27 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from .protocol import clip_utf8
 from .errors import FilterError
+from .protocol import clip_utf8
 
-_FIELD_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"}
-_RANGE_OPS = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+_FIELD_OPS = {
+    "$eq",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$exists",
+    "$not",
+}
+_RANGE_OPS = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
 _COMPOUND = (Mapping, list, tuple)
 _ESCAPE = re.compile(r"\\.", re.S)
 _STRING = re.compile(r'"[^"]*"')
@@ -46,7 +62,7 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]")
 _NULL, _NUM, _STR, _BIN, _OID, _BOOL, _DATE, _TS = range(8)
 _EXACT = {str: _STR, int: _NUM, Int64: _NUM, bool: _BOOL}
 _MISSING = object()  # where a path leads nowhere; only null and $exists see it
-_NAN = object()      # NaN equals NaN (as in MongoDB) but is never ordered
+_NAN = object()  # NaN equals NaN (as in MongoDB) but is never ordered
 
 
 # Errors travel as HTTP reasons and close reasons: cut to UTF-8 bytes.
@@ -73,7 +89,7 @@ def _key(value):
         return (_NUM, _NAN if number.is_nan() else number)
     if isinstance(value, datetime):
         if value.utcoffset() is not None:  # PyMongo decodes naive UTC; match that
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return (_DATE, value)
     if isinstance(value, ObjectId):
         return (_OID, value.binary)
@@ -87,12 +103,22 @@ def _key(value):
 def _same(value, literal):
     """MongoDB equality of an event value with a validated spec literal."""
     if isinstance(literal, Mapping):
-        return (isinstance(value, Mapping) and len(value) == len(literal)
-                and all(kv == kl and _same(vv, vl)
-                        for (kv, vv), (kl, vl) in zip(value.items(), literal.items())))
+        return (
+            isinstance(value, Mapping)
+            and len(value) == len(literal)
+            and all(
+                kv == kl and _same(vv, vl)
+                for (kv, vv), (kl, vl) in zip(
+                    value.items(), literal.items(), strict=True
+                )
+            )
+        )
     if isinstance(literal, (list, tuple)):
-        return (isinstance(value, (list, tuple)) and len(value) == len(literal)
-                and all(_same(v, l) for v, l in zip(value, literal)))
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(literal)
+            and all(_same(v, lit) for v, lit in zip(value, literal, strict=True))
+        )
     return _key(value) == _key(literal)
 
 
@@ -107,9 +133,13 @@ def _resolve(doc, parts):
             elif type(value) is list:
                 if index is not None:  # "items.1" indexes, and is a key in subdocuments
                     found.append(value[index] if index < len(value) else _MISSING)
-                    found.extend(e[part] for e in value if isinstance(e, Mapping) and part in e)
+                    found.extend(
+                        e[part] for e in value if isinstance(e, Mapping) and part in e
+                    )
                 else:
-                    found.extend(e.get(part, _MISSING) for e in value if isinstance(e, Mapping))
+                    found.extend(
+                        e.get(part, _MISSING) for e in value if isinstance(e, Mapping)
+                    )
             else:
                 found.append(_MISSING)
         values = found
@@ -127,7 +157,8 @@ def _candidates(values):
 def _is_null(values):
     return not values or any(
         v is None or v is _MISSING or (type(v) is list and any(e is None for e in v))
-        for v in values)
+        for v in values
+    )
 
 
 def _exists(values):
@@ -148,7 +179,9 @@ def _negate(test):
 
 def _literal(value, at):
     """Check a spec value is plain data we can compare, and return it."""
-    if isinstance(value, (Regex, re.Pattern)):  # json_util turns {"$regex": ...} into these
+    if isinstance(
+        value, (Regex, re.Pattern)
+    ):  # json_util turns {"$regex": ...} into these
         _fail("filter: unsupported operator $regex", at)
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -166,7 +199,9 @@ def _literal(value, at):
         except (ArithmeticError, ValueError):  # e.g. a datetime too big to move to UTC
             known = False
         if not known:
-            _fail(f"filter: unsupported value type {_clip(type(value).__name__, 24)}", at)
+            _fail(
+                f"filter: unsupported value type {_clip(type(value).__name__, 24)}", at
+            )
     return value
 
 
@@ -183,9 +218,12 @@ def _in_test(items, at):
         if has_null and _is_null(values):
             return True
         for c in _candidates(values):
-            if _key(c) in keys or (compound and any(_same(c, item) for item in compound)):
+            if _key(c) in keys or (
+                compound and any(_same(c, item) for item in compound)
+            ):
                 return True
         return False
+
     return test
 
 
@@ -194,7 +232,9 @@ def _range_test(op, value, at):
     if isinstance(value, _COMPOUND):
         _fail(f"filter: {op} needs a single value, not an object or list", at)
     inclusive = op in ("$gte", "$lte")
-    if value is None:  # as in MongoDB: {$gte: null} is {$eq: null}, {$gt: null} is nothing
+    if (
+        value is None
+    ):  # as in MongoDB: {$gte: null} is {$eq: null}, {$gt: null} is nothing
         return _is_null if inclusive else _never
     bracket, ref = _key(value)
     if ref is _NAN:
@@ -204,9 +244,15 @@ def _range_test(op, value, at):
     def test(values):
         for c in _candidates(values):
             key = _key(c)
-            if key and key[0] == bracket and key[1] is not _NAN and compare(key[1], ref):
+            if (
+                key
+                and key[0] == bracket
+                and key[1] is not _NAN
+                and compare(key[1], ref)
+            ):
                 return True
         return False
+
     return test
 
 
@@ -259,20 +305,26 @@ def _compile_doc(doc):
             if not all(isinstance(item, Mapping) for item in value):
                 _fail(f"filter: {key} items must be objects")
             subs = [_compile_doc(item) for item in value]
-            tests.append(_all(subs) if key == "$and" else
-                         (lambda event, subs=subs: any(s(event) for s in subs)))
+            tests.append(
+                _all(subs)
+                if key == "$and"
+                else (lambda event, subs=subs: any(s(event) for s in subs))
+            )
             continue
         parts = _path(key)
         if isinstance(value, Mapping) and _is_op_doc(value, key):
             field = _all([_op_test(op, arg, key) for op, arg in value.items()])
         else:
             field = _in_test([value], key)
-        tests.append(lambda event, parts=parts, field=field: field(_resolve(event, parts)))
+        tests.append(
+            lambda event, parts=parts, field=field: field(_resolve(event, parts))
+        )
     return _all(tests) if tests else (lambda event: True)
 
 
 def _text_too_deep(text, limit):
-    """Whether JSON text nests brackets beyond ``limit``; iterative, unlike json.loads."""
+    """Whether JSON text nests brackets beyond ``limit``; iterative, unlike
+    json.loads."""
     # Drop escapes, then strings, then all but brackets; each regex is linear.
     text = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
     depth = 0
@@ -318,7 +370,7 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
             spec = json_util.loads(spec)
         except RecursionError:
             _fail(too_deep)
-        except Exception as exc:  # json_util raises many types for bad $oid, $date...
+        except Exception as exc:  # noqa: BLE001 - json_util raises many types
             _fail(f"filter is not valid JSON: {exc}")
     if not isinstance(spec, Mapping):
         _fail("filter must be a JSON object")
@@ -331,6 +383,7 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
     def predicate(event):
         try:
             return bool(root(event))
-        except Exception:  # hostile shapes or custom types: fail closed
+        except Exception:  # noqa: BLE001 - hostile shapes: fail closed
             return False
+
     return predicate

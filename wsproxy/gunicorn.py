@@ -31,10 +31,22 @@ import shutil
 import tempfile
 
 __all__ = [
-    "worker_class", "workers", "threads", "worker_connections", "timeout",
-    "graceful_timeout", "keepalive", "preload_app", "control_socket_disable",
-    "logconfig_dict", "access_log_format",
-    "on_starting", "post_worker_init", "worker_exit", "child_exit", "on_exit",
+    "worker_class",
+    "workers",
+    "threads",
+    "worker_connections",
+    "timeout",
+    "graceful_timeout",
+    "keepalive",
+    "preload_app",
+    "control_socket_disable",
+    "logconfig_dict",
+    "access_log_format",
+    "on_starting",
+    "post_worker_init",
+    "worker_exit",
+    "child_exit",
+    "on_exit",
 ]
 
 _TRUE = ("1", "true", "yes", "on")
@@ -42,8 +54,7 @@ _TRUE = ("1", "true", "yes", "on")
 # Metrics from every worker, summed by whichever one answers /metrics.
 _own_metrics_dir: str | None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-        prefix="wsproxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsproxy-metrics-")
     _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 else:
     _own_metrics_dir = None
@@ -84,8 +95,7 @@ preload_app = False
 
 # gunicorn's default format without the query string (%(U)s is the path
 # alone): `?access_token=` must never reach a log file.
-access_log_format = ('%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s '
-                     '%(b)s "%(a)s"')
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 
 # wsproxy's own log lines (connections, watcher state) beside gunicorn's.
 logconfig_dict = {
@@ -93,26 +103,45 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "root": {"level": "INFO", "handlers": ["error_console"]},
     "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"],
-                           "propagate": False, "qualname": "gunicorn.error"},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"],
-                            "propagate": False, "qualname": "gunicorn.access"},
-        "wsproxy": {"level": os.environ.get("WSPROXY_LOG_LEVEL", "INFO"),
-                    "handlers": ["error_console"], "propagate": False},
+        "gunicorn.error": {
+            "level": "INFO",
+            "handlers": ["error_console"],
+            "propagate": False,
+            "qualname": "gunicorn.error",
+        },
+        "gunicorn.access": {
+            "level": "INFO",
+            "handlers": ["console"],
+            "propagate": False,
+            "qualname": "gunicorn.access",
+        },
+        "wsproxy": {
+            "level": os.environ.get("WSPROXY_LOG_LEVEL", "INFO"),
+            "handlers": ["error_console"],
+            "propagate": False,
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler",
-                    "formatter": "generic", "stream": "ext://sys.stdout"},
-        "error_console": {"class": "logging.StreamHandler",
-                          "formatter": "generic", "stream": "ext://sys.stderr"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stdout",
+        },
+        "error_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stderr",
+        },
     },
     "formatters": {
-        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] "
-                              "%(name)s: %(message)s",
-                    "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
-                    "class": "logging.Formatter"},
+        "generic": {
+            "format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+            "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+            "class": "logging.Formatter",
+        },
     },
 }
+
 
 def _flag(name, default="0"):
     return os.environ.get(name, default).strip().lower() in _TRUE
@@ -126,13 +155,13 @@ def on_starting(server):
             "WSPROXY_EMBEDDED is ignored: it only applies to the demo config "
             "in wsproxy's repository (gunicorn.conf.py, which python3 dev.py "
             "demo runs); wsproxy.gunicorn never starts a database. Set "
-            "WSPROXY_MONGODB_URI.")
+            "WSPROXY_MONGODB_URI."
+        )
 
 
 def _state(worker):
     # No worker.wsgi when the app failed to load (worker_exit still runs).
-    return getattr(getattr(worker, "wsgi", None), "extensions",
-                   {}).get("wsproxy")
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("wsproxy")
 
 
 def post_worker_init(worker):
@@ -141,8 +170,9 @@ def post_worker_init(worker):
     clients with 1001 on SIGTERM."""
     state = _state(worker)
     if state is None:
-        worker.log.warning("wsproxy.gunicorn: %r has no WSProxy; nothing to "
-                           "start", worker.wsgi)
+        worker.log.warning(
+            "wsproxy.gunicorn: %r has no WSProxy; nothing to start", worker.wsgi
+        )
         return
     state.ensure_started(worker.wsgi)
     state.install_sigterm_handler()

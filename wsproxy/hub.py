@@ -21,8 +21,8 @@ import itertools
 import logging
 import queue
 import threading
-from typing import Protocol
 import time
+from typing import Protocol
 
 from . import codec, metrics
 from .protocol import CloseCode
@@ -82,7 +82,7 @@ class _Joining:
         # Guards _held, _held_bytes and live: the hand-over is decided
         # under it. Never held while filtering or encoding.
         self._lock = threading.Lock()
-        self._held = []        # Change, or a frame (an announcement)
+        self._held = []  # Change, or a frame (an announcement)
         self._held_bytes = 0
         self.live = False
 
@@ -105,12 +105,14 @@ class _Joining:
             return  # overflowed: the client is being closed
         self._held.append(item)
         self._held_bytes += size
-        if (len(self._held) > self.client.max_messages
-                or self._held_bytes > self.client.max_bytes):
+        if (
+            len(self._held) > self.client.max_messages
+            or self._held_bytes > self.client.max_bytes
+        ):
             self._held = None
             self.client.request_close(
-                CloseCode.SLOW_CONSUMER,
-                "fell behind while resuming; resume again")
+                CloseCode.SLOW_CONSUMER, "fell behind while resuming; resume again"
+            )
 
     def request_close(self, code, reason):
         self.client.request_close(code, reason)
@@ -126,15 +128,17 @@ class _Joining:
                 if not batch:
                     self.live = True
                     return
-            self.client.preload([
-                item if isinstance(item, (bytes, bytearray)) else sub.frame(item)
-                for item in batch
-                if isinstance(item, (bytes, bytearray)) or sub.wants(item)])
+            self.client.preload(
+                [
+                    item if isinstance(item, (bytes, bytearray)) else sub.frame(item)
+                    for item in batch
+                    if isinstance(item, (bytes, bytearray)) or sub.wants(item)
+                ]
+            )
 
 
 class Hub:
-    def __init__(self, *, history_size=1000, history_bytes=64 << 20,
-                 queue_size=10000):
+    def __init__(self, *, history_size=1000, history_bytes=64 << 20, queue_size=10000):
         # First in the lock order (see wsproxy.client). Guards _clients and
         # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
@@ -163,7 +167,8 @@ class Hub:
 
     def start(self):
         self._thread = threading.Thread(
-            target=self._run, name="wsproxy-broadcaster", daemon=True)
+            target=self._run, name="wsproxy-broadcaster", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout=5.0):
@@ -239,8 +244,10 @@ class Hub:
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
-            client.preload([codec.frame(hello("history"))] + [
-                sub.frame(change) for change in backlog if sub.wants(change)])
+            client.preload(
+                [codec.frame(hello("history"))]
+                + [sub.frame(change) for change in backlog if sub.wants(change)]
+            )
             joining.go_live()
         except BaseException:
             self.unregister(joining)
@@ -259,8 +266,7 @@ class Hub:
         if position is None:
             return None
         first = self._next_position - len(self._history)
-        return list(itertools.islice(self._history, position - first + 1,
-                                     None))
+        return list(itertools.islice(self._history, position - first + 1, None))
 
     def unregister(self, client):
         with self._lock:
@@ -308,8 +314,9 @@ class Hub:
             self._next_position += 1
             self._history_bytes += size
             while self._history and (
-                    len(self._history) > self._history_size
-                    or self._history_bytes > self._history_bytes_max):
+                len(self._history) > self._history_size
+                or self._history_bytes > self._history_bytes_max
+            ):
                 position = self._next_position - len(self._history)
                 old = self._history.popleft()
                 if self._positions.get(old.id) == position:
@@ -319,8 +326,7 @@ class Hub:
         wall = change.raw.get("wallTime")
         if isinstance(wall, datetime.datetime):
             # PyMongo decodes naive UTC datetimes.
-            lag = time.time() - wall.replace(
-                tzinfo=datetime.timezone.utc).timestamp()
+            lag = time.time() - wall.replace(tzinfo=datetime.UTC).timestamp()
             metrics.LAG.observe(max(lag, 0.0))
         handed = 0
         for client in clients:

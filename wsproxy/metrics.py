@@ -8,37 +8,58 @@ it (one process, e.g. tests or ``flask run``) the default registry is used.
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry,
-                               Counter, Gauge, Histogram, generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-CLIENTS = Gauge("wsproxy_clients", "Connected WebSocket clients",
-                multiprocess_mode="livesum")
-EVENTS = Counter("wsproxy_events_received_total",
-                 "Change events read from MongoDB by the watchers")
-MESSAGES = Counter("wsproxy_messages_sent_total",
-                   "Change messages handed to connections (written or queued)")
-BYTES = Counter("wsproxy_bytes_sent_total",
-                "Bytes of change messages handed to connections")
-SLOW = Counter("wsproxy_slow_consumer_disconnects_total",
-               "Clients closed with 4008 because their outbox overflowed")
-RESUMES = Counter("wsproxy_resumes_total",
-                  "Connections by how their resume was served",
-                  ["mode"])  # none, history, catch-up
-CATCHUPS = Gauge("wsproxy_catchups_active",
-                  "Clients being replayed from MongoDB right now",
-                  multiprocess_mode="livesum")
-RESETS = Counter("wsproxy_resets_total",
-                 "Reset messages: events may have been lost", ["cause"])
-WATCHER_ERRORS = Counter("wsproxy_watcher_errors_total",
-                         "Change stream errors seen by the watchers")
-WATCHER_RECONNECTS = Counter("wsproxy_watcher_reconnects_total",
-                             "Times a watcher reopened its change stream")
-LAG = Histogram("wsproxy_event_lag_seconds",
-                "From the event's wallTime in MongoDB to its fan-out here",
-                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-REFUSED = Counter("wsproxy_refused_total",
-                  "Connections refused before the upgrade", ["status"])
+CLIENTS = Gauge(
+    "wsproxy_clients", "Connected WebSocket clients", multiprocess_mode="livesum"
+)
+EVENTS = Counter(
+    "wsproxy_events_received_total", "Change events read from MongoDB by the watchers"
+)
+MESSAGES = Counter(
+    "wsproxy_messages_sent_total",
+    "Change messages handed to connections (written or queued)",
+)
+BYTES = Counter(
+    "wsproxy_bytes_sent_total", "Bytes of change messages handed to connections"
+)
+SLOW = Counter(
+    "wsproxy_slow_consumer_disconnects_total",
+    "Clients closed with 4008 because their outbox overflowed",
+)
+RESUMES = Counter(
+    "wsproxy_resumes_total", "Connections by how their resume was served", ["mode"]
+)  # none, history, catch-up
+CATCHUPS = Gauge(
+    "wsproxy_catchups_active",
+    "Clients being replayed from MongoDB right now",
+    multiprocess_mode="livesum",
+)
+RESETS = Counter(
+    "wsproxy_resets_total", "Reset messages: events may have been lost", ["cause"]
+)
+WATCHER_ERRORS = Counter(
+    "wsproxy_watcher_errors_total", "Change stream errors seen by the watchers"
+)
+WATCHER_RECONNECTS = Counter(
+    "wsproxy_watcher_reconnects_total", "Times a watcher reopened its change stream"
+)
+LAG = Histogram(
+    "wsproxy_event_lag_seconds",
+    "From the event's wallTime in MongoDB to its fan-out here",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REFUSED = Counter(
+    "wsproxy_refused_total", "Connections refused before the upgrade", ["status"]
+)
 
 
 def exposition():

@@ -11,25 +11,25 @@ from enum import IntEnum, StrEnum
 class MessageType(StrEnum):
     """The ``type`` of every server -> client message."""
 
-    HELLO = "hello"    # first message: worker, watch scope, how resume was served
+    HELLO = "hello"  # first message: worker, watch scope, how resume was served
     CHANGE = "change"  # one change event, with its sealed resume token as "id"
-    RESET = "reset"    # events may have been lost; the page should reload state
+    RESET = "reset"  # events may have been lost; the page should reload state
     STATUS = "status"  # the proxy's link to MongoDB changed state
-    PONG = "pong"      # reply to a client {"type": "ping"}
+    PONG = "pong"  # reply to a client {"type": "ping"}
 
 
 class CloseCode(IntEnum):
     """WebSocket close codes wsproxy sends, or reports in its log."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001        # worker shutting down: reconnect and resume
+    GOING_AWAY = 1001  # worker shutting down: reconnect and resume
     UNSUPPORTED_DATA = 1003  # binary frame: only JSON text is accepted
-    ABNORMAL = 1006          # never sent: the connection ended without a close
-    POLICY = 1008            # bad control message, or over the frame budget
-    TOO_BIG = 1009           # incoming message over the size limit
-    INTERNAL_ERROR = 1011    # a bug on our side; the client may retry
-    TRY_AGAIN = 1013         # too busy or the database unreachable: retry later
-    SLOW_CONSUMER = 4008     # outbox overflowed: reconnect and resume
+    ABNORMAL = 1006  # never sent: the connection ended without a close
+    POLICY = 1008  # bad control message, or over the frame budget
+    TOO_BIG = 1009  # incoming message over the size limit
+    INTERNAL_ERROR = 1011  # a bug on our side; the client may retry
+    TRY_AGAIN = 1013  # too busy or the database unreachable: retry later
+    SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume
 
 
 # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.

@@ -52,9 +52,9 @@ def relation(changed, hidden):
                 covered = True  # already inside the hidden field
                 continue
             if part.isdigit():
-                following.add(matched)          # an array position
+                following.add(matched)  # an array position
             if hidden[matched] == part:
-                following.add(matched + 1)      # a field name
+                following.add(matched + 1)  # a field name
         reached = following
     rests = []
     for matched in sorted(reached):
@@ -92,8 +92,8 @@ def redact(raw, hide):
             listed = description.get(name)
             if isinstance(listed, list):
                 description[name] = [
-                    item for item in listed
-                    if not _hidden(_names(item), paths)]
+                    item for item in listed if not _hidden(_names(item), paths)
+                ]
         # {"a.0": ["a", 0]}: names a changed path; its value says which
         # components are array positions, but the path is enough to hide.
         ambiguous = description.get("disambiguatedPaths")

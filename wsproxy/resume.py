@@ -40,15 +40,14 @@ resume from (too old for the oplog, or not a token at all) gets a
 Bounds. A catch-up holds one of ``WSPROXY_MAX_CATCHUPS`` slots, and one of
 ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` for its principal (or address), so
 one principal's slow readers cannot take them all; it may last
-``WSPROXY_CATCHUP_TIMEOUT`` seconds, then the client is closed with 1013
-and resumes from where it got to. The replay follows the client's pace: it
-reads on only while the outbox holds less than half its message *and* byte
-bounds, fetching small batches, and what is recorded from the live feed
-meanwhile is bounded the same way (beyond, 4008). Each replayed event is filtered on the decoded
-event first and encoded only if the client wants it; the client's filter
-runs outside the lock the broadcaster needs. Ids the replay delivered are
-remembered only while the live feed could still bring them.
-"""
+``WSPROXY_CATCHUP_TIMEOUT`` seconds, then the client is closed with 1013 and
+resumes from where it got to. The replay follows the client's pace: it reads
+on only while the outbox holds less than half its message *and* byte bounds,
+fetching small batches, and what is recorded from the live feed meanwhile is
+bounded the same way (beyond, 4008). Each replayed event is filtered on the
+decoded event first and encoded only if the client wants it; the client's
+filter runs outside the lock the broadcaster needs. Ids the replay delivered
+are remembered only while the live feed could still bring them."""
 
 import logging
 import threading
@@ -57,8 +56,8 @@ import time
 from pymongo.errors import OperationFailure, PyMongoError
 
 from . import codec, metrics, throttle
-from .protocol import CloseCode, MessageType
 from .hub import Barrier
+from .protocol import CloseCode, MessageType
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,10 @@ class CatchUp:
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding.
         self._lock = threading.Lock()
-        self._live = []            # (id, frame or None if unwanted), in order
-        self._live_ids = {}        # id -> index in _live
+        self._live = []  # (id, frame or None if unwanted), in order
+        self._live_ids = {}  # id -> index in _live
         self._live_bytes = 0
-        self._delivered = set()    # ids the catch-up stream delivered
+        self._delivered = set()  # ids the catch-up stream delivered
         self.spliced = False
         self.replayed = 0
         self.last_delivery = 0.0  # monotonic time of the last catch-up event
@@ -129,11 +128,14 @@ class CatchUp:
                 self._splice_locked([])
                 return False
             size = len(data) if data is not None else 0
-            if (len(self._live) >= self.buffer_limit
-                    or self._live_bytes + size > self.buffer_bytes):
+            if (
+                len(self._live) >= self.buffer_limit
+                or self._live_bytes + size > self.buffer_bytes
+            ):
                 self.client.request_close(
                     CloseCode.SLOW_CONSUMER,
-                    "fell behind while catching up; resume again")
+                    "fell behind while catching up; resume again",
+                )
                 return False
             self._live_ids[change.id] = len(self._live)
             self._live.append((change.id, data))
@@ -202,8 +204,15 @@ class CatchUp:
         with self._lock:
             if self.spliced:
                 return
-            self.client.preload([codec.frame(codec.control_message(
-                MessageType.RESET, lost=True, reason=reason))])
+            self.client.preload(
+                [
+                    codec.frame(
+                        codec.control_message(
+                            MessageType.RESET, lost=True, reason=reason
+                        )
+                    )
+                ]
+            )
             metrics.RESETS.labels("client").inc()
             self._delivered.clear()
             self._splice_locked(self._live)
@@ -221,8 +230,8 @@ def _send_barrier(state, catchup, idle_since):
     if caught_up is None or caught_up <= idle_since:
         return False
     return state.hub.submit(
-        Barrier(lambda: catchup.splice_if_idle_since(idle_since)),
-        state.stopping)
+        Barrier(lambda: catchup.splice_if_idle_since(idle_since)), state.stopping
+    )
 
 
 def catch_up(state, catchup, resume_id):
@@ -232,18 +241,19 @@ def catch_up(state, catchup, resume_id):
     client = catchup.client
     config = state.config
     wait = config["WSPROXY_CLOSE_TIMEOUT"]
-    key = throttle.client_key(getattr(client, "principal", None),
-                              client.remote_addr)
+    key = throttle.client_key(getattr(client, "principal", None), client.remote_addr)
     if not state.catchups_per_key.acquire(key, timeout=wait):
         client.request_close(
             CloseCode.TRY_AGAIN,
             f"too many catch-ups for this client (limit "
-            f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly")
+            f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly",
+        )
         return
     try:
         if not state.catchup_slots.acquire(timeout=wait):
-            client.request_close(CloseCode.TRY_AGAIN,
-                                 "too many clients catching up; retry shortly")
+            client.request_close(
+                CloseCode.TRY_AGAIN, "too many clients catching up; retry shortly"
+            )
             return
         try:
             metrics.CATCHUPS.inc()
@@ -263,25 +273,37 @@ def _replay(state, catchup, resume_id):
     idle_since, barrier_sent = None, False
     try:
         token = state.sealer.unseal(resume_id)  # views checked it already
-        with state.source.open_stream(resume_after=token,
-                                      batch_size=CATCHUP_BATCH) as stream:
-            while not (catchup.spliced or client.closing or client.ended
-                       or state.stopping.is_set()):
+        with state.source.open_stream(
+            resume_after=token, batch_size=CATCHUP_BATCH
+        ) as stream:
+            while not (
+                catchup.spliced
+                or client.closing
+                or client.ended
+                or state.stopping.is_set()
+            ):
                 if time.monotonic() >= deadline:
-                    log.info("client %s: catch-up still running after %ss "
-                             "(%d events replayed); closing", client.id,
-                             limit, catchup.replayed)
+                    log.info(
+                        "client %s: catch-up still running after %ss "
+                        "(%d events replayed); closing",
+                        client.id,
+                        limit,
+                        catchup.replayed,
+                    )
                     client.request_close(
                         CloseCode.TRY_AGAIN,
                         f"catch-up took longer than {limit:g}s; resume "
-                        "from the last id received")
+                        "from the last id received",
+                    )
                     break
                 # Back-pressure: never hold more than half an outbox of
                 # replay, in messages or bytes, so a slow client slows the
                 # replay, not memory.
                 if not client.wait_for_room(
-                        client.max_messages // 2, timeout=0.5,
-                        below_bytes=client.max_bytes // 2):
+                    client.max_messages // 2,
+                    timeout=0.5,
+                    below_bytes=client.max_bytes // 2,
+                ):
                     continue
                 raw = stream.try_next()
                 if raw is None:
@@ -295,20 +317,23 @@ def _replay(state, catchup, resume_id):
                 if not catchup.deliver(codec.Change(raw, state.sealer)):
                     break
         if catchup.spliced:
-            log.info("client %s: caught up (%d events replayed)", client.id,
-                     catchup.replayed)
+            log.info(
+                "client %s: caught up (%d events replayed)", client.id, catchup.replayed
+            )
         else:
-            log.info("client %s: catch-up ended before the seam (client "
-                     "gone or closing)", client.id)
+            log.info(
+                "client %s: catch-up ended before the seam (client gone or closing)",
+                client.id,
+            )
     except OperationFailure as exc:
         # Too old for the oplog (286), or a token the server rejects.
         log.info("client %s: cannot resume (%s); reset", client.id, exc)
-        catchup.reset("cannot resume from resume_after: events may have "
-                      "been missed")
+        catchup.reset("cannot resume from resume_after: events may have been missed")
     except PyMongoError as exc:
         log.warning("client %s: catch-up failed: %s", client.id, exc)
-        client.request_close(CloseCode.TRY_AGAIN,
-                             "cannot reach the database to resume; retry")
+        client.request_close(
+            CloseCode.TRY_AGAIN, "cannot reach the database to resume; retry"
+        )
     except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
         log.exception("client %s: catch-up failed", client.id)
         client.request_close(CloseCode.INTERNAL_ERROR, "internal error")

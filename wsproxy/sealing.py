@@ -51,8 +51,9 @@ def derive_key(secret):
     """A 64-byte AES-SIV key from one configured secret (str or bytes)."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
-    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None,
-                info=_HKDF_INFO).derive(secret)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=64, salt=None, info=_HKDF_INFO
+    ).derive(secret)
 
 
 class Sealer:
@@ -98,8 +99,9 @@ class Sealer:
 
 
 def _is_upper_hex(text):
-    return (bool(text) and len(text) % 2 == 0
-            and all(c in "0123456789ABCDEF" for c in text))
+    return (
+        bool(text) and len(text) % 2 == 0 and all(c in "0123456789ABCDEF" for c in text)
+    )
 
 
 def _decode(plain):
@@ -141,13 +143,14 @@ def from_config(config):
             "the same in every proxy serving the same clients, e.g. "
             "WSPROXY_SECRET_KEYS=$(python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))')) or the Flask app's "
-            "SECRET_KEY")
+            "SECRET_KEY"
+        )
     for secret in secrets:
         if not isinstance(secret, (str, bytes)):
             raise ConfigError(f"{source}: every key must be a string")
-        size = len(secret.encode("utf-8") if isinstance(secret, str)
-                   else secret)
+        size = len(secret.encode("utf-8") if isinstance(secret, str) else secret)
         if size < MIN_SECRET_BYTES:
-            raise ConfigError(f"{source}: every key must be at least "
-                              f"{MIN_SECRET_BYTES} bytes long")
+            raise ConfigError(
+                f"{source}: every key must be at least {MIN_SECRET_BYTES} bytes long"
+            )
     return Sealer(secrets)

@@ -15,29 +15,33 @@ import time
 from pymongo.errors import OperationFailure, PyMongoError
 
 from . import codec, metrics
-from .protocol import MessageType
 from .hub import Announcement
+from .protocol import MessageType
 
 log = logging.getLogger(__name__)
 
 # Error policy as data. History lost: the token is older than the oplog
 # window, so resuming is impossible; restart from "now" and tell clients.
-HISTORY_LOST_CODES = frozenset({
-    286,    # ChangeStreamHistoryLost
-    280,    # ChangeStreamFatalError (e.g. resume token no longer valid)
-    260,    # InvalidResumeToken
-})
+HISTORY_LOST_CODES = frozenset(
+    {
+        286,  # ChangeStreamHistoryLost
+        280,  # ChangeStreamFatalError (e.g. resume token no longer valid)
+        260,  # InvalidResumeToken
+    }
+)
 # Configuration or permission problems a retry will not fix by itself; we
 # still retry (slowly), so fixing a role or pipeline needs no restart.
-FATAL_CODES = frozenset({
-    13,     # Unauthorized
-    18,     # AuthenticationFailed
-    40573,  # change streams need a replica set or sharded cluster
-    40324,  # unrecognised pipeline stage
-    40602,  # $changeStream must be the first stage
-    9,      # FailedToParse (bad pipeline)
-    2,      # BadValue (bad option)
-})
+FATAL_CODES = frozenset(
+    {
+        13,  # Unauthorized
+        18,  # AuthenticationFailed
+        40573,  # change streams need a replica set or sharded cluster
+        40324,  # unrecognised pipeline stage
+        40602,  # $changeStream must be the first stage
+        9,  # FailedToParse (bad pipeline)
+        2,  # BadValue (bad option)
+    }
+)
 
 
 class _StreamEnded(PyMongoError):
@@ -65,7 +69,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self):
-        ceiling = min(self.cap, self.initial * (2 ** self.failures))
+        ceiling = min(self.cap, self.initial * (2**self.failures))
         self.failures += 1
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
@@ -77,9 +81,18 @@ class ChangeSource:
     """Owns the watcher thread. ``target`` is what to ``watch()``: a
     MongoClient, a Database or a Collection (see :func:`watch_target`)."""
 
-    def __init__(self, target, hub, *, sealer, pipeline=(),
-                 full_document=None, full_document_before_change=None,
-                 max_await_ms=500, backoff=None):
+    def __init__(
+        self,
+        target,
+        hub,
+        *,
+        sealer,
+        pipeline=(),
+        full_document=None,
+        full_document_before_change=None,
+        max_await_ms=500,
+        backoff=None,
+    ):
         self.target = target
         self.hub = hub
         self.sealer = sealer  # seals each event's resume token into its id
@@ -106,7 +119,8 @@ class ChangeSource:
 
     def start(self):
         self._thread = threading.Thread(
-            target=self._run, name="wsproxy-watcher", daemon=True)
+            target=self._run, name="wsproxy-watcher", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout=5.0):
@@ -130,8 +144,7 @@ class ChangeSource:
         stale_after = max(5.0, 3 * self.max_await_ms / 1000)
         return time.time() - self.last_ok_at < stale_after
 
-    def open_stream(self, resume_after=None, start_after=None,
-                    batch_size=None):
+    def open_stream(self, resume_after=None, start_after=None, batch_size=None):
         """A change stream on the watched scope with the operator's options
         (also used for per-client catch-up, with small batches: a batch is
         decoded at once and held until read)."""
@@ -220,24 +233,37 @@ class ChangeSource:
         metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
         if is_history_lost(exc):
-            log.error("watcher: cannot resume (%s); restarting from now, "
-                      "clients are told events may have been lost", exc)
+            log.error(
+                "watcher: cannot resume (%s); restarting from now, "
+                "clients are told events may have been lost",
+                exc,
+            )
             self.resume_token = None
             self._start_after = None
             metrics.RESETS.labels("watcher").inc()
-            self.hub.submit(Announcement(
-                codec.control_message(
-                    MessageType.RESET, lost=True,
-                    reason="the proxy lost its place in the change stream"),
-                forget_history=True), self._stopping)
+            self.hub.submit(
+                Announcement(
+                    codec.control_message(
+                        MessageType.RESET,
+                        lost=True,
+                        reason="the proxy lost its place in the change stream",
+                    ),
+                    forget_history=True,
+                ),
+                self._stopping,
+            )
         elif is_fatal(exc):
-            log.error("watcher: %s (retrying slowly; fix the deployment or "
-                      "WSPROXY_* settings)", exc)
+            log.error(
+                "watcher: %s (retrying slowly; fix the deployment or "
+                "WSPROXY_* settings)",
+                exc,
+            )
         else:
             log.warning("watcher: change stream failed: %s", exc)
-        self._set_state("failed" if is_fatal(exc) else "reconnecting",
-                        "the database is unreachable; the feed resumes "
-                        "when it is back")
+        self._set_state(
+            "failed" if is_fatal(exc) else "reconnecting",
+            "the database is unreachable; the feed resumes when it is back",
+        )
 
     def _set_state(self, state, detail):
         """``detail`` goes to every client: a generic reason, never the
@@ -248,9 +274,16 @@ class ChangeSource:
             return  # e.g. failed -> reconnecting: clients already know
         # Tell clients the live feed paused or came back, so a page can show
         # it; no event is lost either way.
-        self.hub.submit(Announcement(codec.control_message(
-            MessageType.STATUS, watcher="connected" if state == "connected"
-            else "reconnecting", detail=detail or "")), self._stopping)
+        self.hub.submit(
+            Announcement(
+                codec.control_message(
+                    MessageType.STATUS,
+                    watcher="connected" if state == "connected" else "reconnecting",
+                    detail=detail or "",
+                )
+            ),
+            self._stopping,
+        )
 
 
 def watch_target(client, scope):

@@ -14,11 +14,25 @@ from .filters import compile_filter
 
 _ALL = None
 KNOWN_PARAMS = frozenset({"resume_after", "ns", "ops", "filter", "access_token"})
-OPERATION_TYPES = frozenset({
-    "insert", "update", "replace", "delete", "drop", "rename",
-    "dropDatabase", "invalidate", "createIndexes", "dropIndexes", "create",
-    "modify", "shardCollection", "refineCollectionShardKey",
-    "reshardCollection"})
+OPERATION_TYPES = frozenset(
+    {
+        "insert",
+        "update",
+        "replace",
+        "delete",
+        "drop",
+        "rename",
+        "dropDatabase",
+        "invalidate",
+        "createIndexes",
+        "dropIndexes",
+        "create",
+        "modify",
+        "shardCollection",
+        "refineCollectionShardKey",
+        "reshardCollection",
+    }
+)
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-.$]{1,120})?")
 MAX_NAMESPACES = 32
 
@@ -46,8 +60,7 @@ class Subscription:
 
     __slots__ = ("namespaces", "ops", "rules", "predicates", "hide")
 
-    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=(),
-                 rules=()):
+    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=(), rules=()):
         self.namespaces = _ALL if namespaces is None else frozenset(namespaces)
         self.ops = _ALL if ops is None else frozenset(ops)
         self.rules = tuple(rules)
@@ -109,8 +122,10 @@ def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
             if not _NAME.fullmatch(ns):
                 raise ClientError(f"ns: {ns[:60]!r} is not 'db' or 'db.coll'")
             if not (_within(ns, scope) or _within(scope, ns)):
-                raise ClientError(f"ns: {ns[:60]} is outside the watched "
-                                  f"scope {scope or '(deployment)'}")
+                raise ClientError(
+                    f"ns: {ns[:60]} is outside the watched "
+                    f"scope {scope or '(deployment)'}"
+                )
             if not _covers(grant, ns):
                 raise ClientError(f"ns: {ns[:60]} is not granted", status=403)
     elif grant is not None:
@@ -131,5 +146,6 @@ def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
     rules = []
     if principal.filter is not None:
         rules.append(compile_filter(principal.filter))
-    return Subscription(namespaces, ops, predicates,
-                        tuple(operator_hide) + principal.hide, rules=rules)
+    return Subscription(
+        namespaces, ops, predicates, tuple(operator_hide) + principal.hide, rules=rules
+    )

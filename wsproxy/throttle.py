@@ -1,14 +1,15 @@
 """What one principal or remote address may cost the worker.
 
 Connecting is the one thing a client does that costs the server work in
-proportion to what it asks for (a resume replays history or MongoDB
-through its filter), so connections are rate-limited per key, before the
-upgrade: a token bucket of ``WSPROXY_CONNECT_BURST`` refilled at
+proportion to what it asks for (a resume replays history or MongoDB through
+its filter), so connections are rate-limited per key, before the upgrade: a
+token bucket of ``WSPROXY_CONNECT_BURST`` refilled at
 ``WSPROXY_CONNECT_RATE`` per second; beyond it, HTTP 429 with a reason and
 ``Retry-After``. A plain connection costs one token, so a reconnect storm
 after a deploy (every client of a worker at once, often through one proxy
 address) gets through; a resume that will run a filter over the history
-costs in proportion to that work (:func:`connect_cost`). Catch-ups from MongoDB are also bounded per key in number
+costs in proportion to that work (:func:`connect_cost`). Catch-ups from
+MongoDB are also bounded per key in number
 (``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL``, see :mod:`wsproxy.resume`).
 
 The key is the principal's name when the authorizer gave one, else the
@@ -66,8 +67,7 @@ class KeyedRateLimit:
     """A token bucket per key; thread-safe, and bounded to ``max_keys``
     buckets."""
 
-    def __init__(self, rate, burst, *, max_keys=MAX_KEYS,
-                 clock=time.monotonic):
+    def __init__(self, rate, burst, *, max_keys=MAX_KEYS, clock=time.monotonic):
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.rate = float(rate)
@@ -99,8 +99,9 @@ class KeyedRateLimit:
                     self._forget_full(now, len(self._buckets))
                 if len(self._buckets) >= self.max_keys:
                     oldest = next(iter(self._buckets.values()))
-                    return max((self.burst - self._tokens(oldest, now))
-                               / self.rate, 1.0)
+                    return max(
+                        (self.burst - self._tokens(oldest, now)) / self.rate, 1.0
+                    )
                 bucket = [self.burst, now]
             tokens = self._tokens(bucket, now)
             wait = 0.0
@@ -127,9 +128,11 @@ class KeyedRateLimit:
         """Spend ``cost`` tokens or raise :class:`Throttled`."""
         wait = self.take(key, cost)
         if wait:
-            raise Throttled(f"too many {what} (limit {self.rate:g}/s, "
-                            f"bursts of {self.burst:g}); retry later",
-                            retry_after=wait)
+            raise Throttled(
+                f"too many {what} (limit {self.rate:g}/s, "
+                f"bursts of {self.burst:g}); retry later",
+                retry_after=wait,
+            )
 
 
 class KeyedSlots:
@@ -147,7 +150,8 @@ class KeyedSlots:
         for one to be released; False if none was free."""
         with self._freed:
             if not self._freed.wait_for(
-                    lambda: self._used.get(key, 0) < self.limit, timeout):
+                lambda: self._used.get(key, 0) < self.limit, timeout
+            ):
                 return False
             self._used[key] = self._used.get(key, 0) + 1
             return True

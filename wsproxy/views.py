@@ -13,13 +13,11 @@ import os
 import threading
 import time
 
-from flask import (Blueprint, Response, current_app, g, jsonify,
-                   render_template, request)
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask_sock import Sock
 
-from . import access, codec, control, metrics
+from . import access, codec, control, metrics, throttle, websocket
 from . import subscription as subscriptions
-from . import throttle, websocket
 from .client import Client
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
@@ -42,8 +40,11 @@ def _state():
 
 
 def _refuse(error):
-    response = Response(json.dumps({"error": error.reason}),
-                        status=error.status, mimetype="application/json")
+    response = Response(
+        json.dumps({"error": error.reason}),
+        status=error.status,
+        mimetype="application/json",
+    )
     if error.status == 503:
         response.headers["Retry-After"] = "5"
     if error.status == 401:
@@ -84,32 +85,44 @@ def _admit(state, config):
     if state.stopping.is_set():
         raise ClientError("server shutting down", status=503)
     websocket.check_handshake(request.environ)
-    access.check_host(request, config["WSPROXY_ALLOWED_HOSTS"],
-                      websocket.local_address(request.environ))
+    access.check_host(
+        request,
+        config["WSPROXY_ALLOWED_HOSTS"],
+        websocket.local_address(request.environ),
+    )
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
     principal = _authorize(state)
     state.connect_rate.admit(  # 429 beyond WSPROXY_CONNECT_RATE
         throttle.client_key(principal, request.remote_addr),
-        cost=throttle.connect_cost(request.args.get("resume_after"),
-                                   request.args.get("filter"),
-                                   state.hub.history_length()))
+        cost=throttle.connect_cost(
+            request.args.get("resume_after"),
+            request.args.get("filter"),
+            state.hub.history_length(),
+        ),
+    )
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")
     if resume_id is not None:
         resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = subscriptions.parse(
-        request.args, scope=config["WSPROXY_WATCH"], principal=principal,
+        request.args,
+        scope=config["WSPROXY_WATCH"],
+        principal=principal,
         operator_hide=config["WSPROXY_HIDE_FIELDS"],
-        filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]})
+        filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]},
+    )
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     pending = websocket.prepare(
-        request.environ, send_timeout=config["WSPROXY_SEND_TIMEOUT"],
+        request.environ,
+        send_timeout=config["WSPROXY_SEND_TIMEOUT"],
         subprotocols=[access.BEARER_SUBPROTOCOL]
-        if access.BEARER_SUBPROTOCOL in offered else None,
+        if access.BEARER_SUBPROTOCOL in offered
+        else None,
         max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
         frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
-        frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"])
+        frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
+    )
     return Admission(sub, resume_id, principal, pending)
 
 
@@ -127,10 +140,12 @@ def create_blueprint(config):
     # page through the app's Jinja environment, which caches it; the
     # template's own folder keeps it from shadowing the app's templates.
     bp = _Blueprint(
-        "wsproxy", __name__,
+        "wsproxy",
+        __name__,
         static_folder="static" if page_path else None,
         static_url_path=STATIC_PATH,
-        template_folder="templates" if page_path else None)
+        template_folder="templates" if page_path else None,
+    )
 
     @bp.before_request
     def admit():
@@ -142,8 +157,7 @@ def create_blueprint(config):
         try:
             g.wsproxy_admission = _admit(state, config)
         except ClientError as exc:
-            log.info("refused %s (%s): %s", request.remote_addr,
-                     exc.status, exc.reason)
+            log.info("refused %s (%s): %s", request.remote_addr, exc.status, exc.reason)
             metrics.REFUSED.labels(str(exc.status)).inc()
             return _refuse(exc)
         return None
@@ -165,7 +179,8 @@ def create_blueprint(config):
             ping_interval=config["WSPROXY_PING_INTERVAL"],
             close_timeout=config["WSPROXY_CLOSE_TIMEOUT"],
             subscription=admission.subscription,
-            remote_addr=request.remote_addr)
+            remote_addr=request.remote_addr,
+        )
         client.principal = admission.principal
         serve(_state(), client, admission.resume_id)
 
@@ -175,33 +190,38 @@ def create_blueprint(config):
         return _refuse(ClientError("this is a WebSocket endpoint", status=426))
 
     if config["WSPROXY_METRICS_PATH"]:
+
         @bp.route(config["WSPROXY_METRICS_PATH"], endpoint="metrics")
         def metrics_view():
             body, content_type = metrics.exposition()
             return Response(body, content_type=content_type)
 
     if config["WSPROXY_HEALTH_PATH"]:
+
         @bp.route(config["WSPROXY_HEALTH_PATH"], endpoint="healthz")
         def healthz():
             return jsonify(status="ok", pid=os.getpid())
 
     if config["WSPROXY_READY_PATH"]:
+
         @bp.route(config["WSPROXY_READY_PATH"], endpoint="readyz")
         def readyz():
             state = _state().ensure_started(current_app)
             source = state.source
-            ready = (source.healthy and state.hub.running
-                     and not state.stopping.is_set())
+            ready = source.healthy and state.hub.running and not state.stopping.is_set()
             body = {
                 "ready": ready,
                 "pid": os.getpid(),
                 "watcher": source.state,
                 # The error text names hosts and topology: only for
                 # operators who asked for it; the log always has it.
-                "last_error": (None if source.last_error is None
-                               else str(source.last_error)
-                               if config["WSPROXY_READY_DETAILS"]
-                               else type(source.last_error).__name__),
+                "last_error": (
+                    None
+                    if source.last_error is None
+                    else str(source.last_error)
+                    if config["WSPROXY_READY_DETAILS"]
+                    else type(source.last_error).__name__
+                ),
                 "last_event_at": source.last_event_at,
                 "last_ok_at": source.last_ok_at,
                 "clients": len(state.hub),
@@ -209,24 +229,32 @@ def create_blueprint(config):
             return jsonify(body), 200 if ready else 503
 
     if page_path:
+
         @bp.route(page_path, endpoint="page")
         def page():
             return render_template(
                 PAGE_TEMPLATE,
                 ws_path=request.script_root + config["WSPROXY_PATH"],
-                static_base=request.script_root + STATIC_PATH + "/")
+                static_base=request.script_root + STATIC_PATH + "/",
+            )
 
     return bp
 
 
 def registered_paths(config):
     """Every URL rule the blueprint registers, for collision checks."""
-    paths = [config[key] for key in ("WSPROXY_PATH", "WSPROXY_METRICS_PATH",
-                                     "WSPROXY_HEALTH_PATH",
-                                     "WSPROXY_READY_PATH") if config[key]]
+    paths = [
+        config[key]
+        for key in (
+            "WSPROXY_PATH",
+            "WSPROXY_METRICS_PATH",
+            "WSPROXY_HEALTH_PATH",
+            "WSPROXY_READY_PATH",
+        )
+        if config[key]
+    ]
     if config["WSPROXY_PAGE_PATH"]:
-        paths += [config["WSPROXY_PAGE_PATH"],
-                  STATIC_PATH + "/<path:filename>"]
+        paths += [config["WSPROXY_PAGE_PATH"], STATIC_PATH + "/<path:filename>"]
     return paths
 
 
@@ -237,26 +265,35 @@ def serve(state, client, resume_id):
 
     def hello(mode):
         return codec.control_message(
-            MessageType.HELLO, worker=os.getpid(),
-            watch=config["WSPROXY_WATCH"] or "", resume=mode)
+            MessageType.HELLO,
+            worker=os.getpid(),
+            watch=config["WSPROXY_WATCH"] or "",
+            resume=mode,
+        )
 
     def catch_up_from_mongodb(client):
         # Not in this worker's history: replay from MongoDB, then splice.
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
         thread = threading.Thread(
-            target=catch_up, args=(state, member, resume_id),
-            name=f"wsproxy-catchup-{client.id}", daemon=True)
+            target=catch_up,
+            args=(state, member, resume_id),
+            name=f"wsproxy-catchup-{client.id}",
+            daemon=True,
+        )
         return member, thread.start
 
     started = time.monotonic()
     metrics.CLIENTS.inc()
     try:
-        with hub.subscribe(client, resume_id, hello,
-                           catch_up_from_mongodb) as resume:
-            log.info("client %s connected from %s as %s (resume: %s, ns: %s)",
-                     client.id, client.remote_addr, client.principal.name,
-                     resume, ",".join(sorted(client.subscription.namespaces
-                                             or ())) or "*")
+        with hub.subscribe(client, resume_id, hello, catch_up_from_mongodb) as resume:
+            log.info(
+                "client %s connected from %s as %s (resume: %s, ns: %s)",
+                client.id,
+                client.remote_addr,
+                client.principal.name,
+                resume,
+                ",".join(sorted(client.subscription.namespaces or ())) or "*",
+            )
             metrics.RESUMES.labels(resume).inc()
             try:
                 client.run(control.on_message)
@@ -267,5 +304,9 @@ def serve(state, client, resume_id):
     finally:
         metrics.CLIENTS.dec()
         client.finish()
-        log.info("client %s disconnected after %.1fs (code %s)", client.id,
-                 time.monotonic() - started, client.close_code)
+        log.info(
+            "client %s disconnected after %.1fs (code %s)",
+            client.id,
+            time.monotonic() - started,
+            client.close_code,
+        )

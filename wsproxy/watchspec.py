@@ -16,8 +16,18 @@ _NAMESPACE_MAX_BYTES = 255
 
 # The stages a change stream pipeline accepts (MongoDB docs: "Modify Change
 # Stream Output").
-STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset",
-                    "$replaceRoot", "$replaceWith", "$redact"})
+STAGES = frozenset(
+    {
+        "$match",
+        "$project",
+        "$addFields",
+        "$set",
+        "$unset",
+        "$replaceRoot",
+        "$replaceWith",
+        "$redact",
+    }
+)
 
 
 def check_watch(scope):
@@ -25,8 +35,7 @@ def check_watch(scope):
     if scope is None:
         return ""
     if not isinstance(scope, str):
-        raise ConfigError(f"WSPROXY_WATCH={scope!r}: a string, '', 'db' or "
-                          "'db.coll'")
+        raise ConfigError(f"WSPROXY_WATCH={scope!r}: a string, '', 'db' or 'db.coll'")
     if scope == "":
         return scope
     db, dot, coll = scope.partition(".")
@@ -34,8 +43,10 @@ def check_watch(scope):
     if not why and len(scope.encode()) > _NAMESPACE_MAX_BYTES:
         why = f"longer than {_NAMESPACE_MAX_BYTES} bytes"
     if why:
-        raise ConfigError(f"WSPROXY_WATCH={scope!r}: {why} (use '', 'db' or "
-                          "'db.coll' with MongoDB's naming rules)")
+        raise ConfigError(
+            f"WSPROXY_WATCH={scope!r}: {why} (use '', 'db' or "
+            "'db.coll' with MongoDB's naming rules)"
+        )
     return scope
 
 
@@ -76,16 +87,18 @@ def check_pipeline(pipeline):
         where = f"WSPROXY_PIPELINE stage {index}"
         if not isinstance(stage, dict) or len(stage) != 1:
             raise ConfigError(f"{where}: a stage is one {{'$name': spec}}")
-        (name, spec), = stage.items()
+        ((name, spec),) = stage.items()
         if name not in STAGES:
             raise ConfigError(
                 f"{where}: {str(name)[:40]!r} is not allowed in a change "
-                f"stream (allowed: {', '.join(sorted(STAGES))})")
+                f"stream (allowed: {', '.join(sorted(STAGES))})"
+            )
         why = _rewrites_id(name, spec)
         if why:
             raise ConfigError(
                 f"{where}: {why}; _id is the resume token, without it "
-                "clients cannot resume and the stream fails")
+                "clients cannot resume and the stream fails"
+            )
     return pipeline
 
 
@@ -114,11 +127,16 @@ def _rewrites_id(name, spec):
         if any(_touches_id(f) for f in fields):
             return "$unset removes _id"
     elif name in ("$replaceRoot", "$replaceWith"):
-        root = spec.get("newRoot") if name == "$replaceRoot" and isinstance(
-            spec, dict) else spec
+        root = (
+            spec.get("newRoot")
+            if name == "$replaceRoot" and isinstance(spec, dict)
+            else spec
+        )
         if not _keeps_id(root):
-            return (f"{name} must keep _id: use {{'$mergeObjects': "
-                    "['$$ROOT', {...}]}} or a document with '_id': '$_id'")
+            return (
+                f"{name} must keep _id: use {{'$mergeObjects': "
+                "['$$ROOT', {...}]}} or a document with '_id': '$_id'"
+            )
     return None
 
 
@@ -128,9 +146,16 @@ def _keeps_id(root):
         return False
     if list(root) == ["$mergeObjects"]:
         parts = root["$mergeObjects"]
-        return (isinstance(parts, list) and parts and parts[0] == "$$ROOT"
-                and all(isinstance(p, dict) and not any(
-                    _touches_id(k) or str(k).startswith("$") for k in p)
-                    for p in parts[1:]))
+        return (
+            isinstance(parts, list)
+            and parts
+            and parts[0] == "$$ROOT"
+            and all(
+                isinstance(p, dict)
+                and not any(_touches_id(k) or str(k).startswith("$") for k in p)
+                for p in parts[1:]
+            )
+        )
     return root.get("_id") == "$_id" and not any(
-        str(k).startswith("_id.") for k in root)
+        str(k).startswith("_id.") for k in root
+    )

@@ -37,6 +37,8 @@ Written against simple-websocket 1.1, wsproto 1.2-1.3 and flask-sock 0.7
 (pinned with upper bounds in ``pyproject.toml``).
 """
 
+import base64
+import binascii
 import errno
 import select
 import socket
@@ -44,13 +46,9 @@ import ssl
 import threading
 import time
 
-import base64
-import binascii
-
 import flask_sock
 import simple_websocket
-from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
-                            TextMessage)
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from .errors import ClientError
@@ -75,7 +73,7 @@ def _write_all(sock, data, deadline, nonblocking):
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             sock.sendall(view)
-        except socket.timeout:
+        except TimeoutError:
             raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
         finally:
             sock.settimeout(None)
@@ -211,8 +209,7 @@ class FramePolicy:
         if not isinstance(event, (TextMessage, BytesMessage, Ping, Pong)):
             return None
         now = time.monotonic()
-        self._tokens = min(self.burst,
-                           self._tokens + (now - self._stamp) * self.rate)
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens < 1:
             return (CloseCode.POLICY, f"too many frames (limit {self.rate:g}/s)")
@@ -220,18 +217,20 @@ class FramePolicy:
         if isinstance(event, (Ping, Pong)):
             return None
         data = event.data
-        self._message_bytes += len(data.encode() if isinstance(data, str)
-                                   else data)
+        self._message_bytes += len(data.encode() if isinstance(data, str) else data)
         self._fragments += 1
-        if (self.max_message_bytes
-                and self._message_bytes > self.max_message_bytes):
-            return (CloseCode.TOO_BIG, f"message too big (limit {self.max_message_bytes} "
-                          "bytes)")
+        if self.max_message_bytes and self._message_bytes > self.max_message_bytes:
+            return (
+                CloseCode.TOO_BIG,
+                f"message too big (limit {self.max_message_bytes} bytes)",
+            )
         if event.message_finished:
             self._fragments = self._message_bytes = 0
         elif self._fragments >= self.MAX_FRAGMENTS:
-            return (CloseCode.POLICY, f"too many fragments (limit {self.MAX_FRAGMENTS} "
-                          "per message)")
+            return (
+                CloseCode.POLICY,
+                f"too many fragments (limit {self.MAX_FRAGMENTS} per message)",
+            )
         return None
 
 
@@ -317,25 +316,32 @@ class Pending:
         self.policy = policy
 
 
-def prepare(environ, *, send_timeout, subprotocols, max_message_size,
-            frame_rate, frame_burst):
+def prepare(
+    environ, *, send_timeout, subprotocols, max_message_size, frame_rate, frame_burst
+):
     """Before the handshake (a ``before_request``): put the guarded socket
     and wsproxy's own server options in ``environ``, decline compression.
     Raises ClientError (500) when the WSGI server cannot hand its socket
     over."""
     key = next((k for k in _SOCKET_KEYS if k in environ), None)
     if key is None:
-        raise ClientError("this WSGI server cannot hand over its socket "
-                          "(serve with gunicorn -k gthread)", status=500)
+        raise ClientError(
+            "this WSGI server cannot hand over its socket "
+            "(serve with gunicorn -k gthread)",
+            status=500,
+        )
     guarded = GuardedSocket(environ[key], send_timeout)
     environ[key] = guarded
     environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     # The reader thread sets this on every message and on close; the
     # connection's handler thread waits on it together with the outbox.
     wake = threading.Event()
-    policy = FramePolicy(rate=frame_rate, burst=frame_burst,
-                         max_message_bytes=max_message_size,
-                         on_breach=wake.set)
+    policy = FramePolicy(
+        rate=frame_rate,
+        burst=frame_burst,
+        max_message_bytes=max_message_size,
+        on_breach=wake.set,
+    )
     environ[_OPTIONS_KEY] = {
         "subprotocols": subprotocols,
         # In bytes, by the policy; simple-websocket would count characters.
@@ -371,8 +377,10 @@ class Connection:
         if _OPTIONS_KEY in pending.environ:
             # flask-sock built the server without our factory: its options
             # (and so our limits) would be the host's. Refuse to run.
-            raise RuntimeError("flask-sock did not use wsproxy's server "
-                               "options; unsupported flask-sock version")
+            raise RuntimeError(
+                "flask-sock did not use wsproxy's server "
+                "options; unsupported flask-sock version"
+            )
         self._ws = ws
         self.sock = pending.sock
         self.wake = pending.wake
@@ -439,12 +447,23 @@ class ConnectionClosedByPeer(Exception):
     """The peer's close frame arrived while we were about to write."""
 
 
-def open_for_test(environ, *, send_timeout, subprotocols=None,
-                  max_message_size=None, frame_rate=1000, frame_burst=1000):
+def open_for_test(
+    environ,
+    *,
+    send_timeout,
+    subprotocols=None,
+    max_message_size=None,
+    frame_rate=1000,
+    frame_burst=1000,
+):
     """Prepare and accept a connection outside Flask (unit tests): the same
     path as a request, without flask-sock's wrapper."""
-    pending = prepare(environ, send_timeout=send_timeout,
-                      subprotocols=subprotocols,
-                      max_message_size=max_message_size,
-                      frame_rate=frame_rate, frame_burst=frame_burst)
+    pending = prepare(
+        environ,
+        send_timeout=send_timeout,
+        subprotocols=subprotocols,
+        max_message_size=max_message_size,
+        frame_rate=frame_rate,
+        frame_burst=frame_burst,
+    )
     return Connection(_server(environ), pending)
