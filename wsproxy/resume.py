@@ -50,9 +50,11 @@ runs outside the lock the broadcaster needs. Ids the replay delivered are
 remembered only while the live feed could still bring them.
 """
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -76,9 +78,9 @@ class CatchUp:
         self.subscription = client.subscription
         self.buffer_limit = buffer_limit
         self.buffer_bytes = client.max_bytes
-        # Where the live feed is (a Hub, see Hub.published_through); set by
-        # catch_up. Replayed events before it need no remembering.
-        self.hub = None
+        # () -> where the live feed is (see Hub.published_through); set
+        # by catch_up. Replayed events before it need no remembering.
+        self.published_through = lambda: None
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding.
         self._lock = threading.Lock()
@@ -180,7 +182,7 @@ class CatchUp:
         """Whether the live feed may still offer ``change``: not if the hub
         has published a later event (cluster times never decrease along
         the stream)."""
-        through = self.hub.published_through if self.hub is not None else None
+        through = self.published_through()
         at = change.raw.get("clusterTime")
         try:
             return through is None or at is None or not at < through
@@ -213,59 +215,102 @@ class CatchUp:
         self.spliced = True
 
 
-def _send_barrier(state, catchup, idle_since):
+@dataclasses.dataclass(frozen=True)
+class CatchUpInputs:
+    """Everything a catch-up uses, named (:meth:`from_state` builds them
+    from a running proxy; tests build them by hand)."""
+
+    # (resume_after=token, batch_size=n) -> a change stream on the watched
+    # scope, with the operator's pipeline and options.
+    open_stream: Callable
+    # (item, stopping) -> bool: put an item on the hub's intake, behind
+    # everything the watcher has read (Hub.submit).
+    submit: Callable
+    # () -> clusterTime of the last event the live feed published, or None
+    # (Hub.published_through).
+    published_through: Callable
+    # () -> when the watcher's last empty round trip began (monotonic), or
+    # None (ChangeSource.caught_up_as_of).
+    watcher_caught_up_as_of: Callable
+    sealer: object                  # unseals the client's id, seals events'
+    slots: object                   # a BoundedSemaphore: catch-ups at once
+    slots_per_key: object           # a throttle.KeyedSlots: per principal
+    stopping: threading.Event       # the worker is shutting down
+    slot_wait: float                # seconds to wait for a slot
+    time_limit: float               # seconds a catch-up may take
+    per_key_limit: int              # for the refusal's reason
+
+    @classmethod
+    def from_state(cls, state):
+        """From a started ProxyState (see wsproxy.extension)."""
+        config = state.config
+        hub, source = state.hub, state.source
+        return cls(
+            open_stream=source.open_stream,
+            submit=hub.submit,
+            published_through=lambda: hub.published_through,
+            watcher_caught_up_as_of=lambda: source.caught_up_as_of,
+            sealer=state.sealer,
+            slots=state.catchup_slots,
+            slots_per_key=state.catchups_per_key,
+            stopping=state.stopping,
+            slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
+            time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
+            per_key_limit=config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"])
+
+
+def _send_barrier(inputs, catchup, idle_since):
     """Once the watcher has caught up past ``idle_since``, queue a barrier
     behind everything it read; True if one was sent."""
-    caught_up = state.source.caught_up_as_of
+    caught_up = inputs.watcher_caught_up_as_of()
     if caught_up is None or caught_up <= idle_since:
         return False
-    return state.hub.submit(
+    return inputs.submit(
         Barrier(lambda: catchup.splice_if_idle_since(idle_since)),
-        state.stopping)
+        inputs.stopping)
 
 
-def catch_up(state, catchup, resume_id):
+def catch_up(inputs, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded per principal, in number
-    (``state.catchup_slots``) and in time."""
+    (``inputs.slots``) and in time."""
     client = catchup.client
-    config = state.config
-    wait = config["WSPROXY_CLOSE_TIMEOUT"]
+    wait = inputs.slot_wait
     key = throttle.client_key(getattr(client, "principal", None),
                               client.remote_addr)
-    if not state.catchups_per_key.acquire(key, timeout=wait):
+    if not inputs.slots_per_key.acquire(key, timeout=wait):
         client.request_close(
             protocol.CLOSE_TRY_AGAIN,
             f"too many catch-ups for this client (limit "
-            f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly")
+            f"{inputs.per_key_limit}); retry shortly")
         return
     try:
-        if not state.catchup_slots.acquire(timeout=wait):
+        if not inputs.slots.acquire(timeout=wait):
             client.request_close(protocol.CLOSE_TRY_AGAIN,
                                  "too many clients catching up; retry shortly")
             return
         try:
             metrics.CATCHUPS.inc()
-            _replay(state, catchup, resume_id)
+            _replay(inputs, catchup, resume_id)
         finally:
             metrics.CATCHUPS.dec()
-            state.catchup_slots.release()
+            inputs.slots.release()
     finally:
-        state.catchups_per_key.release(key)
+        inputs.slots_per_key.release(key)
 
 
-def _replay(state, catchup, resume_id):
+def _replay(inputs, catchup, resume_id):
     client = catchup.client
-    catchup.hub = state.hub
-    limit = state.config["WSPROXY_CATCHUP_TIMEOUT"]
+    catchup.published_through = inputs.published_through
+    limit = inputs.time_limit
     deadline = time.monotonic() + limit
     idle_since, barrier_sent = None, False
     try:
-        token = state.sealer.unseal(resume_id)  # views checked it already
-        with state.source.open_stream(resume_after=token,
-                                      batch_size=CATCHUP_BATCH) as stream:
+        token = inputs.sealer.unseal(resume_id)  # views checked it already
+        with inputs.open_stream(resume_after=token,
+                                batch_size=CATCHUP_BATCH) as stream:
             while not (catchup.spliced or client.closing or client.ended
-                       or state.stopping.is_set()):
+                       or inputs.stopping.is_set()):
                 if time.monotonic() >= deadline:
                     log.info("client %s: catch-up still running after %ss "
                              "(%d events replayed); closing", client.id,
@@ -288,10 +333,11 @@ def _replay(state, catchup, resume_id):
                     if idle_since is None:
                         idle_since = time.monotonic()
                     if not barrier_sent:
-                        barrier_sent = _send_barrier(state, catchup, idle_since)
+                        barrier_sent = _send_barrier(inputs, catchup,
+                                                     idle_since)
                     continue
                 idle_since, barrier_sent = None, False
-                if not catchup.deliver(codec.Change(raw, state.sealer)):
+                if not catchup.deliver(codec.Change(raw, inputs.sealer)):
                     break
         if catchup.spliced:
             log.info("client %s: caught up (%d events replayed)", client.id,

@@ -22,7 +22,7 @@ from . import subscription as subscriptions
 from . import throttle, websocket
 from .client import Client
 from .errors import ClientError
-from .resume import CatchUp, catch_up
+from .resume import CatchUp, CatchUpInputs, catch_up
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,9 @@ def serve(state, client, resume_id):
         client.preload([codec.frame(hello(resume))])
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
         hub.add(member)
-        threading.Thread(target=catch_up, args=(state, member, resume_id),
+        threading.Thread(target=catch_up,
+                         args=(CatchUpInputs.from_state(state), member,
+                               resume_id),
                          name=f"wsproxy-catchup-{client.id}",
                          daemon=True).start()
     log.info("client %s connected from %s as %s (resume: %s, ns: %s)",
