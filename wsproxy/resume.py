@@ -33,9 +33,15 @@ so they meet at the first event both have seen:
   the few catch-up slots, until the next write.
 
 Every check and every delivery happens under one lock, in stream order, so
-there is no gap and no duplicate at the seam. A token the server cannot
-resume from (too old for the oplog, or not a token at all) gets a
-``reset`` message, then the live feed.
+there is no gap and no duplicate at the seam.
+
+Errors follow the watcher's policy (:mod:`wsproxy.errorpolicy`). Only a
+position the server cannot resume from (older than the oplog window, not
+found in it, or not a token it reads) gets a ``reset`` message, then the
+live feed. Anything else leaves the client's last id good, and the close
+says so: a refusal by the deployment or the settings (a missing
+privilege) closes with 1011 and is logged at ERROR; anything transient (the
+network, an election, a shutdown) closes with 1013.
 
 Bounds. A catch-up holds one of ``WSPROXY_MAX_CATCHUPS`` slots, and one of
 ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` for its principal (or address), so
@@ -56,9 +62,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from . import codec, metrics, protocol, throttle
+from . import codec, errorpolicy, metrics, protocol, throttle
 from .hub import Barrier
 
 log = logging.getLogger(__name__)
@@ -259,6 +265,23 @@ class CatchUpInputs:
             per_key_limit=config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"])
 
 
+# What a client is told when its catch-up fails, by kind of error (see
+# wsproxy.errorpolicy). Only HISTORY_LOST says events may have been missed;
+# the others leave the client's last id good, and say so. Never the
+# driver's error text (hosts, ports, topology): that is logged.
+RESET_REASON = ("cannot resume from resume_after: events may have been "
+                "missed")
+# A refusal a retry will not fix until an operator acts: 1011, not 1013,
+# whose "try again later" promises a temporary condition; the client backs
+# off and retries later (the watcher, too, retries it at its backoff cap).
+FATAL_CLOSE = (protocol.CLOSE_INTERNAL_ERROR,
+               ("the database refused to replay the change stream; nothing "
+                "was lost: retry later with resume_after"))
+TRANSIENT_CLOSE = (protocol.CLOSE_TRY_AGAIN,
+                   ("cannot reach the database to resume; nothing was lost: "
+                    "retry with resume_after"))
+
+
 def _send_barrier(inputs, catchup, idle_since):
     """Once the watcher has caught up past ``idle_since``, queue a barrier
     behind everything it read; True if one was sent."""
@@ -345,15 +368,32 @@ def _replay(inputs, catchup, resume_id):
         else:
             log.info("client %s: catch-up ended before the seam (client "
                      "gone or closing)", client.id)
-    except OperationFailure as exc:
-        # Too old for the oplog (286), or a token the server rejects.
-        log.info("client %s: cannot resume (%s); reset", client.id, exc)
-        catchup.reset("cannot resume from resume_after: events may have "
-                      "been missed")
     except PyMongoError as exc:
-        log.warning("client %s: catch-up failed: %s", client.id, exc)
-        client.request_close(protocol.CLOSE_TRY_AGAIN,
-                             "cannot reach the database to resume; retry")
+        # What reaches here PyMongo did not resume from by itself (it
+        # retries a failed first aggregate once, and resumes a broken
+        # getMore once).
+        _on_error(catchup, exc)
     except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
         log.exception("client %s: catch-up failed", client.id)
         client.request_close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+
+
+def _on_error(catchup, exc):
+    """The one place a catch-up's database error becomes what the client
+    is told (see wsproxy.errorpolicy)."""
+    client = catchup.client
+    kind = errorpolicy.classify(exc)
+    if kind == errorpolicy.HISTORY_LOST:
+        # Older than the oplog window (286), not found there (280), or not
+        # a token this server reads: the client's position is gone.
+        log.info("client %s: cannot resume (%s); reset", client.id, exc)
+        catchup.reset(RESET_REASON)
+    elif kind == errorpolicy.FATAL:
+        log.error("client %s: catch-up refused by the database (%s); "
+                  "closing with %d: fix the deployment or WSPROXY_* "
+                  "settings", client.id, exc, FATAL_CLOSE[0])
+        client.request_close(*FATAL_CLOSE)
+    else:
+        log.warning("client %s: catch-up failed: %s; closing with %d",
+                    client.id, exc, TRANSIENT_CLOSE[0])
+        client.request_close(*TRANSIENT_CLOSE)
