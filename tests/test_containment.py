@@ -447,22 +447,24 @@ class _Stream:
 _RESUME_ID = sealer_for_tests().seal({"_data": "82FFFFFFFF"})
 
 
-def _catch_up_state(stream, **config):
+def _catch_up_inputs(stream, **config):
+    """A catch-up's inputs around ``stream``, with no watcher and a hub
+    that is not started."""
     import threading
-    import types
 
     from wsproxy.hub import Hub
+    from wsproxy.resume import CatchUpInputs
     from wsproxy.throttle import KeyedSlots
-    settings = {"WSPROXY_CLOSE_TIMEOUT": 0.2, "WSPROXY_CATCHUP_TIMEOUT": 60.0,
-                "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL": 2, **config}
-    source = types.SimpleNamespace(open_stream=lambda **kw: stream,
-                                   caught_up_as_of=None)
-    return types.SimpleNamespace(
-        config=settings, sealer=sealer_for_tests(), source=source, hub=Hub(),
+    settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2,
+                **config}
+    hub = Hub()
+    return CatchUpInputs(
+        open_stream=lambda **kw: stream, submit=hub.submit,
+        published_through=lambda: hub.published_through,
+        watcher_caught_up_as_of=lambda: None, sealer=sealer_for_tests(),
         stopping=threading.Event(),
-        catchup_slots=threading.BoundedSemaphore(16),
-        catchups_per_key=KeyedSlots(
-            settings["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]))
+        slots=threading.BoundedSemaphore(16),
+        slots_per_key=KeyedSlots(settings["per_key_limit"]), **settings)
 
 
 def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
@@ -493,13 +495,13 @@ def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
 
     from .helpers import scaled, wait_for
     stream = _Stream(count=500, size=100_000)          # 100 KB documents
-    state = _catch_up_state(stream, WSPROXY_CATCHUP_TIMEOUT=1.0)
+    inputs = _catch_up_inputs(stream, time_limit=1.0)
     client, sockets = _stalled_client(EVERYTHING, max_bytes=1_000_000)
     member = CatchUp(client, 1000)
     held = []  # the outbox's bytes whenever the replay reads on
     stream.on_read = lambda: held.append(client._outbox_bytes)
     runner = threading.Thread(target=catch_up,
-                              args=(state, member, _RESUME_ID),
+                              args=(inputs, member, _RESUME_ID),
                               name="test-catchup")
     runner.start()
     try:
@@ -534,19 +536,19 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
     # One event in ten is in the client's namespace.
     stream = _Stream(count=200, size=1000,
                      ns=lambda i: "orders" if i % 10 == 0 else "other")
-    state = _catch_up_state(stream)
+    inputs = _catch_up_inputs(stream)
     client, sockets = _stalled_client(
         Subscription(namespaces={"shop.orders"}))
     member = CatchUp(client, 1000)
     runner = threading.Thread(target=catch_up,
-                              args=(state, member, _RESUME_ID),
+                              args=(inputs, member, _RESUME_ID),
                               name="test-catchup")
     runner.start()
     try:
         wait_for(lambda: stream.read == 200 and member.replayed == 20, 10,
                  "the replay")
     finally:
-        state.stopping.set()
+        inputs.stopping.set()
         runner.join(scaled(5))
         for sock in sockets:
             sock.close()
@@ -562,7 +564,7 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
     from wsproxy.subscription import EVERYTHING
 
     from .helpers import scaled, wait_for
-    state = _catch_up_state(_Stream(count=500, size=100_000))
+    inputs = _catch_up_inputs(_Stream(count=500, size=100_000))
     runs, clients, sockets = [], [], []
     try:
         for name in ("ada", "ada", "ada", "ken"):
@@ -571,11 +573,12 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
             sockets.extend(pair)
             clients.append(client)
             runs.append(threading.Thread(
-                target=catch_up, args=(state, CatchUp(client, 1000), _RESUME_ID),
+                target=catch_up,
+                args=(inputs, CatchUp(client, 1000), _RESUME_ID),
                 name=f"test-catchup-{name}"))
             runs[-1].start()
             if len(runs) == 2:
-                wait_for(lambda: state.catchups_per_key.in_use(
+                wait_for(lambda: inputs.slots_per_key.in_use(
                     ("principal", "ada")) == 2, 5, "two catch-ups for ada")
         third, other = clients[2], clients[3]
         wait_for(lambda: third.closing, 5, "the third catch-up to be refused")
@@ -584,14 +587,14 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
         assert "too many catch-ups for this client (limit 2)" in reason
         # Another principal still gets one.
         assert not other.closing
-        assert state.catchups_per_key.in_use(("principal", "ken")) == 1
+        assert inputs.slots_per_key.in_use(("principal", "ken")) == 1
     finally:
-        state.stopping.set()
+        inputs.stopping.set()
         for run in runs:
             run.join(scaled(5))
         for sock in sockets:
             sock.close()
-    assert not state.catchups_per_key._used
+    assert not inputs.slots_per_key._used
 
 
 def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
@@ -707,7 +710,7 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
         member = CatchUp(client, 1000)
         hub = types.SimpleNamespace(published_through=events[
             live_from - 1].raw["clusterTime"] if live_from else None)
-        member.hub = hub
+        member.published_through = lambda hub=hub: hub.published_through
         jitter = [rng.random() < 0.3 for _ in events]
 
         def live(member=member, hub=hub, live_from=live_from, jitter=jitter):
@@ -739,13 +742,11 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
 
 
 def test_replayed_events_the_live_feed_has_passed_are_not_remembered():
-    import threading
-
     from wsproxy.resume import CatchUp
     events = _timed_events(300)
     member = CatchUp(_Recorder(), 1000)
-    member.hub = threading.local()  # published_through: the live feed's place
-    member.hub.published_through = events[250].raw["clusterTime"]
+    # The live feed's place.
+    member.published_through = lambda: events[250].raw["clusterTime"]
     for change in events[:260]:
         assert member.deliver(change)
     # Only those at or after the live feed's position could come again.

@@ -420,6 +420,9 @@ def test_error_on_the_drivers_resume_attempt_reaches_the_watcher(
     (286, "ChangeStreamHistoryLost: resume point no longer in the oplog"),
     (280, "ChangeStreamFatalError: cannot resume stream"),
     (260, "InvalidResumeToken: bad token"),
+    # A token the server does not read as one (SecantusDB's FailedToParse):
+    # the same policy as a client's catch-up (wsproxy/errorpolicy.py).
+    (9, "resume token is not a valid resume token"),
 ])
 def test_history_lost_on_resume_resets_and_reopens_from_now(
         mock, hub, start_source, source_log, code, errmsg):

@@ -27,7 +27,7 @@ class CloseCode(IntEnum):
     ABNORMAL = 1006  # never sent: the connection ended without a close
     POLICY = 1008  # bad control message, or over the frame budget
     TOO_BIG = 1009  # incoming message over the size limit
-    INTERNAL_ERROR = 1011  # a bug on our side; the client may retry
+    INTERNAL_ERROR = 1011  # a bug, or the database refused a catch-up: retry
     TRY_AGAIN = 1013  # too busy or the database unreachable: retry later
     SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume
 

@@ -33,29 +33,39 @@ so they meet at the first event both have seen:
   the few catch-up slots, until the next write.
 
 Every check and every delivery happens under one lock, in stream order, so
-there is no gap and no duplicate at the seam. A token the server cannot
-resume from (too old for the oplog, or not a token at all) gets a
-``reset`` message, then the live feed.
+there is no gap and no duplicate at the seam.
+
+Errors follow the watcher's policy (:mod:`wsproxy.errorpolicy`). Only a
+position the server cannot resume from (older than the oplog window, not
+found in it, or not a token it reads) gets a ``reset`` message, then the
+live feed. Anything else leaves the client's last id good, and the close
+says so: a refusal by the deployment or the settings (a missing
+privilege) closes with 1011 and is logged at ERROR; anything transient (the
+network, an election, a shutdown) closes with 1013.
 
 Bounds. A catch-up holds one of ``WSPROXY_MAX_CATCHUPS`` slots, and one of
 ``WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL`` for its principal (or address), so
 one principal's slow readers cannot take them all; it may last
-``WSPROXY_CATCHUP_TIMEOUT`` seconds, then the client is closed with 1013 and
-resumes from where it got to. The replay follows the client's pace: it reads
-on only while the outbox holds less than half its message *and* byte bounds,
-fetching small batches, and what is recorded from the live feed meanwhile is
-bounded the same way (beyond, 4008). Each replayed event is filtered on the
-decoded event first and encoded only if the client wants it; the client's
-filter runs outside the lock the broadcaster needs. Ids the replay delivered
-are remembered only while the live feed could still bring them."""
+``WSPROXY_CATCHUP_TIMEOUT`` seconds, then the client is closed with 1013
+and resumes from where it got to. The replay follows the client's pace: it
+reads on only while the outbox holds less than half its message *and* byte
+bounds, fetching small batches, and what is recorded from the live feed
+meanwhile is bounded the same way (beyond, 4008). Each replayed event is
+filtered on the decoded event first and encoded only if the client wants
+it; the client's filter runs outside the lock the broadcaster needs. Ids
+the replay delivered are remembered only while the live feed could still
+bring them.
+"""
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from . import codec, metrics, throttle
+from . import codec, errorpolicy, metrics, throttle
 from .hub import Barrier
 from .protocol import CloseCode, MessageType
 
@@ -76,9 +86,9 @@ class CatchUp:
         self.subscription = client.subscription
         self.buffer_limit = buffer_limit
         self.buffer_bytes = client.max_bytes
-        # Where the live feed is (a Hub, see Hub.published_through); set by
-        # catch_up. Replayed events before it need no remembering.
-        self.hub = None
+        # () -> where the live feed is (see Hub.published_through); set
+        # by catch_up. Replayed events before it need no remembering.
+        self.published_through = lambda: None
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding.
         self._lock = threading.Lock()
@@ -183,7 +193,7 @@ class CatchUp:
         """Whether the live feed may still offer ``change``: not if the hub
         has published a later event (cluster times never decrease along
         the stream)."""
-        through = self.hub.published_through if self.hub is not None else None
+        through = self.published_through()
         at = change.raw.get("clusterTime")
         try:
             return through is None or at is None or not at < through
@@ -223,64 +233,127 @@ class CatchUp:
         self.spliced = True
 
 
-def _send_barrier(state, catchup, idle_since):
+@dataclasses.dataclass(frozen=True)
+class CatchUpInputs:
+    """Everything a catch-up uses, named (:meth:`from_state` builds them
+    from a running proxy; tests build them by hand)."""
+
+    # (resume_after=token, batch_size=n) -> a change stream on the watched
+    # scope, with the operator's pipeline and options.
+    open_stream: Callable
+    # (item, stopping) -> bool: put an item on the hub's intake, behind
+    # everything the watcher has read (Hub.submit).
+    submit: Callable
+    # () -> clusterTime of the last event the live feed published, or None
+    # (Hub.published_through).
+    published_through: Callable
+    # () -> when the watcher's last empty round trip began (monotonic), or
+    # None (ChangeSource.caught_up_as_of).
+    watcher_caught_up_as_of: Callable
+    sealer: object  # unseals the client's id, seals events'
+    slots: object  # a BoundedSemaphore: catch-ups at once
+    slots_per_key: object  # a throttle.KeyedSlots: per principal
+    stopping: threading.Event  # the worker is shutting down
+    slot_wait: float  # seconds to wait for a slot
+    time_limit: float  # seconds a catch-up may take
+    per_key_limit: int  # for the refusal's reason
+
+    @classmethod
+    def from_state(cls, state):
+        """From a started ProxyState (see wsproxy.extension)."""
+        config = state.config
+        hub, source = state.hub, state.source
+        return cls(
+            open_stream=source.open_stream,
+            submit=hub.submit,
+            published_through=lambda: hub.published_through,
+            watcher_caught_up_as_of=lambda: source.caught_up_as_of,
+            sealer=state.sealer,
+            slots=state.catchup_slots,
+            slots_per_key=state.catchups_per_key,
+            stopping=state.stopping,
+            slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
+            time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
+            per_key_limit=config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"],
+        )
+
+
+# What a client is told when its catch-up fails, by kind of error (see
+# wsproxy.errorpolicy). Only HISTORY_LOST says events may have been missed;
+# the others leave the client's last id good, and say so. Never the
+# driver's error text (hosts, ports, topology): that is logged.
+RESET_REASON = "cannot resume from resume_after: events may have been missed"
+# A refusal a retry will not fix until an operator acts: 1011, not 1013,
+# whose "try again later" promises a temporary condition; the client backs
+# off and retries later (the watcher, too, retries it at its backoff cap).
+FATAL_CLOSE = (
+    CloseCode.INTERNAL_ERROR,
+    (
+        "the database refused to replay the change stream; nothing "
+        "was lost: retry later with resume_after"
+    ),
+)
+TRANSIENT_CLOSE = (
+    CloseCode.TRY_AGAIN,
+    ("cannot reach the database to resume; nothing was lost: retry with resume_after"),
+)
+
+
+def _send_barrier(inputs, catchup, idle_since):
     """Once the watcher has caught up past ``idle_since``, queue a barrier
     behind everything it read; True if one was sent."""
-    caught_up = state.source.caught_up_as_of
+    caught_up = inputs.watcher_caught_up_as_of()
     if caught_up is None or caught_up <= idle_since:
         return False
-    return state.hub.submit(
-        Barrier(lambda: catchup.splice_if_idle_since(idle_since)), state.stopping
+    return inputs.submit(
+        Barrier(lambda: catchup.splice_if_idle_since(idle_since)), inputs.stopping
     )
 
 
-def catch_up(state, catchup, resume_id):
+def catch_up(inputs, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded per principal, in number
-    (``state.catchup_slots``) and in time."""
+    (``inputs.slots``) and in time."""
     client = catchup.client
-    config = state.config
-    wait = config["WSPROXY_CLOSE_TIMEOUT"]
+    wait = inputs.slot_wait
     key = throttle.client_key(getattr(client, "principal", None), client.remote_addr)
-    if not state.catchups_per_key.acquire(key, timeout=wait):
+    if not inputs.slots_per_key.acquire(key, timeout=wait):
         client.request_close(
             CloseCode.TRY_AGAIN,
             f"too many catch-ups for this client (limit "
-            f"{config['WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL']}); retry shortly",
+            f"{inputs.per_key_limit}); retry shortly",
         )
         return
     try:
-        if not state.catchup_slots.acquire(timeout=wait):
+        if not inputs.slots.acquire(timeout=wait):
             client.request_close(
                 CloseCode.TRY_AGAIN, "too many clients catching up; retry shortly"
             )
             return
         try:
             metrics.CATCHUPS.inc()
-            _replay(state, catchup, resume_id)
+            _replay(inputs, catchup, resume_id)
         finally:
             metrics.CATCHUPS.dec()
-            state.catchup_slots.release()
+            inputs.slots.release()
     finally:
-        state.catchups_per_key.release(key)
+        inputs.slots_per_key.release(key)
 
 
-def _replay(state, catchup, resume_id):
+def _replay(inputs, catchup, resume_id):
     client = catchup.client
-    catchup.hub = state.hub
-    limit = state.config["WSPROXY_CATCHUP_TIMEOUT"]
+    catchup.published_through = inputs.published_through
+    limit = inputs.time_limit
     deadline = time.monotonic() + limit
     idle_since, barrier_sent = None, False
     try:
-        token = state.sealer.unseal(resume_id)  # views checked it already
-        with state.source.open_stream(
-            resume_after=token, batch_size=CATCHUP_BATCH
-        ) as stream:
+        token = inputs.sealer.unseal(resume_id)  # views checked it already
+        with inputs.open_stream(resume_after=token, batch_size=CATCHUP_BATCH) as stream:
             while not (
                 catchup.spliced
                 or client.closing
                 or client.ended
-                or state.stopping.is_set()
+                or inputs.stopping.is_set()
             ):
                 if time.monotonic() >= deadline:
                     log.info(
@@ -311,10 +384,10 @@ def _replay(state, catchup, resume_id):
                     if idle_since is None:
                         idle_since = time.monotonic()
                     if not barrier_sent:
-                        barrier_sent = _send_barrier(state, catchup, idle_since)
+                        barrier_sent = _send_barrier(inputs, catchup, idle_since)
                     continue
                 idle_since, barrier_sent = None, False
-                if not catchup.deliver(codec.Change(raw, state.sealer)):
+                if not catchup.deliver(codec.Change(raw, inputs.sealer)):
                     break
         if catchup.spliced:
             log.info(
@@ -325,15 +398,41 @@ def _replay(state, catchup, resume_id):
                 "client %s: catch-up ended before the seam (client gone or closing)",
                 client.id,
             )
-    except OperationFailure as exc:
-        # Too old for the oplog (286), or a token the server rejects.
-        log.info("client %s: cannot resume (%s); reset", client.id, exc)
-        catchup.reset("cannot resume from resume_after: events may have been missed")
     except PyMongoError as exc:
-        log.warning("client %s: catch-up failed: %s", client.id, exc)
-        client.request_close(
-            CloseCode.TRY_AGAIN, "cannot reach the database to resume; retry"
-        )
+        # What reaches here PyMongo did not resume from by itself (it
+        # retries a failed first aggregate once, and resumes a broken
+        # getMore once).
+        _on_error(catchup, exc)
     except Exception:  # noqa: BLE001 - a failed catch-up must not kill a worker
         log.exception("client %s: catch-up failed", client.id)
         client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def _on_error(catchup, exc):
+    """The one place a catch-up's database error becomes what the client
+    is told (see wsproxy.errorpolicy)."""
+    client = catchup.client
+    kind = errorpolicy.classify(exc)
+    if kind == errorpolicy.HISTORY_LOST:
+        # Older than the oplog window (286), not found there (280), or not
+        # a token this server reads: the client's position is gone.
+        log.info("client %s: cannot resume (%s); reset", client.id, exc)
+        catchup.reset(RESET_REASON)
+    elif kind == errorpolicy.FATAL:
+        log.error(
+            "client %s: catch-up refused by the database (%s); "
+            "closing with %d: fix the deployment or WSPROXY_* "
+            "settings",
+            client.id,
+            exc,
+            FATAL_CLOSE[0],
+        )
+        client.request_close(*FATAL_CLOSE)
+    else:
+        log.warning(
+            "client %s: catch-up failed: %s; closing with %d",
+            client.id,
+            exc,
+            TRANSIENT_CLOSE[0],
+        )
+        client.request_close(*TRANSIENT_CLOSE)

@@ -5,6 +5,8 @@ The ``wsproxy-watcher`` thread iterates ``watch()`` with ``try_next()`` and
 promptly. It remembers the last resume token (an event's, or the server's
 post-batch token while idle) and, after any error PyMongo did not already
 resume from, reopens the stream from it after a capped, jittered backoff.
+What an error means is decided by :mod:`wsproxy.errorpolicy`, the policy
+a client's catch-up follows too.
 """
 
 import logging
@@ -12,52 +14,17 @@ import random
 import threading
 import time
 
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from . import codec, metrics
+from . import codec, errorpolicy, metrics
 from .hub import Announcement
 from .protocol import MessageType
 
 log = logging.getLogger(__name__)
 
-# Error policy as data. History lost: the token is older than the oplog
-# window, so resuming is impossible; restart from "now" and tell clients.
-HISTORY_LOST_CODES = frozenset(
-    {
-        286,  # ChangeStreamHistoryLost
-        280,  # ChangeStreamFatalError (e.g. resume token no longer valid)
-        260,  # InvalidResumeToken
-    }
-)
-# Configuration or permission problems a retry will not fix by itself; we
-# still retry (slowly), so fixing a role or pipeline needs no restart.
-FATAL_CODES = frozenset(
-    {
-        13,  # Unauthorized
-        18,  # AuthenticationFailed
-        40573,  # change streams need a replica set or sharded cluster
-        40324,  # unrecognised pipeline stage
-        40602,  # $changeStream must be the first stage
-        9,  # FailedToParse (bad pipeline)
-        2,  # BadValue (bad option)
-    }
-)
-
 
 class _StreamEnded(PyMongoError):
     """The cursor died without an error (it gets the reconnect backoff)."""
-
-
-def error_code(exc):
-    return exc.code if isinstance(exc, OperationFailure) else None
-
-
-def is_history_lost(exc):
-    return error_code(exc) in HISTORY_LOST_CODES
-
-
-def is_fatal(exc):
-    return error_code(exc) in FATAL_CODES
 
 
 class Backoff:
@@ -174,7 +141,7 @@ class ChangeSource:
                 break
             if not invalidated:
                 delay = self.backoff.next_delay()
-                if is_fatal(self.last_error):
+                if errorpolicy.is_fatal(self.last_error):
                     delay = self.backoff.cap
                 log.info("watcher: reopening the change stream in %.1fs", delay)
                 self._stopping.wait(delay)
@@ -232,7 +199,8 @@ class ChangeSource:
         self.errors += 1
         metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
-        if is_history_lost(exc):
+        kind = errorpolicy.classify(exc)
+        if kind == errorpolicy.HISTORY_LOST:
             log.error(
                 "watcher: cannot resume (%s); restarting from now, "
                 "clients are told events may have been lost",
@@ -252,7 +220,7 @@ class ChangeSource:
                 ),
                 self._stopping,
             )
-        elif is_fatal(exc):
+        elif kind == errorpolicy.FATAL:
             log.error(
                 "watcher: %s (retrying slowly; fix the deployment or "
                 "WSPROXY_* settings)",
@@ -261,7 +229,7 @@ class ChangeSource:
         else:
             log.warning("watcher: change stream failed: %s", exc)
         self._set_state(
-            "failed" if is_fatal(exc) else "reconnecting",
+            "failed" if kind == errorpolicy.FATAL else "reconnecting",
             "the database is unreachable; the feed resumes when it is back",
         )
 

@@ -21,7 +21,7 @@ from . import subscription as subscriptions
 from .client import Client
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
-from .resume import CatchUp, catch_up
+from .resume import CatchUp, CatchUpInputs, catch_up
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def serve(state, client, resume_id):
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
         thread = threading.Thread(
             target=catch_up,
-            args=(state, member, resume_id),
+            args=(CatchUpInputs.from_state(state), member, resume_id),
             name=f"wsproxy-catchup-{client.id}",
             daemon=True,
         )
