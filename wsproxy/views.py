@@ -7,6 +7,7 @@ an HTTP status with a JSON reason: not an upgrade (426), a foreign origin
 are left (see :mod:`wsproxy.protocol`).
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from .client import Client
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
 from .resume import CatchUp, CatchUpInputs, catch_up
+from .subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,14 @@ def _authorize(state):
     return principal
 
 
+@dataclasses.dataclass(slots=True)
 class Admission:
     """What the checks before the upgrade decided, for the handler."""
 
-    __slots__ = ("subscription", "resume_id", "principal", "pending")
-
-    def __init__(self, subscription, resume_id, principal, pending):
-        self.subscription = subscription
-        self.resume_id = resume_id
-        self.principal = principal
-        self.pending = pending
+    subscription: Subscription
+    resume_id: str | None
+    principal: access.Principal
+    pending: websocket.Pending
 
 
 def _admit(state, config):

@@ -39,6 +39,7 @@ Written against simple-websocket 1.1, wsproto 1.2-1.3 and flask-sock 0.7
 
 import base64
 import binascii
+import dataclasses
 import errno
 import select
 import socket
@@ -303,17 +304,15 @@ def local_address(environ):
         return None
 
 
+@dataclasses.dataclass(slots=True)
 class Pending:
     """What :func:`prepare` set up for one request, until flask-sock hands
     the view its server object."""
 
-    __slots__ = ("sock", "wake", "environ", "policy")
-
-    def __init__(self, sock, wake, environ, policy):
-        self.sock = sock
-        self.wake = wake
-        self.environ = environ
-        self.policy = policy
+    sock: GuardedSocket
+    wake: threading.Event
+    environ: dict
+    policy: FramePolicy
 
 
 def prepare(
