@@ -424,6 +424,7 @@ class _Stream:
         self.count, self.size, self.ns = count, size, ns
         self.read = 0
         self.on_read = lambda: None
+        self.alive = True  # a cursor the server keeps open
 
     def __enter__(self):
         return self
@@ -516,6 +517,38 @@ def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
         # bytes, so what it held never passed that plus one document.
         assert stream.read <= 7, stream.read
         assert max(held) < 500_000, max(held)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
+    # Without an error and without an invalidate there is no telling where
+    # the stream stopped: joining the live feed there could skip events.
+    import threading
+
+    from wsproxy import protocol
+    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.subscription import EVERYTHING
+
+    from .helpers import scaled, wait_for
+    stream = _Stream(count=3, size=10)
+    stream.on_read = lambda: setattr(stream, "alive", stream.read < 3)
+    inputs = _catch_up_inputs(stream)
+    client, sockets = _stalled_client(EVERYTHING)
+    member = CatchUp(client, 1000)
+    runner = threading.Thread(target=catch_up,
+                              args=(inputs, member, _RESUME_ID),
+                              name="test-catchup")
+    runner.start()
+    try:
+        wait_for(lambda: client.closing, 10, "the catch-up to give up")
+        runner.join(scaled(5))
+        assert not runner.is_alive()
+        assert not member.spliced and member.replayed == 3
+        code, reason = client._close_request
+        assert code == protocol.CloseCode.TRY_AGAIN
+        assert "nothing was lost" in reason
     finally:
         for sock in sockets:
             sock.close()

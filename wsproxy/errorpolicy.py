@@ -24,7 +24,7 @@ into one of three kinds, each saying what the stream's user should do:
   the default: an unknown error must never claim that events were lost.
 """
 
-from pymongo.errors import ConfigurationError, OperationFailure
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
 # The kinds, as returned by classify().
 HISTORY_LOST = "history lost"
@@ -115,6 +115,13 @@ def is_fatal(exc):
     if is_history_lost(exc):
         return False  # a bad token is not a bad deployment
     return error_code(exc) in FATAL_CODES or isinstance(exc, ConfigurationError)
+
+
+class StreamEnded(PyMongoError):
+    """The server closed a change stream's cursor without an error (no
+    invalidate). Nothing says where it stopped: treat it as transient, and
+    never as "idle", or a catch-up would join the live feed past events it
+    never read."""
 
 
 def classify(exc):

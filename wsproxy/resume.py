@@ -379,6 +379,8 @@ def _replay(inputs, catchup, resume_id):
                 ):
                     continue
                 raw = stream.try_next()
+                if raw is None and not stream.alive:
+                    raise errorpolicy.StreamEnded("the catch-up stream ended")
                 if raw is None:
                     # Idle since the first empty round after a delivery.
                     if idle_since is None:

@@ -23,10 +23,6 @@ from .protocol import MessageType
 log = logging.getLogger(__name__)
 
 
-class _StreamEnded(PyMongoError):
-    """The cursor died without an error (it gets the reconnect backoff)."""
-
-
 class Backoff:
     """Capped exponential backoff with equal jitter."""
 
@@ -176,7 +172,9 @@ class ChangeSource:
                         self.resume_token = token
                         self._start_after = None
                     if not stream.alive:
-                        raise _StreamEnded("the server closed the change stream")
+                        raise errorpolicy.StreamEnded(
+                            "the server closed the change stream"
+                        )
                     continue
                 self.last_event_at = now
                 metrics.EVENTS.inc()
