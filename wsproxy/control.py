@@ -15,7 +15,7 @@ from .protocol import CloseCode, MessageType
 
 
 def on_message(client, data):
-    """``on_message(client, data)`` for :meth:`Client.run`."""
+    """``on_message(client, data)`` for :meth:`ClientConnection.run`."""
     if isinstance(data, (bytes, bytearray)):
         client.request_close(CloseCode.UNSUPPORTED_DATA,
                              "binary messages are not accepted")

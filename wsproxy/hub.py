@@ -4,7 +4,7 @@ The watcher puts :class:`~wsproxy.codec.Change` objects on the intake queue;
 the ``wsproxy-broadcaster`` thread takes them off one at a time, records each
 in a bounded history of recent events (so a reconnecting client can resume
 without asking MongoDB) and offers its pre-built frame to every subscribed
-client. Offering never blocks (see :mod:`wsproxy.client`), so one slow client
+client. Offering never blocks (see :mod:`wsproxy.connection`), so one slow client
 cannot stall the others.
 
 Nothing a client controls runs under the hub's lock, which the broadcaster
@@ -56,7 +56,7 @@ class Announcement:
 
 
 class Member(Protocol):
-    """What the hub holds in its client set: a connection (``Client``) or
+    """What the hub holds in its client set: a connection (``ClientConnection``) or
     something standing in for one while it resumes (``_Joining`` here,
     ``resume.CatchUp``)."""
 
@@ -135,7 +135,7 @@ class _Joining:
 class Hub:
     def __init__(self, *, history_size=1000, history_bytes=64 << 20,
                  queue_size=10000):
-        # First in the lock order (see wsproxy.client). Guards _clients and
+        # First in the lock order (see wsproxy.connection). Guards _clients and
         # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
         # an event and snapshots the clients in one critical section, and a

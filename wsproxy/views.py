@@ -20,7 +20,7 @@ from flask_sock import Sock
 from . import access, codec, control, metrics
 from . import subscription as subscriptions
 from . import throttle, websocket
-from .client import Client
+from .connection import ClientConnection
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
 from .resume import CatchUp, catch_up
@@ -158,7 +158,7 @@ def create_blueprint(config):
             log.exception("wsproxy: connection failed")
 
     def _run_connection(ws, admission):
-        client = Client(
+        client = ClientConnection(
             websocket.Connection(ws, admission.pending),
             max_messages=config["WSPROXY_OUTBOX_MAX_MESSAGES"],
             max_bytes=config["WSPROXY_OUTBOX_MAX_BYTES"],

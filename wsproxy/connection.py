@@ -7,11 +7,11 @@ connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
 Lock order, for every lock in the fan-out path (a thread holding one may
 only take those to its right):
 
-    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  Client._state_lock
+    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  ClientConnection._state_lock
                ->  GuardedSocket.write_lock
 
 and ``write_lock`` is only ever *tried* (non-blocking) while holding
-``_state_lock`` (:meth:`Client.offer`), so a writer blocked on a slow
+``_state_lock`` (:meth:`ClientConnection.offer`), so a writer blocked on a slow
 socket never holds up the broadcaster. Reads of ``_outbox`` length and of
 ``_close_request`` outside ``_state_lock`` are deliberate: each is a
 hint that the locked path re-checks.
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Client:
+class ClientConnection:
     """One subscriber. Thread-safe: the broadcaster calls :meth:`offer`, the
     connection's handler thread calls :meth:`run`."""
 
@@ -83,7 +83,7 @@ class Client:
         self._drained = threading.Event()
 
     def __repr__(self):
-        return f"<Client {self.id} {self.remote_addr}>"
+        return f"<ClientConnection {self.id} {self.remote_addr}>"
 
     # -- called by the broadcaster (and at registration) -------------------
 
@@ -174,7 +174,7 @@ class Client:
         """Queue a message from the handler thread (replies)."""
         self.preload([frame(text)])
 
-    def run(self, on_message: Callable[[Client, str | bytes], None]) -> None:
+    def run(self, on_message: Callable[[ClientConnection, str | bytes], None]) -> None:
         """Drain the outbox, answer the peer and keep the heartbeat until
         the connection ends. ``on_message(client, data)`` handles each
         message the peer sends."""
