@@ -90,14 +90,27 @@ class ClientConnection:
     def on_change(self, change: Change) -> bool:
         """Offer ``change`` if subscribed; True if it was handed over."""
         sub = self.subscription
-        return sub.wants(change) and self.offer(sub.frame(change))
+        while sub.wants(change):
+            handed = self._offer(sub.frame(change), sub)
+            if handed is not None:
+                return handed
+            # The subscription was replaced meanwhile: judge it again.
+            sub = self.subscription
+        return False
 
     def offer(self, data: bytes) -> bool:
         """Queue or write one frame. False if this client is closing."""
+        return bool(self._offer(data, None))
+
+    def _offer(self, data, sub):
+        """:meth:`offer`; None, and nothing sent, if ``sub`` (the
+        subscription ``data`` was made for) is no longer the client's."""
         lock = self.sock.write_lock
         with self._state_lock:
             if self._close_request is not None:
                 return False
+            if sub is not None and sub is not self.subscription:
+                return None
             direct = (self.sock.nonblocking_ok and not self._outbox
                       and lock.acquire(blocking=False))
             if direct and self.sock.tail is not None:
@@ -125,6 +138,29 @@ class ClientConnection:
         finally:
             lock.release()
         return True
+
+    def replace_subscription(self, subscription: Subscription,
+                             reply: bytes) -> bool:
+        """Make ``subscription`` this client's and queue ``reply`` in one
+        step: every change before ``reply`` was judged by the old
+        subscription, every change after it by the new one. False if the
+        client is closing.
+
+        Only for a client the broadcaster offers changes to directly (not
+        through a catch-up's stand-in, which keeps its own subscription
+        until it has handed over; see :mod:`wsproxy.control`)."""
+        with self._state_lock:
+            if self._close_request is not None:
+                return False
+            self.subscription = subscription
+            self._outbox.append(reply)
+            self._outbox_bytes += len(reply)
+            self._wake.set()
+        return True
+
+    def wake(self) -> None:
+        """Wake the handler thread (it calls ``on_wake``, see :meth:`run`)."""
+        self._wake.set()
 
     def preload(self, frames: Iterable[bytes]) -> None:
         """Queue replayed frames; bounded by the history they come from."""
@@ -174,16 +210,25 @@ class ClientConnection:
         """Queue a message from the handler thread (replies)."""
         self.preload([frame(text)])
 
-    def run(self, on_message: Callable[[ClientConnection, str | bytes], None]) -> None:
+    def run(self, on_message: Callable[[ClientConnection, str | bytes], None],
+            on_wake: Callable[[ClientConnection], float | None] | None = None,
+            ) -> None:
         """Drain the outbox, answer the peer and keep the heartbeat until
         the connection ends. ``on_message(client, data)`` handles each
-        message the peer sends."""
+        message the peer sends; ``on_wake(client)``, if given, is called
+        after them on every wake-up and returns the seconds until it wants
+        to be called again at the latest (None: no sooner than the next
+        wake-up)."""
         heartbeat = bool(self.ping_interval)
         next_ping = time.monotonic() + (self.ping_interval or 0)
+        call_at = time.monotonic() if on_wake is not None else None
         try:
             while True:
-                self._wake.wait(max(next_ping - time.monotonic(), 0)
-                                if heartbeat else None)
+                now = time.monotonic()
+                deadlines = [t for t in (next_ping if heartbeat else None,
+                                         call_at) if t is not None]
+                self._wake.wait(max(min(deadlines) - now, 0)
+                                if deadlines else None)
                 self._wake.clear()
                 if self.conn.breach is not None:
                     self.request_close(*self.conn.breach)
@@ -191,6 +236,10 @@ class ClientConnection:
                     on_message(self, message)
                     if self.closing:
                         break
+                if on_wake is not None and not self.closing:
+                    delay = on_wake(self)
+                    call_at = (None if delay is None
+                               else time.monotonic() + delay)
                 if not self.conn.connected:
                     self.close_code = self.conn.peer_close_code()
                     return

@@ -206,9 +206,10 @@ class Hub:
         mode = self.register(client, after_id, hello)
         if mode is None:
             mode = "catch-up"
-            client.preload([codec.frame(hello(mode))])
             member, start = catch_up(client)
             with self._lock:
+                # hello under the lock, as in register().
+                client.preload([codec.frame(hello(mode))])
                 self._clients.add(member)
             start()
         try:
@@ -224,10 +225,14 @@ class Hub:
         not added, and the caller must catch it up another way.
 
         Runs on the client's thread; the hub's lock is held only to take
-        references to the backlog and join the set."""
+        references to the backlog and join the set (and, when no backlog
+        follows, to write ``hello``: what it says of the watcher is then
+        either already announced or announced to this client too).
+
+        ``hello(mode)`` must be quick (it may run under the lock)."""
         if after_id is None:
-            client.preload([codec.frame(hello("none"))])
             with self._lock:
+                client.preload([codec.frame(hello("none"))])
                 self._clients.add(client)
             return "none"
         joining = _Joining(client)
