@@ -5,31 +5,12 @@ import json
 import os
 import pathlib
 
-import pytest
 from bson import ObjectId
 
 from .helpers import ROOT, TcpProxy, scaled
 
-CHROMIUM = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = pathlib.Path(os.environ.get("WSPROXY_TEST_ARTIFACTS",
                                         ROOT / "test-artifacts"))
-
-
-@pytest.fixture
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), (
-        "the browser tests need Chromium: python3 dev.py test installs it")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
 
 
 def _row(key):
