@@ -78,7 +78,7 @@ export const CLOSE_CODES = Object.freeze({
  * or give a token, then connect again), 'busy' (retry, no sooner than
  * Retry-After). Any other status: retry with backoff. */
 export const REFUSALS = Object.freeze({
-  400: Object.freeze({ label: 'refused', action: 'stop' }),
+  400: Object.freeze({ label: 'bad request', action: 'stop' }),
   401: Object.freeze({ label: 'sign in required', action: 'signin' }),
   403: Object.freeze({ label: 'forbidden', action: 'stop' }),
   414: Object.freeze({ label: 'subscription too long', action: 'stop' }),
