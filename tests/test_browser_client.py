@@ -7,6 +7,7 @@ import threading
 
 import pymongo
 
+from wsproxy.client import CLOSE_POLICY, REFUSAL_ACTION
 from wsproxy.protocol import CloseCode, MessageType, WatcherState
 from wsproxy.subscription import OPERATION_TYPES
 
@@ -74,7 +75,8 @@ def test_the_modules_tables_are_the_servers(browser_page):
     tables = page.evaluate("""async (module) => {
       const m = await import(module);
       return {close: m.CLOSE_CODES, ops: m.OPERATION_TYPES,
-              messages: m.MESSAGE_TYPES, watcher: m.WATCHER_STATES};
+              messages: m.MESSAGE_TYPES, watcher: m.WATCHER_STATES,
+              refusals: m.REFUSALS};
     }""", MODULE)
     sent = {int(code): entry["name"] for code, entry in tables["close"].items()
             if not entry["local"]}
@@ -88,6 +90,11 @@ def test_the_modules_tables_are_the_servers(browser_page):
     assert len(tables["ops"]) == len(OPERATION_TYPES)
     assert tables["messages"] == [t.value for t in MessageType]
     assert tables["watcher"] == [s.value for s in WatcherState]
+    # The Python client follows the same policies.
+    assert {int(c): e["policy"] for c, e in tables["close"].items()} == {
+        int(c): p for c, p in CLOSE_POLICY.items()}
+    assert {int(s): r["action"] for s, r in tables["refusals"].items()} == {
+        int(s): a for s, a in REFUSAL_ACTION.items()}
     assert not page.script_errors
 
 
