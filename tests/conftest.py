@@ -1,3 +1,5 @@
+import os
+
 import pymongo
 import pytest
 
@@ -55,3 +57,27 @@ def gunicorn():
     yield start
     for server in servers:
         server.stop()
+
+
+CHROMIUM = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser_page():
+    """A Chromium page (Debian's browser, driven by Playwright). Uncaught
+    errors of its scripts are collected in ``page.script_errors``."""
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), (
+        "the browser tests need Chromium: python3 dev.py test installs it")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.script_errors = []
+        page.on("pageerror", lambda exc: page.script_errors.append(str(exc)))
+        yield page
+        browser.close()

@@ -3,7 +3,7 @@
 A client resuming from an id this worker no longer holds gets a catch-up: a
 change stream of its own, opened with ``resumeAfter`` its token. The same
 MockupDB primary as ``test_source_errors.py`` scripts what that stream
-meets, and a real :class:`~wsproxy.client.Client` (its peer never reads)
+meets, and a real :class:`~wsproxy.connection.ClientConnection` (its peer never reads)
 shows what the client is told. Each class of error from
 :mod:`wsproxy.errorpolicy` has one answer:
 
@@ -25,7 +25,7 @@ from pymongo import MongoClient
 from wsproto.frame_protocol import FrameProtocol
 
 from wsproxy import Principal, codec, protocol
-from wsproxy.client import Client
+from wsproxy.connection import ClientConnection
 from wsproxy.hub import Hub
 from wsproxy.resume import (FATAL_CLOSE, RESET_REASON, TRANSIENT_CLOSE,
                             CatchUp, CatchUpInputs, catch_up)
@@ -63,7 +63,7 @@ def driver(mock):
     client.close()
 
 
-class RecordingClient(Client):
+class RecordingClient(ClientConnection):
     """A real Client whose peer never reads. Remembers every frame it
     accepted, even those a close then drops from its outbox."""
 
@@ -76,8 +76,9 @@ class RecordingClient(Client):
         self.accepted.extend(frames)
         super().preload(frames)
 
-    def offer(self, data):
-        handed = super().offer(data)
+    def _offer(self, data, sub):
+        # Under offer() and on_change() alike.
+        handed = super()._offer(data, sub)
         if handed:
             self.accepted.append(data)
         return handed

@@ -469,18 +469,18 @@ def _catch_up_inputs(stream, **config):
 
 
 def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
-    """A real Client whose peer never reads (nothing drains its outbox)."""
+    """A real ClientConnection whose peer never reads (nothing drains its outbox)."""
     import socket
     import threading
     import types
 
     from wsproxy import Principal
-    from wsproxy.client import Client
+    from wsproxy.connection import ClientConnection
     from wsproxy.websocket import GuardedSocket
     ours, theirs = socket.socketpair()
     conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
                                  wake=threading.Event())
-    client = Client(conn, max_messages=max_messages,
+    client = ClientConnection(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0, close_timeout=1,
                     subscription=subscription, remote_addr="10.1.1.1")
     client.principal = Principal("ada")

@@ -175,7 +175,7 @@ def _flood(ws, count):
 AFTER_UPGRADE = [
     (lambda ws: ws.send(b"\x00\x01binary"), 1003, "binary messages"),
     (lambda ws: ws.send("not json"), 1008, "message is not JSON"),
-    (lambda ws: ws.send('{"type": "subscribe"}'), 1008, "unknown message type"),
+    (lambda ws: ws.send('{"type": "unsubscribe"}'), 1008, "unknown message type"),
     (lambda ws: ws.send("[1, 2, 3]"), 1008, "unknown message type"),
     (lambda ws: ws.send('"ping"'), 1008, "unknown message type"),
     (lambda ws: ws.send("x" * 5000), 1009, "too big"),

@@ -90,7 +90,9 @@ def test_only_the_library_is_installed(installed, tmp_path):
     assert not [f for f in files
                 if any(word in f for word in ("bench", "demo", "embedded"))]
     assert {"wsproxy/templates/wsproxy/index.html", "wsproxy/static/app.js",
-            "wsproxy/static/app.css"} <= set(files)
+            "wsproxy/static/app.css", "wsproxy/static/wsproxy-client.js",
+            "wsproxy/static/wsproxy-client.d.ts", "wsproxy/static/ejson.js"
+            } <= set(files)
 
 
 def test_the_example_app_with_the_packaged_config(installed, mongo,

@@ -223,6 +223,10 @@ def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
     for _ in range(2):
         status, reason = refused(server.ws_url())
         assert status == 500 and "gunicorn -k gthread" in reason
+    # A browser, which cannot see that status, can ask for it.
+    status, body = http_get(server.url + "/ws",
+                            headers={"Accept": "application/json"})
+    assert status == 500 and json.loads(body)["status"] == 500
     # The worker was not blocked: it still answers.
     assert http_get(server.url + "/healthz")[0] == 200
     errors = re.findall(r"\[ERROR\] wsproxy[^\n]*", server.output())

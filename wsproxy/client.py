@@ -1,286 +1,601 @@
-"""One WebSocket connection: its subscription, bounded outbox and close.
+"""A Python client for a wsproxy endpoint, for scripts and tests in
+non-async code: a blocking iterator over changes that holds the server's
+guarantees.
 
-Writes to a socket must never interleave; :mod:`wsproxy.websocket` guards
-every write, ours and simple-websocket's reader thread's, with the
-connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
+    from wsproxy.client import WSProxyClient, Change, Reset
 
-Lock order, for every lock in the fan-out path (a thread holding one may
-only take those to its right):
+    with WSProxyClient("ws://localhost:8000/ws", ns=["shop.orders"],
+                       token="...") as feed:
+        for item in feed:
+            if isinstance(item, Change):
+                print(item.id, item.event["operationType"])
+            elif isinstance(item, Reset):
+                reload_everything()   # events may have been missed
 
-    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  Client._state_lock
-               ->  GuardedSocket.write_lock
+It reconnects with capped, jittered backoff, resumes after the last id it
+received (``resume_after``), drops duplicates by id, gives ``reset`` as an
+item, follows one close-code table (:data:`CLOSE_POLICY`, the same as the
+browser module's), and when a handshake is refused asks the server why
+(the admission decision, fetched as JSON) and raises :class:`Refused` when
+retrying cannot help (400, 403; :class:`AuthenticationRequired` on 401).
 
-and ``write_lock`` is only ever *tried* (non-blocking) while holding
-``_state_lock`` (:meth:`Client.offer`), so a writer blocked on a slow
-socket never holds up the broadcaster. Reads of ``_outbox`` length and of
-``_close_request`` outside ``_state_lock`` are deliberate: each is a
-hint that the locked path re-checks.
-
-Fan-out has two paths. The broadcaster first tries a *direct* write: if the
-outbox is empty and nobody is writing, it writes the shared frame with a
-non-blocking ``send``; that is one syscall and wakes no thread, which is what
-keeps 1,000 mostly idle connections cheap. Anything that does not go out at
-once (a full socket buffer, a concurrent writer) is queued in the bounded
-outbox, and the connection's own handler thread drains it. A connection whose
-outbox overflows is a slow consumer: its outbox is dropped and it is closed
-with 4008, so it can reconnect and resume from the last id it received.
+Built on simple-websocket's ``Client`` (its reader thread answers the
+server's pings); everything else runs in the thread that iterates. One
+thread uses a client at a time; :meth:`WSProxyClient.close` may be called
+from another.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import json
+import random
+import socket
+import ssl
 import threading
 import time
-from typing import TYPE_CHECKING
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from . import metrics, protocol
-from .codec import frame
-from .protocol import CloseCode
-from .websocket import ConnectionClosedByPeer
+import simple_websocket
+from bson import json_util
+from simple_websocket.ws import Base as _WebSocketBase
+from wsproto import ConnectionType
+
+from .errors import WSProxyError
+from .protocol import CloseCode, MessageType
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
-    from .codec import Change
-    from .subscription import Subscription
-    from .websocket import Connection
+__all__ = [
+    "WSProxyClient",
+    "Change",
+    "Reset",
+    "Status",
+    "Refused",
+    "AuthenticationRequired",
+    "CLOSE_POLICY",
+    "REFUSAL_ACTION",
+]
 
-log = logging.getLogger(__name__)
+# What each close code means for the client (the browser module's
+# CLOSE_CODES says the same; a test checks it):
+#   "resume": reconnect at once with resume_after (then with backoff if it
+#             keeps happening); "retry": reconnect with backoff;
+#   "busy": as retry, no sooner than BUSY_FLOOR; "stop": raise Refused.
+CLOSE_POLICY: dict[int, str] = {
+    CloseCode.NORMAL: "retry",
+    CloseCode.GOING_AWAY: "resume",
+    CloseCode.UNSUPPORTED_DATA: "stop",
+    1005: "retry",  # no status: the connection just went (a network cut)
+    CloseCode.ABNORMAL: "retry",
+    CloseCode.INVALID_DATA: "stop",
+    CloseCode.POLICY: "stop",
+    CloseCode.TOO_BIG: "stop",
+    CloseCode.INTERNAL_ERROR: "retry",
+    CloseCode.TRY_AGAIN: "busy",
+    1015: "retry",  # TLS handshake failure, as a browser reports it
+    CloseCode.SLOW_CONSUMER: "resume",
+}
+# What a refused handshake's HTTP status means (any other: retry).
+REFUSAL_ACTION: dict[int, str] = {
+    400: "stop",
+    401: "signin",
+    403: "stop",
+    414: "stop",
+    429: "busy",
+    500: "stop",
+    503: "busy",
+}
+
+MAX_IMMEDIATE = 3  # "resume" reconnects in a row before backing off
+BUSY_FLOOR = 5.0  # seconds
+STABLE_AFTER = 10.0  # a connection up this long resets the backoff
 
 
-class Client:
-    """One subscriber. Thread-safe: the broadcaster calls :meth:`offer`, the
-    connection's handler thread calls :meth:`run`."""
+@dataclass(frozen=True)
+class Change:
+    """One change: its (sealed, opaque) resume ``id`` and the event."""
 
-    _ids = iter(range(1, 1 << 62))
+    id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Events may have been missed (the resume position was too old, or
+    the server lost its own); the live feed continues after it."""
+
+    lost: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """The server's link to MongoDB changed (only with ``statuses=True``)."""
+
+    watcher: str
+    detail: str
+
+
+class Refused(WSProxyError):
+    """The server refused the connection (or a subscription) and retrying
+    cannot help. ``status`` is the HTTP status of a refused handshake,
+    ``code`` the close code of a connection closed for good."""
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, code: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+class AuthenticationRequired(Refused):
+    """401: no credentials (or expired ones): sign in, then connect again."""
+
+
+class ConnectionLost(WSProxyError):
+    """The connection went away before the server answered a subscribe;
+    the subscription in force is still the previous one."""
+
+
+class _Socket(simple_websocket.Client):
+    """simple-websocket's client with timeouts on the TCP connect and the
+    handshake (its own has none), and the port in ``Host``."""
+
+    def __init__(
+        self, url, *, subprotocols=None, headers=None, timeout=10.0, ssl_context=None
+    ):
+        parts = urlsplit(url)
+        secure = parts.scheme in ("https", "wss")
+        port = parts.port or (443 if secure else 80)
+        self.host = parts.netloc.rpartition("@")[2]  # Host, with its port
+        self.path = parts.path or "/"
+        if parts.query:
+            self.path += "?" + parts.query
+        self.subprotocols = list(subprotocols or [])
+        self.extra_headeers = list((headers or {}).items())  # (sic: theirs)
+        self._timeout = timeout
+        sock = socket.create_connection((parts.hostname, port), timeout)
+        try:
+            if secure:
+                context = ssl_context or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+            _WebSocketBase.__init__(self, sock, connection_type=ConnectionType.CLIENT)
+        except BaseException:
+            sock.close()
+            raise
+
+    def handshake(self):
+        try:
+            super().handshake()
+        finally:
+            self.sock.settimeout(None)  # the reader thread blocks in recv
+
+
+def _subscription(ns, ops, filter):
+    def listed(value):
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return [str(v).strip() for v in items if str(v).strip()]
+
+    if filter is not None and not isinstance(filter, str):
+        filter = json_util.dumps(filter)
+    return {"ns": listed(ns), "ops": listed(ops), "filter": filter or None}
+
+
+class WSProxyClient:
+    """A connection to a wsproxy WebSocket endpoint that stays connected.
+
+    ``url``: ``ws://host:port/ws`` (or ``http://``, ``wss://``, ``https://``).
+    ``ns``, ``ops``, ``filter``: the subscription (lists or comma-separated
+    strings; the filter a dict or its JSON text). ``token``: a bearer token
+    (or a callable returning one), sent as ``Authorization: Bearer``;
+    ``headers``: more headers (a session ``Cookie``...). ``resume_after``:
+    start after this id. ``statuses``: also yield :class:`Status` items.
+    ``ejson``: decode events with ``bson.json_util`` (ObjectId, datetime,
+    Decimal128...); False gives the JSON as sent.
+    """
 
     def __init__(
         self,
-        conn: Connection,
+        url: str,
         *,
-        max_messages: int,
-        max_bytes: int,
-        ping_interval: float,
-        close_timeout: float,
-        subscription: Subscription,
-        remote_addr: str | None = None,
+        ns: Iterable[str] | str | None = None,
+        ops: Iterable[str] | str | None = None,
+        filter: dict[str, Any] | str | None = None,
+        token: str | Callable[[], str | None] | None = None,
+        headers: dict[str, str] | None = None,
+        resume_after: str | None = None,
+        statuses: bool = False,
+        ejson: bool = True,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float = 30.0,
+        pong_timeout: float = 10.0,
+        dedupe: int = 5000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.id = next(self._ids)
-        self.conn = conn
-        self.sock = conn.sock
-        self.subscription = subscription
-        self.remote_addr = remote_addr
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss", "http", "https"):
+            raise ValueError(f"not a ws:// or http:// URL: {url!r}")
+        self._base = parts
+        self.subscription = _subscription(ns, ops, filter)
+        self.token = token
+        self.headers = dict(headers or {})
+        self.last_id = resume_after
+        self.statuses = statuses
+        self.ejson = ejson
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
-        self.close_timeout = close_timeout
-        # Guards the outbox, its byte count and the close request.
-        self._state_lock = threading.Lock()
-        self._outbox: collections.deque[bytes] = collections.deque()
-        self._outbox_bytes = 0
-        self._close_request: tuple[int, str] | None = None  # once decided
-        self.close_code: int | None = None
-        self.ended = False  # the connection is over, however it ended
-        # Set by the broadcaster and by simple-websocket's reader thread
-        # (see wsproxy.websocket.prepare), so one wait covers both
-        # directions.
-        self._wake = conn.wake
-        # Set whenever the handler thread has flushed the outbox.
-        self._drained = threading.Event()
+        self.pong_timeout = pong_timeout
+        self.ssl_context = ssl_context
+        self.hello: dict[str, Any] | None = None
+        self.watcher: str | None = None
+        self.last_close: tuple[int, str] | None = None
+        self.stats = {
+            "connections": 0,
+            "changes": 0,
+            "duplicates": 0,
+            "resets": 0,
+            "attempts": 0,
+        }
+        self._ws: _Socket | None = None
+        self._seen: set[str] = set()
+        self._seen_order: collections.deque[str] = collections.deque()
+        self._dedupe = dedupe
+        self._ready: collections.deque[Any] = collections.deque()
+        self._attempt = 0
+        self._immediate = 0
+        self._retry_at = 0.0  # monotonic; 0: connect at once
+        self._opened_at = 0.0
+        self._heard_at = 0.0
+        self._ping_sent_at = None
+        # Set by close(), from any thread: wakes a backoff wait.
+        self._closed = threading.Event()
 
-    def __repr__(self):
-        return f"<Client {self.id} {self.remote_addr}>"
+    # -- URLs ----------------------------------------------------------------
 
-    # -- called by the broadcaster (and at registration) -------------------
-
-    def on_change(self, change: Change) -> bool:
-        """Offer ``change`` if subscribed; True if it was handed over."""
+    def _url(self, kind):
+        secure = self._base.scheme in ("wss", "https")
+        scheme = (
+            ("wss" if secure else "ws")
+            if kind == "ws"
+            else ("https" if secure else "http")
+        )
+        query = [
+            (k, v)
+            for k, v in parse_qsl(self._base.query, keep_blank_values=True)
+            if k not in ("ns", "ops", "filter", "resume_after")
+        ]
         sub = self.subscription
-        return sub.wants(change) and self.offer(sub.frame(change))
-
-    def offer(self, data: bytes) -> bool:
-        """Queue or write one frame. False if this client is closing."""
-        lock = self.sock.write_lock
-        with self._state_lock:
-            if self._close_request is not None:
-                return False
-            direct = (
-                self.sock.nonblocking_ok
-                and not self._outbox
-                and lock.acquire(blocking=False)
-            )
-            if direct and self.sock.tail is not None:
-                lock.release()
-                direct = False
-            if not direct:
-                if (
-                    len(self._outbox) >= self.max_messages
-                    or self._outbox_bytes + len(data) > self.max_bytes
-                ):
-                    self._request_close_locked(
-                        CloseCode.SLOW_CONSUMER,
-                        f"slow consumer: {len(self._outbox)} messages, "
-                        f"{self._outbox_bytes} bytes queued; reconnect "
-                        "with resume_after",
-                    )
-                    return False
-                self._outbox.append(data)
-                self._outbox_bytes += len(data)
-                self._wake.set()
-                return True
-        try:
-            if not self.sock.try_write(data):
-                self._wake.set()  # the handler thread finishes the tail
-        except OSError:
-            # The peer is gone; the handler thread notices and cleans up.
-            self._wake.set()
-        finally:
-            lock.release()
-        return True
-
-    def preload(self, frames: Iterable[bytes]) -> None:
-        """Queue replayed frames; bounded by the history they come from."""
-        with self._state_lock:
-            for data in frames:
-                self._outbox.append(data)
-                self._outbox_bytes += len(data)
-            self._wake.set()
-
-    def wait_for_room(self, below, timeout, below_bytes=None):
-        """Block until fewer than ``below`` messages (and ``below_bytes``
-        bytes) are queued, or the timeout passes (then False); replay uses
-        it to follow the client's pace."""
-        deadline = time.monotonic() + timeout
-        while (
+        if sub["ns"] is not None:
+            query.append(("ns", ",".join(sub["ns"])))
+        if sub["ops"] is not None:
+            query.append(("ops", ",".join(sub["ops"])))
+        if sub["filter"]:
+            query.append(("filter", sub["filter"]))
+        if self.last_id:
+            query.append(("resume_after", self.last_id))
+        return urlunsplit(
             (
-                len(self._outbox) >= below  # unlocked: a hint, rechecked
-                or (below_bytes is not None and self._outbox_bytes >= below_bytes)
+                scheme,
+                self._base.netloc,
+                self._base.path or "/",
+                urlencode(query, safe=","),
+                "",
             )
-            and not self.closing
-            and not self.ended
-        ):
-            if time.monotonic() >= deadline:
-                return False
-            self._drained.wait(min(deadline - time.monotonic(), 0.1))
-            self._drained.clear()
-        return True
-
-    def request_close(self, code: int, reason: str) -> None:
-        with self._state_lock:
-            self._request_close_locked(code, reason)
-
-    def _request_close_locked(self, code, reason):
-        if self._close_request is None:
-            self._close_request = (code, reason)
-            if code == CloseCode.SLOW_CONSUMER:
-                metrics.SLOW.inc()
-            # The backlog is dropped; a half-written frame is not (it is
-            # the socket's tail, finished before the close frame).
-            self._outbox.clear()
-            self._outbox_bytes = 0
-        self._wake.set()
+        )
 
     @property
-    def closing(self) -> bool:
-        return self._close_request is not None  # unlocked: set once, never cleared
+    def url(self) -> str:
+        """The WebSocket URL the next connection uses."""
+        return self._url("ws")
 
-    # -- the connection's own handler thread -------------------------------
+    def _headers(self):
+        headers = dict(self.headers)
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
-    def send_text(self, text: str) -> None:
-        """Queue a message from the handler thread (replies)."""
-        self.preload([frame(text)])
+    # -- the iterator ----------------------------------------------------------
 
-    def run(self, on_message: Callable[[Client, str | bytes], None]) -> None:
-        """Drain the outbox, answer the peer and keep the heartbeat until
-        the connection ends. ``on_message(client, data)`` handles each
-        message the peer sends."""
-        heartbeat = bool(self.ping_interval)
-        next_ping = time.monotonic() + (self.ping_interval or 0)
-        try:
-            while True:
-                self._wake.wait(
-                    max(next_ping - time.monotonic(), 0) if heartbeat else None
+    def __iter__(self) -> Iterator[Change | Reset | Status]:
+        while True:
+            item = self.receive()
+            if item is None:  # closed
+                return
+            yield item
+
+    def __enter__(self) -> WSProxyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def receive(self, timeout: float | None = None) -> Change | Reset | Status | None:
+        """The next item, connecting (and reconnecting) as needed; None
+        when ``timeout`` seconds pass first, or the client is closed.
+        Raises :class:`Refused` when the server refuses for good."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed.is_set():
+            if self._ready:
+                return self._ready.popleft()
+            if self._ws is None:
+                wait = self._retry_at - time.monotonic()
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                if wait > 0:
+                    self._closed.wait(wait)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
+                self._connect()
+                continue
+            item = self._read(deadline)
+            if item is not None:
+                return item
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+        return None
+
+    def close(self) -> None:
+        """Close the connection and end iteration (any thread)."""
+        self._closed.set()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+    def subscribe(
+        self,
+        ns: Iterable[str] | str | None = None,
+        ops: Iterable[str] | str | None = None,
+        filter: dict[str, Any] | str | None = None,
+    ) -> None:
+        """Replace the subscription. Connected: on the open connection
+        (changes that arrive meanwhile are kept for the iterator); returns
+        once the server applied it, raises :class:`Refused` (the previous
+        one stays) or :class:`ConnectionLost`. Not connected: the next
+        connection asks for it."""
+        sub = _subscription(ns, ops, filter)
+        ws = self._ws
+        if ws is None:
+            self.subscription = sub
+            return
+        ws.send(json.dumps({"type": "subscribe", **sub}))
+        while True:
+            try:
+                text = ws.receive(timeout=self.connect_timeout)
+            except simple_websocket.ConnectionClosed as exc:
+                self._closed_by_peer(ws, exc)
+                raise ConnectionLost(
+                    "the connection closed before the server answered"
+                ) from None
+            if text is None:
+                raise ConnectionLost(
+                    f"no answer to subscribe within {self.connect_timeout}s"
                 )
-                self._wake.clear()
-                if self.conn.breach is not None:
-                    self.request_close(*self.conn.breach)
-                for message in self.conn.messages():
-                    on_message(self, message)
-                    if self.closing:
-                        break
-                if not self.conn.connected:
-                    self.close_code = self.conn.peer_close_code()
-                    return
-                self._flush()
-                if self.closing:
-                    break
-                if heartbeat and time.monotonic() >= next_ping:
-                    try:
-                        answered = self.conn.send_ping()
-                    except ConnectionClosedByPeer:
-                        self.close_code = self.conn.peer_close_code()
-                        return
-                    if not answered:
-                        log.info(
-                            "client %s: no pong within %ss, dropping",
-                            self.id,
-                            self.ping_interval,
-                        )
-                        self.close_code = CloseCode.ABNORMAL
-                        self.sock.abort()
-                        return
-                    next_ping = time.monotonic() + self.ping_interval
-        except OSError as exc:
-            # Peer reset, broken pipe or send timeout: nothing more can be
-            # delivered, so there is no close frame to send either.
-            log.info("client %s: connection lost (%s)", self.id, exc)
-            self.close_code = CloseCode.ABNORMAL
-            self.sock.abort()
-            return
-        self._send_close()
+            message = self._decode(text)
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == MessageType.SUBSCRIBED:
+                self.subscription = sub
+                return
+            if kind == MessageType.ERROR:
+                raise Refused(str(message.get("reason", "refused")), status=400)
+            item = self._handle(message)
+            if item is not None:
+                self._ready.append(item)
 
-    def _flush(self):
-        with self.sock.write_lock:
-            if self.sock.tail is not None:
-                self.sock.write_now(b"")
-            while True:
-                with self._state_lock:
-                    if not self._outbox or self._close_request is not None:
-                        return
-                    data = self._outbox.popleft()
-                    self._outbox_bytes -= len(data)
-                self.sock.write_now(data)
-                if len(self._outbox) < 8:  # unlocked: a wake-up hint
-                    self._drained.set()
+    # -- connecting ----------------------------------------------------------
 
-    def close_now(self) -> None:
-        """Send the requested close frame from this thread, whatever the
-        state of the loop (used after an unexpected error)."""
+    def _connect(self):
+        self.stats["attempts"] += 1
+        headers = self._headers()
         try:
-            self._send_close()
-        except Exception:  # noqa: BLE001 - the connection is beyond saving
-            self.sock.abort()
-
-    def _send_close(self):
-        code, reason = self._close_request
-        self.close_code = code
-        try:
-            self.conn.send_close(code, protocol.close_reason(reason))
-        except Exception:  # noqa: BLE001 - already closed or peer gone
-            self.sock.abort()
+            ws = _Socket(
+                self._url("ws"),
+                headers=headers,
+                timeout=self.connect_timeout,
+                ssl_context=self.ssl_context,
+            )
+        except simple_websocket.ConnectionError as exc:
+            # An HTTP status instead of the upgrade.
+            self._refused_handshake(headers, getattr(exc, "status_code", None))
             return
-        # Wait for the peer's close reply (simple-websocket's reader thread
-        # ends when it arrives); a peer that never answers is cut off.
-        if not self.conn.wait_reader(self.close_timeout):
-            self.sock.abort()
+        except Exception:  # noqa: BLE001 - unreachable, reset, timed out, or
+            # closed mid-handshake (wsproto's errors for a cut response vary)
+            self._refused_handshake(headers, None)
+            return
+        if self._closed.is_set():
+            ws.close()
+            return
+        self._ws = ws
+        self.hello = None
+        self._opened_at = self._heard_at = time.monotonic()
+        self._ping_sent_at = None
+        self.stats["connections"] += 1
 
-    def finish(self) -> None:
-        """Make sure simple-websocket's reader thread has ended and no write
-        can reach the socket any more (the WSGI server closes it next)."""
-        self.ended = True
-        if not self.conn.wait_reader(self.close_timeout):
-            self.sock.abort()
-            self.conn.wait_reader(self.close_timeout)
-        with self.sock.write_lock:
-            self.sock.closed = True
+    def _refused_handshake(self, headers, status):
+        """The handshake failed (with HTTP ``status``, or None if it never
+        got one): ask the server why (the same URL, as JSON), then stop,
+        wait or retry."""
+        decision = self._decision(headers)
+        if decision is None:
+            if REFUSAL_ACTION.get(status) in ("stop", "signin"):
+                # No reason to be had, but the status is final.
+                decision = status, {"error": f"HTTP {status}"}, 0.0
+            else:
+                self._schedule("retry")
+                return
+        status, body, retry_after = decision
+        if body.get("ok") is True:
+            self._schedule("retry")
+            return
+        reason = str(body.get("error", f"HTTP {status}"))
+        action = REFUSAL_ACTION.get(status, "retry")
+        if action == "signin":
+            raise AuthenticationRequired(reason, status=status)
+        if action == "stop":
+            raise Refused(reason, status=status)
+        self._schedule("busy" if action == "busy" else "retry", floor=retry_after)
+
+    def _decision(self, headers):
+        request = urllib.request.Request(
+            self._url("http"), headers={**headers, "Accept": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(
+                request, timeout=self.connect_timeout, context=self.ssl_context
+            ) as resp:
+                status, data, retry = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as exc:
+            status, data, retry = exc.code, exc.read(), exc.headers
+        except (OSError, ValueError):
+            return None  # unreachable: retry
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not (
+            body.get("ok") is True or isinstance(body.get("error"), str)
+        ):
+            if status in (400, 403, 414):  # not ours, but final (e.g. 414)
+                return status, {"error": f"HTTP {status}"}, 0.0
+            return None
+        try:
+            retry_after = float(retry.get("Retry-After") or 0)
+        except ValueError:
+            retry_after = 0.0
+        return status, body, retry_after
+
+    def _schedule(self, policy, floor=0.0):
+        if policy == "resume" and self._immediate < MAX_IMMEDIATE:
+            self._immediate += 1
+            delay = random.uniform(0, 0.25)
+        else:
+            # Exponential with "equal jitter": half fixed, half random.
+            d = min(self.backoff_max, self.backoff_initial * 2**self._attempt)
+            self._attempt = min(self._attempt + 1, 30)
+            delay = d / 2 + random.uniform(0, d / 2)
+            if policy == "busy":
+                delay = max(delay, BUSY_FLOOR * random.uniform(1, 1.5))
+        self._retry_at = time.monotonic() + max(delay, floor)
+
+    # -- reading -------------------------------------------------------------
+
+    def _read(self, deadline):
+        ws = self._ws
+        now = time.monotonic()
+        wait = None if deadline is None else max(deadline - now, 0)
+        if self.ping_interval:
+            if self._ping_sent_at is not None:
+                due = self._ping_sent_at + self.pong_timeout
+            else:
+                due = self._heard_at + self.ping_interval
+            wait = max(due - now, 0) if wait is None else min(wait, max(due - now, 0))
+        try:
+            text = ws.receive(timeout=wait)
+        except simple_websocket.ConnectionClosed as exc:
+            self._closed_by_peer(ws, exc)
+            return None
+        now = time.monotonic()
+        if text is None:
+            if self.ping_interval:
+                self._keepalive(ws, now)
+            return None
+        self._heard_at = now
+        self._ping_sent_at = None
+        return self._handle(self._decode(text))
+
+    def _keepalive(self, ws, now):
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= self.pong_timeout:
+                # Nothing heard: the network is gone without a word.
+                self._lost(ws, CloseCode.ABNORMAL, "no answer to ping")
+            return
+        if now - self._heard_at >= self.ping_interval:
+            try:
+                ws.send('{"type": "ping"}')
+            except simple_websocket.ConnectionClosed as exc:
+                self._closed_by_peer(ws, exc)
+                return
+            self._ping_sent_at = now
+
+    def _decode(self, text):
+        if not isinstance(text, str):
+            return None
+        try:
+            return json_util.loads(text) if self.ejson else json.loads(text)
+        except ValueError:
+            return None
+
+    def _closed_by_peer(self, ws, exc):
+        code = int(exc.reason) if exc.reason is not None else 1005
+        self._lost(ws, code, exc.message or "")
+
+    def _lost(self, ws, code, reason):
+        if self._ws is ws:
+            self._ws = None
+        try:
+            ws.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        self.last_close = (code, reason)
+        self.watcher = None
+        if time.monotonic() - self._opened_at > STABLE_AFTER:
+            self._attempt = 0
+            self._immediate = 0
+        if self._closed.is_set():
+            return
+        policy = CLOSE_POLICY.get(code, "retry")
+        if policy == "stop":
+            raise Refused(reason or f"closed with {code}", code=code)
+        self._schedule(policy)
+
+    def _handle(self, message):
+        """The item a message gives the iterator, or None."""
+        if not isinstance(message, dict):
+            return None
+        kind = message.get("type")
+        if kind == MessageType.CHANGE:
+            change_id = message.get("id")
+            if not isinstance(change_id, str):
+                return None
+            if change_id in self._seen:
+                self.stats["duplicates"] += 1
+                return None
+            self._seen.add(change_id)
+            self._seen_order.append(change_id)
+            if len(self._seen_order) > self._dedupe:
+                self._seen.discard(self._seen_order.popleft())
+            self.last_id = change_id
+            self.stats["changes"] += 1
+            return Change(change_id, message.get("event") or {})
+        if kind == MessageType.HELLO:
+            self.hello = message
+            self.watcher = message.get("watcher", "connected")
+            return None
+        if kind == MessageType.RESET:
+            self.stats["resets"] += 1
+            return Reset(
+                message.get("lost") is not False, str(message.get("reason", ""))
+            )
+        if kind == MessageType.STATUS:
+            self.watcher = message.get("watcher")
+            if self.statuses:
+                return Status(str(self.watcher), str(message.get("detail", "")))
+        return None  # pong, and types a newer server may add

@@ -4,7 +4,7 @@ The watcher puts :class:`~wsproxy.codec.Change` objects on the intake queue;
 the ``wsproxy-broadcaster`` thread takes them off one at a time, records each
 in a bounded history of recent events (so a reconnecting client can resume
 without asking MongoDB) and offers its pre-built frame to every subscribed
-client. Offering never blocks (see :mod:`wsproxy.client`), so one slow client
+client. Offering never blocks (see :mod:`wsproxy.connection`), so one slow client
 cannot stall the others.
 
 Nothing a client controls runs under the hub's lock, which the broadcaster
@@ -56,7 +56,7 @@ class Announcement:
 
 
 class Member(Protocol):
-    """What the hub holds in its client set: a connection (``Client``) or
+    """What the hub holds in its client set: a connection (``ClientConnection``) or
     something standing in for one while it resumes (``_Joining`` here,
     ``resume.CatchUp``)."""
 
@@ -139,7 +139,7 @@ class _Joining:
 
 class Hub:
     def __init__(self, *, history_size=1000, history_bytes=64 << 20, queue_size=10000):
-        # First in the lock order (see wsproxy.client). Guards _clients and
+        # First in the lock order (see wsproxy.connection). Guards _clients and
         # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
         # an event and snapshots the clients in one critical section, and a
@@ -211,9 +211,10 @@ class Hub:
         mode = self.register(client, after_id, hello)
         if mode is None:
             mode = "catch-up"
-            client.preload([codec.frame(hello(mode))])
             member, start = catch_up(client)
             with self._lock:
+                # hello under the lock, as in register().
+                client.preload([codec.frame(hello(mode))])
                 self._clients.add(member)
             start()
         try:
@@ -229,10 +230,14 @@ class Hub:
         not added, and the caller must catch it up another way.
 
         Runs on the client's thread; the hub's lock is held only to take
-        references to the backlog and join the set."""
+        references to the backlog and join the set (and, when no backlog
+        follows, to write ``hello``: what it says of the watcher is then
+        either already announced or announced to this client too).
+
+        ``hello(mode)`` must be quick (it may run under the lock)."""
         if after_id is None:
-            client.preload([codec.frame(hello("none"))])
             with self._lock:
+                client.preload([codec.frame(hello("none"))])
                 self._clients.add(client)
             return "none"
         joining = _Joining(client)

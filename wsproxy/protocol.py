@@ -16,6 +16,31 @@ class MessageType(StrEnum):
     RESET = "reset"  # events may have been lost; the page should reload state
     STATUS = "status"  # the proxy's link to MongoDB changed state
     PONG = "pong"  # reply to a client {"type": "ping"}
+    SUBSCRIBED = "subscribed"  # reply to "subscribe": the new one applies from here
+    ERROR = "error"  # reply to a refused "subscribe"; nothing changed
+
+
+class ClientMessageType(StrEnum):
+    """The ``type`` of every client -> server message."""
+
+    PING = "ping"  # answered with "pong"
+    SUBSCRIBE = "subscribe"  # replace the subscription: "subscribed" or "error"
+
+
+class WatcherState(StrEnum):
+    """The proxy's link to MongoDB, as clients are told it (``hello``'s and
+    ``status``'s ``watcher``)."""
+
+    STARTING = "starting"  # not connected yet (hello only)
+    CONNECTED = "connected"  # the change stream is open: the feed is live
+    RECONNECTING = "reconnecting"  # lost; events resume when it is back
+
+
+def watcher_state(source_state):
+    """The wire value for a :class:`~wsproxy.source.ChangeSource` state."""
+    if source_state in (WatcherState.STARTING, WatcherState.CONNECTED):
+        return WatcherState(source_state)
+    return WatcherState.RECONNECTING  # reconnecting, failed, stopped
 
 
 class CloseCode(IntEnum):
@@ -24,8 +49,9 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # worker shutting down: reconnect and resume
     UNSUPPORTED_DATA = 1003  # binary frame: only JSON text is accepted
+    INVALID_DATA = 1007  # a text frame that is not UTF-8 (simple-websocket's)
     ABNORMAL = 1006  # never sent: the connection ended without a close
-    POLICY = 1008  # bad control message, or over the frame budget
+    POLICY = 1008  # unknown or malformed message, or over the frame budget
     TOO_BIG = 1009  # incoming message over the size limit
     INTERNAL_ERROR = 1011  # a bug, or the database refused a catch-up: retry
     TRY_AGAIN = 1013  # too busy or the database unreachable: retry later

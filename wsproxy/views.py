@@ -4,7 +4,14 @@ Everything that can be refused is refused before the WebSocket upgrade, as
 an HTTP status with a JSON reason: not an upgrade (426), a foreign origin
 (403), no or bad credentials (401/403), a bad subscription or resume id
 (400), a full or stopping worker (503). After the upgrade only close codes
-are left (see :mod:`wsproxy.protocol`).
+are left (see :mod:`wsproxy.protocol`), and the replies to a client's
+messages (:mod:`wsproxy.control`).
+
+A browser cannot read the HTTP status of a refused handshake (it sees a
+1006 close), so the same URL fetched as a plain GET with ``Accept:
+application/json`` answers the admission decision itself: ``{"ok": true}``
+or ``{"error": reason, "status": N}`` with that status (see
+:func:`_decide` for what it costs).
 """
 
 import dataclasses
@@ -19,7 +26,7 @@ from flask_sock import Sock
 
 from . import access, codec, control, metrics, throttle, websocket
 from . import subscription as subscriptions
-from .client import Client
+from .connection import ClientConnection
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
 from .resume import CatchUp, CatchUpInputs, catch_up
@@ -41,11 +48,12 @@ def _state():
     return current_app.extensions["wsproxy"]
 
 
-def _refuse(error):
+def _refuse(error, status_field=False):
+    body = {"error": error.reason}
+    if status_field:
+        body["status"] = error.status
     response = Response(
-        json.dumps({"error": error.reason}),
-        status=error.status,
-        mimetype="application/json",
+        json.dumps(body), status=error.status, mimetype="application/json"
     )
     if error.status == 503:
         response.headers["Retry-After"] = "5"
@@ -78,13 +86,29 @@ class Admission:
     pending: websocket.Pending
 
 
-def _admit(state, config):
-    """All the checks before the upgrade; returns an Admission or raises
-    ClientError."""
+def _parse_subscription(args, principal, config):
+    return subscriptions.parse(
+        args,
+        scope=config["WSPROXY_WATCH"],
+        principal=principal,
+        operator_hide=config["WSPROXY_HIDE_FIELDS"],
+        filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]},
+    )
+
+
+def _decide(state, config, *, upgrade):
+    """Every admission check, for the upgrade (``upgrade``) or for the
+    JSON answer to a plain GET (:func:`_decision`): returns (principal,
+    resume id, subscription) or raises ClientError.
+
+    The JSON answer runs the same checks in the same order, but costs one
+    token of the connect budget (a resume's replay cost is not spent:
+    nothing is replayed) and takes no connection slot."""
     state.check_server(request.environ)
     if state.stopping.is_set():
         raise ClientError("server shutting down", status=503)
-    websocket.check_handshake(request.environ)
+    if upgrade:
+        websocket.check_handshake(request.environ)
     access.check_host(
         request,
         config["WSPROXY_ALLOWED_HOSTS"],
@@ -98,20 +122,23 @@ def _admit(state, config):
             request.args.get("resume_after"),
             request.args.get("filter"),
             state.hub.history_length(),
-        ),
+        )
+        if upgrade
+        else 1.0,
     )
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")
     if resume_id is not None:
         resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
-    sub = subscriptions.parse(
-        request.args,
-        scope=config["WSPROXY_WATCH"],
-        principal=principal,
-        operator_hide=config["WSPROXY_HIDE_FIELDS"],
-        filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]},
-    )
+    sub = _parse_subscription(request.args, principal, config)
+    return principal, resume_id, sub
+
+
+def _admit(state, config):
+    """All the checks before the upgrade; returns an Admission or raises
+    ClientError."""
+    principal, resume_id, sub = _decide(state, config, upgrade=True)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     pending = websocket.prepare(
         request.environ,
@@ -124,6 +151,47 @@ def _admit(state, config):
         frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
     )
     return Admission(sub, resume_id, principal, pending)
+
+
+def _wants_decision():
+    """A plain GET that asks for JSON by name (``Accept:
+    application/json``; ``*/*`` is not enough): it gets the admission
+    decision instead of 426."""
+    return any(
+        value == "application/json" and quality > 0
+        for value, quality in request.accept_mimetypes
+    )
+
+
+def _cors(response, config):
+    """Let a page of an allowed other origin read the decision (and send
+    its bearer token in ``Authorization``, after a preflight)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return response
+    response.vary.add("Origin")
+    try:
+        access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
+    except ClientError:
+        return response
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    return response
+
+
+def _decision(state, config):
+    """The admission decision as JSON, for a browser: it cannot read the
+    HTTP status of a refused WebSocket handshake (it only sees 1006)."""
+    try:
+        _decide(state, config, upgrade=False)
+    except ClientError as exc:
+        response = _refuse(exc, status_field=True)
+    else:
+        response = Response(
+            json.dumps({"ok": True}), status=200, mimetype="application/json"
+        )
+    response.headers["Cache-Control"] = "no-store"
+    return _cors(response, config)
 
 
 class _Blueprint(Blueprint):
@@ -172,7 +240,7 @@ def create_blueprint(config):
             log.exception("wsproxy: connection failed")
 
     def _run_connection(ws, admission):
-        client = Client(
+        client = ClientConnection(
             websocket.Connection(ws, admission.pending),
             max_messages=config["WSPROXY_OUTBOX_MAX_MESSAGES"],
             max_bytes=config["WSPROXY_OUTBOX_MAX_BYTES"],
@@ -184,9 +252,24 @@ def create_blueprint(config):
         client.principal = admission.principal
         serve(_state(), client, admission.resume_id)
 
-    @bp.route(config["WSPROXY_PATH"], endpoint="upgrade_required")
+    @bp.route(
+        config["WSPROXY_PATH"],
+        endpoint="upgrade_required",
+        methods=["GET", "OPTIONS"],
+        provide_automatic_options=False,
+    )
     def upgrade_required():
-        # The same path without an Upgrade header (a plain GET).
+        # The same path without an Upgrade header: the admission decision
+        # for a client that asks for it as JSON (see _decision), else 426.
+        if request.method == "OPTIONS":  # a CORS preflight for _decision
+            response = _cors(Response(status=204), config)
+            if "Access-Control-Allow-Origin" in response.headers:
+                response.headers["Access-Control-Allow-Methods"] = "GET"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization"
+                response.headers["Access-Control-Max-Age"] = "600"
+            return response
+        if _wants_decision():
+            return _decision(_state().ensure_started(current_app), config)
         return _refuse(ClientError("this is a WebSocket endpoint", status=426))
 
     if config["WSPROXY_METRICS_PATH"]:
@@ -262,6 +345,13 @@ def serve(state, client, resume_id):
     """Run one connection from hello to close."""
     hub = state.hub
     config = state.config
+    source = state.source
+    messages = control.Control(
+        lambda args: _parse_subscription(args, client.principal, config),
+        hub=hub,
+        stopping=state.stopping,
+        watcher=lambda: source.state,
+    )
 
     def hello(mode):
         return codec.control_message(
@@ -269,11 +359,13 @@ def serve(state, client, resume_id):
             worker=os.getpid(),
             watch=config["WSPROXY_WATCH"] or "",
             resume=mode,
+            watcher=messages.told(source.state),
         )
 
     def catch_up_from_mongodb(client):
         # Not in this worker's history: replay from MongoDB, then splice.
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
+        messages.catchup = member
         thread = threading.Thread(
             target=catch_up,
             args=(CatchUpInputs.from_state(state), member, resume_id),
@@ -296,7 +388,7 @@ def serve(state, client, resume_id):
             )
             metrics.RESUMES.labels(resume).inc()
             try:
-                client.run(control.on_message)
+                client.run(messages.on_message, messages.on_wake)
             except Exception:  # noqa: BLE001 - one connection must not hurt others
                 log.exception("client %s: handler failed", client.id)
                 client.request_close(CloseCode.INTERNAL_ERROR, "internal error")

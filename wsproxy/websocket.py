@@ -105,7 +105,7 @@ class GuardedSocket:
         self.raw = sock
         # Serialises every write on this socket: ours, and the
         # simple-websocket reader thread's pongs and close replies. Last in
-        # the lock order (see wsproxy.client); never taken twice by one
+        # the lock order (see wsproxy.connection); never taken twice by one
         # thread, so a plain lock.
         self.write_lock = threading.Lock()
         self.send_timeout = send_timeout
@@ -347,7 +347,7 @@ def prepare(
         "max_message_size": None,
         "policy": policy,
         "event_class": lambda: wake,
-        # Heartbeats are the handler thread's (Client.run), never a second
+        # Heartbeats are the handler thread's (ClientConnection.run), never a second
         # pinger in the reader thread.
         "ping_interval": None,
     }

@@ -9,7 +9,7 @@ import pytest
 
 from wsproxy import codec, protocol
 from wsproxy import websocket
-from wsproxy.client import Client
+from wsproxy.connection import ClientConnection
 from wsproxy.subscription import EVERYTHING
 
 from .helpers import RawPeer, scaled
@@ -43,7 +43,7 @@ def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
     # so the peer reads it afterwards from the socket buffer.
     conn = websocket.open_for_test(environ, send_timeout=send_timeout)
     peer.read_until(lambda: peer.accepted, 5, "the handshake")
-    client = Client(conn, max_messages=max_messages,
+    client = ClientConnection(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0,
                     close_timeout=scaled(2), subscription=EVERYTHING)
     return client, peer

@@ -1,0 +1,232 @@
+"""The Python client (wsproxy.client) against the real gunicorn: exactly
+once and in order across cut connections and a server restart, refusals
+with the server's reasons, subscribe, reset."""
+
+import threading
+
+import pytest
+
+from wsproxy.client import (
+    CLOSE_POLICY,
+    AuthenticationRequired,
+    Change,
+    Refused,
+    Reset,
+    WSProxyClient,
+)
+from wsproxy.protocol import CloseCode
+
+from .helpers import TcpProxy, scaled, sealer_for_tests, server_env, wait_for
+
+BURST = 2000
+CUTS = 10
+WINDOW = 100  # the writer runs at most this far ahead of the reader
+
+
+class PacedWriter(threading.Thread):
+    """Inserts documents numbered 0..count-1, never more than WINDOW ahead
+    of what the reader has consumed, so that every disconnect happens
+    with changes in flight (not after the burst is over)."""
+
+    def __init__(self, items, count):
+        super().__init__(name="test-writer")
+        self.items = items
+        self.count = count
+        self.written = self.consumed = 0
+        self.error = None
+        self.changed = threading.Condition()
+
+    def run(self):
+        try:
+            for n in range(self.count):
+                with self.changed:
+                    while n - self.consumed >= WINDOW:
+                        self.changed.wait(scaled(30))
+                self.items.insert_one({"_id": n, "seq": n})
+                with self.changed:
+                    self.written = n + 1
+                    self.changed.notify_all()
+        except Exception as exc:  # noqa: BLE001 - surfaced by finish()
+            self.error = exc
+            with self.changed:
+                self.written = self.count
+                self.changed.notify_all()
+
+    def consume(self, n):
+        with self.changed:
+            self.consumed = n
+            self.changed.notify_all()
+
+    def wait_written(self, n):
+        with self.changed:
+            self.changed.wait_for(lambda: self.written >= n, scaled(30))
+
+    def finish(self):
+        self.join(scaled(60))
+        assert not self.is_alive() and self.error is None, self.error
+
+
+def _ws(url):
+    return url.replace("http://", "ws://") + "/ws"
+
+
+def _connected(feed, timeout=10):
+    """Until the client has its hello (it connects on first use)."""
+    wait_for(lambda: feed.receive(timeout=scaled(0.05)) is None and feed.hello,
+             timeout, "the client's hello")
+
+
+def test_every_close_code_has_a_policy():
+    assert {int(c) for c in CloseCode} <= set(CLOSE_POLICY)
+
+
+def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    env = server_env(mongo.uri, db, coll, selection_ms=3000)
+    server = gunicorn(env)
+    proxy = TcpProxy(server.port)
+    writer = PacedWriter(mongo_client[db][coll], BURST)
+    feed = WSProxyClient(_ws(proxy.url), backoff_initial=0.05,
+                         backoff_max=0.5)
+    seen, items, releases = [], [], []
+    every = BURST // (CUTS + 5)
+    cuts = restarts = 0
+    next_at, cut_on = every, 0   # cut again after `every` more, on a new connection
+    try:
+        _connected(feed)
+        writer.start()
+
+        def release_later(target):
+            # The network stays away while more are written; meanwhile the
+            # client's attempts fail (the proxy closes them at once).
+            writer.wait_written(target)
+            proxy.held = False
+
+        for item in feed:
+            items.append(item)
+            if not isinstance(item, Change):
+                continue
+            seq = item.event["fullDocument"]["seq"]
+            assert seq == len(seen), f"expected {len(seen)}, got {seq}"
+            seen.append(seq)
+            writer.consume(len(seen))
+            if len(seen) == BURST:
+                break
+            # The client reads what it had buffered before noticing a cut:
+            # the next cut waits for a new connection.
+            if len(seen) < next_at or feed.stats["connections"] == cut_on:
+                continue
+            next_at, cut_on = len(seen) + every, feed.stats["connections"]
+            if cuts == CUTS // 2 and not restarts:
+                # The server restarts: a new one behind the proxy, then the
+                # old one stops (SIGTERM: 1001 to its clients).
+                second = gunicorn(env)
+                proxy.target_port = second.port
+                server.stop()
+                restarts += 1
+            elif cuts < CUTS:
+                proxy.held = cuts % 2 == 0
+                proxy.cut()
+                if proxy.held:
+                    release = threading.Thread(
+                        target=release_later, name="test-release",
+                        args=(min(len(seen) + WINDOW, BURST),))
+                    release.start()
+                    releases.append(release)
+                cuts += 1
+        writer.finish()
+    finally:
+        feed.close()
+        for release in releases:
+            release.join(scaled(30))
+        proxy.close()
+    assert seen == list(range(BURST))
+    assert not [i for i in items if not isinstance(i, Change)]   # no reset
+    assert (cuts, restarts) == (CUTS, 1)
+    # Every cut and the restart made it reconnect, resuming each time.
+    assert feed.stats["connections"] >= CUTS + 2
+    assert feed.stats["attempts"] > feed.stats["connections"]  # some failed
+    assert feed.hello["resume"] in ("history", "catch-up")
+
+
+@pytest.fixture
+def host(mongo, namespace, gunicorn):
+    db, _ = namespace
+    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
+                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
+                      app="tests.hostapp:app")
+    return server, db
+
+
+def test_refusals_come_with_the_servers_reason(host):
+    server, db = host
+    url = _ws(server.url)
+    cases = [
+        ({}, AuthenticationRequired, 401, "authentication required"),
+        ({"token": "nope"}, Refused, 403, "unknown token"),
+        ({"token": "token-admin", "filter": {"a": {"$regex": "x"}}}, Refused,
+         400, "unsupported operator $regex"),
+        ({"token": "token-shop", "ns": [f"{db}.secrets"]}, Refused, 403,
+         f"ns: {db}.secrets is not granted"),
+        ({"token": "token-admin", "ops": "nope"}, Refused, 400,
+         "unknown operation type 'nope'"),
+    ]
+    for kw, error, status, reason in cases:
+        feed = WSProxyClient(url, **kw)
+        with pytest.raises(error) as info:
+            feed.receive(timeout=scaled(10))
+        assert info.value.status == status and reason in info.value.reason
+        assert feed.stats["attempts"] == 1   # no retry
+        feed.close()
+
+
+def test_a_token_subscribe_and_the_grant(host, mongo_client):
+    server, db = host
+    with WSProxyClient(_ws(server.url), token=lambda: "token-shop") as feed:
+        _connected(feed)
+        assert feed.watcher == "connected"
+        mongo_client[db].secrets.insert_one({"_id": 0})
+        mongo_client[db].orders.insert_one({"_id": 1, "card": "4242"})
+        change = feed.receive(timeout=scaled(5))
+        assert change.event["ns"] == {"db": db, "coll": "orders"}
+        assert change.event["fullDocument"] == {"_id": 1}   # card hidden
+        # Refused: the old subscription stays, and so does the connection.
+        with pytest.raises(Refused, match="not granted"):
+            feed.subscribe(ns=f"{db}.secrets")
+        feed.subscribe(ops=["delete"])
+        assert feed.subscription["ops"] == ["delete"]
+        orders = mongo_client[db].orders
+        orders.insert_one({"_id": 2})
+        orders.delete_one({"_id": 2})
+        change = feed.receive(timeout=scaled(5))
+        assert change.event["operationType"] == "delete"
+        assert feed.stats["connections"] == 1
+        assert "ops=delete" in feed.url
+
+
+def test_a_message_the_server_closes_for_stops_the_client(host):
+    server, _ = host
+    with WSProxyClient(_ws(server.url), token="token-admin") as feed:
+        _connected(feed)
+        # Larger than WSPROXY_MAX_MESSAGE_SIZE: the server closes with 1009,
+        # which retrying cannot fix.
+        with pytest.raises(Refused) as info:
+            feed.subscribe(filter={"a": "x" * 5000})
+        assert info.value.code == 1009 and "too big" in info.value.reason
+        assert feed.stats["connections"] == 1
+
+
+def test_a_lost_position_is_a_reset_item_then_the_live_feed(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    forged = sealer_for_tests().seal({"_data": "82" + "00" * 40})
+    with WSProxyClient(_ws(server.url), resume_after=forged,
+                       ejson=False) as feed:
+        reset = feed.receive(timeout=scaled(10))
+        assert isinstance(reset, Reset) and reset.lost
+        mongo_client[db][coll].insert_one({"_id": 1, "seq": 1})
+        change = feed.receive(timeout=scaled(5))
+        assert change.event["fullDocument"] == {"_id": 1, "seq": 1}
+        assert feed.last_id == change.id

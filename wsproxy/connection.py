@@ -1,0 +1,336 @@
+"""One WebSocket connection: its subscription, bounded outbox and close.
+
+Writes to a socket must never interleave; :mod:`wsproxy.websocket` guards
+every write, ours and simple-websocket's reader thread's, with the
+connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
+
+Lock order, for every lock in the fan-out path (a thread holding one may
+only take those to its right):
+
+    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  ClientConnection._state_lock
+               ->  GuardedSocket.write_lock
+
+and ``write_lock`` is only ever *tried* (non-blocking) while holding
+``_state_lock`` (:meth:`ClientConnection.offer`), so a writer blocked on a slow
+socket never holds up the broadcaster. Reads of ``_outbox`` length and of
+``_close_request`` outside ``_state_lock`` are deliberate: each is a
+hint that the locked path re-checks.
+
+Fan-out has two paths. The broadcaster first tries a *direct* write: if the
+outbox is empty and nobody is writing, it writes the shared frame with a
+non-blocking ``send``; that is one syscall and wakes no thread, which is what
+keeps 1,000 mostly idle connections cheap. Anything that does not go out at
+once (a full socket buffer, a concurrent writer) is queued in the bounded
+outbox, and the connection's own handler thread drains it. A connection whose
+outbox overflows is a slow consumer: its outbox is dropped and it is closed
+with 4008, so it can reconnect and resume from the last id it received.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import metrics, protocol
+from .codec import frame
+from .protocol import CloseCode
+from .websocket import ConnectionClosedByPeer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from .codec import Change
+    from .subscription import Subscription
+    from .websocket import Connection
+
+log = logging.getLogger(__name__)
+
+
+class ClientConnection:
+    """One subscriber. Thread-safe: the broadcaster calls :meth:`offer`, the
+    connection's handler thread calls :meth:`run`."""
+
+    _ids = iter(range(1, 1 << 62))
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ping_interval: float,
+        close_timeout: float,
+        subscription: Subscription,
+        remote_addr: str | None = None,
+    ) -> None:
+        self.id = next(self._ids)
+        self.conn = conn
+        self.sock = conn.sock
+        self.subscription = subscription
+        self.remote_addr = remote_addr
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.ping_interval = ping_interval
+        self.close_timeout = close_timeout
+        # Guards the outbox, its byte count and the close request.
+        self._state_lock = threading.Lock()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_bytes = 0
+        self._close_request: tuple[int, str] | None = None  # once decided
+        self.close_code: int | None = None
+        self.ended = False  # the connection is over, however it ended
+        # Set by the broadcaster and by simple-websocket's reader thread
+        # (see wsproxy.websocket.prepare), so one wait covers both
+        # directions.
+        self._wake = conn.wake
+        # Set whenever the handler thread has flushed the outbox.
+        self._drained = threading.Event()
+
+    def __repr__(self):
+        return f"<ClientConnection {self.id} {self.remote_addr}>"
+
+    # -- called by the broadcaster (and at registration) -------------------
+
+    def on_change(self, change: Change) -> bool:
+        """Offer ``change`` if subscribed; True if it was handed over."""
+        sub = self.subscription
+        while sub.wants(change):
+            handed = self._offer(sub.frame(change), sub)
+            if handed is not None:
+                return handed
+            # The subscription was replaced meanwhile: judge it again.
+            sub = self.subscription
+        return False
+
+    def offer(self, data: bytes) -> bool:
+        """Queue or write one frame. False if this client is closing."""
+        return bool(self._offer(data, None))
+
+    def _offer(self, data, sub):
+        """:meth:`offer`; None, and nothing sent, if ``sub`` (the
+        subscription ``data`` was made for) is no longer the client's."""
+        lock = self.sock.write_lock
+        with self._state_lock:
+            if self._close_request is not None:
+                return False
+            if sub is not None and sub is not self.subscription:
+                return None
+            direct = (
+                self.sock.nonblocking_ok
+                and not self._outbox
+                and lock.acquire(blocking=False)
+            )
+            if direct and self.sock.tail is not None:
+                lock.release()
+                direct = False
+            if not direct:
+                if (
+                    len(self._outbox) >= self.max_messages
+                    or self._outbox_bytes + len(data) > self.max_bytes
+                ):
+                    self._request_close_locked(
+                        CloseCode.SLOW_CONSUMER,
+                        f"slow consumer: {len(self._outbox)} messages, "
+                        f"{self._outbox_bytes} bytes queued; reconnect "
+                        "with resume_after",
+                    )
+                    return False
+                self._outbox.append(data)
+                self._outbox_bytes += len(data)
+                self._wake.set()
+                return True
+        try:
+            if not self.sock.try_write(data):
+                self._wake.set()  # the handler thread finishes the tail
+        except OSError:
+            # The peer is gone; the handler thread notices and cleans up.
+            self._wake.set()
+        finally:
+            lock.release()
+        return True
+
+    def replace_subscription(self, subscription: Subscription, reply: bytes) -> bool:
+        """Make ``subscription`` this client's and queue ``reply`` in one
+        step: every change before ``reply`` was judged by the old
+        subscription, every change after it by the new one. False if the
+        client is closing.
+
+        Only for a client the broadcaster offers changes to directly (not
+        through a catch-up's stand-in, which keeps its own subscription
+        until it has handed over; see :mod:`wsproxy.control`)."""
+        with self._state_lock:
+            if self._close_request is not None:
+                return False
+            self.subscription = subscription
+            self._outbox.append(reply)
+            self._outbox_bytes += len(reply)
+            self._wake.set()
+        return True
+
+    def wake(self) -> None:
+        """Wake the handler thread (it calls ``on_wake``, see :meth:`run`)."""
+        self._wake.set()
+
+    def preload(self, frames: Iterable[bytes]) -> None:
+        """Queue replayed frames; bounded by the history they come from."""
+        with self._state_lock:
+            for data in frames:
+                self._outbox.append(data)
+                self._outbox_bytes += len(data)
+            self._wake.set()
+
+    def wait_for_room(self, below, timeout, below_bytes=None):
+        """Block until fewer than ``below`` messages (and ``below_bytes``
+        bytes) are queued, or the timeout passes (then False); replay uses
+        it to follow the client's pace."""
+        deadline = time.monotonic() + timeout
+        while (
+            (
+                len(self._outbox) >= below  # unlocked: a hint, rechecked
+                or (below_bytes is not None and self._outbox_bytes >= below_bytes)
+            )
+            and not self.closing
+            and not self.ended
+        ):
+            if time.monotonic() >= deadline:
+                return False
+            self._drained.wait(min(deadline - time.monotonic(), 0.1))
+            self._drained.clear()
+        return True
+
+    def request_close(self, code: int, reason: str) -> None:
+        with self._state_lock:
+            self._request_close_locked(code, reason)
+
+    def _request_close_locked(self, code, reason):
+        if self._close_request is None:
+            self._close_request = (code, reason)
+            if code == CloseCode.SLOW_CONSUMER:
+                metrics.SLOW.inc()
+            # The backlog is dropped; a half-written frame is not (it is
+            # the socket's tail, finished before the close frame).
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        self._wake.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._close_request is not None  # unlocked: set once, never cleared
+
+    # -- the connection's own handler thread -------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Queue a message from the handler thread (replies)."""
+        self.preload([frame(text)])
+
+    def run(
+        self,
+        on_message: Callable[[ClientConnection, str | bytes], None],
+        on_wake: Callable[[ClientConnection], float | None] | None = None,
+    ) -> None:
+        """Drain the outbox, answer the peer and keep the heartbeat until
+        the connection ends. ``on_message(client, data)`` handles each
+        message the peer sends; ``on_wake(client)``, if given, is called
+        after them on every wake-up and returns the seconds until it wants
+        to be called again at the latest (None: no sooner than the next
+        wake-up)."""
+        heartbeat = bool(self.ping_interval)
+        next_ping = time.monotonic() + (self.ping_interval or 0)
+        call_at = time.monotonic() if on_wake is not None else None
+        try:
+            while True:
+                now = time.monotonic()
+                deadlines = [
+                    t
+                    for t in (next_ping if heartbeat else None, call_at)
+                    if t is not None
+                ]
+                self._wake.wait(max(min(deadlines) - now, 0) if deadlines else None)
+                self._wake.clear()
+                if self.conn.breach is not None:
+                    self.request_close(*self.conn.breach)
+                for message in self.conn.messages():
+                    on_message(self, message)
+                    if self.closing:
+                        break
+                if on_wake is not None and not self.closing:
+                    delay = on_wake(self)
+                    call_at = None if delay is None else time.monotonic() + delay
+                if not self.conn.connected:
+                    self.close_code = self.conn.peer_close_code()
+                    return
+                self._flush()
+                if self.closing:
+                    break
+                if heartbeat and time.monotonic() >= next_ping:
+                    try:
+                        answered = self.conn.send_ping()
+                    except ConnectionClosedByPeer:
+                        self.close_code = self.conn.peer_close_code()
+                        return
+                    if not answered:
+                        log.info(
+                            "client %s: no pong within %ss, dropping",
+                            self.id,
+                            self.ping_interval,
+                        )
+                        self.close_code = CloseCode.ABNORMAL
+                        self.sock.abort()
+                        return
+                    next_ping = time.monotonic() + self.ping_interval
+        except OSError as exc:
+            # Peer reset, broken pipe or send timeout: nothing more can be
+            # delivered, so there is no close frame to send either.
+            log.info("client %s: connection lost (%s)", self.id, exc)
+            self.close_code = CloseCode.ABNORMAL
+            self.sock.abort()
+            return
+        self._send_close()
+
+    def _flush(self):
+        with self.sock.write_lock:
+            if self.sock.tail is not None:
+                self.sock.write_now(b"")
+            while True:
+                with self._state_lock:
+                    if not self._outbox or self._close_request is not None:
+                        return
+                    data = self._outbox.popleft()
+                    self._outbox_bytes -= len(data)
+                self.sock.write_now(data)
+                if len(self._outbox) < 8:  # unlocked: a wake-up hint
+                    self._drained.set()
+
+    def close_now(self) -> None:
+        """Send the requested close frame from this thread, whatever the
+        state of the loop (used after an unexpected error)."""
+        try:
+            self._send_close()
+        except Exception:  # noqa: BLE001 - the connection is beyond saving
+            self.sock.abort()
+
+    def _send_close(self):
+        code, reason = self._close_request
+        self.close_code = code
+        try:
+            self.conn.send_close(code, protocol.close_reason(reason))
+        except Exception:  # noqa: BLE001 - already closed or peer gone
+            self.sock.abort()
+            return
+        # Wait for the peer's close reply (simple-websocket's reader thread
+        # ends when it arrives); a peer that never answers is cut off.
+        if not self.conn.wait_reader(self.close_timeout):
+            self.sock.abort()
+
+    def finish(self) -> None:
+        """Make sure simple-websocket's reader thread has ended and no write
+        can reach the socket any more (the WSGI server closes it next)."""
+        self.ended = True
+        if not self.conn.wait_reader(self.close_timeout):
+            self.sock.abort()
+            self.conn.wait_reader(self.close_timeout)
+        with self.sock.write_lock:
+            self.sock.closed = True

@@ -1,0 +1,171 @@
+// Type declarations for wsproxy-client.js (the browser client of wsproxy).
+
+/** Change stream operation types the server knows. */
+export declare const OPERATION_TYPES: readonly string[];
+/** The `type` of every server message. */
+export declare const MESSAGE_TYPES: readonly MessageType[];
+export declare const WATCHER_STATES: readonly WatcherState[];
+
+export type MessageType =
+  | 'hello' | 'change' | 'reset' | 'status' | 'pong' | 'subscribed' | 'error';
+/** The server's link to MongoDB. */
+export type WatcherState = 'starting' | 'connected' | 'reconnecting';
+/** What the client does after a close: see CLOSE_CODES. */
+export type ClosePolicy = 'resume' | 'retry' | 'busy' | 'stop';
+/** What the client does after a refused handshake: see REFUSALS. */
+export type RefusalAction = 'stop' | 'signin' | 'busy' | 'retry';
+/**
+ * idle: not started; connecting: opening (or asking the server why a
+ * handshake failed); live: open, the database connected; waiting: open, but
+ * the server has lost (or not yet reached) the database; reconnecting: a
+ * retry is scheduled (retryAt); stopped: close() was called, or a refusal
+ * that retrying cannot help (see `refusal`).
+ */
+export type ClientState =
+  | 'idle' | 'connecting' | 'live' | 'waiting' | 'reconnecting' | 'stopped';
+
+export interface CloseCodeInfo {
+  /** The server's name for it (CloseCode in wsproxy/protocol.py). */
+  name: string | null;
+  label: string;
+  text: string;
+  policy: ClosePolicy;
+  /** Only ever reported by the browser, never sent by the server. */
+  local: boolean;
+}
+export declare const CLOSE_CODES: Readonly<Record<number, CloseCodeInfo>>;
+export declare const REFUSALS: Readonly<Record<number, { label: string; action: RefusalAction }>>;
+export declare function closeInfo(code: number): CloseCodeInfo & { code: number };
+export declare function refusalInfo(status: number):
+  { status: number; label: string; action: RefusalAction };
+
+/** A subscription as given: ns/ops as arrays or "a,b" strings; the filter
+ * as an object or its JSON text. Omitted or null: everything granted. */
+export interface SubscriptionInput {
+  ns?: string[] | string | null;
+  ops?: string[] | string | null;
+  filter?: object | string | null;
+}
+/** A subscription as the client keeps it. */
+export interface Subscription {
+  readonly ns: string[] | null;
+  readonly ops: string[] | null;
+  readonly filter: string | null;
+}
+export declare function normalizeSubscription(sub?: SubscriptionInput): Subscription;
+
+export type Token = string | null | (() => string | null | Promise<string | null>);
+
+export interface ClientOptions extends SubscriptionInput {
+  /** The WebSocket endpoint: a path (relative to the page) or a ws(s)/http(s) URL. Default "/ws". */
+  url?: string;
+  /** A bearer token, sent as the subprotocol pair ["bearer", token]. */
+  token?: Token;
+  /** Start after this id (else the one kept in sessionStorage, with `persist`). */
+  resumeAfter?: string | null;
+  /** Keep the resume position in sessionStorage across reloads: true (a key
+   * from the endpoint's path) or the key to use. */
+  persist?: boolean | string;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  busyFloorMs?: number;
+  maxImmediate?: number;
+  stableMs?: number;
+  connectTimeoutMs?: number;
+  decisionTimeoutMs?: number;
+  /** An application ping to notice a dead network; 0 turns it off. */
+  pingIntervalMs?: number;
+  pongTimeoutMs?: number;
+  /** How many ids are remembered to drop duplicates. */
+  dedupe?: number;
+  /** The server's WSPROXY_MAX_MESSAGE_SIZE: larger subscribe messages are not sent. */
+  maxMessageBytes?: number;
+}
+export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions,
+  keyof SubscriptionInput | 'token' | 'resumeAfter'>>>;
+
+/** A change event in relaxed Extended JSON. */
+export interface ChangeEvent {
+  operationType: string;
+  ns?: { db: string; coll?: string };
+  documentKey?: Record<string, unknown>;
+  fullDocument?: Record<string, unknown>;
+  fullDocumentBeforeChange?: Record<string, unknown>;
+  updateDescription?: Record<string, unknown>;
+  clusterTime?: unknown;
+  wallTime?: unknown;
+  [field: string]: unknown;
+}
+export interface Hello {
+  type: 'hello';
+  worker: number;
+  watch: string;
+  resume: 'none' | 'history' | 'catch-up' | string;
+  watcher: WatcherState;
+}
+export interface CloseDetail extends CloseCodeInfo {
+  code: number;
+  reason: string;
+  wasOpen: boolean;
+  at: number;
+}
+export interface Refusal {
+  /** The HTTP status of the refused handshake (null: a close code or a local failure). */
+  status: number | null;
+  code?: number;
+  reason: string | null;
+  label: string;
+  action: RefusalAction;
+}
+
+export interface ClientEvents {
+  change: { id: string | null; event: ChangeEvent };
+  /** Events may have been missed (the resume position was too old). */
+  reset: { lost: boolean; reason: string };
+  /** The server's link to MongoDB changed. */
+  status: { watcher: WatcherState; detail: string };
+  hello: Hello;
+  state: { state: ClientState; previous: ClientState; [key: string]: unknown };
+  close: CloseDetail;
+  /** retrying: false when the client stopped (see `refusal`). */
+  refused: Refusal & { retrying: boolean };
+  subscribed: { subscription: Subscription };
+  subscriptionerror: { reason: string; subscription: Subscription | null };
+}
+
+export declare class RefusedError extends Error {
+  readonly reason: string;
+  readonly status: number | null;
+}
+
+export declare class WsproxyClient extends EventTarget {
+  constructor(options?: ClientOptions);
+  readonly options: Readonly<ClientOptions>;
+  /** The subscription the server applies (the last one it confirmed). */
+  readonly subscription: Subscription;
+  readonly state: ClientState;
+  readonly watcher: WatcherState | null;
+  readonly hello: Hello | null;
+  /** The id of the last change received: where a reconnect resumes. */
+  readonly lastId: string | null;
+  readonly lastClose: CloseDetail | null;
+  readonly refusal: Refusal | null;
+  /** When the scheduled reconnect happens (ms since the epoch). */
+  readonly retryAt: number;
+  readonly stats: { connections: number; changes: number; duplicates: number; resets: number };
+  /** The URL the next connection uses. */
+  readonly url: string;
+  token: Token;
+
+  /** Listen; the listener gets the event's detail. Returns an unsubscribe function. */
+  on<K extends keyof ClientEvents>(type: K, listener: (detail: ClientEvents[K], event: CustomEvent) => void): () => void;
+  connect(): this;
+  reconnect(): void;
+  close(): void;
+  /** Replace the subscription: on an open connection without reconnecting
+   * (rejects with a RefusedError, keeping the old one, if the server
+   * refuses it); otherwise for the next connection. */
+  subscribe(sub: SubscriptionInput): Promise<Subscription>;
+  setToken(token: Token): void;
+  forgetPosition(): void;
+}
