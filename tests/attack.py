@@ -36,6 +36,18 @@ def order(seq, rng, **extra):
                        "qty": rng.randint(1, 4)} for _ in range(3)], **extra}
 
 
+def serve(gunicorn, mongo, db, coll):
+    """The server under attack, with the default connect limits rather
+    than the test helper's generous ones."""
+    from wsproxy.config import DEFAULTS
+
+    return gunicorn({
+        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
+        "WSPROXY_MAX_AWAIT_MS": "100",
+        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
+        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+
+
 def connect_bystanders(server):
     """Bystanders from another address than the attacker (127.0.0.1)."""
     bystanders = [WSClient(server.ws_url(), source_address=("127.0.0.2", 0))

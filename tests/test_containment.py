@@ -377,17 +377,10 @@ def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
     import random
     import urllib.parse
 
-    from wsproxy.config import DEFAULTS
-
     from . import attack
     from .helpers import scaled
     db, coll = namespace
-    server = gunicorn({
-        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
-        "WSPROXY_MAX_AWAIT_MS": "100",
-        # The defaults, not the test helper's generous limits.
-        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
-        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+    server = attack.serve(gunicorn, mongo, db, coll)
     items = mongo_client[db][coll]
     rng = random.Random(10)
     bystanders = attack.connect_bystanders(server)
@@ -487,30 +480,43 @@ def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
     return client, (ours, theirs)
 
 
-def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
+def _start_catch_up(inputs, member, name="test-catchup"):
+    """``catch_up`` from _RESUME_ID on a thread of its own, started."""
     import threading
 
+    from wsproxy.resume import catch_up
+    runner = threading.Thread(target=catch_up,
+                              args=(inputs, member, _RESUME_ID), name=name)
+    runner.start()
+    return runner
+
+
+def _closed_by(client, runner, what):
+    """Wait until the catch-up closes ``client`` and its thread ends;
+    returns the (code, reason) it closed with."""
+    from .helpers import scaled, wait_for
+    wait_for(lambda: client.closing, 10, what)
+    runner.join(scaled(5))
+    assert not runner.is_alive()
+    return client._close_request
+
+
+def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
+
     from wsproxy import protocol
-    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.resume import CatchUp
     from wsproxy.subscription import EVERYTHING
 
-    from .helpers import scaled, wait_for
     stream = _Stream(count=500, size=100_000)          # 100 KB documents
     inputs = _catch_up_inputs(stream, time_limit=1.0)
     client, sockets = _stalled_client(EVERYTHING, max_bytes=1_000_000)
     member = CatchUp(client, 1000)
     held = []  # the outbox's bytes whenever the replay reads on
     stream.on_read = lambda: held.append(client._outbox_bytes)
-    runner = threading.Thread(target=catch_up,
-                              args=(inputs, member, _RESUME_ID),
-                              name="test-catchup")
-    runner.start()
+    runner = _start_catch_up(inputs, member)
     try:
         # Bounded in time: closed with 1013 once the limit has passed.
-        wait_for(lambda: client.closing, 10, "the catch-up time limit")
-        runner.join(scaled(5))
-        assert not runner.is_alive()
-        code, reason = client._close_request
+        code, reason = _closed_by(client, runner, "the catch-up time limit")
         assert code == protocol.CloseCode.TRY_AGAIN
         assert "catch-up took longer than 1s" in reason
         # ...and in bytes: it read on only while under half the outbox's
@@ -525,28 +531,20 @@ def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
 def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
     # Without an error and without an invalidate there is no telling where
     # the stream stopped: joining the live feed there could skip events.
-    import threading
 
     from wsproxy import protocol
-    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.resume import CatchUp
     from wsproxy.subscription import EVERYTHING
 
-    from .helpers import scaled, wait_for
     stream = _Stream(count=3, size=10)
     stream.on_read = lambda: setattr(stream, "alive", stream.read < 3)
     inputs = _catch_up_inputs(stream)
     client, sockets = _stalled_client(EVERYTHING)
     member = CatchUp(client, 1000)
-    runner = threading.Thread(target=catch_up,
-                              args=(inputs, member, _RESUME_ID),
-                              name="test-catchup")
-    runner.start()
+    runner = _start_catch_up(inputs, member)
     try:
-        wait_for(lambda: client.closing, 10, "the catch-up to give up")
-        runner.join(scaled(5))
-        assert not runner.is_alive()
+        code, reason = _closed_by(client, runner, "the catch-up to give up")
         assert not member.spliced and member.replayed == 3
-        code, reason = client._close_request
         assert code == protocol.CloseCode.TRY_AGAIN
         assert "nothing was lost" in reason
     finally:
@@ -555,10 +553,9 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
 
 
 def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
-    import threading
 
     from wsproxy import codec
-    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.resume import CatchUp
     from wsproxy.subscription import Subscription
 
     from .helpers import scaled, wait_for
@@ -573,10 +570,7 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
     client, sockets = _stalled_client(
         Subscription(namespaces={"shop.orders"}))
     member = CatchUp(client, 1000)
-    runner = threading.Thread(target=catch_up,
-                              args=(inputs, member, _RESUME_ID),
-                              name="test-catchup")
-    runner.start()
+    runner = _start_catch_up(inputs, member)
     try:
         wait_for(lambda: stream.read == 200 and member.replayed == 20, 10,
                  "the replay")
@@ -590,10 +584,9 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 
 
 def test_a_principal_gets_only_its_share_of_catch_ups():
-    import threading
 
     from wsproxy import Principal, protocol
-    from wsproxy.resume import CatchUp, catch_up
+    from wsproxy.resume import CatchUp
     from wsproxy.subscription import EVERYTHING
 
     from .helpers import scaled, wait_for
@@ -605,11 +598,8 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
             client.principal = Principal(name)
             sockets.extend(pair)
             clients.append(client)
-            runs.append(threading.Thread(
-                target=catch_up,
-                args=(inputs, CatchUp(client, 1000), _RESUME_ID),
-                name=f"test-catchup-{name}"))
-            runs[-1].start()
+            runs.append(_start_catch_up(inputs, CatchUp(client, 1000),
+                                        name=f"test-catchup-{name}"))
             if len(runs) == 2:
                 wait_for(lambda: inputs.slots_per_key.in_use(
                     ("principal", "ada")) == 2, 5, "two catch-ups for ada")

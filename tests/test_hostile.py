@@ -359,15 +359,9 @@ def test_frame_floods_do_not_slow_the_others(mongo, mongo_client, namespace,
                                              gunicorn, mode):
     import random
 
-    from wsproxy.config import DEFAULTS
-
     from . import attack
     db, coll = namespace
-    server = gunicorn({
-        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
-        "WSPROXY_MAX_AWAIT_MS": "100",
-        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
-        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+    server = attack.serve(gunicorn, mongo, db, coll)
     bystanders = attack.connect_bystanders(server)
     report = attack.run(server, mongo_client[db][coll], random.Random(5),
                         bystanders, [_FLOODER + attack.RUN_ATTACKERS,
