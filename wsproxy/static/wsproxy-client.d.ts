@@ -7,7 +7,8 @@ export declare const MESSAGE_TYPES: readonly MessageType[];
 export declare const WATCHER_STATES: readonly WatcherState[];
 
 export type MessageType =
-  | 'hello' | 'change' | 'reset' | 'status' | 'pong' | 'subscribed' | 'error';
+  | 'hello' | 'change' | 'reset' | 'status' | 'pong' | 'subscribed' | 'error'
+  | 'snapshot' | 'snapshot_end' | 'leave';
 /** The server's link to MongoDB. */
 export type WatcherState = 'starting' | 'connected' | 'reconnecting';
 /** What the client does after a close: see CLOSE_CODES. */
@@ -45,12 +46,27 @@ export interface SubscriptionInput {
   ns?: string[] | string | null;
   ops?: string[] | string | null;
   filter?: object | string | null;
+  /** A snapshot subscription: the matching documents of one collection
+   * (`ns` is exactly one "db.coll"; the filter only on `fullDocument.`
+   * paths and `documentKey._id`; no `ops`), then every change after them.
+   * It starts from a fresh snapshot on every connection (no resume_after
+   * is sent); switching to or from one reconnects. See LiveDocuments. */
+  snapshot?: boolean;
+  /** With snapshot: up to 3 paths under `fullDocument.`, "-" for
+   * descending, e.g. "-fullDocument.createdAt,fullDocument.name". */
+  sort?: string[] | string | null;
+  /** With snapshot: at most this many documents (1..WSPROXY_SNAPSHOT_MAX_DOCS). */
+  limit?: number | null;
 }
-/** A subscription as the client keeps it. */
+/** A subscription as the client keeps it (snapshot, sort and limit only
+ * when given). */
 export interface Subscription {
   readonly ns: string[] | null;
   readonly ops: string[] | null;
   readonly filter: string | null;
+  readonly snapshot?: true;
+  readonly sort?: string[];
+  readonly limit?: number;
 }
 export declare function normalizeSubscription(sub?: SubscriptionInput): Subscription;
 
@@ -131,7 +147,18 @@ export interface ClientEvents {
   refused: Refusal & { retrying: boolean };
   subscribed: { subscription: Subscription };
   subscriptionerror: { reason: string; subscription: Subscription | null };
+  /** Snapshot subscriptions: some of the current documents, in sort order
+   * (after a hello or a reset, before snapshot_end). */
+  snapshot: { docs: Document[] };
+  /** The snapshot is complete; changes follow. count: documents sent;
+   * complete: false when more matched than the limit allowed. */
+  snapshot_end: { id: string | null; count: number; complete: boolean };
+  /** Snapshot subscriptions: a document stopped matching the filter. */
+  leave: { id: string | null; documentKey: Record<string, unknown> & { _id: unknown } };
 }
+
+/** A document in relaxed Extended JSON. */
+export type Document = Record<string, unknown> & { _id: unknown };
 
 export declare class RefusedError extends Error {
   readonly reason: string;
@@ -168,4 +195,41 @@ export declare class WsproxyClient extends EventTarget {
   subscribe(sub: SubscriptionInput): Promise<Subscription>;
   setToken(token: Token): void;
   forgetPosition(): void;
+}
+
+/** The key LiveDocuments holds a document under: JSON.stringify of its
+ * _id (relaxed Extended JSON), e.g. '{"$oid":"65a1b2c3d4e5f60718293a4b"}'. */
+export declare function documentKey(id: unknown): string;
+
+export interface LiveDocumentsEvents {
+  /** A fresh snapshot began (hello or reset); the old documents stay until it ends. */
+  loading: Record<string, never>;
+  /** The whole state was replaced: reason "snapshot" (a snapshot ended) or
+   * the operation that cleared it (drop, rename, dropDatabase, invalidate). */
+  snapshot: { docs: ReadonlyMap<string, Document>; complete: boolean; reason: string };
+  /** A document was added or changed (previous: null when it is new). */
+  upsert: { key: string; doc: Document; previous: Document | null };
+  /** A document went: reason "delete", "leave" (it stopped matching the
+   * filter) or "deleted" (a change's fullDocument was null). */
+  remove: { key: string; previous: Document; reason: 'delete' | 'leave' | 'deleted' };
+}
+
+/** The current documents of a snapshot subscription, kept by the
+ * protocol's rules. Create it before client.connect(). */
+export declare class LiveDocuments extends EventTarget {
+  constructor(client: WsproxyClient);
+  /** key (see documentKey) -> document, in the snapshot's sort order, then
+   * new documents in the order they came. */
+  readonly docs: ReadonlyMap<string, Document>;
+  readonly size: number;
+  /** True until the first snapshot ends, and again from a reset or a
+   * reconnect until the fresh snapshot ends. */
+  readonly loading: boolean;
+  /** False when more documents matched than the limit allowed. */
+  readonly complete: boolean;
+  /** The document with this _id (relaxed Extended JSON value), if held. */
+  get(id: unknown): Document | undefined;
+  on<K extends keyof LiveDocumentsEvents>(type: K, listener: (detail: LiveDocumentsEvents[K], event: CustomEvent) => void): () => void;
+  /** Stop following the client; the documents stay as they are. */
+  detach(): void;
 }

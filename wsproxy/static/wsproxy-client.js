@@ -15,6 +15,10 @@
  * cannot read the HTTP status of a refused WebSocket) and stops retrying
  * when retrying cannot help. See wsproxy-client.d.ts for the API.
  *
+ * A snapshot subscription ({snapshot: true, ns: 'db.coll'}) gets the
+ * collection's matching documents first, then every change after them;
+ * LiveDocuments (below) turns those messages into the current documents.
+ *
  * The tables below are the wire contract as the server defines it
  * (wsproxy/protocol.py, wsproxy/subscription.py); tests/test_browser_client.py
  * checks that they match.
@@ -30,6 +34,7 @@ export const OPERATION_TYPES = Object.freeze([
 /** The `type` of every message the server sends. */
 export const MESSAGE_TYPES = Object.freeze([
   'hello', 'change', 'reset', 'status', 'pong', 'subscribed', 'error',
+  'snapshot', 'snapshot_end', 'leave',
 ]);
 
 /** The server's link to MongoDB, as `hello` and `status` report it. */
@@ -117,7 +122,9 @@ export function refusalInfo(status) {
 }
 
 /** A subscription in the form the client keeps: arrays or null (all), the
- * filter as JSON text or null. ns/ops may be given as "a,b" strings. */
+ * filter as JSON text or null. ns/ops/sort may be given as "a,b" strings.
+ * snapshot, sort and limit are only present when given, so a plain
+ * subscription keeps its three fields. */
 export function normalizeSubscription(sub = {}) {
   const list = (v) => {
     if (v === undefined || v === null) return null;
@@ -128,7 +135,12 @@ export function normalizeSubscription(sub = {}) {
   if (filter === undefined || filter === null) filter = null;
   else if (typeof filter !== 'string') filter = JSON.stringify(filter);
   else filter = filter.trim() || null;
-  return Object.freeze({ ns: list(sub.ns), ops: list(sub.ops), filter });
+  const out = { ns: list(sub.ns), ops: list(sub.ops), filter };
+  if (sub.snapshot) out.snapshot = true;
+  const sort = list(sub.sort);
+  if (sort && sort.length) out.sort = sort;
+  if (sub.limit !== undefined && sub.limit !== null) out.limit = Number(sub.limit);
+  return Object.freeze(out);
 }
 
 /** Why a subscription or a connection was refused. */
@@ -142,6 +154,7 @@ export class RefusedError extends Error {
 }
 
 const OPEN = 1;
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 export class WsproxyClient extends EventTarget {
   constructor(options = {}) {
@@ -227,7 +240,10 @@ export class WsproxyClient extends EventTarget {
   subscribe(sub) {
     const next = normalizeSubscription(sub);
     const ws = this._ws;
-    if (ws && ws.readyState === OPEN) {
+    // A snapshot is only taken when a connection opens: switching to or
+    // from one means a new connection, not a subscribe message.
+    const snapshot = next.snapshot || this.subscription.snapshot;
+    if (ws && ws.readyState === OPEN && !snapshot) {
       const text = JSON.stringify({ type: 'subscribe', ns: next.ns, ops: next.ops,
         filter: next.filter });
       const size = new TextEncoder().encode(text).length;
@@ -248,7 +264,7 @@ export class WsproxyClient extends EventTarget {
       this._waiters.push({ subscription: next, resolve, reject });
     });
     if (this.state === 'connecting' || this.state === 'reconnecting'
-        || (this.state === 'stopped' && this.refusal)) {
+        || (this.state === 'stopped' && this.refusal) || (ws && snapshot)) {
       this.reconnect();
     }
     return promise;
@@ -299,7 +315,12 @@ export class WsproxyClient extends EventTarget {
     if (sub.ns) q.set('ns', sub.ns.join(','));
     if (sub.ops) q.set('ops', sub.ops.join(','));
     if (sub.filter) q.set('filter', sub.filter);
-    if (this.lastId) q.set('resume_after', this.lastId);
+    if (sub.snapshot) q.set('snapshot', '1');
+    if (sub.sort) q.set('sort', sub.sort.join(','));
+    if (sub.limit !== undefined) q.set('limit', String(sub.limit));
+    // A snapshot subscription starts from a fresh snapshot: the server
+    // would ignore the position, so it is not sent.
+    if (this.lastId && !sub.snapshot) q.set('resume_after', this.lastId);
     return u.href;
   }
 
@@ -498,6 +519,22 @@ export class WsproxyClient extends EventTarget {
     switch (msg.type) {
       case 'hello': this._onHello(msg); break;
       case 'change': this._onChange(msg); break;
+      case 'snapshot':
+        if (Array.isArray(msg.docs)) this._emit('snapshot', { docs: msg.docs });
+        break;
+      case 'snapshot_end':
+        this._emit('snapshot_end', {
+          id: typeof msg.id === 'string' ? msg.id : null,
+          count: typeof msg.count === 'number' ? msg.count : 0,
+          complete: msg.complete !== false,
+        });
+        break;
+      case 'leave':
+        if (isObject(msg.documentKey)) {
+          this._emit('leave', { id: typeof msg.id === 'string' ? msg.id : null,
+            documentKey: msg.documentKey });
+        }
+        break;
       case 'reset':
         this.stats.resets++;
         this._emit('reset', { lost: msg.lost !== false,
@@ -612,5 +649,125 @@ export class WsproxyClient extends EventTarget {
     try {
       globalThis.sessionStorage.setItem(key, JSON.stringify({ lastId: this.lastId }));
     } catch (_) { /* storage full or disabled */ }
+  }
+}
+
+// ------------------------------------------------------ live documents
+
+/** The key LiveDocuments holds a document under: its _id as Extended JSON
+ * text (relaxed, as the server sends it). */
+export function documentKey(id) {
+  return JSON.stringify(id);
+}
+
+const CLEARING = new Set(['drop', 'rename', 'dropDatabase', 'invalidate']);
+
+/** The current documents of a snapshot subscription, by the protocol's
+ * rules: `new LiveDocuments(client)` before client.connect().
+ *
+ * Events (listen with on()): `loading` (a fresh snapshot began: after a
+ * hello or a reset; the old documents stay until it ends), `snapshot`
+ * (the whole state was replaced: at the end of a snapshot, or cleared by a
+ * drop, rename, dropDatabase or invalidate), `upsert` {key, doc,
+ * previous}, `remove` {key, previous, reason}. */
+export class LiveDocuments extends EventTarget {
+  constructor(client) {
+    super();
+    this.docs = new Map();     // key -> document, in the snapshot's order
+    this.loading = true;       // until the first snapshot_end
+    this.complete = true;      // false: more documents matched than the limit
+    this._pending = null;      // the snapshot being received
+    const on = (type, fn) => client.on(type, fn);
+    this._off = [
+      on('hello', () => this._begin()),
+      on('reset', () => this._begin()),
+      on('snapshot', ({ docs }) => this._add(docs)),
+      on('snapshot_end', ({ complete }) => this._end(complete)),
+      on('change', ({ event }) => this._change(event)),
+      on('leave', ({ documentKey: dk }) => this._remove(dk, 'leave')),
+    ];
+  }
+
+  /** Listen to an event; returns a function that stops listening. */
+  on(type, listener) {
+    const wrapped = (e) => listener(e.detail, e);
+    this.addEventListener(type, wrapped);
+    return () => this.removeEventListener(type, wrapped);
+  }
+
+  get size() {
+    return this.docs.size;
+  }
+
+  /** The document held under an _id (its relaxed Extended JSON value). */
+  get(id) {
+    return this.docs.get(documentKey(id));
+  }
+
+  /** Stop following the client (the documents stay as they are). */
+  detach() {
+    for (const off of this._off) off();
+    this._off = [];
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _begin() {
+    // The old state stays until snapshot_end: the page does not blank out
+    // on a reconnect.
+    this._pending = null;
+    this.loading = true;
+    this._emit('loading', {});
+  }
+
+  _add(docs) {
+    if (!this._pending) this._pending = new Map();
+    for (const doc of docs) {
+      if (isObject(doc) && '_id' in doc) this._pending.set(documentKey(doc._id), doc);
+    }
+  }
+
+  _end(complete) {
+    this.docs = this._pending || new Map();
+    this._pending = null;
+    this.loading = false;
+    this.complete = complete;
+    this._emit('snapshot', { docs: this.docs, complete, reason: 'snapshot' });
+  }
+
+  _change(event) {
+    const op = event.operationType;
+    if (CLEARING.has(op)) {
+      this.docs = new Map();
+      this._emit('snapshot', { docs: this.docs, complete: this.complete, reason: op });
+      return;
+    }
+    const dk = event.documentKey;
+    if (op === 'delete') {
+      this._remove(dk, 'delete');
+    } else if (op === 'insert' || op === 'replace' || op === 'update') {
+      if (isObject(event.fullDocument)) this._upsert(dk, event.fullDocument);
+      // null: the document was deleted since this change.
+      else if (event.fullDocument === null) this._remove(dk, 'deleted');
+    }
+  }
+
+  _upsert(dk, doc) {
+    if (!isObject(dk) || !('_id' in dk)) return;
+    const key = documentKey(dk._id);
+    const previous = this.docs.get(key) || null;
+    this.docs.set(key, doc);
+    this._emit('upsert', { key, doc, previous });
+  }
+
+  _remove(dk, reason) {
+    if (!isObject(dk) || !('_id' in dk)) return;
+    const key = documentKey(dk._id);
+    const previous = this.docs.get(key);
+    if (previous === undefined) return;
+    this.docs.delete(key);
+    this._emit('remove', { key, previous, reason });
   }
 }

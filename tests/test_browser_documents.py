@@ -1,0 +1,225 @@
+"""Snapshot subscriptions in the browser: LiveDocuments and the page's
+Documents view, in Chromium. First against a scripted fake WebSocket (the
+protocol's rules, message by message, with no server), then end to end
+against the real gunicorn and SecantusDB."""
+
+import json
+import pathlib
+from urllib.parse import urlsplit
+
+from .helpers import scaled
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STATIC = ROOT / "wsproxy" / "static"
+TEMPLATE = ROOT / "wsproxy" / "templates" / "wsproxy" / "index.html"
+MODULE = "/wsproxy-static/wsproxy-client.js"
+SITE = "http://wsproxy.test"
+
+# Replaces WebSocket: every socket opens at once and is kept in
+# window.sockets; a test feeds it server messages with deliver(...) and
+# reads what the client sent in .sent.
+FAKE_SOCKETS = """(() => {
+  window.sockets = [];
+  class FakeSocket {
+    constructor(url, protocols) {
+      this.url = url;
+      this.protocols = protocols;
+      this.readyState = 0;
+      this.sent = [];
+      window.sockets.push(this);
+      setTimeout(() => {
+        if (this.readyState !== 0) return;
+        this.readyState = 1;
+        if (this.onopen) this.onopen({});
+      }, 0);
+    }
+    send(text) { this.sent.push(text); }
+    close() { this.readyState = 3; }
+    deliver(...messages) {
+      for (const m of messages) this.onmessage({ data: JSON.stringify(m) });
+    }
+    lose(code) {
+      this.readyState = 3;
+      if (this.onclose) this.onclose({ code, reason: '' });
+    }
+  }
+  window.WebSocket = FakeSocket;
+})()"""
+
+
+def serve_site(page):
+    """The page (at /) and its assets at http://wsproxy.test/, with no
+    server; any other path is an empty page."""
+    def handle(route):
+        path = urlsplit(route.request.url).path
+        if path.startswith("/wsproxy-static/"):
+            name = path.rsplit("/", 1)[1]
+            kind = "text/css" if name.endswith(".css") else "text/javascript"
+            route.fulfill(body=(STATIC / name).read_bytes(), content_type=kind)
+        elif path == "/":
+            html = (TEMPLATE.read_text().replace("{{ ws_path }}", "/ws")
+                    .replace("{{ static_base }}", "/wsproxy-static/"))
+            route.fulfill(body=html, content_type="text/html")
+        else:
+            route.fulfill(body="<!doctype html><title>t</title>",
+                          content_type="text/html")
+    page.route(f"{SITE}/**", handle)
+
+
+def wait_js(page, expression, arg=None, timeout=5.0):
+    page.wait_for_function(expression, arg=arg, timeout=scaled(timeout) * 1000)
+
+
+def oid(n):
+    return {"$oid": f"{n:024x}"}
+
+
+def key(n):
+    return json.dumps(oid(n), separators=(",", ":"))
+
+
+def doc(i, **fields):
+    return {"_id": oid(i), **fields}
+
+
+def change(op, n, full=None, **extra):
+    event = {"operationType": op, "ns": {"db": "shop", "coll": "orders"},
+             "documentKey": {"_id": oid(n)}, **extra}
+    if op in ("insert", "update", "replace"):
+        event["fullDocument"] = full
+    return {"type": "change", "id": f"id-{op}-{n}", "event": event}
+
+
+HELLO = {"type": "hello", "worker": 1, "watch": "shop.orders",
+         "resume": "snapshot", "watcher": "connected"}
+
+
+# ------------------------------------------------------- the library's rules
+
+START_LIVE = """async ([module, options]) => {
+  const m = await import(module);
+  window.feed = new m.WsproxyClient(options);
+  window.live = new m.LiveDocuments(feed);
+  window.log = [];
+  for (const t of ['loading', 'snapshot', 'upsert', 'remove']) {
+    live.on(t, (d) => log.push(
+      [t, t === 'snapshot' ? d.docs.size : d.key ?? null, d.reason ?? null]));
+  }
+  feed.connect();
+}"""
+
+
+def held(page):
+    """The documents LiveDocuments holds, in order: [[key, doc], ...]."""
+    return page.evaluate("[...live.docs.entries()]")
+
+
+def deliver(page, *messages, socket=-1):
+    page.evaluate("([i, ms]) => sockets.at(i).deliver(...ms)",
+                  [socket, list(messages)])
+
+
+def test_live_documents_follow_the_protocols_rules(browser_page):
+    page = browser_page
+    page.add_init_script(FAKE_SOCKETS)
+    serve_site(page)
+    page.goto(f"{SITE}/healthz")
+    page.evaluate(START_LIVE, [MODULE, {
+        "snapshot": True, "ns": "shop.orders",
+        "filter": {"fullDocument.n": {"$gte": 0}}, "sort": "-fullDocument.n",
+        "limit": 50, "resumeAfter": "old-id", "pingIntervalMs": 0}])
+    wait_js(page, "sockets.length === 1 && feed._openedAt > 0")
+    url = page.evaluate("sockets[0].url")
+    assert "snapshot=1" in url and "limit=50" in url
+    assert "sort=-fullDocument.n" in url and "ns=shop.orders" in url
+    # A snapshot starts afresh: no position is sent.
+    assert "resume_after" not in url
+
+    deliver(page, HELLO, {"type": "snapshot", "docs": [doc(3, n=3), doc(2, n=2)]},
+            {"type": "snapshot", "docs": [doc(1, n=1)]})
+    # Nothing is held until the snapshot ends.
+    assert held(page) == [] and page.evaluate("live.loading") is True
+    deliver(page, {"type": "snapshot_end", "id": "s1", "count": 3, "complete": True})
+    assert [k for k, _ in held(page)] == [key(3), key(2), key(1)]
+    assert page.evaluate("([id]) => [live.loading, live.complete, live.get(id).n]",
+                         [oid(2)]) == [False, True, 2]
+
+    deliver(page,
+            change("update", 2, doc(2, n=20)),       # whole document replaces
+            change("update", 3, None),               # deleted since: removed
+            change("insert", 4, doc(4, n=4)),
+            change("delete", 1),
+            {"type": "leave", "id": "l4", "documentKey": {"_id": oid(4)}},
+            change("delete", 99),                    # not held: nothing happens
+            {"type": "status", "watcher": "connected", "detail": ""},
+            {"type": "pong"})
+    assert held(page) == [[key(2), doc(2, n=20)]]
+    assert page.evaluate("log") == [
+        ["loading", None, None], ["snapshot", 3, "snapshot"],
+        ["upsert", key(2), None], ["remove", key(3), "deleted"],
+        ["upsert", key(4), None], ["remove", key(1), "delete"],
+        ["remove", key(4), "leave"]]
+    page.evaluate("log.length = 0")
+
+    # A reset keeps the old documents until the fresh snapshot ends.
+    deliver(page, {"type": "reset", "lost": True, "reason": "x"},
+            {"type": "snapshot", "docs": [doc(5, n=5)]})
+    assert [k for k, _ in held(page)] == [key(2)]
+    deliver(page, {"type": "snapshot_end", "id": None, "count": 1, "complete": False})
+    assert held(page) == [[key(5), doc(5, n=5)]]
+    assert page.evaluate("live.complete") is False
+
+    deliver(page, change("replace", 5, doc(5, n=6)))
+    assert page.evaluate("live.size") == 1
+    for op in ("drop", "rename", "dropDatabase", "invalidate"):
+        deliver(page, change("insert", 7, doc(7)))
+        deliver(page, {"type": "change", "id": f"c-{op}",
+                       "event": {"operationType": op}})
+        assert held(page) == [], op
+    assert page.evaluate("log.filter(([t]) => t === 'snapshot').map((e) => e[2])") == [
+        "snapshot", "drop", "rename", "dropDatabase", "invalidate"]
+    assert not page.script_errors
+
+
+def test_a_reconnect_takes_a_fresh_snapshot_and_keeps_the_old_meanwhile(
+        browser_page):
+    page = browser_page
+    page.add_init_script(FAKE_SOCKETS)
+    serve_site(page)
+    page.goto(f"{SITE}/healthz")
+    page.evaluate(START_LIVE, [MODULE, {"snapshot": True, "ns": "shop.orders",
+                                        "pingIntervalMs": 0}])
+    wait_js(page, "sockets.length === 1 && feed._openedAt > 0")
+    deliver(page, HELLO, {"type": "snapshot", "docs": [doc(1), doc(2)]},
+            {"type": "snapshot_end", "id": "s1", "count": 2, "complete": True},
+            change("insert", 3, doc(3)))
+    assert page.evaluate("[live.size, feed.lastId]") == [3, "id-insert-3"]
+    # The server restarts (1001: reconnect at once).
+    page.evaluate("sockets[0].lose(1001)")
+    wait_js(page, "sockets.length === 2 && feed._openedAt > 0")
+    assert "resume_after" not in page.evaluate("sockets[1].url")
+    deliver(page, HELLO)
+    assert page.evaluate("[live.loading, live.size]") == [True, 3]
+    # No snapshot message at all: nothing matches any more.
+    deliver(page, {"type": "snapshot_end", "id": "s2", "count": 0, "complete": True})
+    assert page.evaluate("[live.loading, live.size]") == [False, 0]
+
+    # Another collection: a new connection (a snapshot is only taken when
+    # one opens), not a subscribe message.
+    page.evaluate("void (window.switched = "
+                  "feed.subscribe({snapshot: true, ns: 'shop.other'}))")
+    wait_js(page, "sockets.length === 3 && feed._openedAt > 0")
+    assert page.evaluate("sockets[1].sent") == []
+    assert "ns=shop.other" in page.evaluate("sockets[2].url")
+    deliver(page, dict(HELLO, watch="shop"))
+    assert page.evaluate("switched.then((s) => [s.ns, s.snapshot])") == [
+        ["shop.other"], True]
+    # A plain subscription keeps its three fields.
+    assert page.evaluate("""(module) => import(module).then((m) => [
+      m.normalizeSubscription({ns: 'a.b'}),
+      m.normalizeSubscription({snapshot: 1, ns: 'a.b', sort: 'x, -y', limit: '5'})
+    ])""", MODULE) == [{"ns": ["a.b"], "ops": None, "filter": None},
+          {"ns": ["a.b"], "ops": None, "filter": None, "snapshot": True,
+           "sort": ["x", "-y"], "limit": 5}]
+    assert not page.script_errors
+
