@@ -223,3 +223,120 @@ def test_a_reconnect_takes_a_fresh_snapshot_and_keeps_the_old_meanwhile(
            "sort": ["x", "-y"], "limit": 5}]
     assert not page.script_errors
 
+
+# ------------------------------------------------- the page, fake sockets
+
+def _row(k):
+    return f"#docs-rows tr[data-key='{k}']"
+
+
+def _cell(k, field):
+    return f"{_row(k)} td[data-field='{field}']"
+
+
+def test_the_documents_view_draws_the_state_in_place(browser_page):
+    page = browser_page
+    page.add_init_script(FAKE_SOCKETS)
+    serve_site(page)
+    page.goto(f"{SITE}/")
+    wait_js(page, "sockets.length === 1")
+    deliver(page, HELLO, socket=0)
+    page.wait_for_selector("body[data-state=live]", timeout=scaled(5000))
+    assert page.locator("#documents").get_attribute("data-state") == "off"
+    page.click("#documents > summary")
+    # The server watches one collection: it is the default.
+    assert page.input_value("#d-ns") == "shop.orders"
+    page.fill("#d-ns", "nodot")
+    page.click("#docs-show")
+    assert "db.coll" in page.inner_text("#docs-error")
+    page.fill("#d-ns", "shop.orders")
+    page.fill("#d-filter", '{"fullDocument.n": {"$gte": 0}}')
+    page.click("#docs-show")
+    wait_js(page, "sockets.length === 2")
+    assert "snapshot=1" in page.evaluate("sockets[1].url")
+    assert "docs=shop.orders" in page.url and "docs_filter=" in page.url
+
+    wide = doc(3, n=3, **{f"f{i}": i for i in range(14)})
+    hostile = doc(2, n=2, name="<img src=x onerror=window.pwned=1>")
+    first = doc(1, n=1, status="open")
+    deliver(page, HELLO, {"type": "snapshot", "docs": [first, hostile]})
+    page.wait_for_selector("#documents[data-state=loading]", timeout=scaled(2000))
+    deliver(page, {"type": "snapshot", "docs": [wide]},
+            {"type": "snapshot_end", "id": "s", "count": 3, "complete": True})
+    page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
+    assert page.inner_text("#documents-count") == "3"
+    keys = page.eval_on_selector_all("#docs-rows tr",
+                                     "rs => rs.map((r) => r.dataset.key)")
+    assert keys == [key(1), key(2), key(3)]
+    heads = page.eval_on_selector_all("#docs-head th",
+                                      "hs => hs.map((h) => h.textContent)")
+    assert heads == ["_id", "n", "status", "name", *[f"f{i}" for i in range(8)]]
+    assert "first 12 fields" in page.inner_text("#docs-foot")
+    # Values are text: the hostile one shows as typed, nothing runs.
+    assert page.inner_text(_cell(key(2), "name")) == json.dumps(hostile["name"])
+    assert page.locator("#docs-rows img").count() == 0
+    assert page.inner_text(_cell(key(1), "_id")) == f'ObjectId("{1:024x}")'
+
+    # A changed field: its cell alone changes and flashes.
+    deliver(page, change("update", 1, doc(1, n=10, status="open")))
+    page.wait_for_selector(f"{_cell(key(1), 'n')}.flash", timeout=scaled(2000))
+    assert page.inner_text(_cell(key(1), "n")) == "10"
+    assert "flash" not in (page.get_attribute(_cell(key(1), "status"), "class") or "")
+    deliver(page, change("insert", 4, doc(4, n=4, extra=True)))
+    page.wait_for_selector(f"{_row(key(4))}.row-new", timeout=scaled(2000))
+    assert page.inner_text("#documents-count") == "4"
+    deliver(page, {"type": "leave", "id": "l", "documentKey": {"_id": oid(2)}})
+    page.wait_for_selector(_row(key(2)), state="detached", timeout=scaled(2000))
+    assert page.inner_text("#documents-count") == "3"
+
+    # A reset: the old rows stay until the fresh snapshot ends; more
+    # documents than the view shows are held, and fill rows that free up.
+    deliver(page, {"type": "reset", "lost": True, "reason": "x"})
+    page.wait_for_selector("#documents[data-state=loading]", timeout=scaled(2000))
+    assert page.locator("#docs-rows tr").count() == 3
+    many = [doc(i, n=i) for i in range(100, 1105)]
+    deliver(page, {"type": "snapshot", "docs": many[:600]},
+            {"type": "snapshot", "docs": many[600:]},
+            {"type": "snapshot_end", "id": "s", "count": 1005, "complete": False})
+    page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
+    assert page.locator("#docs-rows tr").count() == 1000
+    assert page.inner_text("#documents-count") == "1,005"
+    foot = page.inner_text("#docs-foot")
+    assert "Showing 1,000 of 1,005" in foot and "limit" in foot
+    deliver(page, change("delete", 100))
+    page.wait_for_selector(_row(key(1100)), timeout=scaled(2000))
+    assert page.locator("#docs-rows tr").count() == 1000
+    assert page.inner_text("#documents-count") == "1,004"
+
+    deliver(page, {"type": "change", "id": "d", "event": {"operationType": "drop"}})
+    page.wait_for_selector("#docs-rows tr", state="detached", timeout=scaled(2000))
+    assert page.inner_text("#documents-count") == "0"
+    assert "drop" in page.inner_text("#docs-foot")
+
+    page.click("#docs-stop")
+    page.wait_for_selector("#documents[data-state=off]", timeout=scaled(2000))
+    assert page.evaluate("sockets[1].readyState") == 3
+    assert "docs=" not in page.url
+    assert page.evaluate("window.pwned") is None
+    assert not page.script_errors
+
+
+def test_a_link_opens_the_documents_view(browser_page):
+    page = browser_page
+    page.add_init_script(FAKE_SOCKETS)
+    serve_site(page)
+    linked = json.dumps({"fullDocument.n": 1})
+    page.goto(f"{SITE}/?docs=shop.orders&docs_filter={linked}")
+    wait_js(page, "sockets.length === 2")
+    assert page.evaluate("document.getElementById('documents').open") is True
+    url = page.evaluate("sockets[1].url")
+    assert "snapshot=1" in url and "fullDocument.n" in url
+    # The main feed's hello does not overwrite the linked collection.
+    deliver(page, dict(HELLO, watch="shop.other"), socket=0)
+    deliver(page, HELLO, {"type": "snapshot_end", "id": None, "count": 0,
+                          "complete": True}, socket=1)
+    page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
+    assert page.input_value("#d-ns") == "shop.orders"
+    assert page.inner_text("#documents-count") == "0"
+    assert "No document matches" in page.inner_text("#docs-foot")
+    assert not page.script_errors

@@ -6,14 +6,18 @@
  * untrusted: it only ever reaches the DOM through textContent and
  * attributes, never innerHTML.
  */
-import { OPERATION_TYPES, WsproxyClient, normalizeSubscription }
+import { LiveDocuments, OPERATION_TYPES, WsproxyClient, normalizeSubscription }
   from './wsproxy-client.js';
-import { compactValue, ejsonDate, isObj, plural, renderEjson, truncate } from './ejson.js';
+import { compactValue, ejsonDate, ejsonSpecial, isObj, plural, renderEjson, truncate }
+  from './ejson.js';
 
 // ------------------------------------------------------------------ limits
 const LIST_CAP = 500;          // rows kept in the DOM (newest first)
 const BUFFER_CAP = 500;        // events kept while the view is paused
 const RATE_WINDOW_S = 10;
+const DOC_ROWS_CAP = 1000;     // document rows in the DOM; more are held, not shown
+const DOC_COLS_CAP = 12;       // top-level fields shown as columns
+const FLASH_MS = 1500;         // how long a changed cell stays marked
 const TOKEN_KEY = 'wsproxy.token';
 
 // ------------------------------------------------------------------ helpers
@@ -286,18 +290,22 @@ function formSubscription() {
     if (checked.includes('other')) ops.push(...OTHER_OPS, ...extraOps);
   }
   const filter = ui.fFilter.value.trim();
-  if (filter) {
-    let parsed;
-    try {
-      parsed = JSON.parse(filter);
-    } catch (e) {
-      return { error: `The filter is not valid JSON: ${e.message}`, field: ui.fFilter };
-    }
-    if (!isObj(parsed)) return { error: 'The filter must be a JSON object, e.g. {"operationType": "insert"}.', field: ui.fFilter };
-  }
+  const error = filterError(filter, '{"operationType": "insert"}');
+  if (error) return { error, field: ui.fFilter };
   // The filter is sent as typed (only validated): re-serialising it could
   // change big integers that JSON.parse cannot represent exactly.
   return { sub: normalizeSubscription({ ns: ns.length ? ns : null, ops, filter }) };
+}
+
+function filterError(filter, example) {
+  if (!filter) return null;
+  let parsed;
+  try {
+    parsed = JSON.parse(filter);
+  } catch (e) {
+    return `The filter is not valid JSON: ${e.message}`;
+  }
+  return isObj(parsed) ? null : `The filter must be a JSON object, e.g. ${example}.`;
 }
 
 function sameSub(a, b) {
@@ -511,6 +519,7 @@ function onHello(msg) {
   resetShown = false;
   const watch = typeof msg.watch === 'string' ? msg.watch : '';
   ui.watch.textContent = watch ? `watching ${watch}` : 'watching the whole deployment';
+  noteWatchScope(watch);
   const mode = typeof msg.resume === 'string' ? msg.resume : 'none';
   body.dataset.resume = mode;
   const bits = [];
@@ -842,6 +851,306 @@ function setPaused(p) {
   scheduleFlush();
 }
 
+// ------------------------------------------------------------- documents
+// The Documents view: a second connection with a snapshot subscription
+// (the current documents of one collection, then their changes), kept
+// by LiveDocuments; this only draws what it reports.
+const docsUi = {
+  panel: $('documents'),
+  form: $('docs-form'),
+  ns: $('d-ns'),
+  filter: $('d-filter'),
+  stop: $('docs-stop'),
+  error: $('docs-error'),
+  summary: $('docs-summary'),
+  bar: $('docs-bar'),
+  count: $('documents-count'),
+  label: $('documents-label'),
+  status: $('docs-status'),
+  scroll: $('docs-scroll'),
+  head: $('docs-head'),
+  rows: $('docs-rows'),
+  foot: $('docs-foot'),
+};
+docsUi.filter.placeholder = '{"fullDocument.status": "open"}';
+const DOCS_SUMMARY = docsUi.summary.textContent;
+
+let docsFeed = null;          // the view's WsproxyClient (null: the view is off)
+let liveDocs = null;          // its LiveDocuments
+let docsNs = '';
+let docColumns = [];          // field names shown, in the order first seen
+let docFieldsLeftOut = false; // some documents have fields beyond DOC_COLS_CAP
+let docsCleared = '';         // the operation that last emptied the state
+const docRows = new Map();    // key -> <tr> of the documents shown
+const rowDoc = new WeakMap(); // <tr> -> the document it shows
+let docsNsTyped = false;      // the user chose a collection: hello no longer fills it in
+
+function showDocsError(msg) {
+  docsUi.error.textContent = msg || '';
+  docsUi.error.hidden = !msg;
+}
+
+function docsFormSubscription() {
+  const ns = docsUi.ns.value.trim();
+  if (!/^[^.\s,]+\.[^\s,]+$/.test(ns)) {
+    return { error: 'Name one collection, as db.coll.', field: docsUi.ns };
+  }
+  const filter = docsUi.filter.value.trim();
+  const error = filterError(filter, '{"fullDocument.status": "open"}');
+  if (error) return { error, field: docsUi.filter };
+  return { sub: { snapshot: true, ns: [ns], filter: filter || null } };
+}
+
+function writeDocsLocation(ns, filter) {
+  const url = new URL(location.href);
+  const q = url.searchParams;
+  const set = (k, v) => (v ? q.set(k, v) : q.delete(k));
+  set('docs', ns);
+  set('docs_filter', filter);
+  url.search = q.toString().replace(/%2C/gi, ',');
+  if (url.href !== location.href) history.replaceState(history.state, '', url.href);
+}
+
+function openDocuments(ev) {
+  if (ev) ev.preventDefault();
+  const r = docsFormSubscription();
+  if (r.error) {
+    showDocsError(r.error);
+    docsUi.panel.open = true;
+    r.field.focus();
+    return;
+  }
+  showDocsError('');
+  stopDocuments();
+  docsNs = r.sub.ns[0];
+  docsFeed = new WsproxyClient({ url: wsPath(), token, ...r.sub });
+  liveDocs = new LiveDocuments(docsFeed);
+  liveDocs.on('loading', renderDocsState);
+  liveDocs.on('snapshot', drawAllDocs);
+  liveDocs.on('upsert', upsertDocRow);
+  liveDocs.on('remove', removeDocRow);
+  docsFeed.on('state', renderDocsState);
+  docsFeed.on('refused', (refusal) => {
+    if (!refusal.retrying) showDocsError(`Refused by the server: ${refusal.reason || refusal.label}.`);
+  });
+  writeDocsLocation(docsNs, r.sub.filter);
+  docsFeed.connect();
+  renderDocsState();
+}
+
+function stopDocuments() {
+  if (docsFeed) {
+    liveDocs.detach();
+    docsFeed.close();
+  }
+  docsFeed = null;
+  liveDocs = null;
+  docColumns = [];
+  docFieldsLeftOut = false;
+  docsCleared = '';
+  docRows.clear();
+  docsUi.head.textContent = '';
+  docsUi.rows.textContent = '';
+  renderDocsState();
+}
+
+function docsStateName() {
+  if (!docsFeed) return 'off';
+  const s = docsFeed.state;
+  if ((s === 'live' || s === 'waiting') && liveDocs.loading) return 'loading';
+  return PAGE_STATE[s] || s;
+}
+
+const DOCS_STATUS = {
+  connecting: 'Connecting\u2026',
+  loading: 'Loading the documents\u2026',
+  live: 'Live',
+  waiting: 'Waiting for the database',
+  reconnecting: 'Reconnecting\u2026',
+  closed: 'Stopped',
+};
+
+function renderDocsState() {
+  const state = docsStateName();
+  docsUi.panel.dataset.state = state;
+  const on = state !== 'off';
+  docsUi.stop.hidden = !on;
+  docsUi.bar.hidden = !on;
+  docsUi.scroll.hidden = !on || docRows.size === 0;
+  let status = DOCS_STATUS[state] || '';
+  // Until a fresh snapshot ends, the table shows the documents as they were.
+  if ((state === 'loading' || state === 'reconnecting') && docRows.size) status += ' (showing the last known documents)';
+  docsUi.status.textContent = status;
+  docsUi.summary.textContent = on
+    ? `${docsNs} \u00b7 ${plural(liveDocs.size, 'document')} \u00b7 ${status}` : DOCS_SUMMARY;
+  renderDocsFoot();
+}
+
+function renderDocsCount() {
+  const n = liveDocs ? liveDocs.size : 0;
+  docsUi.count.textContent = n.toLocaleString();
+  docsUi.label.textContent = n === 1 ? 'document' : 'documents';
+  renderDocsState();
+}
+
+function renderDocsFoot() {
+  const notes = [];
+  if (liveDocs) {
+    if (liveDocs.size > docRows.size) {
+      notes.push(`Showing ${docRows.size.toLocaleString()} of ${liveDocs.size.toLocaleString()} documents held.`);
+    }
+    if (!liveDocs.complete) notes.push('More documents match than the server sends in a snapshot (its limit); only those it sent are held.');
+    if (docFieldsLeftOut) notes.push(`Only the first ${DOC_COLS_CAP} fields seen are shown as columns.`);
+    if (docsCleared && !liveDocs.size) notes.push(`Emptied by a change: ${docsCleared}.`);
+    if (!liveDocs.loading && !liveDocs.size && !docsCleared) notes.push('No document matches.');
+  }
+  docsUi.foot.textContent = notes.join(' ');
+  docsUi.foot.hidden = !notes.length;
+}
+
+// Adds the fields of doc not seen yet (up to DOC_COLS_CAP); returns how
+// many columns there were before.
+function noteColumns(doc) {
+  const before = docColumns.length;
+  for (const k of Object.keys(doc)) {
+    if (docColumns.includes(k)) continue;
+    if (docColumns.length < DOC_COLS_CAP) docColumns.push(k);
+    else docFieldsLeftOut = true;
+  }
+  return before;
+}
+
+function valueClass(v) {
+  if (v === null) return 'j-null';
+  switch (typeof v) {
+    case 'string': return 'j-str';
+    case 'number': return 'j-num';
+    case 'boolean': return 'j-bool';
+    default: break;
+  }
+  const sp = isObj(v) ? ejsonSpecial(v) : null;
+  if (!sp) return '';
+  return sp[0] === 'num' ? 'j-num' : `j-ejson j-${sp[0]}`;
+}
+
+function fillCell(td, field, doc) {
+  td.textContent = '';
+  td.title = '';
+  if (!Object.prototype.hasOwnProperty.call(doc, field)) return;
+  const v = doc[field];
+  td.append(el('span', valueClass(v), compactValue(v, 60)));
+  td.title = truncate(JSON.stringify(v), 1000);
+}
+
+const flashTimers = new WeakMap();
+function flash(node, cls) {
+  node.classList.remove(cls);
+  void node.offsetWidth; // restart the animation when it is still running
+  node.classList.add(cls);
+  clearTimeout(flashTimers.get(node));
+  flashTimers.set(node, setTimeout(() => node.classList.remove(cls), FLASH_MS));
+}
+
+function buildDocRow(key, doc) {
+  const tr = el('tr', 'doc-row');
+  tr.dataset.key = key;
+  for (const field of docColumns) {
+    const td = el('td');
+    td.dataset.field = field;
+    fillCell(td, field, doc);
+    tr.append(td);
+  }
+  rowDoc.set(tr, doc);
+  return tr;
+}
+
+function drawHead() {
+  docsUi.head.textContent = '';
+  for (const field of docColumns) {
+    const th = el('th', null, field);
+    th.scope = 'col';
+    docsUi.head.append(th);
+  }
+}
+
+// The columns grew: existing rows get the new cells.
+function addColumns(from) {
+  drawHead();
+  for (const tr of docRows.values()) {
+    const doc = rowDoc.get(tr);
+    for (const field of docColumns.slice(from)) {
+      const td = el('td');
+      td.dataset.field = field;
+      fillCell(td, field, doc);
+      tr.append(td);
+    }
+  }
+}
+
+function showDocRow(key, doc) {
+  const tr = buildDocRow(key, doc);
+  docRows.set(key, tr);
+  docsUi.rows.append(tr);
+  return tr;
+}
+
+function drawAllDocs({ docs, reason }) {
+  docsCleared = reason === 'snapshot' ? '' : reason;
+  docColumns = [];
+  docFieldsLeftOut = false;
+  for (const doc of docs.values()) noteColumns(doc);
+  drawHead();
+  docRows.clear();
+  docsUi.rows.textContent = '';
+  for (const [key, doc] of docs) {
+    if (docRows.size >= DOC_ROWS_CAP) break;
+    showDocRow(key, doc);
+  }
+  renderDocsCount();
+}
+
+function upsertDocRow({ key, doc }) {
+  const from = noteColumns(doc);
+  if (docColumns.length > from) addColumns(from);
+  const tr = docRows.get(key);
+  if (tr) {
+    const old = rowDoc.get(tr);
+    rowDoc.set(tr, doc);
+    for (const td of tr.children) {
+      const field = td.dataset.field;
+      if (JSON.stringify(old[field]) === JSON.stringify(doc[field])) continue;
+      fillCell(td, field, doc);
+      flash(td, 'flash');
+    }
+  } else if (docRows.size < DOC_ROWS_CAP) {
+    flash(showDocRow(key, doc), 'row-new');
+  }
+  renderDocsCount();
+}
+
+function removeDocRow({ key }) {
+  const tr = docRows.get(key);
+  if (tr) {
+    tr.remove();
+    docRows.delete(key);
+    // A document held but not shown takes the free row.
+    if (liveDocs.size > docRows.size) {
+      for (const [k, doc] of liveDocs.docs) {
+        if (!docRows.has(k)) {
+          showDocRow(k, doc);
+          break;
+        }
+      }
+    }
+  }
+  renderDocsCount();
+}
+
+function noteWatchScope(watch) {
+  // A server that watches one collection: that is the one to show.
+  if (!docsNsTyped && !docsFeed && /^[^.\s,]+\.[^\s,]+$/.test(watch)) docsUi.ns.value = watch;
+}
+
 // ---------------------------------------------------------------- wiring
 ui.form.addEventListener('submit', applyForm);
 ui.form.addEventListener('input', () => { showFormError(''); updateDirty(); });
@@ -856,6 +1165,14 @@ ui.defaults.addEventListener('click', () => {
   for (const b of opBoxes) b.checked = true;
   showFormError('');
   updateDirty();
+});
+
+docsUi.form.addEventListener('submit', openDocuments);
+docsUi.form.addEventListener('input', () => showDocsError(''));
+docsUi.ns.addEventListener('input', () => { docsNsTyped = true; });
+docsUi.stop.addEventListener('click', () => {
+  stopDocuments();
+  writeDocsLocation('', '');
 });
 
 ui.reconnectBtn.addEventListener('click', () => feed.reconnect());
@@ -918,9 +1235,10 @@ if (initial.error) {
   // A bad link (e.g. a malformed filter in ?filter=): show it, start unfiltered.
   showFormError(`${initial.error} The link's subscription was not applied.`);
 }
+const token = readToken();
 const feed = new WsproxyClient({
   url: wsPath(),
-  token: readToken(),
+  token,
   // A reload resumes where this tab left off (sessionStorage).
   persist: true,
   ...(initial.sub || {}),
@@ -941,6 +1259,8 @@ window.wsproxy = {
   get lastId() { return feed.lastId; },
   get subscription() { return feed.subscription; },
   get paused() { return paused; },
+  get documents() { return liveDocs; },
+  get documentsFeed() { return docsFeed; },
   reconnect: () => feed.reconnect(),
 };
 
@@ -964,3 +1284,13 @@ renderSub();
 renderCounts();
 renderListState();
 feed.connect();
+
+// A link can open the Documents view: ?docs=db.coll[&docs_filter=...].
+const linked = new URLSearchParams(location.search);
+if (linked.get('docs')) {
+  docsUi.ns.value = linked.get('docs');
+  docsUi.filter.value = linked.get('docs_filter') || '';
+  docsNsTyped = true;
+  docsUi.panel.open = true;
+  openDocuments();
+}
