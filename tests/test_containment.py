@@ -48,6 +48,8 @@ class _Recorder:
             self.got.notify_all()
         return True
 
+    on_reset = offer
+
     def preload(self, frames):
         with self.got:
             self.frames.extend(bytes(f) for f in frames)
