@@ -458,12 +458,17 @@ class WSProxyClient:
         once the server applied it, raises :class:`Refused` (the previous
         one stays) or :class:`ConnectionLost`. Not connected: the next
         connection asks for it."""
+        if self.subscription["snapshot"]:
+            raise ValueError(
+                "a snapshot subscription cannot be changed: connect a new client"
+            )
         sub = _subscription(ns, ops, filter)
         ws = self._ws
         if ws is None:
             self.subscription = sub
             return
-        ws.send(json.dumps({"type": "subscribe", **sub}))
+        message = {"type": "subscribe", "ns": sub["ns"], "ops": sub["ops"]}
+        ws.send(json.dumps({**message, "filter": sub["filter"]}))
         while True:
             try:
                 text = ws.receive(timeout=self.connect_timeout)

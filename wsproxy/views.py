@@ -110,6 +110,18 @@ def _parse_subscription(args, principal, config):
     return sub
 
 
+def _snapshot_docs(args, config):
+    """Documents a snapshot may read, for its connect cost (0 if it is no
+    snapshot; an invalid limit is refused later, at the full cost)."""
+    if "snapshot" not in args:
+        return 0
+    most = config["WSPROXY_SNAPSHOT_MAX_DOCS"]
+    try:
+        return min(max(int(args.get("limit", most)), 1), most)
+    except ValueError:
+        return most
+
+
 def _decide(state, config, *, upgrade):
     """Every admission check, for the upgrade (``upgrade``) or for the
     JSON answer to a plain GET (:func:`_decision`): returns (principal,
@@ -136,6 +148,7 @@ def _decide(state, config, *, upgrade):
             request.args.get("resume_after"),
             request.args.get("filter"),
             state.hub.history_length(),
+            snapshot_docs=_snapshot_docs(request.args, config),
         )
         if upgrade
         else 1.0,
