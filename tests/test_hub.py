@@ -31,6 +31,8 @@ class FakeClient:
             self.got.notify_all()
         return self.accept
 
+    on_reset = offer
+
     def request_close(self, code, reason):
         self.closed = (code, reason)
 

@@ -56,6 +56,9 @@ __all__ = [
     "Change",
     "Reset",
     "Status",
+    "Snapshot",
+    "Leave",
+    "LiveDocuments",
     "Refused",
     "AuthenticationRequired",
     "CLOSE_POLICY",
@@ -112,6 +115,64 @@ class Reset:
 
     lost: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The current matching documents of a ``snapshot=True`` subscription,
+    in order; they replace whatever was held (after ``hello`` or a
+    ``reset``). ``complete`` is False if more matched than the limit."""
+
+    documents: list[dict[str, Any]]
+    complete: bool
+    id: str | None
+
+
+@dataclass(frozen=True)
+class Leave:
+    """A held document stopped matching the filter: drop it."""
+
+    id: str | None
+    document_key: dict[str, Any]
+
+
+class LiveDocuments:
+    """What a ``snapshot=True`` subscription holds: give it every item.
+
+        docs = LiveDocuments()
+        for item in feed:
+            docs.apply(item)   # docs.documents: key -> document
+
+    The rules are the README's ("Live documents"); keys are the ``_id``'s
+    canonical Extended JSON, so ``1`` and ``"1"`` stay apart."""
+
+    _KEY_OPTIONS = json_util.CANONICAL_JSON_OPTIONS
+    _CLEARING = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+
+    def __init__(self) -> None:
+        self.documents: dict[str, Any] = {}
+
+    @classmethod
+    def key(cls, _id: Any) -> str:
+        return json_util.dumps(_id, json_options=cls._KEY_OPTIONS)
+
+    def apply(self, item: Any) -> None:
+        if isinstance(item, Snapshot):
+            self.documents = {self.key(d.get("_id")): d for d in item.documents}
+        elif isinstance(item, Leave):
+            self.documents.pop(self.key(item.document_key.get("_id")), None)
+        elif isinstance(item, Change):
+            event = item.event
+            op = event.get("operationType")
+            if op in self._CLEARING:
+                self.documents.clear()
+                return
+            key = self.key((event.get("documentKey") or {}).get("_id"))
+            doc = event.get("fullDocument")
+            if op in ("insert", "replace", "update") and isinstance(doc, dict):
+                self.documents[key] = doc
+            elif op in ("insert", "replace", "update", "delete"):
+                self.documents.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -179,7 +240,7 @@ class _Socket(simple_websocket.Client):
             self.sock.settimeout(None)  # the reader thread blocks in recv
 
 
-def _subscription(ns, ops, filter):
+def _subscription(ns, ops, filter, snapshot=False, sort=None, limit=None):
     def listed(value):
         if value is None:
             return None
@@ -188,7 +249,14 @@ def _subscription(ns, ops, filter):
 
     if filter is not None and not isinstance(filter, str):
         filter = json_util.dumps(filter)
-    return {"ns": listed(ns), "ops": listed(ops), "filter": filter or None}
+    return {
+        "ns": listed(ns),
+        "ops": listed(ops),
+        "filter": filter or None,
+        "snapshot": bool(snapshot),
+        "sort": sort,
+        "limit": limit,
+    }
 
 
 class WSProxyClient:
@@ -202,6 +270,12 @@ class WSProxyClient:
     start after this id. ``statuses``: also yield :class:`Status` items.
     ``ejson``: decode events with ``bson.json_util`` (ObjectId, datetime,
     Decimal128...); False gives the JSON as sent.
+
+    ``snapshot=True`` (one collection in ``ns``, optional ``sort`` such as
+    ``"-fullDocument.createdAt"`` and ``limit``): live documents; the
+    iterator then also yields :class:`Snapshot` and :class:`Leave`, and a
+    :class:`LiveDocuments` applies them. Every (re)connection starts with a
+    fresh snapshot.
     """
 
     def __init__(
@@ -211,6 +285,9 @@ class WSProxyClient:
         ns: Iterable[str] | str | None = None,
         ops: Iterable[str] | str | None = None,
         filter: dict[str, Any] | str | None = None,
+        snapshot: bool = False,
+        sort: str | None = None,
+        limit: int | None = None,
         token: str | Callable[[], str | None] | None = None,
         headers: dict[str, str] | None = None,
         resume_after: str | None = None,
@@ -228,7 +305,7 @@ class WSProxyClient:
         if parts.scheme not in ("ws", "wss", "http", "https"):
             raise ValueError(f"not a ws:// or http:// URL: {url!r}")
         self._base = parts
-        self.subscription = _subscription(ns, ops, filter)
+        self.subscription = _subscription(ns, ops, filter, snapshot, sort, limit)
         self.token = token
         self.headers = dict(headers or {})
         self.last_id = resume_after
@@ -251,6 +328,7 @@ class WSProxyClient:
             "attempts": 0,
         }
         self._ws: _Socket | None = None
+        self._pending: list[dict[str, Any]] | None = None  # a snapshot so far
         self._seen: set[str] = set()
         self._seen_order: collections.deque[str] = collections.deque()
         self._dedupe = dedupe
@@ -276,7 +354,8 @@ class WSProxyClient:
         query = [
             (k, v)
             for k, v in parse_qsl(self._base.query, keep_blank_values=True)
-            if k not in ("ns", "ops", "filter", "resume_after")
+            if k
+            not in ("ns", "ops", "filter", "resume_after", "snapshot", "sort", "limit")
         ]
         sub = self.subscription
         if sub["ns"] is not None:
@@ -285,6 +364,12 @@ class WSProxyClient:
             query.append(("ops", ",".join(sub["ops"])))
         if sub["filter"]:
             query.append(("filter", sub["filter"]))
+        if sub["snapshot"]:
+            query.append(("snapshot", "1"))
+            if sub["sort"]:
+                query.append(("sort", sub["sort"]))
+            if sub["limit"] is not None:
+                query.append(("limit", str(sub["limit"])))
         if self.last_id:
             query.append(("resume_after", self.last_id))
         return urlunsplit(
@@ -311,7 +396,7 @@ class WSProxyClient:
 
     # -- the iterator ----------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Change | Reset | Status]:
+    def __iter__(self) -> Iterator[Change | Reset | Status | Snapshot | Leave]:
         while True:
             item = self.receive()
             if item is None:  # closed
@@ -324,7 +409,9 @@ class WSProxyClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def receive(self, timeout: float | None = None) -> Change | Reset | Status | None:
+    def receive(
+        self, timeout: float | None = None
+    ) -> Change | Reset | Status | Snapshot | Leave | None:
         """The next item, connecting (and reconnecting) as needed; None
         when ``timeout`` seconds pass first, or the client is closed.
         Raises :class:`Refused` when the server refuses for good."""
@@ -371,12 +458,17 @@ class WSProxyClient:
         once the server applied it, raises :class:`Refused` (the previous
         one stays) or :class:`ConnectionLost`. Not connected: the next
         connection asks for it."""
+        if self.subscription["snapshot"]:
+            raise ValueError(
+                "a snapshot subscription cannot be changed: connect a new client"
+            )
         sub = _subscription(ns, ops, filter)
         ws = self._ws
         if ws is None:
             self.subscription = sub
             return
-        ws.send(json.dumps({"type": "subscribe", **sub}))
+        message = {"type": "subscribe", "ns": sub["ns"], "ops": sub["ops"]}
+        ws.send(json.dumps({**message, "filter": sub["filter"]}))
         while True:
             try:
                 text = ws.receive(timeout=self.connect_timeout)
@@ -585,11 +677,30 @@ class WSProxyClient:
             self.last_id = change_id
             self.stats["changes"] += 1
             return Change(change_id, message.get("event") or {})
+        if kind == MessageType.SNAPSHOT:
+            docs = message.get("docs")
+            if isinstance(docs, list):
+                self._pending = (self._pending or []) + docs
+            return None
+        if kind == MessageType.SNAPSHOT_END:
+            documents, self._pending = self._pending or [], None
+            end_id = message.get("id")
+            if isinstance(end_id, str):
+                self.last_id = end_id
+            return Snapshot(documents, message.get("complete") is not False, end_id)
+        if kind == MessageType.LEAVE:
+            key = message.get("documentKey")
+            if not isinstance(key, dict):
+                return None
+            leave_id = message.get("id")
+            return Leave(leave_id if isinstance(leave_id, str) else None, key)
         if kind == MessageType.HELLO:
+            self._pending = None
             self.hello = message
             self.watcher = message.get("watcher", "connected")
             return None
         if kind == MessageType.RESET:
+            self._pending = None
             self.stats["resets"] += 1
             return Reset(
                 message.get("lost") is not False, str(message.get("reason", ""))

@@ -244,6 +244,19 @@ SETTINGS = (
         "Clients replaying from MongoDB at once (then 1013).",
     ),
     Setting(
+        "WSPROXY_SNAPSHOT_MAX_DOCS",
+        10000,
+        _positive_int,
+        "Documents in one snapshot (a larger limit is 400) and held per "
+        "filtered snapshot client.",
+    ),
+    Setting(
+        "WSPROXY_MAX_SNAPSHOTS",
+        4,
+        _positive_int,
+        "Snapshots read at once per worker (others wait, then 1013).",
+    ),
+    Setting(
         "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
         2,
         _positive_int,
@@ -253,7 +266,7 @@ SETTINGS = (
         "WSPROXY_CATCHUP_TIMEOUT",
         60.0,
         _positive,
-        "Seconds one catch-up may take (then 1013).",
+        "Seconds one catch-up or snapshot may take (then 1013).",
     ),
     Setting(
         "WSPROXY_QUEUE_SIZE",

@@ -109,6 +109,10 @@ class ClientConnection:
         """Queue or write one frame. False if this client is closing."""
         return bool(self._offer(data, None))
 
+    def on_reset(self, frame: bytes) -> bool:
+        """The live feed's ``reset`` (see :class:`wsproxy.hub.Member`)."""
+        return self.offer(frame)
+
     def _offer(self, data, sub):
         """:meth:`offer`; None, and nothing sent, if ``sub`` (the
         subscription ``data`` was made for) is no longer the client's."""

@@ -160,7 +160,14 @@ class Control:
             client.send_text(codec.control_message(MessageType.PONG))
             return
         try:
+            if client.subscription.snapshot is not None:
+                raise ClientError(
+                    "a snapshot subscription cannot be changed; connect with "
+                    "the new one"
+                )
             subscription = self._parse(subscription_args(message))
+            if subscription.snapshot is not None:
+                raise ClientError("snapshot=1 is given on the WebSocket URL")
         except ClientError as exc:
             client.send_text(
                 codec.control_message(MessageType.ERROR, reason=exc.reason)

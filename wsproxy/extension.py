@@ -57,6 +57,10 @@ class ProxyState:
         self.connect_rate = throttle.KeyedRateLimit(
             config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"]
         )
+        # Bounds how many snapshots are read at once.
+        self.snapshot_slots = threading.BoundedSemaphore(
+            config["WSPROXY_MAX_SNAPSHOTS"]
+        )
         self.catchups_per_key = throttle.KeyedSlots(
             config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]
         )

@@ -351,12 +351,10 @@ def _check_shape(spec, max_depth, max_nodes):
                 stack.append((child, depth + 1))
 
 
-def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
-    """Compile a filter (JSON text or dict) into ``pred(event) -> bool``.
-
-    Raises FilterError for anything outside the safe subset or the limits.
-    The predicate never raises: an event it cannot judge does not match.
-    """
+def load_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
+    """A filter (JSON text or dict) as a checked mapping: valid JSON, an
+    object, within the size and depth limits (FilterError otherwise). The
+    operators are checked when it is compiled."""
     too_deep = f"filter nested too deep (max {max_depth})"
     if isinstance(spec, str):
         size = len(spec.encode("utf-8", "surrogatepass"))
@@ -375,6 +373,19 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
     if not isinstance(spec, Mapping):
         _fail("filter must be a JSON object")
     _check_shape(spec, max_depth, max_nodes)
+    return spec
+
+
+def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
+    """Compile a filter (JSON text or dict) into ``pred(event) -> bool``.
+
+    Raises FilterError for anything outside the safe subset or the limits.
+    The predicate never raises: an event it cannot judge does not match.
+    """
+    too_deep = f"filter nested too deep (max {max_depth})"
+    spec = load_filter(
+        spec, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes
+    )
     try:
         root = _compile_doc(spec)
     except RecursionError:  # only if a caller set max_depth far too high

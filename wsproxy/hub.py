@@ -67,6 +67,10 @@ class Member(Protocol):
     def offer(self, data) -> bool:
         """A frame for everyone (an announcement); False if closing."""
 
+    def on_reset(self, frame) -> bool:
+        """The live feed lost its place (``frame`` says so); False if
+        closing. A live-documents member then takes a fresh snapshot."""
+
     def request_close(self, code, reason) -> None:
         """Close the connection with ``code`` and ``reason`` (thread-safe)."""
 
@@ -99,6 +103,9 @@ class _Joining:
                 self._hold(data, len(data))
                 return True
         return self.client.offer(data)
+
+    def on_reset(self, frame):
+        return self.offer(frame)
 
     def _hold(self, item, size):
         if self._held is None:
@@ -287,6 +294,11 @@ class Hub:
     def history_length(self):
         return len(self._history)  # a deliberately unlocked read: a size
 
+    def last_id(self):
+        """The id of the last change recorded, or None."""
+        with self._lock:
+            return self._history[-1].id if self._history else None
+
     def history_ids(self):
         with self._lock:
             return [change.id for change in self._history]
@@ -348,4 +360,7 @@ class Hub:
                 self._positions.clear()
                 self._history_bytes = 0
         for client in self.clients():
-            client.offer(announcement.frame)
+            if announcement.forget_history:
+                client.on_reset(announcement.frame)
+            else:
+                client.offer(announcement.frame)

@@ -38,6 +38,11 @@ SLOW = Counter(
 RESUMES = Counter(
     "wsproxy_resumes_total", "Connections by how their resume was served", ["mode"]
 )  # none, history, catch-up
+SNAPSHOTS = Gauge(
+    "wsproxy_snapshots_active",
+    "Snapshots being read and sent right now (snapshot=1)",
+    multiprocess_mode="livesum",
+)
 CATCHUPS = Gauge(
     "wsproxy_catchups_active",
     "Clients being replayed from MongoDB right now",

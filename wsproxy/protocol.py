@@ -18,6 +18,9 @@ class MessageType(StrEnum):
     PONG = "pong"  # reply to a client {"type": "ping"}
     SUBSCRIBED = "subscribed"  # reply to "subscribe": the new one applies from here
     ERROR = "error"  # reply to a refused "subscribe"; nothing changed
+    SNAPSHOT = "snapshot"  # a batch of current documents (snapshot=1)
+    SNAPSHOT_END = "snapshot_end"  # the snapshot is complete; changes follow
+    LEAVE = "leave"  # a held document stopped matching: drop it (snapshot=1)
 
 
 class ClientMessageType(StrEnum):

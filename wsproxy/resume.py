@@ -159,6 +159,9 @@ class CatchUp:
     def offer(self, data):
         return self.client.offer(data)
 
+    def on_reset(self, frame):
+        return self.client.offer(frame)
+
     def request_close(self, code, reason):
         self.client.request_close(code, reason)
 

@@ -9,11 +9,14 @@ narrow its grant, never widen it.
 
 import re
 
+from . import documentquery
 from .errors import ClientError, FilterError
-from .filters import compile_filter
+from .filters import compile_filter, load_filter
 
 _ALL = None
-KNOWN_PARAMS = frozenset({"resume_after", "ns", "ops", "filter", "access_token"})
+KNOWN_PARAMS = frozenset(
+    {"resume_after", "ns", "ops", "filter", "access_token", "snapshot", "sort", "limit"}
+)
 OPERATION_TYPES = frozenset(
     {
         "insert",
@@ -56,16 +59,40 @@ class Subscription:
     cannot make them pass. ``predicates`` are the client's own
     (``?filter=``): they see the event as the client would, so a hidden
     field cannot be probed with them.
+
+    ``snapshot`` is a :class:`~wsproxy.documentquery.DocumentQuery` for a
+    live-documents subscription (see :mod:`wsproxy.documents`), else None.
     """
 
-    __slots__ = ("namespaces", "ops", "rules", "predicates", "hide")
+    __slots__ = ("namespaces", "ops", "rules", "predicates", "hide", "snapshot")
 
-    def __init__(self, namespaces=_ALL, ops=_ALL, predicates=(), hide=(), rules=()):
+    def __init__(
+        self,
+        namespaces=_ALL,
+        ops=_ALL,
+        predicates=(),
+        hide=(),
+        rules=(),
+        snapshot=None,
+    ):
         self.namespaces = _ALL if namespaces is None else frozenset(namespaces)
         self.ops = _ALL if ops is None else frozenset(ops)
         self.rules = tuple(rules)
         self.predicates = tuple(predicates)
         self.hide = tuple(sorted(set(hide)))
+        self.snapshot = snapshot
+
+    def matches(self, change):
+        """The operator's rules and the client's filter, without the
+        namespace and operation checks (a live-documents subscription
+        judges documents this way)."""
+        raw = change.raw
+        if not all(rule(raw) for rule in self.rules):
+            return False
+        if self.predicates:
+            seen = change.redacted_event(self.hide) if self.hide else raw
+            return all(predicate(seen) for predicate in self.predicates)
+        return True
 
     def wants(self, change):
         raw = change.raw
@@ -105,7 +132,15 @@ def _split(values, name, limit):
     return items
 
 
-def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
+def parse(
+    args,
+    *,
+    scope,
+    principal,
+    operator_hide=(),
+    filter_limits=None,
+    snapshot_max_docs=10000,
+):
     """Build a Subscription from the WebSocket URL's query ``args`` (a
     werkzeug MultiDict) for ``principal``; raises ClientError (400/403)."""
     unknown = sorted(set(args) - KNOWN_PARAMS)
@@ -138,14 +173,29 @@ def parse(args, *, scope, principal, operator_hide=(), filter_limits=None):
                 raise ClientError(f"ops: unknown operation type {op[:40]!r}")
     predicates = []
     limits = filter_limits or {}
+    spec = None
     if "filter" in args:
         texts = args.getlist("filter")
         if len(texts) != 1:
             raise FilterError("filter: give it once")
-        predicates.append(compile_filter(texts[0], **limits))
+        spec = load_filter(texts[0], **limits)
+        predicates.append(compile_filter(spec, **limits))
     rules = []
     if principal.filter is not None:
         rules.append(compile_filter(principal.filter))
+    hide = tuple(operator_hide) + principal.hide
+    snapshot = None
+    if "snapshot" in args:
+        snapshot = documentquery.parse(
+            args,
+            namespaces=namespaces,
+            client_spec=spec,
+            principal_filter=principal.filter,
+            hide=hide,
+            max_docs=snapshot_max_docs,
+        )
+    elif "sort" in args or "limit" in args:
+        raise ClientError("sort and limit apply to snapshot=1 subscriptions only")
     return Subscription(
-        namespaces, ops, predicates, tuple(operator_hide) + principal.hide, rules=rules
+        namespaces, ops, predicates, hide, rules=rules, snapshot=snapshot
     )

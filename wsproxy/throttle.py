@@ -37,9 +37,16 @@ MAX_KEYS = 10000
 WORK_PER_TOKEN = 100_000
 
 
-def connect_cost(resume_id, filter_text, history_length):
+# A snapshot (snapshot=1) of this many documents costs one token more.
+DOCS_PER_TOKEN = 1000
+
+
+def connect_cost(resume_id, filter_text, history_length, snapshot_docs=0):
     """Tokens one connection costs: 1, plus the replay work a resume from
-    history asks for (its filter runs over up to the whole history)."""
+    history asks for (its filter runs over up to the whole history), or
+    the documents a snapshot may read (a snapshot never replays)."""
+    if snapshot_docs:
+        return 1.0 + snapshot_docs / DOCS_PER_TOKEN
     if resume_id is None or not filter_text:
         return 1.0
     return 1.0 + history_length * len(filter_text.encode()) / WORK_PER_TOKEN

@@ -24,9 +24,10 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask_sock import Sock
 
-from . import access, codec, control, metrics, throttle, websocket
+from . import access, codec, control, metrics, snapshot, throttle, websocket
 from . import subscription as subscriptions
 from .connection import ClientConnection
+from .documents import LiveDocuments
 from .errors import ClientError
 from .protocol import CloseCode, MessageType
 from .resume import CatchUp, CatchUpInputs, catch_up
@@ -86,14 +87,39 @@ class Admission:
     pending: websocket.Pending
 
 
+# Where every update carries the whole document, as live documents need.
+_WHOLE_DOCUMENTS = ("updateLookup", "required")
+
+
 def _parse_subscription(args, principal, config):
-    return subscriptions.parse(
+    sub = subscriptions.parse(
         args,
         scope=config["WSPROXY_WATCH"],
         principal=principal,
         operator_hide=config["WSPROXY_HIDE_FIELDS"],
         filter_limits={"max_bytes": config["WSPROXY_MAX_FILTER_BYTES"]},
+        snapshot_max_docs=config["WSPROXY_SNAPSHOT_MAX_DOCS"],
     )
+    if sub.snapshot is not None and config["WSPROXY_FULL_DOCUMENT"] not in (
+        _WHOLE_DOCUMENTS
+    ):
+        raise ClientError(
+            "snapshot: this server's updates do not carry whole documents "
+            "(WSPROXY_FULL_DOCUMENT is not updateLookup or required)"
+        )
+    return sub
+
+
+def _snapshot_docs(args, config):
+    """Documents a snapshot may read, for its connect cost (0 if it is no
+    snapshot; an invalid limit is refused later, at the full cost)."""
+    if "snapshot" not in args:
+        return 0
+    most = config["WSPROXY_SNAPSHOT_MAX_DOCS"]
+    try:
+        return min(max(int(args.get("limit", most)), 1), most)
+    except ValueError:
+        return most
 
 
 def _decide(state, config, *, upgrade):
@@ -122,6 +148,7 @@ def _decide(state, config, *, upgrade):
             request.args.get("resume_after"),
             request.args.get("filter"),
             state.hub.history_length(),
+            snapshot_docs=_snapshot_docs(request.args, config),
         )
         if upgrade
         else 1.0,
@@ -374,10 +401,24 @@ def serve(state, client, resume_id):
         )
         return member, thread.start
 
+    documents = None
+    if client.subscription.snapshot is not None:
+        # Live documents: always a fresh snapshot (resume_after is not
+        # used; see wsproxy.documents).
+        documents = LiveDocuments(client, max_held=config["WSPROXY_SNAPSHOT_MAX_DOCS"])
+        documents.start_snapshot = snapshot.starter(
+            snapshot.SnapshotInputs.from_state(state), documents
+        )
+        joined = hub.subscribe(documents, None, lambda _: hello("snapshot"), None)
+    else:
+        joined = hub.subscribe(client, resume_id, hello, catch_up_from_mongodb)
     started = time.monotonic()
     metrics.CLIENTS.inc()
     try:
-        with hub.subscribe(client, resume_id, hello, catch_up_from_mongodb) as resume:
+        with joined as resume:
+            if documents is not None:
+                resume = "snapshot"
+                documents.start_snapshot()
             log.info(
                 "client %s connected from %s as %s (resume: %s, ns: %s)",
                 client.id,

@@ -1,0 +1,227 @@
+"""Live documents in-process: what one change means for a client (change,
+leave or nothing), the merge of a snapshot with the changes kept during
+it, the wait for the live feed, the per-worker bound and a reset in the
+middle of a snapshot."""
+
+import json
+import threading
+import time
+
+from bson import Timestamp
+from werkzeug.datastructures import MultiDict
+
+from wsproxy import codec, snapshot
+from wsproxy.access import ANYONE, Principal
+from wsproxy.documents import LiveDocuments, Restart
+from wsproxy.protocol import CloseCode
+from wsproxy.subscription import parse
+
+from .helpers import sealer_for_tests
+
+SEALER = sealer_for_tests()
+NS = {"db": "shop", "coll": "orders"}
+
+
+def _sub(principal=ANYONE, **args):
+    return parse(MultiDict({"snapshot": "1", "ns": "shop.orders", **args}),
+                 scope="shop", principal=principal)
+
+
+class FakeClient:
+    max_messages, max_bytes = 100, 1 << 20
+    id = 1
+    closing = ended = False
+
+    def __init__(self, sub):
+        self.subscription = sub
+        self.frames = []
+        self.closed = None
+
+    def offer(self, data):
+        self.frames.append(bytes(data))
+        return True
+
+    def preload(self, frames):
+        self.frames.extend(bytes(f) for f in frames)
+
+    def request_close(self, code, reason):
+        self.closed = (code, reason)
+
+    def wait_for_room(self, *args, **kw):
+        return True
+
+    def messages(self):
+        out = []
+        for frame in self.frames:
+            # A short unmasked text frame: 2 header bytes (or 4 past 125).
+            start = 4 if frame[1] == 126 else 2
+            out.append(json.loads(frame[start:]))
+        self.frames.clear()
+        return out
+
+
+_ts = iter(range(1, 1 << 30))
+
+
+def change(op, _id, doc=None, **extra):
+    raw = {"_id": {"_data": f"{next(_ts):08d}"}, "operationType": op, "ns": NS,
+           "documentKey": {"_id": _id},
+           "clusterTime": Timestamp(1, next(_ts)), **extra}
+    if op in ("insert", "replace", "update"):
+        raw["fullDocument"] = doc
+    return codec.Change(raw, SEALER)
+
+
+def _live(sub, max_held=100):
+    client = FakeClient(sub)
+    member = LiveDocuments(client, max_held=max_held)
+    member.take_kept("sending")
+    member.go_live()
+    return client, member
+
+
+def test_a_document_that_stops_matching_leaves_without_its_content():
+    client, member = _live(_sub(filter='{"fullDocument.status": "open"}'))
+    member.on_change(change("insert", 1, {"_id": 1, "status": "open"}))
+    member.on_change(change("update", 1, {"_id": 1, "status": "shipped",
+                                          "secret": "x"}))
+    # Not held: a non-matching change and a delete mean nothing to it.
+    member.on_change(change("update", 2, {"_id": 2, "status": "closed"}))
+    member.on_change(change("delete", 2))
+    kinds = [(m["type"], m.get("documentKey")) for m in client.messages()]
+    assert kinds == [("change", None), ("leave", {"_id": 1})]
+    # Deleted since (no fullDocument): it leaves too.
+    member.on_change(change("insert", 3, {"_id": 3, "status": "open"}))
+    member.on_change(change("update", 3, None))
+    member.on_change(change("delete", 3))
+    assert [m["type"] for m in client.messages()] == ["change", "leave"]
+
+
+def test_a_principal_filter_decides_on_the_whole_document():
+    sub = _sub(Principal("p", filter={"fullDocument.confidential": {"$ne": True}},
+                         hide=["confidential"]))
+    client, member = _live(sub)
+    member.on_change(change("insert", 1, {"_id": 1, "confidential": False}))
+    member.on_change(change("update", 1, {"_id": 1, "confidential": True}))
+    got = client.messages()
+    assert [m["type"] for m in got] == ["change", "leave"]
+    assert "confidential" not in json.dumps(got)
+
+
+def test_without_a_filter_nothing_is_held_and_every_change_goes_out():
+    client, member = _live(_sub())
+    assert member._held is None
+    member.on_change(change("update", 1, None))  # deleted since: applied
+    member.on_change(change("delete", 2))
+    member.on_change(change("insert", 3, {"_id": 3},
+                            ns={"db": "shop", "coll": "other"}))
+    assert [m["event"]["operationType"] for m in client.messages()] == [
+        "update", "delete"]
+
+
+def test_what_a_client_holds_is_bounded_and_the_oldest_leaves():
+    client, member = _live(_sub(filter='{"fullDocument.ok": true}'), max_held=3)
+    for n in range(5):
+        member.on_change(change("insert", n, {"_id": n, "ok": True}))
+    got = client.messages()
+    assert [m["documentKey"]["_id"] for m in got if m["type"] == "leave"] == [0, 1]
+    assert list(member._held) == [2, 3, 4]
+
+
+def test_the_merge_applies_kept_changes_and_judges_the_result():
+    sub = _sub(filter='{"fullDocument.status": "open"}')
+    docs = [{"_id": n, "status": "open"} for n in range(4)]
+    kept = [
+        change("update", 0, {"_id": 0, "status": "closed"}),  # leaves
+        change("delete", 1),
+        change("replace", 2, {"_id": 2, "status": "open", "v": 2}),
+        change("insert", 9, {"_id": 9, "status": "open"}),  # enters
+        change("insert", 8, {"_id": 8, "status": "closed"}),
+    ]
+    held, texts = snapshot.merge(sub, docs, kept)
+    assert [_id for _, _id in held] == [2, 3, 9]
+    assert json.loads(texts[0]) == {"_id": 2, "status": "open", "v": 2}
+    # A limited snapshot: nothing enters through the merge.
+    held, _ = snapshot.merge(sub, docs, kept, entering=False)
+    assert [_id for _, _id in held] == [2, 3]
+    # After a drop, what was read is gone.
+    held, _ = snapshot.merge(sub, docs, [change("drop", None)])
+    assert held == []
+
+
+class FeedInputs:
+    def __init__(self):
+        self.through = None
+        self.caught_up = None
+        self.submitted = []
+        self.stopping = threading.Event()
+
+    def published_through(self):
+        return self.through
+
+    def watcher_caught_up_as_of(self):
+        return self.caught_up
+
+    def submit(self, item, stopping):
+        # The broadcaster runs the barrier once it reaches it.
+        self.submitted.append(item)
+        threading.Thread(target=item.callback).start()
+        return True
+
+
+def test_the_merge_waits_for_the_live_feed_to_pass_the_read():
+    inputs = FeedInputs()
+    client = FakeClient(_sub())
+    inputs.through = Timestamp(10, 1)
+    # The feed has published past the read: no wait.
+    assert snapshot._wait_for_feed(
+        inputs, client, Timestamp(9, 5), 100.0, time.monotonic() + 10)
+    assert inputs.submitted == []
+    # Not yet, and the watcher has not been idle since: until the deadline.
+    inputs.through = Timestamp(10, 1)
+    assert not snapshot._wait_for_feed(
+        inputs, client, Timestamp(10, 1), 100.0, 0.0)
+    # The watcher found nothing new after the read: a barrier behind
+    # what it read, and the merge waits for it.
+    inputs.caught_up = 101.0
+    assert snapshot._wait_for_feed(
+        inputs, client, Timestamp(10, 1), 100.0, time.monotonic() + 10)
+    assert len(inputs.submitted) == 1
+
+
+def test_snapshots_at_once_are_bounded_then_1013():
+    slots = threading.BoundedSemaphore(1)
+    slots.acquire()
+    inputs = snapshot.SnapshotInputs(
+        mongo=None, submit=None, published_through=None,
+        watcher_caught_up_as_of=None, last_id=None, slots=slots,
+        stopping=threading.Event(), slot_wait=0.01, time_limit=1.0)
+    client = FakeClient(_sub())
+    snapshot.run(inputs, LiveDocuments(client, max_held=10))
+    assert client.closed[0] == CloseCode.TRY_AGAIN
+
+
+def test_a_reset_during_a_snapshot_restarts_it_after_the_reset_message():
+    client = FakeClient(_sub())
+    member = LiveDocuments(client, max_held=10)
+    member.on_change(change("insert", 1, {"_id": 1}))
+    reset = codec.frame(codec.control_message("reset", lost=True))
+    member.on_reset(reset)
+    # What was kept before the reset is dropped; the snapshot thread's
+    # next step says reset and starts again.
+    try:
+        member.send([codec.frame('{"type": "snapshot", "docs": []}')])
+    except Restart:
+        pass
+    else:
+        raise AssertionError("no Restart")
+    assert [m["type"] for m in client.messages()] == ["reset"]
+    assert member.take_kept("sending") == []
+    # When live, a reset is sent at once and a new snapshot starts.
+    member.go_live()
+    started = []
+    member.start_snapshot = lambda: started.append(True)
+    member.on_reset(reset)
+    assert started and [m["type"] for m in client.messages()] == ["reset"]
+    member.on_change(change("insert", 2, {"_id": 2}))
+    assert client.messages() == []  # kept for the new snapshot

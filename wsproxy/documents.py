@@ -1,0 +1,255 @@
+"""Live documents: a client's current matching documents of one collection,
+then every change after them (``?snapshot=1``; see README, "Live documents").
+
+A :class:`LiveDocuments` stands in for the client in the hub. It goes
+through three phases, and back to the first after a ``reset``:
+
+* ``READING``: the snapshot is being read (:mod:`wsproxy.snapshot`). Every
+  change to the collection is kept, by reference, in arrival order.
+* ``SENDING``: the changes kept so far have been merged into the snapshot,
+  which is being sent; later changes are kept as before.
+* ``LIVE``: the kept changes have been sent; the broadcaster offers changes
+  through :meth:`LiveDocuments.on_change` directly.
+
+Why the seam is exact. The stand-in joins the hub *before* the read
+begins, so every change committed after that moment reaches it, and every
+change committed before it is already in the database the read sees. A
+read that spans several batches is not a point-in-time view (MongoDB
+yields between batches), so a document may be read in a state that some
+kept change also produced. That is harmless because each change carries the
+whole document (``fullDocument``, by ``updateLookup`` or a post-image) or
+removes it: applying a kept change sets a document to a state at least as
+new as that change, and applying all of them in stream order ends each
+document at the state of its last change, which no read can be newer than.
+The merge happens on the server (:func:`wsproxy.snapshot.merge`), after the
+live feed has passed the end of the read, so the client never sees a
+document go back to an older state; changes that arrive later are applied
+by the client in order, by the same rules.
+
+Leaving. With a filter (the client's or its principal's), a change may make
+a held document stop matching. The client then gets ``leave`` with the
+document's key and never the new content, which for a principal's filter
+is not its to see. Deciding that needs what this client holds: ``_held``
+maps each held document's key to its ``_id``, at most
+``WSPROXY_SNAPSHOT_MAX_DOCS`` entries (beyond that, the document changed
+longest ago is dropped with ``leave``). Without a filter every document of
+the collection matches, so nothing is kept and nothing leaves.
+"""
+
+import collections
+import threading
+from collections.abc import Mapping
+
+import bson
+from bson.int64 import Int64
+from bson.objectid import ObjectId
+
+from . import codec
+from .protocol import CloseCode, MessageType
+
+READING, SENDING, LIVE = "reading", "sending", "live"
+DOCUMENT_OPS = frozenset({"insert", "replace", "update"})
+# After these the collection's documents are gone (or elsewhere).
+CLEARING_OPS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+_PLAIN_IDS = (ObjectId, str, int, Int64, float)
+_MISSING = object()
+
+
+def document_key(_id):
+    """A hashable key for an ``_id`` value: the value itself for the common
+    types (numbers compare across types, as MongoDB's do), else its BSON."""
+    if type(_id) in _PLAIN_IDS:
+        return _id
+    return bson.encode({"": _id})
+
+
+def event_id(raw):
+    """The ``_id`` of the document a change is about (None if absent)."""
+    key = raw.get("documentKey")
+    return key.get("_id") if isinstance(key, Mapping) else None
+
+
+class Restart(Exception):
+    """The feed was reset while a snapshot was being taken: start again."""
+
+
+class LiveDocuments:
+    """The hub member of one ``snapshot=1`` connection (see the module)."""
+
+    def __init__(self, client, *, max_held):
+        self.client = client
+        self.subscription = sub = client.subscription
+        self.query = sub.snapshot
+        self.max_held = max_held
+        # Guards _phase, _kept, _kept_bytes and _reset_frame: a phase
+        # change and what is kept are decided together. Taken before the
+        # client's _state_lock (see wsproxy.connection); never held while
+        # filtering or encoding.
+        self._lock = threading.Lock()
+        self._phase = READING
+        self._kept = []  # Changes to the collection, in stream order
+        self._kept_bytes = 0
+        self._reset_frame = None  # a reset that arrived mid-snapshot
+        # key -> _id of what the client holds, only with a filter. Used
+        # by one thread at a time: the snapshot's until LIVE, then the
+        # broadcaster's (a reset ends LIVE on the broadcaster itself).
+        self._held = collections.OrderedDict() if sub.rules or sub.predicates else None
+        # () -> None: starts a snapshot thread (set by the caller).
+        self.start_snapshot = None
+
+    def __repr__(self):
+        return f"<LiveDocuments {self.client!r} {self._phase}>"
+
+    # -- the hub's side (broadcaster thread) ---------------------------------
+
+    def on_change(self, change):
+        if not self._concerns(change.raw):
+            return False
+        with self._lock:
+            if self._phase is not LIVE:
+                self._keep(change)
+                return False
+        handed = False
+        for data in self.route(change):
+            handed = self.client.offer(data)
+        return handed
+
+    def offer(self, data):
+        return self.client.offer(data)
+
+    def preload(self, frames):
+        self.client.preload(frames)
+
+    def request_close(self, code, reason):
+        self.client.request_close(code, reason)
+
+    def on_reset(self, frame):
+        """The live feed lost its place: the client gets ``reset`` and a
+        fresh snapshot (whatever it holds may be stale)."""
+        with self._lock:
+            self._kept, self._kept_bytes = [], 0
+            if self._phase is not LIVE:
+                # The snapshot thread sends it, between two of its own
+                # messages, and starts again.
+                self._reset_frame = frame
+                return True
+            self._phase = READING
+        handed = self.client.offer(frame)
+        if self._held is not None:
+            self._held.clear()
+        self.start_snapshot()
+        return handed
+
+    def _concerns(self, raw):
+        op = raw.get("operationType")
+        if op == "invalidate":
+            return True
+        ns = raw.get("ns")
+        if not isinstance(ns, Mapping) or ns.get("db") != self.query.db:
+            return False
+        return op == "dropDatabase" or ns.get("coll") == self.query.coll
+
+    def _keep(self, change):
+        self._kept.append(change)
+        self._kept_bytes += len(change.frame)
+        if (
+            len(self._kept) > self.client.max_messages
+            or self._kept_bytes > self.client.max_bytes
+        ):
+            self._kept, self._kept_bytes = [], 0
+            self.client.request_close(
+                CloseCode.SLOW_CONSUMER,
+                "fell behind while taking the snapshot; reconnect",
+            )
+
+    # -- the snapshot thread's side ------------------------------------------
+
+    def take_kept(self, next_phase):
+        """The changes kept so far (handed over: no longer kept here), and
+        the phase is now ``next_phase``; raises Restart after a reset."""
+        with self._lock:
+            self._check_reset_locked()
+            kept, self._kept, self._kept_bytes = self._kept, [], 0
+            self._phase = next_phase
+            return kept
+
+    def send(self, frames):
+        """Queue snapshot frames for the client, unless a reset came first
+        (Restart): what the client gets after a reset is a new snapshot."""
+        with self._lock:
+            self._check_reset_locked()
+            self.client.preload(frames)
+
+    def go_live(self):
+        """Send the changes kept since the snapshot, in rounds (more may
+        arrive meanwhile, judged outside the lock), then let the live feed
+        through. Raises Restart after a reset."""
+        while True:
+            with self._lock:
+                self._check_reset_locked()
+                kept, self._kept, self._kept_bytes = self._kept, [], 0
+                if not kept:
+                    self._phase = LIVE
+                    return
+            self.send([data for change in kept for data in self.route(change)])
+
+    def _check_reset_locked(self):
+        if self._reset_frame is not None:
+            frame, self._reset_frame = self._reset_frame, None
+            self._phase = READING
+            self.client.preload([frame])
+            raise Restart
+
+    def hold(self, held):
+        """What the client holds after a snapshot: ``(key, _id)`` pairs."""
+        if self._held is not None:
+            self._held.clear()
+            self._held.update(held)
+
+    # -- judging one change ---------------------------------------------------
+
+    def route(self, change):
+        """The frames one change means for this client: the change itself,
+        a ``leave``, or nothing. Updates what it holds."""
+        raw = change.raw
+        op = raw.get("operationType")
+        sub = self.subscription
+        held = self._held
+        if op in DOCUMENT_OPS:
+            doc = raw.get("fullDocument")
+            _id = event_id(raw)
+            key = document_key(_id)
+            if isinstance(doc, Mapping) and sub.matches(change):
+                frames = [sub.frame(change)]
+                if held is not None:
+                    held[key] = _id
+                    held.move_to_end(key)
+                    while len(held) > self.max_held:
+                        _, dropped = held.popitem(last=False)
+                        frames.append(self._leave(dropped, change.id))
+                return frames
+            if held is None:
+                # Every document matches: this one was deleted since
+                # (fullDocument null), which the client applies.
+                return [sub.frame(change)] if doc is None else []
+            if held.pop(key, _MISSING) is not _MISSING:
+                return [self._leave(_id, change.id)]
+            return []
+        if op == "delete":
+            _id = event_id(raw)
+            if held is None or held.pop(document_key(_id), _MISSING) is not _MISSING:
+                return [sub.frame(change)]
+            return []
+        if op in CLEARING_OPS:
+            if held is not None:
+                held.clear()
+            return [sub.frame(change)]
+        return []
+
+    @staticmethod
+    def _leave(_id, change_id):
+        return codec.frame(
+            codec.control_message(
+                MessageType.LEAVE, id=change_id, documentKey={"_id": _id}
+            )
+        )

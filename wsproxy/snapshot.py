@@ -1,0 +1,312 @@
+"""Taking a snapshot for a live-documents client, on its own
+``wsproxy-snapshot-<id>`` thread (see :mod:`wsproxy.documents` for why the
+result is exact).
+
+1. Read the matching documents (majority read concern, so everything read
+   is also in the change stream), at most ``limit`` of them, bounded in
+   bytes; note the read's operation time.
+2. Wait until the live feed has passed that time, so every change the read
+   may reflect has reached the stand-in.
+3. Merge those changes into the documents, judge every document by the
+   subscription's filters, and send the result in messages of bounded
+   size, at the client's pace; then ``snapshot_end``.
+4. Send the changes kept meanwhile and go live.
+
+Snapshots read at once are bounded per worker (``WSPROXY_MAX_SNAPSHOTS``;
+others wait ``WSPROXY_CLOSE_TIMEOUT``, then 1013) and each is bounded in
+time (``WSPROXY_CATCHUP_TIMEOUT``). Nothing here runs on the broadcaster
+or under a lock other clients need.
+"""
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import PyMongoError
+from pymongo.read_concern import ReadConcern
+
+from . import codec, errorpolicy, metrics
+from .documentquery import MESSAGE_BYTES
+from .documents import CLEARING_OPS, DOCUMENT_OPS, Restart, document_key, event_id
+from .hub import Barrier
+from .protocol import CloseCode, MessageType
+from .redaction import redact
+
+log = logging.getLogger(__name__)
+
+# A snapshot holds its documents until they are merged and sent: this
+# bounds that memory per snapshot (WSPROXY_MAX_SNAPSHOTS at once).
+MAX_READ_BYTES = 64 << 20
+_RAW = CodecOptions(document_class=RawBSONDocument)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotInputs:
+    """Everything a snapshot uses, named (:meth:`from_state` builds them
+    from a running proxy)."""
+
+    mongo: object  # the worker's MongoClient
+    submit: Callable  # (item, stopping) -> bool: Hub.submit
+    published_through: Callable  # () -> clusterTime of the last published change
+    watcher_caught_up_as_of: Callable  # () -> monotonic time, or None
+    last_id: Callable  # () -> id of the last change published, or None
+    slots: threading.BoundedSemaphore  # snapshots at once in this worker
+    stopping: threading.Event
+    slot_wait: float
+    time_limit: float
+
+    @classmethod
+    def from_state(cls, state):
+        config, hub, source = state.config, state.hub, state.source
+        return cls(
+            mongo=state.mongo,
+            submit=hub.submit,
+            published_through=lambda: hub.published_through,
+            watcher_caught_up_as_of=lambda: source.caught_up_as_of,
+            last_id=hub.last_id,
+            slots=state.snapshot_slots,
+            stopping=state.stopping,
+            slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
+            time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
+        )
+
+
+def starter(inputs, member):
+    """The ``start_snapshot`` of ``member``: each call runs one snapshot
+    (and its restarts) on a new thread."""
+
+    def start():
+        threading.Thread(
+            target=run,
+            args=(inputs, member),
+            name=f"wsproxy-snapshot-{member.client.id}",
+            daemon=True,
+        ).start()
+
+    return start
+
+
+def run(inputs, member):
+    client = member.client
+    if not inputs.slots.acquire(timeout=inputs.slot_wait):
+        client.request_close(
+            CloseCode.TRY_AGAIN, "too many snapshots at once; retry shortly"
+        )
+        return
+    try:
+        metrics.SNAPSHOTS.inc()
+        while not _stopped(inputs, client):
+            try:
+                _take(inputs, member)
+                return
+            except Restart:
+                log.info("client %s: reset during the snapshot; again", client.id)
+    except PyMongoError as exc:
+        _on_error(client, exc)
+    except Exception:  # noqa: BLE001 - a failed snapshot must not kill a worker
+        log.exception("client %s: snapshot failed", client.id)
+        client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        metrics.SNAPSHOTS.dec()
+        inputs.slots.release()
+
+
+def _stopped(inputs, client):
+    return client.closing or client.ended or inputs.stopping.is_set()
+
+
+def _take(inputs, member):
+    client = member.client
+    query = member.query
+    started = time.monotonic()
+    deadline = started + inputs.time_limit
+    since = inputs.last_id()  # the snapshot reflects at least this far
+    docs, complete, read_end = read(inputs.mongo, query, deadline)
+    read_done = time.monotonic()
+    if not _wait_for_feed(inputs, client, read_end, read_done, deadline):
+        if _stopped(inputs, client):
+            return
+        log.info("client %s: the live feed is slow; merging anyway", client.id)
+    kept = member.take_kept(next_phase="sending")
+    held, texts = merge(member.subscription, docs, kept, entering=complete)
+    member.hold(held)
+    for message in _messages(texts):
+        if not _wait_for_room(inputs, client, deadline):
+            return
+        member.send([message])
+    end = codec.control_message(
+        MessageType.SNAPSHOT_END,
+        id=kept[-1].id if kept else since,
+        count=len(texts),
+        complete=complete,
+    )
+    member.send([codec.frame(end)])
+    member.go_live()
+    log.info(
+        "client %s: snapshot of %s sent (%d documents, %d changes merged, %.3fs)",
+        client.id,
+        query.ns,
+        len(texts),
+        len(kept),
+        time.monotonic() - started,
+    )
+
+
+def read(mongo, query, deadline):
+    """The matching documents in order (decoded), whether that is all of
+    them, and the read's operation time."""
+    coll = mongo[query.db].get_collection(
+        query.coll, codec_options=_RAW, read_concern=ReadConcern("majority")
+    )
+    options = mongo.codec_options
+    docs, size, complete = [], 0, True
+    with mongo.start_session(causal_consistency=True) as session:
+        cursor = coll.find(
+            query.query,
+            sort=list(query.sort),
+            limit=query.limit + 1,
+            session=session,
+            max_time_ms=max(1, int((deadline - time.monotonic()) * 1000)),
+        )
+        with cursor:
+            for raw in cursor:
+                size += len(raw.raw)
+                if len(docs) == query.limit or size > MAX_READ_BYTES:
+                    complete = False
+                    break
+                docs.append(bson.decode(raw.raw, codec_options=options))
+        return docs, complete, session.operation_time
+
+
+def _wait_for_feed(inputs, client, read_end, read_done, deadline):
+    """Until the live feed has offered every change up to ``read_end``:
+    it has published a later one, or the watcher found nothing new after
+    the read ended and everything it read before has been published."""
+    while not _stopped(inputs, client) and time.monotonic() < deadline:
+        through = inputs.published_through()
+        try:
+            if read_end is not None and through is not None and through > read_end:
+                return True
+        except TypeError:
+            pass
+        caught_up = inputs.watcher_caught_up_as_of()
+        if caught_up is not None and caught_up > read_done:
+            published = threading.Event()
+            if not inputs.submit(Barrier(published.set), inputs.stopping):
+                return False
+            return published.wait(max(0.0, deadline - time.monotonic()))
+        inputs.stopping.wait(0.02)
+    return False
+
+
+def merge(sub, docs, kept, entering=True):
+    """The snapshot ``docs`` with the ``kept`` changes applied, judged by
+    ``sub``: returns ``(held, texts)``, the ``(key, _id)`` of every document
+    sent and each document's JSON, in order (read order, then new ones).
+
+    Without ``entering`` (the limit cut the read short) a kept change
+    only updates or removes a document that was read: the snapshot is the
+    first ``limit`` documents, and others enter only by changing after it."""
+    states = {}  # key -> (_id, document read) or (_id, Change) or None
+    for doc in docs:
+        _id = doc.get("_id")
+        states[document_key(_id)] = (_id, doc)
+    for change in kept:
+        raw = change.raw
+        op = raw.get("operationType")
+        if op in CLEARING_OPS:
+            states.clear()
+        elif op in DOCUMENT_OPS or op == "delete":
+            _id = event_id(raw)
+            key = document_key(_id)
+            if not entering and key not in states:
+                continue
+            doc = raw.get("fullDocument") if op != "delete" else None
+            states[key] = (_id, change) if isinstance(doc, Mapping) else None
+    held, texts = [], []
+    for key, state in states.items():
+        if state is None:
+            continue
+        _id, source = state
+        shown = (
+            _judge_change(sub, source)
+            if isinstance(source, codec.Change)
+            else (_judge_document(sub, source))
+        )
+        if shown is not None:
+            held.append((key, _id))
+            texts.append(codec.dumps(shown))
+    return held, texts
+
+
+def _judge_document(sub, doc):
+    """The document as the client sees it, or None if it does not match.
+    Judged as the change that inserted it would be."""
+    event = {"documentKey": {"_id": doc.get("_id")}, "fullDocument": doc}
+    if not all(rule(event) for rule in sub.rules):
+        return None
+    seen = redact(event, sub.hide) if sub.hide else event
+    if not all(predicate(seen) for predicate in sub.predicates):
+        return None
+    return seen["fullDocument"]
+
+
+def _judge_change(sub, change):
+    if not sub.matches(change):
+        return None
+    seen = change.redacted_event(sub.hide) if sub.hide else change.raw
+    return seen["fullDocument"]
+
+
+def _messages(texts):
+    """``snapshot`` messages of about MESSAGE_BYTES each, as frames."""
+    batch, size = [], 0
+    for text in texts:
+        if batch and size + len(text) > MESSAGE_BYTES:
+            yield _snapshot_frame(batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 1
+    if batch:
+        yield _snapshot_frame(batch)
+
+
+def _snapshot_frame(texts):
+    # The documents are JSON already: assembled, not encoded again.
+    return codec.frame(
+        '{"type": "' + MessageType.SNAPSHOT + '", "docs": [' + ", ".join(texts) + "]}"
+    )
+
+
+def _wait_for_room(inputs, client, deadline):
+    """Back-pressure: at most half an outbox of snapshot at a time."""
+    while not client.wait_for_room(
+        client.max_messages // 2, timeout=0.5, below_bytes=client.max_bytes // 2
+    ):
+        if _stopped(inputs, client):
+            return False
+        if time.monotonic() >= deadline:
+            client.request_close(
+                CloseCode.TRY_AGAIN, "the snapshot took too long; reconnect"
+            )
+            return False
+    return not _stopped(inputs, client)
+
+
+def _on_error(client, exc):
+    kind = errorpolicy.classify(exc)
+    if kind == errorpolicy.FATAL:
+        log.error("client %s: snapshot refused by the database: %s", client.id, exc)
+        client.request_close(
+            CloseCode.INTERNAL_ERROR, "the database refused the snapshot; retry later"
+        )
+    else:
+        log.warning("client %s: snapshot failed: %s", client.id, exc)
+        client.request_close(
+            CloseCode.TRY_AGAIN, "cannot reach the database for the snapshot; retry"
+        )
