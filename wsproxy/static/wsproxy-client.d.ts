@@ -210,7 +210,8 @@ export interface LiveDocumentsEvents {
   /** A document was added or changed (previous: null when it is new). */
   upsert: { key: string; doc: Document; previous: Document | null };
   /** A document went: reason "delete", "leave" (it stopped matching the
-   * filter) or "deleted" (a change's fullDocument was null). */
+   * filter) or "deleted" (a change without its fullDocument: null, the
+   * document was deleted since). */
   remove: { key: string; previous: Document; reason: 'delete' | 'leave' | 'deleted' };
 }
 

@@ -749,8 +749,9 @@ export class LiveDocuments extends EventTarget {
       this._remove(dk, 'delete');
     } else if (op === 'insert' || op === 'replace' || op === 'update') {
       if (isObject(event.fullDocument)) this._upsert(dk, event.fullDocument);
-      // null: the document was deleted since this change.
-      else if (event.fullDocument === null) this._remove(dk, 'deleted');
+      // null: the document was deleted since this change (wsproxy.client's
+      // LiveDocuments likewise drops a document it has no content for).
+      else this._remove(dk, 'deleted');
     }
   }
 
