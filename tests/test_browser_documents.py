@@ -4,12 +4,17 @@ protocol's rules, message by message, with no server), then end to end
 against the real gunicorn and SecantusDB."""
 
 import json
+import os
 import pathlib
 from urllib.parse import urlsplit
 
-from .helpers import scaled
+from bson import ObjectId
+
+from .helpers import TcpProxy, scaled, server_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+ARTIFACTS = pathlib.Path(os.environ.get("WSPROXY_TEST_ARTIFACTS",
+                                        ROOT / "test-artifacts"))
 STATIC = ROOT / "wsproxy" / "static"
 TEMPLATE = ROOT / "wsproxy" / "templates" / "wsproxy" / "index.html"
 MODULE = "/wsproxy-static/wsproxy-client.js"
@@ -339,4 +344,116 @@ def test_a_link_opens_the_documents_view(browser_page):
     assert page.input_value("#d-ns") == "shop.orders"
     assert page.inner_text("#documents-count") == "0"
     assert "No document matches" in page.inner_text("#docs-foot")
+    assert not page.script_errors
+
+
+# --------------------------------------------- the page, against the server
+
+def _key(_id):
+    return json.dumps({"$oid": str(_id)}, separators=(",", ":"))
+
+
+def open_documents(page, ns, filter_text=""):
+    page.click("#documents > summary")
+    page.fill("#d-ns", ns)
+    page.fill("#d-filter", filter_text)
+    page.click("#docs-show")
+    page.wait_for_selector("#documents[data-state=live]", timeout=scaled(10000))
+
+
+def test_documents_view_follows_the_collection_live(
+        mongo, mongo_client, namespace, gunicorn, browser_page):
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    proxy = TcpProxy(server.port)
+    page = browser_page
+    items = mongo_client[db][coll]
+    present = [ObjectId() for _ in range(3)]
+    items.insert_many([{"_id": k, "status": "open", "total": n}
+                       for n, k in enumerate(present)])
+    try:
+        page.goto(proxy.url + "/")
+        page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
+        # The server watches one collection: the view offers it.
+        assert page.input_value("#d-ns") == f"{db}.{coll}"
+        open_documents(page, f"{db}.{coll}")
+        assert page.inner_text("#documents-count") == "3"
+        keys = page.eval_on_selector_all("#docs-rows tr",
+                                         "rs => rs.map((r) => r.dataset.key)")
+        assert keys == [_key(k) for k in present]
+        assert page.inner_text(_cell(_key(present[1]), "total")) == "1"
+
+        added = ObjectId()
+        items.insert_one({"_id": added, "status": "new", "total": 9})
+        page.wait_for_selector(_row(_key(added)), timeout=scaled(5000))
+        page.wait_for_function(
+            "document.getElementById('documents-count').textContent === '4'",
+            timeout=scaled(5000))
+
+        items.update_one({"_id": present[0]}, {"$set": {"status": "paid"}})
+        changed = _cell(_key(present[0]), "status")
+        page.wait_for_selector(f"{changed}.flash", timeout=scaled(5000))
+        assert page.inner_text(changed) == '"paid"'
+        untouched = _cell(_key(present[0]), "total")
+        assert "flash" not in (page.get_attribute(untouched, "class") or "")
+
+        items.delete_one({"_id": present[2]})
+        page.wait_for_selector(_row(_key(present[2])), state="detached",
+                               timeout=scaled(5000))
+        assert page.inner_text("#documents-count") == "3"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-documents.png"),
+                        full_page=True)
+
+        # The network goes away, the collection changes meanwhile; back,
+        # the view takes a fresh snapshot and shows what is there now.
+        proxy.held = True
+        proxy.cut()
+        page.wait_for_selector("#documents[data-state=reconnecting]",
+                               timeout=scaled(10000))
+        assert page.locator("#docs-rows tr").count() == 3   # kept meanwhile
+        late = ObjectId()
+        items.insert_one({"_id": late, "status": "late"})
+        items.delete_one({"_id": added})
+        proxy.held = False
+        page.wait_for_selector(_row(_key(late)), timeout=scaled(35000))
+        page.wait_for_selector("#documents[data-state=live]", timeout=scaled(5000))
+        keys = page.eval_on_selector_all("#docs-rows tr",
+                                         "rs => rs.map((r) => r.dataset.key)")
+        assert sorted(keys) == sorted(_key(k) for k in (*present[:2], late))
+        assert page.inner_text("#documents-count") == "3"
+        assert not page.script_errors
+    finally:
+        proxy.close()
+
+
+def test_documents_view_drops_a_document_that_stops_matching(
+        mongo, mongo_client, namespace, gunicorn, browser_page):
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    page = browser_page
+    items = mongo_client[db][coll]
+    first, second, closed = ObjectId(), ObjectId(), ObjectId()
+    items.insert_many([{"_id": first, "status": "open"},
+                       {"_id": second, "status": "open"},
+                       {"_id": closed, "status": "closed"}])
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
+    open_documents(page, f"{db}.{coll}", '{"fullDocument.status": "open"}')
+    assert page.inner_text("#documents-count") == "2"
+    assert page.locator(_row(_key(closed))).count() == 0
+    # (void: evaluate would call the unsubscribe function on() returns)
+    page.evaluate("""window.leaves = [];
+      void wsproxy.documentsFeed.on('leave', (d) => leaves.push(d.documentKey._id))""")
+
+    items.update_one({"_id": first}, {"$set": {"status": "closed"}})
+    page.wait_for_selector(_row(_key(first)), state="detached",
+                           timeout=scaled(5000))
+    assert page.evaluate("leaves") == [{"$oid": str(first)}]
+    assert page.inner_text("#documents-count") == "1"
+    # One that starts matching enters.
+    items.update_one({"_id": closed}, {"$set": {"status": "open"}})
+    page.wait_for_selector(_row(_key(closed)), timeout=scaled(5000))
+    assert page.inner_text("#documents-count") == "2"
+    assert "docs_filter=" in page.url
     assert not page.script_errors
