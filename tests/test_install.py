@@ -214,3 +214,56 @@ def test_wsproxy_refusals_in_the_shop_are_http_statuses(installed, mongo,
     status, reason = refused(server.ws_url(),
                              subprotocols=["bearer", "wrong"])
     assert (status, reason) == (403, "unknown token")
+
+
+_LIVE_DOCUMENTS = """
+import json, sys, time
+from wsproxy.client import LiveDocuments, Snapshot, WSProxyClient
+url, ns, cookie = sys.argv[1:4]
+docs = LiveDocuments()
+with WSProxyClient(url, ns=ns, snapshot=True, headers={"Cookie": cookie},
+                   filter={"fullDocument.status": "open"}) as feed:
+    item = feed.receive(timeout=30)
+    assert isinstance(item, Snapshot), item
+    docs.apply(item)
+    print(json.dumps(sorted(docs.documents.values(), key=lambda d: d["n"])),
+          flush=True)
+    sys.stdin.readline()  # the test has changed the collection
+    deadline = time.monotonic() + 30
+    while len(docs.documents) != int(sys.argv[4]) and time.monotonic() < deadline:
+        docs.apply(feed.receive(timeout=1))
+print(json.dumps(sorted(docs.documents.values(), key=lambda d: d["n"])))
+"""
+
+
+def test_live_documents_from_the_installed_client(installed, mongo,
+                                                  mongo_client, namespace,
+                                                  gunicorn):
+    # A script of the user's, in the fresh venv, outside the repository:
+    # the current open orders of the shop, then their changes.
+    python, app_dir = installed
+    db, _ = namespace
+    orders = mongo_client[db]["orders"]
+    orders.insert_many([{"_id": n, "n": n, "card": "4111",
+                         "status": "open" if n % 2 else "paid"}
+                        for n in range(6)])
+    server = _serve(gunicorn, installed, mongo, db, "python:wsproxy.gunicorn")
+    import urllib.request
+    with urllib.request.urlopen(server.url + "/account/login/packing",
+                                timeout=scaled(5)) as r:
+        cookie = r.headers["Set-Cookie"].split(";", 1)[0]
+    with subprocess.Popen(
+            [python, "-c", _LIVE_DOCUMENTS, server.ws_url(), f"{db}.orders",
+             cookie, "2"],
+            cwd=app_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True) as script:
+        first = json.loads(script.stdout.readline())
+        # The packing station never sees card numbers.
+        assert first == [{"_id": n, "n": n, "status": "open"}
+                         for n in (1, 3, 5)]
+        orders.update_one({"_id": 3}, {"$set": {"status": "paid"}})
+        script.stdin.write("\n")
+        script.stdin.flush()
+        last = json.loads(script.stdout.readline())
+        assert [d["n"] for d in last] == [1, 5]
+        assert script.wait(scaled(30)) == 0
