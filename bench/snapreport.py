@@ -211,8 +211,8 @@ def _phase_lines(r):
     return [
         f"live clients: M={o['clients']}, {o['rate']:g} updates/s of "
         f"~900-byte documents, {o['duration']:g} s per phase; in phase B "
-        f"{o['snapshotters']} clients take {o['docs']:,}-document snapshots "
-        f"back to back", *_rows(rows),
+        f"snapshot clients ({o['snapshotters']}) take {o['docs']:,}-document "
+        f"snapshots back to back", *_rows(rows),
         "  ack: the writer's wait for SecantusDB (part of the latency); "
         "db: the same writes' latency on a plain change stream in its own "
         "process (the database's share); lag: wsproxy's "

@@ -247,7 +247,7 @@ def measure(opts, db_uri, db_pid, workdir):
         raw["t_ramp"] = writer.expect("MARK", deadline)["t"]
         snappers.send("GO")
         sampler("A1")
-        _say(f"phase B: the same, {opts.snapshotters} snapshot clients "
+        _say(f"phase B: the same, snapshot clients ({opts.snapshotters}) "
              f"taking {opts.docs:,}-document snapshots back to back ...")
         raw["t_B"] = writer.expect("MARK", deadline)["t"]
         sampler("B0")
