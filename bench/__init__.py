@@ -18,6 +18,11 @@ Run from the repository root (wsproxy needs its ``wsgi.py`` and
 Clients are "lean" (websockets' sans-I/O protocol on a bare asyncio
 Protocol) unless ``--client asyncio``; see :mod:`.connections` for why.
 
+``python -m bench.snapshot`` is a focused benchmark of live documents:
+live-event latency without and with full-size snapshots being taken on
+the same worker, and what a snapshot client's reconnect costs (see
+:mod:`.snapshot`).
+
 One concept per module:
 
 - ``__main__``      command line
@@ -28,8 +33,12 @@ One concept per module:
 - ``clientpool``    driver side of the client processes
 - ``loadclient``    a client process: N connections, per-message records
 - ``connections``   the two client connection implementations
-- ``writer``        the writer process: inserts at a fixed rate
+- ``writer``        the writer process: inserts (or updates) at a fixed rate
 - ``wire``          the shared message format (encode and cheap parse)
 - ``report``        statistics, the table, ratios, JSON output
 - ``baseline_tornado``, ``baseline_websockets``  the two baseline servers
+- ``snapshot``      ``python -m bench.snapshot``: command line and the run
+- ``snapclient``    a process of snapshot clients, back to back
+- ``streamprobe``   a plain change stream: the database's own latency
+- ``snapreport``    its statistics, table and JSON
 """

@@ -3,6 +3,8 @@
 Spreads M connections over P processes, talks to each over its
 stdin/stdout line protocol (every wait has a timeout), and merges their
 results and latency files. ``close()`` always stops every process group.
+With ``seqs=True`` the clients also record each latency's seq, and
+``finish`` leaves them in ``self.seqs`` (parallel to the latencies).
 """
 
 import os
@@ -17,10 +19,11 @@ from . import procs
 class ClientPool:
     def __init__(self, url, total, nprocs, workdir, *, hello=False,
                  first_seq=0, not_before=0.0, connect_timeout=60.0,
-                 client="lean"):
+                 client="lean", seqs=False):
         self.total = total
         self.workdir = workdir
         self.children = []
+        self.seqs = array("q") if seqs else None
         nprocs = max(1, min(nprocs, total))
         base, extra = divmod(total, nprocs)
         self._args = dict(url=url, hello=hello, first_seq=first_seq,
@@ -37,7 +40,8 @@ class ClientPool:
                 "--not-before", repr(a["not_before"]),
                 "--connect-timeout", str(a["connect_timeout"]),
                 "--client", a["client"]]
-        return argv + (["--hello"] if a["hello"] else [])
+        return (argv + (["--hello"] if a["hello"] else [])
+                + (["--seqs"] if self.seqs is not None else []))
 
     def start(self):
         log = os.path.join(self.workdir, "clients.log")
@@ -87,6 +91,9 @@ class ClientPool:
             path = os.path.join(self.workdir, f"lat-{c.index}.bin")
             with open(path, "rb") as f:
                 lat.frombytes(f.read())
+            if self.seqs is not None:
+                with open(path + ".seq", "rb") as f:
+                    self.seqs.frombytes(f.read())
         return merged, lat
 
     def close(self):

@@ -25,7 +25,7 @@ NAMESPACE = "bench.events"
 _interrupted = False
 
 
-def _interrupt(signum, frame):
+def interrupt(signum, frame):
     # The first Ctrl-C/SIGTERM stops the sweep; later ones are ignored so
     # they cannot cut the cleanup in the finally blocks short.
     global _interrupted
@@ -51,9 +51,9 @@ def _fmt(v, f):
 
 
 def main(opts):
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     # Installed even when started with SIGINT ignored (a background job).
-    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     nofile = procs.raise_nofile()
     if max(opts.clients) + 64 > nofile:
         _say(f"warning: RLIMIT_NOFILE {nofile} is low for "

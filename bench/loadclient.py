@@ -6,7 +6,9 @@ stdin/stdout (stderr is free for diagnostics)::
     -> CONNECTED {"ok": n, "failed": k, ...}   all connect attempts done
     <- FINISH <last_seq> <deadline_epoch>      the writer has finished
     -> RESULT {...}                            counts (latencies go to --out
-                                               as float64 milliseconds)
+                                               as float64 milliseconds, and
+                                               with --seqs each one's seq to
+                                               --out.seq as int64)
 
 Each received change is parsed with a regex (:data:`.wire.SEQ_T`), not JSON,
 and connections are "lean" by default (see :mod:`.connections`), to keep
@@ -46,6 +48,9 @@ class Load:
         self.opener = OPENERS[args.client]
         self.conns = [Conn() for _ in range(args.count)]
         self.lat_ms = array("d")
+        # The seq of each latency, for a driver that splits a run into
+        # phases by seq (bench.snapshot); None: not recorded.
+        self.seqs = array("q") if args.seqs else None
         self.first_recv = None
         self.last_recv = None
         self.stale = 0         # events from before this run (t < not_before)
@@ -69,7 +74,7 @@ class Load:
     def receiver(self, c):
         """The per-message callback for connection ``c``: the hot path."""
         first_seq, not_before = self.args.first_seq, self.args.not_before
-        lat, seen = self.lat_ms, c.seen
+        lat, seen, seqs = self.lat_ms, c.seen, self.seqs
         search_b, search_s = SEQ_T_BYTES.search, SEQ_T.search
         now_f = time.time
 
@@ -96,6 +101,8 @@ class Load:
             else:
                 c.max_seq = seq
             lat.append((now - t) * 1000.0)
+            if seqs is not None:
+                seqs.append(seq)
             if self.first_recv is None:
                 self.first_recv = now
             self.last_recv = now
@@ -216,6 +223,9 @@ async def main(args):
     load.closing = True
     with open(args.out, "wb") as f:
         load.lat_ms.tofile(f)
+    if load.seqs is not None:
+        with open(args.out + ".seq", "wb") as f:
+            load.seqs.tofile(f)
     _say("RESULT", load.result(timed_out, _cpu() - cpu0))
     # Close politely but boundedly (each close() has its own timeout).
     links = [c.link for c in load.conns if c.link is not None]
@@ -236,6 +246,8 @@ def cli(argv=None):
     p.add_argument("--hello", action="store_true",
                    help="wait for the server's hello before counting a "
                         "connection as established")
+    p.add_argument("--seqs", action="store_true",
+                   help="also write each latency's seq to OUT.seq")
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=32,
                    help="handshakes in flight at once")

@@ -37,3 +37,18 @@ def encode_change(change):
 def bench_document(seq, t, pad=200):
     """The document the writer inserts."""
     return {"seq": seq, "t": t, "pad": "x" * pad}
+
+
+_CUSTOMERS = ("ada", "grace", "linus", "margaret", "ken", "barbara")
+
+
+def order_document(i, seq=-1, t=0.0):
+    """A seeded document of the snapshot benchmark: an order of about 900
+    bytes of JSON (the size of the demo's and bench.framing's events'
+    documents), with ``seq`` and ``t`` adjacent so an update that sets
+    them is measured by :data:`SEQ_T` like an insert."""
+    return {"_id": i, "seq": seq, "t": t, "customer": _CUSTOMERS[i % 6],
+            "status": "paid", "created": "2026-11-28T10:00:00Z",
+            "items": [{"sku": f"SKU-{(i + n) % 1000:03d}", "qty": n + 1,
+                       "price": 9.99} for n in range(15)],
+            "note": "left at the door " * 4}

@@ -5,10 +5,17 @@ clients disturb its schedule. Documents are ``{"seq": i, "t": time.time(),
 "pad": "x"*200}``; seqs ``0..warmup-1`` are warm-up, then ``rate*duration``
 measured ones. Inserts follow an absolute schedule (``t0 + i/rate``): when
 an insert is slow the writer catches up instead of drifting, and reports
-how far behind it fell. Protocol on stdout::
+how far behind it fell. With ``--update N`` it updates instead of
+inserting: write ``i`` sets ``seq`` and ``t`` of the seeded document
+``_id = i % N`` (the snapshot benchmark's collection keeps its size).
+Protocol on stdout::
 
     MEASURE <epoch>   the first measured insert is about to happen
-    DONE {...}        all inserts done (counts, times, achieved rate)
+    MARK {...}        a ``--mark`` seq is about to be written (seq, t)
+    DONE {...}        all inserts done (counts, times, achieved rate, and
+                      by seq: ``sent_at``, each write's epoch, and
+                      ``ack_ms``, how long it took to be acknowledged --
+                      the database's share of the clients' latency)
 """
 
 import argparse
@@ -22,11 +29,12 @@ from .procs import die_with_parent
 from .wire import bench_document
 
 
-def write(coll, rate, warmup, count):
+def write(coll, rate, warmup, count, update=0, marks=()):
     interval = 1.0 / rate
     start = time.monotonic()
     behind = 0.0
     t_first = None
+    acks, sent_at = [], []
     for seq in range(warmup + count):
         due = start + seq * interval
         now = time.monotonic()
@@ -37,8 +45,20 @@ def write(coll, rate, warmup, count):
         if seq == warmup:
             t_first = time.time()
             print(f"MEASURE {t_first!r}", flush=True)  # a JSON number
-        coll.insert_one(bench_document(seq, time.time()))
-    return t_first, behind
+        if seq in marks:
+            print("MARK " + json.dumps({"seq": seq, "t": time.time()}),
+                  flush=True)
+        sent, t = time.monotonic(), time.time()
+        if update:
+            # Distinct documents while seq < N, so each change's looked-up
+            # fullDocument still holds this write's seq and t.
+            coll.update_one({"_id": seq % update},
+                            {"$set": {"seq": seq, "t": t}})
+        else:
+            coll.insert_one(bench_document(seq, t))
+        acks.append(round((time.monotonic() - sent) * 1000.0, 3))
+        sent_at.append(t)
+    return t_first, behind, acks, sent_at
 
 
 def cli(argv=None):
@@ -49,6 +69,10 @@ def cli(argv=None):
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--warmup-count", type=int, default=0,
                    help="warm-up documents written before the measured ones")
+    p.add_argument("--update", type=int, default=0, metavar="N",
+                   help="update seeded documents 0..N-1 instead of inserting")
+    p.add_argument("--mark", type=int, action="append", default=[],
+                   metavar="SEQ", help="say MARK just before writing SEQ")
     args = p.parse_args(argv)
     die_with_parent()
     db, coll = args.ns.split(".", 1)
@@ -57,13 +81,16 @@ def cli(argv=None):
         client.admin.command("ping")  # connect before the schedule starts
         warm = args.warmup_count
         count = max(1, int(round(args.rate * args.duration)))
-        t_first, behind = write(client[db][coll], args.rate, warm, count)
+        t_first, behind, acks, sent_at = write(
+            client[db][coll], args.rate, warm, count,
+            update=args.update, marks=set(args.mark))
         t_last = time.time()
         print("DONE " + json.dumps({
             "first_seq": warm, "last_seq": warm + count - 1, "written": count,
             "t_first": t_first, "t_last": t_last,
             "achieved_rate": count / max(1e-9, t_last - t_first),
-            "max_behind_s": behind}), flush=True)
+            "max_behind_s": behind, "ack_ms": acks, "sent_at": sent_at}),
+              flush=True)
     finally:
         client.close()
 
