@@ -177,15 +177,17 @@ def test_the_merge_waits_for_the_live_feed_to_pass_the_read():
     assert snapshot._wait_for_feed(
         inputs, client, Timestamp(9, 5), 100.0, time.monotonic() + 10)
     assert inputs.submitted == []
+    # As far as the read: what shares its time changes nothing when applied.
+    assert snapshot._wait_for_feed(
+        inputs, client, Timestamp(10, 1), 100.0, time.monotonic() + 10)
     # Not yet, and the watcher has not been idle since: until the deadline.
-    inputs.through = Timestamp(10, 1)
     assert not snapshot._wait_for_feed(
-        inputs, client, Timestamp(10, 1), 100.0, 0.0)
+        inputs, client, Timestamp(10, 2), 100.0, 0.0)
     # The watcher found nothing new after the read: a barrier behind
     # what it read, and the merge waits for it.
     inputs.caught_up = 101.0
     assert snapshot._wait_for_feed(
-        inputs, client, Timestamp(10, 1), 100.0, time.monotonic() + 10)
+        inputs, client, Timestamp(10, 2), 100.0, time.monotonic() + 10)
     assert len(inputs.submitted) == 1
 
 
@@ -194,7 +196,10 @@ def test_snapshots_at_once_are_bounded_then_1013():
     slots.acquire()
     inputs = snapshot.SnapshotInputs(
         mongo=None, submit=None, published_through=None,
-        watcher_caught_up_as_of=None, last_id=None, slots=slots,
+        watcher_caught_up_as_of=None, last_id=None,
+        broadcaster_idle=threading.Event(), published_at=lambda: 0.0,
+        slice_lock=threading.Lock(),
+        slots=slots,
         stopping=threading.Event(), slot_wait=0.01, time_limit=1.0)
     client = FakeClient(_sub())
     snapshot.run(inputs, LiveDocuments(client, max_held=10))

@@ -57,6 +57,8 @@ class ProxyState:
         self.connect_rate = throttle.KeyedRateLimit(
             config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"]
         )
+        # One snapshot's slice of CPU work at a time (wsproxy.snapshot).
+        self.snapshot_slice_lock = threading.Lock()
         # Bounds how many snapshots are read at once.
         self.snapshot_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_SNAPSHOTS"]

@@ -169,6 +169,13 @@ class Hub:
         # every earlier event has been offered to every member, so the live
         # feed will never bring one again (see resume.CatchUp).
         self.published_through = None
+        # Set while the broadcaster waits for work: background work that
+        # competes for the GIL (a snapshot) runs in the gaps (see
+        # wsproxy.snapshot), so fan-out never waits for it.
+        self.idle = threading.Event()
+        # When the last change was published (monotonic): whether live
+        # traffic is flowing, for the same pacing.
+        self.published_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -307,7 +314,12 @@ class Hub:
 
     def _run(self):
         while True:
-            item = self.intake.get()
+            try:
+                item = self.intake.get_nowait()
+            except queue.Empty:
+                self.idle.set()
+                item = self.intake.get()
+                self.idle.clear()
             if item is _STOP:
                 return
             try:
@@ -325,6 +337,7 @@ class Hub:
         cluster_time = change.raw.get("clusterTime")
         if cluster_time is not None:
             self.published_through = cluster_time
+        self.published_at = time.monotonic()
         with self._lock:
             self._history.append(change)
             self._positions[change.id] = self._next_position

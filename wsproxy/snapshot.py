@@ -16,6 +16,18 @@ Snapshots read at once are bounded per worker (``WSPROXY_MAX_SNAPSHOTS``;
 others wait ``WSPROXY_CLOSE_TIMEOUT``, then 1013) and each is bounded in
 time (``WSPROXY_CATCHUP_TIMEOUT``). Nothing here runs on the broadcaster
 or under a lock other clients need.
+
+The GIL and the CPU are another matter. Decoding and encoding 10,000
+documents is most of a second of CPU, and the broadcaster gives the GIL
+up at every socket write of its fan-out: a busy snapshot thread took it
+back each time, for up to a switch interval (5 ms), so live events to
+other clients waited seconds (``python -m bench.snapshot``). So a
+snapshot works in slices of :data:`SLICE_DOCS` documents (about a
+millisecond each) and, between slices, waits while the broadcaster is
+busy; and while live changes are flowing it also rests as long as its
+last slice took. Slices of all the worker's snapshots take turns (one
+lock), so together they use at most half the time while live changes
+flow (:class:`Pacer`). Live fan-out comes first; snapshots use the gaps.
 """
 
 import dataclasses
@@ -42,6 +54,13 @@ log = logging.getLogger(__name__)
 # A snapshot holds its documents until they are merged and sent: this
 # bounds that memory per snapshot (WSPROXY_MAX_SNAPSHOTS at once).
 MAX_READ_BYTES = 64 << 20
+# Documents decoded or encoded between two looks at the broadcaster (about
+# a millisecond of work), and the longest wait for it to be idle, so that
+# a continuously busy broadcaster slows snapshots without stopping them.
+SLICE_DOCS = 32
+PACE_WAIT = 0.005
+# Live traffic counts as flowing if a change was published this recently.
+LIVE_WITHIN = 0.25
 _RAW = CodecOptions(document_class=RawBSONDocument)
 
 
@@ -55,6 +74,9 @@ class SnapshotInputs:
     published_through: Callable  # () -> clusterTime of the last published change
     watcher_caught_up_as_of: Callable  # () -> monotonic time, or None
     last_id: Callable  # () -> id of the last change published, or None
+    broadcaster_idle: threading.Event  # Hub.idle
+    published_at: Callable  # () -> monotonic time of the last publish
+    slice_lock: threading.Lock  # one snapshot slice at a time (Pacer)
     slots: threading.BoundedSemaphore  # snapshots at once in this worker
     stopping: threading.Event
     slot_wait: float
@@ -69,6 +91,9 @@ class SnapshotInputs:
             published_through=lambda: hub.published_through,
             watcher_caught_up_as_of=lambda: source.caught_up_as_of,
             last_id=hub.last_id,
+            broadcaster_idle=hub.idle,
+            published_at=lambda: hub.published_at,
+            slice_lock=state.snapshot_slice_lock,
             slots=state.snapshot_slots,
             stopping=state.stopping,
             slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
@@ -126,14 +151,15 @@ def _take(inputs, member):
     started = time.monotonic()
     deadline = started + inputs.time_limit
     since = inputs.last_id()  # the snapshot reflects at least this far
-    docs, complete, read_end = read(inputs.mongo, query, deadline)
+    pace = Pacer(inputs)
+    docs, complete, read_end = read(inputs.mongo, query, deadline, pace)
     read_done = time.monotonic()
     if not _wait_for_feed(inputs, client, read_end, read_done, deadline):
         if _stopped(inputs, client):
             return
         log.info("client %s: the live feed is slow; merging anyway", client.id)
     kept = member.take_kept(next_phase="sending")
-    held, texts = merge(member.subscription, docs, kept, entering=complete)
+    held, texts = merge(member.subscription, docs, kept, entering=complete, pace=pace)
     member.hold(held)
     for message in _messages(texts):
         if not _wait_for_room(inputs, client, deadline):
@@ -157,7 +183,60 @@ def _take(inputs, member):
     )
 
 
-def read(mongo, query, deadline):
+class Pacer:
+    """Slices of a snapshot's CPU work: ``with pace:`` around a loop that
+    calls ``pace()`` once per document. Within the block this snapshot
+    holds the worker's slice lock; every SLICE_DOCS documents it rests
+    (while live changes flow) as long as the slice took, still holding
+    it, so no other snapshot works meanwhile; then lets it go and waits
+    (up to PACE_WAIT) for the broadcaster to be idle."""
+
+    def __init__(self, inputs):
+        self._inputs = inputs
+        self._count = 0
+        self._began = 0.0
+
+    def __enter__(self):
+        self._inputs.slice_lock.acquire()
+        self._began = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self._inputs.slice_lock.release()
+
+    def __call__(self):
+        self._count += 1
+        if self._count % SLICE_DOCS:
+            return
+        inputs = self._inputs
+        now = time.monotonic()
+        if now - inputs.published_at() < LIVE_WITHIN:
+            time.sleep(now - self._began)
+        inputs.slice_lock.release()
+        try:
+            inputs.broadcaster_idle.wait(PACE_WAIT)
+        finally:
+            inputs.slice_lock.acquire()
+        self._began = time.monotonic()
+
+
+class _NoPace:
+    """Pacer's interface, doing nothing (tests, tools)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def __call__(self):
+        pass
+
+
+_no_pace = _NoPace()
+
+
+def read(mongo, query, deadline, pace=_no_pace):
     """The matching documents in order (decoded), whether that is all of
     them, and the read's operation time."""
     coll = mongo[query.db].get_collection(
@@ -173,8 +252,9 @@ def read(mongo, query, deadline):
             session=session,
             max_time_ms=max(1, int((deadline - time.monotonic()) * 1000)),
         )
-        with cursor:
+        with cursor, pace:
             for raw in cursor:
+                pace()
                 size += len(raw.raw)
                 if len(docs) == query.limit or size > MAX_READ_BYTES:
                     complete = False
@@ -185,12 +265,18 @@ def read(mongo, query, deadline):
 
 def _wait_for_feed(inputs, client, read_end, read_done, deadline):
     """Until the live feed has offered every change up to ``read_end``:
-    it has published a later one, or the watcher found nothing new after
-    the read ended and everything it read before has been published."""
+    it has published one at least that late, or the watcher found nothing
+    new after the read ended and everything it read before has been
+    published.
+
+    "At least that late": changes come in cluster-time order, so every
+    earlier one has been offered; one that shares ``read_end`` exactly
+    (a transaction's) may still come later, as a change, but nothing the
+    read saw can be newer than it, so applying it changes nothing."""
     while not _stopped(inputs, client) and time.monotonic() < deadline:
         through = inputs.published_through()
         try:
-            if read_end is not None and through is not None and through > read_end:
+            if read_end is not None and through is not None and through >= read_end:
                 return True
         except TypeError:
             pass
@@ -204,7 +290,7 @@ def _wait_for_feed(inputs, client, read_end, read_done, deadline):
     return False
 
 
-def merge(sub, docs, kept, entering=True):
+def merge(sub, docs, kept, entering=True, pace=_no_pace):
     """The snapshot ``docs`` with the ``kept`` changes applied, judged by
     ``sub``: returns ``(held, texts)``, the ``(key, _id)`` of every document
     sent and each document's JSON, in order (read order, then new ones).
@@ -229,18 +315,19 @@ def merge(sub, docs, kept, entering=True):
             doc = raw.get("fullDocument") if op != "delete" else None
             states[key] = (_id, change) if isinstance(doc, Mapping) else None
     held, texts = [], []
-    for key, state in states.items():
-        if state is None:
-            continue
-        _id, source = state
-        shown = (
-            _judge_change(sub, source)
-            if isinstance(source, codec.Change)
-            else (_judge_document(sub, source))
-        )
-        if shown is not None:
-            held.append((key, _id))
-            texts.append(codec.dumps(shown))
+    with pace:
+        for key, state in states.items():
+            if state is None:
+                continue
+            pace()
+            _id, source = state
+            if isinstance(source, codec.Change):
+                shown = _judge_change(sub, source)
+            else:
+                shown = _judge_document(sub, source)
+            if shown is not None:
+                held.append((key, _id))
+                texts.append(codec.dumps(shown))
     return held, texts
 
 
