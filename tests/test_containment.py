@@ -18,6 +18,7 @@ class _Recorder:
     """A hub member that records frames; ``wants`` may be made to block."""
 
     max_messages, max_bytes = 1000, 1 << 30
+    deflate_bits = None
 
     def __init__(self, wants=None):
         import threading
@@ -33,7 +34,7 @@ class _Recorder:
             def wants(self, change):
                 return wants(change) if wants else True
 
-            def frame(self, change):
+            def frame(self, change, deflate_bits=None):
                 return EVERYTHING.frame(change)
 
         self.subscription = Sub()
@@ -478,7 +479,7 @@ def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
     from wsproxy.websocket import GuardedSocket
     ours, theirs = socket.socketpair()
     conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
-                                 wake=threading.Event())
+                                 wake=threading.Event(), deflate_bits=None)
     client = ClientConnection(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0, close_timeout=1,
                     subscription=subscription, remote_addr="10.1.1.1")

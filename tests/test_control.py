@@ -214,7 +214,7 @@ class _Swapping:
         self.client.replace_subscription(self.replacement, self.reply)
         return True
 
-    def frame(self, change):
+    def frame(self, change, deflate_bits=None):
         return codec.frame('{"type": "change", "by": "old"}')
 
 
@@ -225,7 +225,7 @@ class _Only:
     def wants(self, change):
         return self.wanted
 
-    def frame(self, change):
+    def frame(self, change, deflate_bits=None):
         return codec.frame('{"type": "change", "by": "new"}')
 
 

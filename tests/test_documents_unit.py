@@ -29,6 +29,7 @@ def _sub(principal=ANYONE, **args):
 
 class FakeClient:
     max_messages, max_bytes = 100, 1 << 20
+    deflate_bits = None
     id = 1
     closing = ended = False
 

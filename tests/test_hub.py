@@ -15,6 +15,7 @@ SEALER = sealer_for_tests()
 
 
 class FakeClient:
+    deflate_bits = None
     def __init__(self, subscription=EVERYTHING, accept=True):
         self.subscription = subscription
         self.accept = accept

@@ -299,6 +299,13 @@ SETTINGS = (
         "WSPROXY_PING_INTERVAL", 25.0, _not_negative, "Heartbeat seconds; 0 disables."
     ),
     Setting(
+        "WSPROXY_COMPRESSION",
+        "independent",
+        _choice("off", "independent"),
+        "permessage-deflate for clients that offer it: each message "
+        "compressed once, on its own, for everyone.",
+    ),
+    Setting(
         "WSPROXY_MAX_MESSAGE_SIZE",
         4096,
         _positive_int,

@@ -69,6 +69,9 @@ class ClientConnection:
         self.id = next(self._ids)
         self.conn = conn
         self.sock = conn.sock
+        # The window of the permessage-deflate the client negotiated (its
+        # changes are sent compressed, see wsproxy.codec), or None.
+        self.deflate_bits = conn.deflate_bits
         self.subscription = subscription
         self.remote_addr = remote_addr
         self.max_messages = max_messages
@@ -98,7 +101,7 @@ class ClientConnection:
         """Offer ``change`` if subscribed; True if it was handed over."""
         sub = self.subscription
         while sub.wants(change):
-            handed = self._offer(sub.frame(change), sub)
+            handed = self._offer(sub.frame(change, self.deflate_bits), sub)
             if handed is not None:
                 return handed
             # The subscription was replaced meanwhile: judge it again.

@@ -214,13 +214,14 @@ class LiveDocuments:
         raw = change.raw
         op = raw.get("operationType")
         sub = self.subscription
+        bits = self.client.deflate_bits
         held = self._held
         if op in DOCUMENT_OPS:
             doc = raw.get("fullDocument")
             _id = event_id(raw)
             key = document_key(_id)
             if isinstance(doc, Mapping) and sub.matches(change):
-                frames = [sub.frame(change)]
+                frames = [sub.frame(change, bits)]
                 if held is not None:
                     held[key] = _id
                     held.move_to_end(key)
@@ -231,19 +232,19 @@ class LiveDocuments:
             if held is None:
                 # Every document matches: this one was deleted since
                 # (fullDocument null), which the client applies.
-                return [sub.frame(change)] if doc is None else []
+                return [sub.frame(change, bits)] if doc is None else []
             if held.pop(key, _MISSING) is not _MISSING:
                 return [self._leave(_id, change.id)]
             return []
         if op == "delete":
             _id = event_id(raw)
             if held is None or held.pop(document_key(_id), _MISSING) is not _MISSING:
-                return [sub.frame(change)]
+                return [sub.frame(change, bits)]
             return []
         if op in CLEARING_OPS:
             if held is not None:
                 held.clear()
-            return [sub.frame(change)]
+            return [sub.frame(change, bits)]
         return []
 
     @staticmethod

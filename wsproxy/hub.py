@@ -137,7 +137,9 @@ class _Joining:
                     return
             self.client.preload(
                 [
-                    item if isinstance(item, (bytes, bytearray)) else sub.frame(item)
+                    item
+                    if isinstance(item, (bytes, bytearray))
+                    else sub.frame(item, self.client.deflate_bits)
                     for item in batch
                     if isinstance(item, (bytes, bytearray)) or sub.wants(item)
                 ]
@@ -265,7 +267,11 @@ class Hub:
             sub = client.subscription
             client.preload(
                 [codec.frame(hello("history"))]
-                + [sub.frame(change) for change in backlog if sub.wants(change)]
+                + [
+                    sub.frame(change, client.deflate_bits)
+                    for change in backlog
+                    if sub.wants(change)
+                ]
             )
             joining.go_live()
         except BaseException:

@@ -123,7 +123,9 @@ class CatchUp:
             return self.client.on_change(change)
         # Filtered and encoded outside the lock (this is the broadcaster,
         # doing for this client what it does for every live one).
-        data = sub.frame(change) if sub.wants(change) else None
+        data = (
+            sub.frame(change, self.client.deflate_bits) if sub.wants(change) else None
+        )
         with self._lock:
             if self.spliced:
                 # The seam was found meanwhile, at an earlier event: this
@@ -173,7 +175,9 @@ class CatchUp:
         sub = self.subscription
         # The client's filter, on the decoded event, and the encoding, only
         # if wanted: both outside the lock.
-        data = sub.frame(change) if sub.wants(change) else None
+        data = (
+            sub.frame(change, self.client.deflate_bits) if sub.wants(change) else None
+        )
         with self._lock:
             if self.spliced:
                 return False

@@ -115,7 +115,11 @@ class Subscription:
             return True
         return f"{db}.{ns.get('coll')}" in self.namespaces
 
-    def frame(self, change):
+    def frame(self, change, deflate_bits=None):
+        """The frame of ``change`` for this subscription, compressed for a
+        client that negotiated permessage-deflate with ``deflate_bits``."""
+        if deflate_bits is not None:
+            return change.deflated_frame(self.hide, deflate_bits)
         return change.redacted_frame(self.hide) if self.hide else change.frame
 
 

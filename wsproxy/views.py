@@ -176,6 +176,7 @@ def _admit(state, config):
         max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
         frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
         frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
+        compression=config["WSPROXY_COMPRESSION"] != "off",
     )
     return Admission(sub, resume_id, principal, pending)
 

@@ -28,10 +28,16 @@ simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
   per message, and the message size limit in bytes. After a breach the
   reader passes on nothing but the peer's close reply, and the handler
   thread closes the connection (1008, or 1009 for size) with a reason.
-* **permessage-deflate is declined**: simple-websocket accepts it whenever
-  offered, and compressing every message per connection costs ~2,000x the
-  shared frame (``python -m bench.framing``), so the offer is
-  removed before the handshake.
+* **permessage-deflate is wsproxy's**: simple-websocket accepts it
+  whenever offered and would compress every message per connection
+  (~2,000x the cost of a shared frame, ``python -m bench.framing``).
+  wsproxy writes its data frames itself, compressed once for everyone
+  (see :mod:`wsproxy.codec`), so the handshake accepts the offer with
+  :class:`BoundedDeflate` (or declines it when ``WSPROXY_COMPRESSION`` is
+  off), and :attr:`Connection.deflate_bits` tells the window the client
+  allowed. Incoming compressed messages are inflated at most to the
+  message size limit: a small compressed "bomb" is closed with 1009
+  without being inflated whole.
 
 Written against simple-websocket 1.1, wsproto 1.2-1.3 and flask-sock 0.7
 (pinned with upper bounds in ``pyproject.toml``).
@@ -46,10 +52,20 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 
 import flask_sock
 import simple_websocket
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from .errors import ClientError
@@ -235,19 +251,77 @@ class FramePolicy:
         return None
 
 
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate whose inbound side inflates a message to at most
+    ``max_message_bytes`` (then the message is refused with 1009, unread
+    beyond that): wsproto would inflate each frame whole, and a few KB of
+    deflate can inflate a thousandfold."""
+
+    def __init__(self, max_message_bytes):
+        super().__init__()
+        self.max_message_bytes = max_message_bytes
+        self._inflated = 0  # bytes of the current message so far
+
+    def frame_inbound_payload_data(self, proto, data):
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        return self._bounded(self._decompressor.decompress, bytes(data))
+
+    def frame_inbound_complete(self, proto, fin):
+        if fin and self._inbound_compressed and self._inbound_is_compressible:
+            # What wsproto does, bounded: the tail RFC 7692 strips, then
+            # whatever the decompressor still holds.
+            assert self._decompressor is not None
+            data = self._bounded(self._decompressor.decompress, b"\x00\x00\xff\xff")
+            if isinstance(data, CloseReason):
+                return data
+            self._inflated = 0
+            if self.client_no_context_takeover:
+                self._decompressor = None
+            self._inbound_compressed = None
+            return data
+        if fin:
+            self._inflated = 0
+        return super().frame_inbound_complete(proto, fin)
+
+    def _bounded(self, decompress, data):
+        room = self.max_message_bytes - self._inflated if self.max_message_bytes else 0
+        try:
+            if not self.max_message_bytes:
+                out = decompress(data)
+            else:
+                out = decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self.max_message_bytes and self._inflated > self.max_message_bytes:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+
 class _PolicedEvents:
     """The wsproto connection as the reader thread sees it: only the events
-    the policy admits reach simple-websocket."""
+    the policy admits reach simple-websocket, and the handshake accepts
+    wsproxy's permessage-deflate (or none)."""
 
     # After a breach, bytes still parsed while looking for the peer's close
     # reply; past that a flood is read and dropped unparsed until the
     # handler's close timeout cuts the connection.
     DRAIN_BYTES = 64 * 1024
 
-    def __init__(self, connection, policy):
+    def __init__(self, connection, policy, deflate):
         self._connection = connection
         self._policy = policy
+        self._deflate = deflate  # a BoundedDeflate, or None: declined
         self._after_breach = 0
+
+    def send(self, event):
+        if isinstance(event, AcceptConnection):
+            event = dataclasses.replace(
+                event, extensions=[self._deflate] if self._deflate else []
+            )
+        return self._connection.send(event)
 
     def receive_data(self, data):
         if self._policy.breach is not None:
@@ -269,14 +343,15 @@ class _PolicedEvents:
 class _Server(simple_websocket.Server):
     """simple-websocket's server with a frame policy in its reader."""
 
-    def __init__(self, environ, *, policy, **options):
+    def __init__(self, environ, *, policy, deflate, **options):
         self._policy = policy
+        self.deflate = deflate
         super().__init__(environ, **options)
 
     def handshake(self):
         # Called by the base constructor once self.ws exists and before the
         # reader thread starts.
-        self.ws = _PolicedEvents(self.ws, self._policy)
+        self.ws = _PolicedEvents(self.ws, self._policy, self.deflate)
         super().handshake()
 
 
@@ -313,15 +388,23 @@ class Pending:
     wake: threading.Event
     environ: dict
     policy: FramePolicy
+    deflate: BoundedDeflate | None
 
 
 def prepare(
-    environ, *, send_timeout, subprotocols, max_message_size, frame_rate, frame_burst
+    environ,
+    *,
+    send_timeout,
+    subprotocols,
+    max_message_size,
+    frame_rate,
+    frame_burst,
+    compression=True,
 ):
     """Before the handshake (a ``before_request``): put the guarded socket
-    and wsproxy's own server options in ``environ``, decline compression.
-    Raises ClientError (500) when the WSGI server cannot hand its socket
-    over."""
+    and wsproxy's own server options in ``environ``; with ``compression``
+    accept a permessage-deflate offer. Raises ClientError (500) when the
+    WSGI server cannot hand its socket over."""
     key = next((k for k in _SOCKET_KEYS if k in environ), None)
     if key is None:
         raise ClientError(
@@ -331,7 +414,7 @@ def prepare(
         )
     guarded = GuardedSocket(environ[key], send_timeout)
     environ[key] = guarded
-    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    deflate = BoundedDeflate(max_message_size) if compression else None
     # The reader thread sets this on every message and on close; the
     # connection's handler thread waits on it together with the outbox.
     wake = threading.Event()
@@ -346,12 +429,13 @@ def prepare(
         # In bytes, by the policy; simple-websocket would count characters.
         "max_message_size": None,
         "policy": policy,
+        "deflate": deflate,
         "event_class": lambda: wake,
         # Heartbeats are the handler thread's (ClientConnection.run), never a second
         # pinger in the reader thread.
         "ping_interval": None,
     }
-    return Pending(guarded, wake, environ, policy)
+    return Pending(guarded, wake, environ, policy, deflate)
 
 
 def _server(environ, **host_options):
@@ -384,6 +468,14 @@ class Connection:
         self.sock = pending.sock
         self.wake = pending.wake
         self._policy = pending.policy
+        deflate = pending.deflate
+        # The window our compressed frames may use, if the client offered
+        # permessage-deflate (wsproto checked the offer: 9..15 bits).
+        self.deflate_bits = (
+            deflate.server_max_window_bits
+            if deflate is not None and deflate.enabled()
+            else None
+        )
 
     @property
     def breach(self):
@@ -454,6 +546,7 @@ def open_for_test(
     max_message_size=None,
     frame_rate=1000,
     frame_burst=1000,
+    compression=True,
 ):
     """Prepare and accept a connection outside Flask (unit tests): the same
     path as a request, without flask-sock's wrapper."""
@@ -464,5 +557,6 @@ def open_for_test(
         max_message_size=max_message_size,
         frame_rate=frame_rate,
         frame_burst=frame_burst,
+        compression=compression,
     )
     return Connection(_server(environ), pending)
