@@ -14,9 +14,15 @@ Run from the repository root (wsproxy needs its ``wsgi.py`` and
     python -m bench --quick        # smoke: 1,10 clients, 2 s
     python -m bench --servers tornado,websockets --clients 1,100 \
         --duration 3 --json results.json
+    python -m bench --deflate --mix demo --servers compression \
+        --clients 100,1000          # issue 14: compression compared
 
 Clients are "lean" (websockets' sans-I/O protocol on a bare asyncio
 Protocol) unless ``--client asyncio``; see :mod:`.connections` for why.
+With ``--deflate`` they offer permessage-deflate as browsers do and count
+the bytes they receive; ``--mix demo`` writes the demo's mix of order
+changes (see :mod:`.mix`), and the report adds a compression table: wire
+bytes and server CPU per delivered event against ``wsproxy-off``.
 
 ``python -m bench.snapshot`` is a focused benchmark of live documents:
 live-event latency without and with full-size snapshots being taken on
@@ -34,6 +40,7 @@ One concept per module:
 - ``loadclient``    a client process: N connections, per-message records
 - ``connections``   the two client connection implementations
 - ``writer``        the writer process: inserts (or updates) at a fixed rate
+- ``mix``           the demo's mix of order changes, measurable
 - ``wire``          the shared message format (encode and cheap parse)
 - ``report``        statistics, the table, ratios, JSON output
 - ``baseline_tornado``, ``baseline_websockets``  the two baseline servers

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .servers import SERVERS
+from .servers import DEFAULT, GROUPS, SERVERS
 
 
 def _ints(text):
@@ -11,11 +11,16 @@ def _ints(text):
 
 
 def _names(text):
-    names = [x.strip() for x in text.split(",") if x.strip()]
+    names = []
+    for x in (x.strip() for x in text.split(",")):
+        for name in GROUPS.get(x, (x,) if x else ()):
+            if name not in names:
+                names.append(name)
     unknown = [n for n in names if n not in SERVERS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown server(s) {unknown}; choose from {sorted(SERVERS)}")
+            f"unknown server(s) {unknown}; choose from {sorted(SERVERS)} "
+            f"or a group: {', '.join(GROUPS)}")
     return names
 
 
@@ -32,14 +37,23 @@ def parse(argv=None):
                    help="seconds of measured writing per run (default 10)")
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds of unmeasured writing first (default 2)")
-    p.add_argument("--servers", type=_names, default=list(SERVERS),
-                   help="comma-separated, from: " + ",".join(SERVERS))
+    p.add_argument("--servers", type=_names, default=list(DEFAULT),
+                   help="comma-separated (default " + ",".join(DEFAULT)
+                        + "), from: " + ",".join(SERVERS) + "; or 'compression' "
+                        "for " + ",".join(GROUPS["compression"]))
     p.add_argument("--procs", type=int, default=4,
                    help="client processes (default 4)")
     p.add_argument("--client", choices=("lean", "asyncio"), default="lean",
                    help="client connection implementation: websockets' "
                         "sans-I/O protocol on a bare asyncio Protocol (lean, "
                         "default) or its high-level asyncio API")
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate as browsers do "
+                        "and count the bytes they receive on the wire")
+    p.add_argument("--mix", choices=("bench", "demo"), default="bench",
+                   help="what the writer writes: benchmark documents "
+                        "(default) or the demo's inserts, updates, replaces "
+                        "and deletes of orders (see bench.mix)")
     p.add_argument("--drain", type=float, default=10.0,
                    help="max seconds after the last write to wait for "
                         "every client to get it (default 10)")

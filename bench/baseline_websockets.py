@@ -5,9 +5,12 @@ One task reads the change stream with PyMongo's native async API
 ``websockets.asyncio.server.broadcast`` for all connected clients.
 ``GET /readyz`` is answered by ``process_request``: 200 once the stream is
 open. Server options are the library defaults except the listen backlog.
+Compression is the library's default, ``deflate``: per connection, with
+context takeover, so ``broadcast`` compresses every message once per
+client that negotiated it; ``--compression none`` declines the offer.
 
     python -m bench.baseline_websockets --uri URI --watch db.coll \
-        --port P
+        --port P [--compression none]
 """
 
 import asyncio
@@ -58,10 +61,19 @@ async def watch(uri, namespace):
 
 async def main(args):
     # backlog as gunicorn's default (2048), for 1,000 simultaneous connects.
+    compression = None if args.compression == "none" else args.compression
     async with serve(handler, "127.0.0.1", args.port,
-                     process_request=process_request, backlog=2048):
+                     process_request=process_request, backlog=2048,
+                     compression=compression):
         await watch(args.uri, args.watch)  # returns only if the stream ends
 
 
+def arguments(parser):
+    parser.add_argument("--compression", choices=("deflate", "none"),
+                        default="deflate",
+                        help="permessage-deflate when a client offers it "
+                             "(the library's default) or never")
+
+
 if __name__ == "__main__":
-    sys.exit(run_baseline(main, __doc__))
+    sys.exit(run_baseline(main, __doc__, add_arguments=arguments))

@@ -19,7 +19,7 @@ from . import procs
 class ClientPool:
     def __init__(self, url, total, nprocs, workdir, *, hello=False,
                  first_seq=0, not_before=0.0, connect_timeout=60.0,
-                 client="lean", seqs=False):
+                 client="lean", seqs=False, deflate=False):
         self.total = total
         self.workdir = workdir
         self.children = []
@@ -28,7 +28,8 @@ class ClientPool:
         base, extra = divmod(total, nprocs)
         self._args = dict(url=url, hello=hello, first_seq=first_seq,
                           not_before=not_before,
-                          connect_timeout=connect_timeout, client=client)
+                          connect_timeout=connect_timeout, client=client,
+                          deflate=deflate)
         self._counts = [base + (1 if i < extra else 0) for i in range(nprocs)]
 
     def _argv(self, i, count):
@@ -41,6 +42,7 @@ class ClientPool:
                 "--connect-timeout", str(a["connect_timeout"]),
                 "--client", a["client"]]
         return (argv + (["--hello"] if a["hello"] else [])
+                + (["--deflate"] if a["deflate"] else [])
                 + (["--seqs"] if self.seqs is not None else []))
 
     def start(self):
@@ -86,6 +88,8 @@ class ClientPool:
                                      if x is not None), default=None)
                 elif isinstance(v, bool):
                     merged[k] = merged.get(k, False) or v
+                elif v is None or (k in merged and merged[k] is None):
+                    merged[k] = None  # not counted by some process
                 else:
                     merged[k] = merged.get(k, 0) + v
             path = os.path.join(self.workdir, f"lat-{c.index}.bin")

@@ -1,7 +1,10 @@
 """Two ways for a load client to hold one WebSocket connection.
 
-Both use the ``websockets`` library on asyncio, offer no compression
-(so no server compresses), accept any message size and send no pings.
+Both use the ``websockets`` library on asyncio, accept any message size
+and send no pings. By default they offer no compression (so no server
+compresses); with ``deflate=True`` they offer permessage-deflate as a
+browser does (``permessage-deflate; client_max_window_bits``: context
+takeover both ways, any window) and inflate what they receive.
 
 - ``lean`` (default): websockets' sans-I/O ``ClientProtocol`` (handshake,
   frame parsing, pong and close replies) driven straight from an
@@ -14,7 +17,10 @@ Both use the ``websockets`` library on asyncio, offer no compression
 
 Each ``open_*`` returns a connection with ``first_text`` (a future: the
 first text message, for wsproxy's hello), ``closed`` (a future set when the
-connection ends) and ``close()`` (bounded).
+connection ends) and ``close()`` (bounded). The lean connection also counts
+``wire_bytes``, everything read from its socket (handshake, frame headers,
+compressed payloads); the high-level API hides its transport, so there it
+is None.
 """
 
 import asyncio
@@ -23,18 +29,30 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
+def browser_offer():
+    """The extensions a browser offers: the factory's defaults are
+    Chrome's and Firefox's ``permessage-deflate; client_max_window_bits``."""
+    return [ClientPerMessageDeflateFactory()]
+
+
 class LeanConnection(asyncio.Protocol):
-    def __init__(self, url, on_message):
+    def __init__(self, url, on_message, deflate=False):
         loop = asyncio.get_running_loop()
         # extensions=None: permessage-deflate is not offered.
-        self.ws = ClientProtocol(parse_uri(url), max_size=None)
+        self.ws = ClientProtocol(parse_uri(url), max_size=None,
+                                 extensions=browser_offer() if deflate
+                                 else None)
         self.on_message = on_message
+        self.wire_bytes = 0
         self.opened = loop.create_future()
         self.first_text = loop.create_future()
         self.closed = loop.create_future()
@@ -54,6 +72,7 @@ class LeanConnection(asyncio.Protocol):
                 self.transport.write_eof()  # b"" means: half-close now
 
     def data_received(self, data):
+        self.wire_bytes += len(data)
         ws = self.ws
         ws.receive_data(data)
         for ev in ws.events_received():
@@ -106,12 +125,12 @@ class LeanConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_lean(url, on_message, timeout):
+async def open_lean(url, on_message, timeout, deflate=False):
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     transport, conn = await asyncio.wait_for(loop.create_connection(
-        lambda: LeanConnection(url, on_message), parts.hostname, parts.port),
-        timeout)
+        lambda: LeanConnection(url, on_message, deflate),
+        parts.hostname, parts.port), timeout)
     try:
         await asyncio.wait_for(asyncio.shield(conn.opened), timeout)
     except BaseException:
@@ -122,6 +141,8 @@ async def open_lean(url, on_message, timeout):
 
 class HighLevelConnection:
     """websockets' asyncio client, read by one task per connection."""
+
+    wire_bytes = None  # not counted: the library owns the transport
 
     def __init__(self, ws, on_message):
         loop = asyncio.get_running_loop()
@@ -159,8 +180,11 @@ class HighLevelConnection:
         self.ws.transport.abort()
 
 
-async def open_asyncio(url, on_message, timeout):
+async def open_asyncio(url, on_message, timeout, deflate=False):
+    # compression=None and our own offer: the library's "deflate" offers
+    # smaller windows and memory than a browser does.
     ws = await connect(url, compression=None, max_size=None, proxy=None,
+                       extensions=browser_offer() if deflate else None,
                        ping_interval=None, close_timeout=2,
                        open_timeout=timeout)
     return HighLevelConnection(ws, on_message)

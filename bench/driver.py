@@ -99,8 +99,14 @@ def main(opts):
             procs.stop_group(guard, timeout=5)
 
     if results:
+        report.add_off_ratios(results)
         print()
         print(report.table(results))
+        if opts.deflate or opts.mix != "bench":
+            print("\ncompression (clients offer permessage-deflate: "
+                  f"{'yes' if opts.deflate else 'no'}; writes: {opts.mix} "
+                  "mix):")
+            print(report.compression_table(results))
         ratio_lines = report.ratios(results)
         if ratio_lines:
             print("\nratios (wsproxy / baseline; msgs/s >1 is better, "

@@ -10,10 +10,16 @@ stdin/stdout (stderr is free for diagnostics)::
                                                with --seqs each one's seq to
                                                --out.seq as int64)
 
-Each received change is parsed with a regex (:data:`.wire.SEQ_T`), not JSON,
-and connections are "lean" by default (see :mod:`.connections`), to keep
-the client processes from being the bottleneck. Latency is receive time
-minus the document's ``t`` (both ``time.time()`` on this machine).
+Each received change is parsed with a regex (:func:`.wire.change_seq_t`),
+not JSON, and connections are "lean" by default (see :mod:`.connections`),
+to keep the client processes from being the bottleneck. Latency is receive
+time minus the document's ``t`` (both ``time.time()`` on this machine).
+
+With ``--deflate`` the connections offer permessage-deflate as browsers do.
+RESULT then tells, from CONNECTED on (handshakes and hellos excluded), the
+bytes read from the sockets (``wire_bytes``, lean connections only), the
+change messages they carried (``changes``, warm-up included) and those
+messages' inflated size (``payload_bytes``).
 """
 
 import argparse
@@ -26,7 +32,7 @@ from array import array
 
 from .connections import OPENERS
 from .procs import die_with_parent, raise_nofile
-from .wire import SEQ_T, SEQ_T_BYTES
+from .wire import change_seq_t
 
 
 class Conn:
@@ -56,6 +62,8 @@ class Load:
         self.stale = 0         # events from before this run (t < not_before)
         self.warmup = 0
         self.other = 0         # non-change messages (hello, status, ...)
+        self.changes = 0       # change messages, warm-up and stale included
+        self.payload = 0       # their bytes as received (inflated)
         self.target = None     # last seq, known once FINISH arrives
         self.pending = 0
         self.all_done = asyncio.Event()
@@ -75,20 +83,21 @@ class Load:
         """The per-message callback for connection ``c``: the hot path."""
         first_seq, not_before = self.args.first_seq, self.args.not_before
         lat, seen, seqs = self.lat_ms, c.seen, self.seqs
-        search_b, search_s = SEQ_T_BYTES.search, SEQ_T.search
+        seq_t = change_seq_t
         now_f = time.time
 
         def on_message(msg):
             now = now_f()
-            m = search_s(msg) if isinstance(msg, str) else search_b(msg)
-            if m is None:
+            found = seq_t(msg)
+            if found is None:
                 self.other += 1
                 return
-            t = float(m[2])
+            self.changes += 1
+            self.payload += len(msg)
+            seq, t = found
             if t < not_before:
                 self.stale += 1
                 return
-            seq = int(m[1])
             if seq < first_seq:
                 self.warmup += 1
                 return
@@ -117,7 +126,8 @@ class Load:
             link = None
             try:
                 link = await self.opener(a.url, self.receiver(c),
-                                         max(1.0, deadline - time.monotonic()))
+                                         max(1.0, deadline - time.monotonic()),
+                                         deflate=a.deflate)
                 if a.hello:
                     # wsproxy greets first; a client counts as connected
                     # only once the server has it registered.
@@ -163,7 +173,14 @@ class Load:
         if self.pending <= 0:
             self.all_done.set()
 
-    def result(self, timed_out, cpu_s):
+    def wire_bytes(self):
+        """Bytes read by all open connections so far; None if not counted."""
+        links = [c.link for c in self.conns if c.link is not None]
+        if any(x.wire_bytes is None for x in links):
+            return None
+        return sum(x.wire_bytes for x in links)
+
+    def result(self, timed_out, cpu_s, wire_bytes):
         cs = self.conns
         return {
             "connections": len(cs),
@@ -177,6 +194,8 @@ class Load:
             "stale": self.stale, "warmup": self.warmup, "other": self.other,
             "first_recv": self.first_recv, "last_recv": self.last_recv,
             "timed_out": timed_out, "client_cpu_s": cpu_s,
+            "changes": self.changes, "payload_bytes": self.payload,
+            "wire_bytes": wire_bytes,
         }
 
 
@@ -208,6 +227,9 @@ async def main(args):
     _say("CONNECTED", {"ok": sum(oks), "failed": len(oks) - sum(oks),
                        "errors": load.errors, "retries": load.retries})
     cpu0 = _cpu()
+    # Nothing but handshakes and hellos has been read yet: the writer
+    # starts once every client process has said CONNECTED.
+    wire0 = load.wire_bytes()
 
     timed_out = False
     line = (await stdin.readline()).decode().split()
@@ -226,7 +248,9 @@ async def main(args):
     if load.seqs is not None:
         with open(args.out + ".seq", "wb") as f:
             load.seqs.tofile(f)
-    _say("RESULT", load.result(timed_out, _cpu() - cpu0))
+    wire = load.wire_bytes()
+    _say("RESULT", load.result(timed_out, _cpu() - cpu0,
+                               None if wire is None else wire - wire0))
     # Close politely but boundedly (each close() has its own timeout).
     links = [c.link for c in load.conns if c.link is not None]
     if links:
@@ -253,6 +277,8 @@ def cli(argv=None):
                    help="handshakes in flight at once")
     p.add_argument("--client", choices=sorted(OPENERS), default="lean",
                    help="connection implementation (see .connections)")
+    p.add_argument("--deflate", action="store_true",
+                   help="offer permessage-deflate as browsers do")
     args = p.parse_args(argv)
     die_with_parent()
     raise_nofile()

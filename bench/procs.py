@@ -57,9 +57,10 @@ def die_with_parent():
         os._exit(1)
 
 
-def run_baseline(main, doc, argv=None):
+def run_baseline(main, doc, argv=None, add_arguments=None):
     """The command line every baseline server shares: parse --uri, --watch
-    and --port, tie the process to its parent, and run ``main(args)``."""
+    and --port (and what ``add_arguments(parser)`` adds), tie the process
+    to its parent, and run ``main(args)``."""
     import argparse
     import asyncio
 
@@ -67,6 +68,8 @@ def run_baseline(main, doc, argv=None):
     p.add_argument("--uri", required=True)
     p.add_argument("--watch", default="bench.events")
     p.add_argument("--port", type=int, required=True)
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(argv)
     die_with_parent()
     raise_nofile()

@@ -33,9 +33,13 @@ def summarize(raw, lat):
     if m and raw.get("rss_connected") and raw.get("rss_idle") is not None:
         rss_conn = (raw["rss_connected"] - raw["rss_idle"]) / m
     cpu = raw.get("cpu_s")
+    changes = recv.get("changes")
+    wire = recv.get("wire_bytes")
+    payload = recv.get("payload_bytes")
     return {
         "server": raw["server"], "clients": m, "rate": raw["rate"],
         "duration": raw["duration"], "error": raw.get("error"),
+        "deflate": raw.get("deflate", False), "mix": raw.get("mix", "bench"),
         "writes": writes, "achieved_write_rate": w.get("achieved_rate"),
         "writer_max_behind_s": w.get("max_behind_s"),
         "expected": m * writes, "received": received,
@@ -57,6 +61,12 @@ def summarize(raw, lat):
         "cpu_s": cpu,
         "client_cpu_s": recv.get("client_cpu_s"),
         "cpu_us_per_msg": cpu / received * 1e6 if cpu and received else None,
+        # Per change message a client received (warm-up included), from
+        # the clients' side of the sockets: see bench.loadclient.
+        "changes": changes, "wire_bytes": wire, "payload_bytes": payload,
+        "wire_bytes_per_event": wire / changes if wire and changes else None,
+        "payload_bytes_per_event": (payload / changes if payload and changes
+                                    else None),
         "rss_idle_mb": _mb(raw.get("rss_idle")),
         "rss_connected_mb": _mb(raw.get("rss_connected")),
         "rss_peak_mb": _mb(raw.get("rss_peak")),
@@ -162,6 +172,50 @@ def _ratio(a, b):
     if a is None or not b:
         return "   -"
     return f"{a / b:5.2f}x"
+
+
+OFF = "wsproxy-off"
+COMPRESSION_COLUMNS = [  # header, key, format
+    ("server", "server", "{}"), ("M", "clients", "{}"),
+    ("JSON B/ev", "payload_bytes_per_event", "{:.0f}"),
+    ("wire B/ev", "wire_bytes_per_event", "{:.0f}"),
+    ("x off", "wire_vs_off", "{:.2f}"),
+    ("cpu_s", "cpu_s", "{:.2f}"), ("us/msg", "cpu_us_per_msg", "{:.1f}"),
+    ("x off", "cpu_per_msg_vs_off", "{:.2f}"),
+    ("msgs/s", "msgs_per_s", "{:.0f}"), ("p99ms", "lat_p99_ms", "{:.1f}"),
+    ("lost", "lost", "{}"), ("dup", "dups", "{}"),
+]
+
+
+def add_off_ratios(results, base=OFF):
+    """Give every run wire bytes and CPU per delivered message as a ratio
+    to ``base`` at the same client count (None where there is no base)."""
+    by = {r["clients"]: r for r in results
+          if r["server"] == base and not r["error"]}
+    for r in results:
+        b = by.get(r["clients"], {})
+        for key, of in (("wire_vs_off", "wire_bytes_per_event"),
+                        ("cpu_per_msg_vs_off", "cpu_us_per_msg")):
+            a, o = r.get(of), b.get(of)
+            r[key] = a / o if a is not None and o else None
+    return results
+
+
+def compression_table(results):
+    """Bytes and CPU per delivered event, against wsproxy-off."""
+    rows = [[h for h, _, _ in COMPRESSION_COLUMNS]]
+    for r in results:
+        rows.append([_f(r.get(k), fmt) for _, k, fmt in COMPRESSION_COLUMNS])
+    widths = [max(len(row[i]) for row in rows)
+              for i in range(len(COMPRESSION_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"per change message a client received; 'x off': ratio to "
+                 f"{OFF} at the same M; JSON B/ev is the message inflated, "
+                 f"wire B/ev what the socket read (frames included)")
+    return "\n".join(lines)
 
 
 def write_json(path, results, options):

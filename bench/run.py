@@ -34,7 +34,8 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
     so a sweep goes on. Everything started here is stopped here.
     """
     raw = {"server": spec.name, "clients": clients, "rate": opts.rate,
-           "duration": opts.duration, "error": None}
+           "duration": opts.duration, "deflate": opts.deflate,
+           "mix": opts.mix, "error": None}
     lat = None
     os.makedirs(workdir, exist_ok=True)
     warm = int(round(opts.rate * opts.warmup))
@@ -54,7 +55,8 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
                               hello=spec.hello, first_seq=warm,
                               not_before=not_before,
                               connect_timeout=opts.connect_timeout,
-                              client=opts.client).start()
+                              client=opts.client,
+                              deflate=opts.deflate).start()
             t0 = time.monotonic()
             raw["connect"] = pool.wait_connected()
             raw["connect_s"] = time.monotonic() - t0
@@ -63,7 +65,8 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         writer = procs.LineChild("writer", [
             sys.executable, "-m", "bench.writer", "--uri", db_uri,
             "--ns", namespace, "--rate", str(opts.rate),
-            "--duration", str(opts.duration), "--warmup-count", str(warm)],
+            "--duration", str(opts.duration), "--warmup-count", str(warm),
+            "--mix", opts.mix],
             os.path.join(workdir, "writer.log"))
         budget = opts.warmup + opts.duration + 60  # slow inserts, bounded
         deadline = time.monotonic() + budget

@@ -4,6 +4,17 @@ Every server is a separate process (tree) in its own session, started on a
 free loopback port against the shared SecantusDB, logging to a file. All
 three answer ``GET /readyz`` with 200 once their change stream is open; we
 poll that (and the process) rather than sleeping.
+
+``python -m bench`` runs :data:`DEFAULT` (the three servers as they ship).
+The compression variants run each server with its compression set one
+way; they differ from the defaults only when clients offer
+permessage-deflate (``--deflate``):
+
+- ``wsproxy-off``, ``wsproxy-independent``, ``wsproxy-shared``: wsproxy
+  with ``WSPROXY_COMPRESSION`` set so (``wsproxy`` is its default);
+- ``websockets-deflate``: the asyncio baseline with the library's
+  per-connection compression, as ``websockets`` is by default;
+  ``websockets-off`` the same server declining the offer.
 """
 
 import http.client
@@ -13,6 +24,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+from wsproxy.config import BY_NAME
 
 from . import procs
 
@@ -27,17 +40,26 @@ class ServerSpec:
     hello: bool = False      # the server greets each client with "hello"
     cwd: str = REPO_ROOT
     required_files: tuple = ()
+    # (setting, value) this checkout's wsproxy must accept (stage 2 is newer)
+    requires_setting: tuple = ()
 
     def missing(self):
-        """Files this server needs that do not exist (yet)."""
-        return [f for f in self.required_files
-                if not os.path.exists(os.path.join(self.cwd, f))]
+        """What this server needs that does not exist (yet)."""
+        missing = [f for f in self.required_files
+                   if not os.path.exists(os.path.join(self.cwd, f))]
+        if self.requires_setting:
+            name, value = self.requires_setting
+            try:
+                BY_NAME[name].parse(value)
+            except (KeyError, ValueError):
+                missing.append(f"{name}={value} (not in this wsproxy)")
+        return missing
 
 
-def _python_module(module):
+def _python_module(module, *extra):
     def argv(uri, namespace, port):
         return [sys.executable, "-m", module, "--uri", uri,
-                "--watch", namespace, "--port", str(port)]
+                "--watch", namespace, "--port", str(port), *extra]
     return argv
 
 
@@ -48,21 +70,48 @@ def _gunicorn(uri, namespace, port):
         "--workers", "1", "wsgi:app"])
 
 
+_WSPROXY_ENV = {
+    "WSPROXY_DEMO_WRITER": "0",
+    # Resume ids are sealed: a key for this run.
+    "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32),
+    # 1,000 clients connect from this one address at once.
+    "WSPROXY_CONNECT_RATE": "100000",
+    "WSPROXY_CONNECT_BURST": "100000",
+}
+
+
+def _wsproxy(name, compression=None):
+    env = dict(_WSPROXY_ENV)
+    if compression:
+        env["WSPROXY_COMPRESSION"] = compression
+    return ServerSpec(
+        name, _gunicorn, hello=True, env=env,
+        required_files=("wsgi.py", "gunicorn.conf.py"),
+        requires_setting=(("WSPROXY_COMPRESSION", compression)
+                          if compression else ()))
+
+
 SERVERS = {
-    "wsproxy": ServerSpec(
-        "wsproxy", _gunicorn, hello=True,
-        # Resume ids are sealed: a key for this run.
-        # 1,000 clients connect from this one address at once.
-        env={"WSPROXY_DEMO_WRITER": "0",
-             "WSPROXY_SECRET_KEYS": secrets.token_urlsafe(32),
-             "WSPROXY_CONNECT_RATE": "100000",
-             "WSPROXY_CONNECT_BURST": "100000"},
-        required_files=("wsgi.py", "gunicorn.conf.py")),
+    "wsproxy": _wsproxy("wsproxy"),
     "tornado": ServerSpec(
         "tornado", _python_module("bench.baseline_tornado")),
     "websockets": ServerSpec(
         "websockets", _python_module("bench.baseline_websockets")),
+    "wsproxy-off": _wsproxy("wsproxy-off", "off"),
+    "wsproxy-independent": _wsproxy("wsproxy-independent", "independent"),
+    "wsproxy-shared": _wsproxy("wsproxy-shared", "shared"),
+    "websockets-off": ServerSpec(
+        "websockets-off", _python_module("bench.baseline_websockets",
+                                         "--compression", "none")),
+    "websockets-deflate": ServerSpec(
+        "websockets-deflate", _python_module("bench.baseline_websockets",
+                                             "--compression", "deflate")),
 }
+DEFAULT = ("wsproxy", "tornado", "websockets")
+# --servers compression: what the compression table compares.
+GROUPS = {"compression": ("wsproxy-off", "wsproxy-independent",
+                          "wsproxy-shared", "websockets-off",
+                          "websockets-deflate")}
 
 
 class ServerProcess:

@@ -8,6 +8,8 @@ an insert is slow the writer catches up instead of drifting, and reports
 how far behind it fell. With ``--update N`` it updates instead of
 inserting: write ``i`` sets ``seq`` and ``t`` of the seeded document
 ``_id = i % N`` (the snapshot benchmark's collection keeps its size).
+With ``--mix demo`` it writes the demo's inserts, updates, replacements
+and deletes of orders instead (see :mod:`.mix`).
 Protocol on stdout::
 
     MEASURE <epoch>   the first measured insert is about to happen
@@ -25,11 +27,12 @@ import time
 
 from pymongo import MongoClient
 
+from .mix import DemoMix
 from .procs import die_with_parent
 from .wire import bench_document
 
 
-def write(coll, rate, warmup, count, update=0, marks=()):
+def write(coll, rate, warmup, count, update=0, marks=(), mix=None):
     interval = 1.0 / rate
     start = time.monotonic()
     behind = 0.0
@@ -49,7 +52,9 @@ def write(coll, rate, warmup, count, update=0, marks=()):
             print("MARK " + json.dumps({"seq": seq, "t": time.time()}),
                   flush=True)
         sent, t = time.monotonic(), time.time()
-        if update:
+        if mix is not None:
+            mix.write(coll, seq, t)
+        elif update:
             # Distinct documents while seq < N, so each change's looked-up
             # fullDocument still holds this write's seq and t.
             coll.update_one({"_id": seq % update},
@@ -71,6 +76,9 @@ def cli(argv=None):
                    help="warm-up documents written before the measured ones")
     p.add_argument("--update", type=int, default=0, metavar="N",
                    help="update seeded documents 0..N-1 instead of inserting")
+    p.add_argument("--mix", choices=("bench", "demo"), default="bench",
+                   help="bench documents (default) or the demo's mix of "
+                        "order inserts, updates, replaces and deletes")
     p.add_argument("--mark", type=int, action="append", default=[],
                    metavar="SEQ", help="say MARK just before writing SEQ")
     args = p.parse_args(argv)
@@ -81,9 +89,10 @@ def cli(argv=None):
         client.admin.command("ping")  # connect before the schedule starts
         warm = args.warmup_count
         count = max(1, int(round(args.rate * args.duration)))
+        mix = DemoMix(warm + count) if args.mix == "demo" else None
         t_first, behind, acks, sent_at = write(
             client[db][coll], args.rate, warm, count,
-            update=args.update, marks=set(args.mark))
+            update=args.update, marks=set(args.mark), mix=mix)
         t_last = time.time()
         print("DONE " + json.dumps({
             "first_seq": warm, "last_seq": warm + count - 1, "written": count,
