@@ -41,6 +41,8 @@ One concept per module:
 - ``connections``   the two client connection implementations
 - ``writer``        the writer process: inserts (or updates) at a fixed rate
 - ``mix``           the demo's mix of order changes, measurable
+- ``idcost``        ``python -m bench.idcost``: what the sealed ids cost
+                    once compressed
 - ``wire``          the shared message format (encode and cheap parse)
 - ``report``        statistics, the table, ratios, JSON output
 - ``baseline_tornado``, ``baseline_websockets``  the two baseline servers

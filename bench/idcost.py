@@ -1,0 +1,127 @@
+"""What the resume ids cost under compression, on the demo's event mix.
+
+Every change message carries its ``id``: the resume token sealed with
+AES-SIV (:mod:`wsproxy.sealing`), i.e. ciphertext in base64, which no
+compressor can shrink below 6 bits a character. This writes the demo mix
+(:mod:`.mix`) to a fresh SecantusDB, reads the changes back as wsproxy
+would, and compresses the very same messages three ways -- plain frames,
+stage 1 (each message on its own, :func:`wsproxy.codec.deflated_frame`)
+and stage 2 (one context carried across messages) -- with the id as
+wsproxy sends it, as the plain hex token the baselines send, and empty.
+The difference between the first and the last is what the ids cost.
+
+    python -m bench.idcost [--events 600] [--json PATH]
+"""
+
+import argparse
+import json
+import secrets
+import sys
+import time
+import zlib
+
+from pymongo import MongoClient
+
+from demo.embedded import EmbeddedMongo
+from wsproxy import codec
+from wsproxy.sealing import Sealer
+
+from .mix import DemoMix
+
+WINDOW_BITS = 15  # what a browser's offer leaves to the server
+
+
+def demo_changes(count):
+    """``count`` change events of the demo mix, as PyMongo decodes them."""
+    mongo = EmbeddedMongo()
+    mongo.start()
+    try:
+        with MongoClient(mongo.uri) as client:
+            coll = client.bench.events
+            with coll.watch(full_document="updateLookup") as stream:
+                writes = DemoMix(count)
+                for seq in range(count):
+                    writes.write(coll, seq, time.time())
+                return [stream.next() for _ in range(count)]
+    finally:
+        mongo.stop()
+
+
+def _reset_every():
+    """Stage 2's reset interval where this wsproxy has it (64 is its
+    value when this was written)."""
+    try:
+        from wsproxy.compression import RESET_MESSAGES
+    except ImportError:
+        return 64
+    return RESET_MESSAGES
+
+
+def shared_frames(texts, window_bits=WINDOW_BITS):
+    """Stage 2's frames: one compressor carried from message to message,
+    started afresh every ``_reset_every()`` messages, as
+    ``wsproxy.compression.SharedContext`` does."""
+    every = _reset_every()
+    compressor = None
+    for n, text in enumerate(texts):
+        data = text.encode()
+        if len(data) < codec.DEFLATE_MIN_BYTES:
+            yield codec.frame(text)
+            continue
+        if n % every == 0 or compressor is None:
+            compressor = zlib.compressobj(codec.DEFLATE_LEVEL, zlib.DEFLATED,
+                                          -window_bits)
+        body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        yield codec._header(0x80 | 0x40 | 0x1, len(body) - 4) + body[:-4]
+
+
+def measure(changes):
+    sealer = Sealer([secrets.token_urlsafe(32)])
+    ids = {
+        "sealed (wsproxy)": [sealer.seal(c["_id"]) for c in changes],
+        "hex token (baselines)": [c["_id"]["_data"] for c in changes],
+        "none": ["" for _ in changes],
+    }
+    rows = []
+    for label, values in ids.items():
+        texts = [codec.change_message(i, c) for i, c in zip(values, changes)]
+        n = len(texts)
+        off = sum(len(codec.frame(t)) for t in texts) / n
+        independent = sum(len(codec.deflated_frame(t, WINDOW_BITS))
+                          for t in texts) / n
+        shared = sum(len(f) for f in shared_frames(texts)) / n
+        rows.append({"ids": label, "id_chars": sum(map(len, values)) / n,
+                     "json": sum(len(t.encode()) for t in texts) / n,
+                     "off": off, "independent": independent,
+                     "shared": shared})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=600)
+    p.add_argument("--json", help="write the rows here too")
+    args = p.parse_args(argv)
+    rows = measure(demo_changes(args.events))
+    base = rows[0]["off"]
+    print(f"{args.events} changes of the demo mix; bytes per message on the "
+          f"wire, and as a ratio to wsproxy's plain frames ({base:.0f} B)")
+    print(f"{'ids':22} {'id chars':>8} {'off':>5} {'stage 1':>13} "
+          f"{'stage 2':>13}")
+    for r in rows:
+        print(f"{r['ids']:22} {r['id_chars']:8.0f} {r['off']:5.0f} "
+              f"{r['independent']:6.0f} {r['independent'] / base:5.2f}x "
+              f"{r['shared']:6.0f} {r['shared'] / base:5.2f}x")
+    sealed, none = rows[0], rows[-1]
+    for mode in ("independent", "shared"):
+        cost = sealed[mode] - none[mode]
+        print(f"{mode}: the sealed ids are {cost:.0f} of {sealed[mode]:.0f} "
+              f"bytes a message ({cost / sealed[mode]:.0%}); without them "
+              f"{none[mode] / base:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
