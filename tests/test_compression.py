@@ -5,10 +5,16 @@ window or for client_no_context_takeover; and compressed messages from
 clients inflated only up to the message size limit."""
 
 import json
+import random
+import re
+import socket
 import struct
+import threading
+import urllib.parse
 import zlib
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
 )
@@ -18,7 +24,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproxy import codec
 from wsproxy.websocket import BoundedDeflate
 
-from .helpers import scaled, server_env
+from .helpers import scaled, server_env, wait_for
 
 
 def _inflate(frame, bits):
@@ -110,7 +116,6 @@ def test_clients_with_and_without_deflate_get_the_same_messages(
     # A compressed message that inflates beyond WSPROXY_MAX_MESSAGE_SIZE
     # (4096 bytes) is closed with 1009, whatever its compressed size.
     default.send(json.dumps({"type": "ping", "pad": "x" * 100_000}))
-    from websockets.exceptions import ConnectionClosed
     with pytest.raises(ConnectionClosed) as closed:
         while True:
             default.recv(timeout=scaled(5))
@@ -121,3 +126,179 @@ def test_clients_with_and_without_deflate_get_the_same_messages(
     assert len(set(texts)) == 1
     for ws in (plain, small, no_takeover):
         ws.close()
+
+
+# -- 5,000 events through joins, resumes, an overflow and subscription changes
+
+EVENTS = 5000
+CHUNK = 50
+
+
+class Follower(threading.Thread):
+    """A websockets client (its own decompressor) that records every change
+    message's text by id, reconnects with resume_after whenever it is
+    closed, and does what ``plan`` says at given event counts: "resume"
+    (close and come back), "stall" (stop reading until the writer is done:
+    an outbox overflow), or a subscribe message."""
+
+    def __init__(self, server, name, plan=(), writer=None, **connect_kw):
+        super().__init__(name=f"test-follower-{name}", daemon=True)
+        self.server, self.plan, self.writer = server, list(plan), writer
+        self.connect_kw = connect_kw
+        self.texts = {}  # id -> message text, as decoded
+        self.order = []  # ids in the order received
+        self.closes = []
+        self.error = None
+        self.last_id = None
+        self.subscription = None  # the last subscribe message sent
+        self.done = threading.Event()
+
+    def _connect(self):
+        query = {}
+        if self.last_id:
+            query["resume_after"] = self.last_id
+        if self.subscription and self.subscription.get("filter"):
+            query["filter"] = json.dumps(self.subscription["filter"])
+        url = self.server.ws_url(urllib.parse.urlencode(query))
+        kw = dict(self.connect_kw)
+        kw.setdefault("compression", "deflate")
+        if self.writer is not None:
+            # A small receive buffer, so that a stall fills the outbox
+            # rather than the kernel's buffers.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.connect(("127.0.0.1", self.server.port))
+            kw["sock"] = sock
+        return connect(url, legacy=True, open_timeout=scaled(10), max_size=None,
+                       **kw)
+
+    def run(self):
+        try:
+            ws = self._connect()
+            while not self.done.is_set():
+                if self.plan and len(self.order) >= self.plan[0][0]:
+                    _, action = self.plan.pop(0)
+                    if action == "resume":
+                        ws.close()
+                        ws = self._connect()
+                    elif action == "stall":
+                        self.writer.wait_written(EVENTS)
+                    else:
+                        self.subscription = action
+                        ws.send(json.dumps({"type": "subscribe", **action}))
+                try:
+                    text = ws.recv(timeout=scaled(0.2))
+                except TimeoutError:
+                    continue
+                except ConnectionClosed as exc:
+                    self.closes.append(exc.rcvd.code if exc.rcvd else None)
+                    ws = self._connect()
+                    continue
+                message = json.loads(text)  # every message decodes
+                if message["type"] == "change":
+                    if message["id"] not in self.texts:
+                        self.order.append(message["id"])
+                    self.texts[message["id"]] = text
+                    self.last_id = message["id"]
+            ws.close()
+        except Exception as exc:  # noqa: BLE001 - surfaced by the test
+            self.error = exc
+
+
+class Writer(threading.Thread):
+    """Inserts EVENTS documents in chunks, each once the reference client
+    has everything before it (so only the stalled follower falls behind)."""
+
+    def __init__(self, items, reference):
+        super().__init__(name="test-writer", daemon=True)
+        self.items, self.reference = items, reference
+        self.written = 0
+        self.progress = threading.Condition()
+
+    def run(self):
+        for start in range(0, EVENTS, CHUNK):
+            wait_for(lambda start=start: len(self.reference.order) >= start,
+                     60, "the reference client")
+            self.items.insert_many([
+                {"_id": n, "bucket": n % 3, "customer": "ada",
+                 # Some bulk that compresses only so far, so that a stalled
+                 # client's socket buffers fill and its outbox overflows.
+                 "note": random.Random(n).randbytes(1500).hex(),
+                 "status": ["open", "paid", "shipped"][n % 3],
+                 "items": [{"sku": f"SKU-{n % 40:03d}", "qty": n % 4}]}
+                for n in range(start, start + CHUNK)])
+            with self.progress:
+                self.written = start + CHUNK
+                self.progress.notify_all()
+
+    def wait_written(self, count):
+        with self.progress:
+            self.progress.wait_for(
+                lambda: self.written >= min(count, EVENTS), scaled(60))
+
+
+def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_subscribe(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll,
+                                 WSPROXY_OUTBOX_MAX_MESSAGES=300))
+    reference = Follower(server, "plain", compression=None)
+    reference.start()
+    wait_for(lambda: reference.is_alive(), 5, "the reference")
+    writer = Writer(mongo_client[db][coll], reference)
+    rng = random.Random(14)
+    bucket = {"filter": {"fullDocument.bucket": 1}}
+    everything = {"filter": None}
+    followers = [
+        Follower(server, "steady"),
+        Follower(server, "resumer", plan=sorted(
+            (rng.randrange(EVENTS - 200), "resume") for _ in range(8))),
+        Follower(server, "staller", writer=writer, plan=[(1200, "stall")]),
+        # Two that change subscription together (they share a context
+        # while their subscriptions are equal), one on its own.
+        *(Follower(server, f"switcher{i}", plan=[
+            (800, bucket), (2400, everything), (3000, bucket)])
+          for i in range(2)),
+        Follower(server, "switcher-alone", plan=[(1500, bucket),
+                                                  (2000, everything)]),
+        Follower(server, "small-window", extensions=[
+            ClientPerMessageDeflateFactory(server_max_window_bits=9)],
+            compression=None),
+        Follower(server, "no-takeover", extensions=[
+            ClientPerMessageDeflateFactory(server_no_context_takeover=True)],
+            compression=None),
+    ]
+    writer.start()
+    started = {}
+    for follower in followers:
+        # Each joins at its own moment while events flow.
+        wait_for(lambda: writer.written >= rng.randrange(0, 600), 60, "a join")
+        started[follower.name] = writer.written
+        follower.start()
+    writer.join(scaled(120))
+    assert writer.written == EVENTS
+    last = str(EVENTS - 1)
+    for follower in [reference, *followers]:
+        wait_for(lambda f=follower: f.error or any(
+            json.loads(f.texts[i])["event"]["documentKey"]["_id"] == EVENTS - 1
+            for i in f.order[-3:]), 60, f"{follower.name} to see the last event")
+        follower.done.set()
+        follower.join(scaled(10))
+        assert follower.error is None, (follower.name, follower.error)
+    assert last and len(reference.order) == EVENTS
+    position = {i: n for n, i in enumerate(reference.order)}
+    for follower in followers:
+        # Every message is the exact JSON the uncompressed client got.
+        assert all(follower.texts[i] == reference.texts[i]
+                   for i in follower.order), follower.name
+        # In order, no duplicates, nothing missing after its first event
+        # unless its subscription left it out.
+        positions = [position[i] for i in follower.order]
+        assert positions == sorted(positions), follower.name
+    steady = followers[0]
+    assert len(steady.order) == EVENTS - position[steady.order[0]]
+    assert 4008 in followers[2].closes  # the staller overflowed, resumed
+    output = server.output()
+    shared = [int(n) for n in re.findall(r"(\d+) shared, \d+ own", output)]
+    # Shared frames were used (and, with one worker, not for everyone).
+    assert sum(shared) > EVENTS

@@ -479,7 +479,8 @@ def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
     from wsproxy.websocket import GuardedSocket
     ours, theirs = socket.socketpair()
     conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
-                                 wake=threading.Event(), deflate_bits=None)
+                                 wake=threading.Event(), deflate_bits=None,
+                                 deflate_takeover=False)
     client = ClientConnection(conn, max_messages=max_messages,
                     max_bytes=max_bytes, ping_interval=0, close_timeout=1,
                     subscription=subscription, remote_addr="10.1.1.1")

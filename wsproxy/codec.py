@@ -49,8 +49,18 @@ def deflated_frame(text, window_bits):
         body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         body = body[:-4]  # RFC 7692 7.2.1: the receiver adds 00 00 ff ff back
         if len(body) < len(data):
-            return _header(_FIN_RSV1_TEXT, len(body)) + body
+            return deflate_frame_of(body)
     return frame(text)
+
+
+def deflate_frame_of(body):
+    """A final, unmasked text frame of an already compressed ``body``."""
+    return _header(_FIN_RSV1_TEXT, len(body)) + body
+
+
+def is_compressed(data):
+    """Whether a frame built here has RSV1 set (permessage-deflate)."""
+    return bool(data[0] & 0x40)
 
 
 def _header(first_byte, length):

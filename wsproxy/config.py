@@ -300,10 +300,11 @@ SETTINGS = (
     ),
     Setting(
         "WSPROXY_COMPRESSION",
-        "independent",
-        _choice("off", "independent"),
-        "permessage-deflate for clients that offer it: each message "
-        "compressed once, on its own, for everyone.",
+        "shared",
+        _choice("off", "independent", "shared"),
+        "permessage-deflate for clients that offer it: off; each message "
+        "compressed once on its own; or once per subscription, in a shared "
+        "context.",
     ),
     Setting(
         "WSPROXY_MAX_MESSAGE_SIZE",

@@ -24,6 +24,14 @@ once (a full socket buffer, a concurrent writer) is queued in the bounded
 outbox, and the connection's own handler thread drains it. A connection whose
 outbox overflows is a slow consumer: its outbox is dropped and it is closed
 with 4008, so it can reconnect and resume from the last id it received.
+
+A client that negotiated permessage-deflate gets compressed frames: from
+its subscription's shared context when it is in step with it, else
+compressed on their own (see :mod:`wsproxy.compression`, which says why
+the two never mix badly). Every compressed frame is queued through
+:meth:`ClientConnection._offer` or :meth:`~ClientConnection.preload`, which
+keep the connection's :class:`~wsproxy.compression.Sync` under
+``_state_lock``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics, protocol
-from .codec import frame
+from .codec import frame, is_compressed
+from .compression import Sync
 from .protocol import CloseCode
 from .websocket import ConnectionClosedByPeer
 
@@ -43,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .codec import Change
+    from .compression import SharedContexts
     from .subscription import Subscription
     from .websocket import Connection
 
@@ -65,6 +75,7 @@ class ClientConnection:
         close_timeout: float,
         subscription: Subscription,
         remote_addr: str | None = None,
+        contexts: SharedContexts | None = None,
     ) -> None:
         self.id = next(self._ids)
         self.conn = conn
@@ -73,12 +84,28 @@ class ClientConnection:
         # changes are sent compressed, see wsproxy.codec), or None.
         self.deflate_bits = conn.deflate_bits
         self.subscription = subscription
+        # The worker's shared compression contexts (None: not used), the
+        # one this client's subscription is in, and where it stands in it.
+        self._contexts = contexts
+        # The window shared frames may use: none if the client asked the
+        # server not to carry context from message to message.
+        self._shared_bits = self.deflate_bits if conn.deflate_takeover else None
+        self._context = (
+            contexts.join(subscription, self._shared_bits)
+            if contexts is not None
+            else None
+        )
+        self._sync = Sync()
+        # Compressed change frames queued: from the shared context, and
+        # compressed on their own (for the log; under _state_lock).
+        self.shared_frames = self.own_frames = 0
         self.remote_addr = remote_addr
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
-        # Guards the outbox, its byte count and the close request.
+        # Guards the outbox, its byte count, the close request, and the
+        # subscription's shared context and _sync when they change.
         self._state_lock = threading.Lock()
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0
@@ -101,12 +128,28 @@ class ClientConnection:
         """Offer ``change`` if subscribed; True if it was handed over."""
         sub = self.subscription
         while sub.wants(change):
-            handed = self._offer(sub.frame(change, self.deflate_bits), sub)
+            handed = self._offer_change(change, sub)
             if handed is not None:
                 return handed
             # The subscription was replaced meanwhile: judge it again.
             sub = self.subscription
         return False
+
+    def _offer_change(self, change, sub):
+        context = self._context  # changes only with the subscription
+        shared = None
+        if context is not None and context.key == sub.key:
+            text = change.redacted_text(sub.hide) if sub.hide else change.text
+            shared = context.encode(change, text)
+        if shared is None:
+            return self._offer(sub.frame(change, self.deflate_bits), sub)
+        epoch, seq, data = shared
+        # Out of step (an unlocked look, checked again under the lock):
+        # the frame compressed on its own, made here, outside the lock.
+        fallback = None
+        if seq and not (self._sync.epoch == epoch and self._sync.next_seq == seq):
+            fallback = sub.frame(change, self.deflate_bits)
+        return self._offer(data, sub, (epoch, seq), fallback, change)
 
     def offer(self, data: bytes) -> bool:
         """Queue or write one frame. False if this client is closing."""
@@ -116,15 +159,27 @@ class ClientConnection:
         """The live feed's ``reset`` (see :class:`wsproxy.hub.Member`)."""
         return self.offer(frame)
 
-    def _offer(self, data, sub):
+    def _offer(self, data, sub, shared=None, fallback=None, change=None):
         """:meth:`offer`; None, and nothing sent, if ``sub`` (the
-        subscription ``data`` was made for) is no longer the client's."""
+        subscription ``data`` was made for) is no longer the client's.
+        ``shared``: ``data`` is frame (epoch, seq) of the shared context,
+        sent only if the client is in step, else ``fallback`` (or the frame
+        of ``change`` compressed on its own)."""
         lock = self.sock.write_lock
         with self._state_lock:
             if self._close_request is not None:
                 return False
             if sub is not None and sub is not self.subscription:
                 return None
+            if shared is not None:
+                if self._sync.admits(*shared):
+                    self.shared_frames += 1
+                else:
+                    data = fallback or sub.frame(change, self.deflate_bits)
+                    self.own_frames += 1
+            elif is_compressed(data):
+                self._sync.lose()
+                self.own_frames += 1
             direct = (
                 self.sock.nonblocking_ok
                 and not self._outbox
@@ -168,14 +223,23 @@ class ClientConnection:
         Only for a client the broadcaster offers changes to directly (not
         through a catch-up's stand-in, which keeps its own subscription
         until it has handed over; see :mod:`wsproxy.control`)."""
+        context = (
+            self._contexts.join(subscription, self._shared_bits)
+            if self._contexts is not None
+            else None
+        )
         with self._state_lock:
-            if self._close_request is not None:
-                return False
-            self.subscription = subscription
-            self._outbox.append(reply)
-            self._outbox_bytes += len(reply)
-            self._wake.set()
-        return True
+            replaced = self._close_request is None
+            if replaced:
+                self.subscription = subscription
+                context, self._context = self._context, context
+                self._sync.lose()
+                self._outbox.append(reply)
+                self._outbox_bytes += len(reply)
+                self._wake.set()
+        if self._contexts is not None:
+            self._contexts.leave(context)  # the old one (or the unused new)
+        return replaced
 
     def wake(self) -> None:
         """Wake the handler thread (it calls ``on_wake``, see :meth:`run`)."""
@@ -185,6 +249,8 @@ class ClientConnection:
         """Queue replayed frames; bounded by the history they come from."""
         with self._state_lock:
             for data in frames:
+                if is_compressed(data):
+                    self._sync.lose()
                 self._outbox.append(data)
                 self._outbox_bytes += len(data)
             self._wake.set()
@@ -336,6 +402,9 @@ class ClientConnection:
         """Make sure simple-websocket's reader thread has ended and no write
         can reach the socket any more (the WSGI server closes it next)."""
         self.ended = True
+        if self._contexts is not None:
+            self._contexts.leave(self._context)
+            self._context = None
         if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
             self.conn.wait_reader(self.close_timeout)

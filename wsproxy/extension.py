@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from . import config as settings
 from . import sealing, throttle, views
 from .access import Principal
+from .compression import SharedContexts
 from .errors import ClientError, ConfigError
 from .hub import Hub
 from .protocol import CloseCode
@@ -41,6 +42,7 @@ class ProxyState:
         self._lock = threading.Lock()
         self._pid = None
         self.mongo = None
+        self.contexts = None
         self.hub = None
         self.source = None
         self.stopping = threading.Event()
@@ -99,6 +101,9 @@ class ProxyState:
         self.stopping.clear()
         self.mongo = MongoClient(
             c["WSPROXY_MONGODB_URI"], appname="wsproxy", connect=False
+        )
+        self.contexts = (
+            SharedContexts() if c["WSPROXY_COMPRESSION"] == "shared" else None
         )
         self.hub = Hub(
             history_size=c["WSPROXY_HISTORY_SIZE"],

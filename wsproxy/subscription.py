@@ -9,6 +9,8 @@ narrow its grant, never widen it.
 
 import re
 
+from bson import json_util
+
 from . import documentquery
 from .errors import ClientError, FilterError
 from .filters import compile_filter, load_filter
@@ -62,9 +64,21 @@ class Subscription:
 
     ``snapshot`` is a :class:`~wsproxy.documentquery.DocumentQuery` for a
     live-documents subscription (see :mod:`wsproxy.documents`), else None.
+
+    ``key``: equal for two subscriptions that select and encode the same
+    changes (clients with equal keys can share a compression context, see
+    :mod:`wsproxy.compression`); None if unknown.
     """
 
-    __slots__ = ("namespaces", "ops", "rules", "predicates", "hide", "snapshot")
+    __slots__ = (
+        "namespaces",
+        "ops",
+        "rules",
+        "predicates",
+        "hide",
+        "snapshot",
+        "key",
+    )
 
     def __init__(
         self,
@@ -74,6 +88,7 @@ class Subscription:
         hide=(),
         rules=(),
         snapshot=None,
+        key=None,
     ):
         self.namespaces = _ALL if namespaces is None else frozenset(namespaces)
         self.ops = _ALL if ops is None else frozenset(ops)
@@ -81,6 +96,7 @@ class Subscription:
         self.predicates = tuple(predicates)
         self.hide = tuple(sorted(set(hide)))
         self.snapshot = snapshot
+        self.key = key
 
     def matches(self, change):
         """The operator's rules and the client's filter, without the
@@ -200,6 +216,22 @@ def parse(
         )
     elif "sort" in args or "limit" in args:
         raise ClientError("sort and limit apply to snapshot=1 subscriptions only")
+    key = None
+    if snapshot is None:
+        key = (
+            None if namespaces is None else tuple(sorted(set(namespaces))),
+            None if ops is None else tuple(sorted(set(ops))),
+            texts[0] if "filter" in args else None,
+            _rule_text(principal.filter),
+            tuple(sorted(set(hide))),
+        )
     return Subscription(
-        namespaces, ops, predicates, hide, rules=rules, snapshot=snapshot
+        namespaces, ops, predicates, hide, rules=rules, snapshot=snapshot, key=key
     )
+
+
+def _rule_text(rule):
+    """A principal's filter as text, to tell equal ones apart."""
+    if rule is None or isinstance(rule, str):
+        return rule
+    return json_util.dumps(rule)

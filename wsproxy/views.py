@@ -276,6 +276,7 @@ def create_blueprint(config):
             close_timeout=config["WSPROXY_CLOSE_TIMEOUT"],
             subscription=admission.subscription,
             remote_addr=request.remote_addr,
+            contexts=_state().contexts,
         )
         client.principal = admission.principal
         serve(_state(), client, admission.resume_id)
@@ -439,8 +440,11 @@ def serve(state, client, resume_id):
         metrics.CLIENTS.dec()
         client.finish()
         log.info(
-            "client %s disconnected after %.1fs (code %s)",
+            "client %s disconnected after %.1fs (code %s; compressed frames: "
+            "%d shared, %d own)",
             client.id,
             time.monotonic() - started,
             client.close_code,
+            client.shared_frames,
+            client.own_frames,
         )

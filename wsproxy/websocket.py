@@ -476,6 +476,11 @@ class Connection:
             if deflate is not None and deflate.enabled()
             else None
         )
+        # Whether frames may refer to earlier messages (the client did not
+        # ask for server_no_context_takeover): shared contexts need it.
+        self.deflate_takeover = (
+            self.deflate_bits is not None and not deflate.server_no_context_takeover
+        )
 
     @property
     def breach(self):
