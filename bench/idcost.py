@@ -18,12 +18,12 @@ import json
 import secrets
 import sys
 import time
-import zlib
 
 from pymongo import MongoClient
 
 from demo.embedded import EmbeddedMongo
 from wsproxy import codec
+from wsproxy.compression import SharedContext
 from wsproxy.sealing import Sealer
 
 from .mix import DemoMix
@@ -47,32 +47,13 @@ def demo_changes(count):
         mongo.stop()
 
 
-def _reset_every():
-    """Stage 2's reset interval where this wsproxy has it (64 is its
-    value when this was written)."""
-    try:
-        from wsproxy.compression import RESET_MESSAGES
-    except ImportError:
-        return 64
-    return RESET_MESSAGES
-
-
 def shared_frames(texts, window_bits=WINDOW_BITS):
-    """Stage 2's frames: one compressor carried from message to message,
-    started afresh every ``_reset_every()`` messages, as
-    ``wsproxy.compression.SharedContext`` does."""
-    every = _reset_every()
-    compressor = None
-    for n, text in enumerate(texts):
-        data = text.encode()
-        if len(data) < codec.DEFLATE_MIN_BYTES:
-            yield codec.frame(text)
-            continue
-        if n % every == 0 or compressor is None:
-            compressor = zlib.compressobj(codec.DEFLATE_LEVEL, zlib.DEFLATED,
-                                          -window_bits)
-        body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        yield codec._header(0x80 | 0x40 | 0x1, len(body) - 4) + body[:-4]
+    """Stage 2's frames: wsproxy's own shared context, fed the messages in
+    order as the broadcaster feeds it (reset every 64 messages)."""
+    context = SharedContext(None, window_bits)
+    for text in texts:
+        shared = context.encode(object(), text)  # object(): a new change
+        yield codec.frame(text) if shared is None else shared[2]
 
 
 def measure(changes):
