@@ -76,11 +76,17 @@ class RecordingClient(ClientConnection):
         self.accepted.extend(frames)
         super().preload(frames)
 
-    def _offer(self, data, sub):
-        # Under offer() and on_change() alike.
-        handed = super()._offer(data, sub)
-        if handed:
-            self.accepted.append(data)
+    def _choose_locked(self, data, shared, fallback, change):
+        # Every frame offered (offer() and on_changes() alike), as chosen;
+        # the accepted ones are kept below.
+        chosen = super()._choose_locked(data, shared, fallback, change)
+        self._chosen.append(chosen)
+        return chosen
+
+    def _offer_items(self, items, sub):
+        self._chosen = []
+        handed = super()._offer_items(items, sub)
+        self.accepted.extend(self._chosen[:handed or 0])
         return handed
 
     def messages(self):
@@ -106,7 +112,8 @@ class RecordingClient(ClientConnection):
 def peer():
     ours, theirs = socket.socketpair()
     conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
-                                 wake=threading.Event())
+                                 wake=threading.Event(), deflate_bits=None,
+                                 deflate_takeover=False)
     peer = RecordingClient(conn, max_messages=1000, max_bytes=1 << 20,
                            ping_interval=0, close_timeout=1,
                            subscription=EVERYTHING, remote_addr="10.1.1.1")

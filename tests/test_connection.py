@@ -135,3 +135,59 @@ def test_the_outbox_is_bounded_in_bytes_too():
 def test_close_reasons_fit_in_a_close_frame(reason_len):
     reason = protocol.close_reason("é" * reason_len)
     assert len(reason.encode()) <= 123
+
+
+def _changes(count, pad=0):
+    from wsproxy.codec import Change
+    from .helpers import sealer_for_tests
+    sealer = sealer_for_tests()
+    return [Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
+                    "fullDocument": {"_id": i, "pad": "p" * pad}}, sealer)
+            for i in range(count)]
+
+
+def test_changes_that_arrive_together_go_out_in_order_in_one_write():
+    client, peer = make_client(max_messages=1000)
+    thread = run_in_thread(client)
+    writes = []
+    real_try_write = client.sock.try_write
+    client.sock.try_write = lambda data: (writes.append(len(data)),
+                                          real_try_write(data))[1]
+    batch = _changes(50)
+    assert client.on_changes(batch) == 50
+    assert peer.take(50) == [c.text for c in batch]
+    assert len(writes) == 1  # one syscall for the whole batch
+    client.request_close(protocol.CloseCode.NORMAL, "bye")
+    peer.wait_close()
+    thread.join(scaled(5))
+
+
+def test_a_batch_that_fills_the_socket_halfway_is_finished_in_order():
+    # 100 changes of ~5 KB into an 8 KB socket buffer: the first write
+    # stops partway through a frame; the handler thread finishes it, then
+    # the next batches queue behind it.
+    client, peer = make_client(max_messages=10000, max_bytes=1 << 30,
+                               sndbuf=8192)
+    thread = run_in_thread(client)
+    changes = _changes(300, pad=5000)
+    for start in range(0, 300, 100):
+        assert client.on_changes(changes[start:start + 100]) == 100
+    assert peer.take(300, timeout=20) == [c.text for c in changes]
+    client.request_close(protocol.CloseCode.NORMAL, "")
+    peer.wait_close()
+    thread.join(scaled(5))
+
+
+def test_a_batch_that_overflows_the_outbox_closes_with_4008():
+    client, peer = make_client(max_messages=20, max_bytes=1 << 30,
+                               sndbuf=4096, send_timeout=30)
+    thread = run_in_thread(client)
+    # The peer reads nothing: the first batch fills the socket buffers,
+    # the second overflows the outbox partway, and nothing more is taken.
+    first = client.on_changes(_changes(5, pad=5000))
+    handed = client.on_changes(_changes(100, pad=5000))
+    assert first == 5 and 0 < handed < 100 and client.closing
+    assert client.on_changes(_changes(3)) == 0
+    code, _ = peer.wait_close(timeout=30)
+    assert code == protocol.CloseCode.SLOW_CONSUMER
+    thread.join(scaled(10))

@@ -51,6 +51,9 @@ class _Recorder:
 
     on_reset = offer
 
+    def on_changes(self, changes):
+        return sum(1 for change in changes if self.on_change(change))
+
     def preload(self, frames):
         with self.got:
             self.frames.extend(bytes(f) for f in frames)

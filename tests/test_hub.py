@@ -34,6 +34,9 @@ class FakeClient:
 
     on_reset = offer
 
+    def on_changes(self, changes):
+        return sum(1 for change in changes if self.on_change(change))
+
     def request_close(self, code, reason):
         self.closed = (code, reason)
 

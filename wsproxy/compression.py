@@ -43,6 +43,7 @@ context carried for 64 messages compresses within 3% of one never reset,
 and a newcomer waits at most that long for shared frames.
 """
 
+import collections
 import threading
 import zlib
 
@@ -54,6 +55,10 @@ RESET_BYTES = 256 * 1024
 # compressor, about 260 KB at a 15-bit window); clients of further
 # subscriptions get independent frames.
 MAX_CONTEXTS = 64
+# Results kept for changes already encoded: the members of a group are
+# offered the same batch of changes one member after another (see
+# wsproxy.hub.MAX_BATCH), and each change is compressed once.
+_REMEMBERED = 256
 
 
 class SharedContext:
@@ -69,15 +74,14 @@ class SharedContext:
         self._seq = 0
         self._input = 0
         self._compressor = None
-        self._last = (None, None)  # (change, its result): one encode per change
+        self._encoded = collections.OrderedDict()  # change id -> result
 
     def encode(self, change, text):
         """The shared frame of ``change`` (whose message is ``text``), as
         ``(epoch, seq, frame)``; None if the message goes plain (too small
         to compress). Compresses each change once, in the order offered."""
-        last_change, result = self._last
-        if last_change is change:
-            return result
+        if change.id in self._encoded:
+            return self._encoded[change.id]
         data = text.encode()
         if len(data) < codec.DEFLATE_MIN_BYTES:
             result = None
@@ -98,7 +102,9 @@ class SharedContext:
             result = (self.epoch, self._seq, codec.deflate_frame_of(body[:-4]))
             self._seq += 1
             self._input += len(data)
-        self._last = (change, result)
+        self._encoded[change.id] = result
+        if len(self._encoded) > _REMEMBERED:
+            self._encoded.popitem(last=False)
         return result
 
 

@@ -126,60 +126,63 @@ class ClientConnection:
 
     def on_change(self, change: Change) -> bool:
         """Offer ``change`` if subscribed; True if it was handed over."""
+        return self.on_changes([change]) == 1
+
+    def on_changes(self, changes: list[Change]) -> int:
+        """Offer the changes the subscription wants, in order, in one write
+        when the socket takes them at once; how many were handed over."""
         sub = self.subscription
-        while sub.wants(change):
-            handed = self._offer_change(change, sub)
+        while True:
+            items = [
+                self._encode(change, sub) for change in changes if sub.wants(change)
+            ]
+            if not items:
+                return 0
+            handed = self._offer_items(items, sub)
             if handed is not None:
                 return handed
-            # The subscription was replaced meanwhile: judge it again.
+            # The subscription was replaced meanwhile: judge them again.
             sub = self.subscription
-        return False
 
-    def _offer_change(self, change, sub):
+    def _encode(self, change, sub):
+        """(frame, shared position or None, fallback, change): the frame to
+        send if the client is in step with its shared context, and the
+        frame compressed on its own (or plain) otherwise."""
         context = self._context  # changes only with the subscription
         shared = None
         if context is not None and context.key == sub.key:
             text = change.redacted_text(sub.hide) if sub.hide else change.text
             shared = context.encode(change, text)
         if shared is None:
-            return self._offer(sub.frame(change, self.deflate_bits), sub)
+            return (sub.frame(change, self.deflate_bits), None, None, change)
         epoch, seq, data = shared
         # Out of step (an unlocked look, checked again under the lock):
         # the frame compressed on its own, made here, outside the lock.
         fallback = None
         if seq and not (self._sync.epoch == epoch and self._sync.next_seq == seq):
             fallback = sub.frame(change, self.deflate_bits)
-        return self._offer(data, sub, (epoch, seq), fallback, change)
+        return (data, (epoch, seq), fallback, change)
 
     def offer(self, data: bytes) -> bool:
         """Queue or write one frame. False if this client is closing."""
-        return bool(self._offer(data, None))
+        return bool(self._offer_items([(data, None, None, None)], None))
 
     def on_reset(self, frame: bytes) -> bool:
         """The live feed's ``reset`` (see :class:`wsproxy.hub.Member`)."""
         return self.offer(frame)
 
-    def _offer(self, data, sub, shared=None, fallback=None, change=None):
-        """:meth:`offer`; None, and nothing sent, if ``sub`` (the
-        subscription ``data`` was made for) is no longer the client's.
-        ``shared``: ``data`` is frame (epoch, seq) of the shared context,
-        sent only if the client is in step, else ``fallback`` (or the frame
-        of ``change`` compressed on its own)."""
+    def _offer_items(self, items, sub):
+        """Queue or write frames (see :meth:`_encode`); how many were
+        handed over (0 if closing), or None, and nothing sent, if ``sub``
+        (the subscription they were made for) is no longer the client's.
+        Several frames the socket takes at once go out in one write."""
         lock = self.sock.write_lock
         with self._state_lock:
             if self._close_request is not None:
-                return False
+                return 0
             if sub is not None and sub is not self.subscription:
                 return None
-            if shared is not None:
-                if self._sync.admits(*shared):
-                    self.shared_frames += 1
-                else:
-                    data = fallback or sub.frame(change, self.deflate_bits)
-                    self.own_frames += 1
-            elif is_compressed(data):
-                self._sync.lose()
-                self.own_frames += 1
+            frames = [self._choose_locked(*item) for item in items]
             direct = (
                 self.sock.nonblocking_ok
                 and not self._outbox
@@ -189,22 +192,24 @@ class ClientConnection:
                 lock.release()
                 direct = False
             if not direct:
-                if (
-                    len(self._outbox) >= self.max_messages
-                    or self._outbox_bytes + len(data) > self.max_bytes
-                ):
-                    self._request_close_locked(
-                        CloseCode.SLOW_CONSUMER,
-                        f"slow consumer: {len(self._outbox)} messages, "
-                        f"{self._outbox_bytes} bytes queued; reconnect "
-                        "with resume_after",
-                    )
-                    return False
-                self._outbox.append(data)
-                self._outbox_bytes += len(data)
+                for handed, data in enumerate(frames):
+                    if (
+                        len(self._outbox) >= self.max_messages
+                        or self._outbox_bytes + len(data) > self.max_bytes
+                    ):
+                        self._request_close_locked(
+                            CloseCode.SLOW_CONSUMER,
+                            f"slow consumer: {len(self._outbox)} messages, "
+                            f"{self._outbox_bytes} bytes queued; reconnect "
+                            "with resume_after",
+                        )
+                        return handed
+                    self._outbox.append(data)
+                    self._outbox_bytes += len(data)
                 self._wake.set()
-                return True
+                return len(frames)
         try:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             if not self.sock.try_write(data):
                 self._wake.set()  # the handler thread finishes the tail
         except OSError:
@@ -212,7 +217,21 @@ class ClientConnection:
             self._wake.set()
         finally:
             lock.release()
-        return True
+        return len(frames)
+
+    def _choose_locked(self, data, shared, fallback, change):
+        """The frame that goes out, keeping the shared-context sync: the
+        shared frame if the client is in step, else the fallback."""
+        if shared is not None:
+            if self._sync.admits(*shared):
+                self.shared_frames += 1
+                return data
+            self.own_frames += 1
+            return fallback or self.subscription.frame(change, self.deflate_bits)
+        if is_compressed(data):
+            self._sync.lose()
+            self.own_frames += 1
+        return data
 
     def replace_subscription(self, subscription: Subscription, reply: bytes) -> bool:
         """Make ``subscription`` this client's and queue ``reply`` in one

@@ -114,6 +114,9 @@ class LiveDocuments:
             handed = self.client.offer(data)
         return handed
 
+    def on_changes(self, changes):
+        return sum(1 for change in changes if self.on_change(change))
+
     def offer(self, data):
         return self.client.offer(data)
 

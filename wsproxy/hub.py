@@ -1,10 +1,12 @@
 """The intake queue, the broadcaster thread and the locked set of clients.
 
 The watcher puts :class:`~wsproxy.codec.Change` objects on the intake queue;
-the ``wsproxy-broadcaster`` thread takes them off one at a time, records each
-in a bounded history of recent events (so a reconnecting client can resume
-without asking MongoDB) and offers its pre-built frame to every subscribed
-client. Offering never blocks (see :mod:`wsproxy.connection`), so one slow client
+the ``wsproxy-broadcaster`` thread takes off every change that is waiting
+(up to :data:`MAX_BATCH`, never waiting for more), records each in a
+bounded history of recent events (so a reconnecting client can resume
+without asking MongoDB) and offers their pre-built frames to every
+subscribed client together, which writes them in one go when its socket
+takes them. Offering never blocks (see :mod:`wsproxy.connection`), so one slow client
 cannot stall the others.
 
 Nothing a client controls runs under the hub's lock, which the broadcaster
@@ -30,6 +32,9 @@ from .protocol import CloseCode
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Changes offered to clients together at most: what a getMore batch
+# brings at once during a burst, without holding one client's turn long.
+MAX_BATCH = 64
 
 
 class Barrier:
@@ -61,8 +66,12 @@ class Member(Protocol):
     ``resume.CatchUp``)."""
 
     def on_change(self, change) -> bool:
-        """Offered every change, on the broadcaster thread; True if it was
+        """Offered a change, on the broadcaster thread; True if it was
         handed to the connection (counted in metrics)."""
+
+    def on_changes(self, changes) -> int:
+        """Offered changes that arrived together, in order (the
+        broadcaster's usual call); how many were handed over."""
 
     def offer(self, data) -> bool:
         """A frame for everyone (an announcement); False if closing."""
@@ -96,6 +105,9 @@ class _Joining:
                 self._hold(change, len(change.frame))
                 return False
         return self.client.on_change(change)
+
+    def on_changes(self, changes):
+        return sum(1 for change in changes if self.on_change(change))
 
     def offer(self, data):
         with self._lock:
@@ -319,18 +331,33 @@ class Hub:
     # -- the broadcaster thread --------------------------------------------
 
     def _run(self):
+        following = None  # an item taken while gathering a batch
         while True:
-            try:
-                item = self.intake.get_nowait()
-            except queue.Empty:
-                self.idle.set()
-                item = self.intake.get()
-                self.idle.clear()
+            if following is not None:
+                item, following = following, None
+            else:
+                try:
+                    item = self.intake.get_nowait()
+                except queue.Empty:
+                    self.idle.set()
+                    item = self.intake.get()
+                    self.idle.clear()
             if item is _STOP:
                 return
             try:
                 if isinstance(item, codec.Change):
-                    self._publish(item)
+                    batch = [item]
+                    # What else is waiting, never waiting for more.
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            more = self.intake.get_nowait()
+                        except queue.Empty:
+                            break
+                        if not isinstance(more, codec.Change):
+                            following = more  # after this batch, in order
+                            break
+                        batch.append(more)
+                    self._publish(batch)
                 elif isinstance(item, Barrier):
                     item.callback()
                 else:
@@ -338,17 +365,17 @@ class Hub:
             except Exception:  # noqa: BLE001 - the broadcaster must survive
                 log.exception("broadcaster: failed to publish %r", item)
 
-    def _publish(self, change):
-        size = len(change.frame)  # encoded here, not under the lock
-        cluster_time = change.raw.get("clusterTime")
-        if cluster_time is not None:
-            self.published_through = cluster_time
-        self.published_at = time.monotonic()
+    def _publish(self, batch):
+        sizes = [len(change.frame) for change in batch]  # not under the lock
+        # Every change before the batch has been offered to every member;
+        # the batch's own are offered from now on.
+        self._published(batch[0])
         with self._lock:
-            self._history.append(change)
-            self._positions[change.id] = self._next_position
-            self._next_position += 1
-            self._history_bytes += size
+            for change, size in zip(batch, sizes, strict=True):
+                self._history.append(change)
+                self._positions[change.id] = self._next_position
+                self._next_position += 1
+                self._history_bytes += size
             while self._history and (
                 len(self._history) > self._history_size
                 or self._history_bytes > self._history_bytes_max
@@ -359,18 +386,29 @@ class Hub:
                     del self._positions[old.id]
                 self._history_bytes -= len(old.frame)
             clients = list(self._clients)
-        wall = change.raw.get("wallTime")
-        if isinstance(wall, datetime.datetime):
-            # PyMongo decodes naive UTC datetimes.
-            lag = time.time() - wall.replace(tzinfo=datetime.UTC).timestamp()
-            metrics.LAG.observe(max(lag, 0.0))
+        now = time.time()
+        for change in batch:
+            wall = change.raw.get("wallTime")
+            if isinstance(wall, datetime.datetime):
+                # PyMongo decodes naive UTC datetimes.
+                lag = now - wall.replace(tzinfo=datetime.UTC).timestamp()
+                metrics.LAG.observe(max(lag, 0.0))
         handed = 0
         for client in clients:
-            if client.on_change(change):
-                handed += 1
+            if len(batch) == 1:
+                handed += 1 if client.on_change(batch[0]) else 0
+            else:
+                handed += client.on_changes(batch)
+        self._published(batch[-1])
         if handed:
             metrics.MESSAGES.inc(handed)
-            metrics.BYTES.inc(handed * len(change.frame))
+            metrics.BYTES.inc(handed * sum(sizes) // len(sizes))
+
+    def _published(self, change):
+        cluster_time = change.raw.get("clusterTime")
+        if cluster_time is not None:
+            self.published_through = cluster_time
+        self.published_at = time.monotonic()
 
     def _announce(self, announcement):
         if announcement.forget_history:

@@ -158,6 +158,9 @@ class CatchUp:
             self._delivered.clear()
             return False
 
+    def on_changes(self, changes):
+        return sum(1 for change in changes if self.on_change(change))
+
     def offer(self, data):
         return self.client.offer(data)
 

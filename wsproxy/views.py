@@ -440,8 +440,8 @@ def serve(state, client, resume_id):
         metrics.CLIENTS.dec()
         client.finish()
         log.info(
-            "client %s disconnected after %.1fs (code %s; compressed frames: "
-            "%d shared, %d own)",
+            "client %s disconnected after %.1fs (code %s), compressed "
+            "frames: %d shared, %d own",
             client.id,
             time.monotonic() - started,
             client.close_code,
