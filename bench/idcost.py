@@ -20,6 +20,7 @@ import json
 import secrets
 import sys
 import time
+from types import SimpleNamespace
 
 from pymongo import MongoClient
 
@@ -53,8 +54,9 @@ def shared_frames(texts, window_bits=WINDOW_BITS):
     """Stage 2's frames: wsproxy's own shared context, fed the messages in
     order as the broadcaster feeds it (reset every 64 messages)."""
     context = SharedContext(None, window_bits)
-    for text in texts:
-        shared = context.encode(object(), text)  # object(): a new change
+    for n, text in enumerate(texts):
+        # The context knows changes by id; ours may all be "" (no id row).
+        shared = context.encode(SimpleNamespace(id=n), text)
         yield codec.frame(text) if shared is None else shared[2]
 
 

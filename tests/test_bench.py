@@ -5,10 +5,11 @@ import json
 import random
 import subprocess
 import sys
+import zlib
 
 import pytest
 
-from bench import mix, wire
+from bench import idcost, mix, wire
 
 from .helpers import ROOT, scaled
 
@@ -100,6 +101,18 @@ def test_demo_mix_plan_deletes_only_live_documents():
             assert target in live
             if kind == mix.DELETE:
                 live.remove(target)
+
+
+def test_idcost_stage_2_frames_are_wsproxys_and_inflate_in_order():
+    # bench.idcost measures stage 2 with wsproxy's own SharedContext: its
+    # frames must read back, in order, through one decompressor.
+    texts = ['{"type": "change", "id": "", "event": {"operationType": '
+             '"insert", "n": %d}}' % n for n in range(150)]
+    inflater = zlib.decompressobj(-idcost.WINDOW_BITS)
+    for text, frame in zip(texts, idcost.shared_frames(texts)):
+        assert frame[0] & 0x40 and frame[1] < 126  # compressed, short header
+        body = frame[2:] + b"\x00\x00\xff\xff"
+        assert inflater.decompress(body).decode() == text
 
 
 def test_quick_snapshot_benchmark_runs_without_loss(tmp_path):
