@@ -170,6 +170,13 @@ class Follower(threading.Thread):
         self.versions[key] = max(v, self.versions.get(key, 0))
 
 
+def _write_the_last_write(items):
+    """The sentinel, in its final form last: once a client holds it so, it
+    has applied everything before it."""
+    items.insert_one({"_id": SENTINEL, "n": 0, "status": "open"})
+    items.update_one({"_id": SENTINEL}, {"$set": {"n": -1}})
+
+
 def _expected(items, query, hide_fields=()):
     docs = {}
     for doc in items.find(query):
@@ -193,7 +200,7 @@ def _run_exactness(mongo, mongo_client, namespace, gunicorn, *, query,
     writer = RandomWriter(items, seed)
     writer.seed()
     server = gunicorn(server_env(mongo.uri, db, coll, **dict(env)), workers=2)
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = server.ws_url()
     followers = [Follower([url], f"{db}.{coll}", start_at=i * STEP,
                           writer=writer, **subscription)
                  for i in range(CLIENTS)]
@@ -207,9 +214,7 @@ def _run_exactness(mongo, mongo_client, namespace, gunicorn, *, query,
         writer.wait_writes(writer.writes + 4 * STEP)
     finally:
         writer.stop()
-    # The last write: once a client holds it, it has applied everything.
-    items.insert_one({"_id": SENTINEL, "n": 0, "status": "open"})
-    items.update_one({"_id": SENTINEL}, {"$set": {"n": -1}})
+    _write_the_last_write(items)
     expected = _expected(items, query, hide_fields)
     for follower in followers:
         follower.join(scaled(60))
@@ -273,7 +278,7 @@ def test_a_reset_brings_a_fresh_snapshot_and_the_state_stays_exact(
     writer = RandomWriter(items, 10)
     writer.seed()
     server = gunicorn(server_env(mongo.uri, db, coll), app="tests.resetapp:app")
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = server.ws_url()
     follower = Follower([url], f"{db}.{coll}",
                         filter={"fullDocument.status": "open"})
     follower.start()
@@ -286,8 +291,7 @@ def test_a_reset_brings_a_fresh_snapshot_and_the_state_stays_exact(
         writer.wait_writes(writer.writes + 200)
     finally:
         writer.stop()
-    items.insert_one({"_id": SENTINEL, "n": 0, "status": "open"})
-    items.update_one({"_id": SENTINEL}, {"$set": {"n": -1}})
+    _write_the_last_write(items)
     follower.join(scaled(60))
     assert follower.error is None and follower.done.is_set()
     assert follower.regressions == []
@@ -305,7 +309,7 @@ def test_ten_reconnects_between_two_proxies_end_exact(
     writer.seed()
     env = server_env(mongo.uri, db, coll)
     first, second = gunicorn(env), gunicorn(env)
-    urls = [s.url.replace("http://", "ws://") + "/ws" for s in (first, second)]
+    urls = [s.ws_url() for s in (first, second)]
     follower = Follower(urls, f"{db}.{coll}", writer=writer,
                         filter={"fullDocument.status": "open"})
     follower.reconnects = [(i + 1) * 100 for i in range(10)]
@@ -316,8 +320,7 @@ def test_ten_reconnects_between_two_proxies_end_exact(
         writer.wait_writes(1200)
     finally:
         writer.stop()
-    items.insert_one({"_id": SENTINEL, "n": 0, "status": "open"})
-    items.update_one({"_id": SENTINEL}, {"$set": {"n": -1}})
+    _write_the_last_write(items)
     follower.join(scaled(60))
     assert follower.error is None and follower.done.is_set()
     assert follower.regressions == []
@@ -356,7 +359,7 @@ def _snapshot(url, token, **subscription):
 
 def test_hidden_fields_and_principal_filters_apply_to_snapshots(hostapp):
     server, db, _ = hostapp
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = server.ws_url()
     shop = _snapshot(url, "token-shop", ns=f"{db}.orders")
     assert [d["_id"] for d in shop.documents] == [1, 2]
     for doc in shop.documents:
@@ -370,7 +373,7 @@ def test_hidden_fields_and_principal_filters_apply_to_snapshots(hostapp):
 
 def test_snapshot_refusals(hostapp):
     server, db, _ = hostapp
-    ws = server.url.replace("http://", "ws://") + "/ws"
+    ws = server.ws_url()
     shop = {"additional_headers": {"Authorization": "Bearer token-shop"}}
     admin = {"additional_headers": {"Authorization": "Bearer token-admin"}}
     # Outside the grant.
@@ -411,7 +414,7 @@ def test_sort_and_limit_bound_the_snapshot(hostapp):
     server, db, orders = hostapp
     orders.insert_many([{"_id": n, "status": "open", "rank": n % 7}
                         for n in range(10, 40)])
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = server.ws_url()
     snap = _snapshot(url, "token-admin", ns=f"{db}.orders",
                      filter={"fullDocument.status": "open"},
                      sort="-fullDocument.rank", limit=5)

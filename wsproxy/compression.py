@@ -156,10 +156,14 @@ class Sync:
         self.epoch = None  # None: not in sync; independent frames only
         self.next_seq = 0
 
+    def expects(self, epoch, seq):
+        """Whether frame ``seq`` of ``epoch`` may be sent next."""
+        return seq == 0 or (epoch == self.epoch and seq == self.next_seq)
+
     def admits(self, epoch, seq):
         """Whether frame ``seq`` of ``epoch`` may be sent (and, if so,
         count it as sent)."""
-        if seq == 0 or (epoch == self.epoch and seq == self.next_seq):
+        if self.expects(epoch, seq):
             self.epoch, self.next_seq = epoch, seq + 1
             return True
         self.epoch = None

@@ -159,7 +159,7 @@ class ClientConnection:
         # Out of step (an unlocked look, checked again under the lock):
         # the frame compressed on its own, made here, outside the lock.
         fallback = None
-        if seq and not (self._sync.epoch == epoch and self._sync.next_seq == seq):
+        if not self._sync.expects(epoch, seq):
             fallback = sub.frame(change, self.deflate_bits)
         return (data, (epoch, seq), fallback, change)
 
