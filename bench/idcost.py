@@ -9,8 +9,8 @@ stage 1 (each message on its own, :func:`wsproxy.codec.deflated_frame`)
 and stage 2 (one context carried across messages) -- with the id as
 wsproxy sends it, as the plain hex token the baselines send, and empty.
 The difference between the first and the last is what the ids cost.
-A second sealed row seals the same tokens in uppercase, as MongoDB writes
-them (SecantusDB's lowercase hex is sealed as BSON, twice the size).
+(SecantusDB's tokens are lowercase hex, MongoDB's uppercase; the sealer
+packs both as bytes, so the ids are the same length on either.)
 
     python -m bench.idcost [--events 600] [--json PATH]
 """
@@ -64,12 +64,6 @@ def measure(changes):
     sealer = Sealer([secrets.token_urlsafe(32)])
     ids = {
         "sealed (wsproxy)": [sealer.seal(c["_id"]) for c in changes],
-        # MongoDB's tokens are uppercase hex, which the sealer packs as
-        # bytes; SecantusDB's are lowercase and go in as BSON, twice the
-        # size. The same tokens in uppercase: the ids on MongoDB.
-        "sealed, uppercase token": [
-            sealer.seal({"_data": c["_id"]["_data"].upper()})
-            for c in changes],
         "hex token (baselines)": [c["_id"]["_data"] for c in changes],
         "none": ["" for _ in changes],
     }

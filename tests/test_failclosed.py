@@ -175,7 +175,9 @@ def test_a_principal_row_filter_on_a_hidden_field_does_not_fail_open(
 # Sealed resume ids (sealing.py).
 
 TOKENS = [{"_data": "8263A1B2C3000000012B022C0100296E5A1004"},
-          {"_data": "82ab"},                       # not uppercase hex
+          {"_data": "82ab"},                       # lowercase hex
+          {"_data": "82aB"},                       # mixed: kept as BSON
+          {"_data": "82A"},                        # odd length: BSON
           {"_data": "82AB", "_typeBits": b"\x01"}]
 
 
@@ -198,6 +200,18 @@ def test_an_id_reveals_nothing_of_the_token():
     sealed = Sealer(["k" * 32]).seal(token)
     for fragment in (secret, secret.lower(), token["_data"][:10]):
         assert fragment not in sealed
+
+
+def test_hex_tokens_of_either_case_are_packed_as_bytes():
+    # The id's length is most of a compressed message's: a hex token is
+    # sealed as its bytes, not as BSON text, whether MongoDB's uppercase
+    # or SecantusDB's lowercase.
+    from wsproxy.sealing import Sealer
+    sealer, data = Sealer(["k" * 32]), "8263a1b2c3000000012b022c0100296e5a1004" * 3
+    lower = sealer.seal({"_data": data})
+    assert len(lower) == len(sealer.seal({"_data": data.upper()}))
+    assert len(lower) < len(sealer.seal({"_data": data[:-1] + "G"})) * 2 // 3
+    assert sealer.unseal(lower) == {"_data": data}
 
 
 def _flip(text, at):

@@ -41,9 +41,11 @@ _HKDF_INFO = b"wsproxy/v1 resume-id sealing key (AES-SIV-512)"
 # the same key would not open here.
 _ASSOCIATED = [b"wsproxy resume id v1"]
 _ID = re.compile(rf"[A-Za-z0-9_-]{{22,{MAX_ID_CHARS}}}")
-# Plaintext forms: the usual {"_data": "<uppercase hex>"} as its bytes, and
-# anything else (e.g. with _typeBits) as BSON, so nothing is lost.
-_HEX, _BSON = b"\x00", b"\x01"
+# Plaintext forms: the usual {"_data": "<hex>"} as its bytes, with the
+# letters' case (MongoDB writes uppercase; other servers, e.g. SecantusDB,
+# lowercase), which halves the id; anything else (mixed case, _typeBits) as
+# BSON, so nothing is lost.
+_HEX, _BSON, _LOWER_HEX = b"\x00", b"\x01", b"\x02"
 NOT_A_TOKEN = "resume_after: not a resume token"
 
 
@@ -68,8 +70,10 @@ class Sealer:
     def seal(self, token):
         """Resume token document -> the opaque id clients echo back."""
         data = token.get("_data") if len(token) == 1 else None
-        if isinstance(data, str) and _is_upper_hex(data):
+        if isinstance(data, str) and _is_hex(data, _UPPER_DIGITS):
             plain = _HEX + bytes.fromhex(data)
+        elif isinstance(data, str) and _is_hex(data, _LOWER_DIGITS):
+            plain = _LOWER_HEX + bytes.fromhex(data)
         else:
             plain = _BSON + BSON.encode(token)
         sealed = self._ciphers[0].encrypt(plain, _ASSOCIATED)
@@ -98,16 +102,20 @@ class Sealer:
         return self.seal(self.unseal(text))
 
 
-def _is_upper_hex(text):
-    return (
-        bool(text) and len(text) % 2 == 0 and all(c in "0123456789ABCDEF" for c in text)
-    )
+_UPPER_DIGITS = frozenset("0123456789ABCDEF")
+_LOWER_DIGITS = frozenset("0123456789abcdef")
+
+
+def _is_hex(text, digits):
+    return bool(text) and len(text) % 2 == 0 and digits.issuperset(text)
 
 
 def _decode(plain):
     kind, body = plain[:1], plain[1:]
     if kind == _HEX and body:
         return {"_data": body.hex().upper()}
+    if kind == _LOWER_HEX and body:
+        return {"_data": body.hex()}
     if kind == _BSON:
         try:
             token = BSON(body).decode()
