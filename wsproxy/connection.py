@@ -112,9 +112,9 @@ class ClientConnection:
         self._close_request: tuple[int, str] | None = None  # once decided
         self.close_code: int | None = None
         self.ended = False  # the connection is over, however it ended
-        # Set by the broadcaster and by simple-websocket's reader thread
-        # (see wsproxy.websocket.prepare), so one wait covers both
-        # directions.
+        # Set by the broadcaster, replay and simple-websocket's event
+        # handling (see wsproxy.websocket.Wakeup); the handler waits on it
+        # and the socket together (Connection.wait).
         self._wake = conn.wake
         # Set whenever the handler thread has flushed the outbox.
         self._drained = threading.Event()
@@ -340,7 +340,7 @@ class ClientConnection:
                     for t in (next_ping if heartbeat else None, call_at)
                     if t is not None
                 ]
-                self._wake.wait(max(min(deadlines) - now, 0) if deadlines else None)
+                self.conn.wait(max(min(deadlines) - now, 0) if deadlines else None)
                 self._wake.clear()
                 if self.conn.breach is not None:
                     self.request_close(*self.conn.breach)
@@ -429,3 +429,4 @@ class ClientConnection:
             self.conn.wait_reader(self.close_timeout)
         with self.sock.write_lock:
             self.sock.closed = True
+        self.conn.release()

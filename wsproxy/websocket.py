@@ -15,11 +15,23 @@ simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
   options in the request's environ, and the server factory installed into
   flask-sock uses them for that request only; every other request gets the
   host's options unchanged.
-* **Writes must not interleave.** simple-websocket's reader thread writes
-  pongs and close replies, its ``send()`` takes no lock and uses
-  ``socket.send`` (partial writes). :class:`GuardedSocket` is put in the
-  environ in place of the WSGI server's socket, so every write, ours and the
-  reader thread's, takes one lock and writes everything.
+* **One thread per connection.** simple-websocket reads in a thread of
+  its own, beside the gunicorn thread that runs the handler: two threads a
+  connection, and twice the threads waking when many clients leave at
+  once. wsproxy gives it a ``thread_class`` that starts nothing
+  (:class:`_HandlerReads`) and reads in the handler thread instead:
+  :meth:`Connection.wait` polls the socket together with the handler's
+  :class:`Wakeup` and feeds what arrived through simple-websocket's own
+  event handling (pongs, close replies, messages, as its reader thread
+  would). TLS sockets (gunicorn ``--certfile``) keep the reader thread: a
+  readable TLS socket need not hold a whole record, so polling it could
+  block the handler.
+* **Writes must not interleave.** Pongs and close replies are written
+  from where simple-websocket handles events, its ``send()`` takes no
+  lock and uses ``socket.send`` (partial writes). :class:`GuardedSocket` is
+  put in the environ in place of the WSGI server's socket, so every write,
+  ours, the broadcaster's and simple-websocket's, takes one lock and writes
+  everything.
 * **Every frame a client sends is paid for.** simple-websocket answers
   pings and gathers fragments in its reader thread, where wsproxy's
   message handler never sees them, and counts a text message's size in
@@ -47,6 +59,7 @@ import base64
 import binascii
 import dataclasses
 import errno
+import os
 import select
 import socket
 import ssl
@@ -72,6 +85,9 @@ from .errors import ClientError
 from .protocol import CloseCode
 
 _POLL_SLICE = 0.5  # seconds; how often a blocked writer rechecks for abort
+# Bytes read from a client per wake-up: a busy sender cannot keep its
+# handler from its writes (the policy caps what it may send anyway).
+_READ_BYTES, _READS_PER_WAKE = 16384, 4
 _OPTIONS_KEY = "wsproxy.server_options"
 # Where each WSGI server flask-sock supports puts the client socket.
 _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
@@ -188,6 +204,128 @@ class GuardedSocket:
     def __getattr__(self, name):
         # recv, fileno, setblocking... are the real socket's.
         return getattr(self.raw, name)
+
+
+class Wakeup:
+    """The handler thread's wake-up flag: ``threading.Event``'s ``set`` /
+    ``clear`` / ``is_set``, plus a file descriptor that is readable while
+    it is set, so the handler can poll it together with the client's
+    socket. Set from any thread (broadcaster, replay, the handler itself).
+
+    The descriptor (an eventfd, or a pipe where there is none) is made on
+    first use, so a refused request never opens one, and :meth:`close`
+    ends it under the lock, so a late ``set`` from the broadcaster can
+    never write into a descriptor number the OS has given to another
+    connection."""
+
+    __slots__ = ("_flag", "_fds", "_lock", "_closed")
+
+    def __init__(self):
+        self._flag = False
+        self._fds = None  # (read end, write end); the same fd for eventfd
+        # Guards _flag changes, the descriptor's life and its counter.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def is_set(self):
+        return self._flag
+
+    def set(self):
+        if self._flag:  # unlocked: already set stays set until cleared
+            return
+        with self._lock:
+            if self._flag or self._closed:
+                return
+            self._flag = True
+            if self._fds is not None:
+                _signal(self._fds[1])
+
+    def clear(self):
+        with self._lock:
+            if self._flag and self._fds is not None:
+                _drain(self._fds[0])
+            self._flag = False
+
+    def fileno(self):
+        """The descriptor to poll (made now if need be)."""
+        with self._lock:
+            if self._fds is None:
+                if self._closed:
+                    raise ValueError("wake-up closed")
+                self._fds = _wake_fds()
+                if self._flag:
+                    _signal(self._fds[1])
+            return self._fds[0]
+
+    def wait(self, timeout=None):
+        """Until set or ``timeout`` seconds; whether it is set."""
+        if not self._flag:
+            _poll([self.fileno()], timeout)
+        return self._flag
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            fds, self._fds = self._fds, None
+        for fd in set(fds or ()):
+            os.close(fd)
+
+
+if hasattr(os, "eventfd"):
+
+    def _wake_fds():
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return fd, fd
+
+    def _signal(fd):
+        os.eventfd_write(fd, 1)
+
+    def _drain(fd):
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+
+else:  # pragma: no cover - not Linux
+
+    def _wake_fds():
+        r, w = os.pipe()
+        for fd in (r, w):
+            os.set_blocking(fd, False)
+        return r, w
+
+    def _signal(fd):
+        try:
+            os.write(fd, b"x")
+        except BlockingIOError:
+            pass  # full: it is readable already
+
+    def _drain(fd):
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _poll(fds, timeout):
+    """Wait until one of ``fds`` is readable (or hung up); those that are."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return {fd for fd, _ in poller.poll(ms)}
+
+
+class _HandlerReads:
+    """simple-websocket's ``thread_class`` for connections the handler
+    thread reads itself: starts no thread."""
+
+    def __init__(self, target):
+        self.name = "wsproxy-reads-in-handler"
+
+    def start(self):
+        pass
 
 
 class FramePolicy:
@@ -385,7 +523,7 @@ class Pending:
     the view its server object."""
 
     sock: GuardedSocket
-    wake: threading.Event
+    wake: Wakeup
     environ: dict
     policy: FramePolicy
     deflate: BoundedDeflate | None
@@ -417,7 +555,7 @@ def prepare(
     deflate = BoundedDeflate(max_message_size) if compression else None
     # The reader thread sets this on every message and on close; the
     # connection's handler thread waits on it together with the outbox.
-    wake = threading.Event()
+    wake = Wakeup()
     policy = FramePolicy(
         rate=frame_rate,
         burst=frame_burst,
@@ -435,6 +573,8 @@ def prepare(
         # pinger in the reader thread.
         "ping_interval": None,
     }
+    if guarded.nonblocking_ok:
+        environ[_OPTIONS_KEY]["thread_class"] = _HandlerReads
     return Pending(guarded, wake, environ, policy, deflate)
 
 
@@ -467,6 +607,10 @@ class Connection:
         self._ws = ws
         self.sock = pending.sock
         self.wake = pending.wake
+        # Whether this (handler) thread reads the socket; else
+        # simple-websocket's reader thread does (TLS).
+        self._reads_here = isinstance(ws.thread, _HandlerReads)
+        self._read_done = False  # reading here ended: close reply, EOF, error
         self._policy = pending.policy
         deflate = pending.deflate
         # The window our compressed frames may use, if the client offered
@@ -494,6 +638,51 @@ class Connection:
     @property
     def subprotocol(self):
         return self._ws.subprotocol
+
+    def wait(self, timeout):
+        """Wait up to ``timeout`` seconds (None: no limit) until the wake-up
+        is set or, when reading here, the client sent something, which is
+        then read and handled (pongs and close replies written, messages
+        queued for :meth:`messages`)."""
+        if not self._reads_here or self._read_done:
+            self.wake.wait(timeout)
+            return
+        sock = self.sock.raw.fileno()
+        if self.wake.is_set():
+            timeout = 0
+        if sock in _poll([sock, self.wake.fileno()], timeout):
+            self._read()
+
+    def _read(self):
+        """Read what the socket holds now and handle it, as
+        simple-websocket's reader thread does with each ``recv``."""
+        ws = self._ws
+        for _ in range(_READS_PER_WAKE):
+            try:
+                data = self.sock.raw.recv(_READ_BYTES, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            try:
+                if not data:
+                    raise OSError("connection ended")
+                ws.ws.receive_data(data)
+                ws.connected = ws._handle_events()
+            except (OSError, LocalProtocolError):
+                ws.connected = False
+            if not ws.connected:
+                self._end_reading()
+                return
+            if len(data) < _READ_BYTES:
+                return
+
+    def _end_reading(self):
+        # What simple-websocket's reader thread does when it ends.
+        self._read_done = True
+        self._ws.connected = False
+        self.wake.set()
+        self.sock.close()
 
     def messages(self):
         """Pop each complete message the reader thread has received."""
@@ -524,10 +713,25 @@ class Connection:
         self._ws.close(code, reason)
 
     def wait_reader(self, timeout):
-        """Wait for the reader thread to end (it ends once the peer's close
-        reply arrives or the socket fails); True if it has ended."""
-        self._ws.thread.join(timeout)
-        return not self._ws.thread.is_alive()
+        """Wait until reading has ended (the peer's close reply arrived or
+        the socket failed), reading here if this thread is the reader;
+        True if it has ended."""
+        if not self._reads_here:
+            self._ws.thread.join(timeout)
+            return not self._ws.thread.is_alive()
+        deadline = time.monotonic() + timeout
+        sock = self.sock.raw.fileno()
+        while not self._read_done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if _poll([sock], remaining):
+                self._read()
+        return True
+
+    def release(self):
+        """Close the wake-up's descriptor; the connection is over."""
+        self.wake.close()
 
     def peer_close_code(self):
         """The code of the peer's close frame; 1006 if it sent none.
