@@ -54,9 +54,31 @@ def parse(argv=None):
                    help="what the writer writes: benchmark documents "
                         "(default) or the demo's inserts, updates, replaces "
                         "and deletes of orders (see bench.mix)")
-    p.add_argument("--drain", type=float, default=10.0,
+    p.add_argument("--burst", type=int, default=0, metavar="N",
+                   help="instead of rate*duration measured writes, insert N "
+                        "documents as fast as the database takes them "
+                        "(insert_many, 500 a chunk); the warm-up is still "
+                        "written at --rate (--warmup 0 skips it)")
+    p.add_argument("--mass-disconnect", action="store_true",
+                   help="after the measured phase, a bystander client "
+                        "connects, a writer writes at --rate, and all M "
+                        "clients are SIGKILLed at once: report the "
+                        "bystander's delay (stall_ms) and, for wsproxy, "
+                        "how long until the server counted them gone")
+    p.add_argument("--stall-before", type=float, default=2.0,
+                   help="seconds of bystander events before the kill, "
+                        "for its p50 (default 2)")
+    p.add_argument("--stall-window", type=float, default=5.0,
+                   help="seconds the writer goes on after the kill "
+                        "(default 5)")
+    p.add_argument("--sigterm", action="store_true",
+                   help="last step of each run: SIGTERM the server with M "
+                        "clients connected (with --mass-disconnect, a fresh "
+                        "M after it) and time until its process tree is gone")
+    p.add_argument("--drain", type=float, default=None,
                    help="max seconds after the last write to wait for "
-                        "every client to get it (default 10)")
+                        "every client to get it (default 10; with --burst "
+                        "30 + M*N/10,000)")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="max seconds for all clients to connect")
     p.add_argument("--ready-timeout", type=float, default=60.0,
@@ -65,12 +87,18 @@ def parse(argv=None):
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the work directory with all logs")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: clients 1,10, 2 s, warm-up 0.5 s")
+                   help="smoke test: clients 1,10, 2 s, warm-up 0.5 s "
+                        "(with --mass-disconnect: 1 s before, 2 s window)")
     opts = p.parse_args(argv)
     if opts.quick:
         opts.clients, opts.duration, opts.warmup = [1, 10], 2.0, 0.5
+        opts.stall_before, opts.stall_window = 1.0, 2.0
     if opts.rate <= 0 or opts.duration <= 0 or opts.procs < 1:
         p.error("--rate, --duration and --procs must be positive")
+    if opts.burst < 0 or opts.stall_before <= 0 or opts.stall_window <= 0:
+        p.error("--burst must not be negative, --stall-* must be positive")
+    if opts.burst and opts.mix != "bench":
+        p.error("--burst inserts benchmark documents: no --mix demo")
     return opts
 
 

@@ -5,9 +5,13 @@ stdin/stdout line protocol (every wait has a timeout), and merges their
 results and latency files. ``close()`` always stops every process group.
 With ``seqs=True`` the clients also record each latency's seq, and
 ``finish`` leaves them in ``self.seqs`` (parallel to the latencies).
+With ``hold=True`` the connections outlive ``finish`` until ``close()``
+(EOF: each closes politely) or ``kill()`` (SIGKILL to every process at
+once: the kernel drops all their sockets, no close frames).
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +23,9 @@ from . import procs
 class ClientPool:
     def __init__(self, url, total, nprocs, workdir, *, hello=False,
                  first_seq=0, not_before=0.0, connect_timeout=60.0,
-                 client="lean", seqs=False, deflate=False):
+                 client="lean", seqs=False, deflate=False, hold=False):
         self.total = total
+        self.hold = hold
         self.workdir = workdir
         self.children = []
         self.seqs = array("q") if seqs else None
@@ -43,6 +48,7 @@ class ClientPool:
                 "--client", a["client"]]
         return (argv + (["--hello"] if a["hello"] else [])
                 + (["--deflate"] if a["deflate"] else [])
+                + (["--hold"] if self.hold else [])
                 + (["--seqs"] if self.seqs is not None else []))
 
     def start(self):
@@ -99,6 +105,22 @@ class ClientPool:
                 with open(path + ".seq", "rb") as f:
                     self.seqs.frombytes(f.read())
         return merged, lat
+
+    def kill(self):
+        """SIGKILL every client process group back to back; return the
+        ``time.time()`` of the first signal (they die together)."""
+        t = time.time()
+        for c in self.children:
+            try:
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for c in self.children:
+            try:
+                c.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        return t
 
     def close(self):
         for c in self.children:

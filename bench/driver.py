@@ -41,9 +41,14 @@ def _say(msg):
 def _line(r):
     if r["error"]:
         return f"ERROR {r['error'].splitlines()[0]}"
-    return (f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
+    line = (f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
             f"p99 {_fmt(r['lat_p99_ms'], '{:.1f}')} ms, lost {r['lost']}, "
             f"cpu {_fmt(r['cpu_s'], '{:.2f}')} s")
+    if "stall_ms" in r:
+        line += f", stall {_fmt(r['stall_ms'], '{:.0f}')} ms"
+    if r.get("sigterm_s") is not None:
+        line += f", sigterm {r['sigterm_s']:.2f} s"
+    return line
 
 
 def _fmt(v, f):
@@ -82,8 +87,9 @@ def main(opts):
         for m in opts.clients:
             for spec in servers:
                 rundir = os.path.join(workdir, f"{spec.name}-{m}")
-                _say(f"run {spec.name} M={m} rate={opts.rate}/s "
-                     f"duration={opts.duration}s ...")
+                load = (f"burst={opts.burst}" if opts.burst else
+                        f"rate={opts.rate}/s duration={opts.duration}s")
+                _say(f"run {spec.name} M={m} {load} ...")
                 t0 = time.monotonic()
                 raw, lat = run_one(spec, m, opts, mongo.uri, NAMESPACE, rundir)
                 r = report.summarize(raw, lat)
@@ -100,18 +106,30 @@ def main(opts):
 
     if results:
         report.add_off_ratios(results)
+        report.add_asyncio_ratios(results)
         print()
+        if opts.burst:
+            print(f"burst: {opts.burst} documents inserted back to back "
+                  "(msgs/s: delivery rate from the first write to the last "
+                  "message received)")
         print(report.table(results))
         if opts.deflate or opts.mix != "bench":
             print("\ncompression (clients offer permessage-deflate: "
                   f"{'yes' if opts.deflate else 'no'}; writes: {opts.mix} "
                   "mix):")
             print(report.compression_table(results))
+        if opts.mass_disconnect or opts.sigterm:
+            print("\nmass disconnect and SIGTERM with clients connected:")
+            print(report.disconnect_table(results))
         ratio_lines = report.ratios(results)
         if ratio_lines:
             print("\nratios (wsproxy / baseline; msgs/s >1 is better, "
                   "p99 and cpu <1 are better):")
             print(ratio_lines)
+        beside = report.asyncio_table(results)
+        if beside:
+            print("\nwsproxy beside the asyncio websockets baseline:")
+            print(beside)
     if opts.json:
         report.write_json(opts.json, results, vars(opts))
         _say(f"results written to {opts.json}")

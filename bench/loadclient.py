@@ -15,6 +15,10 @@ not JSON, and connections are "lean" by default (see :mod:`.connections`),
 to keep the client processes from being the bottleneck. Latency is receive
 time minus the document's ``t`` (both ``time.time()`` on this machine).
 
+With ``--hold`` the connections stay open after RESULT (still reading,
+no longer counted) until EOF on stdin: the driver can then take them all
+away at once by killing the process (the mass-disconnect step).
+
 With ``--deflate`` the connections offer permessage-deflate as browsers do.
 RESULT then tells, from CONNECTED on (handshakes and hellos excluded), the
 bytes read from the sockets (``wire_bytes``, lean connections only), the
@@ -251,6 +255,8 @@ async def main(args):
     wire = load.wire_bytes()
     _say("RESULT", load.result(timed_out, _cpu() - cpu0,
                                None if wire is None else wire - wire0))
+    if args.hold and line:
+        await stdin.readline()  # EOF (or any line): now close
     # Close politely but boundedly (each close() has its own timeout).
     links = [c.link for c in load.conns if c.link is not None]
     if links:
@@ -272,6 +278,8 @@ def cli(argv=None):
                         "connection as established")
     p.add_argument("--seqs", action="store_true",
                    help="also write each latency's seq to OUT.seq")
+    p.add_argument("--hold", action="store_true",
+                   help="keep the connections open after RESULT until EOF")
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=32,
                    help="handshakes in flight at once")

@@ -2,8 +2,8 @@
 
 Spawning children in their own session (so a whole server tree can be
 signalled as one process group), stopping them with escalation, raising the
-file-descriptor limit, and sampling a server's process tree (CPU seconds and
-RSS) with psutil.
+file-descriptor limit, and sampling a server's process tree (CPU seconds,
+RSS and threads) with psutil.
 """
 
 import ctypes
@@ -111,6 +111,14 @@ def _killpg(pgid, sig):
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def gone(p):
+    """Whether psutil.Process ``p`` has exited (a zombie counts as gone)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def stop_group(proc, timeout=10.0, sig=signal.SIGTERM):
@@ -225,6 +233,20 @@ class TreeMonitor:
                 pass
         self.peak_rss = max(self.peak_rss, total)
         return total
+
+    def threads(self):
+        """Threads of every live process of the tree, summed."""
+        total = 0
+        for p in self._members():
+            try:
+                total += p.num_threads()
+            except psutil.Error:
+                pass
+        return total
+
+    def members(self):
+        """The tree's live processes (psutil.Process), the root included."""
+        return self._members()
 
     def cpu_seconds(self):
         total = 0.0

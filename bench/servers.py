@@ -18,8 +18,10 @@ permessage-deflate (``--deflate``):
 """
 
 import http.client
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -186,6 +188,40 @@ class ServerProcess:
         self.stop_how = procs.stop_group(self.proc, timeout=timeout)
         return self.stop_how, round(time.monotonic() - t0, 2)
 
+    def sigterm(self, members=(), timeout=15.0):
+        """SIGTERM the group now (clients may be connected); return (how,
+        seconds until the server and every process in ``members`` -- its
+        tree as sampled before, see :meth:`.procs.TreeMonitor.members` --
+        are gone). SIGKILL after ``timeout``: how is then "killed"."""
+        t0 = time.monotonic()
+        procs._killpg(self.proc.pid, signal.SIGTERM)
+        how = "terminated"
+        while not (self.proc.poll() is not None
+                   and all(procs.gone(p) for p in members)):
+            if time.monotonic() - t0 > timeout:
+                how = "killed"
+                procs._killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+                break
+            time.sleep(0.01)  # polling for exit, not synchronisation
+        seconds = time.monotonic() - t0
+        procs._killpg(self.proc.pid, signal.SIGKILL)  # stragglers, if any
+        self.stop_how = how
+        return how, round(seconds, 3)
+
+    def ready_json(self, timeout=2.0):
+        """``/readyz``'s JSON body (wsproxy's has ``"clients"``), or None
+        (no answer, or not JSON: the baselines answer ``ok``)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                          timeout=timeout)
+        try:
+            conn.request("GET", "/readyz")
+            return json.loads(conn.getresponse().read())
+        except (OSError, ValueError):
+            return None
+        finally:
+            conn.close()
+
     def log_tail(self, lines=20):
         try:
             with open(self.log_path, errors="replace") as f:
@@ -200,12 +236,14 @@ class ServerProcess:
         except OSError:
             return 0
 
-    def log_problems(self, split=None, limit=3):
+    def log_problems(self, split=None, limit=3, disconnect=None):
         """Error-like log lines before and after byte offset ``split``.
 
         Returns ``{"run": (count, first few), "shutdown": (count, ...)}``:
         errors while measuring are the server's; after ``split`` the clients
-        are closing and the server is stopping.
+        are closing and the server is stopping. With ``disconnect`` (an
+        offset after ``split``) the lines between the two are the
+        mass-disconnect step's, ``"disconnect"``, and shutdown starts there.
         """
         keys = ("Traceback", "ERROR", "Error", "CRITICAL", "WORKER TIMEOUT",
                 "Exception", "exception")
@@ -216,8 +254,11 @@ class ServerProcess:
         except OSError:
             data = b""
         split = len(data) if split is None else split
-        for phase, chunk in (("run", data[:split]),
-                             ("shutdown", data[split:])):
+        phases = [("run", data[:split]), ("shutdown", data[split:])]
+        if disconnect is not None:
+            phases[1:] = [("disconnect", data[split:disconnect]),
+                          ("shutdown", data[disconnect:])]
+        for phase, chunk in phases:
             hits = [ln.rstrip() for ln in
                     chunk.decode(errors="replace").splitlines()
                     if any(k in ln for k in keys)]

@@ -9,7 +9,14 @@ how far behind it fell. With ``--update N`` it updates instead of
 inserting: write ``i`` sets ``seq`` and ``t`` of the seeded document
 ``_id = i % N`` (the snapshot benchmark's collection keeps its size).
 With ``--mix demo`` it writes the demo's inserts, updates, replacements
-and deletes of orders instead (see :mod:`.mix`).
+and deletes of orders instead (see :mod:`.mix`). With ``--burst N`` the
+warm-up is still written at the rate, then the N measured documents are
+inserted as fast as the database takes them, with ``insert_many`` in
+chunks of ``--chunk`` (default 500); every document of a chunk carries the
+chunk's send time as ``t``, so latency, loss and duplicates are counted as
+for the rate schedule (``ack_ms`` and ``sent_at`` are then per chunk).
+``--seq-base B`` numbers the documents from B (a second writer in the same
+collection, as for the mass-disconnect step, keeps seqs unique).
 Protocol on stdout::
 
     MEASURE <epoch>   the first measured insert is about to happen
@@ -32,20 +39,40 @@ from .procs import die_with_parent
 from .wire import bench_document
 
 
-def write(coll, rate, warmup, count, update=0, marks=(), mix=None):
+def burst(coll, count, first_seq, chunk=500):
+    """Insert seqs ``first_seq..first_seq+count-1`` back to back, in chunks.
+
+    Returns per chunk: (ack_ms, sent_at)."""
+    acks, sent_at = [], []
+    for lo in range(first_seq, first_seq + count, chunk):
+        hi = min(first_seq + count, lo + chunk)
+        sent, t = time.monotonic(), time.time()
+        coll.insert_many([bench_document(seq, t) for seq in range(lo, hi)],
+                         ordered=True)
+        acks.append(round((time.monotonic() - sent) * 1000.0, 3))
+        sent_at.append(t)
+    return acks, sent_at
+
+
+def write(coll, rate, warmup, count, update=0, marks=(), mix=None,
+          burst_chunk=0, base=0):
+    """The rate schedule (``burst_chunk``: only for the warm-up, then the
+    ``count`` measured documents back to back, see :func:`burst`)."""
     interval = 1.0 / rate
     start = time.monotonic()
     behind = 0.0
     t_first = None
     acks, sent_at = [], []
-    for seq in range(warmup + count):
-        due = start + seq * interval
+    scheduled = warmup if burst_chunk else warmup + count
+    for i in range(scheduled):
+        seq = base + i
+        due = start + i * interval
         now = time.monotonic()
         if now < due:
             time.sleep(due - now)  # pacing the schedule, not synchronisation
         else:
             behind = max(behind, now - due)
-        if seq == warmup:
+        if i == warmup:
             t_first = time.time()
             print(f"MEASURE {t_first!r}", flush=True)  # a JSON number
         if seq in marks:
@@ -63,6 +90,12 @@ def write(coll, rate, warmup, count, update=0, marks=(), mix=None):
             coll.insert_one(bench_document(seq, t))
         acks.append(round((time.monotonic() - sent) * 1000.0, 3))
         sent_at.append(t)
+    if burst_chunk:
+        t_first = time.time()
+        print(f"MEASURE {t_first!r}", flush=True)
+        more = burst(coll, count, base + warmup, burst_chunk)
+        acks += more[0]
+        sent_at += more[1]
     return t_first, behind, acks, sent_at
 
 
@@ -79,6 +112,13 @@ def cli(argv=None):
     p.add_argument("--mix", choices=("bench", "demo"), default="bench",
                    help="bench documents (default) or the demo's mix of "
                         "order inserts, updates, replaces and deletes")
+    p.add_argument("--burst", type=int, default=0, metavar="N",
+                   help="after the warm-up (at --rate), insert N documents "
+                        "as fast as possible instead of rate*duration")
+    p.add_argument("--chunk", type=int, default=500,
+                   help="documents per insert_many in --burst (default 500)")
+    p.add_argument("--seq-base", type=int, default=0, metavar="B",
+                   help="the first document's seq (default 0)")
     p.add_argument("--mark", type=int, action="append", default=[],
                    metavar="SEQ", help="say MARK just before writing SEQ")
     args = p.parse_args(argv)
@@ -88,14 +128,19 @@ def cli(argv=None):
     try:
         client.admin.command("ping")  # connect before the schedule starts
         warm = args.warmup_count
-        count = max(1, int(round(args.rate * args.duration)))
+        if args.burst and (args.update or args.mix != "bench"):
+            p.error("--burst inserts bench documents: no --update or --mix")
+        count = args.burst or max(1, int(round(args.rate * args.duration)))
         mix = DemoMix(warm + count) if args.mix == "demo" else None
         t_first, behind, acks, sent_at = write(
             client[db][coll], args.rate, warm, count,
-            update=args.update, marks=set(args.mark), mix=mix)
+            update=args.update, marks=set(args.mark), mix=mix,
+            burst_chunk=args.chunk if args.burst else 0, base=args.seq_base)
         t_last = time.time()
+        first = args.seq_base + warm
         print("DONE " + json.dumps({
-            "first_seq": warm, "last_seq": warm + count - 1, "written": count,
+            "first_seq": first, "last_seq": first + count - 1,
+            "written": count, "burst": args.burst,
             "t_first": t_first, "t_last": t_last,
             "achieved_rate": count / max(1e-9, t_last - t_first),
             "max_behind_s": behind, "ack_ms": acks, "sent_at": sent_at}),
