@@ -158,3 +158,72 @@ def test_quick_snapshot_benchmark_runs_without_loss(tmp_path):
     assert snaps["failures"] == {}, snaps
     assert snaps["bytes"]["p50"] == pytest.approx(big["bytes"]["p50"], rel=0.01)
     assert snaps["to_end_ms"]["p99"] >= snaps["to_end_ms"]["p50"] > 0
+
+
+def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
+    # Small and short: a burst as the measured phase, then the bystander's
+    # mass-disconnect step, then SIGTERM with a fresh set of clients.
+    out = tmp_path / "burst.json"
+    clients, burst = 10, 1000
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--clients", str(clients),
+         "--servers", "wsproxy,websockets", "--burst", str(burst),
+         "--warmup", "0.5", "--mass-disconnect", "--sigterm",
+         "--stall-before", "1", "--stall-window", "1.5", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mass disconnect and SIGTERM" in result.stdout
+    assert "wsproxy beside the asyncio websockets baseline" in result.stdout
+    runs = {r["server"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(runs) == {"wsproxy", "websockets"}
+    for run in runs.values():
+        assert run["error"] is None, run["error"]
+        # The burst: every document to every client, once.
+        assert run["burst"] == burst and run["writes"] == burst, run
+        assert run["received"] == run["expected"] == clients * burst, run
+        assert run["lost"] == 0 and run["dups"] == 0, run
+        assert run["dropped_conns"] == 0, run
+        assert run["offered_msgs_per_s"] is None and run["msgs_per_s"] > 0
+        assert run["cpu_s_per_100k"] == pytest.approx(
+            run["cpu_s"] / run["received"] * 1e5)
+        assert run["threads_connected"] >= run["threads_idle"] > 0, run
+        # The bystander saw events before and after the kill, lost none.
+        assert run["disconnect_killed"] == clients, run
+        assert run["bystander_events_before"] > 0, run
+        assert run["bystander_events_after"] > 0, run
+        assert run["bystander_lost"] == 0 and run["bystander_dups"] == 0, run
+        assert isinstance(run["stall_ms"], float), run
+        assert run["bystander_max_after_ms"] - run["bystander_p50_before_ms"] \
+            == pytest.approx(run["stall_ms"])
+        # SIGTERM with clients connected ended the server without SIGKILL.
+        assert run["sigterm_clients"] == clients, run
+        assert run["sigterm_stop"] == "terminated", run
+        assert 0 <= run["sigterm_s"] < 15, run
+    ws, base = runs["wsproxy"], runs["websockets"]
+    # One handler thread per connection (a few reused idle pool threads
+    # make it read low at this M); asyncio holds none.
+    assert 0.5 <= ws["threads_per_conn"] <= 1.5, ws
+    assert base["threads_per_conn"] < 0.5, base
+    # Only wsproxy counts its clients (/readyz): they were all gone.
+    assert ws["disconnect_gone_s"] >= 0 and base["disconnect_gone_s"] is None
+    assert base["cpu_per_msg_vs_asyncio"] == base["p99_vs_asyncio"] == 1.0
+    assert ws["cpu_per_msg_vs_asyncio"] == pytest.approx(
+        ws["cpu_us_per_msg"] / base["cpu_us_per_msg"])
+
+
+def test_disconnect_summary_splits_the_bystanders_events_at_the_kill():
+    from bench.report import disconnect_summary
+
+    # Seqs 100..105 sent a second apart; the kill at t=102.5.
+    raw = {"t_kill": 102.5, "sent_at": [100.0 + i for i in range(6)],
+           "seq_base": 100, "seqs": [100, 101, 102, 103, 104, 105],
+           "lat_ms": [4.0, 6.0, 900.0, 350.0, 5.0, 5.0], "writes": 7,
+           "dups": 0, "closed": 0, "killed": 1000, "gone_s": 0.4,
+           "cpu_s": 0.2}
+    s = disconnect_summary(raw)
+    # Seq 102 was sent before the kill but received at 102.9: after it.
+    assert s["bystander_events_before"] == 2 and s["bystander_events_after"] == 4
+    assert s["bystander_p50_before_ms"] == 4.0
+    assert s["bystander_max_after_ms"] == 900.0 and s["stall_ms"] == 896.0
+    assert s["bystander_lost"] == 1 and s["disconnect_gone_s"] == 0.4
+    assert disconnect_summary(None) == {}
