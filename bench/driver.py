@@ -44,7 +44,9 @@ def _line(r):
     line = (f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
             f"p99 {_fmt(r['lat_p99_ms'], '{:.1f}')} ms, lost {r['lost']}, "
             f"cpu {_fmt(r['cpu_s'], '{:.2f}')} s")
-    if "stall_ms" in r:
+    if r.get("disconnect_error"):
+        line += f", mass disconnect ERROR {r['disconnect_error']}"
+    elif "stall_ms" in r:
         line += f", stall {_fmt(r['stall_ms'], '{:.0f}')} ms"
     if r.get("sigterm_s") is not None:
         line += f", sigterm {r['sigterm_s']:.2f} s"
@@ -133,11 +135,12 @@ def main(opts):
     if opts.json:
         report.write_json(opts.json, results, vars(opts))
         _say(f"results written to {opts.json}")
-    if opts.keep_logs or any(r["error"] for r in results):
+    failed = any(r["error"] or r.get("disconnect_error") for r in results)
+    if opts.keep_logs or failed:
         _say(f"logs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     if interrupted:
         return 130
-    return 1 if any(r["error"] for r in results) else 0
+    return 1 if failed else 0
 

@@ -89,6 +89,7 @@ def summarize(raw, lat):
         "threads_connected": raw.get("threads_connected"),
         "threads_per_conn": threads_conn,
         **disconnect_summary(raw.get("disconnect")),
+        "disconnect_error": raw.get("disconnect_error"),
         "sigterm_clients": raw.get("sigterm_clients"),
         "sigterm_stop": sigterm[0], "sigterm_s": sigterm[1],
         "server_alive_after": raw.get("server_alive_after"),
@@ -198,6 +199,9 @@ def table(results):
     notes += [f"  {r['server']} M={r['clients']}: {r['connect_failed']} "
               f"clients failed to connect {r['connect_errors']}"
               for r in results if r.get("connect_failed")]
+    notes += [f"  {r['server']} M={r['clients']}: mass-disconnect step "
+              f"failed: {r['disconnect_error']}" for r in results
+              if r.get("disconnect_error")]
     notes += [f"  {r['server']} M={r['clients']}: SIGTERM with clients "
               f"needed SIGKILL after {r['sigterm_s']}s" for r in results
               if r.get("sigterm_stop") == "killed"]

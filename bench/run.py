@@ -104,17 +104,22 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         raw["rss_peak"] = max(monitor.peak_rss, monitor.rss())
         raw["server_alive_after"] = server.alive()
         if pool and opts.mass_disconnect:
-            raw["disconnect"] = mass_disconnect(
-                server, pool, monitor, opts, db_uri, namespace, workdir,
-                seq_base=raw["writer"]["last_seq"] + 1)
-            pool.close()
+            try:
+                raw["disconnect"] = mass_disconnect(
+                    server, pool, monitor, opts, db_uri, namespace, workdir,
+                    seq_base=raw["writer"]["last_seq"] + 1)
+            except (RuntimeError, OSError, ValueError, KeyError) as e:
+                # The measured phase still stands; the step reports why not.
+                raw["disconnect_error"] = f"{type(e).__name__}: {e}"
+            pool.close()  # killed, or (after a failure) closing politely
             pool = None
             if opts.sigterm:  # the killed clients' places, for SIGTERM
                 pool = connect("clients-sigterm")
                 raw["sigterm_connect"] = pool.wait_connected()
         disconnect_split = server.log_offset()
         if pool and opts.sigterm:
-            raw["sigterm_clients"] = pool.total
+            raw["sigterm_clients"] = (raw.get("sigterm_connect")
+                                      or raw["connect"])["ok"]
             raw["sigterm"] = server.sigterm(monitor.members())
     except KeyboardInterrupt:
         raise

@@ -79,6 +79,9 @@ _WSPROXY_ENV = {
     # 1,000 clients connect from this one address at once.
     "WSPROXY_CONNECT_RATE": "100000",
     "WSPROXY_CONNECT_BURST": "100000",
+    # 1,000 clients and the mass-disconnect step's bystander (the default
+    # cap is 1,000; gunicorn.conf.py's 1,100 threads leave room for both).
+    "WSPROXY_MAX_CLIENTS": "1050",
 }
 
 
