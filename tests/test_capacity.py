@@ -358,16 +358,21 @@ def test_1000_concurrent_clients_on_one_worker(
               f"{threads0} -> {threads1}, fds {fds0} -> {fds1}, RSS "
               f"{rss0 / MB:.1f} -> {rss1 / MB:.1f} MB "
               f"({(rss1 - rss0) / MANY / 1024:.0f} KB per client)")
-        # Measured: 1.3-1.9 s for 20 events to reach 1,000 clients (mostly
-        # this process parsing 20,000 frames in Python). Worker: 7 -> 2,007
-        # threads, +61 MB RSS (62 KB per connection).
+        # Measured: 0.7-1.9 s for 20 events to reach 1,000 clients (mostly
+        # this process parsing 20,000 frames in Python). Worker: 7 -> 1,007
+        # threads (one per connection: the handler reads its own socket;
+        # 2,007 when simple-websocket had a reader thread each), +48 MB RSS
+        # (50 KB per connection; 62 KB with two threads), two fds each
+        # (the socket and the handler's wake-up eventfd).
         assert delivered < scaled(10)
+        assert threads1 - threads0 <= MANY * 1.05, (threads0, threads1)
+        assert fds1 - fds0 <= MANY * 2 + 5, (fds0, fds1)
 
         # Everyone says goodbye at once with a close frame; the server
-        # answers each and hangs up. 2,000 threads (a handler and a reader
-        # per connection) wake together: the worker spends seconds in GIL
-        # contention (measured: every socket closed after 3-12 s, every
-        # client unregistered after 4-19 s, /readyz timing out meanwhile).
+        # answers each and hangs up. 1,000 handler threads wake together
+        # (measured: every socket closed and every client unregistered
+        # after 0.2-0.6 s; 3-12 s and 4-19 s with two threads a
+        # connection).
         for client in clients:
             client.send_close()
         closing = time.monotonic()
@@ -382,18 +387,16 @@ def test_1000_concurrent_clients_on_one_worker(
     wait_for(lambda: _clients(server) == 0, 60, "every client to be gone",
              interval=0.5)
     gone = time.monotonic() - closing
-    # Every simple-websocket reader thread has ended; what remains are
-    # gthread's pool threads, which never shrink (one per connection that
-    # was ever open at once).
+    # What remains are gthread's pool threads, which never shrink (one per
+    # connection that was ever open at once); every wake-up eventfd is
+    # closed.
     threads2, fds2, _ = _settle(server, worker, 60)
     print(f"closing: every socket closed after {closed:.1f}s, every client "
           f"unregistered after {gone:.1f}s; then worker threads "
           f"{threads2}, fds {fds2}")
-    # Measured: threads 7 -> 2007 with 1,000 clients (a pool thread and a
-    # reader thread each) -> 1007-1020 after (the pool may have grown for
-    # /readyz while every pool thread was busy). The pool is capped at
-    # gunicorn's `threads` (1,100); a reader thread left behind per
-    # connection would mean >= 2,000. fds back to the baseline exactly.
+    # Measured: threads 7 -> 1007 with 1,000 clients -> 1007 after (the
+    # pool may grow for /readyz while every pool thread is busy). The pool
+    # is capped at gunicorn's `threads` (1,100). fds back to the baseline.
     assert threads2 <= threads0 + 1100, (threads0, threads2)
     assert fds2 <= fds0 + 5, (fds0, fds2)
     assert not _errors(server), _errors(server)

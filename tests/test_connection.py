@@ -1,9 +1,12 @@
 """One connection over a real socket pair: the outbox, the write lock and
 the slow-consumer policy, with simple-websocket on the server end and a
-wsproto client on the other."""
+wsproto client on the other. Every test runs twice: with the handler
+thread reading the socket itself (plain sockets, one thread a connection)
+and with simple-websocket's reader thread (what TLS sockets keep)."""
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -11,11 +14,20 @@ from wsproxy import codec, protocol
 from wsproxy import websocket
 from wsproxy.connection import ClientConnection
 from wsproxy.subscription import EVERYTHING
+from wsproto.events import TextMessage
 
 from .helpers import RawPeer, scaled
 
 
 _sockets = []
+_reads_in_handler = True
+
+
+@pytest.fixture(autouse=True, params=["handler reads", "reader thread"])
+def read_path(request):
+    global _reads_in_handler
+    _reads_in_handler = request.param == "handler reads"
+    yield request.param
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +38,7 @@ def _close_sockets():
 
 
 def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
-                sndbuf=None):
+                sndbuf=None, max_message_size=None, ping_interval=0):
     srv_sock, cli_sock = socket.socketpair()
     _sockets.extend([srv_sock, cli_sock])
     if sndbuf:
@@ -41,19 +53,91 @@ def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
     environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
     # The handshake reply is written as soon as the server object exists,
     # so the peer reads it afterwards from the socket buffer.
-    conn = websocket.open_for_test(environ, send_timeout=send_timeout)
+    conn = websocket.open_for_test(
+        environ, send_timeout=send_timeout, max_message_size=max_message_size,
+        read_in_handler=_reads_in_handler)
     peer.read_until(lambda: peer.accepted, 5, "the handshake")
     client = ClientConnection(conn, max_messages=max_messages,
-                    max_bytes=max_bytes, ping_interval=0,
+                    max_bytes=max_bytes, ping_interval=ping_interval,
                     close_timeout=scaled(2), subscription=EVERYTHING)
     return client, peer
 
 
-def run_in_thread(client):
-    thread = threading.Thread(target=client.run, args=(lambda c, m: None,),
-                              name="test-handler")
+def run_in_thread(client, on_message=lambda c, m: None):
+    def handler():
+        try:
+            client.run(on_message)
+        finally:
+            client.finish()
+
+    thread = threading.Thread(target=handler, name="test-handler")
     thread.start()
     return thread
+
+
+def _joined(thread):
+    thread.join(scaled(5))
+    return not thread.is_alive()
+
+
+def test_a_connection_needs_no_thread_but_its_handler(read_path):
+    before = threading.active_count()
+    client, peer = make_client()
+    extra = threading.active_count() - before
+    assert extra == (0 if read_path == "handler reads" else 1)
+    client.request_close(protocol.CloseCode.NORMAL, "")
+    thread = run_in_thread(client)
+    peer.wait_close()
+    assert _joined(thread)
+
+
+def test_messages_pings_and_a_close_from_the_peer():
+    got = []
+    client, peer = make_client()
+    thread = run_in_thread(client, lambda c, m: got.append(m))
+    peer._send(peer.conn.send(TextMessage("hello, server")))
+    peer.ping([b"are you there"])
+    assert peer.take(1) == [("pong", b"are you there")]
+    peer.send_close(1000)
+    assert peer.wait_close() == (1000, "")    # the server's reply
+    assert _joined(thread)
+    assert got == ["hello, server"]
+    assert client.close_code == 1000
+
+
+def test_a_message_over_the_size_limit_is_closed_with_1009():
+    got = []
+    client, peer = make_client(max_message_size=100)
+    thread = run_in_thread(client, lambda c, m: got.append(m))
+    peer._send(peer.conn.send(TextMessage("x" * 101)))
+    code, reason = peer.wait_close()
+    assert code == protocol.CloseCode.TOO_BIG and "100 bytes" in reason
+    assert _joined(thread)
+    assert got == []
+
+
+def test_a_peer_that_vanishes_ends_its_handler_and_wakeup():
+    client, peer = make_client()
+    thread = run_in_thread(client)
+    peer.sock.shutdown(socket.SHUT_RDWR)
+    assert _joined(thread)
+    assert client.close_code == protocol.CloseCode.ABNORMAL
+    # Its wake-up descriptor is gone; a late wake from the broadcaster
+    # is a no-op, not a write to a descriptor number reused since.
+    client.wake()
+    with pytest.raises(ValueError):
+        client.conn.wake.fileno()
+
+
+def test_a_peer_that_never_answers_pings_is_dropped():
+    client, peer = make_client(ping_interval=0.2)
+    thread = run_in_thread(client)
+    started = time.monotonic()
+    # The peer reads nothing, so it answers no ping.
+    assert _joined(thread)
+    assert time.monotonic() - started >= 0.4  # a ping, then no pong by the next
+    assert client.close_code == protocol.CloseCode.ABNORMAL
+    del peer
 
 
 def test_offered_frames_arrive_in_order():

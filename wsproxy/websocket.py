@@ -538,11 +538,14 @@ def prepare(
     frame_rate,
     frame_burst,
     compression=True,
+    read_in_handler=None,
 ):
     """Before the handshake (a ``before_request``): put the guarded socket
     and wsproxy's own server options in ``environ``; with ``compression``
-    accept a permessage-deflate offer. Raises ClientError (500) when the
-    WSGI server cannot hand its socket over."""
+    accept a permessage-deflate offer. The handler thread reads the socket
+    itself unless it is a TLS socket (``read_in_handler`` overrides that,
+    for tests of both paths). Raises ClientError (500) when the WSGI server
+    cannot hand its socket over."""
     key = next((k for k in _SOCKET_KEYS if k in environ), None)
     if key is None:
         raise ClientError(
@@ -573,7 +576,9 @@ def prepare(
         # pinger in the reader thread.
         "ping_interval": None,
     }
-    if guarded.nonblocking_ok:
+    if read_in_handler is None:
+        read_in_handler = guarded.nonblocking_ok
+    if read_in_handler:
         environ[_OPTIONS_KEY]["thread_class"] = _HandlerReads
     return Pending(guarded, wake, environ, policy, deflate)
 
@@ -756,6 +761,7 @@ def open_for_test(
     frame_rate=1000,
     frame_burst=1000,
     compression=True,
+    read_in_handler=None,
 ):
     """Prepare and accept a connection outside Flask (unit tests): the same
     path as a request, without flask-sock's wrapper."""
@@ -767,5 +773,6 @@ def open_for_test(
         frame_rate=frame_rate,
         frame_burst=frame_burst,
         compression=compression,
+        read_in_handler=read_in_handler,
     )
     return Connection(_server(environ), pending)
