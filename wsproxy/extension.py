@@ -175,6 +175,9 @@ class ProxyState:
             return
         for client in self.hub.clients():
             client.request_close(CloseCode.GOING_AWAY, reason)
+        # The watcher's last round trip (up to WSPROXY_MAX_AWAIT_MS) runs
+        # out while the clients close, not after them in worker_exit.
+        self.source.request_stop()
 
     def install_sigterm_handler(self):
         """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before

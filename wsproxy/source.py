@@ -86,6 +86,10 @@ class ChangeSource:
         )
         self._thread.start()
 
+    def request_stop(self):
+        """Stop after the current round trip, without waiting for it."""
+        self._stopping.set()
+
     def stop(self, timeout=5.0):
         self._stopping.set()
         if self._thread is not None:
