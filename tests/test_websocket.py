@@ -1,4 +1,5 @@
-"""The frame policy and the host and origin checks, on their own."""
+"""The frame policy, the host and origin checks and the handler's wake-up,
+on their own."""
 
 import pytest
 from flask import Flask
@@ -7,6 +8,7 @@ from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
 
 from wsproxy import ClientError
 from wsproxy.access import check_host, check_origin
+from wsproxy import websocket
 from wsproxy.websocket import FramePolicy
 
 
@@ -110,3 +112,49 @@ def test_same_origin(url, origin, status):
             with pytest.raises(ClientError) as info:
                 check_origin(ctx.request, None)
             assert info.value.status == status
+
+
+# ---------------------------------------------------------------------------
+# The handler's wake-up (one poll waits for it and the client's socket).
+
+def _readable(fd):
+    import select
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_a_wakeup_set_from_another_thread_makes_its_descriptor_readable():
+    import threading
+    wake = websocket.Wakeup()
+    fd = wake.fileno()
+    assert not _readable(fd) and not wake.is_set()
+    setter = threading.Thread(target=wake.set, name="test-setter")
+    setter.start()
+    setter.join()
+    assert wake.is_set() and _readable(fd)
+    wake.clear()
+    assert not wake.is_set() and not _readable(fd)
+    wake.close()
+
+
+def test_the_waiting_thread_sets_its_own_wakeup_without_a_syscall():
+    import threading
+    wake = websocket.Wakeup()
+    wake.owner = threading.get_ident()
+    fd = wake.fileno()
+    wake.set()
+    # Not readable, but set: wait() looks at the flag before it polls.
+    assert wake.is_set() and not _readable(fd)
+    assert wake.wait(10)
+    wake.clear()
+    assert not wake.wait(0)
+    wake.close()
+
+
+def test_a_closed_wakeup_ignores_late_sets():
+    wake = websocket.Wakeup()
+    wake.fileno()
+    wake.close()
+    wake.set()                 # the broadcaster, after the connection ended
+    assert not wake.is_set()
+    with pytest.raises(ValueError):
+        wake.fileno()

@@ -417,16 +417,21 @@ class ClientConnection:
         if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
 
+    def stop_reading(self) -> None:
+        """Make sure reading has ended (the peer's close reply, or at most
+        the close timeout, then the socket is cut)."""
+        if not self.conn.wait_reader(self.close_timeout):
+            self.sock.abort()
+            self.conn.wait_reader(self.close_timeout)
+
     def finish(self) -> None:
-        """Make sure simple-websocket's reader thread has ended and no write
-        can reach the socket any more (the WSGI server closes it next)."""
+        """Make sure reading has ended and no write can reach the socket
+        any more (the WSGI server closes it next)."""
         self.ended = True
         if self._contexts is not None:
             self._contexts.leave(self._context)
             self._context = None
-        if not self.conn.wait_reader(self.close_timeout):
-            self.sock.abort()
-            self.conn.wait_reader(self.close_timeout)
+        self.stop_reading()
         with self.sock.write_lock:
             self.sock.closed = True
         self.conn.release()

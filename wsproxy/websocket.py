@@ -218,7 +218,7 @@ class Wakeup:
     never write into a descriptor number the OS has given to another
     connection."""
 
-    __slots__ = ("_flag", "_fds", "_lock", "_closed")
+    __slots__ = ("_flag", "_fds", "_lock", "_closed", "_signaled", "owner")
 
     def __init__(self):
         self._flag = False
@@ -226,6 +226,10 @@ class Wakeup:
         # Guards _flag changes, the descriptor's life and its counter.
         self._lock = threading.Lock()
         self._closed = False
+        self._signaled = False  # the descriptor has been made readable
+        # The thread that waits (it looks at the flag before it polls, so
+        # its own set() needs no syscall); None: any thread may wait.
+        self.owner = None
 
     def is_set(self):
         return self._flag
@@ -233,17 +237,22 @@ class Wakeup:
     def set(self):
         if self._flag:  # unlocked: already set stays set until cleared
             return
+        if self.owner == threading.get_ident():
+            self._flag = True
+            return
         with self._lock:
             if self._flag or self._closed:
                 return
             self._flag = True
             if self._fds is not None:
                 _signal(self._fds[1])
+                self._signaled = True
 
     def clear(self):
         with self._lock:
-            if self._flag and self._fds is not None:
+            if self._signaled:
                 _drain(self._fds[0])
+                self._signaled = False
             self._flag = False
 
     def fileno(self):
@@ -255,6 +264,7 @@ class Wakeup:
                 self._fds = _wake_fds()
                 if self._flag:
                     _signal(self._fds[1])
+                    self._signaled = True
             return self._fds[0]
 
     def wait(self, timeout=None):
@@ -267,6 +277,7 @@ class Wakeup:
         with self._lock:
             self._closed = True
             fds, self._fds = self._fds, None
+            self._signaled = False
         for fd in set(fds or ()):
             os.close(fd)
 
@@ -652,6 +663,7 @@ class Connection:
         if not self._reads_here or self._read_done:
             self.wake.wait(timeout)
             return
+        self.wake.owner = threading.get_ident()
         sock = self.sock.raw.fileno()
         if self.wake.is_set():
             timeout = 0
@@ -669,25 +681,34 @@ class Connection:
                 return
             except OSError:
                 data = b""
+            if not data:  # the peer is gone: nothing left to read
+                self._end_reading(gone=True)
+                return
             try:
-                if not data:
-                    raise OSError("connection ended")
                 ws.ws.receive_data(data)
                 ws.connected = ws._handle_events()
             except (OSError, LocalProtocolError):
                 ws.connected = False
             if not ws.connected:
-                self._end_reading()
+                self._end_reading(gone=False)
                 return
             if len(data) < _READ_BYTES:
                 return
 
-    def _end_reading(self):
-        # What simple-websocket's reader thread does when it ends.
+    def _end_reading(self, gone):
+        # What simple-websocket's reader thread does when it ends: no more
+        # writes, and the socket shut down, so that gunicorn's graceful
+        # close after the handler does not wait for a peer that keeps its
+        # end open. Not for a peer that is gone (its end is closed) and not
+        # waking the handler (this is it): each syscall saved matters when
+        # a thousand clients vanish at once.
         self._read_done = True
         self._ws.connected = False
-        self.wake.set()
-        self.sock.close()
+        if gone:
+            with self.sock.write_lock:
+                self.sock.closed = True
+        else:
+            self.sock.close()
 
     def messages(self):
         """Pop each complete message the reader thread has received."""
