@@ -75,6 +75,9 @@ One concept per module:
 - ``baseline_tornado``, ``baseline_websockets``  the two baseline servers
 - ``snapshot``      ``python -m bench.snapshot``: command line and the run
 - ``snapclient``    a process of snapshot clients, back to back
+- ``sendfloor``     ``python -m bench.sendfloor``: the CPU of one loopback
+                    ``send`` per client per event, under any server's cost
+                    per delivered message when events come one at a time
 - ``streamprobe``   a plain change stream: the database's own latency
 - ``snapreport``    its statistics, table and JSON
 """

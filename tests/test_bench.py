@@ -227,3 +227,10 @@ def test_disconnect_summary_splits_the_bystanders_events_at_the_kill():
     assert s["bystander_max_after_ms"] == 900.0 and s["stall_ms"] == 896.0
     assert s["bystander_lost"] == 1 and s["disconnect_gone_s"] == 0.4
     assert disconnect_summary(None) == {}
+
+
+def test_the_send_floor_is_measured():
+    from bench.sendfloor import measure
+
+    us = measure(clients=20, events=5, size=100)
+    assert 0 < us < 10_000

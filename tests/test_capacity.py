@@ -390,13 +390,50 @@ def test_1000_concurrent_clients_on_one_worker(
     # What remains are gthread's pool threads, which never shrink (one per
     # connection that was ever open at once); every wake-up eventfd is
     # closed.
-    threads2, fds2, _ = _settle(server, worker, 60)
+    threads2, fds2, rss2 = _settle(server, worker, 60)
     print(f"closing: every socket closed after {closed:.1f}s, every client "
           f"unregistered after {gone:.1f}s; then worker threads "
-          f"{threads2}, fds {fds2}")
+          f"{threads2}, fds {fds2}, RSS {rss2 / MB:.1f} MB")
     # Measured: threads 7 -> 1007 with 1,000 clients -> 1007 after (the
     # pool may grow for /readyz while every pool thread is busy). The pool
     # is capped at gunicorn's `threads` (1,100). fds back to the baseline.
     assert threads2 <= threads0 + 1100, (threads0, threads2)
     assert fds2 <= fds0 + 5, (fds0, fds2)
+
+    # A second thousand come and go: the pool's threads and the memory
+    # the first thousand left behind are reused, nothing a connection
+    # held stays behind it.
+    again = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(
+                4, thread_name_prefix="test-connect") as pool:
+            for batch in pool.map(lambda _: _connect_many(server, MANY // 4),
+                                  range(4)):
+                again.extend(batch)
+        wait_for(lambda: _clients(server) == MANY, 30, f"{MANY} clients",
+                 interval=0.2)
+    finally:
+        _close_all(again)
+    wait_for(lambda: _clients(server) == 0, 60, "every client to be gone",
+             interval=0.5)
+    threads3, fds3, rss3 = _settle(server, worker, 60)
+    print(f"a second {MANY} came and went: worker threads {threads3}, fds "
+          f"{fds3}, RSS {rss3 / MB:.1f} MB ({(rss3 - rss2) / MB:+.1f})")
+    # Measured: threads and fds unchanged, RSS +1.1 MB.
+    assert threads3 <= threads2 + 10, (threads2, threads3)
+    assert fds3 <= fds0 + 5, (fds0, fds3)
+    assert rss3 - rss2 < 5 * MB, (rss3 - rss2) / MB  # < 5 KB a connection
     assert not _errors(server), _errors(server)
+
+
+def _connect_many(server, count):
+    peers = []
+    try:
+        for _ in range(count):
+            peer = RawPeer.connect(server.port, timeout=30)
+            peers.append(peer)
+            peer.read_until(lambda: peer.messages, 30, "the hello")
+    except BaseException:
+        _close_all(peers)
+        raise
+    return peers
