@@ -147,6 +147,18 @@ def _f(v, fmt="{:.1f}"):
     return "-" if v is None else fmt.format(v)
 
 
+def _grid(rows):
+    """Rows of cells (the first the header) as aligned lines, a rule under
+    the header; the first column left-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths,
+                                                      strict=True)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
 COLUMNS = [  # header, key, format
     ("server", "server", "{}"), ("M", "clients", "{}"),
     ("writes", "writes", "{}"), ("msgs/s", "msgs_per_s", "{:.0f}"),
@@ -173,11 +185,7 @@ def table(results):
             # Not all missing messages are lost: some were still in flight.
             row[[k for _, k, _ in COLUMNS].index("lost")] += "*"
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = _grid(rows)
     notes = [f"  {r['server']} M={r['clients']}: {r['error']}"
              for r in results if r.get("error")]
     for phase, suffix in (("while measuring", ""),
@@ -249,18 +257,25 @@ COMPRESSION_COLUMNS = [  # header, key, format
 ]
 
 
-def add_off_ratios(results, base=OFF):
-    """Give every run wire bytes and CPU per delivered message as a ratio
-    to ``base`` at the same client count (None where there is no base)."""
+def _add_ratios(results, base, ratios):
+    """Give every run, for each ``(key, of)`` in ``ratios``, ``r[key]`` =
+    its ``of`` divided by ``base``'s at the same client count (None where
+    there is no base)."""
     by = {r["clients"]: r for r in results
           if r["server"] == base and not r["error"]}
     for r in results:
         b = by.get(r["clients"], {})
-        for key, of in (("wire_vs_off", "wire_bytes_per_event"),
-                        ("cpu_per_msg_vs_off", "cpu_us_per_msg")):
+        for key, of in ratios:
             a, o = r.get(of), b.get(of)
             r[key] = a / o if a is not None and o else None
     return results
+
+
+def add_off_ratios(results, base=OFF):
+    """Wire bytes and CPU per delivered message as a ratio to ``base``."""
+    return _add_ratios(results, base, (
+        ("wire_vs_off", "wire_bytes_per_event"),
+        ("cpu_per_msg_vs_off", "cpu_us_per_msg")))
 
 
 def compression_table(results):
@@ -268,12 +283,7 @@ def compression_table(results):
     rows = [[h for h, _, _ in COMPRESSION_COLUMNS]]
     for r in results:
         rows.append([_f(r.get(k), fmt) for _, k, fmt in COMPRESSION_COLUMNS])
-    widths = [max(len(row[i]) for row in rows)
-              for i in range(len(COMPRESSION_COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = _grid(rows)
     lines.append(f"per change message a client received; 'x off': ratio to "
                  f"{OFF} at the same M; JSON B/ev is the message inflated, "
                  f"wire B/ev what the socket read (frames included)")
@@ -284,18 +294,6 @@ def write_json(path, results, options):
     with open(path, "w") as f:
         json.dump({"options": options, "caveat": CAVEAT,
                    "results": results}, f, indent=2, default=str)
-
-
-def _grid(rows):
-    """Rows of cells (the first the header) as aligned lines, a rule under
-    the header; the first column left-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths,
-                                                      strict=True)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return lines
 
 
 DISCONNECT_COLUMNS = [  # header, key, format
@@ -336,18 +334,11 @@ TARGETS = ("targets: cpu/msg x asyncio <= 0.5 at 1,000 clients x 50/s and "
 
 
 def add_asyncio_ratios(results, base=ASYNCIO):
-    """Give every run CPU per delivered message and p99 as a ratio to
-    ``base`` (the asyncio ``websockets`` baseline) at the same client
-    count (None where there is no base)."""
-    by = {r["clients"]: r for r in results
-          if r["server"] == base and not r["error"]}
-    for r in results:
-        b = by.get(r["clients"], {})
-        for key, of in (("cpu_per_msg_vs_asyncio", "cpu_us_per_msg"),
-                        ("p99_vs_asyncio", "lat_p99_ms")):
-            a, o = r.get(of), b.get(of)
-            r[key] = a / o if a is not None and o else None
-    return results
+    """CPU per delivered message and p99 as a ratio to ``base`` (the
+    asyncio ``websockets`` baseline)."""
+    return _add_ratios(results, base, (
+        ("cpu_per_msg_vs_asyncio", "cpu_us_per_msg"),
+        ("p99_vs_asyncio", "lat_p99_ms")))
 
 
 def _pair(a, b, key, fmt):
