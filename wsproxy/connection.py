@@ -1,7 +1,7 @@
 """One WebSocket connection: its subscription, bounded outbox and close.
 
 Writes to a socket must never interleave; :mod:`wsproxy.websocket` guards
-every write, ours and simple-websocket's reader thread's, with the
+every write, ours and simple-websocket's (pongs, close replies), with the
 connection's ``write_lock`` (see :class:`~wsproxy.websocket.GuardedSocket`).
 
 Lock order, for every lock in the fan-out path (a thread holding one may
@@ -412,8 +412,8 @@ class ClientConnection:
         except Exception:  # noqa: BLE001 - already closed or peer gone
             self.sock.abort()
             return
-        # Wait for the peer's close reply (simple-websocket's reader thread
-        # ends when it arrives); a peer that never answers is cut off.
+        # Wait for the peer's close reply (reading ends when it arrives);
+        # a peer that never answers is cut off.
         if not self.conn.wait_reader(self.close_timeout):
             self.sock.abort()
 

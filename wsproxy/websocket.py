@@ -184,7 +184,8 @@ class GuardedSocket:
         return True
 
     def close(self):
-        """Called by simple-websocket's reader thread when it is done. The
+        """Called when reading is done (by simple-websocket's reader thread,
+        or by the handler reading itself; see Connection). The
         WSGI server owns the socket and closes it after the handler returns
         (closing it here too would make gunicorn count the connection out
         twice), so this only ends it, and under the write lock, so no write
@@ -567,8 +568,9 @@ def prepare(
     guarded = GuardedSocket(environ[key], send_timeout)
     environ[key] = guarded
     deflate = BoundedDeflate(max_message_size) if compression else None
-    # The reader thread sets this on every message and on close; the
-    # connection's handler thread waits on it together with the outbox.
+    # Set by the broadcaster and replay (outbox work) and by
+    # simple-websocket's event handling (a message, the close); the
+    # handler thread waits on it together with the socket.
     wake = Wakeup()
     policy = FramePolicy(
         rate=frame_rate,
@@ -610,7 +612,8 @@ flask_sock.Server = _server
 
 class Connection:
     """wsproxy's view of one simple-websocket server: messages in, pings,
-    close, and the reader thread's life."""
+    close, and reading (in the handler thread, or simple-websocket's
+    reader thread for TLS)."""
 
     def __init__(self, ws, pending):
         if _OPTIONS_KEY in pending.environ:
@@ -711,7 +714,7 @@ class Connection:
             self.sock.close()
 
     def messages(self):
-        """Pop each complete message the reader thread has received."""
+        """Pop each complete message received so far."""
         buffer = self._ws.input_buffer
         while buffer:
             yield buffer.pop(0)
