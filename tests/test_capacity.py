@@ -289,22 +289,10 @@ def test_1000_concurrent_clients_on_one_worker(
     threads0, fds0 = worker.num_threads(), worker.num_fds()
     rss0 = worker.memory_info().rss
     clients = []
-    lock = threading.Lock()
     selector = selectors.DefaultSelector()
     try:
-        def connect(count):
-            for _ in range(count):
-                client = RawPeer.connect(server.port, timeout=30)
-                with lock:
-                    clients.append(client)
-                client.read_until(lambda: client.messages, 30, "the hello")
-
         started = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(
-                4, thread_name_prefix="test-connect") as pool:
-            futures = [pool.submit(connect, MANY // 4) for _ in range(4)]
-            for future in futures:
-                future.result(timeout=scaled(120))
+        clients.extend(_connect_in_parallel(server, MANY))
         connect_seconds = time.monotonic() - started
         assert len(clients) == MANY
         assert all(c.messages[0]["type"] == "hello" for c in clients)
@@ -405,11 +393,7 @@ def test_1000_concurrent_clients_on_one_worker(
     # held stays behind it.
     again = []
     try:
-        with concurrent.futures.ThreadPoolExecutor(
-                4, thread_name_prefix="test-connect") as pool:
-            for batch in pool.map(lambda _: _connect_many(server, MANY // 4),
-                                  range(4)):
-                again.extend(batch)
+        again.extend(_connect_in_parallel(server, MANY))
         wait_for(lambda: _clients(server) == MANY, 30, f"{MANY} clients",
                  interval=0.2)
     finally:
@@ -426,13 +410,26 @@ def test_1000_concurrent_clients_on_one_worker(
     assert not _errors(server), _errors(server)
 
 
-def _connect_many(server, count):
+def _connect_in_parallel(server, count, threads=4):
+    """``count`` peers, each past its hello, connected from ``threads``
+    threads; on a failure every peer made so far is closed."""
     peers = []
-    try:
-        for _ in range(count):
+    lock = threading.Lock()
+
+    def connect(n):
+        for _ in range(n):
             peer = RawPeer.connect(server.port, timeout=30)
-            peers.append(peer)
-            peer.read_until(lambda: peer.messages, 30, "the hello")
+            with lock:
+                peers.append(peer)
+            peer.read_until(lambda p=peer: p.messages, 30, "the hello")
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(
+                threads, thread_name_prefix="test-connect") as pool:
+            futures = [pool.submit(connect, count // threads)
+                       for _ in range(threads)]
+            for future in futures:
+                future.result(timeout=scaled(120))
     except BaseException:
         _close_all(peers)
         raise
