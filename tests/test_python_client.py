@@ -230,3 +230,43 @@ def test_a_lost_position_is_a_reset_item_then_the_live_feed(
         change = feed.receive(timeout=scaled(5))
         assert change.event["fullDocument"] == {"_id": 1, "seq": 1}
         assert feed.last_id == change.id
+
+
+def test_a_hello_sent_with_the_handshake_reply_is_not_held_back():
+    """A server that writes its first message in the same segment as the
+    101 (wsproxy's handler often does): the client must see it at once,
+    not when more bytes arrive."""
+    import json
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    hello = json.dumps({"type": "hello", "resume": "none", "worker": 1,
+                        "watch": "", "watcher": "connected"})
+    done = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            ws = WSConnection(ConnectionType.SERVER)
+            while True:
+                ws.receive_data(conn.recv(4096))
+                if any(isinstance(e, Request) for e in ws.events()):
+                    break
+            conn.sendall(ws.send(AcceptConnection())
+                         + ws.send(TextMessage(hello)))
+            done.wait(scaled(10))  # then nothing more: no later bytes
+
+    server = threading.Thread(target=serve, name="test-server")
+    server.start()
+    port = listener.getsockname()[1]
+    try:
+        with WSProxyClient(f"ws://127.0.0.1:{port}/ws") as feed:
+            _connected(feed, timeout=5)
+            assert feed.hello["resume"] == "none"
+    finally:
+        done.set()
+        server.join(scaled(10))
+        listener.close()

@@ -238,6 +238,10 @@ class _Socket(simple_websocket.Client):
             super().handshake()
         finally:
             self.sock.settimeout(None)  # the reader thread blocks in recv
+        # simple-websocket's handshake takes only the accept from wsproto;
+        # frames read together with it (wsproxy's hello often is) would wait
+        # in wsproto until more bytes arrive. Handle them now.
+        self.connected = self._handle_events()
 
 
 def _subscription(ns, ops, filter, snapshot=False, sort=None, limit=None):
