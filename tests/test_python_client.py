@@ -5,6 +5,7 @@ with the server's reasons, subscribe, reset."""
 import threading
 
 import pytest
+from bson import ObjectId
 
 from wsproxy.client import (
     CLOSE_POLICY,
@@ -270,3 +271,48 @@ def test_a_hello_sent_with_the_handshake_reply_is_not_held_back():
         done.set()
         server.join(scaled(10))
         listener.close()
+
+
+# Field values any document writer can store that look like Extended JSON
+# but are not: json_util raised on the first four and skipped the event on
+# the others, and a resuming client met the same event again.
+NOT_EXTENDED_JSON = [
+    {"$oid": "zz"},
+    {"$date": {"$numberLong": "999999999999999999"}},
+    {"$numberDecimal": "1e99999999"},
+    {"$code": "x", "$scope": 5},
+    {"$date": "not-a-date"},
+    {"$numberLong": "abc"},
+    {"$timestamp": {"t": -1, "i": -1}},
+    {"$uuid": "nope"},
+]
+
+
+def test_document_content_never_stops_or_skips_the_feed(
+        mongo, mongo_client, namespace, gunicorn):
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    items = mongo_client[db][coll]
+    count = len(NOT_EXTENDED_JSON)
+
+    def read_all(feed, n):
+        got = [feed.receive(timeout=scaled(5)) for _ in range(n)]
+        assert all(isinstance(item, Change) for item in got), got
+        return got
+
+    with WSProxyClient(_ws(server.url)) as feed:
+        _connected(feed)
+        for n, value in enumerate(NOT_EXTENDED_JSON):
+            items.insert_one({"_id": n, "v": value, "at": ObjectId("0" * 24)})
+        items.insert_one({"_id": count, "v": "after"})
+        got = read_all(feed, count + 1)
+        docs = [change.event["fullDocument"] for change in got]
+        assert [doc["_id"] for doc in docs] == list(range(count + 1))
+        assert [doc["v"] for doc in docs[:count]] == NOT_EXTENDED_JSON
+        # What does decode still does, beside them.
+        assert {type(doc["at"]) for doc in docs[:count]} == {ObjectId}
+        assert feed.stats["resets"] == 0
+    # A client resuming before them gets them all again.
+    with WSProxyClient(_ws(server.url), resume_after=got[0].id) as again:
+        assert [c.id for c in read_all(again, count)] == [
+            c.id for c in got[1:]]

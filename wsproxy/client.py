@@ -45,6 +45,7 @@ from bson import json_util
 from simple_websocket.ws import Base as _WebSocketBase
 from wsproto import ConnectionType
 
+from . import ejson
 from .errors import WSProxyError
 from .protocol import CloseCode, MessageType
 
@@ -273,7 +274,8 @@ class WSProxyClient:
     ``headers``: more headers (a session ``Cookie``...). ``resume_after``:
     start after this id. ``statuses``: also yield :class:`Status` items.
     ``ejson``: decode events with ``bson.json_util`` (ObjectId, datetime,
-    Decimal128...); False gives the JSON as sent.
+    Decimal128...), keeping any object it cannot decode as sent
+    (:mod:`wsproxy.ejson`); False gives the JSON as sent.
 
     ``snapshot=True`` (one collection in ``ns``, optional ``sort`` such as
     ``"-fullDocument.createdAt"`` and ``limit``): live documents; the
@@ -635,8 +637,10 @@ class WSProxyClient:
         if not isinstance(text, str):
             return None
         try:
-            return json_util.loads(text) if self.ejson else json.loads(text)
-        except ValueError:
+            # Document content never fails the message: objects json_util
+            # cannot decode stay as sent (wsproxy.ejson).
+            return ejson.loads(text) if self.ejson else json.loads(text)
+        except (ValueError, RecursionError):
             return None
 
     def _closed_by_peer(self, ws, exc):

@@ -4,7 +4,11 @@
  * class names say the type. No dependency; DOM only in renderEjson.
  *
  * Event data is untrusted: it only ever reaches the DOM through
- * textContent, never innerHTML.
+ * textContent, never innerHTML. Nothing here may throw on it either (an
+ * exception would drop the event from the page): a document can hold
+ * objects that only look like Extended JSON, and an object with its own
+ * "toString" field makes String(), Number() and template strings throw,
+ * so values are turned into text only once their type is checked.
  */
 
 export const BIG_EVENT_CHARS = 200000; // bigger values are shown as plain text
@@ -53,8 +57,8 @@ function bytesToUuid(bytes) {
 }
 
 function binaryText(b64, subType) {
-  const sub = parseInt(subType, 16);
-  const subNum = Number.isNaN(sub) ? JSON.stringify(String(subType)) : String(sub);
+  const sub = typeof subType === 'string' ? parseInt(subType, 16) : NaN;
+  const subNum = Number.isNaN(sub) ? String(JSON.stringify(subType)) : String(sub);
   if ((sub === 4 || sub === 3) && typeof b64 === 'string') {
     const bytes = b64ToBytes(b64);
     if (bytes && bytes.length === 16 && sub === 4) return `UUID("${bytesToUuid(bytes)}")`;
@@ -98,12 +102,14 @@ export function ejsonSpecial(v) {
       if (isObj(x) && typeof x.base64 === 'string') return ['bin', binaryText(x.base64, x.subType)];
       return null;
     case '$timestamp':
-      if (isObj(x) && 't' in x && 'i' in x) return ['ts', `Timestamp(${Number(x.t)}, ${Number(x.i)})`];
+      if (isObj(x) && typeof x.t === 'number' && typeof x.i === 'number') return ['ts', `Timestamp(${x.t}, ${x.i})`];
       return null;
     case '$uuid':
       return typeof x === 'string' ? ['bin', `UUID("${x}")`] : null;
     case '$regularExpression':
-      if (isObj(x) && typeof x.pattern === 'string') return ['regex', `/${x.pattern}/${x.options || ''}`];
+      if (isObj(x) && typeof x.pattern === 'string' && ['string', 'undefined'].includes(typeof x.options)) {
+        return ['regex', `/${x.pattern}/${x.options || ''}`];
+      }
       return null;
     case '$minKey':
       return ['misc', 'MinKey()'];
