@@ -304,7 +304,7 @@ def raw_upgrade(port, headers, path="/ws"):
             body += raw.recv(65536)
     try:
         return status, json.loads(body)["error"]
-    except ValueError:
+    except (ValueError, KeyError, TypeError):  # not JSON, or not a refusal
         return status, None
 
 

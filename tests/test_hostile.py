@@ -236,6 +236,27 @@ def test_loopback_names_are_allowed_hosts(server):
         assert status == 101
 
 
+# Every route of wsproxy's blueprint, not only the WebSocket (the demo app
+# serves the page at /).
+EVERY_ROUTE = ["/", "/wsproxy-static/app.js", "/metrics", "/healthz",
+               "/readyz", "/ws"]
+PLAIN_GET = {"Upgrade": None, "Connection": None,
+             "Sec-WebSocket-Version": None, "Sec-WebSocket-Key": None}
+
+
+@pytest.mark.parametrize("path", EVERY_ROUTE)
+def test_every_route_refuses_a_rebound_host(server, path):
+    status, reason = raw_upgrade(
+        server.port, {**PLAIN_GET, "Host": f"attacker.example:{server.port}"},
+        path=path)
+    assert status == 400 and reason == (
+        "host attacker.example is not allowed; see WSPROXY_ALLOWED_HOSTS")
+    status, _ = raw_upgrade(
+        server.port, {**PLAIN_GET, "Host": f"localhost:{server.port}"},
+        path=path)
+    assert status == (426 if path == "/ws" else 200)
+
+
 @pytest.mark.parametrize("send, code, reason", AFTER_UPGRADE)
 def test_closed_after_the_upgrade(server, bystander, writes, send, code,
                                   reason):

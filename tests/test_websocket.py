@@ -91,6 +91,29 @@ def test_allowed_hosts(host, allowed, local, ok):
             assert "WSPROXY_ALLOWED_HOSTS" in info.value.reason
 
 
+@pytest.mark.parametrize("path", ["/wsproxy/", "/wsproxy-static/app.js",
+                                  "/metrics", "/healthz", "/readyz", "/ws"])
+def test_allowed_hosts_apply_to_every_route(path):
+    # A listed name: wherever the connection arrived (a load balancer's
+    # health check must use one of them too).
+    from wsproxy import WSProxy
+
+    app = Flask(__name__)
+    app.config.update(WSPROXY_MONGODB_URI="mongodb://127.0.0.1:9/",
+                      SECRET_KEY="hosts-test-secret-key",
+                      WSPROXY_ALLOWED_HOSTS=["shop.example"])
+    WSProxy(app)
+    client = app.test_client()
+    response = client.get(path, headers={"Host": "10.0.0.5:8000"})
+    assert response.status_code == 400
+    assert response.json == {
+        "error": "host 10.0.0.5 is not allowed; see WSPROXY_ALLOWED_HOSTS"}
+    if path != "/readyz":  # would start the watcher
+        response = client.get(path, headers={"Host": "shop.example"})
+        assert response.status_code == (426 if path == "/ws" else 200)
+        response.close()
+
+
 @pytest.mark.parametrize("url, origin, status", [
     ("http://a.example/ws", "http://a.example", None),
     ("http://a.example/ws", "https://a.example", None),  # TLS ends in front

@@ -243,19 +243,38 @@ def create_blueprint(config):
         template_folder="templates" if page_path else None,
     )
 
+    def refused(exc):
+        log.info("refused %s (%s): %s", request.remote_addr, exc.status, exc.reason)
+        metrics.REFUSED.labels(str(exc.status)).inc()
+        return _refuse(exc)
+
     @bp.before_request
     def admit():
         # Runs before flask-sock's wrapper starts the handshake, so every
         # refusal is an HTTP status with a reason, never a half-open socket.
         if request.endpoint != "wsproxy.websocket":
-            return None
+            return check_host()
         state = _state().ensure_started(current_app)
         try:
             g.wsproxy_admission = _admit(state, config)
         except ClientError as exc:
-            log.info("refused %s (%s): %s", request.remote_addr, exc.status, exc.reason)
-            metrics.REFUSED.labels(str(exc.status)).inc()
-            return _refuse(exc)
+            return refused(exc)
+        return None
+
+    def check_host():
+        # Every other route (page, assets, metrics, health) answers only the
+        # names the WebSocket route does: a rebound DNS name must not read
+        # them either. The admission decision checks it in its own order.
+        if request.endpoint == "wsproxy.upgrade_required" and _wants_decision():
+            return None
+        try:
+            access.check_host(
+                request,
+                config["WSPROXY_ALLOWED_HOSTS"],
+                websocket.local_address(request.environ),
+            )
+        except ClientError as exc:
+            return refused(exc)
         return None
 
     @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
