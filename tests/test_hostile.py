@@ -200,6 +200,18 @@ BAD_HANDSHAKES = [
     ({"Sec-WebSocket-Key": "short"}, "Sec-WebSocket-Key"),
     ({"Sec-WebSocket-Version": "8"}, "Sec-WebSocket-Version must be 13"),
     ({"Sec-WebSocket-Version": None}, "Sec-WebSocket-Version must be 13"),
+    # wsproto reads window bits with int(): a 500 and a traceback.
+    ({"Sec-WebSocket-Extensions":
+      "permessage-deflate; server_max_window_bits=abc"},
+     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
+    ({"Sec-WebSocket-Extensions":
+      "permessage-deflate; client_max_window_bits=1x"},
+     "Sec-WebSocket-Extensions: client_max_window_bits must be an integer"),
+    ({"Sec-WebSocket-Extensions":
+      "x-other, permessage-deflate; client_max_window_bits="},
+     "client_max_window_bits must be an integer"),
+    ({"Sec-WebSocket-Extensions": "permessage-deflate; x=\u00e9"},
+     "Sec-WebSocket-Extensions must be ASCII"),
     # DNS rebinding: another site's name, pointed at this loopback server.
     ({"Host": "attacker.example:{port}",
       "Origin": "http://attacker.example:{port}"}, "host attacker.example"),
@@ -212,8 +224,10 @@ def test_bad_handshakes_are_400_with_a_reason(server, bystander, writes,
                                               headers, reason):
     headers = {k: v.format(port=server.port) if v else v
                for k, v in headers.items()}
+    logged = len(server.output())
     status, got = raw_upgrade(server.port, headers)
     assert status == 400 and reason in got
+    assert "Traceback" not in server.output()[logged:]
     _bystander_still_receives(bystander, writes)
 
 

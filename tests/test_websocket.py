@@ -181,3 +181,45 @@ def test_a_closed_wakeup_ignores_late_sets():
     assert not wake.is_set()
     with pytest.raises(ValueError):
         wake.fileno()
+
+
+_HANDSHAKE = {"HTTP_SEC_WEBSOCKET_VERSION": "13",
+              "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+              "HTTP_HOST": "example.com"}
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
+      "permessage-deflate; server_max_window_bits=abc"},
+     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
+    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
+      "permessage-deflate; client_max_window_bits=1x"},
+     "Sec-WebSocket-Extensions: client_max_window_bits must be an integer"),
+    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
+      'permessage-deflate; server_max_window_bits="10"'},
+     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
+    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; x=\u00e9"},
+     "Sec-WebSocket-Extensions must be ASCII"),
+    ({"HTTP_SEC_WEBSOCKET_PROTOCOL": "bearer, \u00e9"},
+     "Sec-WebSocket-Protocol must be ASCII"),
+    ({"HTTP_CONNECTION": "Upgrade, \u00e9"}, "Connection must be ASCII"),
+    ({"HTTP_HOST": "xn--zz"}, "Host is not a valid host name"),
+    ({"HTTP_HOST": "\u00e9"}, "Host is not a valid host name"),
+])
+def test_handshake_headers_wsproto_would_fail_on_are_400(headers, reason):
+    # wsproto raised (a 500 and a traceback) for each of these.
+    with pytest.raises(ClientError) as info:
+        websocket.check_handshake({**_HANDSHAKE, **headers})
+    assert info.value.status == 400 and info.value.reason == reason
+
+
+@pytest.mark.parametrize("extensions", [
+    "permessage-deflate; client_max_window_bits",
+    "permessage-deflate; server_max_window_bits=10; client_max_window_bits=15",
+    "permessage-deflate; server_max_window_bits=99",   # declined, not an error
+    "x-webkit-deflate-frame; max_window_bits=abc",     # not ours to read
+    ";;;,,,",
+])
+def test_handshake_headers_wsproto_reads_are_accepted(extensions):
+    websocket.check_handshake(
+        {**_HANDSHAKE, "HTTP_SEC_WEBSOCKET_EXTENSIONS": extensions})

@@ -506,8 +506,9 @@ class _Server(simple_websocket.Server):
 
 
 def check_handshake(environ):
-    """The handshake headers simple-websocket would otherwise fail on with
-    a 500 after authorization: a 400 with a reason instead."""
+    """The handshake headers simple-websocket (or wsproto under it) would
+    otherwise fail on with a 500 and a traceback after authorization: a
+    400 with a reason instead."""
     version = environ.get("HTTP_SEC_WEBSOCKET_VERSION")
     if version != "13":
         raise ClientError("Sec-WebSocket-Version must be 13")
@@ -518,6 +519,40 @@ def check_handshake(environ):
         valid = False
     if not valid:
         raise ClientError("Sec-WebSocket-Key must be 16 bytes in base64")
+    for header in _ASCII_HEADERS:
+        if not environ.get("HTTP_" + header.upper().replace("-", "_"), "").isascii():
+            raise ClientError(f"{header} must be ASCII")
+    try:
+        # As simple-websocket hands it to wsproto, which decodes it so.
+        environ.get("HTTP_HOST", "").encode().decode("idna")
+    except (ValueError, LookupError):  # UnicodeError, punycode's IndexError
+        raise ClientError("Host is not a valid host name") from None
+    _check_deflate_offers(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", ""))
+
+
+# Handshake headers wsproto decodes as ASCII (a UnicodeDecodeError, so a
+# 500, otherwise).
+_ASCII_HEADERS = ("Connection", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol")
+_WINDOW_BITS = ("client_max_window_bits", "server_max_window_bits")
+
+
+def _check_deflate_offers(header):
+    """A permessage-deflate offer's window bits, read as wsproto reads
+    them (``int()`` of what follows ``=``, which would raise)."""
+    for offer in header.split(","):
+        name, *params = (part.strip() for part in offer.split(";"))
+        if name != PerMessageDeflate.name:
+            continue
+        for param in params:
+            bits = next((b for b in _WINDOW_BITS if param.startswith(b)), None)
+            if bits is None or "=" not in param:
+                continue
+            try:
+                int(param.split("=", 1)[1].strip())
+            except ValueError:
+                raise ClientError(
+                    f"Sec-WebSocket-Extensions: {bits} must be an integer"
+                ) from None
 
 
 def local_address(environ):
