@@ -137,6 +137,19 @@ def test_ping_and_subscribe_are_answered_in_order():
     assert conn.closed[0] == 1008 and "ping and subscribe" in conn.closed[1]
 
 
+def test_a_message_too_deep_to_read_closes_with_a_reason():
+    # Whatever depth json.loads (or json.dumps of the filter) gives up at
+    # on this thread's stack: a 1008, never an exception (1011).
+    for depth in range(700, 1100):
+        control, _, _ = _control()
+        conn = FakeConnection()
+        control.on_message(conn, '{"type": "subscribe", "filter": '
+                           + '{"a": ' * depth + "1" + "}" * depth + "}")
+        assert conn.closed in (None, (1008, "message is nested too deep"))
+        control.on_message(conn, "[" * depth + "]" * depth)
+        assert conn.closed[0] == 1008
+
+
 class FakeCatchUp:
     spliced = False
 

@@ -186,6 +186,13 @@ AFTER_UPGRADE = [
     (lambda ws: _unfinished(ws, 200), 1008, "too many"),
     # 3,000 characters, 6,000 bytes: the limit is in bytes.
     (lambda ws: ws.send("é" * 3000), 1009, "too big"),
+    # Deeper than json.loads can follow (RecursionError): was 1011 and a
+    # traceback.
+    (lambda ws: ws.send("[" * 2000 + "]" * 2000), 1008,
+     "message is nested too deep"),
+    (lambda ws: ws.send('{"type": "subscribe", "filter": {"a": '
+                        + "[" * 1900 + "]" * 1900 + "}}"), 1008,
+     "message is nested too deep"),
 ]
 
 
@@ -274,9 +281,11 @@ def test_every_route_refuses_a_rebound_host(server, path):
 @pytest.mark.parametrize("send, code, reason", AFTER_UPGRADE)
 def test_closed_after_the_upgrade(server, bystander, writes, send, code,
                                   reason):
+    logged = len(server.output())
     got_code, got_reason = _send_and_expect_close(server, send)
     assert got_code == code
     assert reason in got_reason
+    assert "Traceback" not in server.output()[logged:]
     _bystander_still_receives(bystander, writes)
 
 

@@ -56,6 +56,9 @@ MAX_WAITING = 32
 # Seconds between looks at something only polling can see: the watcher
 # leaving "starting", a catch-up handing over.
 POLL_INTERVAL = 0.1
+# The close reason for a message nested deeper than Python's JSON reader
+# (or writer) can follow.
+TOO_DEEP = "message is nested too deep"
 
 
 def subscription_args(message):
@@ -135,6 +138,9 @@ class Control:
         except ValueError:
             client.request_close(CloseCode.POLICY, "message is not JSON")
             return
+        except RecursionError:  # "[" * 2000 fits in 4 KB
+            client.request_close(CloseCode.POLICY, TOO_DEEP)
+            return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind not in tuple(ClientMessageType):
             client.request_close(
@@ -172,6 +178,9 @@ class Control:
             client.send_text(
                 codec.control_message(MessageType.ERROR, reason=exc.reason)
             )
+            return
+        except RecursionError:  # a filter json.loads only just read
+            client.request_close(CloseCode.POLICY, TOO_DEEP)
             return
         if client.replace_subscription(
             subscription, codec.frame(codec.control_message(MessageType.SUBSCRIBED))
