@@ -249,6 +249,30 @@ def test_credentials_in_the_query_never_reach_the_log(server):
     assert "SECRET" not in server.output()
 
 
+FORGED = "2026-01-01 [CRITICAL] forged"
+
+
+def test_client_text_never_starts_a_line_of_the_log(server):
+    # A refusal's reason quotes the filter path, the namespace, a
+    # subscribe's; the access log the percent-decoded URL path.
+    for query in (_q(filter=json.dumps({"\n" + FORGED: {"$foo": 1}})),
+                  _q(ns=f"{DB}.\n{FORGED}")):
+        status, reason = raw_upgrade(server.port, {}, path="/ws?" + query)
+        assert status == 400 and FORGED in reason
+    client = WSClient(server.ws_url())
+    client.recv()
+    client.ws.send(json.dumps({"type": "subscribe",
+                               "filter": {"\r\n" + FORGED: {"$foo": 1}}}))
+    assert FORGED in client.recv_type("error")["reason"]
+    client.close()
+    http_get(server.url + "/nothing%0A" + urllib.parse.quote(FORGED))
+    wait_for(lambda: "GET /nothing" in server.output(), 5,
+             "the last request to be logged")
+    lines = server.output().splitlines()
+    assert not [line for line in lines if line.startswith(FORGED)]
+    assert sum("\\n" + FORGED in line for line in lines) >= 3
+
+
 def test_loopback_names_are_allowed_hosts(server):
     for host in ("localhost", "127.0.0.1", "[::1]"):
         status, _ = raw_upgrade(server.port, {

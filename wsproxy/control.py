@@ -39,6 +39,7 @@ from werkzeug.datastructures import MultiDict
 from . import codec
 from .errors import ClientError
 from .hub import Barrier
+from .logsafe import shown
 from .protocol import (
     ClientMessageType,
     CloseCode,
@@ -188,7 +189,7 @@ class Control:
             log.info(
                 "client %s subscribed (ns: %s)",
                 client.id,
-                ",".join(sorted(subscription.namespaces or ())) or "*",
+                shown(",".join(sorted(subscription.namespaces or ())) or "*"),
             )
 
     # -- wake-ups ----------------------------------------------------------

@@ -126,12 +126,18 @@ logconfig_dict = {
             "class": "logging.StreamHandler",
             "formatter": "generic",
             "stream": "ext://sys.stdout",
+            "filters": ["one_line"],
         },
         "error_console": {
             "class": "logging.StreamHandler",
             "formatter": "generic",
             "stream": "ext://sys.stderr",
         },
+    },
+    "filters": {
+        # The access log's URL path is percent-decoded client text: a %0A
+        # in it would start a line of the client's making.
+        "one_line": {"()": "wsproxy.logsafe.OneLine"},
     },
     "formatters": {
         "generic": {

@@ -46,6 +46,7 @@ from . import codec, errorpolicy, metrics
 from .documentquery import MESSAGE_BYTES
 from .documents import CLEARING_OPS, DOCUMENT_OPS, Restart, document_key, event_id
 from .hub import Barrier
+from .logsafe import shown
 from .protocol import CloseCode, MessageType
 from .redaction import redact
 
@@ -176,7 +177,7 @@ def _take(inputs, member):
     log.info(
         "client %s: snapshot of %s sent (%d documents, %d changes merged, %.3fs)",
         client.id,
-        query.ns,
+        shown(query.ns),
         len(texts),
         len(kept),
         time.monotonic() - started,
@@ -388,12 +389,14 @@ def _wait_for_room(inputs, client, deadline):
 def _on_error(client, exc):
     kind = errorpolicy.classify(exc)
     if kind == errorpolicy.FATAL:
-        log.error("client %s: snapshot refused by the database: %s", client.id, exc)
+        log.error(
+            "client %s: snapshot refused by the database: %s", client.id, shown(exc)
+        )
         client.request_close(
             CloseCode.INTERNAL_ERROR, "the database refused the snapshot; retry later"
         )
     else:
-        log.warning("client %s: snapshot failed: %s", client.id, exc)
+        log.warning("client %s: snapshot failed: %s", client.id, shown(exc))
         client.request_close(
             CloseCode.TRY_AGAIN, "cannot reach the database for the snapshot; retry"
         )

@@ -29,6 +29,7 @@ from . import subscription as subscriptions
 from .connection import ClientConnection
 from .documents import LiveDocuments
 from .errors import ClientError
+from .logsafe import shown
 from .protocol import CloseCode, MessageType
 from .resume import CatchUp, CatchUpInputs, catch_up
 from .subscription import Subscription
@@ -244,7 +245,12 @@ def create_blueprint(config):
     )
 
     def refused(exc):
-        log.info("refused %s (%s): %s", request.remote_addr, exc.status, exc.reason)
+        log.info(
+            "refused %s (%s): %s",
+            shown(request.remote_addr),
+            exc.status,
+            shown(exc.reason),
+        )
         metrics.REFUSED.labels(str(exc.status)).inc()
         return _refuse(exc)
 
@@ -475,10 +481,10 @@ def serve(state, client, resume_id):
             log.info(
                 "client %s connected from %s as %s (resume: %s, ns: %s)",
                 client.id,
-                client.remote_addr,
-                client.principal.name,
+                shown(client.remote_addr),
+                shown(client.principal.name),
                 resume,
-                ",".join(sorted(client.subscription.namespaces or ())) or "*",
+                shown(",".join(sorted(client.subscription.namespaces or ())) or "*"),
             )
             metrics.RESUMES.labels(resume).inc()
             try:
