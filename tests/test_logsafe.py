@@ -29,3 +29,47 @@ def test_one_line_formats_the_record_then_escapes_it():
                                None)
     assert OneLine().filter(record)
     assert record.getMessage() == '"GET /x\\nforged" 404'
+
+
+@pytest.mark.parametrize("text, logged", [
+    ("Invalid HTTP request line: 'GET /ws?access_token=SECRET'",
+     "Invalid HTTP request line: 'GET /ws?access_token=***'"),
+    ("GET /ws?ns=a&access_token=SECRET&ops=insert HTTP/1.1",
+     "GET /ws?ns=a&access_token=***&ops=insert HTTP/1.1"),
+    ('"GET /ws?ACCESS_TOKEN=SECRET#x"', '"GET /ws?ACCESS_TOKEN=***#x"'),
+    ("access_token= nothing", "access_token= nothing"),
+    ("no token here", "no token here"),
+])
+def test_masked(text, logged):
+    from wsproxy.logsafe import masked
+    assert masked(text) == logged
+
+
+def _record(msg, args=(), exc_info=None):
+    return logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
+                             msg, args, exc_info)
+
+
+def test_mask_access_tokens_covers_the_message_its_arguments_and_traceback():
+    from wsproxy.logsafe import MaskAccessTokens
+
+    mask = MaskAccessTokens()
+    for record in (_record("Invalid request: 'GET /?access_token=SECRET'"),
+                   _record("Error handling request %s %s",
+                           ("GET", "/ws?access_token=SECRET")),
+                   _record("%(r)s", ({"r": "GET /?access_token=SECRET"},))):
+        assert mask.filter(record)
+        assert "SECRET" not in record.getMessage()
+        assert "access_token=***" in record.getMessage()
+    try:
+        raise ValueError("bad /ws?access_token=SECRET")
+    except ValueError:
+        import sys
+        record = _record("failed", exc_info=sys.exc_info())
+    assert mask.filter(record)
+    text = logging.Formatter().format(record)
+    assert "SECRET" not in text and "access_token=***" in text
+    assert "Traceback" in text
+    # Nothing to mask: the record is left as it was.
+    record = _record("client %s connected", (7,))
+    assert mask.filter(record) and record.args == (7,)

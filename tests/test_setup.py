@@ -4,6 +4,7 @@ WebSocket, a gunicorn worker without wsproxy's hooks, no URI at all."""
 
 import json
 import re
+import socket
 
 import pytest
 from flask import Flask
@@ -11,7 +12,7 @@ from flask import Flask
 from wsproxy import ConfigError, WSProxy
 from wsproxy.config import apply_defaults, validate
 
-from .helpers import ROOT, WSClient, http_get, refused, wait_for
+from .helpers import ROOT, WSClient, http_get, refused, scaled, wait_for
 
 URI = "mongodb://127.0.0.1:9/?replicaSet=none"  # never contacted here
 
@@ -261,3 +262,19 @@ def test_the_packaged_hooks_give_no_warning(gunicorn, mongo, namespace):
     client.close()
     server.stop()
     assert "without wsproxy's hooks" not in server.output()
+
+
+def test_a_malformed_request_line_never_logs_its_access_token(
+        gunicorn, mongo, namespace):
+    # gunicorn's WARNING quotes a malformed request line whole.
+    server = gunicorn(_env(mongo, namespace[0]),
+                      config="python:wsproxy.gunicorn")
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"GET /ws?x=1&access_token=SECRET-line\r\n\r\n")
+        raw.settimeout(scaled(5))
+        assert raw.recv(1024).startswith(b"HTTP/1.1 400")
+    wait_for(lambda: "Invalid HTTP request line" in server.output(), 5,
+             "gunicorn's warning")
+    output = server.output()
+    assert "SECRET" not in output
+    assert "Invalid HTTP request line: 'GET /ws?x=1&access_token=***'" in output

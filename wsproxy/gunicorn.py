@@ -94,7 +94,8 @@ keepalive = 5
 preload_app = False
 
 # gunicorn's default format without the query string (%(U)s is the path
-# alone): `?access_token=` must never reach a log file.
+# alone): `?access_token=` must never reach a log file (and the filters in
+# logconfig_dict mask one in any other line).
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 
 # wsproxy's own log lines (connections, watcher state) beside gunicorn's.
@@ -126,15 +127,19 @@ logconfig_dict = {
             "class": "logging.StreamHandler",
             "formatter": "generic",
             "stream": "ext://sys.stdout",
-            "filters": ["one_line"],
+            "filters": ["mask_access_tokens", "one_line"],
         },
         "error_console": {
             "class": "logging.StreamHandler",
             "formatter": "generic",
             "stream": "ext://sys.stderr",
+            "filters": ["mask_access_tokens"],
         },
     },
     "filters": {
+        # gunicorn's own WARNING for a malformed request line quotes the
+        # line whole, ?access_token= included.
+        "mask_access_tokens": {"()": "wsproxy.logsafe.MaskAccessTokens"},
         # The access log's URL path is percent-decoded client text: a %0A
         # in it would start a line of the client's making.
         "one_line": {"()": "wsproxy.logsafe.OneLine"},
