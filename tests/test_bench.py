@@ -234,3 +234,15 @@ def test_the_send_floor_is_measured():
 
     us = measure(clients=20, events=5, size=100)
     assert 0 < us < 10_000
+
+
+def test_the_arena_benchmark_reports_both_configs():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.arenas", "--clients", "2",
+         "--at-once", "2", "--docs", "50", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=scaled(180))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines()
+            if line.startswith("| glibc default")
+            or line.startswith("| wsproxy.gunicorn (2 arenas)")]
+    assert len(rows) == 2, done.stdout
