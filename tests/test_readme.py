@@ -2,7 +2,7 @@
 
 import re
 
-from wsproxy.config import SETTINGS
+from wsproxy.config import ENVIRONMENT_ONLY, SETTINGS
 
 from .helpers import ROOT
 
@@ -24,3 +24,10 @@ def test_every_setting_is_in_the_readme_with_its_default():
     for setting in SETTINGS:
         if setting.name not in env_only:
             assert app_rows[setting.name] == setting.shown, setting.name
+
+
+def test_the_environment_table_lists_every_environment_only_name():
+    # init_app refuses a WSPROXY_* name it does not know: the names it
+    # knows from the environment alone are the README's second table.
+    _, env_rows = _tables()
+    assert set(env_rows) == ENVIRONMENT_ONLY | {"WSPROXY_EMBEDDED"}

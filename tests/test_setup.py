@@ -33,6 +33,9 @@ def make_app(**config):
     ("shop.", "empty collection name"),
     ("shop.$cmd", "cannot contain '$'"),
     ("shop.system.users", "system collections"),
+    # PyMongo's InvalidName killed the worker at boot.
+    ("shop..orders", "cannot start or end with '.'"),
+    ("shop.orders.", "cannot start or end with '.'"),
     ("x" * 64, "at most 63 bytes"),
     (42, "a string"),
 ])
@@ -100,6 +103,7 @@ def test_a_path_the_app_already_has_is_refused(path_key, path):
         WSProxy(app)
     message = str(info.value)
     assert repr(path) in message and "'host_view'" in message
+    assert f"set {path_key} to another path" in message
     assert [r.rule for r in app.url_map.iter_rules()
             if r.endpoint.startswith("wsproxy.")] == []
     # Moving wsproxy's route (or leaving it out) resolves it.
@@ -108,6 +112,15 @@ def test_a_path_the_app_already_has_is_refused(path_key, path):
     app2.add_url_rule(path, "host_view", lambda: "the host's")
     WSProxy(app2)
     assert app2.url_map.bind("x").match(path)[0] == "host_view"
+
+
+def test_a_clash_with_the_pages_assets_names_the_page_setting():
+    app = make_app()
+    app.add_url_rule("/wsproxy-static/<path:filename>", "assets",
+                     lambda filename: filename)
+    with pytest.raises(ConfigError, match="set WSPROXY_PAGE_PATH to another "
+                                          "path, or None to leave it out"):
+        WSProxy(app)
 
 
 def test_a_route_added_after_init_app_is_found_before_starting():
@@ -169,8 +182,77 @@ def test_no_uri_anywhere_says_both_ways_out(monkeypatch):
     with pytest.raises(ConfigError) as info:
         WSProxy(Flask(__name__))
     message = str(info.value)
-    assert "WSPROXY_MONGODB_URI is not set" in message
+    # What to set first; the demo only for a checkout of the repository.
+    assert message.startswith("WSPROXY_MONGODB_URI is not set: set it, in "
+                              "app.config or the environment, to your")
     assert "dev.py demo" in message and "WSPROXY_EMBEDDED=1" in message
+    assert message.index("in a checkout of wsproxy's repository") < (
+        message.index("dev.py demo"))
+
+
+@pytest.mark.parametrize("key, closest", [
+    ("WSPROXY_WACTH", "WSPROXY_WATCH"),
+    ("WSPROXY_MAX_CLIENT", "WSPROXY_MAX_CLIENTS"),
+    ("WSPROXY_ALLOWED_HOST", "WSPROXY_ALLOWED_HOSTS"),
+    ("WSPROXY_SECRET_KEY", "WSPROXY_SECRET_KEYS"),
+])
+def test_a_misspelt_setting_is_refused_with_the_closest_name(
+        monkeypatch, key, closest):
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app(**{key: "x"}))
+    assert str(info.value) == (f"{key} (in app.config) is not a wsproxy "
+                               f"setting; did you mean {closest}?")
+    monkeypatch.setenv(key, "x")
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app())
+    assert str(info.value) == (f"{key} (in the environment) is not a wsproxy "
+                               f"setting; did you mean {closest}?")
+
+
+def test_a_name_like_no_setting_points_to_the_readme():
+    with pytest.raises(ConfigError, match="is not a wsproxy setting; the "
+                                          "settings are listed in the README"):
+        WSProxy(make_app(WSPROXY_QQQQQQQQ=1))
+
+
+def test_environment_only_variables_are_known_names(monkeypatch):
+    for name in ("WSPROXY_THREADS", "WSPROXY_BIND", "WSPROXY_LOG_LEVEL",
+                 "WSPROXY_GRACEFUL_TIMEOUT", "WSPROXY_DEMO_WRITER",
+                 "WSPROXY_EMBEDDED_STORAGE", "WSPROXY_TEST_TIMEOUT_SCALE",
+                 "WSPROXY_CHROMIUM", "WSPROXY_TEST_ARTIFACTS",
+                 "WSPROXY_EMBEDDED"):
+        monkeypatch.setenv(name, "1")
+    WSProxy(make_app())
+    # In app.config one of them would do nothing: refused, saying where.
+    with pytest.raises(ConfigError, match="WSPROXY_THREADS \\(in app.config\\) "
+                                          "is read from the environment only"):
+        WSProxy(make_app(WSPROXY_THREADS=50))
+
+
+@pytest.mark.parametrize("value, why", [
+    ("nope.mod:fn", "WSPROXY_AUTHORIZE='nope.mod:fn': cannot import module "
+     "'nope.mod' (No module named 'nope'); give 'package.module:function' "
+     "with a module the app can import"),
+    ("json:nope", "WSPROXY_AUTHORIZE='json:nope': module 'json' has no "
+     "'nope'; give 'package.module:function' naming a function it defines"),
+    ("json.nope", "WSPROXY_AUTHORIZE='json.nope': module 'json' has no "
+     "'nope'"),
+    ("nomodule", "WSPROXY_AUTHORIZE='nomodule': must be "
+     "'package.module:function'"),
+])
+def test_an_authorizer_that_cannot_be_imported_says_why(value, why):
+    with pytest.raises(ConfigError) as info:
+        WSProxy(make_app(WSPROXY_AUTHORIZE=value))
+    assert str(info.value).startswith(why)
+
+
+def test_an_authorizer_by_name_is_imported():
+    from wsproxy.access import bearer_token  # any function will do here
+
+    for name in ("wsproxy.access:bearer_token", "wsproxy.access.bearer_token"):
+        app = make_app(WSPROXY_AUTHORIZE=name)
+        WSProxy(app)
+        assert app.config["WSPROXY_AUTHORIZE"] is bearer_token
 
 
 def test_settings_come_from_the_app_then_the_environment_then_defaults():
@@ -223,7 +305,7 @@ def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
                       args=["-k", "sync", "--threads", "1"])
     for _ in range(2):
         status, reason = refused(server.ws_url())
-        assert status == 500 and "gunicorn -k gthread" in reason
+        assert status == 500 and "-c python:wsproxy.gunicorn" in reason
     # A browser, which cannot see that status, can ask for it.
     status, body = http_get(server.url + "/ws",
                             headers={"Accept": "application/json"})
@@ -233,6 +315,27 @@ def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
     errors = re.findall(r"\[ERROR\] wsproxy[^\n]*", server.output())
     assert len(errors) == 1, errors
     assert "-c python:wsproxy.gunicorn" in errors[0]
+
+
+def test_plain_gunicorn_refuses_websockets_with_one_logged_error(
+        gunicorn, mongo, namespace, tmp_path):
+    # `gunicorn myapp:app`: the sync worker and no logging config for
+    # wsproxy. The body and the log name the same fix, and the log line is
+    # gunicorn's, with its time and level.
+    server = gunicorn(_env(mongo, namespace[0]), config=None, cwd=tmp_path,
+                      args=["--pythonpath", str(ROOT)])
+    for _ in range(2):
+        status, reason = refused(server.ws_url())
+        assert status == 500
+        assert reason.endswith("serve with gunicorn -c python:wsproxy.gunicorn "
+                               "(or -k gthread --threads N, N the connections "
+                               "a worker holds)")
+    lines = [line for line in server.output().splitlines()
+             if "one request at a time" in line]
+    assert len(lines) == 1, lines
+    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] "
+                    r"\[\d+\] \[ERROR\] wsproxy: ", lines[0]), lines[0]
+    assert "-c python:wsproxy.gunicorn (or -k gthread --threads N" in lines[0]
 
 
 def test_a_worker_without_the_hooks_warns_once(gunicorn, mongo, namespace,
@@ -247,7 +350,7 @@ def test_a_worker_without_the_hooks_warns_once(gunicorn, mongo, namespace,
         client.close()
     wait_for(lambda: "without wsproxy's hooks" in server.output(), 5,
              "the missing-hooks warning")
-    # No logging config here: Python's last-resort handler prints it.
+    # No logging config for wsproxy here: gunicorn's error log has it.
     warnings = re.findall(r"[^\n]*without wsproxy's hooks[^\n]*",
                           server.output())
     assert len(warnings) == 1
@@ -278,3 +381,39 @@ def test_a_malformed_request_line_never_logs_its_access_token(
     output = server.output()
     assert "SECRET" not in output
     assert "Invalid HTTP request line: 'GET /ws?x=1&access_token=***'" in output
+
+
+@pytest.mark.parametrize("scope, what", [
+    ("{db}.orders", "collection '{db}.orders'"),
+    ("{db}", "database '{db}'"),
+])
+def test_a_missing_watched_scope_is_one_warning(gunicorn, mongo,
+                                                mongo_client, namespace,
+                                                scope, what):
+    db = namespace[0]  # dropped: neither it nor its collection exists
+    server = gunicorn(_env(mongo, scope.format(db=db)),
+                      config="python:wsproxy.gunicorn")
+    warning = f"the watched {what.format(db=db)} does not exist (yet)"
+    wait_for(lambda: warning in server.output(), 10, "the warning")
+    assert server.output().count("does not exist") == 1
+    assert "[WARNING] wsproxy.scopecheck" in server.output()
+    # It may be created later: the feed works once it is.
+    client = WSClient(server.ws_url())
+    assert client.recv()["type"] == "hello"
+    mongo_client[db].orders.insert_one({"_id": 1})
+    assert client.recv_type("change")["event"]["fullDocument"] == {"_id": 1}
+    client.close()
+
+
+def test_an_existing_watched_scope_gives_no_warning(gunicorn, mongo,
+                                                   mongo_client, namespace):
+    db = namespace[0]
+    mongo_client[db].orders.insert_one({"_id": 1})
+    server = gunicorn(_env(mongo, f"{db}.orders"),
+                      config="python:wsproxy.gunicorn")
+    client = WSClient(server.ws_url())
+    assert client.recv()["watcher"] == "connected"
+    mongo_client[db].orders.insert_one({"_id": 2})
+    client.recv_type("change")
+    client.close()
+    assert "does not exist" not in server.output()

@@ -9,12 +9,12 @@ or raises ``ValueError`` with the reason.
 """
 
 import copy
+import difflib
+import importlib
 import json
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
-
-from werkzeug.utils import ImportStringError, import_string
 
 from .errors import ConfigError
 from .watchspec import check_pipeline, check_watch
@@ -119,13 +119,33 @@ def _path(value):
 
 def _authorizer(value):
     if isinstance(value, str):
-        try:
-            value = import_string(value)
-        except ImportStringError as exc:
-            raise ValueError(str(exc).splitlines()[0]) from None
+        value = _import_function(value)
     if not callable(value):
-        raise ValueError("must be a callable or 'module:function'")
+        raise ValueError("must be a callable or 'package.module:function'")
     return value
+
+
+def _import_function(text):
+    """``"package.module:function"`` (or ``"package.module.function"``)."""
+    module_name, colon, name = text.strip().partition(":")
+    if not colon:
+        module_name, _, name = module_name.rpartition(".")
+    if not module_name or not name:
+        raise ValueError("must be 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"cannot import module {module_name!r} ({exc}); give "
+            "'package.module:function' with a module the app can import"
+        ) from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ValueError(
+            f"module {module_name!r} has no {name!r}; give "
+            "'package.module:function' naming a function it defines"
+        ) from None
 
 
 class Setting(NamedTuple):
@@ -383,6 +403,23 @@ SETTINGS = (
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
+# Read from the environment only, never from app.config: by wsproxy.gunicorn
+# (threads, timeouts, log level), the repository's gunicorn.conf.py (the
+# demo) and its tests. The README's second configuration table lists them.
+ENVIRONMENT_ONLY = frozenset(
+    {
+        "WSPROXY_BIND",
+        "WSPROXY_THREADS",
+        "WSPROXY_GRACEFUL_TIMEOUT",
+        "WSPROXY_LOG_LEVEL",
+        "WSPROXY_DEMO_WRITER",
+        "WSPROXY_EMBEDDED_STORAGE",
+        "WSPROXY_TEST_TIMEOUT_SCALE",
+        "WSPROXY_CHROMIUM",
+        "WSPROXY_TEST_ARTIFACTS",
+    }
+)
+_PREFIX = "WSPROXY_"
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 # Paths a route is registered at; all but WSPROXY_PATH may be None.
 ROUTE_KEYS = (
@@ -402,6 +439,42 @@ def from_env(environ=None):
         for name in BY_NAME
         if name in environ
     }
+
+
+def check_names(config, environ=None):
+    """Refuse a ``WSPROXY_*`` name wsproxy does not read, in ``config`` or
+    the environment: a misspelt setting would otherwise be ignored without
+    a word. ConfigError names the closest known name."""
+    environ = os.environ if environ is None else environ
+    for where, names, known in (
+        ("app.config", config, BY_NAME.keys()),
+        ("the environment", environ, BY_NAME.keys() | ENVIRONMENT_ONLY),
+    ):
+        for name in sorted(n for n in names if _is_ours(n)):
+            if name in known:
+                continue
+            if name in ENVIRONMENT_ONLY:
+                raise ConfigError(
+                    f"{name} (in {where}) is read from the environment only, "
+                    "by wsproxy.gunicorn or the repository's gunicorn.conf.py: "
+                    "set it there, not in app.config"
+                )
+            raise ConfigError(
+                f"{name} (in {where}) is not a wsproxy setting; "
+                + _closest(name, known)
+            )
+
+
+def _is_ours(name):
+    return isinstance(name, str) and name.startswith(_PREFIX)
+
+
+def _closest(name, known):
+    suffixes = {k[len(_PREFIX) :]: k for k in known}
+    match = difflib.get_close_matches(name[len(_PREFIX) :], suffixes, n=1)
+    if match:
+        return f"did you mean {suffixes[match[0]]}?"
+    return "the settings are listed in the README's Configuration tables"
 
 
 def apply_defaults(config, environ=None):
@@ -425,11 +498,14 @@ def validate(config):
         config[setting.name] = _parse(setting, config[setting.name])
     if not config["WSPROXY_MONGODB_URI"]:
         raise ConfigError(
-            "WSPROXY_MONGODB_URI is not set. Set it (in app.config or the "
-            "environment) to your replica set or Atlas URI, or, in a checkout "
-            "of wsproxy's repository, run the demo on its embedded server: "
-            "python3 dev.py demo (or WSPROXY_EMBEDDED=1 with the repository's "
-            "gunicorn -c gunicorn.conf.py)"
+            "WSPROXY_MONGODB_URI is not set: set it, in app.config or the "
+            "environment, to your MongoDB replica set or Atlas URI (change "
+            "streams need one), e.g. "
+            "WSPROXY_MONGODB_URI='mongodb://db1,db2,db3/?replicaSet=rs0'. "
+            "(To try wsproxy without a database: in a checkout of wsproxy's "
+            "repository, python3 dev.py demo runs it on an embedded server, "
+            "as does WSPROXY_EMBEDDED=1 with the repository's "
+            "gunicorn.conf.py.)"
         )
 
 

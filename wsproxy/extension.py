@@ -26,6 +26,28 @@ from .source import Backoff, ChangeSource, watch_target
 
 log = logging.getLogger(__name__)
 
+# The fix for a server that cannot hold WebSockets, as the refusal and the
+# log say it.
+SERVE_THREADED = (
+    "serve with gunicorn -c python:wsproxy.gunicorn (or -k gthread --threads N, "
+    "N the connections a worker holds)"
+)
+
+
+def _setup_log(environ):
+    """Where a wrong setup is reported: wsproxy's logger, or under a
+    gunicorn that configured no logging for it (no -c python:wsproxy.gunicorn)
+    gunicorn's own error log, so that the line has its time and level
+    rather than going to Python's bare last-resort handler."""
+    gunicorn = logging.getLogger("gunicorn.error")
+    if (
+        not log.hasHandlers()
+        and environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+        and gunicorn.hasHandlers()
+    ):
+        return gunicorn
+    return log
+
 
 # Decides who may connect, before the upgrade: a Principal, None (401), or
 # raises AccessDenied (403).
@@ -138,12 +160,12 @@ class ProxyState:
                 logging.ERROR,
                 "wsproxy: this server handles one request at a time per "
                 "worker (gunicorn's default sync worker?), so each WebSocket "
-                "would block it; serve with gunicorn -c python:wsproxy.gunicorn "
-                "(or -k gthread --threads 1100)",
+                f"would block it; {SERVE_THREADED}",
+                environ,
             )
             raise ClientError(
                 "this server cannot hold WebSocket connections (one request "
-                "at a time per worker); serve with gunicorn -k gthread",
+                f"at a time per worker); {SERVE_THREADED}",
                 status=500,
             )
         if (
@@ -159,12 +181,13 @@ class ProxyState:
                 "worker that answers, and wsproxy's INFO log is not shown; "
                 "serve with gunicorn -c python:wsproxy.gunicorn or "
                 "'from wsproxy.gunicorn import *' in your gunicorn config",
+                environ,
             )
 
-    def _warn_once(self, key, level, message):
+    def _warn_once(self, key, level, message, environ):
         if key not in self._warned:
             self._warned.add(key)
-            log.log(level, message)
+            _setup_log(environ).log(level, message)
 
     def begin_shutdown(self, reason="server shutting down; reconnect and resume"):
         """Close every client with 1001 so it resumes elsewhere; new clients
@@ -233,6 +256,7 @@ class WSProxy:
         # table below the class.
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")
+        settings.check_names(app.config)
         settings.apply_defaults(app.config)
         settings.validate(app.config)
         check_routes(app, views.registered_paths(app.config))
@@ -259,7 +283,9 @@ WSProxy.init_app.__doc__ = (
         Settings come from ``app.config``; a key the app does not set is
         taken from the environment variable of the same name, else the
         default in parentheses (the README says more). Raises ConfigError
-        for a bad value or a path another route of the app already has.
+        for a bad value, a path another route of the app already has, or a
+        ``WSPROXY_*`` name (in app.config or the environment) that is none
+        of these nor an environment-only variable of the README.
 
 """
     + "\n".join("        " + line for line in settings.docstring_lines())
@@ -269,11 +295,17 @@ WSProxy.init_app.__doc__ = (
 
 def check_routes(app, paths):
     """Refuse to share a path with a route of the host app: whichever
-    matched first would silently shadow the other."""
+    matched first would silently shadow the other. ``paths``: each path
+    wsproxy registers, with the setting that places it."""
     for rule in app.url_map.iter_rules():
         if rule.rule in paths and not rule.endpoint.startswith("wsproxy."):
+            key = paths[rule.rule]
+            fix = (
+                "another path"
+                if key == "WSPROXY_PATH"
+                else "another path, or None to leave it out"
+            )
             raise ConfigError(
                 f"wsproxy would register {rule.rule!r}, which the app already "
-                f"routes to {rule.endpoint!r}; set the WSPROXY_*_PATH "
-                "setting for it to another path, or None to leave it out"
+                f"routes to {rule.endpoint!r}; set {key} to {fix}"
             )

@@ -16,7 +16,7 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from . import codec, errorpolicy, metrics
+from . import codec, errorpolicy, metrics, scopecheck
 from .hub import Announcement
 from .protocol import MessageType
 
@@ -77,6 +77,9 @@ class ChangeSource:
         self.caught_up_as_of = None
         self._stopping = threading.Event()
         self._thread = None
+        # Whether the watched namespace was looked for (once, when the
+        # first round trip worked: wsproxy.scopecheck).
+        self._scope_checked = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -168,6 +171,9 @@ class ChangeSource:
                     # (and keeps its growing backoff).
                     self._set_state("connected", None)
                     self.backoff.reset()
+                    if not self._scope_checked:
+                        self._scope_checked = True
+                        scopecheck.warn_if_missing(self.target)
                 if raw is None:
                     token = stream.resume_token
                     if token is not None and token != self._start_after:

@@ -379,9 +379,10 @@ def create_blueprint(config):
 
 
 def registered_paths(config):
-    """Every URL rule the blueprint registers, for collision checks."""
-    paths = [
-        config[key]
+    """Every URL rule the blueprint registers, for collision checks: each
+    with the setting that places it (the assets come with the page)."""
+    paths = {
+        config[key]: key
         for key in (
             "WSPROXY_PATH",
             "WSPROXY_METRICS_PATH",
@@ -389,9 +390,10 @@ def registered_paths(config):
             "WSPROXY_READY_PATH",
         )
         if config[key]
-    ]
+    }
     if config["WSPROXY_PAGE_PATH"]:
-        paths += [config["WSPROXY_PAGE_PATH"], STATIC_PATH + "/<path:filename>"]
+        paths[config["WSPROXY_PAGE_PATH"]] = "WSPROXY_PAGE_PATH"
+        paths[STATIC_PATH + "/<path:filename>"] = "WSPROXY_PAGE_PATH"
     return paths
 
 

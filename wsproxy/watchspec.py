@@ -66,6 +66,9 @@ def _coll_problem(coll):
         return "empty collection name"
     if "$" in coll or "\x00" in coll:
         return "a collection name cannot contain '$' or NUL"
+    if coll.startswith(".") or coll.endswith("."):
+        # "shop..orders": PyMongo's InvalidName in the worker otherwise.
+        return "a collection name cannot start or end with '.'"
     if coll.startswith("system."):
         return "system collections cannot be watched"
     return None
