@@ -101,7 +101,7 @@ def describe(items):
 
 class MockPrimary:
     """A MockupDB one-node replica-set primary. Handshakes, heartbeats,
-    killCursors and endSessions are answered automatically; aggregate and
+    killCursors, endSessions and listCollections are answered automatically; aggregate and
     getMore requests queue up for the test to answer with :meth:`expect`."""
 
     def __init__(self):
@@ -133,6 +133,12 @@ class MockPrimary:
             return request.replies(cursorsKilled=list(request["cursors"]))
         if name == "endsessions":
             return request.replies()
+        if name == "listcollections":
+            # The watcher's one look for the watched collection
+            # (wsproxy.scopecheck): it exists.
+            return request.replies(cursor={
+                "id": 0, "ns": f"{DB}.$cmd.listCollections",
+                "firstBatch": [{"name": COLL, "type": "collection"}]})
         return False
 
     def expect(self, name, timeout=10):

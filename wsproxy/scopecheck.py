@@ -13,7 +13,6 @@ import logging
 
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,8 @@ log = logging.getLogger(__name__)
 def missing(target):
     """``"database 'shop'"`` or ``"collection 'shop.orders'"`` if what
     ``target`` (a MongoClient, Database or Collection) names does not
-    exist, else None. Raises PyMongoError (e.g. not authorized to list)."""
+    exist, else None. Raises what the driver raises (e.g. OperationFailure:
+    not authorized to list them)."""
     if isinstance(target, Collection):
         names = target.database.list_collection_names(
             filter={"name": target.name}, authorizedCollections=True
@@ -37,7 +37,8 @@ def warn_if_missing(target):
     """One WARNING if the watched namespace does not exist; never raises."""
     try:
         what = missing(target)
-    except PyMongoError as exc:  # e.g. Unauthorized: the account may not list
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not stop the watcher
+        # e.g. Unauthorized: the account may not list them.
         log.debug("watcher: cannot tell whether the watched scope exists: %s", exc)
         return
     if what is not None:
