@@ -14,9 +14,11 @@ import re
 import threading
 import time
 
+import pymongo
+
 from wsproxy.client import Status, WSProxyClient
 
-from .helpers import WSClient, metric, scaled, scrape, wait_for
+from .helpers import TcpProxy, WSClient, metric, scaled, scrape, wait_for
 
 LOST_WITHIN = 3.0   # seconds from the database going away
 BACK_WITHIN = 2.0   # seconds from the database answering again
@@ -222,3 +224,171 @@ def test_the_uri_keeps_its_own_server_selection_timeout():
             assert client.options.server_selection_timeout == expected, uri
         finally:
             client.close()
+
+
+# ------------------------------------- every connection sees every transition
+
+class _Joiners:
+    """Connects a new client every 50 ms, cycling through the ways a
+    connection joins (plain, history, catch-up, snapshot), until stopped:
+    clients that join while the watcher changes state."""
+
+    def __init__(self, server, queries):
+        self.server = server
+        self.queries = queries
+        self.clients = []  # (query, WSClient)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run,
+                                        name="test-outage-joiners")
+        self._thread.start()
+
+    def _run(self):
+        n = 0
+        while not self._done.wait(0.05):
+            query = self.queries[n % len(self.queries)]
+            n += 1
+            self.clients.append((query, WSClient(self.server.ws_url(query))))
+
+    def stop(self):
+        self._done.set()
+        self._thread.join(scaled(10))
+        assert not self._thread.is_alive()
+
+
+def _known_watcher(client, last):
+    """Read until the document ``{"n": last}`` arrives (as a change, or in
+    a snapshot): the watcher state the client last heard by then (hello, then statuses), or None if
+    the server closed the connection."""
+    from websockets.exceptions import ConnectionClosed
+
+    known = None
+    seen = []
+    try:
+        while True:
+            try:
+                message = client.recv(10)
+            except AssertionError:
+                raise AssertionError(f"no change n={last} after {seen}") from None
+            seen.append(message.get("watcher") or message["type"])
+            if message["type"] in ("hello", "status"):
+                known = message["watcher"]
+            elif (message["type"] == "change"
+                  and message["event"]["fullDocument"]["n"] == last):
+                return known
+            elif (message["type"] == "snapshot"  # a snapshot read after it
+                  and any(doc["n"] == last for doc in message["docs"])):
+                return known
+    except ConnectionClosed:
+        return None
+
+
+def _statuses(client, count, timeout=15):
+    return [client.recv_type("status", timeout)["watcher"]
+            for _ in range(count)]
+
+
+def test_every_connection_sees_every_transition(own_mongo, gunicorn,
+                                                browser_page):
+    """Plain, history, catch-up and snapshot connections each hear the
+    watcher go and come back; clients that join meanwhile, in each of
+    those ways, end knowing the watcher is connected; and both bundled
+    clients report a change that happened while they were away (they
+    learn it from the next hello: a queued status message is dropped with
+    a connection, e.g. a catch-up closed with 1013 in the same outage)."""
+    server = gunicorn({**_defaults_env(own_mongo.uri),
+                       "WSPROXY_HISTORY_SIZE": "2"})
+    writer = pymongo.MongoClient(own_mongo.uri)
+    proxy = TcpProxy(server.port)
+    page = browser_page
+    joiners = None
+    try:
+        plain = WSClient(server.ws_url())
+        plain.recv()
+        writer.shop.orders.insert_many([{"n": n} for n in range(5)])
+        ids = [c["id"] for c in plain.changes(5)]
+        history = WSClient(server.ws_url(f"resume_after={ids[-1]}"))
+        assert history.recv()["resume"] == "history"
+        catchup = WSClient(server.ws_url(f"resume_after={ids[0]}"))
+        assert catchup.recv()["resume"] == "catch-up"
+        assert len(catchup.changes(4)) == 4
+        snapshot = WSClient(server.ws_url("snapshot=1&ns=shop.orders"))
+        assert snapshot.recv()["resume"] == "snapshot"
+        snapshot.recv_type("snapshot_end")
+        wait_for(lambda: "caught up" in server.output(), 10,
+                 "the catch-up to reach the live feed")
+        members = {"plain": plain, "history": history, "catch-up": catchup,
+                   "snapshot": snapshot}
+
+        # The bundled clients, through a proxy that will keep them away
+        # while the database goes.
+        python = WSProxyClient(f"ws://127.0.0.1:{proxy.port}/ws",
+                               statuses=True)
+        wait_for(lambda: python.receive(timeout=0.1) is None
+                 and python.hello, 10, "the Python client's hello")
+        assert python.watcher == "connected"
+        page.goto(proxy.url + "/healthz")
+        page.evaluate("""async (module) => {
+          const m = await import(module);
+          window.feed = new m.WsproxyClient({});
+          window.statuses = [];
+          feed.on('status', ({ watcher }) => statuses.push(watcher));
+          feed.connect();
+        }""", "/wsproxy-static/wsproxy-client.js")
+        page.wait_for_function("feed.state === 'live'",
+                               timeout=scaled(10000))
+        proxy.held = True
+        proxy.cut()
+
+        joiners = _Joiners(server, [
+            "", f"resume_after={ids[-1]}", f"resume_after={ids[0]}",
+            "snapshot=1&ns=shop.orders"])
+        own_mongo.kill()
+        for name, client in members.items():
+            assert _statuses(client, 1) == ["reconnecting"], name
+        wait_for(lambda: server.readyz()[1]["watcher"] == "reconnecting",
+                 10, "the watcher to be reconnecting")
+        late = {"plain": WSClient(server.ws_url()),
+                "history": WSClient(server.ws_url(
+                    f"resume_after={ids[-1]}"))}
+        for name, client in late.items():
+            assert client.recv()["watcher"] == "reconnecting", name
+
+        # Back from away: the hello says what changed meanwhile.
+        proxy.held = False
+        item = python.receive(timeout=scaled(40))
+        assert item == Status("reconnecting", ""), item
+        page.wait_for_function("statuses.length >= 1", timeout=scaled(40000))
+        assert page.evaluate("statuses") == ["reconnecting"]
+
+        own_mongo.start()
+        for name, client in {**members, **late}.items():
+            assert _statuses(client, 1) == ["connected"], name
+        assert python.receive(timeout=scaled(10)) == Status("connected", "")
+        page.wait_for_function("statuses.length >= 2", timeout=scaled(10000))
+        assert page.evaluate("statuses") == ["reconnecting", "connected"]
+        server.wait_ready()
+        joiners.stop()
+        # Every joiner still open ends knowing the watcher is connected
+        # (catch-ups and snapshots that joined in the outage were closed
+        # with 1013: they need the database). A change after the return
+        # comes after the status that said so, on every connection.
+        writer.shop.orders.insert_one({"n": 99})
+        known = []
+        for query, client in joiners.clients:
+            try:
+                known.append((query, _known_watcher(client, 99)))
+            except AssertionError as exc:
+                raise AssertionError(f"{query}: {exc}; {known}") from None
+        assert len(known) >= 20, known
+        still_open = [(q, k) for q, k in known if k is not None]
+        assert {q for q, _ in still_open} >= {"", f"resume_after={ids[-1]}"}
+        assert all(k == "connected" for _, k in still_open), known
+        python.close()
+        assert not page.script_errors
+    finally:
+        if joiners is not None:
+            joiners.stop()
+            for _, client in joiners.clients:
+                client.close()
+        proxy.close()
+        writer.close()
