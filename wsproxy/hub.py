@@ -236,16 +236,18 @@ class Hub:
         before the replay starts (so no live event is missed) and is
         what leaves the hub at the end."""
         member = client
-        mode = self.register(client, after_id, hello)
-        if mode is None:
-            mode = "catch-up"
-            member, start = catch_up(client)
-            with self._lock:
-                # hello under the lock, as in register().
-                client.preload([codec.frame(hello(mode))])
-                self._clients.add(member)
-            start()
+        # Everything inside: a setup that fails (a catch-up thread that
+        # cannot start) must not leave its member counted in the hub.
         try:
+            mode = self.register(client, after_id, hello)
+            if mode is None:
+                mode = "catch-up"
+                member, start = catch_up(client)
+                with self._lock:
+                    # hello under the lock, as in register().
+                    client.preload([codec.frame(hello(mode))])
+                    self._clients.add(member)
+                start()
             yield mode
         finally:
             self.unregister(member)
