@@ -27,3 +27,78 @@ def test_a_catch_up_thread_that_cannot_start_leaves_nothing_in_the_hub():
         with hub.subscribe(client, "not-in-history", hello, catch_up):
             pytest.fail("the block must not run")
     assert len(hub) == 0 and hub.clients() == []
+
+
+# ------------------------------------------- the watcher's reset mid-catch-up
+
+class _CatchingUpClient(FakeClient):
+    max_bytes = 1 << 20
+
+
+def _reset_frame():
+    from wsproxy import codec
+    return codec.frame(codec.control_message("reset", lost=True, reason="x"))
+
+
+def _payload(frame):
+    """The text of one unmasked, uncompressed server frame."""
+    length, start = frame[1] & 0x7F, 2
+    if length == 126:
+        length, start = int.from_bytes(frame[2:4], "big"), 4
+    elif length == 127:
+        length, start = int.from_bytes(frame[2:10], "big"), 10
+    assert len(frame) == start + length
+    return frame[start:].decode()
+
+
+def _kinds(frames):
+    import json
+    return [(m["type"], m.get("event", {}).get("fullDocument", {}).get("i"))
+            for m in (json.loads(_payload(f)) for f in frames)]
+
+
+def test_the_watchers_reset_mid_catch_up_arrives_in_stream_order():
+    """Replay has delivered 1; the live feed brings 3, then the watcher
+    loses its place (reset), then 10. The replay then reads 2 and meets
+    the seam at 3: the client gets 1, 2, 3, reset, 10, the reset where the
+    live feed's gap is, not ahead of 2 and 3."""
+    from wsproxy.resume import CatchUp
+
+    from .test_hub import change
+
+    client = _CatchingUpClient()
+    catchup = CatchUp(client, buffer_limit=100)
+    assert catchup.deliver(change(1))
+    catchup.on_change(change(3))
+    catchup.on_reset(_reset_frame())
+    catchup.on_change(change(10))
+    assert _kinds(client.frames) == [("change", 1)]
+    assert catchup.deliver(change(2))
+    assert not catchup.deliver(change(3))  # the seam
+    assert _kinds(client.frames) == [
+        ("change", 1), ("change", 2), ("change", 3), ("reset", None),
+        ("change", 10)]
+
+
+def test_a_reset_the_catch_up_read_past_is_not_sent():
+    """The replay meets the live feed after the watcher's reset: it read
+    on without a gap, so the client is told of none. (The live feed was
+    behind the client: 0 is older than its token, never replayed.)"""
+    from wsproxy.resume import CatchUp
+
+    from .test_hub import change
+
+    client = _CatchingUpClient()
+    catchup = CatchUp(client, buffer_limit=100)
+    catchup.on_change(change(0))
+    catchup.on_reset(_reset_frame())
+    catchup.on_change(change(10))
+    for i in (1, 2, 3, 4):
+        assert catchup.deliver(change(i))
+    assert not catchup.deliver(change(10))  # the seam, after the reset
+    assert _kinds(client.frames) == [
+        ("change", 1), ("change", 2), ("change", 3), ("change", 4),
+        ("change", 10)]
+    # Spliced: a later reset goes straight through, in order.
+    catchup.on_reset(_reset_frame())
+    assert _kinds(client.frames)[-1] == ("reset", None)
