@@ -102,3 +102,79 @@ def test_a_reset_the_catch_up_read_past_is_not_sent():
     # Spliced: a later reset goes straight through, in order.
     catchup.on_reset(_reset_frame())
     assert _kinds(client.frames)[-1] == ("reset", None)
+
+
+# ---------------------------------- a snapshot's slow getMore stalls no other
+
+def test_a_slow_getmore_does_not_stall_other_snapshots():
+    """Snapshot A's getMore goes unanswered; snapshot B, on the same
+    worker and the same slice lock, reads all of its documents meanwhile:
+    the lock is held for CPU work only, never across a round trip."""
+    import threading
+    import time
+    import types
+
+    from pymongo import MongoClient
+
+    from wsproxy import snapshot
+    from wsproxy.documentquery import DocumentQuery
+
+    from .helpers import scaled
+    from .test_source_errors import MockPrimary
+
+    mock = MockPrimary()
+    client = MongoClient(mock.uri, directConnection=True,
+                         serverSelectionTimeoutMS=int(scaled(5000)))
+    inputs = types.SimpleNamespace(
+        slice_lock=threading.Lock(), published_at=lambda: 0.0,
+        broadcaster_idle=threading.Event())
+    inputs.broadcaster_idle.set()
+    deadline = time.monotonic() + scaled(60)
+
+    def query(coll):
+        return DocumentQuery("db", coll, {}, (("_id", 1),), 1000)
+
+    def docs(first, count):
+        return [{"_id": i} for i in range(first, first + count)]
+
+    results = {}
+
+    def read(name):
+        results[name] = snapshot.read(client, query(name), deadline,
+                                      snapshot.Pacer(inputs))
+
+    a = threading.Thread(target=read, args=("a",), name="test-snapshot-a")
+    b = threading.Thread(target=read, args=("b",), name="test-snapshot-b")
+    try:
+        a.start()
+        find = mock.server.receives(timeout=scaled(10))
+        assert find.command_name == "find" and find["find"] == "a"
+        find.replies(cursor={"id": 123, "ns": "db.a",
+                             "firstBatch": docs(0, 40)})
+        slow = mock.server.receives(timeout=scaled(10))
+        assert slow.command_name == "getMore" and slow["getMore"] == 123
+
+        b.start()
+        # (Nothing arrives here while a holds the slice lock in its getMore:
+        # b sends its find only once it has the lock.)
+        find = mock.server.receives(timeout=scaled(10))
+        assert find.command_name == "find" and find["find"] == "b"
+        find.replies(cursor={"id": 0, "ns": "db.b",
+                             "firstBatch": docs(0, 100)})
+        b.join(scaled(5))
+        assert not b.is_alive(), "snapshot b waited for a's getMore"
+        assert [d["_id"] for d in results["b"][0]] == list(range(100))
+
+        slow.replies(cursor={"id": 0, "ns": "db.a",
+                             "nextBatch": docs(40, 10)})
+        a.join(scaled(10))
+        assert not a.is_alive()
+        assert [d["_id"] for d in results["a"][0]] == list(range(50))
+        assert results["a"][1] is True  # complete
+    finally:
+        mock.quiesce()
+        a.join(scaled(10))
+        if b.ident is not None:
+            b.join(scaled(10))
+        client.close()
+        mock.stop()
