@@ -178,3 +178,60 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
             b.join(scaled(10))
         client.close()
         mock.stop()
+
+
+# ------------------------------------------------- bytes as written to sockets
+
+class _CountingSocket:
+    """A client socket that counts the bytes it receives."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.received = 0
+
+    def recv(self, size):
+        data = self.sock.recv(size)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_bytes_sent_are_the_bytes_written_to_sockets(mongo, mongo_client,
+                                                     namespace, gunicorn):
+    """wsproxy_bytes_sent_total is what the client received on the wire:
+    the handshake's reply, hello, every change frame, the pongs; not
+    "messages handed x their average uncompressed size"."""
+    import socket
+
+    from .helpers import RawPeer, metric, scaled, scrape, server_env, wait_for
+
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    sock = _CountingSocket(socket.create_connection(("127.0.0.1",
+                                                     server.port)))
+    try:
+        sock.settimeout(scaled(10))
+        peer = RawPeer(sock, host=f"127.0.0.1:{server.port}")
+        peer.read_until(lambda: peer.accepted, 10, "the handshake")
+        peer.take(1)  # hello
+        mongo_client[db][coll].insert_many([{"n": n, "pad": "x" * n}
+                                            for n in range(50)])
+        peer.take(50)
+        peer.ping([b"a", b"b"])
+        peer.take(2)  # the pongs
+
+        seen = {}
+
+        def counted():
+            seen["metric"] = metric(scrape(server), "wsproxy_bytes_sent_total")
+            return seen["metric"] == sock.received
+
+        try:
+            wait_for(counted, 5, "the bytes written to be counted")
+        except AssertionError:
+            raise AssertionError(
+                f"counted {seen['metric']}, received {sock.received}") from None
+    finally:
+        sock.close()

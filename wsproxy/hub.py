@@ -334,7 +334,11 @@ class Hub:
 
     def _run(self):
         following = None  # an item taken while gathering a batch
+        flush_at = 0.0  # when the bytes written go to their metric next
         while True:
+            if time.monotonic() >= flush_at:
+                metrics.BYTES_WRITTEN.flush()
+                flush_at = time.monotonic() + metrics.Tally.FLUSH_EVERY
             if following is not None:
                 item, following = following, None
             else:
@@ -342,7 +346,11 @@ class Hub:
                     item = self.intake.get_nowait()
                 except queue.Empty:
                     self.idle.set()
-                    item = self.intake.get()
+                    try:
+                        # Not forever: the flush above, while idle too.
+                        item = self.intake.get(timeout=metrics.Tally.FLUSH_EVERY)
+                    except queue.Empty:
+                        continue  # still idle
                     self.idle.clear()
             if item is _STOP:
                 return
@@ -403,8 +411,7 @@ class Hub:
                 handed += client.on_changes(batch)
         self._published(batch[-1])
         if handed:
-            metrics.MESSAGES.inc(handed)
-            metrics.BYTES.inc(handed * sum(sizes) // len(sizes))
+            metrics.MESSAGES.inc(handed)  # bytes: as written (GuardedSocket)
 
     def _published(self, change):
         cluster_time = change.raw.get("clusterTime")
