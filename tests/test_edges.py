@@ -235,3 +235,67 @@ def test_bytes_sent_are_the_bytes_written_to_sockets(mongo, mongo_client,
                 f"counted {seen['metric']}, received {sock.received}") from None
     finally:
         sock.close()
+
+
+# ------------------------------------ a history backlog beyond the outbox bounds
+
+def test_a_history_backlog_beyond_the_outbox_bounds_is_caught_up_instead():
+    """Resuming from history queues the backlog at once; more than the
+    outbox bounds hold is left to a catch-up from MongoDB, which follows
+    the client's pace (a 4008 would bring the client back with the same
+    id, to the same backlog)."""
+    import threading
+
+    from .test_hub import change
+
+    hub = Hub(history_size=100)
+    hub.start()
+    try:
+        first = change(0)
+        events = [first] + [change(i) for i in range(1, 10)]
+        stop = threading.Event()
+        for event in events:
+            assert hub.submit(event, stop)
+        from .helpers import wait_for
+        wait_for(lambda: hub.history_length() == 10, 5, "the history")
+
+        small = FakeClient()
+        small.max_messages = 5
+        assert hub.register(small, first.id, hello) is None
+        assert small.frames == [] and hub.clients() == []
+
+        by_bytes = FakeClient()
+        by_bytes.max_bytes = sum(len(e.frame) for e in events[1:]) - 1
+        assert hub.register(by_bytes, first.id, hello) is None
+        assert hub.clients() == []
+
+        fits = FakeClient()
+        fits.max_messages = 5
+        assert hub.register(fits, events[5].id, hello) == "history"
+        assert len(fits.frames) == 1 + 4 and hub.clients() == [fits]
+    finally:
+        hub.stop()
+
+
+def test_a_resume_beyond_the_outbox_bounds_replays_every_event_once(
+        mongo, mongo_client, namespace, gunicorn):
+    from .helpers import WSClient, server_env
+
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll,
+                                 WSPROXY_HISTORY_SIZE=100,
+                                 WSPROXY_OUTBOX_MAX_MESSAGES=10))
+    live = WSClient(server.ws_url())
+    live.recv()
+    mongo_client[db][coll].insert_many([{"n": n} for n in range(30)])
+    ids = [c["id"] for c in live.changes(30)]
+    near = WSClient(server.ws_url(f"resume_after={ids[-6]}"))
+    assert near.recv()["resume"] == "history"
+    assert [c["id"] for c in near.changes(5)] == ids[-5:]
+    far = WSClient(server.ws_url(f"resume_after={ids[0]}"))
+    assert far.recv()["resume"] == "catch-up"
+    assert [c["id"] for c in far.changes(29)] == ids[1:]
+    mongo_client[db][coll].insert_one({"n": 30})
+    for client in (live, near, far):
+        assert client.recv_type("change")["event"]["fullDocument"]["n"] == 30
+        client.close()

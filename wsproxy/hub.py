@@ -256,8 +256,10 @@ class Hub:
         """Add a client, first queueing ``hello(mode)`` and, with
         ``after_id``, the recorded events after it. Returns the mode:
         ``"none"`` (live only), ``"history"`` (replayed from memory), or
-        None when ``after_id`` is not in the history: the client is then
-        not added, and the caller must catch it up another way.
+        None when ``after_id`` is not in the history, or when the events
+        after it that the client wants are more than its outbox bounds
+        hold: the client is then not added, and the caller must catch it
+        up another way.
 
         Runs on the client's thread; the hub's lock is held only to take
         references to the backlog and join the set (and, when no backlog
@@ -279,14 +281,22 @@ class Hub:
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
-            client.preload(
-                [codec.frame(hello("history"))]
-                + [
-                    sub.frame(change, client.deflate_bits)
-                    for change in backlog
-                    if sub.wants(change)
-                ]
-            )
+            frames = [
+                sub.frame(change, client.deflate_bits)
+                for change in backlog
+                if sub.wants(change)
+            ]
+            if len(frames) > client.max_messages or (
+                sum(map(len, frames)) > client.max_bytes
+            ):
+                # More than the outbox bounds hold for live delivery: the
+                # caller catches the client up from MongoDB instead, at
+                # its pace (closing it with 4008 would only bring it back
+                # with the same id and the same backlog). Events published
+                # meanwhile are in that replay.
+                self.unregister(joining)
+                return None
+            client.preload([codec.frame(hello("history")), *frames])
             joining.go_live()
         except BaseException:
             self.unregister(joining)
