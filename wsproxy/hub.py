@@ -421,7 +421,10 @@ class Hub:
                 handed += client.on_changes(batch)
         self._published(batch[-1])
         if handed:
-            metrics.MESSAGES.inc(handed)  # bytes: as written (GuardedSocket)
+            metrics.MESSAGES.inc(handed)
+        # The bytes these writes (and others since) put on sockets: counted
+        # as written (GuardedSocket), published here and once a second.
+        metrics.BYTES_WRITTEN.flush()
 
     def _published(self, change):
         cluster_time = change.raw.get("clusterTime")

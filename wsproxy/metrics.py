@@ -74,7 +74,8 @@ class Tally:
     prometheus Counter costs ~2 us in multiprocess mode (a file write),
     too much a thousand times per event on the broadcaster, so writes add
     here (a lock and an addition), and the broadcaster moves the sum to
-    ``counter`` about once a second (:meth:`wsproxy.hub.Hub._run`)."""
+    ``counter`` after each fan-out and at least once a second
+    (:class:`wsproxy.hub.Hub`)."""
 
     FLUSH_EVERY = 1.0  # seconds
 
