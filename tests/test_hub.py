@@ -16,6 +16,7 @@ SEALER = sealer_for_tests()
 
 class FakeClient:
     deflate_bits = None
+    max_messages, max_bytes = 1000, 8 << 20  # the outbox bounds
     def __init__(self, subscription=EVERYTHING, accept=True):
         self.subscription = subscription
         self.accept = accept

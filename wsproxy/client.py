@@ -178,7 +178,10 @@ class LiveDocuments:
 
 @dataclass(frozen=True)
 class Status:
-    """The server's link to MongoDB changed (only with ``statuses=True``)."""
+    """The server's link to MongoDB changed (only with ``statuses=True``):
+    from a ``status`` message, or from the ``hello`` of a new connection
+    (``detail`` empty), so a change while the client was away is reported
+    too. Once per change; a first hello saying "connected" is not one."""
 
     watcher: str
     detail: str
@@ -325,6 +328,8 @@ class WSProxyClient:
         self.ssl_context = ssl_context
         self.hello: dict[str, Any] | None = None
         self.watcher: str | None = None
+        # The watcher state the last Status (or the first hello) gave.
+        self._told_watcher: str | None = None
         self.last_close: tuple[int, str] | None = None
         self.stats = {
             "connections": 0,
@@ -705,8 +710,8 @@ class WSProxyClient:
         if kind == MessageType.HELLO:
             self._pending = None
             self.hello = message
-            self.watcher = message.get("watcher", "connected")
-            return None
+            self.watcher = str(message.get("watcher", "connected"))
+            return self._watcher_news("")
         if kind == MessageType.RESET:
             self._pending = None
             self.stats["resets"] += 1
@@ -714,7 +719,16 @@ class WSProxyClient:
                 message.get("lost") is not False, str(message.get("reason", ""))
             )
         if kind == MessageType.STATUS:
-            self.watcher = message.get("watcher")
-            if self.statuses:
-                return Status(str(self.watcher), str(message.get("detail", "")))
+            self.watcher = str(message.get("watcher"))
+            return self._watcher_news(str(message.get("detail", "")))
         return None  # pong, and types a newer server may add
+
+    def _watcher_news(self, detail):
+        """A Status if :attr:`watcher` is not what the consumer was last
+        told (a change while away shows only in the next hello; a close
+        drops a queued status message); None for a repeat."""
+        told = self._told_watcher or "connected"
+        self._told_watcher = self.watcher
+        if self.watcher == told or not self.statuses:
+            return None
+        return Status(str(self.watcher), detail)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from flask import Flask, Request, current_app
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from pymongo.uri_parser import split_options
 
 from . import config as settings
 from . import sealing, throttle, views
@@ -47,6 +49,26 @@ def _setup_log(environ):
     ):
         return gunicorn
     return log
+
+
+# How long an operation waits for a server unless the URI says otherwise
+# (PyMongo's own default is 30 s): how soon a database that went away
+# shows as "reconnecting" (the watcher's resume waits this long for it),
+# and how long a catch-up or snapshot waits before it is closed with 1013.
+SERVER_SELECTION_TIMEOUT_MS = 2000
+
+
+def mongo_options(uri):
+    """The MongoClient keywords wsproxy adds to ``uri``: defaults only for
+    what the URI leaves unset (a keyword would override the URI's own)."""
+    _, _, query = (uri or "").partition("?")
+    try:
+        given = split_options(query, validate=False) if "=" in query else {}
+    except PyMongoError:
+        return {}  # MongoClient reports what is wrong with the URI
+    if "serverSelectionTimeoutMS" in given:  # case-insensitive mapping
+        return {}
+    return {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS}
 
 
 # Decides who may connect, before the upgrade: a Principal, None (401), or
@@ -122,7 +144,10 @@ class ProxyState:
         c = self.config
         self.stopping.clear()
         self.mongo = MongoClient(
-            c["WSPROXY_MONGODB_URI"], appname="wsproxy", connect=False
+            c["WSPROXY_MONGODB_URI"],
+            appname="wsproxy",
+            connect=False,
+            **mongo_options(c["WSPROXY_MONGODB_URI"]),
         )
         self.contexts = (
             SharedContexts() if c["WSPROXY_COMPRESSION"] == "shared" else None
@@ -226,7 +251,9 @@ class ProxyState:
             if self._pid != os.getpid():
                 return
             self.stopping.set()
-            self.source.stop(timeout)
+            # Closing the client ends a watcher's wait for a server that is
+            # gone, which would otherwise hold the worker's exit.
+            self.source.stop(timeout, interrupt=self.mongo.close)
             self.hub.stop(timeout)
             self.mongo.close()
             self._pid = None

@@ -236,16 +236,18 @@ class Hub:
         before the replay starts (so no live event is missed) and is
         what leaves the hub at the end."""
         member = client
-        mode = self.register(client, after_id, hello)
-        if mode is None:
-            mode = "catch-up"
-            member, start = catch_up(client)
-            with self._lock:
-                # hello under the lock, as in register().
-                client.preload([codec.frame(hello(mode))])
-                self._clients.add(member)
-            start()
+        # Everything inside: a setup that fails (a catch-up thread that
+        # cannot start) must not leave its member counted in the hub.
         try:
+            mode = self.register(client, after_id, hello)
+            if mode is None:
+                mode = "catch-up"
+                member, start = catch_up(client)
+                with self._lock:
+                    # hello under the lock, as in register().
+                    client.preload([codec.frame(hello(mode))])
+                    self._clients.add(member)
+                start()
             yield mode
         finally:
             self.unregister(member)
@@ -254,8 +256,10 @@ class Hub:
         """Add a client, first queueing ``hello(mode)`` and, with
         ``after_id``, the recorded events after it. Returns the mode:
         ``"none"`` (live only), ``"history"`` (replayed from memory), or
-        None when ``after_id`` is not in the history: the client is then
-        not added, and the caller must catch it up another way.
+        None when ``after_id`` is not in the history, or when the events
+        after it that the client wants are more than its outbox bounds
+        hold: the client is then not added, and the caller must catch it
+        up another way.
 
         Runs on the client's thread; the hub's lock is held only to take
         references to the backlog and join the set (and, when no backlog
@@ -277,14 +281,22 @@ class Hub:
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
-            client.preload(
-                [codec.frame(hello("history"))]
-                + [
-                    sub.frame(change, client.deflate_bits)
-                    for change in backlog
-                    if sub.wants(change)
-                ]
-            )
+            frames = [
+                sub.frame(change, client.deflate_bits)
+                for change in backlog
+                if sub.wants(change)
+            ]
+            if len(frames) > client.max_messages or (
+                sum(map(len, frames)) > client.max_bytes
+            ):
+                # More than the outbox bounds hold for live delivery: the
+                # caller catches the client up from MongoDB instead, at
+                # its pace (closing it with 4008 would only bring it back
+                # with the same id and the same backlog). Events published
+                # meanwhile are in that replay.
+                self.unregister(joining)
+                return None
+            client.preload([codec.frame(hello("history")), *frames])
             joining.go_live()
         except BaseException:
             self.unregister(joining)
@@ -332,7 +344,11 @@ class Hub:
 
     def _run(self):
         following = None  # an item taken while gathering a batch
+        flush_at = 0.0  # when the bytes written go to their metric next
         while True:
+            if time.monotonic() >= flush_at:
+                metrics.BYTES_WRITTEN.flush()
+                flush_at = time.monotonic() + metrics.Tally.FLUSH_EVERY
             if following is not None:
                 item, following = following, None
             else:
@@ -340,7 +356,11 @@ class Hub:
                     item = self.intake.get_nowait()
                 except queue.Empty:
                     self.idle.set()
-                    item = self.intake.get()
+                    try:
+                        # Not forever: the flush above, while idle too.
+                        item = self.intake.get(timeout=metrics.Tally.FLUSH_EVERY)
+                    except queue.Empty:
+                        continue  # still idle
                     self.idle.clear()
             if item is _STOP:
                 return
@@ -402,7 +422,9 @@ class Hub:
         self._published(batch[-1])
         if handed:
             metrics.MESSAGES.inc(handed)
-            metrics.BYTES.inc(handed * sum(sizes) // len(sizes))
+        # The bytes these writes (and others since) put on sockets: counted
+        # as written (GuardedSocket), published here and once a second.
+        metrics.BYTES_WRITTEN.flush()
 
     def _published(self, change):
         cluster_time = change.raw.get("clusterTime")

@@ -92,7 +92,9 @@ class CatchUp:
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding.
         self._lock = threading.Lock()
-        self._live = []  # (id, frame or None if unwanted), in order
+        # (id, frame or None if unwanted), in order; (None, frame) for the
+        # watcher's reset, which keeps its place in the stream.
+        self._live = []
         self._live_ids = {}  # id -> index in _live
         self._live_bytes = 0
         self._delivered = set()  # ids the catch-up stream delivered
@@ -165,6 +167,15 @@ class CatchUp:
         return self.client.offer(data)
 
     def on_reset(self, frame):
+        """The live feed lost its place: recorded like a live event, so the
+        client gets the reset where it happened in the stream, after the
+        replayed events before it, and only if the seam comes before it
+        (met after it, the catch-up read on without a gap)."""
+        with self._lock:
+            if not self.spliced:
+                self._live.append((None, frame))
+                self._live_bytes += len(frame)
+                return True
         return self.client.offer(frame)
 
     def request_close(self, code, reason):

@@ -190,7 +190,8 @@ class Pacer:
     holds the worker's slice lock; every SLICE_DOCS documents it rests
     (while live changes flow) as long as the slice took, still holding
     it, so no other snapshot works meanwhile; then lets it go and waits
-    (up to PACE_WAIT) for the broadcaster to be idle."""
+    (up to PACE_WAIT) for the broadcaster to be idle. Nothing inside the
+    block waits on the network (see :func:`read`)."""
 
     def __init__(self, inputs):
         self._inputs = inputs
@@ -253,14 +254,22 @@ def read(mongo, query, deadline, pace=_no_pace):
             session=session,
             max_time_ms=max(1, int((deadline - time.monotonic()) * 1000)),
         )
-        with cursor, pace:
-            for raw in cursor:
-                pace()
-                size += len(raw.raw)
-                if len(docs) == query.limit or size > MAX_READ_BYTES:
-                    complete = False
+        with cursor:
+            while complete:
+                # A slice's documents, fetched without the slice lock: a
+                # getMore is a network round trip, and one snapshot's slow
+                # one must not stall every other snapshot's CPU work.
+                batch = cursor.to_list(SLICE_DOCS)
+                if not batch:
                     break
-                docs.append(bson.decode(raw.raw, codec_options=options))
+                with pace:
+                    for raw in batch:
+                        size += len(raw.raw)
+                        if len(docs) == query.limit or size > MAX_READ_BYTES:
+                            complete = False
+                            break
+                        docs.append(bson.decode(raw.raw, codec_options=options))
+                        pace()
         return docs, complete, session.operation_time
 
 

@@ -7,6 +7,13 @@ post-batch token while idle) and, after any error PyMongo did not already
 resume from, reopens the stream from it after a capped, jittered backoff.
 What an error means is decided by :mod:`wsproxy.errorpolicy`, the policy
 a client's catch-up follows too.
+
+A database that is gone shows as a server selection timeout (bounded by
+default, see :func:`wsproxy.extension.mongo_options`): the stream is then
+reopened at once, not after the backoff, because the next attempt waits
+for a server itself, and PyMongo checks the server every half second
+while anything waits for one; so the watcher is back within about a
+second of the database, however long it was away.
 """
 
 import logging
@@ -14,7 +21,7 @@ import random
 import threading
 import time
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from . import codec, errorpolicy, metrics, scopecheck
 from .hub import Announcement
@@ -68,6 +75,9 @@ class ChangeSource:
         self._start_after = None
         self.state = "starting"
         self.last_error = None
+        # When the live feed was last lost (monotonic), for the log line
+        # that says it is back; None while it is live.
+        self._lost_at = None
         self.errors = 0
         self.reconnects = 0
         self.last_event_at = None
@@ -93,10 +103,18 @@ class ChangeSource:
         """Stop after the current round trip, without waiting for it."""
         self._stopping.set()
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout=5.0, interrupt=None):
+        """Stop and join the watcher. One waiting for a server (the database
+        is gone) would hold this for the whole selection timeout: if it has
+        not ended one round trip after the stop, ``interrupt()`` (closing
+        the MongoClient) ends that wait."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            deadline = time.monotonic() + timeout
+            self._thread.join(min(timeout, self.max_await_ms / 1000 + 0.5))
+            if self._thread.is_alive() and interrupt is not None:
+                interrupt()
+            self._thread.join(max(deadline - time.monotonic(), 0))
             self._thread = None
         self.state = "stopped"
 
@@ -106,10 +124,15 @@ class ChangeSource:
 
     @property
     def healthy(self):
-        """Connected, and the last round trip to the server is recent: a
-        getMore returns within max_await_ms, so a longer silence means the
-        server or the network is gone even before the driver says so."""
-        if not self.connected or self.last_ok_at is None:
+        """Connected, and the last round trip to the server is recent."""
+        return self.connected and self.answered_recently
+
+    @property
+    def answered_recently(self):
+        """The last round trip to the server is recent: a getMore returns
+        within max_await_ms, so a longer silence means the server or the
+        network is gone even before the driver says so."""
+        if self.last_ok_at is None:
             return False
         stale_after = max(5.0, 3 * self.max_await_ms / 1000)
         return time.time() - self.last_ok_at < stale_after
@@ -133,9 +156,12 @@ class ChangeSource:
     def _run(self):
         while not self._stopping.is_set():
             invalidated = False
+            began = time.monotonic()
             try:
                 invalidated = self._stream_once()
             except PyMongoError as exc:
+                if self._stopping.is_set():
+                    break  # e.g. the client closed under a stopping watcher
                 self._on_error(exc)
             except Exception as exc:  # noqa: BLE001 - never die silently
                 log.exception("watcher: unexpected error")
@@ -143,13 +169,24 @@ class ChangeSource:
             if self._stopping.is_set():
                 break
             if not invalidated:
-                delay = self.backoff.next_delay()
-                if errorpolicy.is_fatal(self.last_error):
-                    delay = self.backoff.cap
-                log.info("watcher: reopening the change stream in %.1fs", delay)
+                delay = self._retry_delay(time.monotonic() - began)
+                log.debug("watcher: reopening the change stream in %.1fs", delay)
                 self._stopping.wait(delay)
             self.reconnects += 1
             metrics.WATCHER_RECONNECTS.inc()
+
+    def _retry_delay(self, attempt_took):
+        """Seconds before the next attempt after one that failed."""
+        if errorpolicy.is_fatal(self.last_error):
+            return self.backoff.cap
+        if isinstance(self.last_error, ServerSelectionTimeoutError):
+            # No server: the attempt waited for one all along, and the next
+            # one waits again (PyMongo checks the server every 0.5s while
+            # it does), so it starts at once; a backoff here would sleep
+            # through the database's return. Never faster than the
+            # initial delay, should selection give up early.
+            return max(self.backoff.initial - attempt_took, 0.0)
+        return self.backoff.next_delay()
 
     def _stream_once(self):
         if self._start_after is not None:
@@ -234,8 +271,11 @@ class ChangeSource:
                 "WSPROXY_* settings)",
                 exc,
             )
-        else:
+        elif self.state in ("starting", "connected"):
             log.warning("watcher: change stream failed: %s", exc)
+        else:
+            # Still away: said when the outage began, and when it ends.
+            log.debug("watcher: change stream failed again: %s", exc)
         self._set_state(
             "failed" if kind == errorpolicy.FATAL else "reconnecting",
             "the database is unreachable; the feed resumes when it is back",
@@ -248,6 +288,19 @@ class ChangeSource:
         was_live = previous in ("starting", "connected")
         if was_live == (state == "connected"):
             return  # e.g. failed -> reconnecting: clients already know
+        if state == "connected":
+            if self._lost_at is not None:
+                log.info(
+                    "watcher: the change stream is back after %.1fs",
+                    time.monotonic() - self._lost_at,
+                )
+            self._lost_at = None
+        else:
+            self._lost_at = time.monotonic()
+            log.info(
+                "watcher: the change stream is lost; clients are told, and it "
+                "resumes from the last event when the database answers again"
+            )
         # Tell clients the live feed paused or came back, so a page can show
         # it; no event is lost either way.
         self.hub.submit(

@@ -345,11 +345,16 @@ def create_blueprint(config):
         def readyz():
             state = _state().ensure_started(current_app)
             source = state.source
-            ready = source.healthy and state.hub.running and not state.stopping.is_set()
+            watcher = source.state  # read once: the body agrees with itself
+            reason = _not_ready_reason(state, watcher)
+            ready = reason is None
             body = {
                 "ready": ready,
+                # Why not, in words: "watcher" alone cannot say it when the
+                # watcher is connected but MongoDB has stopped answering.
+                "reason": reason,
                 "pid": os.getpid(),
-                "watcher": source.state,
+                "watcher": watcher,
                 # The error text names hosts and topology: only for
                 # operators who asked for it; the log always has it.
                 "last_error": (
@@ -376,6 +381,20 @@ def create_blueprint(config):
             )
 
     return bp
+
+
+def _not_ready_reason(state, watcher):
+    """Why /readyz answers 503, or None if it answers 200; ``watcher`` is
+    the watcher's state as the body reports it."""
+    if state.stopping.is_set():
+        return "the worker is shutting down"
+    if not state.hub.running:
+        return "the broadcaster has stopped"
+    if watcher != "connected":
+        return f"the change stream is {watcher}"
+    if not state.source.answered_recently:
+        return "MongoDB has not answered the change stream recently"
+    return None
 
 
 def registered_paths(config):

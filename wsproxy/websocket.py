@@ -81,6 +81,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
+from . import metrics
 from .errors import ClientError
 from .protocol import CloseCode
 
@@ -97,35 +98,116 @@ class SendTimeout(OSError):
     """The peer did not accept data within the send timeout."""
 
 
+class _WriteWatchdog:
+    """Bounds blocking writes without a socket timeout. TLS sockets take
+    no send flags, so their writes block; a timeout set on the socket
+    would also bound a read that simple-websocket's reader thread starts
+    meanwhile (it is read from that thread), and a client quiet for longer
+    than the send timeout would then be dropped. Instead this one thread
+    (``wsproxy-write-watchdog``, started on demand, gone after a quiet
+    minute) shuts down the socket of a write that passes its deadline,
+    which ends the blocked ``sendall``."""
+
+    IDLE_EXIT = 60.0  # seconds without a watched write before it ends
+
+    def __init__(self):
+        # Guards _writes and _thread; the thread waits on it for the next
+        # deadline or a new write.
+        self._changed = threading.Condition()
+        self._writes = {}  # token -> [deadline, socket, expired]
+        self._tokens = iter(range(1, 1 << 62))
+        self._thread = None
+
+    def watch(self, sock, deadline):
+        """Watch a write to ``sock`` until ``deadline``; a token for
+        :meth:`release`."""
+        with self._changed:
+            token = next(self._tokens)
+            self._writes[token] = [deadline, sock, False]
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="wsproxy-write-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+            return token
+
+    def release(self, token):
+        """The write is over; whether its deadline cut it short."""
+        with self._changed:
+            return self._writes.pop(token)[2]
+
+    def _run(self):
+        idle_since = time.monotonic()
+        while True:
+            expired = []
+            with self._changed:
+                now = time.monotonic()
+                pending = [w for w in self._writes.values() if not w[2]]
+                if not pending and now - idle_since >= self.IDLE_EXIT:
+                    self._thread = None
+                    return
+                for write in pending:
+                    if write[0] <= now:
+                        write[2] = True
+                        expired.append(write[1])
+                if not expired:
+                    if pending:
+                        idle_since = now
+                    next_at = min(
+                        [w[0] for w in pending] or [idle_since + self.IDLE_EXIT]
+                    )
+                    self._changed.wait(max(next_at - now, 0.001))
+                    continue
+            for sock in expired:
+                try:
+                    # The plain socket's shutdown: SSLSocket's own would
+                    # drop its SSL object under the blocked writer.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+_watchdog = _WriteWatchdog()
+
+
 def _write_all(sock, data, deadline, nonblocking):
     """Write all of ``data`` or raise; never blocks past ``deadline``."""
     view = memoryview(data)
     if not nonblocking:
-        # TLS sockets take no send flags; fall back to a blocking sendall
-        # bounded by the socket timeout.
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        # TLS sockets take no send flags: a blocking sendall, cut short by
+        # the watchdog at the deadline (never a timeout on the socket).
+        if deadline <= time.monotonic():
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
+        token = _watchdog.watch(sock, deadline)
         try:
             sock.sendall(view)
-        except TimeoutError:
-            raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
-        finally:
-            sock.settimeout(None)
+        except OSError:
+            if _watchdog.release(token):
+                raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
+            raise
+        if _watchdog.release(token):
+            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
+        metrics.BYTES_WRITTEN.add(len(view))
         return
     poller = None
-    while view:
-        try:
-            sent = sock.send(view, socket.MSG_DONTWAIT)
-            view = view[sent:]
-            continue
-        except (BlockingIOError, InterruptedError):
-            pass
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise SendTimeout(errno.ETIMEDOUT, "send timed out")
-        if poller is None:
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-        poller.poll(min(remaining, _POLL_SLICE) * 1000)
+    try:
+        while view:
+            try:
+                sent = sock.send(view, socket.MSG_DONTWAIT)
+                view = view[sent:]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SendTimeout(errno.ETIMEDOUT, "send timed out")
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            poller.poll(min(remaining, _POLL_SLICE) * 1000)
+    finally:
+        metrics.BYTES_WRITTEN.add(len(data) - len(view))
 
 
 class GuardedSocket:
@@ -178,6 +260,7 @@ class GuardedSocket:
             sent = self.raw.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
+        metrics.BYTES_WRITTEN.add(sent)
         if sent < len(data):
             self.tail = memoryview(data)[sent:]
             return False

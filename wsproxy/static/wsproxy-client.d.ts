@@ -138,7 +138,10 @@ export interface ClientEvents {
   change: { id: string | null; event: ChangeEvent };
   /** Events may have been missed (the resume position was too old). */
   reset: { lost: boolean; reason: string };
-  /** The server's link to MongoDB changed. */
+  /** The server's link to MongoDB changed: from a `status` message, or
+   * from the `hello` of a new connection (detail ""), so a change while
+   * the client was away is reported too. Once per change; a first hello
+   * saying "connected" is not one. */
   status: { watcher: WatcherState; detail: string };
   hello: Hello;
   state: { state: ClientState; previous: ClientState; [key: string]: unknown };

@@ -164,6 +164,7 @@ export class WsproxyClient extends EventTarget {
     this.token = options.token ?? null;
     this.state = 'idle';         // idle connecting live waiting reconnecting stopped
     this.watcher = null;         // the server's link to MongoDB, when open
+    this._toldWatcher = null;    // the watcher state the last `status` event (or first hello) gave
     this.hello = null;           // the current connection's hello
     this.lastClose = null;       // {code, reason, label, text, policy, wasOpen, at}
     this.refusal = null;         // {status, reason, label, action} of the last refusal
@@ -576,7 +577,13 @@ export class WsproxyClient extends EventTarget {
   _setWatcher(watcher, detail, fromHello = false) {
     if (typeof watcher !== 'string') return;
     this.watcher = watcher;
-    if (!fromHello) this._emit('status', { watcher, detail });
+    // A `status` event for every change, however it was learned: a change
+    // while this client was away (or whose status message a close dropped)
+    // arrives only in the next hello. Repeats are not news. The first
+    // hello is the starting point, news only if it is not "connected".
+    const told = this._toldWatcher ?? 'connected';
+    this._toldWatcher = watcher;
+    if (watcher !== told) this._emit('status', { watcher, detail });
     if (!this.hello) return;
     this._setState(watcher === 'connected' ? 'live' : 'waiting', { watcher, detail });
   }
