@@ -137,7 +137,7 @@ class _Joining:
         self.client.request_close(code, reason)
 
     def go_live(self):
-        """Queue what was held (filtered outside the lock, in rounds, as
+        """Queue what was held (judged outside the lock, in rounds, as
         more may arrive meanwhile), then let the live feed through."""
         sub = self.subscription
         while True:
@@ -147,13 +147,12 @@ class _Joining:
                 if not batch:
                     self.live = True
                     return
-            self.client.preload(
+            self.client.queue(
                 [
                     item
                     if isinstance(item, (bytes, bytearray))
-                    else sub.frame(item, self.client.deflate_bits)
+                    else self.client.prepare(item, sub)
                     for item in batch
-                    if isinstance(item, (bytes, bytearray)) or sub.wants(item)
                 ]
             )
 
@@ -277,13 +276,9 @@ class Hub:
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
-            client.preload(
+            client.queue(
                 [codec.frame(hello("history"))]
-                + [
-                    sub.frame(change, client.deflate_bits)
-                    for change in backlog
-                    if sub.wants(change)
-                ]
+                + [client.prepare(change, sub) for change in backlog]
             )
             joining.go_live()
         except BaseException:

@@ -24,7 +24,7 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask_sock import Sock
 
-from . import access, codec, control, metrics, snapshot, throttle, websocket
+from . import access, budget, codec, control, metrics, snapshot, throttle, websocket
 from . import subscription as subscriptions
 from .connection import ClientConnection
 from .documents import LiveDocuments
@@ -85,6 +85,9 @@ class Admission:
     resume_id: str | None
     principal: access.Principal
     pending: websocket.Pending
+    # The connection's share of its principal's budget (wsproxy.budget),
+    # given back when the connection ends (or the upgrade never happens).
+    reservation: budget.Reservation
 
 
 # Where every update carries the whole document, as live documents need.
@@ -108,18 +111,6 @@ def _parse_subscription(args, principal, config):
             "(WSPROXY_FULL_DOCUMENT is not updateLookup or required)"
         )
     return sub
-
-
-def _snapshot_docs(args, config):
-    """Documents a snapshot may read, for its connect cost (0 if it is no
-    snapshot; an invalid limit is refused later, at the full cost)."""
-    if "snapshot" not in args:
-        return 0
-    most = config["WSPROXY_SNAPSHOT_MAX_DOCS"]
-    try:
-        return min(max(int(args.get("limit", most)), 1), most)
-    except ValueError:
-        return most
 
 
 def _decide(state, config, *, upgrade):
@@ -148,7 +139,6 @@ def _decide(state, config, *, upgrade):
             request.args.get("resume_after"),
             request.args.get("filter"),
             state.hub.history_length(),
-            snapshot_docs=_snapshot_docs(request.args, config),
         )
         if upgrade
         else 1.0,
@@ -159,26 +149,34 @@ def _decide(state, config, *, upgrade):
     if resume_id is not None:
         resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = _parse_subscription(request.args, principal, config)
-    return principal, resume_id, sub
+    key = throttle.client_key(principal, request.remote_addr)
+    if not upgrade:
+        state.budgets.check(key, sub)  # 429 over the principal's share
+        return principal, resume_id, sub, None
+    return principal, resume_id, sub, state.budgets.reserve(key, sub)
 
 
 def _admit(state, config):
     """All the checks before the upgrade; returns an Admission or raises
     ClientError."""
-    principal, resume_id, sub = _decide(state, config, upgrade=True)
+    principal, resume_id, sub, reservation = _decide(state, config, upgrade=True)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
-    pending = websocket.prepare(
-        request.environ,
-        send_timeout=config["WSPROXY_SEND_TIMEOUT"],
-        subprotocols=[access.BEARER_SUBPROTOCOL]
-        if access.BEARER_SUBPROTOCOL in offered
-        else None,
-        max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
-        frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
-        frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
-        compression=config["WSPROXY_COMPRESSION"] != "off",
-    )
-    return Admission(sub, resume_id, principal, pending)
+    try:
+        pending = websocket.prepare(
+            request.environ,
+            send_timeout=config["WSPROXY_SEND_TIMEOUT"],
+            subprotocols=[access.BEARER_SUBPROTOCOL]
+            if access.BEARER_SUBPROTOCOL in offered
+            else None,
+            max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
+            frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
+            frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
+            compression=config["WSPROXY_COMPRESSION"] != "off",
+        )
+    except BaseException:
+        state.budgets.release(reservation)
+        raise
+    return Admission(sub, resume_id, principal, pending, reservation)
 
 
 def _wants_decision():
@@ -258,6 +256,14 @@ def create_blueprint(config):
             return _refuse(exc)
         return None
 
+    @bp.teardown_request
+    def release_unused_admission(exc):
+        # An admission whose connection never ran (the handshake failed
+        # after before_request) gives its share back here.
+        admission = g.pop("wsproxy_admission", None)
+        if admission is not None:
+            _state().budgets.release(admission.reservation)
+
     @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
     def websocket_view(ws):
         # After the upgrade an exception must not reach Flask: it would
@@ -277,9 +283,11 @@ def create_blueprint(config):
             subscription=admission.subscription,
             remote_addr=request.remote_addr,
             contexts=_state().contexts,
+            max_held=config["WSPROXY_TRACKED_DOCS"],
+            owner=admission.reservation.key,
         )
         client.principal = admission.principal
-        serve(_state(), client, admission.resume_id)
+        serve(_state(), client, admission.resume_id, admission.reservation)
 
     @bp.route(
         config["WSPROXY_PATH"],
@@ -320,7 +328,15 @@ def create_blueprint(config):
         def readyz():
             state = _state().ensure_started(current_app)
             source = state.source
-            ready = source.healthy and state.hub.running and not state.stopping.is_set()
+            # A full worker refuses new connections (503): not ready for
+            # more, so a load balancer sends them elsewhere.
+            full = len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]
+            ready = (
+                source.healthy
+                and state.hub.running
+                and not state.stopping.is_set()
+                and not full
+            )
             body = {
                 "ready": ready,
                 "pid": os.getpid(),
@@ -337,6 +353,7 @@ def create_blueprint(config):
                 "last_event_at": source.last_event_at,
                 "last_ok_at": source.last_ok_at,
                 "clients": len(state.hub),
+                "full": full,
             }
             return jsonify(body), 200 if ready else 503
 
@@ -401,13 +418,33 @@ class _Turn:
             _tidying.release()
 
 
-def serve(state, client, resume_id):
-    """Run one connection from hello to close."""
+def serve(state, client, resume_id, reservation=None):
+    """Run one connection from hello to close; ``reservation`` (its share
+    of its principal's budget) is given back when it ends."""
+    try:
+        _serve(state, client, resume_id, reservation)
+    finally:
+        if reservation is not None:
+            state.budgets.release(reservation)
+
+
+def _serve(state, client, resume_id, reservation):
     hub = state.hub
     config = state.config
     source = state.source
+    key = throttle.client_key(client.principal, client.remote_addr)
+
+    def parse_subscribe(args):
+        # A subscribe costs what a connection does: a token of the connect
+        # budget, and its filter's terms in its principal's share.
+        state.connect_rate.admit(key, what="subscriptions")
+        sub = _parse_subscription(args, client.principal, config)
+        if reservation is not None:
+            state.budgets.replace(reservation, sub)
+        return sub
+
     messages = control.Control(
-        lambda args: _parse_subscription(args, client.principal, config),
+        parse_subscribe,
         hub=hub,
         stopping=state.stopping,
         watcher=lambda: source.state,

@@ -97,8 +97,9 @@ class SendTimeout(OSError):
     """The peer did not accept data within the send timeout."""
 
 
-def _write_all(sock, data, deadline, nonblocking):
-    """Write all of ``data`` or raise; never blocks past ``deadline``."""
+def _write_all(sock, data, deadline, nonblocking, progress=None):
+    """Write all of ``data`` or raise; never blocks past ``deadline``.
+    ``progress`` (a GuardedSocket) counts the bytes as they go."""
     view = memoryview(data)
     if not nonblocking:
         # TLS sockets take no send flags; fall back to a blocking sendall
@@ -110,12 +111,16 @@ def _write_all(sock, data, deadline, nonblocking):
             raise SendTimeout(errno.ETIMEDOUT, "send timed out") from None
         finally:
             sock.settimeout(None)
+        if progress is not None:
+            progress.bytes_written += len(view)
         return
     poller = None
     while view:
         try:
             sent = sock.send(view, socket.MSG_DONTWAIT)
             view = view[sent:]
+            if progress is not None:
+                progress.bytes_written += sent
             continue
         except (BlockingIOError, InterruptedError):
             pass
@@ -147,6 +152,9 @@ class GuardedSocket:
         # writes next (under write_lock) must finish it first, or another
         # frame would land inside it.
         self.tail = None
+        # Bytes the peer's socket has taken so far (under write_lock; read
+        # unlocked, as a sign that the peer still reads).
+        self.bytes_written = 0
 
     def send(self, data):
         with self.write_lock:
@@ -163,9 +171,9 @@ class GuardedSocket:
         deadline = time.monotonic() + self.send_timeout
         if self.tail is not None:
             tail, self.tail = self.tail, None
-            _write_all(self.raw, tail, deadline, self.nonblocking_ok)
+            _write_all(self.raw, tail, deadline, self.nonblocking_ok, self)
         if data:
-            _write_all(self.raw, data, deadline, self.nonblocking_ok)
+            _write_all(self.raw, data, deadline, self.nonblocking_ok, self)
 
     def try_write(self, data):
         """One non-blocking attempt at a whole frame; the caller holds
@@ -178,6 +186,7 @@ class GuardedSocket:
             sent = self.raw.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
+        self.bytes_written += sent
         if sent < len(data):
             self.tail = memoryview(data)[sent:]
             return False
