@@ -317,10 +317,11 @@ class RawPeer:
     send_request=False)`` is for a server built directly on the other end
     of a socket pair, handed ``peer.key`` in its environ."""
 
-    def __init__(self, sock, *, host="127.0.0.1", send_request=True):
+    def __init__(self, sock, *, host="127.0.0.1", send_request=True,
+                 target="/ws"):
         self.sock = sock
         self.conn = WSConnection(ConnectionType.CLIENT)
-        request = self.conn.send(Request(host=host, target="/ws"))
+        request = self.conn.send(Request(host=host, target=target))
         self.key = next(line.split(":", 1)[1].strip()
                         for line in request.decode().split("\r\n")
                         if line.lower().startswith("sec-websocket-key"))
@@ -334,7 +335,7 @@ class RawPeer:
             sock.sendall(request)
 
     @classmethod
-    def connect(cls, port, *, rcvbuf=None, timeout=10.0):
+    def connect(cls, port, *, rcvbuf=None, timeout=10.0, target="/ws"):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if rcvbuf:
@@ -342,7 +343,7 @@ class RawPeer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.settimeout(scaled(timeout))
             sock.connect(("127.0.0.1", port))
-            peer = cls(sock, host=f"127.0.0.1:{port}")
+            peer = cls(sock, host=f"127.0.0.1:{port}", target=target)
             peer.read_until(lambda: peer.accepted, timeout, "the handshake")
         except BaseException:
             sock.close()

@@ -76,17 +76,24 @@ class RecordingClient(ClientConnection):
         self.accepted.extend(frames)
         super().preload(frames)
 
-    def _choose_locked(self, data, shared, fallback, change):
-        # Every frame offered (offer() and on_changes() alike), as chosen;
-        # the accepted ones are kept below.
-        chosen = super()._choose_locked(data, shared, fallback, change)
-        self._chosen.append(chosen)
-        return chosen
+    def _frames_locked(self, items):
+        # Every frame offered (offer(), on_changes() and queue() alike), as
+        # chosen; the accepted ones are kept below.
+        self._chosen = super()._frames_locked(items)
+        self._queued = False
+        return self._chosen
+
+    def _append_locked(self, frames, bounded=True):
+        handed = super()._append_locked(frames, bounded)
+        self._queued = True
+        self.accepted.extend(frames[:handed])
+        return handed
 
     def _offer_items(self, items, sub):
-        self._chosen = []
+        self._chosen, self._queued = [], False
         handed = super()._offer_items(items, sub)
-        self.accepted.extend(self._chosen[:handed or 0])
+        if not self._queued:  # written at once
+            self.accepted.extend(self._chosen[:handed or 0])
         return handed
 
     def messages(self):

@@ -223,11 +223,16 @@ class _Swapping:
     def __init__(self, client, replacement, reply):
         self.client, self.replacement, self.reply = client, replacement, reply
 
-    def wants(self, change):
-        self.client.replace_subscription(self.replacement, self.reply)
-        return True
+    tracks = False
+    snapshot = None
+    hide = ()
+    key = None
 
-    def frame(self, change, deflate_bits=None):
+    def decide(self, change):
+        self.client.replace_subscription(self.replacement, self.reply)
+        return codec.Shape.CHANGE
+
+    def frame(self, change, deflate_bits=None, shape=None):
         return codec.frame('{"type": "change", "by": "old"}')
 
 
@@ -235,10 +240,15 @@ class _Only:
     def __init__(self, wanted):
         self.wanted = wanted
 
-    def wants(self, change):
-        return self.wanted
+    tracks = False
+    snapshot = None
+    hide = ()
+    key = None
 
-    def frame(self, change, deflate_bits=None):
+    def decide(self, change):
+        return codec.Shape.CHANGE if self.wanted else None
+
+    def frame(self, change, deflate_bits=None, shape=None):
         return codec.frame('{"type": "change", "by": "new"}')
 
 

@@ -15,6 +15,7 @@ from wsproxy.access import ANYONE, Principal
 from wsproxy.documents import LiveDocuments, Restart
 from wsproxy.protocol import CloseCode
 from wsproxy.subscription import parse
+from wsproxy.throttle import KeyedSlots
 
 from .helpers import sealer_for_tests
 
@@ -32,6 +33,7 @@ class FakeClient:
     deflate_bits = None
     id = 1
     closing = ended = False
+    remote_addr = None
 
     def __init__(self, sub):
         self.subscription = sub
@@ -126,7 +128,7 @@ def test_what_a_client_holds_is_bounded_and_the_oldest_leaves():
         member.on_change(change("insert", n, {"_id": n, "ok": True}))
     got = client.messages()
     assert [m["documentKey"]["_id"] for m in got if m["type"] == "leave"] == [0, 1]
-    assert list(member._held) == [2, 3, 4]
+    assert member._held.ids() == [2, 3, 4]
 
 
 def test_the_merge_applies_kept_changes_and_judges_the_result():
@@ -192,19 +194,40 @@ def test_the_merge_waits_for_the_live_feed_to_pass_the_read():
     assert len(inputs.submitted) == 1
 
 
-def test_snapshots_at_once_are_bounded_then_1013():
-    slots = threading.BoundedSemaphore(1)
-    slots.acquire()
-    inputs = snapshot.SnapshotInputs(
+def _slot_inputs(slots, per_key):
+    return snapshot.SnapshotInputs(
         mongo=None, submit=None, published_through=None,
         watcher_caught_up_as_of=None, last_id=None,
         broadcaster_idle=threading.Event(), published_at=lambda: 0.0,
         slice_lock=threading.Lock(),
-        slots=slots,
-        stopping=threading.Event(), slot_wait=0.01, time_limit=1.0)
+        slots=slots, slots_per_key=per_key, per_key_limit=per_key.limit,
+        charge=lambda key, tokens: None,
+        stopping=threading.Event(), slot_wait=0.01, time_limit=1.0,
+        stall_limit=1.0)
+
+
+def test_snapshots_at_once_are_bounded_then_1013():
+    slots = threading.BoundedSemaphore(1)
+    slots.acquire()
+    per_key = KeyedSlots(2)
+    inputs = _slot_inputs(slots, per_key)
     client = FakeClient(_sub())
     snapshot.run(inputs, LiveDocuments(client, max_held=10))
     assert client.closed[0] == CloseCode.TRY_AGAIN
+    assert "too many snapshots at once" in client.closed[1]
+    assert per_key.in_use(("address", "")) == 0  # given back
+
+
+def test_one_principal_cannot_take_every_snapshot_slot():
+    """Issue 20: a principal's sockets that never read held every slot of
+    the worker; now each principal has its own share of them."""
+    per_key = KeyedSlots(1)
+    inputs = _slot_inputs(threading.BoundedSemaphore(4), per_key)
+    assert per_key.acquire(("address", ""))  # its one slot, in use
+    client = FakeClient(_sub())
+    snapshot.run(inputs, LiveDocuments(client, max_held=10))
+    assert client.closed[0] == CloseCode.TRY_AGAIN
+    assert "too many snapshots for this client" in client.closed[1]
 
 
 def test_a_reset_during_a_snapshot_restarts_it_after_the_reset_message():

@@ -344,7 +344,9 @@ def test_garbage_instead_of_a_handshake(server, bystander, writes):
 def test_the_worker_is_full(mongo, namespace, gunicorn):
     db, coll = namespace
     full = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                     "WSPROXY_WATCH": db, "WSPROXY_MAX_CLIENTS": "2"})
+                     "WSPROXY_WATCH": db, "WSPROXY_MAX_CLIENTS": "2",
+                     # Both from one address: its share is the whole worker.
+                     "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": "2"})
     keep = [WSClient(full.ws_url()) for _ in range(2)]
     for client in keep:
         client.recv()

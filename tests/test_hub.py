@@ -44,6 +44,15 @@ class FakeClient:
     def preload(self, frames):
         self.frames.extend(bytes(f) for f in frames)
 
+    def prepare(self, change, sub=None):
+        sub = sub or self.subscription
+        return sub.frame(change) if sub.wants(change) else None
+
+    def queue(self, items):
+        frames = [bytes(i) for i in items if i is not None]
+        self.frames.extend(frames)
+        return len(frames)
+
     def wait_for(self, count):
         with self.got:
             assert self.got.wait_for(lambda: len(self.frames) >= count,

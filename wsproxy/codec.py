@@ -17,6 +17,7 @@ permessage-deflate with that window gets the same bytes.
 import json
 import struct
 import zlib
+from enum import StrEnum
 
 from bson import json_util
 from wsproto.frame_protocol import FrameProtocol
@@ -75,6 +76,18 @@ def dumps(document):
     return json_util.dumps(document, json_options=_JSON_OPTIONS)
 
 
+class Shape(StrEnum):
+    """What of one change a subscription is sent (see
+    :meth:`wsproxy.subscription.Subscription.decide`)."""
+
+    CHANGE = "change"  # the event, minus the hidden fields
+    # ...and without its pre-image (fullDocumentBeforeChange), which the
+    # subscription's rules do not admit (the document entered its view)
+    CHANGE_WITHOUT_BEFORE = "change-without-before"
+    # {"type": "leave"}: the document left the view; its key only
+    LEAVE = "leave"
+
+
 class Change:
     """One change event, with its wire forms computed at most once.
 
@@ -82,23 +95,40 @@ class Change:
     resume token as ``sealer.seal`` makes it opaque (see
     :mod:`wsproxy.sealing`), ``text`` the JSON message and ``frame`` the bytes
     of that message as a WebSocket frame. ``text``, ``frame`` and the
-    redacted variants are built on first use: a catch-up builds one per
-    client, so an event the client does not want is never encoded.
+    other views (a hidden-field set and a :class:`Shape`) are built on first
+    use: a catch-up builds one per client, so an event the client does not
+    want is never encoded.
+
+    ``decisions`` remembers what each subscription (by its key) decided
+    about this change, so that connections with equal subscriptions judge
+    it once (:meth:`wsproxy.subscription.Subscription.decide`).
     """
 
-    __slots__ = ("raw", "id", "token", "_text", "_frame", "_variants", "_deflated")
+    __slots__ = (
+        "raw",
+        "id",
+        "token",
+        "_text",
+        "_frame",
+        "_variants",
+        "_texts",
+        "_frames",
+        "_deflated",
+        "decisions",
+    )
 
     def __init__(self, raw, sealer):
         self.raw = raw
         self.token = raw["_id"]
         self.id = sealer.seal(self.token)
         self._text = self._frame = None
-        # hide tuple -> [redacted event, its text or None, its frame or
-        # None]; (hide, window bits) -> compressed frame. The broadcaster
-        # and catch-up threads may race to fill these caches; both compute
-        # the same value, so either result may win.
-        self._variants = {}
-        self._deflated = {}
+        # The broadcaster and catch-up threads may race to fill these
+        # caches; both compute the same value, so either result may win.
+        self._variants = {}  # hide tuple (or "before", hide) -> event view
+        self._texts = {}  # (hide, shape) -> message text
+        self._frames = {}  # (hide, shape) -> frame
+        self._deflated = {}  # (hide, shape, window bits) -> compressed frame
+        self.decisions = {}
 
     @property
     def text(self):
@@ -112,42 +142,73 @@ class Change:
             self._frame = frame(self.text)
         return self._frame
 
-    def _variant(self, hide):
-        found = self._variants.get(hide)
-        if found is None:
-            found = self._variants[hide] = [redact(self.raw, hide), None, None]
-        return found
-
     def redacted_event(self, hide):
         """The event without the ``hide`` fields (computed once per set)."""
-        return self._variant(hide)[0]
+        if not hide:
+            return self.raw
+        found = self._variants.get(hide)
+        if found is None:
+            found = self._variants[hide] = redact(self.raw, hide)
+        return found
 
-    def redacted_text(self, hide):
-        """The message of the event without the ``hide`` fields."""
-        variant = self._variant(hide)
-        if variant[1] is None:
-            variant[1] = change_message(self.id, variant[0])
-        return variant[1]
+    def before_view(self, hide=()):
+        """The event as it was before the change: its pre-image as the
+        document, no update description; without the ``hide`` fields
+        (computed once per set). Only for events that carry a pre-image."""
+        key = ("before", hide)
+        found = self._variants.get(key)
+        if found is None:
+            raw = self.raw
+            event = {k: v for k, v in raw.items() if k not in ("updateDescription",)}
+            event["fullDocument"] = raw.get(BEFORE_FIELD)
+            found = self._variants[key] = redact(event, hide) if hide else event
+        return found
 
-    def redacted_frame(self, hide):
-        """The frame of the event without the ``hide`` fields."""
-        variant = self._variant(hide)
-        if variant[2] is None:
-            variant[2] = frame(self.redacted_text(hide))
-        return variant[2]
+    def text_for(self, hide, shape=Shape.CHANGE):
+        """The message this change is for a client that may not see the
+        ``hide`` fields, in ``shape``."""
+        if not hide and shape is Shape.CHANGE:
+            return self.text
+        key = (hide, shape)
+        found = self._texts.get(key)
+        if found is None:
+            event = self.redacted_event(hide)
+            if shape is Shape.LEAVE:
+                found = leave_message(self.id, event)
+            else:
+                if shape is Shape.CHANGE_WITHOUT_BEFORE:
+                    event = {k: v for k, v in event.items() if k != BEFORE_FIELD}
+                found = change_message(self.id, event)
+            self._texts[key] = found
+        return found
 
-    def deflated_frame(self, hide, window_bits):
-        """The message without the ``hide`` fields, compressed on its own
-        for a window of ``window_bits`` (computed once per pair)."""
-        key = (hide, window_bits)
+    def frame_for(self, hide, shape=Shape.CHANGE):
+        """The frame of :meth:`text_for`."""
+        if not hide and shape is Shape.CHANGE:
+            return self.frame
+        key = (hide, shape)
+        found = self._frames.get(key)
+        if found is None:
+            found = self._frames[key] = frame(self.text_for(hide, shape))
+        return found
+
+    def deflated_for(self, hide, shape, window_bits):
+        """The message of :meth:`text_for` compressed on its own for a
+        window of ``window_bits`` (computed once per combination)."""
+        key = (hide, shape, window_bits)
         found = self._deflated.get(key)
         if found is None:
-            text = self.redacted_text(hide) if hide else self.text
-            found = self._deflated[key] = deflated_frame(text, window_bits)
+            found = self._deflated[key] = deflated_frame(
+                self.text_for(hide, shape), window_bits
+            )
         return found
 
     def __repr__(self):
         return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"
+
+
+# The pre-image a change event carries with full_document_before_change.
+BEFORE_FIELD = "fullDocumentBeforeChange"
 
 
 def change_message(change_id, raw):
@@ -164,6 +225,32 @@ def change_message(change_id, raw):
         + dumps(event)
         + "}"
     )
+
+
+# Why a document leaves a client's view (``leave``'s ``reason``).
+LEFT_FILTER = "filter"  # a change made it stop matching (or deleted it since)
+UNTRACKED = "untracked"  # over the number of documents the server follows
+
+
+def leave_message(change_id, event, reason=LEFT_FILTER):
+    """``{"type": "leave", "id": ..., "documentKey": {...}, "reason": ...}``:
+    the document ``event`` is about left the client's view (its key only,
+    as ``event`` shows it: hidden fields removed)."""
+    return control_message(
+        MessageType.LEAVE,
+        id=change_id,
+        documentKey=event.get("documentKey") or {},
+        reason=reason,
+    )
+
+
+def untracked_leave_frame(change_id, _id, hide):
+    """The ``leave`` frame of a document the server stops following (over
+    its limit), sent with ``change_id``, without the ``hide`` fields."""
+    event = {"documentKey": {"_id": _id}}
+    if hide:
+        event = redact(event, hide)
+    return frame(leave_message(change_id, event, UNTRACKED))
 
 
 def control_message(kind, **fields):

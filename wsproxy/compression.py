@@ -55,6 +55,10 @@ RESET_BYTES = 256 * 1024
 # compressor, about 260 KB at a 15-bit window); clients of further
 # subscriptions get independent frames.
 MAX_CONTEXTS = 64
+# ...and at most this many made by one principal (or anonymous address):
+# each costs a compression of every change it is offered, on the
+# broadcaster, so one tenant's many subscriptions cannot take the others'.
+MAX_CONTEXTS_PER_PRINCIPAL = 8
 # Results kept for changes already encoded: the members of a group are
 # offered the same batch of changes one member after another (see
 # wsproxy.hub.MAX_BATCH), and each change is compressed once.
@@ -66,9 +70,10 @@ class SharedContext:
     thread only; joining and leaving on any thread (under the registry's
     lock)."""
 
-    def __init__(self, key, window_bits):
+    def __init__(self, key, window_bits, owner=None):
         self.key = key
         self.window_bits = window_bits
+        self.owner = owner  # the principal charged for it
         self.members = 0  # under SharedContexts._lock
         self.epoch = 0
         self._seq = 0
@@ -111,26 +116,36 @@ class SharedContext:
 class SharedContexts:
     """The worker's shared contexts, by (subscription key, window bits)."""
 
-    def __init__(self, max_contexts=MAX_CONTEXTS):
+    def __init__(
+        self, max_contexts=MAX_CONTEXTS, per_principal=MAX_CONTEXTS_PER_PRINCIPAL
+    ):
         self.max_contexts = max_contexts
-        # Guards _contexts and every context's member count.
+        self.per_principal = per_principal
+        # Guards _contexts, _made_by and every context's member count.
         self._lock = threading.Lock()
         self._contexts = {}
+        self._made_by = collections.Counter()  # owner -> contexts it made
 
-    def join(self, subscription, window_bits):
+    def join(self, subscription, window_bits, owner=None):
         """The context for a client of ``subscription`` that negotiated
-        ``window_bits``, or None (no shared frames for it)."""
+        ``window_bits``, or None (no shared frames for it). A new context
+        is charged to ``owner`` (the client's principal key); one that
+        exists costs nothing more to join."""
         key = subscription.key
         if key is None or window_bits is None:
             return None
         with self._lock:
             context = self._contexts.get((key, window_bits))
             if context is None:
-                if len(self._contexts) >= self.max_contexts:
+                if (
+                    len(self._contexts) >= self.max_contexts
+                    or self._made_by[owner] >= self.per_principal
+                ):
                     return None
                 context = self._contexts[(key, window_bits)] = SharedContext(
-                    key, window_bits
+                    key, window_bits, owner
                 )
+                self._made_by[owner] += 1
             context.members += 1
             return context
 
@@ -141,8 +156,11 @@ class SharedContexts:
             context.members -= 1
             if context.members == 0:
                 self._contexts.pop((context.key, context.window_bits), None)
+                self._made_by[context.owner] -= 1
+                if self._made_by[context.owner] <= 0:
+                    del self._made_by[context.owner]
 
-    def count(self):
+    def __len__(self):
         return len(self._contexts)  # a deliberately unlocked read: a size
 
 

@@ -277,6 +277,13 @@ SETTINGS = (
         "Snapshots read at once per worker (others wait, then 1013).",
     ),
     Setting(
+        "WSPROXY_MAX_SNAPSHOTS_PER_PRINCIPAL",
+        None,
+        _optional(_positive_int),
+        "...of them for one principal or anonymous address; None: half of "
+        "WSPROXY_MAX_SNAPSHOTS (at least 1).",
+    ),
+    Setting(
         "WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL",
         2,
         _positive_int,
@@ -360,6 +367,27 @@ SETTINGS = (
     ),
     Setting(
         "WSPROXY_MAX_CLIENTS", 1000, _positive_int, "Connections per worker (then 503)."
+    ),
+    Setting(
+        "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL",
+        None,
+        _optional(_positive_int),
+        "...of them for one principal or anonymous address (then 429); None: "
+        "half of WSPROXY_MAX_CLIENTS.",
+    ),
+    Setting(
+        "WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL",
+        1000,
+        _positive_int,
+        "Filter terms one principal's open subscriptions may hold in all, each "
+        "distinct subscription counted once (then 429, or error for subscribe).",
+    ),
+    Setting(
+        "WSPROXY_TRACKED_DOCS",
+        1000,
+        _positive_int,
+        "Documents a feed with a filter on document fields follows, for its "
+        "deletes and leaves without pre-images (about 200 bytes each).",
     ),
     Setting("WSPROXY_MAX_FILTER_BYTES", 4096, _positive_int, "Largest ?filter=."),
     Setting(
@@ -526,3 +554,10 @@ def _short(value):
 def docstring_lines():
     """The settings as the ``init_app`` docstring lists them."""
     return [f"- ``{s.name}`` (``{s.shown}``): {s.meaning}" for s in SETTINGS]
+
+
+def per_principal(config, key, total_key):
+    """A per-principal limit: the setting, or half of the worker's total
+    (at least 1) when it is None."""
+    value = config[key]
+    return value if value is not None else max(1, config[total_key] // 2)

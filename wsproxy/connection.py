@@ -43,9 +43,10 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics, protocol
-from .codec import frame, is_compressed
+from .codec import Shape, frame, is_compressed, untracked_leave_frame
 from .compression import Sync
 from .protocol import CloseCode
+from .tracking import Held
 from .websocket import ConnectionClosedByPeer
 
 if TYPE_CHECKING:
@@ -57,6 +58,28 @@ if TYPE_CHECKING:
     from .websocket import Connection
 
 log = logging.getLogger(__name__)
+
+
+class _Item:
+    """One change on its way to a client (see
+    :meth:`ClientConnection.prepare`), or a plain frame (``change`` None)."""
+
+    __slots__ = ("change", "sub", "shape", "data", "position", "fallback", "others")
+
+    def __init__(self, change, sub, shape):
+        self.change = change
+        self.sub = sub
+        self.shape = shape  # what the subscription decided (a Shape or None)
+        self.data = None  # its frame: a shared context's, or its own
+        self.position = None  # (epoch, seq) of a shared frame
+        self.fallback = None  # the frame compressed on its own, if out of step
+        self.others = {}  # Shape -> frame: what routing may turn it into
+
+    @classmethod
+    def of_frame(cls, data):
+        item = cls(None, None, None)
+        item.data = data
+        return item
 
 
 class ClientConnection:
@@ -76,6 +99,8 @@ class ClientConnection:
         subscription: Subscription,
         remote_addr: str | None = None,
         contexts: SharedContexts | None = None,
+        max_held: int = 1000,
+        owner: object = None,
     ) -> None:
         self.id = next(self._ids)
         self.conn = conn
@@ -84,14 +109,21 @@ class ClientConnection:
         # changes are sent compressed, see wsproxy.codec), or None.
         self.deflate_bits = conn.deflate_bits
         self.subscription = subscription
+        # The documents a filtered feed was sent (wsproxy.tracking), at
+        # most max_held; None when its filters do not test documents.
+        # Routed and replaced under _state_lock.
+        self.max_held = max_held
+        self.held = self._new_held(subscription)
         # The worker's shared compression contexts (None: not used), the
         # one this client's subscription is in, and where it stands in it.
         self._contexts = contexts
         # The window shared frames may use: none if the client asked the
         # server not to carry context from message to message.
         self._shared_bits = self.deflate_bits if conn.deflate_takeover else None
+        # Whom a shared context this client makes is charged to.
+        self.owner = owner
         self._context = (
-            contexts.join(subscription, self._shared_bits)
+            contexts.join(subscription, self._shared_bits, owner)
             if contexts is not None
             else None
         )
@@ -122,6 +154,11 @@ class ClientConnection:
     def __repr__(self):
         return f"<ClientConnection {self.id} {self.remote_addr}>"
 
+    def _new_held(self, subscription):
+        if subscription.tracks and subscription.snapshot is None:
+            return Held(self.max_held)
+        return None
+
     # -- called by the broadcaster (and at registration) -------------------
 
     def on_change(self, change: Change) -> bool:
@@ -134,7 +171,11 @@ class ClientConnection:
         sub = self.subscription
         while True:
             items = [
-                self._encode(change, sub) for change in changes if sub.wants(change)
+                item
+                for item in (
+                    self.prepare(change, sub, shared=True) for change in changes
+                )
+                if item is not None
             ]
             if not items:
                 return 0
@@ -144,45 +185,72 @@ class ClientConnection:
             # The subscription was replaced meanwhile: judge them again.
             sub = self.subscription
 
-    def _encode(self, change, sub):
-        """(frame, shared position or None, fallback, change): the frame to
-        send if the client is in step with its shared context, and the
-        frame compressed on its own (or plain) otherwise."""
-        context = self._context  # changes only with the subscription
-        shared = None
-        if context is not None and context.key == sub.key:
-            text = change.redacted_text(sub.hide) if sub.hide else change.text
-            shared = context.encode(change, text)
-        if shared is None:
-            return (sub.frame(change, self.deflate_bits), None, None, change)
-        epoch, seq, data = shared
-        # Out of step (an unlocked look, checked again under the lock):
-        # the frame compressed on its own, made here, outside the lock.
-        fallback = None
-        if not self._sync.expects(epoch, seq):
-            fallback = sub.frame(change, self.deflate_bits)
-        return (data, (epoch, seq), fallback, change)
+    def prepare(
+        self, change: Change, sub: Subscription | None = None, *, shared: bool = False
+    ) -> _Item | None:
+        """What ``change`` may become for this client, worked out outside
+        every lock: the subscription's decision and its frames (from the
+        shared compression context only for live delivery, ``shared``).
+        None if nothing can come of it. Routing through what the client
+        holds (:mod:`wsproxy.tracking`) happens when it is queued."""
+        sub = sub or self.subscription
+        shape = sub.decide(change)
+        held = self.held
+        maybe_held = held is not None and held.may_hold(change.raw)
+        if shape is None and not maybe_held:
+            return None
+        item = _Item(change, sub, shape)
+        if shape is not None and shape is not Shape.LEAVE:
+            context = self._context if shared else None
+            encoded = None
+            if context is not None and context.key == sub.key:
+                encoded = context.encode(change, change.text_for(sub.hide, shape))
+            if encoded is None:
+                item.data = sub.frame(change, self.deflate_bits, shape)
+            else:
+                epoch, seq, item.data = encoded
+                item.position = (epoch, seq)
+                # Out of step (an unlocked look, checked again under the
+                # lock): the frame compressed on its own, made here.
+                if not self._sync.expects(epoch, seq):
+                    item.fallback = sub.frame(change, self.deflate_bits, shape)
+        if maybe_held:
+            # What routing may turn it into, made here rather than under
+            # the lock: the key alone (a leave) or a delete's key.
+            for other in (Shape.LEAVE, Shape.CHANGE_WITHOUT_BEFORE):
+                if other is not shape:
+                    item.others[other] = sub.frame(change, self.deflate_bits, other)
+        elif shape is Shape.LEAVE:
+            item.data = sub.frame(change, None, shape)
+        return item
 
     def offer(self, data: bytes) -> bool:
         """Queue or write one frame. False if this client is closing."""
-        return bool(self._offer_items([(data, None, None, None)], None))
+        return bool(self._offer_items([_Item.of_frame(data)], None))
+
+    def offer_item(self, item: _Item) -> bool:
+        """Queue or write one prepared item, as live delivery does."""
+        return bool(self._offer_items([item], None))
 
     def on_reset(self, frame: bytes) -> bool:
         """The live feed's ``reset`` (see :class:`wsproxy.hub.Member`)."""
         return self.offer(frame)
 
     def _offer_items(self, items, sub):
-        """Queue or write frames (see :meth:`_encode`); how many were
-        handed over (0 if closing), or None, and nothing sent, if ``sub``
-        (the subscription they were made for) is no longer the client's.
-        Several frames the socket takes at once go out in one write."""
+        """Queue or write the frames of ``items`` (see :meth:`prepare`);
+        how many frames were handed over (0 if closing), or None, and
+        nothing sent, if ``sub`` (the subscription they were made for) is
+        no longer the client's. Several frames the socket takes at once
+        go out in one write."""
         lock = self.sock.write_lock
         with self._state_lock:
             if self._close_request is not None:
                 return 0
             if sub is not None and sub is not self.subscription:
                 return None
-            frames = [self._choose_locked(*item) for item in items]
+            frames = self._frames_locked(items)
+            if not frames:
+                return 0
             direct = (
                 self.sock.nonblocking_ok
                 and not self._outbox
@@ -192,22 +260,7 @@ class ClientConnection:
                 lock.release()
                 direct = False
             if not direct:
-                for handed, data in enumerate(frames):
-                    if (
-                        len(self._outbox) >= self.max_messages
-                        or self._outbox_bytes + len(data) > self.max_bytes
-                    ):
-                        self._request_close_locked(
-                            CloseCode.SLOW_CONSUMER,
-                            f"slow consumer: {len(self._outbox)} messages, "
-                            f"{self._outbox_bytes} bytes queued; reconnect "
-                            "with resume_after",
-                        )
-                        return handed
-                    self._outbox.append(data)
-                    self._outbox_bytes += len(data)
-                self._wake.set()
-                return len(frames)
+                return self._append_locked(frames)
         try:
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             if not self.sock.try_write(data):
@@ -219,15 +272,78 @@ class ClientConnection:
             lock.release()
         return len(frames)
 
-    def _choose_locked(self, data, shared, fallback, change):
-        """The frame that goes out, keeping the shared-context sync: the
-        shared frame if the client is in step, else the fallback."""
-        if shared is not None:
-            if self._sync.admits(*shared):
-                self.shared_frames += 1
-                return data
-            self.own_frames += 1
-            return fallback or self.subscription.frame(change, self.deflate_bits)
+    def queue(self, items: Iterable[_Item | bytes | None]) -> int:
+        """Queue replayed items (or plain frames; None is skipped) for the
+        handler thread to send, in order, routed through what the client
+        holds. Bounded by what they are replayed from (a history, a paced
+        catch-up), not by the outbox bounds. How many frames were queued."""
+        items = [
+            _Item.of_frame(item) if isinstance(item, (bytes, bytearray)) else item
+            for item in items
+            if item is not None
+        ]
+        with self._state_lock:
+            if self._close_request is not None:
+                return 0
+            return self._append_locked(self._frames_locked(items), bounded=False)
+
+    def _append_locked(self, frames, bounded=True):
+        for handed, data in enumerate(frames):
+            if bounded and (
+                len(self._outbox) >= self.max_messages
+                or self._outbox_bytes + len(data) > self.max_bytes
+            ):
+                self._request_close_locked(
+                    CloseCode.SLOW_CONSUMER,
+                    f"slow consumer: {len(self._outbox)} messages, "
+                    f"{self._outbox_bytes} bytes queued; reconnect "
+                    "with resume_after",
+                )
+                return handed
+            self._outbox.append(data)
+            self._outbox_bytes += len(data)
+        self._wake.set()
+        return len(frames)
+
+    def _frames_locked(self, items):
+        """The frames that go out for ``items``, in order, keeping what the
+        client holds and the shared-context sync (under _state_lock)."""
+        frames = []
+        held = self.held
+        for item in items:
+            change = item.change
+            if change is None:
+                if is_compressed(item.data):
+                    self._sync.lose()
+                frames.append(item.data)
+                continue
+            shape = item.shape
+            dropped = ()
+            if held is not None:
+                shape, dropped = held.route(change.raw, shape)
+            if shape is not None:
+                frames.append(self._choose_locked(item, shape))
+            for _id in dropped:
+                frames.append(untracked_leave_frame(change.id, _id, item.sub.hide))
+        return frames
+
+    def _choose_locked(self, item, shape):
+        """The frame of ``item`` in ``shape``: the shared frame if the
+        client is in step with its context, else one of its own."""
+        if shape is item.shape and item.data is not None:
+            if item.position is not None:
+                if self._sync.admits(*item.position):
+                    self.shared_frames += 1
+                    return item.data
+                data = item.fallback or item.sub.frame(
+                    item.change, self.deflate_bits, shape
+                )
+            else:
+                data = item.data
+        else:
+            data = item.others.get(shape) or item.sub.frame(
+                item.change, self.deflate_bits, shape
+            )
         if is_compressed(data):
             self._sync.lose()
             self.own_frames += 1
@@ -243,7 +359,7 @@ class ClientConnection:
         through a catch-up's stand-in, which keeps its own subscription
         until it has handed over; see :mod:`wsproxy.control`)."""
         context = (
-            self._contexts.join(subscription, self._shared_bits)
+            self._contexts.join(subscription, self._shared_bits, self.owner)
             if self._contexts is not None
             else None
         )
@@ -251,6 +367,10 @@ class ClientConnection:
             replaced = self._close_request is None
             if replaced:
                 self.subscription = subscription
+                # What was held was judged by the old subscription: the
+                # client starts afresh from the reply on (see README,
+                # "Filtered feeds").
+                self.held = self._new_held(subscription)
                 context, self._context = self._context, context
                 self._sync.lose()
                 self._outbox.append(reply)
@@ -265,7 +385,8 @@ class ClientConnection:
         self._wake.set()
 
     def preload(self, frames: Iterable[bytes]) -> None:
-        """Queue replayed frames; bounded by the history they come from."""
+        """Queue frames made for this client alone (hello, replies,
+        snapshots); bounded by what they come from."""
         with self._state_lock:
             for data in frames:
                 if is_compressed(data):

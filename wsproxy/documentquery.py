@@ -139,8 +139,13 @@ def parse(args, *, namespaces, client_spec, principal_filter, hide, max_docs):
         raise ClientError("snapshot: ops does not apply to documents")
     if namespaces is None or len(namespaces) != 1 or "." not in namespaces[0]:
         raise ClientError("snapshot: name exactly one collection with ns=db.coll")
-    if "_id" in hide:
-        raise ClientError("snapshot: _id is hidden from this client", status=403)
+    if any(path == "_id" or path.startswith("_id.") for path in hide):
+        # Documents are held and ordered by _id: a hidden part of it would
+        # show in the order, in which documents a limit keeps, and in
+        # documents that the client could no longer tell apart.
+        raise ClientError(
+            "snapshot: _id is (partly) hidden from this client", status=403
+        )
     db, coll = namespaces[0].split(".", 1)
     queries = []
     if principal_filter is not None:

@@ -36,37 +36,31 @@ longest ago is dropped with ``leave``). Without a filter every document of
 the collection matches, so nothing is kept and nothing leaves.
 """
 
-import collections
 import threading
 from collections.abc import Mapping
 
-import bson
-from bson.int64 import Int64
-from bson.objectid import ObjectId
-
-from . import codec
-from .protocol import CloseCode, MessageType
+from .codec import Shape, untracked_leave_frame
+from .protocol import CloseCode
+from .tracking import (
+    CLEARING_OPS,
+    DOCUMENT_OPS,
+    Held,
+    document_key,
+    event_id,
+    held_key,
+)
 
 READING, SENDING, LIVE = "reading", "sending", "live"
-DOCUMENT_OPS = frozenset({"insert", "replace", "update"})
-# After these the collection's documents are gone (or elsewhere).
-CLEARING_OPS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
-_PLAIN_IDS = (ObjectId, str, int, Int64, float)
-_MISSING = object()
-
-
-def document_key(_id):
-    """A hashable key for an ``_id`` value: the value itself for the common
-    types (numbers compare across types, as MongoDB's do), else its BSON."""
-    if type(_id) in _PLAIN_IDS:
-        return _id
-    return bson.encode({"": _id})
-
-
-def event_id(raw):
-    """The ``_id`` of the document a change is about (None if absent)."""
-    key = raw.get("documentKey")
-    return key.get("_id") if isinstance(key, Mapping) else None
+# Re-exported for wsproxy.snapshot.
+__all__ = [
+    "CLEARING_OPS",
+    "DOCUMENT_OPS",
+    "LiveDocuments",
+    "Restart",
+    "document_key",
+    "event_id",
+    "held_key",
+]
 
 
 class Restart(Exception):
@@ -90,10 +84,10 @@ class LiveDocuments:
         self._kept = []  # Changes to the collection, in stream order
         self._kept_bytes = 0
         self._reset_frame = None  # a reset that arrived mid-snapshot
-        # key -> _id of what the client holds, only with a filter. Used
-        # by one thread at a time: the snapshot's until LIVE, then the
+        # What the client holds, only with a filter (wsproxy.tracking).
+        # Used by one thread at a time: the snapshot's until LIVE, then the
         # broadcaster's (a reset ends LIVE on the broadcaster itself).
-        self._held = collections.OrderedDict() if sub.rules or sub.predicates else None
+        self._held = Held(max_held) if sub.rules or sub.predicates else None
         # () -> None: starts a snapshot thread (set by the caller).
         self.start_snapshot = None
 
@@ -204,10 +198,10 @@ class LiveDocuments:
             raise Restart
 
     def hold(self, held):
-        """What the client holds after a snapshot: ``(key, _id)`` pairs."""
+        """What the client holds after a snapshot: ``(held key, _id)``
+        pairs (see :func:`wsproxy.tracking.held_key`)."""
         if self._held is not None:
-            self._held.clear()
-            self._held.update(held)
+            self._held.hold_all(held)
 
     # -- judging one change ---------------------------------------------------
 
@@ -216,44 +210,18 @@ class LiveDocuments:
         a ``leave``, or nothing. Updates what it holds."""
         raw = change.raw
         op = raw.get("operationType")
+        if op not in DOCUMENT_OPS and op != "delete" and op not in CLEARING_OPS:
+            return []
         sub = self.subscription
-        bits = self.client.deflate_bits
-        held = self._held
-        if op in DOCUMENT_OPS:
-            doc = raw.get("fullDocument")
-            _id = event_id(raw)
-            key = document_key(_id)
-            if isinstance(doc, Mapping) and sub.matches(change):
-                frames = [sub.frame(change, bits)]
-                if held is not None:
-                    held[key] = _id
-                    held.move_to_end(key)
-                    while len(held) > self.max_held:
-                        _, dropped = held.popitem(last=False)
-                        frames.append(self._leave(dropped, change.id))
-                return frames
-            if held is None:
-                # Every document matches: this one was deleted since
-                # (fullDocument null), which the client applies.
-                return [sub.frame(change, bits)] if doc is None else []
-            if held.pop(key, _MISSING) is not _MISSING:
-                return [self._leave(_id, change.id)]
-            return []
-        if op == "delete":
-            _id = event_id(raw)
-            if held is None or held.pop(document_key(_id), _MISSING) is not _MISSING:
-                return [sub.frame(change, bits)]
-            return []
-        if op in CLEARING_OPS:
-            if held is not None:
-                held.clear()
-            return [sub.frame(change, bits)]
-        return []
-
-    @staticmethod
-    def _leave(_id, change_id):
-        return codec.frame(
-            codec.control_message(
-                MessageType.LEAVE, id=change_id, documentKey={"_id": _id}
-            )
-        )
+        shape = sub.decide(change)
+        dropped = ()
+        if self._held is not None:
+            shape, dropped = self._held.route(raw, shape)
+        elif op in CLEARING_OPS and shape is None:
+            shape = Shape.CHANGE
+        frames = []
+        if shape is not None:
+            frames.append(sub.frame(change, self.client.deflate_bits, shape))
+        for _id in dropped:
+            frames.append(untracked_leave_frame(change.id, _id, sub.hide))
+        return frames

@@ -17,8 +17,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import split_options
 
+from . import budget, sealing, throttle, views
 from . import config as settings
-from . import sealing, throttle, views
 from .access import Principal
 from .compression import SharedContexts
 from .errors import ClientError, ConfigError
@@ -111,6 +111,18 @@ class ProxyState:
         )
         self.catchups_per_key = throttle.KeyedSlots(
             config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]
+        )
+        self.snapshots_per_key = throttle.KeyedSlots(
+            settings.per_principal(
+                config, "WSPROXY_MAX_SNAPSHOTS_PER_PRINCIPAL", "WSPROXY_MAX_SNAPSHOTS"
+            )
+        )
+        # What each principal holds open: connections, filter terms.
+        self.budgets = budget.Budgets(
+            max_connections=settings.per_principal(
+                config, "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL", "WSPROXY_MAX_CLIENTS"
+            ),
+            max_terms=config["WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL"],
         )
 
     @property

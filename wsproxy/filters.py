@@ -336,7 +336,8 @@ def _text_too_deep(text, limit):
 
 
 def _check_shape(spec, max_depth, max_nodes):
-    """Depth and size limits, checked iteratively before any recursive compile."""
+    """Depth and size limits, checked iteratively before any recursive
+    compile; returns the number of terms (fields, operators and values)."""
     nodes = 0
     stack = [(spec, 1)]
     while stack:
@@ -349,6 +350,41 @@ def _check_shape(spec, max_depth, max_nodes):
                 _fail(f"filter too complex: more than {max_nodes} terms")
             if isinstance(child, _COMPOUND):
                 stack.append((child, depth + 1))
+    return nodes
+
+
+def terms(spec):
+    """How many terms (fields, operators, values) a loaded filter has: what
+    evaluating it costs, roughly, and what a principal is charged for it."""
+    return max(1, _check_shape(spec, max_depth=1 << 16, max_nodes=1 << 62))
+
+
+def canonical(spec):
+    """A loaded filter as compact canonical Extended JSON: equal for two
+    filters that differ only in how their text was written (white space,
+    escapes, number spellings of the same Extended JSON value). Key order
+    is kept: it is part of embedded-document equality."""
+    return json_util.dumps(
+        spec,
+        json_options=json_util.CANONICAL_JSON_OPTIONS,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def document_paths(spec):
+    """The first component of every field path the filter tests
+    (``fullDocument``, ``operationType``...)."""
+    found = set()
+    stack = [spec]
+    while stack:
+        doc = stack.pop()
+        for key, value in doc.items():
+            if key in ("$and", "$or"):
+                stack.extend(item for item in value if isinstance(item, Mapping))
+            elif isinstance(key, str):
+                found.add(key.split(".", 1)[0])
+    return frozenset(found)
 
 
 def load_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
@@ -381,6 +417,8 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
 
     Raises FilterError for anything outside the safe subset or the limits.
     The predicate never raises: an event it cannot judge does not match.
+    It carries ``text`` (:func:`canonical`), ``terms`` (:func:`terms`) and
+    ``fields`` (:func:`document_paths`).
     """
     too_deep = f"filter nested too deep (max {max_depth})"
     spec = load_filter(
@@ -397,4 +435,7 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
         except Exception:  # noqa: BLE001 - hostile shapes: fail closed
             return False
 
+    predicate.text = canonical(spec)
+    predicate.terms = terms(spec)
+    predicate.fields = document_paths(spec)
     return predicate

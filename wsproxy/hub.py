@@ -137,7 +137,7 @@ class _Joining:
         self.client.request_close(code, reason)
 
     def go_live(self):
-        """Queue what was held (filtered outside the lock, in rounds, as
+        """Queue what was held (judged outside the lock, in rounds, as
         more may arrive meanwhile), then let the live feed through."""
         sub = self.subscription
         while True:
@@ -147,15 +147,20 @@ class _Joining:
                 if not batch:
                     self.live = True
                     return
-            self.client.preload(
+            self.client.queue(
                 [
                     item
                     if isinstance(item, (bytes, bytearray))
-                    else sub.frame(item, self.client.deflate_bits)
+                    else self.client.prepare(item, sub)
                     for item in batch
-                    if isinstance(item, (bytes, bytearray)) or sub.wants(item)
                 ]
             )
+
+
+def _size(item):
+    """The bytes of a prepared item (or a plain frame) as far as known."""
+    data = item if isinstance(item, (bytes, bytearray)) else item.data
+    return len(data or b"")
 
 
 class Hub:
@@ -281,13 +286,13 @@ class Hub:
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
-            frames = [
-                sub.frame(change, client.deflate_bits)
-                for change in backlog
-                if sub.wants(change)
+            items = [
+                item
+                for item in (client.prepare(change, sub) for change in backlog)
+                if item is not None
             ]
-            if len(frames) > client.max_messages or (
-                sum(map(len, frames)) > client.max_bytes
+            if len(items) > client.max_messages or (
+                sum(map(_size, items)) > client.max_bytes
             ):
                 # More than the outbox bounds hold for live delivery: the
                 # caller catches the client up from MongoDB instead, at
@@ -296,7 +301,7 @@ class Hub:
                 # meanwhile are in that replay.
                 self.unregister(joining)
                 return None
-            client.preload([codec.frame(hello("history")), *frames])
+            client.queue([codec.frame(hello("history")), *items])
             joining.go_live()
         except BaseException:
             self.unregister(joining)

@@ -92,8 +92,8 @@ class CatchUp:
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding.
         self._lock = threading.Lock()
-        # (id, frame or None if unwanted), in order; (None, frame) for the
-        # watcher's reset, which keeps its place in the stream.
+        # (id, the client's item or None if unwanted), in order; (None,
+        # frame) for the watcher's reset, which keeps its place in the stream.
         self._live = []
         self._live_ids = {}  # id -> index in _live
         self._live_bytes = 0
@@ -125,9 +125,7 @@ class CatchUp:
             return self.client.on_change(change)
         # Filtered and encoded outside the lock (this is the broadcaster,
         # doing for this client what it does for every live one).
-        data = (
-            sub.frame(change, self.client.deflate_bits) if sub.wants(change) else None
-        )
+        item = self.client.prepare(change, sub)
         with self._lock:
             if self.spliced:
                 # The seam was found meanwhile, at an earlier event: this
@@ -135,13 +133,13 @@ class CatchUp:
                 if change.id in self._delivered:
                     self._delivered.discard(change.id)
                     return False
-                return data is not None and self.client.offer(data)
+                return item is not None and self.client.offer_item(item)
             if change.id in self._delivered:
                 # Delivered by the replay meanwhile: it ran ahead.
                 self._delivered.discard(change.id)
                 self._splice_locked([])
                 return False
-            size = len(data) if data is not None else 0
+            size = len(item.data or b"") if item is not None else 0
             if (
                 len(self._live) >= self.buffer_limit
                 or self._live_bytes + size > self.buffer_bytes
@@ -152,7 +150,7 @@ class CatchUp:
                 )
                 return False
             self._live_ids[change.id] = len(self._live)
-            self._live.append((change.id, data))
+            self._live.append((change.id, item))
             self._live_bytes += size
             # The replay has not reached this event, so everything it
             # delivered so far comes before it: the live feed, already
@@ -189,9 +187,7 @@ class CatchUp:
         sub = self.subscription
         # The client's filter, on the decoded event, and the encoding, only
         # if wanted: both outside the lock.
-        data = (
-            sub.frame(change, self.client.deflate_bits) if sub.wants(change) else None
-        )
+        item = self.client.prepare(change, sub)
         with self._lock:
             if self.spliced:
                 return False
@@ -205,8 +201,7 @@ class CatchUp:
             if self._may_come_live(change):
                 self._delivered.add(change.id)
             self.last_delivery = time.monotonic()
-            if data is not None:
-                self.client.preload([data])
+            if item is not None and self.client.queue([item]):
                 self.replayed += 1
             return True
 
@@ -249,7 +244,8 @@ class CatchUp:
             self._splice_locked(self._live)
 
     def _splice_locked(self, recorded):
-        self.client.preload([data for _, data in recorded if data is not None])
+        # Routed through what the client holds here, in stream order.
+        self.client.queue([item for _, item in recorded])
         self._live, self._live_ids, self._live_bytes = [], {}, 0
         self.spliced = True
 

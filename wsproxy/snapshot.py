@@ -42,7 +42,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
-from . import codec, errorpolicy, metrics
+from . import codec, errorpolicy, metrics, throttle
 from .documentquery import MESSAGE_BYTES
 from .documents import CLEARING_OPS, DOCUMENT_OPS, Restart, document_key, event_id
 from .hub import Barrier
@@ -60,6 +60,9 @@ MAX_READ_BYTES = 64 << 20
 # a continuously busy broadcaster slows snapshots without stopping them.
 SLICE_DOCS = 32
 PACE_WAIT = 0.005
+# A snapshot whose client takes no byte of it for this long (or
+# WSPROXY_SEND_TIMEOUT, if shorter) is closed with 4008, freeing its slots.
+STALL_SECONDS = 2.0
 # Live traffic counts as flowing if a change was published this recently.
 LIVE_WITHIN = 0.25
 _RAW = CodecOptions(document_class=RawBSONDocument)
@@ -79,9 +82,13 @@ class SnapshotInputs:
     published_at: Callable  # () -> monotonic time of the last publish
     slice_lock: threading.Lock  # one snapshot slice at a time (Pacer)
     slots: threading.BoundedSemaphore  # snapshots at once in this worker
+    slots_per_key: object  # a throttle.KeyedSlots: per principal
+    per_key_limit: int  # for the refusal's reason
+    charge: Callable  # (key, tokens) -> None: what a read cost, after it
     stopping: threading.Event
     slot_wait: float
     time_limit: float
+    stall_limit: float  # seconds a client may read nothing of its snapshot
 
     @classmethod
     def from_state(cls, state):
@@ -96,9 +103,13 @@ class SnapshotInputs:
             published_at=lambda: hub.published_at,
             slice_lock=state.snapshot_slice_lock,
             slots=state.snapshot_slots,
+            slots_per_key=state.snapshots_per_key,
+            per_key_limit=state.snapshots_per_key.limit,
+            charge=state.connect_rate.charge,
             stopping=state.stopping,
             slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
             time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
+            stall_limit=min(STALL_SECONDS, config["WSPROXY_SEND_TIMEOUT"]),
         )
 
 
@@ -118,17 +129,39 @@ def starter(inputs, member):
 
 
 def run(inputs, member):
+    """Take the member's snapshot (again after a reset), holding one of
+    its principal's snapshot slots and one of the worker's."""
     client = member.client
-    if not inputs.slots.acquire(timeout=inputs.slot_wait):
+    key = throttle.client_key(getattr(client, "principal", None), client.remote_addr)
+    if not inputs.slots_per_key.acquire(key, timeout=inputs.slot_wait):
         client.request_close(
-            CloseCode.TRY_AGAIN, "too many snapshots at once; retry shortly"
+            CloseCode.TRY_AGAIN,
+            f"too many snapshots for this client at once (limit "
+            f"{inputs.per_key_limit}); retry shortly",
         )
         return
     try:
-        metrics.SNAPSHOTS.inc()
+        if not inputs.slots.acquire(timeout=inputs.slot_wait):
+            client.request_close(
+                CloseCode.TRY_AGAIN, "too many snapshots at once; retry shortly"
+            )
+            return
+        try:
+            metrics.SNAPSHOTS.inc()
+            _run(inputs, member, key)
+        finally:
+            metrics.SNAPSHOTS.dec()
+            inputs.slots.release()
+    finally:
+        inputs.slots_per_key.release(key)
+
+
+def _run(inputs, member, key):
+    client = member.client
+    try:
         while not _stopped(inputs, client):
             try:
-                _take(inputs, member)
+                _take(inputs, member, key)
                 return
             except Restart:
                 log.info("client %s: reset during the snapshot; again", client.id)
@@ -137,16 +170,13 @@ def run(inputs, member):
     except Exception:  # noqa: BLE001 - a failed snapshot must not kill a worker
         log.exception("client %s: snapshot failed", client.id)
         client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
-    finally:
-        metrics.SNAPSHOTS.dec()
-        inputs.slots.release()
 
 
 def _stopped(inputs, client):
     return client.closing or client.ended or inputs.stopping.is_set()
 
 
-def _take(inputs, member):
+def _take(inputs, member, key):
     client = member.client
     query = member.query
     started = time.monotonic()
@@ -155,6 +185,9 @@ def _take(inputs, member):
     pace = Pacer(inputs)
     docs, complete, read_end = read(inputs.mongo, query, deadline, pace)
     read_done = time.monotonic()
+    # What the read cost the database, charged now that it is known (a
+    # limit=1 that no index serves can scan a whole collection).
+    inputs.charge(key, throttle.read_cost(len(docs), read_done - started))
     if not _wait_for_feed(inputs, client, read_end, read_done, deadline):
         if _stopped(inputs, client):
             return
@@ -162,8 +195,9 @@ def _take(inputs, member):
     kept = member.take_kept(next_phase="sending")
     held, texts = merge(member.subscription, docs, kept, entering=complete, pace=pace)
     member.hold(held)
+    progress = _Progress(client, inputs.stall_limit)
     for message in _messages(texts):
-        if not _wait_for_room(inputs, client, deadline):
+        if not _wait_for_room(inputs, client, deadline, progress):
             return
         member.send([message])
     end = codec.control_message(
@@ -325,6 +359,7 @@ def merge(sub, docs, kept, entering=True, pace=_no_pace):
             doc = raw.get("fullDocument") if op != "delete" else None
             states[key] = (_id, change) if isinstance(doc, Mapping) else None
     held, texts = [], []
+    db, coll = sub.snapshot.db, sub.snapshot.coll
     with pace:
         for key, state in states.items():
             if state is None:
@@ -336,7 +371,7 @@ def merge(sub, docs, kept, entering=True, pace=_no_pace):
             else:
                 shown = _judge_document(sub, source)
             if shown is not None:
-                held.append((key, _id))
+                held.append(((db, coll, key), _id))
                 texts.append(codec.dumps(shown))
     return held, texts
 
@@ -380,12 +415,44 @@ def _snapshot_frame(texts):
     )
 
 
-def _wait_for_room(inputs, client, deadline):
+class _Progress:
+    """Whether a client is still reading what it is sent: a snapshot whose
+    client takes no byte for ``limit`` seconds gives its slots back (4008)
+    at once, rather than after the send timeout or the snapshot's time
+    limit (a slow reader still takes some bytes)."""
+
+    def __init__(self, client, limit):
+        self.client = client
+        self.limit = limit
+        self.sent = client.sock.bytes_written
+        self.since = time.monotonic()
+
+    def stalled(self):
+        sent = self.client.sock.bytes_written
+        now = time.monotonic()
+        if sent != self.sent:
+            self.sent, self.since = sent, now
+        return now - self.since >= self.limit
+
+
+def _wait_for_room(inputs, client, deadline, progress):
     """Back-pressure: at most half an outbox of snapshot at a time."""
     while not client.wait_for_room(
         client.max_messages // 2, timeout=0.5, below_bytes=client.max_bytes // 2
     ):
         if _stopped(inputs, client):
+            return False
+        if progress.stalled():
+            log.info(
+                "client %s: read nothing of its snapshot for %gs; closing "
+                "(4008) to free the slot",
+                client.id,
+                progress.limit,
+            )
+            client.request_close(
+                CloseCode.SLOW_CONSUMER,
+                f"read nothing of the snapshot for {progress.limit:g}s; reconnect",
+            )
             return False
         if time.monotonic() >= deadline:
             client.request_close(

@@ -8,12 +8,13 @@ narrow its grant, never widen it.
 """
 
 import re
+from collections.abc import Mapping
 
-from bson import json_util
-
-from . import documentquery
+from . import codec, documentquery
+from .codec import Shape
 from .errors import ClientError, FilterError
 from .filters import compile_filter, load_filter
+from .watchspec import never_streamed
 
 _ALL = None
 KNOWN_PARAMS = frozenset(
@@ -40,6 +41,13 @@ OPERATION_TYPES = frozenset(
 )
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-.$]{1,120})?")
 MAX_NAMESPACES = 32
+# Event fields that hold a document's content: a filter on them cannot
+# judge a delete (which has none) or a document leaving by itself.
+DOCUMENT_FIELDS = frozenset({"fullDocument", codec.BEFORE_FIELD, "updateDescription"})
+# Operations after which a document may no longer match (and so leave).
+LEAVING_OPS = frozenset({"update", "replace"})
+_UNDECIDED = object()
+_ABSENT = object()
 
 
 def _within(ns, scope):
@@ -53,7 +61,7 @@ def _covers(grant, ns):
 
 
 class Subscription:
-    """Decides whether a change goes to a client and in which encoding.
+    """Decides what of each change goes to a client.
 
     Only None means "all": an empty set of namespaces or operation types
     matches nothing (fail closed). ``rules`` are the operator's predicates
@@ -66,8 +74,15 @@ class Subscription:
     live-documents subscription (see :mod:`wsproxy.documents`), else None.
 
     ``key``: equal for two subscriptions that select and encode the same
-    changes (clients with equal keys can share a compression context, see
-    :mod:`wsproxy.compression`); None if unknown.
+    changes, whatever the spelling of their filters (connections with equal
+    keys judge a change once, see :meth:`decide`, and can share a
+    compression context, see :mod:`wsproxy.compression`); None for a
+    live-documents subscription. ``terms``: what evaluating its filters
+    costs, as :func:`wsproxy.filters.terms` counts it (charged to the
+    principal, see :mod:`wsproxy.budget`). ``tracks``: whether a filter
+    tests the document's content, so that a delete or a change that takes
+    a document out of the view can only be judged by what the client was
+    sent (see :mod:`wsproxy.tracking`).
     """
 
     __slots__ = (
@@ -78,6 +93,8 @@ class Subscription:
         "hide",
         "snapshot",
         "key",
+        "terms",
+        "tracks",
     )
 
     def __init__(
@@ -97,31 +114,97 @@ class Subscription:
         self.hide = tuple(sorted(set(hide)))
         self.snapshot = snapshot
         self.key = key
+        filters = self.rules + self.predicates
+        self.terms = sum(getattr(f, "terms", 1) for f in filters)
+        self.tracks = any(
+            not getattr(f, "fields", DOCUMENT_FIELDS).isdisjoint(DOCUMENT_FIELDS)
+            for f in filters
+        )
+
+    # -- judging one change ---------------------------------------------------
+
+    def decide(self, change):
+        """What this subscription is sent of ``change``: a
+        :class:`~wsproxy.codec.Shape`, or None (nothing). Decided once per
+        subscription key and change (``change.decisions``), whichever
+        connection or thread asks first.
+
+        Each image of the document is judged on its own: the event as it
+        is (its ``fullDocument``, the document after the change), and,
+        when the event carries a pre-image, the event with that pre-image
+        as its ``fullDocument`` and no update description (the document
+        before). A delete with a pre-image is decided by the document as
+        it was. An update or replace that takes the document out of the
+        view (before admitted, after not) is a ``leave`` (its key, never
+        the new content); one that brings it in is sent without the
+        pre-image; and a pre-image is only ever sent where it is admitted
+        too. Without a pre-image, deletes and leaves are decided by what
+        the connection holds (:mod:`wsproxy.tracking`).
+        """
+        key = self.key
+        if key is not None:
+            found = change.decisions.get(key, _UNDECIDED)
+            if found is not _UNDECIDED:
+                return found
+        shape = self._decide(change)
+        if key is not None:
+            change.decisions[key] = shape
+        return shape
+
+    def _decide(self, change):
+        raw = change.raw
+        op = raw.get("operationType")
+        if self.ops is not _ALL and op not in self.ops:
+            return None
+        if self.namespaces is not _ALL and not self._ns_match(raw.get("ns")):
+            return None
+        if not self.rules and not self.predicates:
+            return Shape.CHANGE
+        before = raw.get(codec.BEFORE_FIELD)
+        if not isinstance(before, Mapping):
+            return Shape.CHANGE if self._admits(change, False) else None
+        in_before = self._admits(change, True)
+        if op == "delete":
+            return Shape.CHANGE if in_before else None
+        if self._admits(change, False):
+            return Shape.CHANGE if in_before else Shape.CHANGE_WITHOUT_BEFORE
+        after = raw.get("fullDocument", _ABSENT)
+        if (
+            in_before
+            and op in LEAVING_OPS
+            and (after is None or isinstance(after, Mapping))
+        ):
+            # The new document does not match, or (updateLookup's null) it
+            # is gone: either way it is no longer in the view.
+            return Shape.LEAVE
+        return None
+
+    def _admits(self, change, before):
+        """The rules on the whole event, the client's filter on what the
+        client may see of it; ``before``: with the pre-image as the
+        document."""
+        event = change.before_view() if before else change.raw
+        if not all(rule(event) for rule in self.rules):
+            return False
+        if self.predicates:
+            seen = (
+                change.before_view(self.hide)
+                if before
+                else (change.redacted_event(self.hide))
+            )
+            return all(predicate(seen) for predicate in self.predicates)
+        return True
 
     def matches(self, change):
-        """The operator's rules and the client's filter, without the
-        namespace and operation checks (a live-documents subscription
-        judges documents this way)."""
-        raw = change.raw
-        if not all(rule(raw) for rule in self.rules):
-            return False
-        if self.predicates:
-            seen = change.redacted_event(self.hide) if self.hide else raw
-            return all(predicate(seen) for predicate in self.predicates)
-        return True
+        """Whether the document after ``change`` is in the view: the
+        rules and the client's filter, without the namespace and operation
+        checks (a live-documents subscription judges documents this way)."""
+        return self._admits(change, False)
 
     def wants(self, change):
-        raw = change.raw
-        if self.ops is not _ALL and raw.get("operationType") not in self.ops:
-            return False
-        if self.namespaces is not _ALL and not self._ns_match(raw.get("ns")):
-            return False
-        if not all(rule(raw) for rule in self.rules):
-            return False
-        if self.predicates:
-            seen = change.redacted_event(self.hide) if self.hide else raw
-            return all(predicate(seen) for predicate in self.predicates)
-        return True
+        """Whether the client is sent anything of ``change`` by its
+        subscription alone."""
+        return self.decide(change) is not None
 
     def _ns_match(self, ns):
         if not isinstance(ns, dict):
@@ -131,12 +214,16 @@ class Subscription:
             return True
         return f"{db}.{ns.get('coll')}" in self.namespaces
 
-    def frame(self, change, deflate_bits=None):
-        """The frame of ``change`` for this subscription, compressed for a
-        client that negotiated permessage-deflate with ``deflate_bits``."""
-        if deflate_bits is not None:
-            return change.deflated_frame(self.hide, deflate_bits)
-        return change.redacted_frame(self.hide) if self.hide else change.frame
+    def frame(self, change, deflate_bits=None, shape=None):
+        """The frame of ``change`` in ``shape`` (by default what
+        :meth:`decide` says) for this subscription, compressed for a
+        client that negotiated permessage-deflate with ``deflate_bits``
+        (never a ``leave``: it goes plain, like every control message)."""
+        if shape is None:
+            shape = self.decide(change) or Shape.CHANGE
+        if deflate_bits is not None and shape is not Shape.LEAVE:
+            return change.deflated_for(self.hide, shape, deflate_bits)
+        return change.frame_for(self.hide, shape)
 
 
 EVERYTHING = Subscription()
@@ -176,6 +263,14 @@ def parse(
         for ns in namespaces:
             if not _NAME.fullmatch(ns):
                 raise ClientError(f"ns: {ns[:60]!r} is not 'db' or 'db.coll'")
+            if never_streamed(*ns.split(".", 1)):
+                # Whatever the grant: the change stream never covers them,
+                # and a snapshot must not read what it could not deliver.
+                raise ClientError(
+                    f"ns: {ns[:60]} is never streamed (admin, local, config "
+                    "and system.* collections)",
+                    status=403,
+                )
             if not (_within(ns, scope) or _within(scope, ns)):
                 raise ClientError(
                     f"ns: {ns[:60]} is outside the watched "
@@ -218,20 +313,16 @@ def parse(
         raise ClientError("sort and limit apply to snapshot=1 subscriptions only")
     key = None
     if snapshot is None:
+        # Normalised: filters as canonical text, so two spellings of one
+        # filter are one subscription (one decision per change, one
+        # compression context).
         key = (
             None if namespaces is None else tuple(sorted(set(namespaces))),
             None if ops is None else tuple(sorted(set(ops))),
-            texts[0] if "filter" in args else None,
-            _rule_text(principal.filter),
+            tuple(p.text for p in predicates),
+            tuple(r.text for r in rules),
             tuple(sorted(set(hide))),
         )
     return Subscription(
         namespaces, ops, predicates, hide, rules=rules, snapshot=snapshot, key=key
     )
-
-
-def _rule_text(rule):
-    """A principal's filter as text, to tell equal ones apart."""
-    if rule is None or isinstance(rule, str):
-        return rule
-    return json_util.dumps(rule)

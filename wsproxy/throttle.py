@@ -41,12 +41,22 @@ WORK_PER_TOKEN = 100_000
 DOCS_PER_TOKEN = 1000
 
 
-def connect_cost(resume_id, filter_text, history_length, snapshot_docs=0):
+# A snapshot's read costs one token more for this many seconds of reading.
+READ_SECONDS_PER_TOKEN = 0.01
+
+
+def read_cost(docs, seconds):
+    """Tokens a snapshot's read costs once it is done: the documents it
+    returned and the time the database took (what a scan no index serves
+    costs shows in time, not in documents returned)."""
+    return docs / DOCS_PER_TOKEN + seconds / READ_SECONDS_PER_TOKEN
+
+
+def connect_cost(resume_id, filter_text, history_length):
     """Tokens one connection costs: 1, plus the replay work a resume from
-    history asks for (its filter runs over up to the whole history), or
-    the documents a snapshot may read (a snapshot never replays)."""
-    if snapshot_docs:
-        return 1.0 + snapshot_docs / DOCS_PER_TOKEN
+    history asks for (its filter runs over up to the whole history). A
+    snapshot (which never replays) pays for its read after it, by
+    :func:`read_cost`."""
     if resume_id is None or not filter_text:
         return 1.0
     return 1.0 + history_length * len(filter_text.encode()) / WORK_PER_TOKEN
@@ -130,6 +140,17 @@ class KeyedRateLimit:
             if self._tokens(bucket, now) < self.burst:
                 return  # the rest were used more recently still
             del self._buckets[key]
+
+    def charge(self, key, cost):
+        """Spend ``cost`` tokens of ``key``'s bucket after the fact (work
+        already done): the bucket may go as far as a burst below empty, so
+        the key waits that much longer before its next admission."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.pop(key, None) or [self.burst, now]
+            tokens = self._tokens(bucket, now) - cost
+            bucket[0], bucket[1] = max(tokens, -self.burst), now
+            self._buckets[key] = bucket
 
     def admit(self, key, what="connections", cost=1.0):
         """Spend ``cost`` tokens or raise :class:`Throttled`."""

@@ -24,7 +24,7 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask_sock import Sock
 
-from . import access, codec, control, metrics, snapshot, throttle, websocket
+from . import access, budget, codec, control, metrics, snapshot, throttle, websocket
 from . import subscription as subscriptions
 from .connection import ClientConnection
 from .documents import LiveDocuments
@@ -86,6 +86,9 @@ class Admission:
     resume_id: str | None
     principal: access.Principal
     pending: websocket.Pending
+    # The connection's share of its principal's budget (wsproxy.budget),
+    # given back when the connection ends (or the upgrade never happens).
+    reservation: budget.Reservation
 
 
 # Where every update carries the whole document, as live documents need.
@@ -109,18 +112,6 @@ def _parse_subscription(args, principal, config):
             "(WSPROXY_FULL_DOCUMENT is not updateLookup or required)"
         )
     return sub
-
-
-def _snapshot_docs(args, config):
-    """Documents a snapshot may read, for its connect cost (0 if it is no
-    snapshot; an invalid limit is refused later, at the full cost)."""
-    if "snapshot" not in args:
-        return 0
-    most = config["WSPROXY_SNAPSHOT_MAX_DOCS"]
-    try:
-        return min(max(int(args.get("limit", most)), 1), most)
-    except ValueError:
-        return most
 
 
 def _decide(state, config, *, upgrade):
@@ -149,7 +140,6 @@ def _decide(state, config, *, upgrade):
             request.args.get("resume_after"),
             request.args.get("filter"),
             state.hub.history_length(),
-            snapshot_docs=_snapshot_docs(request.args, config),
         )
         if upgrade
         else 1.0,
@@ -160,26 +150,34 @@ def _decide(state, config, *, upgrade):
     if resume_id is not None:
         resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = _parse_subscription(request.args, principal, config)
-    return principal, resume_id, sub
+    key = throttle.client_key(principal, request.remote_addr)
+    if not upgrade:
+        state.budgets.check(key, sub)  # 429 over the principal's share
+        return principal, resume_id, sub, None
+    return principal, resume_id, sub, state.budgets.reserve(key, sub)
 
 
 def _admit(state, config):
     """All the checks before the upgrade; returns an Admission or raises
     ClientError."""
-    principal, resume_id, sub = _decide(state, config, upgrade=True)
+    principal, resume_id, sub, reservation = _decide(state, config, upgrade=True)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
-    pending = websocket.prepare(
-        request.environ,
-        send_timeout=config["WSPROXY_SEND_TIMEOUT"],
-        subprotocols=[access.BEARER_SUBPROTOCOL]
-        if access.BEARER_SUBPROTOCOL in offered
-        else None,
-        max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
-        frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
-        frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
-        compression=config["WSPROXY_COMPRESSION"] != "off",
-    )
-    return Admission(sub, resume_id, principal, pending)
+    try:
+        pending = websocket.prepare(
+            request.environ,
+            send_timeout=config["WSPROXY_SEND_TIMEOUT"],
+            subprotocols=[access.BEARER_SUBPROTOCOL]
+            if access.BEARER_SUBPROTOCOL in offered
+            else None,
+            max_message_size=config["WSPROXY_MAX_MESSAGE_SIZE"],
+            frame_rate=config["WSPROXY_CLIENT_MESSAGE_RATE"],
+            frame_burst=config["WSPROXY_CLIENT_MESSAGE_BURST"],
+            compression=config["WSPROXY_COMPRESSION"] != "off",
+        )
+    except BaseException:
+        state.budgets.release(reservation)
+        raise
+    return Admission(sub, resume_id, principal, pending, reservation)
 
 
 def _wants_decision():
@@ -283,6 +281,14 @@ def create_blueprint(config):
             return refused(exc)
         return None
 
+    @bp.teardown_request
+    def release_unused_admission(exc):
+        # An admission whose connection never ran (the handshake failed
+        # after before_request) gives its share back here.
+        admission = g.pop("wsproxy_admission", None)
+        if admission is not None:
+            _state().budgets.release(admission.reservation)
+
     @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
     def websocket_view(ws):
         # After the upgrade an exception must not reach Flask: it would
@@ -302,9 +308,11 @@ def create_blueprint(config):
             subscription=admission.subscription,
             remote_addr=request.remote_addr,
             contexts=_state().contexts,
+            max_held=config["WSPROXY_TRACKED_DOCS"],
+            owner=admission.reservation.key,
         )
         client.principal = admission.principal
-        serve(_state(), client, admission.resume_id)
+        serve(_state(), client, admission.resume_id, admission.reservation)
 
     @bp.route(
         config["WSPROXY_PATH"],
@@ -346,7 +354,10 @@ def create_blueprint(config):
             state = _state().ensure_started(current_app)
             source = state.source
             watcher = source.state  # read once: the body agrees with itself
-            reason = _not_ready_reason(state, watcher)
+            # A full worker refuses new connections (503): not ready for
+            # more, so a load balancer sends them elsewhere.
+            full = len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]
+            reason = _not_ready_reason(state, watcher, full)
             ready = reason is None
             body = {
                 "ready": ready,
@@ -367,6 +378,7 @@ def create_blueprint(config):
                 "last_event_at": source.last_event_at,
                 "last_ok_at": source.last_ok_at,
                 "clients": len(state.hub),
+                "full": full,
             }
             return jsonify(body), 200 if ready else 503
 
@@ -383,11 +395,14 @@ def create_blueprint(config):
     return bp
 
 
-def _not_ready_reason(state, watcher):
+def _not_ready_reason(state, watcher, full=False):
     """Why /readyz answers 503, or None if it answers 200; ``watcher`` is
-    the watcher's state as the body reports it."""
+    the watcher's state as the body reports it, ``full`` whether the worker
+    holds WSPROXY_MAX_CLIENTS connections."""
     if state.stopping.is_set():
         return "the worker is shutting down"
+    if full:
+        return "the worker is full (WSPROXY_MAX_CLIENTS)"
     if not state.hub.running:
         return "the broadcaster has stopped"
     if watcher != "connected":
@@ -447,13 +462,33 @@ class _Turn:
             _tidying.release()
 
 
-def serve(state, client, resume_id):
-    """Run one connection from hello to close."""
+def serve(state, client, resume_id, reservation=None):
+    """Run one connection from hello to close; ``reservation`` (its share
+    of its principal's budget) is given back when it ends."""
+    try:
+        _serve(state, client, resume_id, reservation)
+    finally:
+        if reservation is not None:
+            state.budgets.release(reservation)
+
+
+def _serve(state, client, resume_id, reservation):
     hub = state.hub
     config = state.config
     source = state.source
+    key = throttle.client_key(client.principal, client.remote_addr)
+
+    def parse_subscribe(args):
+        # A subscribe costs what a connection does: a token of the connect
+        # budget, and its filter's terms in its principal's share.
+        state.connect_rate.admit(key, what="subscriptions")
+        sub = _parse_subscription(args, client.principal, config)
+        if reservation is not None:
+            state.budgets.replace(reservation, sub)
+        return sub
+
     messages = control.Control(
-        lambda args: _parse_subscription(args, client.principal, config),
+        parse_subscribe,
         hub=hub,
         stopping=state.stopping,
         watcher=lambda: source.state,

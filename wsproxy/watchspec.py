@@ -50,9 +50,23 @@ def check_watch(scope):
     return scope
 
 
+# A change stream never delivers these (MongoDB refuses to open one on
+# them, and a deployment-wide stream leaves them out), so nothing a client
+# names in them is ever a subscription or a snapshot.
+SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
+
+
+def never_streamed(db, coll=None):
+    """Whether ``db`` (or ``db.coll``) is outside anything a change stream
+    delivers: the admin, local and config databases, system collections."""
+    return db in SYSTEM_DATABASES or (coll or "").startswith("system.")
+
+
 def _db_problem(db):
     if not db:
         return "empty database name"
+    if db in SYSTEM_DATABASES:
+        return "the admin, local and config databases cannot be watched"
     bad = sorted(set(db) & _DB_FORBIDDEN)
     if bad:
         return f"a database name cannot contain {''.join(bad)!r}"

@@ -171,8 +171,9 @@ class _WriteWatchdog:
 _watchdog = _WriteWatchdog()
 
 
-def _write_all(sock, data, deadline, nonblocking):
-    """Write all of ``data`` or raise; never blocks past ``deadline``."""
+def _write_all(sock, data, deadline, nonblocking, progress=None):
+    """Write all of ``data`` or raise; never blocks past ``deadline``.
+    ``progress`` (a GuardedSocket) counts the bytes as they go."""
     view = memoryview(data)
     if not nonblocking:
         # TLS sockets take no send flags: a blocking sendall, cut short by
@@ -189,6 +190,8 @@ def _write_all(sock, data, deadline, nonblocking):
         if _watchdog.release(token):
             raise SendTimeout(errno.ETIMEDOUT, "send timed out")
         metrics.BYTES_WRITTEN.add(len(view))
+        if progress is not None:
+            progress.bytes_written += len(view)
         return
     poller = None
     try:
@@ -196,6 +199,8 @@ def _write_all(sock, data, deadline, nonblocking):
             try:
                 sent = sock.send(view, socket.MSG_DONTWAIT)
                 view = view[sent:]
+                if progress is not None:
+                    progress.bytes_written += sent
                 continue
             except (BlockingIOError, InterruptedError):
                 pass
@@ -229,6 +234,9 @@ class GuardedSocket:
         # writes next (under write_lock) must finish it first, or another
         # frame would land inside it.
         self.tail = None
+        # Bytes the peer's socket has taken so far (under write_lock; read
+        # unlocked, as a sign that the peer still reads).
+        self.bytes_written = 0
 
     def send(self, data):
         with self.write_lock:
@@ -245,9 +253,9 @@ class GuardedSocket:
         deadline = time.monotonic() + self.send_timeout
         if self.tail is not None:
             tail, self.tail = self.tail, None
-            _write_all(self.raw, tail, deadline, self.nonblocking_ok)
+            _write_all(self.raw, tail, deadline, self.nonblocking_ok, self)
         if data:
-            _write_all(self.raw, data, deadline, self.nonblocking_ok)
+            _write_all(self.raw, data, deadline, self.nonblocking_ok, self)
 
     def try_write(self, data):
         """One non-blocking attempt at a whole frame; the caller holds
@@ -261,6 +269,7 @@ class GuardedSocket:
         except (BlockingIOError, InterruptedError):
             sent = 0
         metrics.BYTES_WRITTEN.add(sent)
+        self.bytes_written += sent
         if sent < len(data):
             self.tail = memoryview(data)[sent:]
             return False
