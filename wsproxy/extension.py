@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Callable
 
+import pymongo
 from flask import Flask, Request, current_app
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -27,6 +28,9 @@ from .protocol import CloseCode
 from .source import Backoff, ChangeSource, watch_target
 
 log = logging.getLogger(__name__)
+
+# Seconds closing the MongoClient may take (it ends the server sessions).
+CLOSE_BUDGET = 1.0
 
 # The fix for a server that cannot hold WebSockets, as the refusal and the
 # log say it.
@@ -265,10 +269,17 @@ class ProxyState:
             self.stopping.set()
             # Closing the client ends a watcher's wait for a server that is
             # gone, which would otherwise hold the worker's exit.
-            self.source.stop(timeout, interrupt=self.mongo.close)
+            self.source.stop(timeout, interrupt=self._close_mongo)
             self.hub.stop(timeout)
-            self.mongo.close()
+            self._close_mongo()
             self._pid = None
+
+    def _close_mongo(self):
+        # close() first ends the client's server sessions, which waits for
+        # a server (the URI's serverSelectionTimeoutMS, up to PyMongo's
+        # 30 s) when the database is gone: bounded, so the exit is not.
+        with pymongo.timeout(CLOSE_BUDGET):
+            self.mongo.close()
 
 
 class WSProxy:

@@ -157,7 +157,7 @@ class _Joining:
             )
 
 
-def _size(item):
+def item_size(item):
     """The bytes of a prepared item (or a plain frame) as far as known."""
     data = item if isinstance(item, (bytes, bytearray)) else item.data
     return len(data or b"")
@@ -292,7 +292,7 @@ class Hub:
                 if item is not None
             ]
             if len(items) > client.max_messages or (
-                sum(map(_size, items)) > client.max_bytes
+                sum(map(item_size, items)) > client.max_bytes
             ):
                 # More than the outbox bounds hold for live delivery: the
                 # caller catches the client up from MongoDB instead, at

@@ -66,7 +66,7 @@ from collections.abc import Callable
 from pymongo.errors import PyMongoError
 
 from . import codec, errorpolicy, metrics, throttle
-from .hub import Barrier
+from .hub import Barrier, item_size
 from .protocol import CloseCode, MessageType
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class CatchUp:
                 self._delivered.discard(change.id)
                 self._splice_locked([])
                 return False
-            size = len(item.data or b"") if item is not None else 0
+            size = item_size(item) if item is not None else 0
             if (
                 len(self._live) >= self.buffer_limit
                 or self._live_bytes + size > self.buffer_bytes
