@@ -102,8 +102,10 @@ class Control:
     (raises ClientError); ``hub`` and ``stopping`` take the barriers;
     ``watcher()`` is the watcher's state (:attr:`ChangeSource.state`)."""
 
-    def __init__(self, parse, *, hub=None, stopping=None, watcher=None):
+    def __init__(self, parse, *, hub=None, stopping=None, watcher=None, describe=None):
         self._parse = parse
+        # subscription -> fields the "subscribed" reply tells about it
+        self._describe = describe or (lambda subscription: {})
         self._hub = hub
         self._stopping = stopping
         self._watcher = watcher
@@ -184,7 +186,12 @@ class Control:
             client.request_close(CloseCode.POLICY, TOO_DEEP)
             return
         if client.replace_subscription(
-            subscription, codec.frame(codec.control_message(MessageType.SUBSCRIBED))
+            subscription,
+            codec.frame(
+                codec.control_message(
+                    MessageType.SUBSCRIBED, **self._describe(subscription)
+                )
+            ),
         ):
             log.info(
                 "client %s subscribed (ns: %s)",

@@ -25,6 +25,7 @@ from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from . import codec, errorpolicy, metrics, scopecheck
 from .hub import Announcement
+from .preimages import PreImages
 from .protocol import MessageType
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ class ChangeSource:
         self._stopping = threading.Event()
         self._thread = None
         # Whether the watched namespace was looked for (once, when the
-        # first round trip worked: wsproxy.scopecheck).
+        # first round trip worked: wsproxy.scopecheck), and which of its
+        # collections keep pre-images (wsproxy.preimages).
         self._scope_checked = False
+        self.preimages = PreImages(full_document_before_change)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -211,6 +214,7 @@ class ChangeSource:
                     if not self._scope_checked:
                         self._scope_checked = True
                         scopecheck.warn_if_missing(self.target)
+                        self.preimages.check(self.target)
                 if raw is None:
                     token = stream.resume_token
                     if token is not None and token != self._start_after:

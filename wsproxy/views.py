@@ -492,6 +492,7 @@ def _serve(state, client, resume_id, reservation):
         hub=hub,
         stopping=state.stopping,
         watcher=lambda: source.state,
+        describe=lambda sub: {"deletes": source.preimages.deletes(sub)},
     )
 
     def hello(mode):
@@ -501,6 +502,9 @@ def _serve(state, client, resume_id, reservation):
             watch=config["WSPROXY_WATCH"] or "",
             resume=mode,
             watcher=messages.told(source.state),
+            # How a delete or a document leaving the filter reaches this
+            # client: decided by the event itself, or by what it was sent.
+            deletes=source.preimages.deletes(client.subscription),
         )
 
     def catch_up_from_mongodb(client):
