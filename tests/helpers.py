@@ -103,6 +103,9 @@ class Gunicorn:
         # tests of the connection throttle set their own limits.
         self.env["WSPROXY_CONNECT_RATE"] = "10000"
         self.env["WSPROXY_CONNECT_BURST"] = "10000"
+        # ...and hold many connections from it (the tests of a principal's
+        # share unset this, for the default).
+        self.env["WSPROXY_MAX_CLIENTS_PER_PRINCIPAL"] = "100000"
         for key, value in (env or {}).items():  # None: leave it unset
             if value is None:
                 self.env.pop(key, None)
