@@ -310,6 +310,7 @@ def create_blueprint(config):
             contexts=_state().contexts,
             max_held=config["WSPROXY_TRACKED_DOCS"],
             owner=admission.reservation.key,
+            holders=_state().hub.routes.holders,
         )
         client.principal = admission.principal
         serve(_state(), client, admission.resume_id, admission.reservation)
