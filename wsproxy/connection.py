@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Changes routing may turn into a delete or a leave of a held document.
+_ROUTED = frozenset({"update", "replace", "delete"})
+
+
 class _Item:
     """One change on its way to a client (see
     :meth:`ClientConnection.prepare`), or a plain frame (``change`` None)."""
@@ -74,6 +78,12 @@ class _Item:
         self.position = None  # (epoch, seq) of a shared frame
         self.fallback = None  # the frame compressed on its own, if out of step
         self.others = {}  # Shape -> frame: what routing may turn it into
+
+    @property
+    def likely_sent(self):
+        """False for a change kept only in case routing sends it (see
+        :meth:`ClientConnection.prepare`): it seldom becomes a frame."""
+        return self.data is not None or bool(self.others)
 
     @classmethod
     def of_frame(cls, data):
@@ -197,7 +207,16 @@ class ClientConnection:
         shape = sub.decide(change)
         held = self.held
         maybe_held = held is not None and held.may_hold(change.raw)
-        if shape is None and not maybe_held:
+        if (
+            shape is None
+            and not maybe_held
+            and (held is None or change.raw.get("operationType") not in _ROUTED)
+        ):
+            # Kept when routing may still send it: a change judged with
+            # others (a batch, a backlog) may be about a document an
+            # earlier one of them sends, and what is held only learns of
+            # it when they are queued. Its frames are then made under
+            # the lock, if ever (may_hold says whether to make them here).
             return None
         item = _Item(change, sub, shape)
         if shape is not None and shape is not Shape.LEAVE:
