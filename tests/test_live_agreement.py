@@ -311,3 +311,34 @@ def test_python_and_browser_live_documents_agree(name, browser_page):
     assert in_python == in_browser
     assert [k for k, _ in in_python["documents"]] == EXPECTED_KEYS[name]
     assert not page.script_errors
+
+
+def test_without_a_feed_items_are_applied_by_hand():
+    """The Python client's older way (still there): LiveDocuments() and
+    apply(item) for every item a feed yields."""
+    from wsproxy.client import Leave, Reset, Snapshot
+    live = LiveDocuments()
+    events = []
+    off = live.on("remove", lambda e: events.append((e.key, e.reason, e.detail)))
+    live.apply(Snapshot([{"_id": 1}, {"_id": 2}, {"no": "id"}], True, "s"))
+    assert list(live.documents) == ["1", "2"] and not live.loading
+    assert live.complete is True
+    live.apply(Change("c", {"operationType": "update", "documentKey": {"_id": 1},
+                            "fullDocument": {"_id": 1, "v": 2}}))
+    live.apply(Leave("l", {"_id": 2}, "untracked"))
+    assert events == [('2', "leave", "untracked")]
+    live.apply(Reset(True, "x"))           # a snapshot feed: loading again
+    assert live.loading and live.get(1) == {"_id": 1, "v": 2}
+    off()
+    live.apply(Snapshot([], True, None))
+    assert len(live) == 0 and events == [('2', "leave", "untracked")]
+    with pytest.raises(ValueError, match="no 'change' event"):
+        live.on("change", print)
+
+
+def test_detached_documents_stay_as_they_are():
+    feed = WSProxyClient("ws://127.0.0.1:9/ws")
+    live = LiveDocuments(feed)
+    assert feed._observers == [live.apply]
+    live.detach()
+    assert feed._observers == []
