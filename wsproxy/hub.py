@@ -157,6 +157,13 @@ class _Joining:
             )
 
 
+def _counted(item):
+    """Whether a prepared item counts toward the outbox bound: not a change
+    a filtered feed keeps only in case it turns out to be about a document
+    sent before it (see ClientConnection.prepare)."""
+    return getattr(item, "likely_sent", True)
+
+
 def item_size(item):
     """The bytes of a prepared item (or a plain frame) as far as known."""
     data = item if isinstance(item, (bytes, bytearray)) else item.data
@@ -291,7 +298,7 @@ class Hub:
                 for item in (client.prepare(change, sub) for change in backlog)
                 if item is not None
             ]
-            if len(items) > client.max_messages or (
+            if sum(map(_counted, items)) > client.max_messages or (
                 sum(map(item_size, items)) > client.max_bytes
             ):
                 # More than the outbox bounds hold for live delivery: the
