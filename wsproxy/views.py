@@ -259,9 +259,13 @@ def create_blueprint(config):
         if request.endpoint != "wsproxy.websocket":
             return check_host()
         state = _state().ensure_started(current_app)
+        # From here to the client's place in the hub, a few at a time.
+        g.wsproxy_handshake = slot = _HandshakeSlot(state.stopping)
+        slot.take()
         try:
             g.wsproxy_admission = _admit(state, config)
         except ClientError as exc:
+            slot.give_back()
             return refused(exc)
         return None
 
@@ -288,6 +292,9 @@ def create_blueprint(config):
         admission = g.pop("wsproxy_admission", None)
         if admission is not None:
             _state().budgets.release(admission.reservation)
+        slot = g.pop("wsproxy_handshake", None)
+        if slot is not None:
+            slot.give_back()
 
     @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
     def websocket_view(ws):
@@ -312,7 +319,13 @@ def create_blueprint(config):
             owner=admission.reservation.key,
         )
         client.principal = admission.principal
-        serve(_state(), client, admission.resume_id, admission.reservation)
+        serve(
+            _state(),
+            client,
+            admission.resume_id,
+            admission.reservation,
+            handshake=g.get("wsproxy_handshake"),
+        )
 
     @bp.route(
         config["WSPROXY_PATH"],
@@ -462,17 +475,55 @@ class _Turn:
             _tidying.release()
 
 
-def serve(state, client, resume_id, reservation=None):
+# Handshakes in progress at once per worker, from the admission checks to
+# the client's place in the hub (hello queued). After a mass disconnect
+# (a load balancer restarting, a network blip) a thousand clients come
+# back at once, and gthread hands each to an idle pool thread at once (in
+# a fresh worker each one waits for a new thread to start, which paces
+# them): a thousand runnable threads wanting the GIL, and any lock one of
+# them holds across a GIL switch (the rate limit's, the hub's, a log
+# handler's) became a convoy. Handshakes waited 5-17 s (p50), the
+# worker burning up to 12 CPU-seconds on 1,000 of them; eight at a time,
+# 1.5-2 CPU-seconds and a p99 under 2 s (python -m bench.reconnect).
+# Eight rather than fewer: a handshake waits on its socket writes too.
+_HANDSHAKES_AT_ONCE = 8
+_handshaking = threading.BoundedSemaphore(_HANDSHAKES_AT_ONCE)
+# A turn that is not given back (a stuck handshake) holds nobody up for
+# longer than this: the next one goes ahead without a turn.
+_HANDSHAKE_WAIT = 5.0
+
+
+class _HandshakeSlot:
+    """A turn at ``_handshaking`` (none while the worker is stopping)."""
+
+    def __init__(self, stopping):
+        self._stopping = stopping
+        self._held = False
+
+    def take(self):
+        if not self._held and not self._stopping.is_set():
+            self._held = _handshaking.acquire(timeout=_HANDSHAKE_WAIT)
+
+    def give_back(self):
+        if self._held:
+            self._held = False
+            _handshaking.release()
+
+
+def serve(state, client, resume_id, reservation=None, handshake=None):
     """Run one connection from hello to close; ``reservation`` (its share
-    of its principal's budget) is given back when it ends."""
+    of its principal's budget) is given back when it ends, ``handshake``
+    (its turn at :data:`_handshaking`) once it has joined the hub."""
     try:
-        _serve(state, client, resume_id, reservation)
+        _serve(state, client, resume_id, reservation, handshake)
     finally:
+        if handshake is not None:
+            handshake.give_back()
         if reservation is not None:
             state.budgets.release(reservation)
 
 
-def _serve(state, client, resume_id, reservation):
+def _serve(state, client, resume_id, reservation, handshake=None):
     hub = state.hub
     config = state.config
     source = state.source
@@ -547,6 +598,8 @@ def _serve(state, client, resume_id, reservation):
                 shown(",".join(sorted(client.subscription.namespaces or ())) or "*"),
             )
             metrics.RESUMES.labels(resume).inc()
+            if handshake is not None:
+                handshake.give_back()
             try:
                 client.run(messages.on_message, messages.on_wake)
             except Exception:  # noqa: BLE001 - one connection must not hurt others
