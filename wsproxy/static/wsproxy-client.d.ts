@@ -118,6 +118,9 @@ export interface Hello {
   watch: string;
   resume: 'none' | 'history' | 'catch-up' | string;
   watcher: WatcherState;
+  /** Sealed reconnect ticket: the client sends the last one as `ticket`
+   * when it reconnects (a returning client, not a new one). */
+  ticket?: string;
 }
 export interface CloseDetail extends CloseCodeInfo {
   code: number;
