@@ -236,3 +236,46 @@ def test_a_restart_behind_one_address_gets_everyone_back_exactly_once(
     assert "resume: catch-up" not in log
     assert log.count("resume: history") >= STORM - 5
     assert back[-1] < scaled(15), back[-10:]
+
+
+def test_a_client_reconnecting_in_a_loop_is_still_throttled(
+        mongo, mongo_client, namespace, gunicorn):
+    """One client from the address opens connections in a loop, each time
+    with the ticket of the last hello: its ticket's allowance runs out (the
+    one it is given on a reconnect carries what is left), so it gets what
+    the connect budget gives anyone, and a bystander keeps getting events."""
+    import time
+    import urllib.parse
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as sync_connect
+
+    from .helpers import WSClient
+    db, coll = namespace
+    env = server_env(mongo.uri, db, coll)
+    env.update(WSPROXY_CONNECT_RATE="2", WSPROXY_CONNECT_BURST="5")
+    server = gunicorn(env)
+    bystander = WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
+    assert bystander.recv()["type"] == "hello"
+    ticket, admitted, refused = None, 0, 0
+    seconds = 3 + tickets.REFILL * tickets.CAP  # long enough to earn them all
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        url = server.ws_url(urllib.parse.urlencode({"ticket": ticket})
+                            if ticket else "")
+        try:
+            with sync_connect(url, compression=None, proxy=None,
+                              source_address=("127.0.0.1", 0)) as ws:
+                ticket = json.loads(ws.recv(timeout=scaled(5)))["ticket"]
+                admitted += 1
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429
+            refused += 1
+    # The connect budget's burst and rate, and at most the reconnects its
+    # ticket earned while it looped (one per REFILL seconds, CAP at once).
+    budget = 5 + 2 * seconds
+    assert admitted <= budget + seconds / tickets.REFILL + 1, admitted
+    assert refused > 10 * admitted
+    mongo_client[db][coll].insert_one({"seq": 1})
+    assert bystander.recv_type("change")["event"]["fullDocument"]["seq"] == 1
+    bystander.close()
