@@ -279,3 +279,44 @@ def test_a_client_reconnecting_in_a_loop_is_still_throttled(
     mongo_client[db][coll].insert_one({"seq": 1})
     assert bystander.recv_type("change")["event"]["fullDocument"]["seq"] == 1
     bystander.close()
+
+
+def test_what_a_starting_worker_reads_back_is_history_for_resumes_only():
+    """Changes from before the watcher started (Recorded) go into the
+    history and to no one; until PREFILLED an id found in it is not served
+    from it (changes still to be recorded would be missed), then it is."""
+    import threading
+
+    from wsproxy import codec
+    from wsproxy.hub import PREFILLED, Barrier, Hub, Recorded
+
+    from .test_hub import FakeClient, change, hello
+    hub = Hub(history_size=100, prefilling=True)
+    hub.start()
+    stop = threading.Event()
+    try:
+        live = FakeClient()
+        assert hub.register(live, None, hello) == "none"
+        old = [change(i) for i in range(5)]
+        for item in old[:3]:
+            assert hub.submit(Recorded(item), stop)
+        recorded = threading.Event()
+        assert hub.submit(Barrier(recorded.set), stop)
+        assert recorded.wait(scaled(5))
+        assert hub.history_ids() == [c.id for c in old[:3]]
+        assert hub.register(FakeClient(), old[0].id, hello) is None
+        for item in old[3:]:
+            assert hub.submit(Recorded(item), stop)
+        assert hub.submit(PREFILLED, stop)
+        assert hub.prefilled.wait(scaled(5))
+        resumed = FakeClient()
+        assert hub.register(resumed, old[0].id, hello) == "history"
+        assert resumed.frames == [codec.frame(hello("history"))] + [
+            c.frame for c in old[1:]]
+        new = change(5)
+        assert hub.submit(new, stop)
+        assert live.wait_for(2)[1:] == [new.frame]  # none of the old ones
+        assert resumed.wait_for(6)[-1] == new.frame
+    finally:
+        hub.stop()
+
