@@ -308,6 +308,8 @@ class WSProxyClient:
         self.pong_timeout = pong_timeout
         self.ssl_context = ssl_context
         self.hello: dict[str, Any] | None = None
+        # The reconnect ticket of the last hello, sent when reconnecting.
+        self._ticket: str | None = None
         self.watcher: str | None = None
         # The watcher state the last Status (or the first hello) gave.
         self._told_watcher: str | None = None
@@ -349,7 +351,16 @@ class WSProxyClient:
             (k, v)
             for k, v in parse_qsl(self._base.query, keep_blank_values=True)
             if k
-            not in ("ns", "ops", "filter", "resume_after", "snapshot", "sort", "limit")
+            not in (
+                "ns",
+                "ops",
+                "filter",
+                "resume_after",
+                "snapshot",
+                "sort",
+                "limit",
+                "ticket",
+            )
         ]
         sub = self.subscription
         if sub["ns"] is not None:
@@ -366,6 +377,10 @@ class WSProxyClient:
                 query.append(("limit", str(sub["limit"])))
         if self.last_id:
             query.append(("resume_after", self.last_id))
+        if self._ticket:
+            # The last hello's reconnect ticket: a returning client, not a
+            # new one (see wsproxy.tickets).
+            query.append(("ticket", self._ticket))
         return urlunsplit(
             (
                 scheme,
@@ -726,6 +741,9 @@ class WSProxyClient:
         if kind == MessageType.HELLO:
             self._pending = None
             self.hello = message
+            ticket = message.get("ticket")
+            if isinstance(ticket, str):
+                self._ticket = ticket
             self.watcher = str(message.get("watcher", "connected"))
             # Before the Status it may give: seen first, as it came first.
             self._ready.append(_Notice(kind, message))

@@ -123,6 +123,9 @@ export interface Hello {
   resume: 'none' | 'history' | 'catch-up' | 'snapshot' | string;
   watcher: WatcherState;
   deletes?: Deletes;
+  /** Sealed reconnect ticket: the client sends the last one as `ticket`
+   * when it reconnects (a returning client, not a new one). */
+  ticket?: string;
 }
 export interface CloseDetail extends CloseCodeInfo {
   code: number;

@@ -168,6 +168,7 @@ export class WsproxyClient extends EventTarget {
     this.watcher = null;         // the server's link to MongoDB, when open
     this._toldWatcher = null;    // the watcher state the last `status` event (or first hello) gave
     this.hello = null;           // the current connection's hello
+    this._ticket = null;         // the last hello's reconnect ticket, sent on reconnects
     this.lastClose = null;       // {code, reason, label, text, policy, wasOpen, at}
     this.refusal = null;         // {status, reason, label, action} of the last refusal
     this.retryAt = 0;            // when a scheduled reconnect happens (ms epoch)
@@ -324,6 +325,8 @@ export class WsproxyClient extends EventTarget {
     // A snapshot subscription starts from a fresh snapshot: the server
     // would ignore the position, so it is not sent.
     if (this.lastId && !sub.snapshot) q.set('resume_after', this.lastId);
+    // The last hello's reconnect ticket: a returning client, not a new one.
+    if (this._ticket) q.set('ticket', this._ticket);
     return u.href;
   }
 
@@ -570,6 +573,7 @@ export class WsproxyClient extends EventTarget {
 
   _onHello(msg) {
     this.hello = msg;
+    if (typeof msg.ticket === 'string') this._ticket = msg.ticket;
     this.refusal = null;
     this._emit('hello', msg);
     this._setWatcher(typeof msg.watcher === 'string' ? msg.watcher : 'connected', '', true);
