@@ -29,6 +29,7 @@ from typing import Protocol
 from . import codec, metrics
 from .protocol import CloseCode
 from .routing import Routes
+from .tracking import held_key
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,23 @@ class Barrier:
 
     def __init__(self, callback):
         self.callback = callback
+
+
+class Recorded:
+    """A change from before this worker's watcher started (the prefill,
+    see :class:`wsproxy.source.ChangeSource`): recorded in the history
+    for clients resuming after a restart, offered to no one."""
+
+    __slots__ = ("change",)
+
+    def __init__(self, change):
+        self.change = change
+
+
+# Put on the intake after the last Recorded change: the history is filled.
+PREFILLED = object()
+# The Recorded changes do not join what comes next: forget them.
+FORGET_HISTORY = object()
 
 
 class Announcement:
@@ -158,6 +176,13 @@ class _Joining:
             )
 
 
+def _counted(item):
+    """Whether a prepared item counts toward the outbox bound: not a change
+    a filtered feed keeps only in case it turns out to be about a document
+    sent before it (see ClientConnection.prepare)."""
+    return getattr(item, "likely_sent", True)
+
+
 def item_size(item):
     """The bytes of a prepared item (or a plain frame) as far as known."""
     data = item if isinstance(item, (bytes, bytearray)) else item.data
@@ -165,7 +190,14 @@ def item_size(item):
 
 
 class Hub:
-    def __init__(self, *, history_size=1000, history_bytes=64 << 20, queue_size=10000):
+    def __init__(
+        self,
+        *,
+        history_size=1000,
+        history_bytes=64 << 20,
+        queue_size=10000,
+        prefilling=False,
+    ):
         # First in the lock order (see wsproxy.connection). Guards _clients and
         # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
@@ -204,6 +236,13 @@ class Hub:
         # When the last change was published (monotonic): whether live
         # traffic is flowing, for the same pacing.
         self.published_at = 0.0
+        # Set once the history holds what the watcher read back from before
+        # it started (at once when it reads nothing back): until then an id
+        # found in the history may be followed by events still to be
+        # recorded, so a resume is served another way (see register).
+        self.prefilled = threading.Event()
+        if not prefilling:
+            self.prefilled.set()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -287,6 +326,10 @@ class Hub:
                 self._join_locked(client)
             return "none"
         joining = _Joining(client)
+        if not self.prefilled.is_set():
+            # Recorded changes are offered to no one: joining now, the
+            # client would miss those still to come.
+            return None
         with self._lock:
             backlog = self._recorded_after(after_id)
             if backlog is None:
@@ -300,7 +343,7 @@ class Hub:
                 for item in (client.prepare(change, sub) for change in backlog)
                 if item is not None
             ]
-            if len(items) > client.max_messages or (
+            if sum(map(_counted, items)) > client.max_messages or (
                 sum(map(item_size, items)) > client.max_bytes
             ):
                 # More than the outbox bounds hold for live delivery: the
@@ -422,6 +465,15 @@ class Hub:
                     self._publish(batch)
                 elif isinstance(item, Barrier):
                     item.callback()
+                elif isinstance(item, Recorded):
+                    self._published(item.change)
+                    with self._lock:
+                        self._record([item.change], [len(item.change.frame)])
+                elif item is PREFILLED:
+                    self.prefilled.set()
+                elif item is FORGET_HISTORY:
+                    with self._lock:
+                        self._forget_history()
                 else:
                     self._announce(item)
             except Exception:  # noqa: BLE001 - the broadcaster must survive
@@ -433,20 +485,7 @@ class Hub:
         # the batch's own are offered from now on.
         self._published(batch[0])
         with self._lock:
-            for change, size in zip(batch, sizes, strict=True):
-                self._history.append(change)
-                self._positions[change.id] = self._next_position
-                self._next_position += 1
-                self._history_bytes += size
-            while self._history and (
-                len(self._history) > self._history_size
-                or self._history_bytes > self._history_bytes_max
-            ):
-                position = self._next_position - len(self._history)
-                old = self._history.popleft()
-                if self._positions.get(old.id) == position:
-                    del self._positions[old.id]
-                self._history_bytes -= len(old.frame)
+            self._record(batch, sizes)
             number = self._batch
             self._batch += 1
             # Members that left before this batch are offered nothing more.
@@ -480,8 +519,17 @@ class Hub:
         the batch was recorded (outside the lock)."""
         routed = collections.defaultdict(list)
         terms = self._terms
+        # What a member holds learns of a document only when the change
+        # sending it is queued, after this: a later change of the batch
+        # about a document an earlier one offered a tracking member (its
+        # delete, its leave) is offered to that member too.
+        offered = {}  # held key -> tracking members offered it in this batch
         for change in batch:
-            for member in self.routes.candidates(change.raw):
+            members = self.routes.candidates(change.raw)
+            key = held_key(change.raw) if len(batch) > 1 else None
+            if key is not None and key in offered:
+                members |= offered[key]
+            for member in members:
                 term = terms.get(member)
                 if (
                     term is not None
@@ -489,7 +537,27 @@ class Hub:
                     and (term[1] is None or number < term[1])
                 ):
                     routed[member].append(change)
+                    if key is not None and getattr(member, "held", None) is not None:
+                        offered.setdefault(key, set()).add(member)
         return routed
+
+    def _record(self, batch, sizes):
+        """Append to the history, within its bounds (the caller holds the
+        lock)."""
+        for change, size in zip(batch, sizes, strict=True):
+            self._history.append(change)
+            self._positions[change.id] = self._next_position
+            self._next_position += 1
+            self._history_bytes += size
+        while self._history and (
+            len(self._history) > self._history_size
+            or self._history_bytes > self._history_bytes_max
+        ):
+            position = self._next_position - len(self._history)
+            old = self._history.popleft()
+            if self._positions.get(old.id) == position:
+                del self._positions[old.id]
+            self._history_bytes -= len(old.frame)
 
     def _published(self, change):
         cluster_time = change.raw.get("clusterTime")
@@ -497,12 +565,15 @@ class Hub:
             self.published_through = cluster_time
         self.published_at = time.monotonic()
 
+    def _forget_history(self):
+        self._history.clear()
+        self._positions.clear()
+        self._history_bytes = 0
+
     def _announce(self, announcement):
         if announcement.forget_history:
             with self._lock:
-                self._history.clear()
-                self._positions.clear()
-                self._history_bytes = 0
+                self._forget_history()
         for client in self.clients():
             if announcement.forget_history:
                 client.on_reset(announcement.frame)

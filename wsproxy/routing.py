@@ -162,11 +162,16 @@ class Routes:
         # path -> {value key -> frozenset of members}
         self._index = {}
         self._anchors = {}  # member -> its anchor (or None)
+        # What readers iterate, replaced whole by writers: every member, and
+        # (path, {value key -> members}) of every indexed path.
+        self._members = _EMPTY
+        self._paths = ()
         self.holders = Holders()
 
     def add(self, member):
         """Index ``member`` by its subscription (caller holds the hub's lock)."""
         self._anchors[member] = []
+        self._members = self._members | {member}
         self._index_under(member, _anchor_of(member, member.subscription))
 
     def widen(self, member, subscription):
@@ -176,14 +181,33 @@ class Routes:
             self._index_under(member, _anchor_of(member, subscription))
 
     def settle(self, member):
-        """Index ``member`` by its current subscription alone."""
-        if member in self._anchors:
-            self.remove(member)
-            self.add(member)
+        """Index ``member`` by its current subscription alone: indexed
+        under the new anchor before it leaves the old ones, so a reader
+        always finds it."""
+        if member not in self._anchors:
+            return
+        old = self._anchors[member]
+        self._anchors[member] = []
+        self._index_under(member, _anchor_of(member, member.subscription))
+        current = self._anchors[member][0]
+        stale = []  # what of the old anchors the new one does not cover
+        for found in old:
+            if found is None:
+                if current is not None:
+                    stale.append(None)
+            elif current is None or found[0] != current[0]:
+                stale.append(found)
+            elif found[1] - current[1]:
+                stale.append((found[0], found[1] - current[1]))
+        self._unindex(member, stale)
 
     def remove(self, member):
         """(caller holds the hub's lock)"""
-        for found in self._anchors.pop(member, ()):
+        self._members = self._members - {member}
+        self._unindex(member, self._anchors.pop(member, ()))
+
+    def _unindex(self, member, anchors):
+        for found in anchors:
             if found is None:
                 self._scan = self._scan - {member}
                 continue
@@ -197,6 +221,7 @@ class Routes:
                     values.pop(key, None)
             if not values:
                 self._index.pop(path, None)
+        self._paths = tuple(self._index.items())
 
     def _index_under(self, member, found):
         self._anchors[member].append(found)
@@ -207,14 +232,15 @@ class Routes:
         values = self._index.setdefault(path, {})
         for key in keys:
             values[key] = values.get(key, _EMPTY) | {member}
+        self._paths = tuple(self._index.items())
 
     def candidates(self, raw):
         """Every member ``raw`` may concern (a superset; without the
         hub's lock)."""
         if raw.get("operationType") in CLEARING_OPS:
-            return set(self._anchors)  # rare: everyone
+            return set(self._members)  # rare: everyone
         found = set(self._scan)
-        for path, values in list(self._index.items()):
+        for path, values in self._paths:
             for key in event_keys(raw, path):
                 members = values.get(key)
                 if members:
@@ -225,7 +251,7 @@ class Routes:
         return found
 
     def __len__(self):
-        return len(self._anchors)
+        return len(self._members)
 
 
 def _anchor_of(member, subscription):
