@@ -231,9 +231,9 @@ class ClientConnection:
         sub = sub or self.subscription
         shape = sub.decide(change)
         held = self.held
-        raw = change.raw
         maybe_held = False
         if held is not None:
+            raw = change.raw
             # Held.may_hold, with the key kept for ``sent``.
             op = raw.get("operationType")
             clearing = op in CLEARING_OPS
