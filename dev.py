@@ -5,14 +5,18 @@
     python3 dev.py test    # venv + deps + Chromium, lint and types, then tests
     python3 dev.py bench   # venv + deps, then the fan-out benchmark
 
-Extra arguments go to gunicorn, pytest or the benchmark.
+Extra arguments go to gunicorn, pytest (both passes of `test`: see test())
+or the benchmark. `python3 dev.py test -m "not slow"` is the inner loop.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import venv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -63,6 +67,47 @@ def lint():
     run(PY, "-m", "mypy")
 
 
+# Parallel workers for the first pass: most tests wait on processes (the
+# database, gunicorn, a browser), not on the CPU, so more than the cores.
+TEST_WORKERS = os.environ.get("WSPROXY_TEST_WORKERS", "4")
+
+
+def test(extra):
+    """Two pytest passes: every test but those that measure, on parallel
+    workers; then those (latency or capacity against a baseline of the same
+    run: serial_markers in pyproject.toml), alone on the machine. Both run
+    whatever the first one's outcome; the exit status is the worse."""
+    passes = [("parallel", ["-n", TEST_WORKERS, "--dist", "loadgroup",
+                            "--serial-tests=exclude"]),
+              ("serial", ["-p", "no:xdist", "--serial-tests=only"])]
+    totals = dict.fromkeys(("passed", "failed", "error", "skipped"), 0)
+    codes, took = [], []
+    for name, args in passes:
+        with tempfile.NamedTemporaryFile(prefix="wsproxy-counts-") as counts:
+            env = dict(os.environ, WSPROXY_TEST_COUNTS=counts.name)
+            print(f"== {name} pass", flush=True)
+            started = time.monotonic()
+            code = subprocess.run([PY, "-m", "pytest", *args, *extra],
+                                  env=env).returncode
+            took.append(f"{name} {time.monotonic() - started:.0f} s")
+            codes.append(code)
+            text = open(counts.name).read()
+            for key, value in (json.loads(text) if text else {}).items():
+                totals[key] += value
+    print(f"== {', '.join(took)}: {totals['failed']} failed, "
+          f"{totals['error']} errors")
+    # The closing line: both passes' counts together (errors as failures).
+    print(f"tests: {totals['passed']} passed, "
+          f"{totals['failed'] + totals['error']} failed, "
+          f"{totals['skipped']} skipped", flush=True)
+    # 5 is pytest's "no tests collected": fine for one pass (-k, -m or a
+    # path may select tests of one kind only), not for both.
+    failed = [code for code in codes if code not in (0, 5)]
+    if failed:
+        return failed[0]
+    return 5 if codes == [5, 5] else 0
+
+
 def main(argv):
     if not argv or argv[0] not in {"demo", "test", "bench"}:
         sys.exit(__doc__)
@@ -77,7 +122,7 @@ def main(argv):
     if command == "test":
         lint()
         ensure_chromium()
-        os.execv(PY, [PY, "-m", "pytest", *extra])
+        sys.exit(test(extra))
     os.execv(PY, [PY, "-m", "bench", *extra])
 
 
