@@ -10,6 +10,10 @@ def _ints(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _floats(text):
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def _names(text):
     names = []
     for x in (x.strip() for x in text.split(",")):
@@ -75,6 +79,13 @@ def parse(argv=None):
                    help="last step of each run: SIGTERM the server with M "
                         "clients connected (with --mass-disconnect, a fresh "
                         "M after it) and time until its process tree is gone")
+    p.add_argument("--reconnect-after", type=_floats, default=[],
+                   metavar="DELAYS",
+                   help="after the measured phase: M clients open their "
+                        "connections at once, are SIGKILLed, and M new ones "
+                        "come back after each of these comma-separated "
+                        "delays in seconds (e.g. 8,0,1,3); prints each "
+                        "round's handshake p50/p99/max (see bench.reconnect)")
     p.add_argument("--drain", type=float, default=None,
                    help="max seconds after the last write to wait for "
                         "every client to get it (default 10; with --burst "

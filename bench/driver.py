@@ -16,6 +16,7 @@ import time
 from demo.embedded import EmbeddedMongo
 
 from . import procs, report
+from .reconnect import line as reconnect_line
 from .run import run_one
 from .servers import SERVERS
 
@@ -123,6 +124,13 @@ def main(opts):
         if opts.mass_disconnect or opts.sigterm:
             print("\nmass disconnect and SIGTERM with clients connected:")
             print(report.disconnect_table(results))
+        if opts.reconnect_after:
+            print("\nreconnecting after a mass disconnect (M clients at "
+                  "once; handshake = connect to hello):")
+            for r in results:
+                print(f"  {r['server']} M={r['clients']}:")
+                for line in r.get("reconnect") or ():
+                    print("  " + reconnect_line(line))
         ratio_lines = report.ratios(results)
         if ratio_lines:
             print("\nratios (wsproxy / baseline; msgs/s >1 is better, "

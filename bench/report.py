@@ -90,6 +90,7 @@ def summarize(raw, lat):
         "threads_per_conn": threads_conn,
         **disconnect_summary(raw.get("disconnect")),
         "disconnect_error": raw.get("disconnect_error"),
+        "reconnect": raw.get("reconnect"),
         "sigterm_clients": raw.get("sigterm_clients"),
         "sigterm_stop": sigterm[0], "sigterm_s": sigterm[1],
         "server_alive_after": raw.get("server_alive_after"),

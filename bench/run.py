@@ -23,6 +23,7 @@ from demo.embedded import free_port
 from . import procs
 from .clientpool import ClientPool
 from .disconnect import mass_disconnect
+from .reconnect import reconnect_rounds
 from .servers import ServerProcess
 
 
@@ -114,6 +115,19 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
             pool.close()  # killed, or (after a failure) closing politely
             pool = None
             if opts.sigterm:  # the killed clients' places, for SIGTERM
+                pool = connect("clients-sigterm")
+                raw["sigterm_connect"] = pool.wait_connected()
+        if opts.reconnect_after and clients:
+            # Every client comes back at once, after a mass disconnect
+            # (see bench.reconnect); the measured pool leaves first.
+            if pool:
+                pool.close()
+                pool = None
+            raw["reconnect"] = reconnect_rounds(
+                server.url, clients, opts.procs, opts.reconnect_after,
+                os.path.join(workdir, "reconnect"), opts.connect_timeout,
+                hello=spec.hello, cpu=monitor.cpu_seconds)
+            if opts.sigterm:
                 pool = connect("clients-sigterm")
                 raw["sigterm_connect"] = pool.wait_connected()
         disconnect_split = server.log_offset()

@@ -82,6 +82,7 @@ _WSPROXY_ENV = {
     # 1,000 clients and the mass-disconnect step's bystander (the default
     # cap is 1,000; gunicorn.conf.py's 1,100 threads leave room for both).
     "WSPROXY_MAX_CLIENTS": "1050",
+    # ...all from one address, which by default may hold only half.
     "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": "1050",
 }
 

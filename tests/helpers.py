@@ -115,7 +115,8 @@ class Gunicorn:
     ``cwd`` serve an app from another environment and folder."""
 
     def __init__(self, env=None, workers=1, args=(), app="wsgi:app",
-                 config="gunicorn.conf.py", python=sys.executable, cwd=ROOT):
+                 config="gunicorn.conf.py", python=sys.executable, cwd=ROOT,
+                 port=0):
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
         self.env.pop("WSPROXY_EMBEDDED", None)
@@ -129,6 +130,9 @@ class Gunicorn:
         # ...and hold many connections from it (the tests of a principal's
         # share unset this, for the default).
         self.env["WSPROXY_MAX_CLIENTS_PER_PRINCIPAL"] = "100000"
+        # Tests of catch-ups restart servers and expect a history that
+        # starts empty; the tests of reading history back set their own.
+        self.env["WSPROXY_HISTORY_PREFILL"] = "0"
         for key, value in (env or {}).items():  # None: leave it unset
             if value is None:
                 self.env.pop(key, None)
@@ -144,6 +148,8 @@ class Gunicorn:
             prefix="wsproxy-gunicorn-", suffix=".log", delete=False)
         self.process = None
         self.port = None
+        # 0: any free port; a port another server had: its replacement.
+        self.bind_port = port
 
     @property
     def url(self):
@@ -160,7 +166,8 @@ class Gunicorn:
         200 (``ready``). ``listen=False`` for a server expected to fail."""
         config = ["-c", self.config] if self.config else []
         cmd = [self.python, "-m", "gunicorn", *config,
-               "-b", "127.0.0.1:0", "--workers", str(self.workers),
+               "-b", f"127.0.0.1:{self.bind_port}",
+               "--workers", str(self.workers),
                *self.args, self.app]
         self.process = subprocess.Popen(
             cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=self.log,

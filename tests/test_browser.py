@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import urllib.parse
 
 from bson import ObjectId
 
@@ -180,6 +181,47 @@ def test_page_changes_its_subscription_without_clearing_or_reconnecting(
     assert "previous subscription stays" in page.inner_text("#sub-error")
     assert page.evaluate("wsproxy.feed.subscription.ops") == ["delete"]
     assert page.evaluate("wsproxy.feed.state") == "live"
+    assert not page.script_errors
+
+
+def test_page_counts_deletes_and_shows_leaves_of_a_filtered_feed(
+        mongo, mongo_client, namespace, gunicorn, browser_page):
+    """A plain feed with a filter on document fields (issue 21): a delete
+    of a document it was sent is counted, and a document that stops
+    matching shows as a leave ("left the filter"), counted apart."""
+    db, coll = namespace
+    server = gunicorn(server_env(mongo.uri, db, coll))
+    page = browser_page
+    page.goto(server.url + "/?filter=" + urllib.parse.quote(
+        '{"fullDocument.status": "open"}'))
+    page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
+    items = mongo_client[db][coll]
+    first, second, never, marker = (ObjectId() for _ in range(4))
+    items.insert_one({"_id": first, "status": "open"})
+    page.wait_for_selector(f"{_row(first)}[data-op=insert]", timeout=scaled(5000))
+    items.update_one({"_id": first}, {"$set": {"status": "closed"}})
+    left = f"{_row(first)}[data-op=leave]"
+    page.wait_for_selector(left, timeout=scaled(5000))
+    assert page.inner_text(f"{left} .c-sum") == "left the filter"
+    assert page.inner_text(f"{left} .op-badge") == "leave"
+    assert page.inner_text("#count-leave") == "1"
+    items.insert_one({"_id": second, "status": "open"})
+    items.delete_one({"_id": second})
+    page.wait_for_selector(f"{_row(second)}[data-op=delete]", timeout=scaled(5000))
+    # A document it was never sent: its delete is not its to see.
+    items.insert_one({"_id": never, "status": "closed"})
+    items.delete_one({"_id": never})
+    items.insert_one({"_id": marker, "status": "open"})
+    page.wait_for_selector(_row(marker), timeout=scaled(5000))
+    counts = {k: page.inner_text(f"#count-{k}")
+              for k in ("insert", "update", "delete", "leave", "total")}
+    assert counts == {"insert": "3", "update": "0", "delete": "1",
+                      "leave": "1", "total": "4"}
+    assert page.locator(_row(never)).count() == 0
+    # Its detail is the leave message itself.
+    page.click(left)
+    detail = page.inner_text(f"{left} .row-detail")
+    assert 'type: "leave"' in detail and 'reason: "filter"' in detail
     assert not page.script_errors
 
 

@@ -107,8 +107,8 @@ START_LIVE = """async ([module, options]) => {
   window.live = new m.LiveDocuments(feed);
   window.log = [];
   for (const t of ['loading', 'snapshot', 'upsert', 'remove']) {
-    live.on(t, (d) => log.push(
-      [t, t === 'snapshot' ? d.docs.size : d.key ?? null, d.reason ?? null]));
+    live.on(t, (d) => log.push([t, t === 'snapshot' ? d.documents.size : d.key ?? null,
+                                d.reason ?? null, d.detail ?? null]));
   }
   feed.connect();
 }"""
@@ -116,7 +116,7 @@ START_LIVE = """async ([module, options]) => {
 
 def held(page):
     """The documents LiveDocuments holds, in order: [[key, doc], ...]."""
-    return page.evaluate("[...live.docs.entries()]")
+    return page.evaluate("[...live.documents.entries()]")
 
 
 def deliver(page, *messages, socket=-1):
@@ -160,10 +160,10 @@ def test_live_documents_follow_the_protocols_rules(browser_page):
             {"type": "pong"})
     assert held(page) == [[key(2), doc(2, n=20)]]
     assert page.evaluate("log") == [
-        ["loading", None, None], ["snapshot", 3, "snapshot"],
-        ["upsert", key(2), None], ["remove", key(3), "deleted"],
-        ["upsert", key(4), None], ["remove", key(1), "delete"],
-        ["remove", key(4), "leave"]]
+        ["loading", None, None, None], ["snapshot", 3, "snapshot", None],
+        ["upsert", key(2), None, "update"], ["remove", key(3), "delete", "update"],
+        ["upsert", key(4), None, "insert"], ["remove", key(1), "delete", "delete"],
+        ["remove", key(4), "leave", "filter"]]
     page.evaluate("log.length = 0")
 
     # A reset keeps the old documents until the fresh snapshot ends.
@@ -181,8 +181,10 @@ def test_live_documents_follow_the_protocols_rules(browser_page):
         deliver(page, {"type": "change", "id": f"c-{op}",
                        "event": {"operationType": op}})
         assert held(page) == [], op
-    assert page.evaluate("log.filter(([t]) => t === 'snapshot').map((e) => e[2])") == [
-        "snapshot", "drop", "rename", "dropDatabase", "invalidate"]
+    assert page.evaluate(
+        "log.filter(([t]) => t === 'snapshot').map((e) => e.slice(2))") == [
+        ["snapshot", None], ["clear", "drop"], ["clear", "rename"],
+        ["clear", "dropDatabase"], ["clear", "invalidate"]]
     assert not page.script_errors
 
 

@@ -4,6 +4,7 @@ wsproto client on the other. Every test runs twice: with the handler
 thread reading the socket itself (plain sockets, one thread a connection)
 and with simple-websocket's reader thread (what TLS sockets keep)."""
 
+import json
 import socket
 import threading
 import time
@@ -275,3 +276,54 @@ def test_a_batch_that_overflows_the_outbox_closes_with_4008():
     code, _ = peer.wait_close(timeout=30)
     assert code == protocol.CloseCode.SLOW_CONSUMER
     thread.join(scaled(10))
+
+
+_tokens = iter(range(1, 1 << 30))
+
+
+def _change(op, _id, doc=None):
+    from bson import Timestamp
+
+    from .helpers import sealer_for_tests
+    raw = {"_id": {"_data": f"{next(_tokens):08d}"}, "operationType": op,
+           "ns": {"db": "shop", "coll": "orders"}, "documentKey": {"_id": _id},
+           "clusterTime": Timestamp(1, 1)}
+    if op in ("insert", "replace", "update"):
+        raw["fullDocument"] = doc
+    return codec.Change(raw, sealer_for_tests())
+
+
+def test_a_filtered_feed_hears_of_a_document_it_was_sent_in_the_same_batch():
+    """Issue 21: the broadcaster hands a connection several changes at once;
+    a delete (or a change out of the filter) of a document sent earlier in
+    the same batch was dropped: what the client holds is only updated when
+    the batch is queued, after every change of it was judged."""
+    from werkzeug.datastructures import MultiDict
+
+    from wsproxy.access import ANYONE
+    from wsproxy.subscription import parse
+
+    client, peer = make_client()
+    sub = parse(MultiDict({"filter": '{"fullDocument.s": "open"}'}), scope="",
+                principal=ANYONE)
+    client.subscription = sub
+    client.held = client._new_held(sub)
+    thread = run_in_thread(client)
+    client.on_changes([
+        _change("insert", 1, {"_id": 1, "s": "open"}),
+        _change("update", 1, {"_id": 1, "s": "closed"}),   # leaves
+        _change("insert", 2, {"_id": 2, "s": "open"}),
+        _change("delete", 2),
+        _change("insert", 3, {"_id": 3, "s": "closed"}),   # never sent
+        _change("delete", 3),
+    ])
+    got = [json.loads(text) for text in peer.take(4)]
+    assert [(m["type"], m.get("event", m).get("operationType"),
+             m.get("documentKey") or m["event"]["documentKey"]) for m in got] == [
+        ("change", "insert", {"_id": 1}), ("leave", None, {"_id": 1}),
+        ("change", "insert", {"_id": 2}), ("change", "delete", {"_id": 2})]
+    assert len(client.held) == 0
+    client.request_close(protocol.CloseCode.NORMAL, "")
+    peer.wait_close()
+    assert _joined(thread)
+    assert peer.received == []

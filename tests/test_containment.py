@@ -262,6 +262,19 @@ def test_a_reconnect_storm_through_one_address_gets_through():
     assert admitted >= 250
 
 
+def test_a_time_read_late_never_takes_tokens_away():
+    # In a storm a thread may read the clock, then wait seconds for the GIL
+    # while others spend from the same bucket at later times: its older
+    # time counted as negative refill, and at a generous rate (100,000/s)
+    # a second of it refused clients of an almost full bucket with 429.
+    from wsproxy.throttle import KeyedRateLimit
+    times = iter([1001.0, 1000.0, 1000.5])
+    limit = KeyedRateLimit(100_000, 100_000, clock=lambda: next(times))
+    assert limit.take("proxy") == 0       # at 1001.0
+    assert limit.take("proxy") == 0       # read at 1000.0, counted after
+    assert limit.take("proxy") == 0
+
+
 def test_buckets_are_bounded_in_number_and_fail_closed_when_all_are_busy():
     from wsproxy.throttle import KeyedRateLimit
     clock = _Clock()

@@ -147,8 +147,11 @@ def test_the_example_app_with_its_own_config(installed, mongo, mongo_client,
     import urllib.request
     with urllib.request.urlopen(server.url + login, timeout=scaled(5)) as r:
         cookie = r.headers["Set-Cookie"].split(";", 1)[0]
-    client = WSClient(server.ws_url(), additional_headers={"Cookie": cookie})
+    # Behind nginx (ProxyFix in shop.py): known by the address it forwards.
+    client = WSClient(server.ws_url(), additional_headers={
+        "Cookie": cookie, "X-Forwarded-For": "203.0.113.7"})
     assert client.recv()["type"] == "hello"
+    assert "connected from 203.0.113.7 as packing" in server.output()
     mongo_client[db]["orders"].insert_one({"n": 1, "card": "4111"})
     document = client.changes(1)[0]["event"]["fullDocument"]
     assert document["n"] == 1 and "card" not in document

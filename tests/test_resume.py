@@ -1,6 +1,7 @@
 """No event lost or duplicated: client reconnects (to the same or another
 proxy process), proxy restarts, and the database killed mid-burst."""
 
+import signal
 import threading
 import urllib.parse
 
@@ -165,6 +166,37 @@ def test_a_restarted_proxy_resumes_clients_from_mongodb(
     got = [m["event"]["fullDocument"]["seq"] for m in client.changes(15)]
     assert got == list(range(10, 25))
     client.close()
+
+
+def test_a_restarted_proxy_resumes_clients_from_the_history_it_reads_back(
+        mongo, mongo_client, namespace, gunicorn):
+    """A worker that starts reads the last WSPROXY_HISTORY_PREFILL seconds
+    back into its history: the clients of a worker that was restarted (or
+    killed) resume from it, not each from MongoDB, and nothing is lost or
+    repeated; a client that connects without resuming gets none of it."""
+    db, coll = namespace
+    env = _env(mongo.uri, db, coll, WSPROXY_HISTORY_PREFILL=60)
+    server = gunicorn(env)
+    client = _first_client(server)
+    items = mongo_client[db][coll]
+    items.insert_many([{"_id": i, "seq": i} for i in range(10)])
+    last = client.changes(10)[-1]["id"]
+    client.close()
+    server.stop(signal.SIGKILL)
+    items.insert_many([{"_id": i, "seq": i} for i in range(10, 20)])
+    restarted = gunicorn(env)
+    plain = _first_client(restarted)
+    client, mode = _connect(restarted.ws_url(), last)
+    assert mode == "history"
+    items.insert_many([{"_id": i, "seq": i} for i in range(20, 25)])
+    got = [m["event"]["fullDocument"]["seq"] for m in client.changes(15)]
+    assert got == list(range(10, 25))
+    # Live only: the five inserted after it connected, nothing read back.
+    got = [m["event"]["fullDocument"]["seq"] for m in plain.changes(5)]
+    assert got == list(range(20, 25))
+    client.close()
+    plain.close()
+    assert "resume: catch-up" not in restarted.output()
 
 
 def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(

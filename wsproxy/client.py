@@ -19,6 +19,10 @@ browser module's), and when a handshake is refused asks the server why
 (the admission decision, fetched as JSON) and raises :class:`Refused` when
 retrying cannot help (400, 403; :class:`AuthenticationRequired` on 401).
 
+A :class:`LiveDocuments` built on a feed keeps the documents it shows
+(a ``snapshot=True`` feed's, or a filtered feed's), as the browser module's
+does.
+
 Built on simple-websocket's ``Client`` (its reader thread answers the
 server's pings); everything else runs in the thread that iterates. One
 thread uses a client at a time; :meth:`WSProxyClient.close` may be called
@@ -45,7 +49,7 @@ from bson import json_util
 from simple_websocket.ws import Base as _WebSocketBase
 from wsproto import ConnectionType
 
-from . import ejson
+from . import ejson, liverules
 from .errors import WSProxyError
 from .protocol import CloseCode, MessageType
 
@@ -60,6 +64,7 @@ __all__ = [
     "Snapshot",
     "Leave",
     "LiveDocuments",
+    "DocumentsEvent",
     "Refused",
     "AuthenticationRequired",
     "CLOSE_POLICY",
@@ -131,49 +136,24 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Leave:
-    """A held document stopped matching the filter: drop it."""
+    """A document left what the subscription shows: drop it (its new
+    content is not sent). ``reason``: ``"filter"`` (a change took it out of
+    the filter) or ``"untracked"`` (the server stopped following it, over
+    its limit: a client keeping it would not hear of its delete). ``id``:
+    the change that caused it."""
 
     id: str | None
     document_key: dict[str, Any]
+    reason: str = "filter"
 
 
-class LiveDocuments:
-    """What a ``snapshot=True`` subscription holds: give it every item.
+@dataclass(frozen=True)
+class _Notice:
+    """A message the iterator does not yield but a :class:`LiveDocuments`
+    must see in stream order: ``hello`` or ``subscribed``."""
 
-        docs = LiveDocuments()
-        for item in feed:
-            docs.apply(item)   # docs.documents: key -> document
-
-    The rules are the README's ("Live documents"); keys are the ``_id``'s
-    canonical Extended JSON, so ``1`` and ``"1"`` stay apart."""
-
-    _KEY_OPTIONS = json_util.CANONICAL_JSON_OPTIONS
-    _CLEARING = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
-
-    def __init__(self) -> None:
-        self.documents: dict[str, Any] = {}
-
-    @classmethod
-    def key(cls, _id: Any) -> str:
-        return json_util.dumps(_id, json_options=cls._KEY_OPTIONS)
-
-    def apply(self, item: Any) -> None:
-        if isinstance(item, Snapshot):
-            self.documents = {self.key(d.get("_id")): d for d in item.documents}
-        elif isinstance(item, Leave):
-            self.documents.pop(self.key(item.document_key.get("_id")), None)
-        elif isinstance(item, Change):
-            event = item.event
-            op = event.get("operationType")
-            if op in self._CLEARING:
-                self.documents.clear()
-                return
-            key = self.key((event.get("documentKey") or {}).get("_id"))
-            doc = event.get("fullDocument")
-            if op in ("insert", "replace", "update") and isinstance(doc, dict):
-                self.documents[key] = doc
-            elif op in ("insert", "replace", "update", "delete"):
-                self.documents.pop(key, None)
+    type: str
+    message: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -282,9 +262,10 @@ class WSProxyClient:
 
     ``snapshot=True`` (one collection in ``ns``, optional ``sort`` such as
     ``"-fullDocument.createdAt"`` and ``limit``): live documents; the
-    iterator then also yields :class:`Snapshot` and :class:`Leave`, and a
-    :class:`LiveDocuments` applies them. Every (re)connection starts with a
-    fresh snapshot.
+    iterator then also yields :class:`Snapshot`. Every (re)connection
+    starts with a fresh snapshot. Any feed with a filter yields
+    :class:`Leave` when a document it was sent leaves the filter; a
+    :class:`LiveDocuments` built on the feed applies it all.
     """
 
     def __init__(
@@ -327,6 +308,8 @@ class WSProxyClient:
         self.pong_timeout = pong_timeout
         self.ssl_context = ssl_context
         self.hello: dict[str, Any] | None = None
+        # The reconnect ticket of the last hello, sent when reconnecting.
+        self._ticket: str | None = None
         self.watcher: str | None = None
         # The watcher state the last Status (or the first hello) gave.
         self._told_watcher: str | None = None
@@ -343,7 +326,9 @@ class WSProxyClient:
         self._seen: set[str] = set()
         self._seen_order: collections.deque[str] = collections.deque()
         self._dedupe = dedupe
+        # Items (and notices) read but not yet returned by receive().
         self._ready: collections.deque[Any] = collections.deque()
+        self._observers: list[Callable[[Any], None]] = []
         self._attempt = 0
         self._immediate = 0
         self._retry_at = 0.0  # monotonic; 0: connect at once
@@ -366,7 +351,16 @@ class WSProxyClient:
             (k, v)
             for k, v in parse_qsl(self._base.query, keep_blank_values=True)
             if k
-            not in ("ns", "ops", "filter", "resume_after", "snapshot", "sort", "limit")
+            not in (
+                "ns",
+                "ops",
+                "filter",
+                "resume_after",
+                "snapshot",
+                "sort",
+                "limit",
+                "ticket",
+            )
         ]
         sub = self.subscription
         if sub["ns"] is not None:
@@ -383,6 +377,10 @@ class WSProxyClient:
                 query.append(("limit", str(sub["limit"])))
         if self.last_id:
             query.append(("resume_after", self.last_id))
+        if self._ticket:
+            # The last hello's reconnect ticket: a returning client, not a
+            # new one (see wsproxy.tickets).
+            query.append(("ticket", self._ticket))
         return urlunsplit(
             (
                 scheme,
@@ -428,8 +426,11 @@ class WSProxyClient:
         Raises :class:`Refused` when the server refuses for good."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed.is_set():
-            if self._ready:
-                return self._ready.popleft()
+            while self._ready:
+                item = self._ready.popleft()
+                self._tell(item)
+                if not isinstance(item, _Notice):
+                    return item
             if self._ws is None:
                 wait = self._retry_at - time.monotonic()
                 if deadline is not None:
@@ -441,9 +442,9 @@ class WSProxyClient:
                     continue
                 self._connect()
                 continue
-            item = self._read(deadline)
-            if item is not None:
-                return item
+            self._read(deadline)
+            if self._ready:
+                continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None
         return None
@@ -468,7 +469,9 @@ class WSProxyClient:
         (changes that arrive meanwhile are kept for the iterator); returns
         once the server applied it, raises :class:`Refused` (the previous
         one stays) or :class:`ConnectionLost`. Not connected: the next
-        connection asks for it."""
+        connection asks for it. A :class:`LiveDocuments` on this feed
+        starts afresh (empty) when the iterator reaches the reply, after
+        the items that came before it."""
         if self.subscription["snapshot"]:
             raise ValueError(
                 "a snapshot subscription cannot be changed: connect a new client"
@@ -496,12 +499,13 @@ class WSProxyClient:
             kind = message.get("type") if isinstance(message, dict) else None
             if kind == MessageType.SUBSCRIBED:
                 self.subscription = sub
+                # After what came before it: a LiveDocuments clears what
+                # it holds when the iterator gets this far.
+                self._ready.append(_Notice(kind, message))
                 return
             if kind == MessageType.ERROR:
                 raise Refused(str(message.get("reason", "refused")), status=400)
-            item = self._handle(message)
-            if item is not None:
-                self._ready.append(item)
+            self._queue(self._handle(message))
 
     # -- connecting ----------------------------------------------------------
 
@@ -614,15 +618,15 @@ class WSProxyClient:
             text = ws.receive(timeout=wait)
         except simple_websocket.ConnectionClosed as exc:
             self._closed_by_peer(ws, exc)
-            return None
+            return
         now = time.monotonic()
         if text is None:
             if self.ping_interval:
                 self._keepalive(ws, now)
-            return None
+            return
         self._heard_at = now
         self._ping_sent_at = None
-        return self._handle(self._decode(text))
+        self._queue(self._handle(self._decode(text)))
 
     def _keepalive(self, ws, now):
         if self._ping_sent_at is not None:
@@ -671,8 +675,30 @@ class WSProxyClient:
             raise Refused(reason or f"closed with {code}", code=code)
         self._schedule(policy)
 
+    def _queue(self, item):
+        if item is not None:
+            self._ready.append(item)
+
+    def _tell(self, item):
+        """Hand an item (or a notice) to the observers, in stream order."""
+        for observer in list(self._observers):
+            observer(item)
+
+    def _observe(self, observer: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``observer`` with every item :meth:`receive` returns, and
+        with the ``hello`` and ``subscribed`` notices, as the iterator
+        reaches them (on its thread). Returns a function that stops it."""
+        self._observers.append(observer)
+
+        def stop():
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return stop
+
     def _handle(self, message):
-        """The item a message gives the iterator, or None."""
+        """The item a message gives the iterator, or None (a notice it
+        gives goes straight to the queue, ahead of the item)."""
         if not isinstance(message, dict):
             return None
         kind = message.get("type")
@@ -706,11 +732,21 @@ class WSProxyClient:
             if not isinstance(key, dict):
                 return None
             leave_id = message.get("id")
-            return Leave(leave_id if isinstance(leave_id, str) else None, key)
+            reason = message.get("reason")
+            return Leave(
+                leave_id if isinstance(leave_id, str) else None,
+                key,
+                reason if isinstance(reason, str) else "filter",
+            )
         if kind == MessageType.HELLO:
             self._pending = None
             self.hello = message
+            ticket = message.get("ticket")
+            if isinstance(ticket, str):
+                self._ticket = ticket
             self.watcher = str(message.get("watcher", "connected"))
+            # Before the Status it may give: seen first, as it came first.
+            self._ready.append(_Notice(kind, message))
             return self._watcher_news("")
         if kind == MessageType.RESET:
             self._pending = None
@@ -732,3 +768,231 @@ class WSProxyClient:
         if self.watcher == told or not self.statuses:
             return None
         return Status(str(self.watcher), detail)
+
+
+# ------------------------------------------------------------ live documents
+
+_EVENTS = ("loading", "snapshot", "upsert", "remove")
+
+
+@dataclass(frozen=True)
+class DocumentsEvent:
+    """What a :class:`LiveDocuments` callback is given (the browser
+    module's event details have the same fields).
+
+    ``type``: ``"loading"``, ``"snapshot"``, ``"upsert"`` or ``"remove"``.
+    ``snapshot`` (the documents were replaced whole): ``documents``,
+    ``complete``, ``reason``. ``upsert``: ``key``, ``document``,
+    ``previous`` (None when new). ``remove``: ``key``, ``previous``,
+    ``reason``. ``detail``: the change's operation type, or a leave's own
+    reason (see :class:`LiveDocuments`)."""
+
+    type: str
+    key: str | None = None
+    document: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None
+    documents: dict[str, dict[str, Any]] | None = None
+    complete: bool | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class LiveDocuments:
+    """The documents a subscription shows, kept current by the rules of
+    the README's "Live documents" (:mod:`wsproxy.liverules`): the
+    browser's ``LiveDocuments`` with the same names.
+
+        feed = WSProxyClient(url, ns="shop.orders",
+                             filter={"fullDocument.status": "open"})
+        orders = LiveDocuments(feed)
+        orders.on("remove", lambda e: print(e.key, "gone:", e.reason))
+        for item in feed:          # applied as the iterator yields it
+            print(len(orders), "open orders")
+
+    On a ``snapshot=True`` feed: the snapshot, then every change after it.
+    On a plain feed: the documents it was sent (inserted, or changed into
+    the filter, since it subscribed), until a delete or a ``leave`` takes
+    them out: with a filter on document fields the server sends both (see
+    the README's "Filtered feeds").
+
+    ``documents``: key -> document, in order (the snapshot's, then new
+    ones as they come); the key is :meth:`key` of the ``_id``. ``loading``:
+    True until the documents are current (snapshot feed: from a hello or a
+    reset until the snapshot ends, the old documents staying meanwhile;
+    plain feed: until the first hello). ``complete``: False when more
+    documents may match than are held (a snapshot the limit cut short; a
+    plain feed, which only holds what it was sent). ``deletes``: what the
+    last ``hello`` or ``subscribed`` said (``"exact"`` or ``"tracked"``).
+
+    Callbacks (:meth:`on`), each given a :class:`DocumentsEvent`:
+
+    * ``loading``: a fresh snapshot began;
+    * ``snapshot``: the documents were replaced whole; ``reason``:
+      ``"snapshot"`` (a snapshot ended), ``"clear"`` (a drop, rename,
+      dropDatabase or invalidate: ``detail`` says which), ``"subscribed"``
+      (the feed's subscription changed: the server starts afresh),
+      ``"reset"`` (a plain feed may have missed events), ``"reconnect"``
+      (a plain feed whose new connection cannot tell it of deletes of the
+      documents it holds: ``deletes`` is not ``"exact"``);
+    * ``upsert``: a document was added or replaced whole (``previous``:
+      None when new; ``detail``: the operation);
+    * ``remove``: a document went; ``reason``: ``"delete"`` (deleted, or a
+      change whose ``fullDocument`` is null: deleted since; ``detail``:
+      the operation) or ``"leave"`` (``detail``: the server's reason,
+      ``"filter"`` or ``"untracked"``).
+
+    Everything happens on the thread that iterates the feed, in the order
+    the items come; a callback that raises, raises from the iterator.
+    Without a feed, give it each item with :meth:`apply`.
+    """
+
+    def __init__(self, feed: WSProxyClient | None = None) -> None:
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.loading = True
+        self.complete = False
+        self.deletes: str | None = None
+        self._listeners: dict[str, list[Callable[[DocumentsEvent], None]]] = {
+            name: [] for name in _EVENTS
+        }
+        self._feed = feed
+        self._snapshots = bool(feed is not None and feed.subscription["snapshot"])
+        self._hellos = 0
+        self._stop = feed._observe(self.apply) if feed is not None else None
+
+    @staticmethod
+    def key(_id: Any) -> str:
+        """The key a document with this ``_id`` is held under (the browser
+        module's ``documentKey``): see :func:`wsproxy.liverules.key`."""
+        return liverules.key(_id)
+
+    def get(self, _id: Any) -> dict[str, Any] | None:
+        """The document with this ``_id``, if held."""
+        return self.documents.get(liverules.key(_id))
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    @property
+    def size(self) -> int:
+        return len(self.documents)
+
+    def on(
+        self, type: str, callback: Callable[[DocumentsEvent], None]
+    ) -> Callable[[], None]:
+        """Call ``callback`` on every ``type`` event; returns a function
+        that stops it."""
+        if type not in self._listeners:
+            raise ValueError(f"no {type!r} event: one of {', '.join(_EVENTS)}")
+        listeners = self._listeners[type]
+        listeners.append(callback)
+
+        def off():
+            if callback in listeners:
+                listeners.remove(callback)
+
+        return off
+
+    def detach(self) -> None:
+        """Stop following the feed (the documents stay as they are)."""
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+
+    # -- applying ---------------------------------------------------------
+
+    def apply(self, item: Any) -> None:
+        """Apply one item of the feed (done for you when built on one)."""
+        if isinstance(item, Change):
+            self._effect(liverules.of_change(item.event))
+        elif isinstance(item, Leave):
+            self._effect(liverules.of_leave(item.document_key, item.reason))
+        elif isinstance(item, Snapshot):
+            self._snapshots = True
+            documents = {}
+            for doc in item.documents:
+                if isinstance(doc, dict) and "_id" in doc:
+                    documents[liverules.key(doc["_id"])] = doc
+            self.loading = False
+            self._replace(documents, "snapshot", complete=item.complete)
+        elif isinstance(item, Reset):
+            if self._snapshots:
+                self._begin()  # a fresh snapshot follows
+            else:
+                self._replace({}, "reset")
+        elif isinstance(item, _Notice):
+            if item.type == MessageType.HELLO:
+                self._hello(item.message)
+            elif item.type == MessageType.SUBSCRIBED:
+                self.deletes = _deletes(item.message)
+                self._replace({}, "subscribed")
+
+    def _hello(self, hello):
+        self._hellos += 1
+        self.deletes = _deletes(hello)
+        if self._feed is not None:
+            self._snapshots = bool(self._feed.subscription["snapshot"])
+        if self._snapshots:
+            self._begin()
+            return
+        self.loading = False
+        if self._hellos > 1 and self.deletes != "exact":
+            # A new connection knows nothing of what the last one sent:
+            # without pre-images it could not say when those documents go.
+            self._replace({}, "reconnect")
+
+    def _begin(self):
+        # The old documents stay until the snapshot ends: a view does not
+        # blank out on a reconnect.
+        self.loading = True
+        self._emit(DocumentsEvent("loading"))
+
+    def _replace(self, documents, reason, detail=None, complete=False):
+        self.documents = documents
+        self.complete = complete
+        self._emit(
+            DocumentsEvent(
+                "snapshot",
+                documents=documents,
+                complete=complete,
+                reason=reason,
+                detail=detail,
+            )
+        )
+
+    def _effect(self, effect):
+        if effect is None:
+            return
+        if effect.action == liverules.CLEAR:
+            self._replace({}, effect.reason, effect.detail, self.complete)
+            return
+        k = liverules.key(effect.id)
+        previous = liverules.apply(self.documents, effect, lambda _: k)
+        if effect.action == liverules.UPSERT:
+            self._emit(
+                DocumentsEvent(
+                    "upsert",
+                    key=k,
+                    document=self.documents[k],
+                    previous=previous,
+                    detail=effect.detail,
+                )
+            )
+        elif previous is not None:
+            self._emit(
+                DocumentsEvent(
+                    "remove",
+                    key=k,
+                    previous=previous,
+                    reason=effect.reason,
+                    detail=effect.detail,
+                )
+            )
+
+    def _emit(self, event):
+        for callback in list(self._listeners[event.type]):
+            callback(event)
+
+
+def _deletes(message):
+    deletes = message.get("deletes")
+    return deletes if isinstance(deletes, str) else None

@@ -258,6 +258,13 @@ SETTINGS = (
         "...and at most this many bytes of their frames.",
     ),
     Setting(
+        "WSPROXY_HISTORY_PREFILL",
+        30.0,
+        _not_negative,
+        "Seconds of events a starting worker reads back into its history, "
+        "so clients resuming after a restart resume from it; 0: none.",
+    ),
+    Setting(
         "WSPROXY_MAX_CATCHUPS",
         16,
         _positive_int,

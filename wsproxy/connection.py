@@ -40,13 +40,14 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import metrics, protocol
 from .codec import Shape, frame, is_compressed, untracked_leave_frame
 from .compression import Sync
 from .protocol import CloseCode
-from .tracking import Held
+from .tracking import CLEARING_OPS, Held, held_key
 from .websocket import ConnectionClosedByPeer
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
     from .websocket import Connection
 
 log = logging.getLogger(__name__)
+
+
+# Changes routing may turn into a delete or a leave of a held document.
+_ROUTED = frozenset({"update", "replace", "delete"})
 
 
 class _Item:
@@ -74,6 +79,12 @@ class _Item:
         self.position = None  # (epoch, seq) of a shared frame
         self.fallback = None  # the frame compressed on its own, if out of step
         self.others = {}  # Shape -> frame: what routing may turn it into
+
+    @property
+    def likely_sent(self):
+        """False for a change kept only in case routing sends it (see
+        :meth:`ClientConnection.prepare`): it seldom becomes a frame."""
+        return self.data is not None or bool(self.others)
 
     @classmethod
     def of_frame(cls, data):
@@ -170,10 +181,14 @@ class ClientConnection:
         when the socket takes them at once; how many were handed over."""
         sub = self.subscription
         while True:
+            # What this batch sends, for the changes after it in the batch:
+            # nothing else is queued for a live client meanwhile.
+            sent: set | None = set() if self.held is not None else None
             items = [
                 item
                 for item in (
-                    self.prepare(change, sub, shared=True) for change in changes
+                    self.prepare(change, sub, shared=True, sent=sent)
+                    for change in changes
                 )
                 if item is not None
             ]
@@ -186,18 +201,54 @@ class ClientConnection:
             sub = self.subscription
 
     def prepare(
-        self, change: Change, sub: Subscription | None = None, *, shared: bool = False
+        self,
+        change: Change,
+        sub: Subscription | None = None,
+        *,
+        shared: bool = False,
+        sent: set | None = None,
     ) -> _Item | None:
         """What ``change`` may become for this client, worked out outside
         every lock: the subscription's decision and its frames (from the
         shared compression context only for live delivery, ``shared``).
         None if nothing can come of it. Routing through what the client
-        holds (:mod:`wsproxy.tracking`) happens when it is queued."""
+        holds (:mod:`wsproxy.tracking`) happens when it is queued.
+
+        What is held only learns of a document when the change that sends
+        it is queued, so a change judged before an earlier one is queued
+        (in a batch, a backlog, a catch-up's record) may be about a
+        document it does not know yet. ``sent``: the held keys of what the
+        earlier changes of the batch send, kept up to date here (the live
+        batches of :meth:`on_changes`). Without it, a change routing may
+        turn into a delete or a leave is kept whatever is held (its frames
+        made under the lock, if ever)."""
         sub = sub or self.subscription
         shape = sub.decide(change)
         held = self.held
-        maybe_held = held is not None and held.may_hold(change.raw)
-        if shape is None and not maybe_held:
+        maybe_held = False
+        if held is not None:
+            raw = change.raw
+            # Held.may_hold, with the key kept for ``sent``.
+            op = raw.get("operationType")
+            clearing = op in CLEARING_OPS
+            key = None if clearing else held_key(raw)
+            maybe_held = clearing or (
+                key is not None and (key in held or (sent is not None and key in sent))
+            )
+            if (
+                shape is None
+                and not maybe_held
+                and (sent is not None or op not in _ROUTED)
+            ):
+                return None
+            if (
+                sent is not None
+                and shape is not None
+                and shape is not Shape.LEAVE
+                and isinstance(raw.get("fullDocument"), Mapping)
+            ):
+                sent.add(key)
+        elif shape is None:
             return None
         item = _Item(change, sub, shape)
         if shape is not None and shape is not Shape.LEAVE:

@@ -18,7 +18,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import split_options
 
-from . import budget, sealing, throttle, views
+from . import budget, sealing, throttle, tickets, views
 from . import config as settings
 from .access import Principal
 from .compression import SharedContexts
@@ -107,6 +107,15 @@ class ProxyState:
         self.connect_rate = throttle.KeyedRateLimit(
             config["WSPROXY_CONNECT_RATE"], config["WSPROXY_CONNECT_BURST"]
         )
+        max_connections = settings.per_principal(
+            config, "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL", "WSPROXY_MAX_CLIENTS"
+        )
+        # ...and reconnects with a ticket (wsproxy/tickets.py): every
+        # connection a principal may hold can come back at once, once.
+        self.reconnect_rate = throttle.KeyedRateLimit(
+            config["WSPROXY_CONNECT_RATE"], max(max_connections, 1)
+        )
+        self.tickets = tickets.Tickets(self.sealer)
         # One snapshot's slice of CPU work at a time (wsproxy.snapshot).
         self.snapshot_slice_lock = threading.Lock()
         # Bounds how many snapshots are read at once.
@@ -123,9 +132,7 @@ class ProxyState:
         )
         # What each principal holds open: connections, filter terms.
         self.budgets = budget.Budgets(
-            max_connections=settings.per_principal(
-                config, "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL", "WSPROXY_MAX_CLIENTS"
-            ),
+            max_connections=max_connections,
             max_terms=config["WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL"],
         )
 
@@ -172,6 +179,7 @@ class ProxyState:
             history_size=c["WSPROXY_HISTORY_SIZE"],
             history_bytes=c["WSPROXY_HISTORY_MAX_BYTES"],
             queue_size=c["WSPROXY_QUEUE_SIZE"],
+            prefilling=c["WSPROXY_HISTORY_PREFILL"] > 0,
         )
         self.source = ChangeSource(
             watch_target(self.mongo, c["WSPROXY_WATCH"]),
@@ -182,6 +190,7 @@ class ProxyState:
             full_document_before_change=c["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"],
             max_await_ms=c["WSPROXY_MAX_AWAIT_MS"],
             backoff=Backoff(c["WSPROXY_BACKOFF_INITIAL"], c["WSPROXY_BACKOFF_MAX"]),
+            prefill=c["WSPROXY_HISTORY_PREFILL"],
         )
         self.hub.start()
         self.source.start()

@@ -47,6 +47,23 @@ class Barrier:
         self.callback = callback
 
 
+class Recorded:
+    """A change from before this worker's watcher started (the prefill,
+    see :class:`wsproxy.source.ChangeSource`): recorded in the history
+    for clients resuming after a restart, offered to no one."""
+
+    __slots__ = ("change",)
+
+    def __init__(self, change):
+        self.change = change
+
+
+# Put on the intake after the last Recorded change: the history is filled.
+PREFILLED = object()
+# The Recorded changes do not join what comes next: forget them.
+FORGET_HISTORY = object()
+
+
 class Announcement:
     """A control message for every connected client (status, reset)."""
 
@@ -157,6 +174,13 @@ class _Joining:
             )
 
 
+def _counted(item):
+    """Whether a prepared item counts toward the outbox bound: not a change
+    a filtered feed keeps only in case it turns out to be about a document
+    sent before it (see ClientConnection.prepare)."""
+    return getattr(item, "likely_sent", True)
+
+
 def item_size(item):
     """The bytes of a prepared item (or a plain frame) as far as known."""
     data = item if isinstance(item, (bytes, bytearray)) else item.data
@@ -164,7 +188,14 @@ def item_size(item):
 
 
 class Hub:
-    def __init__(self, *, history_size=1000, history_bytes=64 << 20, queue_size=10000):
+    def __init__(
+        self,
+        *,
+        history_size=1000,
+        history_bytes=64 << 20,
+        queue_size=10000,
+        prefilling=False,
+    ):
         # First in the lock order (see wsproxy.connection). Guards _clients and
         # the history (_history, _positions,
         # _next_position, _history_bytes) together: the broadcaster records
@@ -195,6 +226,13 @@ class Hub:
         # When the last change was published (monotonic): whether live
         # traffic is flowing, for the same pacing.
         self.published_at = 0.0
+        # Set once the history holds what the watcher read back from before
+        # it started (at once when it reads nothing back): until then an id
+        # found in the history may be followed by events still to be
+        # recorded, so a resume is served another way (see register).
+        self.prefilled = threading.Event()
+        if not prefilling:
+            self.prefilled.set()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -278,6 +316,10 @@ class Hub:
                 self._clients.add(client)
             return "none"
         joining = _Joining(client)
+        if not self.prefilled.is_set():
+            # Recorded changes are offered to no one: joining now, the
+            # client would miss those still to come.
+            return None
         with self._lock:
             backlog = self._recorded_after(after_id)
             if backlog is None:
@@ -291,7 +333,7 @@ class Hub:
                 for item in (client.prepare(change, sub) for change in backlog)
                 if item is not None
             ]
-            if len(items) > client.max_messages or (
+            if sum(map(_counted, items)) > client.max_messages or (
                 sum(map(item_size, items)) > client.max_bytes
             ):
                 # More than the outbox bounds hold for live delivery: the
@@ -385,6 +427,15 @@ class Hub:
                     self._publish(batch)
                 elif isinstance(item, Barrier):
                     item.callback()
+                elif isinstance(item, Recorded):
+                    self._published(item.change)
+                    with self._lock:
+                        self._record([item.change], [len(item.change.frame)])
+                elif item is PREFILLED:
+                    self.prefilled.set()
+                elif item is FORGET_HISTORY:
+                    with self._lock:
+                        self._forget_history()
                 else:
                     self._announce(item)
             except Exception:  # noqa: BLE001 - the broadcaster must survive
@@ -396,20 +447,7 @@ class Hub:
         # the batch's own are offered from now on.
         self._published(batch[0])
         with self._lock:
-            for change, size in zip(batch, sizes, strict=True):
-                self._history.append(change)
-                self._positions[change.id] = self._next_position
-                self._next_position += 1
-                self._history_bytes += size
-            while self._history and (
-                len(self._history) > self._history_size
-                or self._history_bytes > self._history_bytes_max
-            ):
-                position = self._next_position - len(self._history)
-                old = self._history.popleft()
-                if self._positions.get(old.id) == position:
-                    del self._positions[old.id]
-                self._history_bytes -= len(old.frame)
+            self._record(batch, sizes)
             clients = list(self._clients)
         now = time.time()
         for change in batch:
@@ -431,18 +469,39 @@ class Hub:
         # as written (GuardedSocket), published here and once a second.
         metrics.BYTES_WRITTEN.flush()
 
+    def _record(self, batch, sizes):
+        """Append to the history, within its bounds (the caller holds the
+        lock)."""
+        for change, size in zip(batch, sizes, strict=True):
+            self._history.append(change)
+            self._positions[change.id] = self._next_position
+            self._next_position += 1
+            self._history_bytes += size
+        while self._history and (
+            len(self._history) > self._history_size
+            or self._history_bytes > self._history_bytes_max
+        ):
+            position = self._next_position - len(self._history)
+            old = self._history.popleft()
+            if self._positions.get(old.id) == position:
+                del self._positions[old.id]
+            self._history_bytes -= len(old.frame)
+
     def _published(self, change):
         cluster_time = change.raw.get("clusterTime")
         if cluster_time is not None:
             self.published_through = cluster_time
         self.published_at = time.monotonic()
 
+    def _forget_history(self):
+        self._history.clear()
+        self._positions.clear()
+        self._history_bytes = 0
+
     def _announce(self, announcement):
         if announcement.forget_history:
             with self._lock:
-                self._history.clear()
-                self._positions.clear()
-                self._history_bytes = 0
+                self._forget_history()
         for client in self.clients():
             if announcement.forget_history:
                 client.on_reset(announcement.frame)

@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import bson
 from bson.codec_options import CodecOptions
@@ -42,9 +42,9 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
-from . import codec, errorpolicy, metrics, throttle
+from . import codec, errorpolicy, liverules, metrics, throttle
 from .documentquery import MESSAGE_BYTES
-from .documents import CLEARING_OPS, DOCUMENT_OPS, Restart, document_key, event_id
+from .documents import Restart, document_key
 from .hub import Barrier
 from .logsafe import shown
 from .protocol import CloseCode, MessageType
@@ -339,33 +339,34 @@ def merge(sub, docs, kept, entering=True, pace=_no_pace):
     ``sub``: returns ``(held, texts)``, the ``(key, _id)`` of every document
     sent and each document's JSON, in order (read order, then new ones).
 
+    The changes are applied by the clients' rules (:mod:`wsproxy.liverules`),
+    holding the change itself rather than its document: it is judged (and
+    redacted) once, at the end, and only if it is still the last word.
+
     Without ``entering`` (the limit cut the read short) a kept change
     only updates or removes a document that was read: the snapshot is the
     first ``limit`` documents, and others enter only by changing after it."""
-    states = {}  # key -> (_id, document read) or (_id, Change) or None
+    states = {}  # key -> (_id, document read) or (_id, Change)
     for doc in docs:
         _id = doc.get("_id")
         states[document_key(_id)] = (_id, doc)
+    known = set(states)  # what was read (or entered), for ``entering``
     for change in kept:
-        raw = change.raw
-        op = raw.get("operationType")
-        if op in CLEARING_OPS:
-            states.clear()
-        elif op in DOCUMENT_OPS or op == "delete":
-            _id = event_id(raw)
-            key = document_key(_id)
-            if not entering and key not in states:
-                continue
-            doc = raw.get("fullDocument") if op != "delete" else None
-            states[key] = (_id, change) if isinstance(doc, Mapping) else None
+        effect = liverules.of_change(change.raw)
+        if effect is None:
+            continue
+        if effect.action == liverules.CLEAR:
+            known.clear()
+        elif not entering and document_key(effect.id) not in known:
+            continue
+        else:
+            known.add(document_key(effect.id))
+        liverules.apply(states, effect, document_key, (effect.id, change))
     held, texts = [], []
     db, coll = sub.snapshot.db, sub.snapshot.coll
     with pace:
-        for key, state in states.items():
-            if state is None:
-                continue
+        for key, (_id, source) in states.items():
             pace()
-            _id, source = state
             if isinstance(source, codec.Change):
                 shown = _judge_change(sub, source)
             else:

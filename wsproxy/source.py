@@ -21,10 +21,11 @@ import random
 import threading
 import time
 
+from bson import Timestamp
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from . import codec, errorpolicy, metrics, scopecheck
-from .hub import Announcement
+from .hub import FORGET_HISTORY, PREFILLED, Announcement, Recorded
 from .preimages import PreImages
 from .protocol import MessageType
 
@@ -63,6 +64,7 @@ class ChangeSource:
         full_document_before_change=None,
         max_await_ms=500,
         backoff=None,
+        prefill=0.0,
     ):
         self.target = target
         self.hub = hub
@@ -93,6 +95,17 @@ class ChangeSource:
         # collections keep pre-images (wsproxy.preimages).
         self._scope_checked = False
         self.preimages = PreImages(full_document_before_change)
+        # Seconds of events read back into the hub's history when the
+        # stream first opens (see _prefill_start); the hub waits for them
+        # (Hub(prefilling=True)) until PREFILLED.
+        self.prefill = prefill
+        # While prefilling: the cluster time when the watcher started
+        # (events up to it are Recorded, not published), and where it
+        # reads from.
+        self._prefill_until = None
+        self._prefill_from = None
+        self._prefill_pending = prefill > 0
+        self._recorded = False  # whether any event was read back
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -140,7 +153,9 @@ class ChangeSource:
         stale_after = max(5.0, 3 * self.max_await_ms / 1000)
         return time.time() - self.last_ok_at < stale_after
 
-    def open_stream(self, resume_after=None, start_after=None, batch_size=None):
+    def open_stream(
+        self, resume_after=None, start_after=None, batch_size=None, start_at=None
+    ):
         """A change stream on the watched scope with the operator's options
         (also used for per-client catch-up, with small batches: a batch is
         decoded at once and held until read)."""
@@ -151,8 +166,54 @@ class ChangeSource:
             max_await_time_ms=self.max_await_ms,
             resume_after=resume_after,
             start_after=start_after,
+            start_at_operation_time=start_at,
             batch_size=batch_size,
         )
+
+    # -- the prefill ---------------------------------------------------------
+    #
+    # A worker that starts (a deploy, a restart after a kill -9) has no
+    # history, and its clients all come back at once with the id of the
+    # last event they got: each would be caught up from MongoDB on a
+    # change stream of its own, a few at a time per principal. So the
+    # watcher's first stream starts ``prefill`` seconds in the past: what
+    # it reads from before it started is recorded in the history and
+    # offered to no one, and clients resuming meanwhile wait for it (see
+    # wsproxy.views), then resume from the history like on any worker.
+
+    def _prefill_start(self):
+        """Where the first stream starts: ``prefill`` seconds before the
+        server's time now, or None (no prefill)."""
+        if not self._prefill_pending:
+            return None
+        if self._prefill_from is None:
+            now = _client_of(self.target).admin.command("ping").get("operationTime")
+            if not isinstance(now, Timestamp):
+                self._end_prefill("the server tells no operation time")
+                return None
+            self._prefill_until = now
+            self._prefill_from = Timestamp(max(now.time - int(self.prefill), 1), 0)
+        return self._prefill_from
+
+    def _end_prefill(self, why=None):
+        if not self._prefill_pending:
+            return
+        self._prefill_pending = False
+        self._prefill_until = self._prefill_from = None
+        if why:
+            log.info("watcher: no history read back (%s)", why)
+        self.hub.submit(PREFILLED, self._stopping)
+
+    def _is_prefill(self, raw):
+        """Whether an event read is from before the watcher started."""
+        until = self._prefill_until
+        if until is None:
+            return False
+        at = raw.get("clusterTime")
+        if isinstance(at, Timestamp) and at <= until:
+            return True
+        self._end_prefill()
+        return False
 
     # -- the watcher thread --------------------------------------------------
 
@@ -194,6 +255,8 @@ class ChangeSource:
     def _stream_once(self):
         if self._start_after is not None:
             stream = self.open_stream(start_after=self._start_after)
+        elif self.resume_token is None and self._prefill_start() is not None:
+            stream = self.open_stream(start_at=self._prefill_from)
         else:
             stream = self.open_stream(resume_after=self.resume_token)
         with stream:
@@ -216,6 +279,8 @@ class ChangeSource:
                         scopecheck.warn_if_missing(self.target)
                         self.preimages.check(self.target)
                 if raw is None:
+                    # Read everything up to now: what was read back is in.
+                    self._end_prefill()
                     token = stream.resume_token
                     if token is not None and token != self._start_after:
                         # The server's post-batch token: a position after
@@ -227,10 +292,16 @@ class ChangeSource:
                             "the server closed the change stream"
                         )
                     continue
-                self.last_event_at = now
-                metrics.EVENTS.inc()
                 change = codec.Change(raw, self.sealer)
-                if not self.hub.submit(change, self._stopping):
+                item = change
+                if self._is_prefill(raw):
+                    # From before the watcher started: for the history.
+                    item = Recorded(change)
+                    self._recorded = True
+                else:
+                    self.last_event_at = now
+                    metrics.EVENTS.inc()
+                if not self.hub.submit(item, self._stopping):
                     return
                 self.resume_token = change.token
                 self._start_after = None
@@ -249,6 +320,16 @@ class ChangeSource:
         metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
         kind = errorpolicy.classify(exc)
+        if kind == errorpolicy.HISTORY_LOST and self._prefill_pending:
+            # The oplog does not reach back that far (or the first events
+            # read back are gone already): start from now, as without a
+            # prefill; no client has a position here to lose.
+            self.resume_token = None
+            if self._recorded:
+                # What was read back no longer joins what comes next.
+                self.hub.submit(FORGET_HISTORY, self._stopping)
+            self._end_prefill(f"cannot read back {self.prefill:g}s: {exc}")
+            return
         if kind == errorpolicy.HISTORY_LOST:
             log.error(
                 "watcher: cannot resume (%s); restarting from now, "
@@ -317,6 +398,13 @@ class ChangeSource:
             ),
             self._stopping,
         )
+
+
+def _client_of(target):
+    """The MongoClient of a MongoClient, Database or Collection."""
+    if hasattr(target, "database"):
+        return target.database.client
+    return getattr(target, "client", target)
 
 
 def watch_target(client, scope):

@@ -18,7 +18,18 @@ from .watchspec import never_streamed
 
 _ALL = None
 KNOWN_PARAMS = frozenset(
-    {"resume_after", "ns", "ops", "filter", "access_token", "snapshot", "sort", "limit"}
+    {
+        "resume_after",
+        "ns",
+        "ops",
+        "filter",
+        "access_token",
+        "snapshot",
+        "sort",
+        "limit",
+        # A reconnect ticket (wsproxy.tickets): read by the admission.
+        "ticket",
+    }
 )
 OPERATION_TYPES = frozenset(
     {

@@ -100,15 +100,22 @@ class KeyedRateLimit:
         return len(self._buckets)
 
     def _tokens(self, bucket, now):
-        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        # Time never runs backwards for a bucket: a clock read late counts
+        # as no refill, never as tokens taken away.
+        elapsed = max(now - bucket[1], 0.0)
+        return min(self.burst, bucket[0] + elapsed * self.rate)
 
     def take(self, key, cost=1.0):
         """Spend ``cost`` tokens of ``key``'s bucket (at most a burst's
         worth): 0.0 if there were enough, else the seconds until there will
         be (nothing is spent then)."""
         cost = min(max(cost, 1.0), self.burst)
-        now = self._clock()
         with self._lock:
+            # Read under the lock: a time read before it by a thread that
+            # then waited (a storm, a thousand threads wanting the GIL)
+            # would be older than the bucket's and count as a refund
+            # owed, seconds of refill taken away.
+            now = self._clock()
             bucket = self._buckets.pop(key, None)
             self._forget_full(now, 2)
             if bucket is None:
@@ -145,8 +152,8 @@ class KeyedRateLimit:
         """Spend ``cost`` tokens of ``key``'s bucket after the fact (work
         already done): the bucket may go as far as a burst below empty, so
         the key waits that much longer before its next admission."""
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             bucket = self._buckets.pop(key, None) or [self.burst, now]
             tokens = self._tokens(bucket, now) - cost
             bucket[0], bucket[1] = max(tokens, -self.burst), now

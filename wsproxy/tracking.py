@@ -42,10 +42,16 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 
 from .codec import Shape
+from .liverules import CLEARING_OPS, DOCUMENT_OPS
 
-DOCUMENT_OPS = frozenset({"insert", "replace", "update"})
-# After these the collection's documents are gone (or elsewhere).
-CLEARING_OPS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+__all__ = [
+    "CLEARING_OPS",
+    "DOCUMENT_OPS",
+    "Held",
+    "document_key",
+    "event_id",
+    "held_key",
+]
 _PLAIN_IDS = (ObjectId, str, int, Int64, float)
 _MISSING = object()
 

@@ -89,6 +89,8 @@ class Admission:
     # The connection's share of its principal's budget (wsproxy.budget),
     # given back when the connection ends (or the upgrade never happens).
     reservation: budget.Reservation
+    # The reconnect ticket its hello carries (wsproxy.tickets).
+    ticket: str | None = None
 
 
 # Where every update carries the whole document, as live documents need.
@@ -134,33 +136,57 @@ def _decide(state, config, *, upgrade):
     )
     access.check_origin(request, config["WSPROXY_ALLOWED_ORIGINS"])
     principal = _authorize(state)
-    state.connect_rate.admit(  # 429 beyond WSPROXY_CONNECT_RATE
-        throttle.client_key(principal, request.remote_addr),
-        cost=throttle.connect_cost(
-            request.args.get("resume_after"),
-            request.args.get("filter"),
-            state.hub.history_length(),
-        )
-        if upgrade
-        else 1.0,
-    )
+    key = throttle.client_key(principal, request.remote_addr)
+    ticket = _charge_connection(state, key, upgrade)
     if len(state.hub) >= config["WSPROXY_MAX_CLIENTS"]:
         raise ClientError("this worker is full; retry", status=503)
     resume_id = request.args.get("resume_after")
     if resume_id is not None:
         resume_id = state.sealer.canonical(resume_id)  # 400 unless ours
     sub = _parse_subscription(request.args, principal, config)
-    key = throttle.client_key(principal, request.remote_addr)
     if not upgrade:
         state.budgets.check(key, sub)  # 429 over the principal's share
-        return principal, resume_id, sub, None
-    return principal, resume_id, sub, state.budgets.reserve(key, sub)
+        return principal, resume_id, sub, None, None
+    reservation = state.budgets.reserve(key, sub)
+    return principal, resume_id, sub, reservation, state.tickets.seal(ticket, key)
+
+
+def _charge_connection(state, key, upgrade):
+    """Charge a connection to ``key``'s connect budget (429 beyond it), or,
+    when it presents a reconnect ticket with a reconnect left, to its
+    reconnect budget (see wsproxy.tickets). Returns the ticket the
+    connection is to be given (for an upgrade; None otherwise)."""
+    if not upgrade:
+        # The JSON decision costs one token and reads no ticket.
+        state.connect_rate.admit(key)
+        return None
+    presented = state.tickets.open(request.args.get("ticket"), key)
+    if presented is None:
+        ticket = state.tickets.new()
+    else:
+        reconnect = presented.allowance(state.tickets.now()) >= 1.0 and (
+            state.reconnect_rate.take(key) == 0
+        )
+        ticket = state.tickets.after(presented, used=reconnect)
+        if reconnect:
+            return ticket
+    state.connect_rate.admit(  # 429 beyond WSPROXY_CONNECT_RATE
+        key,
+        cost=throttle.connect_cost(
+            request.args.get("resume_after"),
+            request.args.get("filter"),
+            state.hub.history_length(),
+        ),
+    )
+    return ticket
 
 
 def _admit(state, config):
     """All the checks before the upgrade; returns an Admission or raises
     ClientError."""
-    principal, resume_id, sub, reservation = _decide(state, config, upgrade=True)
+    principal, resume_id, sub, reservation, ticket = _decide(
+        state, config, upgrade=True
+    )
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     try:
         pending = websocket.prepare(
@@ -177,7 +203,7 @@ def _admit(state, config):
     except BaseException:
         state.budgets.release(reservation)
         raise
-    return Admission(sub, resume_id, principal, pending, reservation)
+    return Admission(sub, resume_id, principal, pending, reservation, ticket)
 
 
 def _wants_decision():
@@ -259,9 +285,18 @@ def create_blueprint(config):
         if request.endpoint != "wsproxy.websocket":
             return check_host()
         state = _state().ensure_started(current_app)
+        if "resume_after" in request.args:
+            # A worker that just started reads back recent history: a
+            # client resuming now resumes from it once it is in (see
+            # wsproxy.source), waiting without a turn.
+            state.hub.prefilled.wait(_PREFILL_WAIT)
+        # From here to the client's place in the hub, a few at a time.
+        g.wsproxy_handshake = slot = _HandshakeSlot(state.stopping)
+        slot.take()
         try:
             g.wsproxy_admission = _admit(state, config)
         except ClientError as exc:
+            slot.give_back()
             return refused(exc)
         return None
 
@@ -288,6 +323,9 @@ def create_blueprint(config):
         admission = g.pop("wsproxy_admission", None)
         if admission is not None:
             _state().budgets.release(admission.reservation)
+        slot = g.pop("wsproxy_handshake", None)
+        if slot is not None:
+            slot.give_back()
 
     @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
     def websocket_view(ws):
@@ -312,7 +350,14 @@ def create_blueprint(config):
             owner=admission.reservation.key,
         )
         client.principal = admission.principal
-        serve(_state(), client, admission.resume_id, admission.reservation)
+        serve(
+            _state(),
+            client,
+            admission.resume_id,
+            admission.reservation,
+            handshake=g.get("wsproxy_handshake"),
+            ticket=admission.ticket,
+        )
 
     @bp.route(
         config["WSPROXY_PATH"],
@@ -405,6 +450,8 @@ def _not_ready_reason(state, watcher, full=False):
         return "the worker is full (WSPROXY_MAX_CLIENTS)"
     if not state.hub.running:
         return "the broadcaster has stopped"
+    if not state.hub.prefilled.is_set():
+        return "the worker is reading back recent history (WSPROXY_HISTORY_PREFILL)"
     if watcher != "connected":
         return f"the change stream is {watcher}"
     if not state.source.answered_recently:
@@ -462,17 +509,59 @@ class _Turn:
             _tidying.release()
 
 
-def serve(state, client, resume_id, reservation=None):
+# Handshakes in progress at once per worker, from the admission checks to
+# the client's place in the hub (hello queued). After a mass disconnect
+# (a load balancer restarting, a network blip) a thousand clients come
+# back at once, and gthread hands each to an idle pool thread at once (in
+# a fresh worker each one waits for a new thread to start, which paces
+# them): a thousand runnable threads wanting the GIL, and any lock one of
+# them holds across a GIL switch (the rate limit's, the hub's, a log
+# handler's) became a convoy. Handshakes waited 5-17 s (p50), the
+# worker burning up to 12 CPU-seconds on 1,000 of them; eight at a time,
+# 1.5-2 CPU-seconds and a p99 under 2 s (python -m bench.reconnect).
+# Eight rather than fewer: a handshake waits on its socket writes too.
+_HANDSHAKES_AT_ONCE = 8
+_handshaking = threading.BoundedSemaphore(_HANDSHAKES_AT_ONCE)
+# Seconds a client resuming from a just-started worker waits for the
+# history it reads back; then it is caught up from MongoDB instead.
+_PREFILL_WAIT = 5.0
+# A turn that is not given back (a stuck handshake) holds nobody up for
+# longer than this: the next one goes ahead without a turn.
+_HANDSHAKE_WAIT = 5.0
+
+
+class _HandshakeSlot:
+    """A turn at ``_handshaking`` (none while the worker is stopping)."""
+
+    def __init__(self, stopping):
+        self._stopping = stopping
+        self._held = False
+
+    def take(self):
+        if not self._held and not self._stopping.is_set():
+            self._held = _handshaking.acquire(timeout=_HANDSHAKE_WAIT)
+
+    def give_back(self):
+        if self._held:
+            self._held = False
+            _handshaking.release()
+
+
+def serve(state, client, resume_id, reservation=None, handshake=None, ticket=None):
     """Run one connection from hello to close; ``reservation`` (its share
-    of its principal's budget) is given back when it ends."""
+    of its principal's budget) is given back when it ends, ``handshake``
+    (its turn at :data:`_handshaking`) once it has joined the hub;
+    ``ticket`` goes in its hello."""
     try:
-        _serve(state, client, resume_id, reservation)
+        _serve(state, client, resume_id, reservation, handshake, ticket)
     finally:
+        if handshake is not None:
+            handshake.give_back()
         if reservation is not None:
             state.budgets.release(reservation)
 
 
-def _serve(state, client, resume_id, reservation):
+def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
     hub = state.hub
     config = state.config
     source = state.source
@@ -505,6 +594,8 @@ def _serve(state, client, resume_id, reservation):
             # How a delete or a document leaving the filter reaches this
             # client: decided by the event itself, or by what it was sent.
             deletes=source.preimages.deletes(client.subscription),
+            # Presented when it reconnects: a cheaper admission.
+            **({"ticket": ticket} if ticket else {}),
         )
 
     def catch_up_from_mongodb(client):
@@ -547,6 +638,8 @@ def _serve(state, client, resume_id, reservation):
                 shown(",".join(sorted(client.subscription.namespaces or ())) or "*"),
             )
             metrics.RESUMES.labels(resume).inc()
+            if handshake is not None:
+                handshake.give_back()
             try:
                 client.run(messages.on_message, messages.on_wake)
             except Exception:  # noqa: BLE001 - one connection must not hurt others

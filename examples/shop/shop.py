@@ -12,6 +12,7 @@ import os
 
 from flask import Blueprint, Flask, jsonify, session
 from flask_sock import Sock
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from wsproxy import AccessDenied, Principal, WSProxy
 from wsproxy.access import bearer_token
@@ -19,6 +20,12 @@ from wsproxy.access import bearer_token
 DB = os.environ.get("SHOP_DB", "shop")
 
 app = Flask(__name__)
+# Served behind one nginx (wsproxy's README, "Behind nginx"), which sets
+# X-Forwarded-For: request.remote_addr is then the browser's address, so
+# each anonymous client has its own connect budget and share of a worker,
+# and the log names it. Only right when the app cannot be reached but
+# through that one proxy (gunicorn listens on 127.0.0.1 here).
+app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
 # Signs the session cookie and, through wsproxy, seals resume ids: the same
 # in every worker and process, and a real secret in production.
 app.secret_key = os.environ.get("SHOP_SECRET_KEY", "dev-only-secret-change-me")

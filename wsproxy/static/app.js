@@ -166,7 +166,7 @@ const ALL_CHECKS = opBoxes.map((b) => b.value);          // the page's columns
 const MAIN_OPS = ALL_CHECKS.filter((c) => c !== 'other');
 const OTHER_OPS = OPERATION_TYPES.filter((op) => !MAIN_OPS.includes(op));
 const opClass = (op) => (MAIN_OPS.includes(op) ? op : 'other');
-for (const k of [...ALL_CHECKS, 'total']) ui.count[k] = $(`count-${k}`);
+for (const k of [...ALL_CHECKS, 'leave', 'total']) ui.count[k] = $(`count-${k}`);
 const otherBox = opBoxes.find((b) => b.value === 'other');
 if (otherBox) otherBox.closest('label').title = OTHER_OPS.join(', ');
 
@@ -185,7 +185,7 @@ let pausedDropped = 0;
 let pending = [];             // items waiting to be drawn
 let flushScheduled = false;
 let trimmedRows = 0;          // rows removed because of LIST_CAP
-const counts = { total: 0 };
+const counts = { total: 0, leave: 0 }; // leave: documents that left the view (not changes)
 for (const k of ALL_CHECKS) counts[k] = 0;
 const rowData = new WeakMap(); // row element -> {id, event}
 
@@ -573,6 +573,19 @@ function onChange({ id, event }) {
   if (!ui.resumeNote.hidden && sinceHello <= 1000) updateResumeNote();
 }
 
+// A document this feed was sent left what it shows: a change took it out
+// of the filter (its new content is not sent), or the server stopped
+// following it. Shown as a row of its own, counted apart from changes.
+function onLeave({ id, documentKey, reason }) {
+  counts.leave++;
+  enqueue({ kind: 'leave', id: id || '', event: { type: 'leave', documentKey, reason }, at: Date.now() });
+}
+
+const LEAVE_TEXT = {
+  filter: 'left the filter',
+  untracked: 'no longer followed by the server (over its limit): dropped',
+};
+
 function onReset({ lost, reason }) {
   const why = reason || 'the resume position was no longer available';
   const first = !resetShown;
@@ -619,14 +632,14 @@ function enqueue(item) {
     pausedBuf.push(item);
     if (pausedBuf.length > BUFFER_CAP) {
       const dropped = pausedBuf.shift();
-      if (dropped.kind === 'change') pausedDropped++;
+      if (dropped.kind !== 'gap') pausedDropped++;
     }
   } else {
     pending.push(item);
     // Anything beyond the list cap would be trimmed right after drawing.
     if (pending.length > LIST_CAP) {
       const dropped = pending.shift();
-      if (dropped.kind === 'change') trimmedRows++;
+      if (dropped.kind !== 'gap') trimmedRows++;
     }
   }
   scheduleFlush();
@@ -670,7 +683,7 @@ function flush() {
 function renderCounts() {
   for (const k of Object.keys(ui.count)) ui.count[k].textContent = counts[k].toLocaleString();
   ui.pausedCount.hidden = !paused;
-  ui.pausedCount.textContent = pausedBuf.filter((x) => x.kind === 'change').length.toLocaleString() + ' new';
+  ui.pausedCount.textContent = pausedBuf.filter((x) => x.kind !== 'gap').length.toLocaleString() + ' new';
   if (paused) {
     ui.pauseBtn.title = pausedDropped
       ? `${pausedDropped} older events were dropped from the paused buffer (counters include them)`
@@ -708,8 +721,9 @@ function buildGap(text, cls) {
 
 function buildRow(item) {
   const ev = item.event;
-  const op = typeof ev.operationType === 'string' ? ev.operationType : 'unknown';
-  const cls = opClass(op);
+  const leave = item.kind === 'leave';
+  const op = leave ? 'leave' : typeof ev.operationType === 'string' ? ev.operationType : 'unknown';
+  const cls = leave ? 'leave' : opClass(op);
   const ns = nsString(ev.ns);
   const dk = isObj(ev.documentKey) ? ev.documentKey : null;
   const hasKey = dk && Object.prototype.hasOwnProperty.call(dk, '_id');
@@ -752,7 +766,8 @@ function buildRow(item) {
   }
   const keyEl = el('span', 'c-key', truncate(keyText, 48));
   keyEl.title = dk ? `documentKey: ${JSON.stringify(dk)}` : 'no documentKey';
-  const summary = summarize(ev);
+  const summary = leave
+    ? LEAVE_TEXT[ev.reason] || `left (${ev.reason || 'no reason given'})` : summarize(ev);
   const sumEl = el('span', 'c-sum', summary);
   sumEl.title = summary;
   rest.append(keyEl, sumEl);
@@ -1094,22 +1109,23 @@ function showDocRow(key, doc) {
   return tr;
 }
 
-function drawAllDocs({ docs, reason }) {
-  docsCleared = reason === 'snapshot' ? '' : reason;
+function drawAllDocs({ documents, reason, detail }) {
+  // Emptied by a change (drop, rename...): say which.
+  docsCleared = reason === 'snapshot' ? '' : detail || reason;
   docColumns = [];
   docFieldsLeftOut = false;
-  for (const doc of docs.values()) noteColumns(doc);
+  for (const doc of documents.values()) noteColumns(doc);
   drawHead();
   docRows.clear();
   docsUi.rows.textContent = '';
-  for (const [key, doc] of docs) {
+  for (const [key, doc] of documents) {
     if (docRows.size >= DOC_ROWS_CAP) break;
     showDocRow(key, doc);
   }
   renderDocsCount();
 }
 
-function upsertDocRow({ key, doc }) {
+function upsertDocRow({ key, document: doc }) {
   const from = noteColumns(doc);
   if (docColumns.length > from) addColumns(from);
   const tr = docRows.get(key);
@@ -1135,7 +1151,7 @@ function removeDocRow({ key }) {
     docRows.delete(key);
     // A document held but not shown takes the free row.
     if (liveDocs.size > docRows.size) {
-      for (const [k, doc] of liveDocs.docs) {
+      for (const [k, doc] of liveDocs.documents) {
         if (!docRows.has(k)) {
           showDocRow(k, doc);
           break;
@@ -1247,6 +1263,7 @@ feed.on('state', renderState);
 feed.on('hello', onHello);
 feed.on('change', onChange);
 feed.on('reset', onReset);
+feed.on('leave', onLeave);
 feed.on('status', ({ watcher, detail }) => setWatcher(watcher, detail));
 feed.on('close', onClose);
 feed.on('refused', onRefused);

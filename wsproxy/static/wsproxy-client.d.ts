@@ -112,12 +112,20 @@ export interface ChangeEvent {
   wallTime?: unknown;
   [field: string]: unknown;
 }
+/** How deletes and documents leaving a filter reach a feed: "exact" (every
+ * one, decided by pre-images, or no filter on document fields), "tracked"
+ * (only for documents this connection was sent). */
+export type Deletes = 'exact' | 'tracked';
 export interface Hello {
   type: 'hello';
   worker: number;
   watch: string;
-  resume: 'none' | 'history' | 'catch-up' | string;
+  resume: 'none' | 'history' | 'catch-up' | 'snapshot' | string;
   watcher: WatcherState;
+  deletes?: Deletes;
+  /** Sealed reconnect ticket: the client sends the last one as `ticket`
+   * when it reconnects (a returning client, not a new one). */
+  ticket?: string;
 }
 export interface CloseDetail extends CloseCodeInfo {
   code: number;
@@ -148,7 +156,10 @@ export interface ClientEvents {
   close: CloseDetail;
   /** retrying: false when the client stopped (see `refusal`). */
   refused: Refusal & { retrying: boolean };
-  subscribed: { subscription: Subscription };
+  /** The server applied a subscribe: changes after this match the new
+   * subscription, and the server starts afresh (a client keeping the
+   * documents it was sent drops them). */
+  subscribed: { subscription: Subscription; deletes: Deletes | null };
   subscriptionerror: { reason: string; subscription: Subscription | null };
   /** Snapshot subscriptions: some of the current documents, in sort order
    * (after a hello or a reset, before snapshot_end). */
@@ -156,8 +167,12 @@ export interface ClientEvents {
   /** The snapshot is complete; changes follow. count: documents sent;
    * complete: false when more matched than the limit allowed. */
   snapshot_end: { id: string | null; count: number; complete: boolean };
-  /** Snapshot subscriptions: a document stopped matching the filter. */
-  leave: { id: string | null; documentKey: Record<string, unknown> & { _id: unknown } };
+  /** A document the client was sent left what it is shown: drop it. reason
+   * "filter": a change took it out of the filter (its new content is not
+   * sent); "untracked": the server stopped following it (over its limit),
+   * so it would not hear of its delete. id: the change that caused it. */
+  leave: { id: string | null; documentKey: Record<string, unknown> & { _id: unknown };
+    reason: 'filter' | 'untracked' | string };
 }
 
 /** A document in relaxed Extended JSON. */
@@ -201,39 +216,66 @@ export declare class WsproxyClient extends EventTarget {
 }
 
 /** The key LiveDocuments holds a document under: JSON.stringify of its
- * _id (relaxed Extended JSON), e.g. '{"$oid":"65a1b2c3d4e5f60718293a4b"}'. */
+ * _id (relaxed Extended JSON), e.g. '{"$oid":"65a1b2c3d4e5f60718293a4b"}';
+ * 1 and 1.0 are one key, 1 and "1" two. The Python client's
+ * LiveDocuments.key gives the same text. */
 export declare function documentKey(id: unknown): string;
+
+/** Why documents were replaced whole (a `snapshot` event). */
+export type ReplaceReason = 'snapshot' | 'clear' | 'subscribed' | 'reset' | 'reconnect';
 
 export interface LiveDocumentsEvents {
   /** A fresh snapshot began (hello or reset); the old documents stay until it ends. */
   loading: Record<string, never>;
-  /** The whole state was replaced: reason "snapshot" (a snapshot ended) or
-   * the operation that cleared it (drop, rename, dropDatabase, invalidate). */
-  snapshot: { docs: ReadonlyMap<string, Document>; complete: boolean; reason: string };
-  /** A document was added or changed (previous: null when it is new). */
-  upsert: { key: string; doc: Document; previous: Document | null };
-  /** A document went: reason "delete", "leave" (it stopped matching the
-   * filter) or "deleted" (a change without its fullDocument: null, the
-   * document was deleted since). */
-  remove: { key: string; previous: Document; reason: 'delete' | 'leave' | 'deleted' };
+  /** The documents were replaced whole. reason "snapshot": a snapshot
+   * ended; "clear": a drop, rename, dropDatabase or invalidate (detail
+   * says which); "subscribed": the feed's subscription changed (the server
+   * starts afresh); "reset": a plain feed may have missed events;
+   * "reconnect": a plain feed's new connection cannot report deletes of
+   * the documents held (its `deletes` is not "exact"). */
+  snapshot: { documents: ReadonlyMap<string, Document>; complete: boolean;
+    reason: ReplaceReason; detail: string | null;
+    /** @deprecated the old name of `documents`. */
+    docs: ReadonlyMap<string, Document> };
+  /** A document was added or replaced whole (previous: null when new;
+   * detail: the operation). */
+  upsert: { key: string; document: Document; previous: Document | null; detail: string;
+    /** @deprecated the old name of `document`. */
+    doc: Document };
+  /** A document went. reason "delete": deleted (or a change whose
+   * fullDocument is null: deleted since), detail the operation; "leave":
+   * detail the server's reason, "filter" or "untracked". */
+  remove: { key: string; previous: Document; reason: 'delete' | 'leave';
+    detail: string | null };
 }
 
-/** The current documents of a snapshot subscription, kept by the
- * protocol's rules. Create it before client.connect(). */
+/** The documents a subscription shows, kept current by the protocol's
+ * rules: on a snapshot subscription the snapshot and every change after
+ * it; on a plain feed the documents it was sent, until a delete or a
+ * leave takes them out. Create it before feed.connect(). */
 export declare class LiveDocuments extends EventTarget {
-  constructor(client: WsproxyClient);
+  constructor(feed: WsproxyClient);
+  /** The key of an _id (see documentKey). */
+  static key(id: unknown): string;
   /** key (see documentKey) -> document, in the snapshot's sort order, then
    * new documents in the order they came. */
+  readonly documents: ReadonlyMap<string, Document>;
+  /** @deprecated the old name of `documents`. */
   readonly docs: ReadonlyMap<string, Document>;
   readonly size: number;
-  /** True until the first snapshot ends, and again from a reset or a
-   * reconnect until the fresh snapshot ends. */
+  /** True until the documents are current: on a snapshot subscription
+   * until the snapshot ends, and again from a reset or a reconnect until
+   * the fresh one ends; on a feed until its first hello. */
   readonly loading: boolean;
-  /** False when more documents matched than the limit allowed. */
+  /** False when more documents may match than are held: a snapshot the
+   * limit cut short, or a plain feed (it holds only what it was sent). */
   readonly complete: boolean;
+  /** What the last hello or subscribed said (null: not said). */
+  readonly deletes: Deletes | null;
   /** The document with this _id (relaxed Extended JSON value), if held. */
   get(id: unknown): Document | undefined;
+  /** Throws a TypeError for an event it does not have. */
   on<K extends keyof LiveDocumentsEvents>(type: K, listener: (detail: LiveDocumentsEvents[K], event: CustomEvent) => void): () => void;
-  /** Stop following the client; the documents stay as they are. */
+  /** Stop following the feed; the documents stay as they are. */
   detach(): void;
 }

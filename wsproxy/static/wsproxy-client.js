@@ -17,7 +17,9 @@
  *
  * A snapshot subscription ({snapshot: true, ns: 'db.coll'}) gets the
  * collection's matching documents first, then every change after them;
- * LiveDocuments (below) turns those messages into the current documents.
+ * LiveDocuments (below) turns those messages into the current documents,
+ * and does the same for a plain feed with a filter (the documents it was
+ * sent, until a delete or a `leave` takes them out).
  *
  * The tables below are the wire contract as the server defines it
  * (wsproxy/protocol.py, wsproxy/subscription.py); tests/test_browser_client.py
@@ -166,6 +168,7 @@ export class WsproxyClient extends EventTarget {
     this.watcher = null;         // the server's link to MongoDB, when open
     this._toldWatcher = null;    // the watcher state the last `status` event (or first hello) gave
     this.hello = null;           // the current connection's hello
+    this._ticket = null;         // the last hello's reconnect ticket, sent on reconnects
     this.lastClose = null;       // {code, reason, label, text, policy, wasOpen, at}
     this.refusal = null;         // {status, reason, label, action} of the last refusal
     this.retryAt = 0;            // when a scheduled reconnect happens (ms epoch)
@@ -322,6 +325,8 @@ export class WsproxyClient extends EventTarget {
     // A snapshot subscription starts from a fresh snapshot: the server
     // would ignore the position, so it is not sent.
     if (this.lastId && !sub.snapshot) q.set('resume_after', this.lastId);
+    // The last hello's reconnect ticket: a returning client, not a new one.
+    if (this._ticket) q.set('ticket', this._ticket);
     return u.href;
   }
 
@@ -533,7 +538,8 @@ export class WsproxyClient extends EventTarget {
       case 'leave':
         if (isObject(msg.documentKey)) {
           this._emit('leave', { id: typeof msg.id === 'string' ? msg.id : null,
-            documentKey: msg.documentKey });
+            documentKey: msg.documentKey,
+            reason: typeof msg.reason === 'string' ? msg.reason : 'filter' });
         }
         break;
       case 'reset':
@@ -548,7 +554,8 @@ export class WsproxyClient extends EventTarget {
         const p = this._pending.shift();
         if (p) {
           this.subscription = p.subscription;
-          this._emit('subscribed', { subscription: p.subscription });
+          this._emit('subscribed', { subscription: p.subscription,
+            deletes: typeof msg.deletes === 'string' ? msg.deletes : null });
           p.resolve(p.subscription);
         }
         break;
@@ -566,6 +573,7 @@ export class WsproxyClient extends EventTarget {
 
   _onHello(msg) {
     this.hello = msg;
+    if (typeof msg.ticket === 'string') this._ticket = msg.ticket;
     this.refusal = null;
     this._emit('hello', msg);
     this._setWatcher(typeof msg.watcher === 'string' ? msg.watcher : 'connected', '', true);
@@ -661,57 +669,121 @@ export class WsproxyClient extends EventTarget {
 
 // ------------------------------------------------------ live documents
 
-/** The key LiveDocuments holds a document under: its _id as Extended JSON
- * text (relaxed, as the server sends it). */
+/** The key LiveDocuments holds a document under: JSON.stringify of its
+ * _id, as parsed from the server's relaxed Extended JSON (so 1 and 1.0 are
+ * one document, 1 and "1" two). The Python client's key is the same text
+ * for the same _id (wsproxy/liverules.py). */
 export function documentKey(id) {
   return JSON.stringify(id);
 }
 
-const CLEARING = new Set(['drop', 'rename', 'dropDatabase', 'invalidate']);
+/* The rules (README, "Live documents"): what one change or leave does to
+ * the documents. wsproxy/liverules.py states them for Python (the server's
+ * snapshot merge and the Python client); tests/test_live_agreement.py runs
+ * the same cases through both. An effect: {action: 'upsert' | 'remove' |
+ * 'clear', id, document, reason, detail}, or null for nothing. */
+const DOCUMENT_OPS = new Set(['insert', 'replace', 'update']);
+const CLEARING_OPS = new Set(['drop', 'rename', 'dropDatabase', 'invalidate']);
 
-/** The current documents of a snapshot subscription, by the protocol's
- * rules: `new LiveDocuments(client)` before client.connect().
+function changeEffect(event) {
+  const op = event.operationType;
+  if (CLEARING_OPS.has(op)) return { action: 'clear', reason: 'clear', detail: op };
+  if (!DOCUMENT_OPS.has(op) && op !== 'delete') return null;
+  const dk = event.documentKey;
+  if (!isObject(dk) || !('_id' in dk)) return null;
+  // null (deleted since: updateLookup found nothing) removes it too.
+  const document = op === 'delete' ? null : event.fullDocument;
+  if (isObject(document)) return { action: 'upsert', id: dk._id, document, detail: op };
+  return { action: 'remove', id: dk._id, reason: 'delete', detail: op };
+}
+
+function leaveEffect(dk, reason) {
+  if (!isObject(dk) || !('_id' in dk)) return null;
+  return { action: 'remove', id: dk._id, reason: 'leave', detail: reason ?? null };
+}
+
+const LIVE_EVENTS = Object.freeze(['loading', 'snapshot', 'upsert', 'remove']);
+
+/** The documents a subscription shows, kept current: `new
+ * LiveDocuments(feed)` before feed.connect(). The Python client's
+ * LiveDocuments has the same names and rules.
  *
- * Events (listen with on()): `loading` (a fresh snapshot began: after a
- * hello or a reset; the old documents stay until it ends), `snapshot`
- * (the whole state was replaced: at the end of a snapshot, or cleared by a
- * drop, rename, dropDatabase or invalidate), `upsert` {key, doc,
- * previous}, `remove` {key, previous, reason}. */
+ * On a snapshot subscription: the snapshot, then every change after it.
+ * On a plain feed: the documents it was sent, until a delete or a `leave`
+ * takes them out (with a filter on document fields the server sends both;
+ * README, "Filtered feeds").
+ *
+ * `documents`: key (documentKey(_id)) -> document, in order. `loading`:
+ * true until they are current (snapshot: from a hello or reset until the
+ * snapshot ends, the old documents staying meanwhile; feed: until the
+ * first hello). `complete`: false when more documents may match than are
+ * held (a snapshot cut by its limit; a feed). `deletes`: what the last
+ * hello or subscribed said ('exact' or 'tracked').
+ *
+ * Events (listen with on()): `loading` {} (a fresh snapshot began);
+ * `snapshot` {documents, complete, reason, detail} (replaced whole: reason
+ * 'snapshot', 'clear' (detail: drop, rename, dropDatabase or invalidate),
+ * 'subscribed', 'reset' (a feed may have missed events) or 'reconnect' (a
+ * feed's new connection cannot report deletes of what it holds: deletes
+ * is not 'exact')); `upsert` {key, document, previous, detail}; `remove`
+ * {key, previous, reason: 'delete' | 'leave', detail: the operation, or
+ * the leave's own reason 'filter' | 'untracked'}. */
 export class LiveDocuments extends EventTarget {
-  constructor(client) {
+  constructor(feed) {
     super();
-    this.docs = new Map();     // key -> document, in the snapshot's order
-    this.loading = true;       // until the first snapshot_end
-    this.complete = true;      // false: more documents matched than the limit
+    this.documents = new Map();
+    this.loading = true;
+    this.complete = false;
+    this.deletes = null;
+    this._feed = feed;
+    this._snapshots = !!feed.subscription.snapshot;
+    this._hellos = 0;
     this._pending = null;      // the snapshot being received
-    const on = (type, fn) => client.on(type, fn);
+    const on = (type, fn) => feed.on(type, fn);
     this._off = [
-      on('hello', () => this._begin()),
-      on('reset', () => this._begin()),
+      on('hello', (hello) => this._hello(hello)),
+      on('reset', () => this._reset()),
       on('snapshot', ({ docs }) => this._add(docs)),
       on('snapshot_end', ({ complete }) => this._end(complete)),
-      on('change', ({ event }) => this._change(event)),
-      on('leave', ({ documentKey: dk }) => this._remove(dk, 'leave')),
+      on('change', ({ event }) => this._effect(changeEffect(event))),
+      on('leave', ({ documentKey: dk, reason }) => this._effect(leaveEffect(dk, reason))),
+      on('subscribed', ({ deletes }) => {
+        this.deletes = deletes ?? null;
+        this._replace(new Map(), 'subscribed');
+      }),
     ];
+  }
+
+  /** The key a document with this _id is held under (see documentKey). */
+  static key(id) {
+    return documentKey(id);
   }
 
   /** Listen to an event; returns a function that stops listening. */
   on(type, listener) {
+    if (!LIVE_EVENTS.includes(type)) {
+      throw new TypeError(`no '${type}' event: one of ${LIVE_EVENTS.join(', ')}`);
+    }
     const wrapped = (e) => listener(e.detail, e);
     this.addEventListener(type, wrapped);
     return () => this.removeEventListener(type, wrapped);
   }
 
+  /** The old name of `documents`. */
+  get docs() {
+    return this.documents;
+  }
+
   get size() {
-    return this.docs.size;
+    return this.documents.size;
   }
 
-  /** The document held under an _id (its relaxed Extended JSON value). */
+  /** The document with this _id (its relaxed Extended JSON value), if held. */
   get(id) {
-    return this.docs.get(documentKey(id));
+    return this.documents.get(documentKey(id));
   }
 
-  /** Stop following the client (the documents stay as they are). */
+  /** Stop following the feed (the documents stay as they are). */
   detach() {
     for (const off of this._off) off();
     this._off = [];
@@ -721,8 +793,27 @@ export class LiveDocuments extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  _hello(hello) {
+    this._hellos++;
+    this.deletes = typeof hello.deletes === 'string' ? hello.deletes : null;
+    this._snapshots = !!this._feed.subscription.snapshot;
+    if (this._snapshots) {
+      this._begin();
+      return;
+    }
+    this.loading = false;
+    // A new connection knows nothing of what the last one sent: without
+    // pre-images it could not say when those documents go.
+    if (this._hellos > 1 && this.deletes !== 'exact') this._replace(new Map(), 'reconnect');
+  }
+
+  _reset() {
+    if (this._snapshots) this._begin(); // a fresh snapshot follows
+    else this._replace(new Map(), 'reset');
+  }
+
   _begin() {
-    // The old state stays until snapshot_end: the page does not blank out
+    // The old documents stay until snapshot_end: a view does not blank out
     // on a reconnect.
     this._pending = null;
     this.loading = true;
@@ -737,45 +828,35 @@ export class LiveDocuments extends EventTarget {
   }
 
   _end(complete) {
-    this.docs = this._pending || new Map();
+    const documents = this._pending || new Map();
     this._pending = null;
     this.loading = false;
-    this.complete = complete;
-    this._emit('snapshot', { docs: this.docs, complete, reason: 'snapshot' });
+    this._replace(documents, 'snapshot', null, complete);
   }
 
-  _change(event) {
-    const op = event.operationType;
-    if (CLEARING.has(op)) {
-      this.docs = new Map();
-      this._emit('snapshot', { docs: this.docs, complete: this.complete, reason: op });
+  _replace(documents, reason, detail = null, complete = false) {
+    this.documents = documents;
+    this.complete = complete;
+    // `docs`: the old name of `documents`.
+    this._emit('snapshot', { documents, docs: documents, complete, reason, detail });
+  }
+
+  _effect(effect) {
+    if (!effect) return;
+    if (effect.action === 'clear') {
+      this._replace(new Map(), effect.reason, effect.detail, this.complete);
       return;
     }
-    const dk = event.documentKey;
-    if (op === 'delete') {
-      this._remove(dk, 'delete');
-    } else if (op === 'insert' || op === 'replace' || op === 'update') {
-      if (isObject(event.fullDocument)) this._upsert(dk, event.fullDocument);
-      // null: the document was deleted since this change (wsproxy.client's
-      // LiveDocuments likewise drops a document it has no content for).
-      else this._remove(dk, 'deleted');
+    const key = documentKey(effect.id);
+    const previous = this.documents.get(key) ?? null;
+    if (effect.action === 'upsert') {
+      this.documents.set(key, effect.document);
+      // `doc`: the old name of `document`.
+      this._emit('upsert', { key, document: effect.document, doc: effect.document,
+        previous, detail: effect.detail });
+    } else if (previous !== null) {
+      this.documents.delete(key);
+      this._emit('remove', { key, previous, reason: effect.reason, detail: effect.detail });
     }
-  }
-
-  _upsert(dk, doc) {
-    if (!isObject(dk) || !('_id' in dk)) return;
-    const key = documentKey(dk._id);
-    const previous = this.docs.get(key) || null;
-    this.docs.set(key, doc);
-    this._emit('upsert', { key, doc, previous });
-  }
-
-  _remove(dk, reason) {
-    if (!isObject(dk) || !('_id' in dk)) return;
-    const key = documentKey(dk._id);
-    const previous = this.docs.get(key);
-    if (previous === undefined) return;
-    this.docs.delete(key);
-    this._emit('remove', { key, previous, reason });
   }
 }
