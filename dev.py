@@ -69,22 +69,43 @@ def lint():
 
 # Parallel workers for the first pass: most tests wait on processes (the
 # database, gunicorn, a browser), not on the CPU, so more than the cores.
-TEST_WORKERS = os.environ.get("WSPROXY_TEST_WORKERS", "4")
+# `python3 dev.py test -n N` sets another number (for that pass only).
+TEST_WORKERS = "4"
+
+
+def _workers(extra):
+    """(-n's value, the other arguments): -n N, -nN, --numprocesses[=]N."""
+    workers, rest, args = TEST_WORKERS, [], iter(extra)
+    for arg in args:
+        if arg in ("-n", "--numprocesses"):
+            workers = next(args, workers)
+        elif arg.startswith("--numprocesses="):
+            workers = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and arg[2:].isdigit():
+            workers = arg[2:]
+        else:
+            rest.append(arg)
+    return workers, rest
 
 
 def test(extra):
     """Two pytest passes: every test but those that measure, on parallel
-    workers; then those (latency or capacity against a baseline of the same
-    run: serial_markers in pyproject.toml), alone on the machine. Both run
-    whatever the first one's outcome; the exit status is the worse."""
-    passes = [("parallel", ["-n", TEST_WORKERS, "--dist", "loadgroup",
+    workers; then those (latency against a baseline of the same run, memory
+    or file descriptors under load: serial_markers in pyproject.toml), alone
+    on the machine. Both run whatever the first one's outcome; the exit
+    status is the worse. At the end: both passes' counts, failures and
+    slowest tests together."""
+    workers, extra = _workers(extra)
+    passes = [("parallel", ["-n", workers, "--dist", "loadgroup",
                             "--serial-tests=exclude"]),
               ("serial", ["-p", "no:xdist", "--serial-tests=only"])]
     totals = dict.fromkeys(("passed", "failed", "error", "skipped"), 0)
-    codes, took = [], []
+    failures, slowest, codes, took = [], [], [], []
     for name, args in passes:
-        with tempfile.NamedTemporaryFile(prefix="wsproxy-counts-") as counts:
-            env = dict(os.environ, WSPROXY_TEST_COUNTS=counts.name)
+        with tempfile.NamedTemporaryFile(prefix="wsproxy-summary-") as counts:
+            # Not WSPROXY_*: the test servers inherit the environment, and
+            # wsproxy refuses a WSPROXY_ name it does not know.
+            env = dict(os.environ, DEV_PY_TEST_SUMMARY=counts.name)
             print(f"== {name} pass", flush=True)
             started = time.monotonic()
             code = subprocess.run([PY, "-m", "pytest", *args, *extra],
@@ -92,12 +113,19 @@ def test(extra):
             took.append(f"{name} {time.monotonic() - started:.0f} s")
             codes.append(code)
             text = open(counts.name).read()
-            for key, value in (json.loads(text) if text else {}).items():
-                totals[key] += value
-    print(f"== {', '.join(took)}: {totals['failed']} failed, "
-          f"{totals['error']} errors")
-    # The closing line: both passes' counts together (errors as failures).
-    print(f"tests: {totals['passed']} passed, "
+        summary = json.loads(text) if text else {}
+        for key in totals:
+            totals[key] += summary.get(key, 0)
+        failures += summary.get("failures", [])
+        slowest += [(seconds, f"{nodeid} ({name})")
+                    for nodeid, seconds in summary.get("slowest", [])]
+    print("== slowest tests (setup, call and teardown):")
+    for seconds, what in sorted(slowest, reverse=True)[:15]:
+        print(f"{seconds:7.2f}s {what}")
+    for nodeid in failures:
+        print(f"FAILED {nodeid}")
+    # The closing line: both passes together (errors count as failures).
+    print(f"== {', '.join(took)}; tests: {totals['passed']} passed, "
           f"{totals['failed'] + totals['error']} failed, "
           f"{totals['skipped']} skipped", flush=True)
     # 5 is pytest's "no tests collected": fine for one pass (-k, -m or a

@@ -9,11 +9,39 @@ from demo.embedded import EmbeddedMongo
 
 from .helpers import Gunicorn, stable_port
 
-# How the suite runs fast (``python3 dev.py test``; markers and their lists
-# in pyproject.toml): a parallel pass with pytest-xdist workers, then a serial
-# pass of the tests that measure (latency or capacity against a baseline of
-# the same run), alone on the machine. ``--serial-tests`` picks the pass; a
-# plain ``pytest`` runs everything in series, both kinds.
+# How the suite runs fast (``python3 dev.py test``; the markers and their
+# lists are in pyproject.toml): a parallel pass on pytest-xdist workers, then
+# a serial pass of the tests that measure (latency against a baseline of the
+# same run, memory or file descriptors under load), alone on the machine.
+# ``--serial-tests`` picks the pass; a plain ``pytest`` runs both kinds.
+
+# Which tests a worker starts first (lower first; unlisted markers 3): the
+# longest, so that none of them starts last and holds up the end of the run.
+_FIRST = {"install": 0, "bench": 0, "heavy": 1, "capacity": 1, "timing": 1,
+          "browser": 2}
+
+
+# Modules whose tests share module-scoped fixtures (a server and its
+# bystander, a fresh virtualenv): one xdist worker runs each of them whole.
+# (Not xdist_group marks: pytest-xdist 3.8 groups them by a suffix to the
+# node id that pytest 9 no longer reads.)
+TOGETHER = {"tests/test_hostile.py", "tests/test_install.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist): unused
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup, by TOGETHER: each other test on its own, to the
+    next free worker, in the order the workers collected them."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return module if module in TOGETHER else nodeid
+
+    return Scheduler(config, log)
 
 
 def pytest_addoption(parser):
@@ -31,7 +59,14 @@ def pytest_addoption(parser):
                           "in series")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_configure(config):
+    # python3 dev.py test prints the slowest tests of both passes together
+    # at the end (see pytest_terminal_summary): not each pass its own.
+    if os.environ.get("DEV_PY_TEST_SUMMARY"):
+        config.option.durations = None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and xdist read the marks
 def pytest_collection_modifyitems(config, items):
     slow = set(config.getini("slow_markers"))
     serial = set(config.getini("serial_markers"))
@@ -50,20 +85,35 @@ def pytest_collection_modifyitems(config, items):
             deselected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
+    if hasattr(config, "workerinput"):  # on xdist workers: the longest first
+        kept.sort(key=lambda item: min(
+            [_FIRST.get(mark.name, 3) for mark in item.iter_markers()],
+            default=3))
+    items[:] = kept
 
 
 def pytest_terminal_summary(terminalreporter, config):
     """For python3 dev.py test, which adds up its two passes: this pass's
-    counts, in the file WSPROXY_TEST_COUNTS names (the controller only, under
-    xdist: it has every worker's reports)."""
-    path = os.environ.get("WSPROXY_TEST_COUNTS")
+    counts, failures and slowest tests, in the file DEV_PY_TEST_SUMMARY
+    names (by the controller only, under xdist: it has every worker's
+    reports)."""
+    path = os.environ.get("DEV_PY_TEST_SUMMARY")
     if not path or hasattr(config, "workerinput"):
         return
-    counts = {key: len(terminalreporter.stats.get(key, ()))
-              for key in ("passed", "failed", "error", "skipped")}
+    stats = terminalreporter.stats
+    took = {}
+    for reports in stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                took[report.nodeid] = (took.get(report.nodeid, 0.0)
+                                       + report.duration)
+    summary = {key: len(stats.get(key, ()))
+               for key in ("passed", "failed", "error", "skipped")}
+    summary["failures"] = sorted({report.nodeid for key in ("failed", "error")
+                                  for report in stats.get(key, ())})
+    summary["slowest"] = sorted(took.items(), key=lambda kv: -kv[1])[:30]
     with open(path, "w") as f:
-        json.dump(counts, f)
+        json.dump(summary, f)
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +148,12 @@ def mongo_client(mongo):
 
 @pytest.fixture
 def namespace(request, mongo_client):
-    """A fresh db.coll per test, so tests never see each other's events:
-    readable (the test's name, cut to fit MongoDB's 64-byte database names)
-    and unique (a digest of the test's full id, parameters included)."""
-    name = "".join(c for c in request.node.name if c.isalnum())[:40]
+    """A fresh db.coll per test, so tests never see each other's events,
+    also from parallel workers: readable (the start of the test's name) and
+    unique (a digest of its full id, parameters included). 42 characters at
+    most, as long as the names were before: tests and the server cut
+    namespaces in messages (e.g. to 60 characters)."""
+    name = "".join(c for c in request.node.name if c.isalnum())[:29]
     digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
     db = f"t_{name}_{digest}"
     mongo_client.drop_database(db)
@@ -153,6 +205,26 @@ def chromium():
 
         yield get
         browser[0].close()
+
+
+@pytest.fixture(autouse=True)
+def _no_playwright_loop_outside_browser_tests(request):
+    """Playwright's sync API marks its asyncio loop as the thread's running
+    loop between its calls, so while the session's Chromium (above) lives,
+    asyncio.run() would refuse to start in any later test of the worker. A
+    test that does not drive the browser runs without it (an earlier test
+    of the worker may have started it); the mark is put back afterwards."""
+    import asyncio
+
+    loop = asyncio._get_running_loop()
+    if loop is None or "chromium" in request.fixturenames:
+        yield
+        return
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(loop)
 
 
 @pytest.fixture

@@ -113,6 +113,7 @@ def _first_client(server):
     return client
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("history", [1000, 20], ids=["history", "catch-up"])
 def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
         mongo, namespace, gunicorn, history):
@@ -134,6 +135,7 @@ def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
         assert "catch-up" in modes
 
 
+@pytest.mark.heavy
 def test_reconnecting_to_another_proxy_process_loses_and_repeats_nothing(
         mongo, namespace, gunicorn):
     db, coll = namespace
@@ -227,6 +229,7 @@ def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
     client.close()
 
 
+@pytest.mark.heavy
 def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
         own_mongo, gunicorn):
     db, coll = "burst", "items"
