@@ -207,12 +207,23 @@ class _Socket(simple_websocket.Client):
         self.subprotocols = list(subprotocols or [])
         self.extra_headeers = list((headers or {}).items())  # (sic: theirs)
         self._timeout = timeout
+        self._accepted = False
         sock = socket.create_connection((parts.hostname, port), timeout)
         try:
             if secure:
                 context = ssl_context or ssl.create_default_context()
                 sock = context.wrap_socket(sock, server_hostname=parts.hostname)
-            _WebSocketBase.__init__(self, sock, connection_type=ConnectionType.CLIENT)
+            try:
+                _WebSocketBase.__init__(
+                    self, sock, connection_type=ConnectionType.CLIENT
+                )
+            except simple_websocket.ConnectionError:
+                if not self._accepted:
+                    raise
+                # Accepted, then closed in the same read (see handshake):
+                # a connection that is over, whose messages receive() still
+                # returns before it raises ConnectionClosed with the code.
+                sock.close()
         except BaseException:
             sock.close()
             raise
@@ -222,9 +233,12 @@ class _Socket(simple_websocket.Client):
             super().handshake()
         finally:
             self.sock.settimeout(None)  # the reader thread blocks in recv
+        self._accepted = True
         # simple-websocket's handshake takes only the accept from wsproto;
         # frames read together with it (wsproxy's hello often is) would wait
-        # in wsproto until more bytes arrive. Handle them now.
+        # in wsproto until more bytes arrive. Handle them now. (The server's
+        # close may be among them: then simple-websocket raises
+        # ConnectionError, which __init__ takes for what it is.)
         self.connected = self._handle_events()
 
 
