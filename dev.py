@@ -2,11 +2,13 @@
 """Set up and run wsproxy with nothing but Python 3.11+ and the registries.
 
     python3 dev.py demo    # venv + deps, then the demo on the embedded server
-    python3 dev.py test    # venv + deps + Chromium, lint and types, then tests
+    python3 dev.py test    # venv + deps + Chromium, lint and types, docs, then tests
     python3 dev.py bench   # venv + deps, then the fan-out benchmark
+    python3 dev.py docs    # venv + deps, then the documentation on :8001
 
-Extra arguments go to gunicorn, pytest (both passes of `test`: see test())
-or the benchmark. `python3 dev.py test -m "not slow"` is the inner loop.
+Extra arguments go to gunicorn, pytest (both passes of `test`: see test()),
+the benchmark or mkdocs serve. `python3 dev.py test -m "not slow"` is the
+inner loop.
 """
 
 import hashlib
@@ -65,6 +67,37 @@ def lint():
     run(PY, "-m", "ruff", "check", "wsproxy")
     run(PY, "-m", "ruff", "format", "--check", "wsproxy")
     run(PY, "-m", "mypy")
+
+
+def check_docs():
+    """The documentation site, built strictly (a broken link, anchor or
+    reference fails; mkdocs.yml, docs/), and the browser client's .d.ts
+    against its JavaScript and a typed usage file (typecheck/)."""
+    with tempfile.TemporaryDirectory() as site:
+        run(PY, "-m", "mkdocs", "build", "--strict", "--site-dir", site)
+    typecheck = os.path.join(ROOT, "typecheck")
+    if shutil.which("npm") is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+        run(*apt, "update", "-qq", env=env)
+        run(*apt, "install", "-y", "-qq", "nodejs", "npm", env=env)
+    # TypeScript, pinned in typecheck/package-lock.json: npm ci when it changed.
+    with open(os.path.join(typecheck, "package-lock.json"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    stamp = os.path.join(typecheck, "node_modules", ".package-lock.sha256")
+    if not os.path.exists(stamp) or open(stamp).read() != digest:
+        run("npm", "ci", "--no-audit", "--no-fund", cwd=typecheck)
+        with open(stamp, "w") as f:
+            f.write(digest)
+    # The client's place is said once, in tsconfig.json; tsc infers the
+    # JavaScript's types from a copy (beside its .d.ts, the .js would
+    # resolve to the .d.ts).
+    with open(os.path.join(typecheck, "tsconfig.json")) as f:
+        declared = json.load(f)["compilerOptions"]["paths"]["wsproxy-client"][0]
+    script = os.path.join(typecheck, declared).removesuffix(".d.ts") + ".js"
+    os.makedirs(os.path.join(typecheck, "build"), exist_ok=True)
+    shutil.copyfile(script, os.path.join(typecheck, "build", "wsproxy-client.js"))
+    run(os.path.join(typecheck, "node_modules", ".bin", "tsc"), "-p", typecheck)
 
 
 # Parallel workers for the first pass: most tests wait on processes (the
@@ -137,7 +170,7 @@ def test(extra):
 
 
 def main(argv):
-    if not argv or argv[0] not in {"demo", "test", "bench"}:
+    if not argv or argv[0] not in {"demo", "test", "bench", "docs"}:
         sys.exit(__doc__)
     command, extra = argv[0], argv[1:]
     ensure_venv()
@@ -147,8 +180,11 @@ def main(argv):
             os.environ["WSPROXY_EMBEDDED"] = "1"
         os.execv(os.path.join(BIN, "gunicorn"),
                  ["gunicorn", "-c", "gunicorn.conf.py", *extra, "wsgi:app"])
+    if command == "docs":
+        os.execv(PY, [PY, "-m", "mkdocs", "serve", "-a", "127.0.0.1:8001", *extra])
     if command == "test":
         lint()
+        check_docs()
         ensure_chromium()
         sys.exit(test(extra))
     os.execv(PY, [PY, "-m", "bench", *extra])

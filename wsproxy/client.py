@@ -813,7 +813,7 @@ class DocumentsEvent:
 
 class LiveDocuments:
     """The documents a subscription shows, kept current by the rules of
-    the README's "Live documents" (:mod:`wsproxy.liverules`): the
+    docs/live-documents.md (:mod:`wsproxy.liverules`): the
     browser's ``LiveDocuments`` with the same names.
 
         feed = WSProxyClient(url, ns="shop.orders",
@@ -827,7 +827,7 @@ class LiveDocuments:
     On a plain feed: the documents it was sent (inserted, or changed into
     the filter, since it subscribed), until a delete or a ``leave`` takes
     them out: with a filter on document fields the server sends both (see
-    the README's "Filtered feeds").
+    docs/live-documents.md, "Filtered feeds").
 
     ``documents``: key -> document, in order (the snapshot's, then new
     ones as they come); the key is :meth:`key` of the ``_id``. ``loading``:

@@ -419,8 +419,8 @@ class ClientConnection:
             if replaced:
                 self.subscription = subscription
                 # What was held was judged by the old subscription: the
-                # client starts afresh from the reply on (see README,
-                # "Filtered feeds").
+                # client starts afresh from the reply on (see
+                # docs/live-documents.md, "Filtered feeds").
                 self.held = self._new_held(subscription)
                 context, self._context = self._context, context
                 self._sync.lose()
