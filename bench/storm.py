@@ -1,7 +1,7 @@
 """A deploy behind one address: M clients, one worker restarted.
 
 Every client of a worker comes back at once through a proxy, so all of
-them have one address (the README's nginx block without ``ProxyFix``),
+them have one address (docs/serving.md's nginx block without ``ProxyFix``),
 with the id of the last event they got. ``python -m bench.storm`` starts
 SecantusDB, a writer (``--rate`` numbered inserts per second) and one
 gunicorn worker (``wsgi:app``, wsproxy's **default** limits), connects M

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -73,6 +74,28 @@ def scrape(server):
     status, body = http_get(server.url + "/metrics")
     assert status == 200
     return body.decode()
+
+
+def stable_port(host="127.0.0.1"):
+    """A free port below the kernel's ephemeral range, for a server a test
+    kills and starts again on the same port: meanwhile no outgoing
+    connection and no bind to port 0 (of tests running beside it, under
+    xdist) can be given it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    pick = random.SystemRandom()
+    for _ in range(100):
+        port = pick.randrange(max(1024, low - 12000), max(1025, low))
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue  # taken: another
+            return port
+    raise AssertionError(f"no free port below {low}")
 
 
 def server_env(uri, db, coll, selection_ms=2000, **extra):

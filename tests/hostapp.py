@@ -1,5 +1,5 @@
 """An existing Flask app with its own routes, session login and bearer
-tokens, with wsproxy mounted in: what the README's "Mount into your app"
+tokens, with wsproxy mounted in: what docs/mounting.md (and the README)
 describes, served by the real gunicorn in the access tests."""
 
 import os

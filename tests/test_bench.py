@@ -1,4 +1,5 @@
-"""The benchmark runs (in its quick form) and its numbers hold together:
+"""The benchmark runs (smaller than even its --quick form: one client
+count, 1 s phases, two client processes) and its numbers hold together:
 this is a smoke test of the tool, not a performance assertion."""
 
 import json
@@ -13,11 +14,17 @@ from bench import idcost, mix, wire
 
 from .helpers import ROOT, scaled
 
+# The smoke run: every server and code path of --quick (clients 1,10, 2 s),
+# at one client count and for 1 s; the numbers are not what is tested.
+SMOKE = ["--clients", "10", "--duration", "1", "--warmup", "0.3",
+         "--procs", "2"]
 
+
+@pytest.mark.bench
 def test_quick_benchmark_runs_all_three_servers_without_loss(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", *SMOKE, "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ratios" in result.stdout
@@ -38,10 +45,11 @@ COMPRESSION_SERVERS = ("wsproxy-off", "wsproxy-independent", "wsproxy-shared",
                        "websockets-deflate")
 
 
+@pytest.mark.bench
 def test_quick_compression_benchmark_counts_wire_bytes_without_loss(tmp_path):
     out = tmp_path / "compression.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--deflate", "--mix", "demo",
+        [sys.executable, "-m", "bench", *SMOKE, "--deflate", "--mix", "demo",
          "--servers", ",".join(COMPRESSION_SERVERS), "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -115,10 +123,14 @@ def test_idcost_stage_2_frames_are_wsproxys_and_inflate_in_order():
         assert inflater.decompress(body).decode() == text
 
 
+@pytest.mark.bench
 def test_quick_snapshot_benchmark_runs_without_loss(tmp_path):
     out = tmp_path / "snapshot.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.snapshot", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench.snapshot", "--docs", "2500",
+         "--clients", "4", "--snapshotters", "2", "--duration", "3",
+         "--warmup", "0.5", "--ramp", "0.5", "--repeats", "2", "--procs", "2",
+         "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=scaled(180))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ratio B/A" in result.stdout
@@ -160,15 +172,16 @@ def test_quick_snapshot_benchmark_runs_without_loss(tmp_path):
     assert snaps["to_end_ms"]["p99"] >= snaps["to_end_ms"]["p50"] > 0
 
 
+@pytest.mark.bench
 def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
     # Small and short: a burst as the measured phase, then the bystander's
     # mass-disconnect step, then SIGTERM with a fresh set of clients.
     out = tmp_path / "burst.json"
-    clients, burst = 10, 1000
+    clients, burst = 10, 500
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--clients", str(clients),
          "--servers", "wsproxy,websockets", "--burst", str(burst),
-         "--warmup", "0.5", "--mass-disconnect", "--sigterm",
+         "--warmup", "0.3", "--procs", "2", "--mass-disconnect", "--sigterm",
          "--stall-before", "1", "--stall-window", "1.5", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -236,6 +249,7 @@ def test_the_send_floor_is_measured():
     assert 0 < us < 10_000
 
 
+@pytest.mark.bench
 def test_the_arena_benchmark_reports_both_configs():
     done = subprocess.run(
         [sys.executable, "-m", "bench.arenas", "--clients", "2",

@@ -341,6 +341,7 @@ def attack():
 """
 
 
+@pytest.mark.timing  # a p99 against its baseline: alone on the machine
 def test_one_principals_costly_filters_do_not_slow_the_others(
         mongo, mongo_client, namespace, gunicorn):
     """Issue 20: 600 connections of one principal, each with a legal 1.9 KB

@@ -16,10 +16,15 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from .helpers import RawPeer, WSClient, scaled, server_env, wait_for
 
 MB = 1024 * 1024
+
+# Alone on the machine (the serial pass): the worker's memory peak while
+# clients are slowed grows with the load beside it.
+pytestmark = pytest.mark.capacity
 
 
 def _env(mongo, db, coll, **extra):

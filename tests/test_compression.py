@@ -237,6 +237,7 @@ class Writer(threading.Thread):
                 lambda: self.written >= min(count, EVENTS), scaled(60))
 
 
+@pytest.mark.heavy
 def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_subscribe(
         mongo, mongo_client, namespace, gunicorn):
     db, coll = namespace

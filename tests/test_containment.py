@@ -82,10 +82,10 @@ class _Recorder:
     def wait_for(self, count, timeout=5):
         return self.wait_until(lambda frames: len(frames) >= count, timeout)
 
-    def wait_until(self, done, timeout=5):
+    def wait_until(self, predicate, timeout=5):
         from .helpers import scaled
         with self.got:
-            assert self.got.wait_for(lambda: done(self.frames),
+            assert self.got.wait_for(lambda: predicate(self.frames),
                                      scaled(timeout)), len(self.frames)
         return self.frames
 
@@ -198,8 +198,9 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
         frame_of = {e.frame: i for i, e in enumerate(events)}
         last = events[-1].frame
         for after, client in joined:
-            # Up to the last event; the status only reaches a client that
-            # had joined when it was announced (a later one's hello says it).
+            # Until the last event, not a count: a joiner that got in after
+            # the status (a slowed-down joiner thread) resumed from the
+            # history, which has no status, and gets one frame fewer.
             frames = client.wait_until(lambda frames: last in frames)[1:]
             numbers = [frame_of.get(f, "status") for f in frames]
             changes = [n for n in numbers if n != "status"]
@@ -417,6 +418,7 @@ def attack():
 """
 
 
+@pytest.mark.timing  # the bystanders' latency: alone on the machine
 def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
         mongo, mongo_client, namespace, gunicorn):
     import random
@@ -666,6 +668,7 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
     assert not inputs.slots_per_key._used
 
 
+@pytest.mark.heavy
 def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
         mongo, mongo_client, namespace, gunicorn):
     """One address opens six catch-ups and stops reading: two run (its

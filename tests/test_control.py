@@ -452,6 +452,7 @@ def _numbered(client, count, timeout=10.0):
     return seen
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("resume", ["none", "catch-up"])
 def test_subscribe_switches_the_feed_at_one_point_without_a_gap(
         mongo, mongo_client, namespace, gunicorn, resume):

@@ -424,6 +424,7 @@ def attack():
 """
 
 
+@pytest.mark.timing  # the bystanders' latency: alone on the machine
 @pytest.mark.parametrize("mode", ["pings", "fragments"])
 def test_frame_floods_do_not_slow_the_others(mongo, mongo_client, namespace,
                                              gunicorn, mode):

@@ -15,6 +15,10 @@ import pytest
 from .helpers import (ROOT, WSClient, http_get, metric, scaled, scrape,
                       wait_for)
 
+# One xdist worker runs them all (TOGETHER in tests/conftest.py): the fresh
+# virtualenv is made once a module.
+pytestmark = pytest.mark.install
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):

@@ -15,6 +15,7 @@ import threading
 import time
 
 import pymongo
+import pytest
 
 from wsproxy.client import Status, WSProxyClient
 
@@ -116,6 +117,7 @@ def _page_state(page, watcher, since, timeout):
     return time.monotonic() - since
 
 
+@pytest.mark.timing  # what the page shows, within 3 s and 2 s
 def test_an_outage_shows_within_3s_and_the_return_within_2s(
         own_mongo, gunicorn, browser_page):
     server = gunicorn(_defaults_env(own_mongo.uri))

@@ -2,6 +2,7 @@
 once and in order across cut connections and a server restart, refusals
 with the server's reasons, subscribe, reset."""
 
+import re
 import threading
 
 import pytest
@@ -81,6 +82,7 @@ def test_every_close_code_has_a_policy():
     assert {int(c) for c in CloseCode} <= set(CLOSE_POLICY)
 
 
+@pytest.mark.heavy
 def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order(
         mongo, mongo_client, namespace, gunicorn):
     db, coll = namespace
@@ -316,3 +318,82 @@ def test_document_content_never_stops_or_skips_the_feed(
     with WSProxyClient(_ws(server.url), resume_after=got[0].id) as again:
         assert [c.id for c in read_all(again, count)] == [
             c.id for c in got[1:]]
+
+
+def test_messages_that_come_with_the_handshake_and_a_close_are_kept():
+    """A server that accepts, sends and closes at once: its messages and
+    its close arrive in the same read as the handshake's response (a busy
+    client reads late). The client returns the messages, then reconnects
+    after the close, as for any connection closed after a while."""
+    import base64
+    import hashlib
+    import json
+    import socket
+
+    def frame(opcode, payload):  # unmasked, as a server sends them
+        assert len(payload) < 1 << 16
+        if len(payload) < 126:
+            return bytes([0x80 | opcode, len(payload)]) + payload
+        return (bytes([0x80 | opcode, 126]) + len(payload).to_bytes(2, "big")
+                + payload)
+
+    hello = {"type": "hello", "worker": 1, "watch": "shop.orders",
+             "resume": "none", "watcher": "connected", "deletes": "tracked"}
+    def change(n):
+        return {"type": "change", "id": f"c{n}", "event": {
+            "operationType": "insert", "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": n}, "fullDocument": {"_id": n}}}
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    connections = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I)
+            if key is None:  # the client asking why (it should not)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+                conn.close()
+                continue
+            connections.append(conn)
+            key = key[1]
+            accept = base64.b64encode(hashlib.sha1(
+                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            # All in one write: the response, two messages, a 1001 close.
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                + b"\r\n\r\n" + frame(1, json.dumps(hello).encode())
+                + frame(1, json.dumps(change(len(connections))).encode())
+                + frame(8, (1001).to_bytes(2, "big") + b"restart"))
+
+    server = threading.Thread(target=serve, name="test-closing-server")
+    server.start()
+    client = WSProxyClient(
+        f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", ns="shop.orders",
+        ping_interval=0, backoff_initial=0.01)
+    try:
+        item = client.receive(timeout=scaled(10))
+        assert isinstance(item, Change) and item.id == "c1", item
+        assert client.stats["connections"] == 1
+        # Then the close: the client reconnects (and gets the same again).
+        again = client.receive(timeout=scaled(10))
+        assert client.last_close == (1001, "restart")
+        assert client.stats["connections"] == 2 and again.id == "c2"
+    finally:
+        client.close()
+        stop.set()
+        server.join(scaled(5))
+        listener.close()
+        for conn in connections:
+            conn.close()

@@ -113,6 +113,7 @@ def _first_client(server):
     return client
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("history", [1000, 20], ids=["history", "catch-up"])
 def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
         mongo, namespace, gunicorn, history):
@@ -134,6 +135,7 @@ def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
         assert "catch-up" in modes
 
 
+@pytest.mark.heavy
 def test_reconnecting_to_another_proxy_process_loses_and_repeats_nothing(
         mongo, namespace, gunicorn):
     db, coll = namespace
@@ -199,6 +201,19 @@ def test_a_restarted_proxy_resumes_clients_from_the_history_it_reads_back(
     assert "resume: catch-up" not in restarted.output()
 
 
+def test_the_history_read_back_asks_the_client_of_any_watch_scope(
+        mongo_client):
+    """Where the read-back starts is the server's time, asked of the
+    MongoClient of what is watched: the deployment, a database (whose
+    unknown attributes are collections: its "database" is one) or a
+    collection."""
+    from wsproxy.source import _client_of, watch_target
+
+    for scope in ("", "somedb", "somedb.items"):
+        target = watch_target(mongo_client, scope)
+        assert _client_of(target) is mongo_client, scope
+
+
 def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
         mongo, mongo_client, namespace, gunicorn):
     db, coll = namespace
@@ -214,6 +229,7 @@ def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
     client.close()
 
 
+@pytest.mark.heavy
 def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
         own_mongo, gunicorn):
     db, coll = "burst", "items"

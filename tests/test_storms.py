@@ -28,6 +28,7 @@ async def _hellos(url, count, timeout):
                                 return_exceptions=True)
 
 
+@pytest.mark.heavy
 def test_handshakes_run_a_few_at_a_time(mongo, namespace, gunicorn):
     """A thousand clients coming back at once each got a pool thread at
     once, and a thousand runnable threads made every lock a convoy
@@ -169,6 +170,7 @@ def _listening(port):
 STORM = 150  # more than WSPROXY_CONNECT_BURST's default of 100
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
 def test_a_restart_behind_one_address_gets_everyone_back_exactly_once(
         mongo, mongo_client, namespace, gunicorn, how):
@@ -238,6 +240,7 @@ def test_a_restart_behind_one_address_gets_everyone_back_exactly_once(
     assert back[-1] < scaled(15), back[-10:]
 
 
+@pytest.mark.heavy
 def test_a_client_reconnecting_in_a_loop_is_still_throttled(
         mongo, mongo_client, namespace, gunicorn):
     """One client from the address opens connections in a loop, each time

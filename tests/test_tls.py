@@ -10,6 +10,7 @@ import re
 import ssl
 
 import pymongo
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -69,6 +70,7 @@ def _start_tls(env, cert_file, key_file, context, servers):
     return server
 
 
+@pytest.mark.heavy
 def test_a_client_quiet_after_a_burst_with_pings_stays_connected(
         mongo, mongo_client, namespace, tmp_path):
     """A client pings while a burst is written to it (each ping's pong and

@@ -207,12 +207,23 @@ class _Socket(simple_websocket.Client):
         self.subprotocols = list(subprotocols or [])
         self.extra_headeers = list((headers or {}).items())  # (sic: theirs)
         self._timeout = timeout
+        self._accepted = False
         sock = socket.create_connection((parts.hostname, port), timeout)
         try:
             if secure:
                 context = ssl_context or ssl.create_default_context()
                 sock = context.wrap_socket(sock, server_hostname=parts.hostname)
-            _WebSocketBase.__init__(self, sock, connection_type=ConnectionType.CLIENT)
+            try:
+                _WebSocketBase.__init__(
+                    self, sock, connection_type=ConnectionType.CLIENT
+                )
+            except simple_websocket.ConnectionError:
+                if not self._accepted:
+                    raise
+                # Accepted, then closed in the same read (see handshake):
+                # a connection that is over, whose messages receive() still
+                # returns before it raises ConnectionClosed with the code.
+                sock.close()
         except BaseException:
             sock.close()
             raise
@@ -222,9 +233,12 @@ class _Socket(simple_websocket.Client):
             super().handshake()
         finally:
             self.sock.settimeout(None)  # the reader thread blocks in recv
+        self._accepted = True
         # simple-websocket's handshake takes only the accept from wsproto;
         # frames read together with it (wsproxy's hello often is) would wait
-        # in wsproto until more bytes arrive. Handle them now.
+        # in wsproto until more bytes arrive. Handle them now. (The server's
+        # close may be among them: then simple-websocket raises
+        # ConnectionError, which __init__ takes for what it is.)
         self.connected = self._handle_events()
 
 
@@ -799,7 +813,7 @@ class DocumentsEvent:
 
 class LiveDocuments:
     """The documents a subscription shows, kept current by the rules of
-    the README's "Live documents" (:mod:`wsproxy.liverules`): the
+    docs/live-documents.md (:mod:`wsproxy.liverules`): the
     browser's ``LiveDocuments`` with the same names.
 
         feed = WSProxyClient(url, ns="shop.orders",
@@ -813,7 +827,7 @@ class LiveDocuments:
     On a plain feed: the documents it was sent (inserted, or changed into
     the filter, since it subscribed), until a delete or a ``leave`` takes
     them out: with a filter on document fields the server sends both (see
-    the README's "Filtered feeds").
+    docs/live-documents.md, "Filtered feeds").
 
     ``documents``: key -> document, in order (the snapshot's, then new
     ones as they come); the key is :meth:`key` of the ``_id``. ``loading``:

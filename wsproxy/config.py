@@ -1,7 +1,7 @@
 """Every ``WSPROXY_*`` setting, in one table: its name, default, parser and
 meaning. The table drives the defaults, the environment, validation and the
-``init_app`` docstring; a test checks the README's configuration table
-against it.
+``init_app`` docstring and the documentation's configuration page
+(docs/hooks.py); a test checks the README's configuration table against it.
 
 A setting's value may come from ``app.config`` (typed, or text) or from the
 environment (text); the same parser reads both and returns the typed value,
@@ -156,7 +156,7 @@ class Setting(NamedTuple):
 
     @property
     def shown(self):
-        """The default as the README and the docstring write it."""
+        """The default as the README, the docs and the docstring write it."""
         value = self.default
         if value is None or isinstance(value, bool):
             return repr(value)
@@ -440,7 +440,8 @@ SETTINGS = (
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 # Read from the environment only, never from app.config: by wsproxy.gunicorn
 # (threads, timeouts, log level), the repository's gunicorn.conf.py (the
-# demo) and its tests. The README's second configuration table lists them.
+# demo) and its tests. The README's second configuration table lists them,
+# as does docs/configuration.md ("Environment only").
 ENVIRONMENT_ONLY = frozenset(
     {
         "WSPROXY_BIND",

@@ -425,8 +425,8 @@ class ClientConnection:
             if replaced:
                 self.subscription = subscription
                 # What was held was judged by the old subscription: the
-                # client starts afresh from the reply on (see README,
-                # "Filtered feeds").
+                # client starts afresh from the reply on (see
+                # docs/live-documents.md, "Filtered feeds").
                 if self.held is not None:
                     self.held.clear()
                 self.held = self._new_held(subscription)

@@ -1,5 +1,5 @@
 """Live documents: a client's current matching documents of one collection,
-then every change after them (``?snapshot=1``; see README, "Live documents").
+then every change after them (``?snapshot=1``; see docs/live-documents.md).
 
 A :class:`LiveDocuments` stands in for the client in the hub. It goes
 through three phases, and back to the first after a ``reset``:

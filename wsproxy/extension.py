@@ -202,8 +202,7 @@ class ProxyState:
 
     def check_server(self, environ):
         """Refuse (500) a WebSocket on a server that would block on it, and
-        say once per process what the setup loses; see README, "Serve your
-        app"."""
+        say once per process what the setup loses; see docs/serving.md."""
         if not environ.get("wsgi.multithread"):
             self._warn_once(
                 "sync",
@@ -311,8 +310,17 @@ class WSProxy:
         return function
 
     def init_app(self, app: Flask) -> None:
-        # The docstring, with every setting, is built from the settings
-        # table below the class.
+        """Register the WebSocket route, health endpoints and the page.
+
+        Settings come from ``app.config``; a key the app does not set is
+        taken from the environment variable of the same name, else the
+        default in parentheses (the documentation's Configuration page says
+        more). Raises ConfigError for a bad value, a path another route of
+        the app already has, or a ``WSPROXY_*`` name (in app.config or the
+        environment) that is none of these nor an environment-only variable.
+        """
+        # The list of settings is appended to the docstring below the
+        # class, from the settings table.
         if "wsproxy" in app.extensions:
             raise RuntimeError("WSProxy is already registered on this app")
         settings.check_names(app.config)
@@ -337,16 +345,8 @@ class WSProxy:
 
 
 WSProxy.init_app.__doc__ = (
-    """Register the WebSocket route, health endpoints and the page.
-
-        Settings come from ``app.config``; a key the app does not set is
-        taken from the environment variable of the same name, else the
-        default in parentheses (the README says more). Raises ConfigError
-        for a bad value, a path another route of the app already has, or a
-        ``WSPROXY_*`` name (in app.config or the environment) that is none
-        of these nor an environment-only variable of the README.
-
-"""
+    (WSProxy.init_app.__doc__ or "").rstrip()
+    + "\n\n"
     + "\n".join("        " + line for line in settings.docstring_lines())
     + "\n"
 )

@@ -67,7 +67,8 @@ else:
 worker_class = "gthread"
 
 # Each worker runs its own change stream and serves its own clients; more
-# workers use more cores. One per core is plenty (README, "How it scales").
+# workers use more cores. One per core is plenty (docs/serving.md, "Workers
+# and sizing").
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
 # Connections per worker, plus headroom for health checks and page loads.
@@ -175,9 +176,9 @@ def on_starting(server):
 
 # glibc's malloc gives each thread that allocates an arena of its own (up
 # to 8 per core) and keeps what was freed in it: after 20 snapshot clients
-# a worker stayed 7 MB larger per client, 3 MB with two arenas (README,
-# "Memory after snapshots"). MALLOC_ARENA_MAX, if set, is the operator's
-# choice, and glibc has read it already.
+# a worker stayed 7 MB larger per client, 3 MB with two arenas
+# (docs/benchmarks.md, "Memory after snapshots"). MALLOC_ARENA_MAX, if set,
+# is the operator's choice, and glibc has read it already.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
 

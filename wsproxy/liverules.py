@@ -1,5 +1,5 @@
 """What a change or a ``leave`` does to a map of documents: the one Python
-statement of the live-documents rules (README, "Live documents").
+statement of the live-documents rules (docs/live-documents.md).
 
 Used by the server when it merges a snapshot with the changes kept during
 it (:func:`wsproxy.snapshot.merge`) and by the Python client's

@@ -1,8 +1,9 @@
 """The wire contract: message types, close codes and their reasons.
 
-Documented in the README ("The wire format", "Status and close codes");
-every client relies on these values, so they are defined here once and
-used by name everywhere else.
+Documented in docs/protocol.md (its tables of these enums are generated
+from this file, comments included) and, briefly, in the README; every
+client relies on these values, so they are defined here once and used by
+name everywhere else.
 """
 
 from enum import IntEnum, StrEnum

@@ -22,6 +22,8 @@ import threading
 import time
 
 from bson import Timestamp
+from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from . import codec, errorpolicy, metrics, scopecheck
@@ -401,10 +403,14 @@ class ChangeSource:
 
 
 def _client_of(target):
-    """The MongoClient of a MongoClient, Database or Collection."""
-    if hasattr(target, "database"):
+    """The MongoClient of a MongoClient, Database or Collection. (Not by
+    hasattr: a Database's unknown attribute is a Collection, so a Database
+    has a "database", and a Collection a "client".)"""
+    if isinstance(target, Collection):
         return target.database.client
-    return getattr(target, "client", target)
+    if isinstance(target, Database):
+        return target.client
+    return target
 
 
 def watch_target(client, scope):

@@ -6,7 +6,8 @@ Connecting costs a token of its principal's connect budget
 address. Behind a reverse proxy every client has the proxy's address, so
 when a deploy closes every connection of a worker with 1001, or kills it,
 they all come back at once through one budget: 500 clients behind the
-README's nginx took 58 s (p99) to get back in, refused 3,538 times. A
+documented nginx (docs/serving.md) without ``ProxyFix`` took 58 s (p99) to
+get back in, refused 3,538 times. A
 deploy must not look like an attack.
 
 So every ``hello`` carries a ticket, which the client presents when it

@@ -20,7 +20,7 @@ from wsproxy.access import bearer_token
 DB = os.environ.get("SHOP_DB", "shop")
 
 app = Flask(__name__)
-# Served behind one nginx (wsproxy's README, "Behind nginx"), which sets
+# Served behind one nginx (wsproxy's docs/serving.md, "Behind nginx"), which sets
 # X-Forwarded-For: request.remote_addr is then the browser's address, so
 # each anonymous client has its own connect budget and share of a worker,
 # and the log names it. Only right when the app cannot be reached but

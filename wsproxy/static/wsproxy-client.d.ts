@@ -179,6 +179,7 @@ export interface ClientEvents {
 export type Document = Record<string, unknown> & { _id: unknown };
 
 export declare class RefusedError extends Error {
+  constructor(reason: string, status?: number | null);
   readonly reason: string;
   readonly status: number | null;
 }

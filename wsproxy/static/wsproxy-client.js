@@ -677,7 +677,7 @@ export function documentKey(id) {
   return JSON.stringify(id);
 }
 
-/* The rules (README, "Live documents"): what one change or leave does to
+/* The rules (docs/live-documents.md): what one change or leave does to
  * the documents. wsproxy/liverules.py states them for Python (the server's
  * snapshot merge and the Python client); tests/test_live_agreement.py runs
  * the same cases through both. An effect: {action: 'upsert' | 'remove' |
@@ -711,7 +711,7 @@ const LIVE_EVENTS = Object.freeze(['loading', 'snapshot', 'upsert', 'remove']);
  * On a snapshot subscription: the snapshot, then every change after it.
  * On a plain feed: the documents it was sent, until a delete or a `leave`
  * takes them out (with a filter on document fields the server sends both;
- * README, "Filtered feeds").
+ * docs/live-documents.md, "Filtered feeds").
  *
  * `documents`: key (documentKey(_id)) -> document, in order. `loading`:
  * true until they are current (snapshot: from a hello or reset until the
