@@ -274,3 +274,43 @@ def test_a_change_that_clears_documents_is_offered_to_everyone(op):
     if op != "invalidate":
         event["ns"] = {"db": "shop", "coll": "orders"}
     assert routes.candidates(event) == set(members)
+
+
+def test_a_batch_of_several_documents_reaches_a_tracking_member_whole():
+    """A batch (changes that came together) about several documents, some
+    for a member anchored on its tenant that tracks what it is sent: it
+    gets exactly its tenant's, in order, and the others are not lost."""
+    from wsproxy import codec
+    from wsproxy.hub import Hub
+    from wsproxy.tracking import Held
+
+    from .test_hub import FakeClient
+
+    class TrackingClient(FakeClient):
+        routed = True
+
+        def __init__(self, subscription):
+            super().__init__(subscription)
+            self.held = Held(100)
+
+    def insert(i, tenant):
+        return Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
+                       "ns": {"db": "shop", "coll": "orders"},
+                       "documentKey": {"_id": i},
+                       "fullDocument": {"_id": i, "tenant": tenant}}, SEALER)
+
+    def tenant(name):
+        return subscription.parse(MultiDict(), scope="", principal=(
+            access.Principal(name, filter={"fullDocument.tenant": name})))
+
+    hub = Hub()
+    acme, globex = TrackingClient(tenant("acme")), TrackingClient(tenant("globex"))
+    for client in (acme, globex):
+        hub.register(client, None, lambda mode: codec.control_message(
+            "hello", resume=mode))
+    batch = [insert(i, "acme" if i % 3 else "globex") for i in range(12)]
+    hub._publish(batch)
+    for client, name in ((acme, "acme"), (globex, "globex")):
+        wanted = [c.frame for c in batch
+                  if c.raw["fullDocument"]["tenant"] == name]
+        assert client.frames[1:] == wanted

@@ -189,6 +189,16 @@ def item_size(item):
     return len(data or b"")
 
 
+_UNKNOWN = object()  # a held key not computed yet
+
+
+def _in_term(term, number):
+    """Whether batch ``number`` falls in a member's term (joined before it
+    was recorded, not yet left); None: not a member."""
+    return term is not None and term[0] <= number and (
+        term[1] is None or number < term[1])
+
+
 class Hub:
     def __init__(
         self,
@@ -517,27 +527,40 @@ class Hub:
         """Member -> the changes of batch ``number`` it may be offered, in
         order: those the routes say can concern it, if it was a member when
         the batch was recorded (outside the lock)."""
-        routed = collections.defaultdict(list)
+        routed = {}
         terms = self._terms
+        # The scan list takes every change: once per batch, not per change
+        # (events for everyone cost no more than before the index).
+        scan = self.routes.scan
+        for member in scan:
+            if _in_term(terms.get(member), number):
+                routed[member] = list(batch)
         # What a member holds learns of a document only when the change
         # sending it is queued, after this: a later change of the batch
         # about a document an earlier one offered a tracking member (its
         # delete, its leave) is offered to that member too.
         offered = {}  # held key -> tracking members offered it in this batch
+        several = len(batch) > 1
         for change in batch:
-            members = self.routes.candidates(change.raw)
-            key = held_key(change.raw) if len(batch) > 1 else None
-            if key is not None and key in offered:
-                members |= offered[key]
+            raw = change.raw
+            members = self.routes.indexed(raw)
+            key = _UNKNOWN
+            if offered:
+                key = held_key(raw)
+                also = offered.get(key)
+                if also:
+                    members |= also
             for member in members:
-                term = terms.get(member)
-                if (
-                    term is not None
-                    and term[0] <= number
-                    and (term[1] is None or number < term[1])
-                ):
-                    routed[member].append(change)
-                    if key is not None and getattr(member, "held", None) is not None:
+                if member in scan or not _in_term(terms.get(member), number):
+                    continue
+                changes = routed.get(member)
+                if changes is None:
+                    routed[member] = changes = []
+                changes.append(change)
+                if several and getattr(member, "held", None) is not None:
+                    if key is _UNKNOWN:
+                        key = held_key(raw)
+                    if key is not None:
                         offered.setdefault(key, set()).add(member)
         return routed
 

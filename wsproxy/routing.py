@@ -234,12 +234,24 @@ class Routes:
             values[key] = values.get(key, _EMPTY) | {member}
         self._paths = tuple(self._index.items())
 
+    @property
+    def scan(self):
+        """The members offered every change (a frozenset; without the
+        hub's lock)."""
+        return self._scan
+
     def candidates(self, raw):
         """Every member ``raw`` may concern (a superset; without the
         hub's lock)."""
+        return self.indexed(raw) | self._scan
+
+    def indexed(self, raw):
+        """:meth:`candidates` but the scan list, which a caller offering
+        a batch handles once for the whole batch (every member, for a
+        change that clears documents)."""
         if raw.get("operationType") in CLEARING_OPS:
             return set(self._members)  # rare: everyone
-        found = set(self._scan)
+        found = set()
         for path, values in self._paths:
             for key in event_keys(raw, path):
                 members = values.get(key)
