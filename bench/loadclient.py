@@ -257,7 +257,7 @@ async def main(args):
         wait = max(0.0, float(line[2]) - time.time())
         try:
             await asyncio.wait_for(load.all_done.wait(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
     # else: EOF or garbage -- the driver is gone; just clean up.
 

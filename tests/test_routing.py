@@ -4,6 +4,7 @@ random events, every member whose subscription decides to send something
 (or that holds the document) is among the candidates, before, during and
 after a subscription is replaced. And anchors are chosen best first."""
 
+import json
 import random
 
 import pytest
@@ -47,8 +48,8 @@ def _random_args(rng):
             args.add("ops", op)
     choice = rng.random()
     if choice < 0.2:
-        args["filter"] = '{"fullDocument.status": "%s"}' % rng.choice(
-            ["open", "closed"])
+        args["filter"] = json.dumps(
+            {"fullDocument.status": rng.choice(["open", "closed"])})
     elif choice < 0.3:
         args["filter"] = ('{"$or": [{"fullDocument.status": "open"}, '
                           '{"fullDocument.n": {"$gt": 5}}]}')

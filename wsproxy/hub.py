@@ -195,8 +195,9 @@ _UNKNOWN = object()  # a held key not computed yet
 def _in_term(term, number):
     """Whether batch ``number`` falls in a member's term (joined before it
     was recorded, not yet left); None: not a member."""
-    return term is not None and term[0] <= number and (
-        term[1] is None or number < term[1])
+    return (
+        term is not None and term[0] <= number and (term[1] is None or number < term[1])
+    )
 
 
 class Hub:
