@@ -58,6 +58,13 @@ def parse(argv=None):
                    help="what the writer writes: benchmark documents "
                         "(default) or the demo's inserts, updates, replaces "
                         "and deletes of orders (see bench.mix)")
+    p.add_argument("--tenants", action="store_true",
+                   help="the tenant scenario: each of the M clients "
+                        "subscribes to its own tenant (?filter= on "
+                        "fullDocument.tenant) and the writer spreads the "
+                        "inserts over the M tenants in turn, so each event "
+                        "is for exactly one client (wsproxy servers only; "
+                        "us/msg is then CPU per event: compare M=1)")
     p.add_argument("--burst", type=int, default=0, metavar="N",
                    help="instead of rate*duration measured writes, insert N "
                         "documents as fast as the database takes them "
@@ -108,6 +115,10 @@ def parse(argv=None):
         p.error("--rate, --duration and --procs must be positive")
     if opts.burst < 0 or opts.stall_before <= 0 or opts.stall_window <= 0:
         p.error("--burst must not be negative, --stall-* must be positive")
+    if opts.tenants and (opts.burst or opts.mix != "bench"
+                         or any(not n.startswith("wsproxy")
+                                for n in opts.servers)):
+        p.error("--tenants: wsproxy servers, --mix bench, no --burst")
     if opts.burst and opts.mix != "bench":
         p.error("--burst inserts benchmark documents: no --mix demo")
     return opts

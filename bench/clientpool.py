@@ -5,6 +5,8 @@ stdin/stdout line protocol (every wait has a timeout), and merges their
 results and latency files. ``close()`` always stops every process group.
 With ``seqs=True`` the clients also record each latency's seq, and
 ``finish`` leaves them in ``self.seqs`` (parallel to the latencies).
+With ``tenants=True`` client k of M subscribes to tenant k's documents
+alone (the tenant scenario, ``python -m bench --tenants``).
 With ``hold=True`` the connections outlive ``finish`` until ``close()``
 (EOF: each closes politely) or ``kill()`` (SIGKILL to every process at
 once: the kernel drops all their sockets, no close frames).
@@ -23,7 +25,8 @@ from . import procs
 class ClientPool:
     def __init__(self, url, total, nprocs, workdir, *, hello=False,
                  first_seq=0, not_before=0.0, connect_timeout=60.0,
-                 client="lean", seqs=False, deflate=False, hold=False):
+                 client="lean", seqs=False, deflate=False, hold=False,
+                 tenants=False):
         self.total = total
         self.hold = hold
         self.workdir = workdir
@@ -34,7 +37,7 @@ class ClientPool:
         self._args = dict(url=url, hello=hello, first_seq=first_seq,
                           not_before=not_before,
                           connect_timeout=connect_timeout, client=client,
-                          deflate=deflate)
+                          deflate=deflate, tenants=total if tenants else 0)
         self._counts = [base + (1 if i < extra else 0) for i in range(nprocs)]
 
     def _argv(self, i, count):
@@ -49,7 +52,9 @@ class ClientPool:
         return (argv + (["--hello"] if a["hello"] else [])
                 + (["--deflate"] if a["deflate"] else [])
                 + (["--hold"] if self.hold else [])
-                + (["--seqs"] if self.seqs is not None else []))
+                + (["--seqs"] if self.seqs is not None else [])
+                + (["--tenants", str(a["tenants"]), "--first-index",
+                    str(sum(self._counts[:i]))] if a["tenants"] else []))
 
     def start(self):
         log = os.path.join(self.workdir, "clients.log")

@@ -115,6 +115,11 @@ def main(opts):
             print(f"burst: {opts.burst} documents inserted back to back "
                   "(msgs/s: delivery rate from the first write to the last "
                   "message received)")
+        if opts.tenants:
+            print("tenants: client k of M follows tenant k alone and each "
+                  "write is one tenant's, so every event is for exactly one "
+                  "client (us/msg: server CPU per event; M=1 is the "
+                  "one-client figure)")
         print(report.table(results))
         if opts.deflate or opts.mix != "bench":
             print("\ncompression (clients offer permessage-deflate: "

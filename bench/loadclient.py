@@ -24,6 +24,10 @@ RESULT then tells, from CONNECTED on (handshakes and hellos excluded), the
 bytes read from the sockets (``wire_bytes``, lean connections only), the
 change messages they carried (``changes``, warm-up included) and those
 messages' inflated size (``payload_bytes``).
+
+With ``--tenants N`` connection j subscribes to tenant ``first-index + j``
+alone (``?filter=``, see :func:`.wire.tenant_filter`) and is done at the
+last measured seq of its tenant.
 """
 
 import argparse
@@ -33,16 +37,18 @@ import resource
 import sys
 import time
 from array import array
+from urllib.parse import quote
 
 from .connections import OPENERS
 from .procs import die_with_parent, raise_nofile
-from .wire import change_seq_t
+from .wire import change_seq_t, tenant_filter, tenant_last_seq
 
 
 class Conn:
-    __slots__ = ("seen", "max_seq", "dups", "ooo", "done", "link", "closed")
+    __slots__ = ("seen", "max_seq", "dups", "ooo", "done", "link", "closed",
+                 "tenant", "target")
 
-    def __init__(self):
+    def __init__(self, tenant=None):
         self.seen = set()
         self.max_seq = -1
         self.dups = 0
@@ -50,13 +56,16 @@ class Conn:
         self.done = False      # got the last seq, or closed: stop waiting
         self.link = None       # the open connection (see .connections)
         self.closed = False    # the connection ended before we closed it
+        self.tenant = tenant   # its tenant's index (--tenants), or None
+        self.target = None     # the last seq it is to get, once known
 
 
 class Load:
     def __init__(self, args):
         self.args = args
         self.opener = OPENERS[args.client]
-        self.conns = [Conn() for _ in range(args.count)]
+        self.conns = [Conn(args.first_index + j if args.tenants else None)
+                      for j in range(args.count)]
         self.lat_ms = array("d")
         # The seq of each latency, for a driver that splits a run into
         # phases by seq (bench.snapshot); None: not recorded.
@@ -119,7 +128,7 @@ class Load:
             if self.first_recv is None:
                 self.first_recv = now
             self.last_recv = now
-            if self.target is not None and seq >= self.target:
+            if c.target is not None and seq >= c.target:
                 self._finished(c)
         return on_message
 
@@ -129,7 +138,10 @@ class Load:
         while time.monotonic() < deadline:
             link = None
             try:
-                link = await self.opener(a.url, self.receiver(c),
+                url = a.url
+                if c.tenant is not None:
+                    url += "?filter=" + quote(tenant_filter(c.tenant))
+                link = await self.opener(url, self.receiver(c),
                                          max(1.0, deadline - time.monotonic()),
                                          deflate=a.deflate)
                 if a.hello:
@@ -169,10 +181,13 @@ class Load:
 
     def finish(self, last_seq):
         self.target = last_seq
-        self.pending = sum(1 for c in self.conns
-                           if not c.done and c.max_seq < last_seq)
         for c in self.conns:
-            if not c.done and c.max_seq >= last_seq:
+            c.target = last_seq if c.tenant is None else tenant_last_seq(
+                c.tenant, self.args.tenants, self.args.first_seq, last_seq)
+        self.pending = sum(1 for c in self.conns
+                           if not c.done and c.max_seq < c.target)
+        for c in self.conns:
+            if not c.done and c.max_seq >= c.target:
                 c.done = True
         if self.pending <= 0:
             self.all_done.set()
@@ -194,7 +209,7 @@ class Load:
             "ooo": sum(c.ooo for c in cs),
             "closed_early": sum(1 for c in cs if c.closed),
             "incomplete": sum(1 for c in cs if c.link is not None
-                              and c.max_seq < (self.target or 0)),
+                              and c.max_seq < (c.target or 0)),
             "stale": self.stale, "warmup": self.warmup, "other": self.other,
             "first_recv": self.first_recv, "last_recv": self.last_recv,
             "timed_out": timed_out, "client_cpu_s": cpu_s,
@@ -242,7 +257,7 @@ async def main(args):
         wait = max(0.0, float(line[2]) - time.time())
         try:
             await asyncio.wait_for(load.all_done.wait(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
     # else: EOF or garbage -- the driver is gone; just clean up.
 
@@ -273,6 +288,10 @@ def cli(argv=None):
                    help="seqs below this are warm-up: not recorded")
     p.add_argument("--not-before", type=float, default=0.0,
                    help="ignore documents with t before this (older runs)")
+    p.add_argument("--tenants", type=int, default=0, metavar="N",
+                   help="each connection subscribes to one tenant of N")
+    p.add_argument("--first-index", type=int, default=0,
+                   help="with --tenants: the first connection's tenant")
     p.add_argument("--hello", action="store_true",
                    help="wait for the server's hello before counting a "
                         "connection as established")

@@ -46,6 +46,8 @@ def summarize(raw, lat):
     changes = recv.get("changes")
     wire = recv.get("wire_bytes")
     payload = recv.get("payload_bytes")
+    # The tenant scenario: each write is for one client, not all M.
+    per_write = 1 if raw.get("tenants") else m
     return {
         "server": raw["server"], "clients": m, "rate": raw["rate"],
         "duration": raw["duration"], "burst": raw.get("burst") or 0,
@@ -53,14 +55,16 @@ def summarize(raw, lat):
         "deflate": raw.get("deflate", False), "mix": raw.get("mix", "bench"),
         "writes": writes, "achieved_write_rate": w.get("achieved_rate"),
         "writer_max_behind_s": w.get("max_behind_s"),
-        "expected": m * writes, "received": received,
+        "tenants": bool(raw.get("tenants")),
+        "expected": per_write * writes, "received": received,
         "msgs_per_s": received / span if span and span > 0 else None,
         # A burst offers all at once: msgs/s is then its delivery rate,
         # from the first measured write to the last message received.
-        "offered_msgs_per_s": None if raw.get("burst") else m * raw["rate"],
+        "offered_msgs_per_s": (None if raw.get("burst")
+                               else per_write * raw["rate"]),
         "lat_p50_ms": percentile(lat, 50), "lat_p99_ms": percentile(lat, 99),
         "lat_max_ms": lat[-1] if lat else None,
-        "lost": m * writes - received if writes else None,
+        "lost": per_write * writes - received if writes else None,
         "dups": recv.get("dups", 0), "out_of_order": recv.get("ooo", 0),
         "dropped_conns": recv.get("closed_early", 0),
         "incomplete_conns": recv.get("incomplete", 0),

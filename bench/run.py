@@ -42,7 +42,8 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
     """
     raw = {"server": spec.name, "clients": clients, "rate": opts.rate,
            "duration": opts.duration, "deflate": opts.deflate,
-           "mix": opts.mix, "burst": opts.burst, "error": None}
+           "mix": opts.mix, "burst": opts.burst, "tenants": opts.tenants,
+           "error": None}
     lat = None
     # Clients stay connected after their RESULT for the steps that need
     # them; then close() or kill() ends them.
@@ -53,7 +54,7 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
     if drain is None:  # a burst queues M*N messages at once
         drain = 30 + clients * opts.burst / 1e4 if opts.burst else 10.0
     server = ServerProcess(spec, db_uri, namespace, free_port(),
-                           os.path.join(workdir, "server.log"))
+                           os.path.join(workdir, "server.log"), clients)
     monitor = pool = writer = log_split = disconnect_split = None
     try:
         _drop(db_uri, namespace)
@@ -71,7 +72,7 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
                            first_seq=warm, not_before=not_before,
                            connect_timeout=opts.connect_timeout,
                            client=opts.client, deflate=opts.deflate,
-                           hold=hold)
+                           hold=hold, tenants=opts.tenants)
             os.makedirs(p.workdir, exist_ok=True)
             return p.start()
 
@@ -88,7 +89,8 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
             "--ns", namespace, "--rate", str(opts.rate),
             "--duration", str(opts.duration), "--warmup-count", str(warm),
             "--mix", opts.mix]
-            + (["--burst", str(opts.burst)] if opts.burst else []),
+            + (["--burst", str(opts.burst)] if opts.burst else [])
+            + (["--tenants", str(clients)] if opts.tenants else []),
             os.path.join(workdir, "writer.log"))
         # Slow inserts, bounded (a burst: at least 1,000 documents a second).
         budget = opts.warmup + 60 + (opts.burst / 1000 if opts.burst

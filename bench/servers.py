@@ -84,6 +84,9 @@ _WSPROXY_ENV = {
     "WSPROXY_MAX_CLIENTS": "1050",
     # ...all from one address, which by default may hold only half.
     "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": "1050",
+    # The tenant scenario's filters (one distinct filter per client), all
+    # from that one address too.
+    "WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL": "100000",
 }
 
 
@@ -124,8 +127,9 @@ GROUPS = {"compression": ("wsproxy-off", "wsproxy-independent",
 class ServerProcess:
     """One running server; use as a context manager so it always stops."""
 
-    def __init__(self, spec, uri, namespace, port, log_path):
+    def __init__(self, spec, uri, namespace, port, log_path, clients=0):
         self.spec = spec
+        self.clients = clients
         self.uri = uri
         self.namespace = namespace
         self.port = port
@@ -140,6 +144,14 @@ class ServerProcess:
     def start(self):
         env = dict(os.environ)
         env.update(self.spec.env)
+        if "WSPROXY_MAX_CLIENTS" in env and self.clients + 50 > int(
+                env["WSPROXY_MAX_CLIENTS"]):
+            # More clients than the default room (e.g. 2,000): a thread,
+            # and a place, for each of them and the bystander.
+            room = str(self.clients + 50)
+            env.update(WSPROXY_MAX_CLIENTS=room,
+                       WSPROXY_MAX_CLIENTS_PER_PRINCIPAL=room,
+                       WSPROXY_THREADS=str(self.clients + 100))
         # wsproxy reads its configuration from the environment; the
         # baselines from argv. Setting both is harmless.
         env["WSPROXY_MONGODB_URI"] = self.uri

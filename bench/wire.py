@@ -68,9 +68,27 @@ def encode_change(change):
                json_util.dumps(change, json_options=_RELAXED)))
 
 
-def bench_document(seq, t, pad=200):
-    """The document the writer inserts."""
-    return {"seq": seq, "t": t, "pad": "x" * pad}
+def bench_document(seq, t, pad=200, tenants=0):
+    """The document the writer inserts; with ``tenants`` N, it belongs to
+    tenant ``t<seq mod N>`` (see :func:`tenant_filter`)."""
+    doc = {"seq": seq, "t": t, "pad": "x" * pad}
+    if tenants:
+        doc["tenant"] = f"t{seq % tenants}"
+    return doc
+
+
+def tenant_filter(index):
+    """The ``?filter=`` of the tenant scenario's client ``index``: only its
+    tenant's documents (each event is for exactly one client)."""
+    return json.dumps({"fullDocument.tenant": f"t{index}"},
+                      separators=(",", ":"))
+
+
+def tenant_last_seq(index, tenants, first_seq, last_seq):
+    """The last measured seq client ``index`` of ``tenants`` receives
+    (-1: none of the measured writes is its tenant's)."""
+    seq = last_seq - (last_seq - index) % tenants
+    return seq if seq >= first_seq else -1
 
 
 _CUSTOMERS = ("ada", "grace", "linus", "margaret", "ken", "barbara")

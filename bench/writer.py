@@ -55,7 +55,7 @@ def burst(coll, count, first_seq, chunk=500):
 
 
 def write(coll, rate, warmup, count, update=0, marks=(), mix=None,
-          burst_chunk=0, base=0):
+          burst_chunk=0, base=0, tenants=0):
     """The rate schedule (``burst_chunk``: only for the warm-up, then the
     ``count`` measured documents back to back, see :func:`burst`)."""
     interval = 1.0 / rate
@@ -87,7 +87,7 @@ def write(coll, rate, warmup, count, update=0, marks=(), mix=None,
             coll.update_one({"_id": seq % update},
                             {"$set": {"seq": seq, "t": t}})
         else:
-            coll.insert_one(bench_document(seq, t))
+            coll.insert_one(bench_document(seq, t, tenants=tenants))
         acks.append(round((time.monotonic() - sent) * 1000.0, 3))
         sent_at.append(t)
     if burst_chunk:
@@ -119,6 +119,9 @@ def cli(argv=None):
                    help="documents per insert_many in --burst (default 500)")
     p.add_argument("--seq-base", type=int, default=0, metavar="B",
                    help="the first document's seq (default 0)")
+    p.add_argument("--tenants", type=int, default=0, metavar="N",
+                   help="inserted documents belong to tenants t0..tN-1 in "
+                        "turn (seq mod N)")
     p.add_argument("--mark", type=int, action="append", default=[],
                    metavar="SEQ", help="say MARK just before writing SEQ")
     args = p.parse_args(argv)
@@ -135,7 +138,8 @@ def cli(argv=None):
         t_first, behind, acks, sent_at = write(
             client[db][coll], args.rate, warm, count,
             update=args.update, marks=set(args.mark), mix=mix,
-            burst_chunk=args.chunk if args.burst else 0, base=args.seq_base)
+            burst_chunk=args.chunk if args.burst else 0, base=args.seq_base,
+            tenants=args.tenants)
         t_last = time.time()
         first = args.seq_base + warm
         print("DONE " + json.dumps({

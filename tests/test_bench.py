@@ -39,6 +39,35 @@ def test_quick_benchmark_runs_all_three_servers_without_loss(tmp_path):
         assert run["msgs_per_s"] > 0 and run["lat_p99_ms"] >= run["lat_p50_ms"]
 
 
+@pytest.mark.bench
+def test_tenant_benchmark_delivers_each_event_to_its_tenant_alone(tmp_path):
+    out = tmp_path / "tenants.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *SMOKE, "--tenants", "--servers",
+         "wsproxy", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "every event is for exactly one client" in result.stdout
+    [run] = json.loads(out.read_text())["results"]
+    assert run["error"] is None and run["tenants"], run
+    # Each write once, to one client: another tenant's event would count
+    # as received (lost < 0), a missing one as lost.
+    assert run["received"] == run["expected"] == run["writes"] > 0, run
+    assert run["lost"] == 0 and run["dups"] == 0, run
+    assert run["incomplete_conns"] == 0 and run["dropped_conns"] == 0, run
+
+
+def test_a_tenant_client_knows_its_last_seq():
+    # Tenant k of 4 gets seqs k, k+4, ...; seqs below first_seq are warm-up.
+    assert wire.tenant_last_seq(1, 4, 10, 20) == 17
+    assert wire.tenant_last_seq(0, 4, 10, 20) == 20
+    assert wire.tenant_last_seq(3, 4, 10, 11) == 11
+    assert wire.tenant_last_seq(3, 4, 10, 10) == -1
+    assert wire.tenant_last_seq(0, 1, 0, 5) == 5
+    assert wire.bench_document(6, 0.0, tenants=4)["tenant"] == "t2"
+    assert "tenant" not in wire.bench_document(6, 0.0)
+
+
 # The deflate clients against both of wsproxy's compression stages, the
 # uncompressed reference and the per-connection baseline.
 COMPRESSION_SERVERS = ("wsproxy-off", "wsproxy-independent", "wsproxy-shared",

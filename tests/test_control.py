@@ -107,6 +107,9 @@ class FakeHub:
         while self.barriers:
             self.barriers.pop(0).callback()
 
+    def reroute(self, member, subscription=None):
+        pass  # every change reaches every fake client
+
 
 def _parse(args):
     if "ns" in args and args["ns"] == "forbidden":

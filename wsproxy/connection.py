@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from .codec import Change
     from .compression import SharedContexts
+    from .routing import Holders
     from .subscription import Subscription
     from .websocket import Connection
 
@@ -98,6 +99,9 @@ class ClientConnection:
     connection's handler thread calls :meth:`run`."""
 
     _ids = iter(range(1, 1 << 62))
+    # Offered only the changes its subscription's anchor and what it holds
+    # can concern (wsproxy.routing).
+    routed = True
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class ClientConnection:
         contexts: SharedContexts | None = None,
         max_held: int = 1000,
         owner: object = None,
+        holders: Holders | None = None,
     ) -> None:
         self.id = next(self._ids)
         self.conn = conn
@@ -124,6 +129,7 @@ class ClientConnection:
         # most max_held; None when its filters do not test documents.
         # Routed and replaced under _state_lock.
         self.max_held = max_held
+        self._holders = holders
         self.held = self._new_held(subscription)
         # The worker's shared compression contexts (None: not used), the
         # one this client's subscription is in, and where it stands in it.
@@ -167,7 +173,7 @@ class ClientConnection:
 
     def _new_held(self, subscription):
         if subscription.tracks and subscription.snapshot is None:
-            return Held(self.max_held)
+            return Held(self.max_held, self._holders, self)
         return None
 
     # -- called by the broadcaster (and at registration) -------------------
@@ -421,6 +427,8 @@ class ClientConnection:
                 # What was held was judged by the old subscription: the
                 # client starts afresh from the reply on (see
                 # docs/live-documents.md, "Filtered feeds").
+                if self.held is not None:
+                    self.held.clear()
                 self.held = self._new_held(subscription)
                 context, self._context = self._context, context
                 self._sync.lose()
@@ -600,6 +608,11 @@ class ClientConnection:
         """Make sure reading has ended and no write can reach the socket
         any more (the WSGI server closes it next)."""
         self.ended = True
+        with self._state_lock:
+            # Out of the hub's index of who holds what; no more to hold.
+            if self.held is not None:
+                self.held.clear()
+                self.held = None
         if self._contexts is not None:
             self._contexts.leave(self._context)
             self._context = None

@@ -185,14 +185,21 @@ class Control:
         except RecursionError:  # a filter json.loads only just read
             client.request_close(CloseCode.POLICY, TOO_DEEP)
             return
-        if client.replace_subscription(
+        # Routed by both while the one replaces the other, so no change
+        # either admits can slip between them (wsproxy.routing).
+        if self._hub is not None:
+            self._hub.reroute(client, subscription)
+        replaced = client.replace_subscription(
             subscription,
             codec.frame(
                 codec.control_message(
                     MessageType.SUBSCRIBED, **self._describe(subscription)
                 )
             ),
-        ):
+        )
+        if self._hub is not None:
+            self._hub.reroute(client)
+        if replaced:
             log.info(
                 "client %s subscribed (ns: %s)",
                 client.id,

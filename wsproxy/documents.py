@@ -41,6 +41,7 @@ from collections.abc import Mapping
 
 from .codec import Shape, untracked_leave_frame
 from .protocol import CloseCode
+from .routing import NS
 from .tracking import (
     CLEARING_OPS,
     DOCUMENT_OPS,
@@ -93,6 +94,11 @@ class LiveDocuments:
 
     def __repr__(self):
         return f"<LiveDocuments {self.client!r} {self._phase}>"
+
+    def route_anchor(self):
+        """Offered every change to its collection (wsproxy.routing): while
+        reading it keeps them all for the merge, whatever its filter."""
+        return (NS, frozenset({self.query.ns}))
 
     # -- the hub's side (broadcaster thread) ---------------------------------
 

@@ -435,6 +435,7 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
         except Exception:  # noqa: BLE001 - hostile shapes: fail closed
             return False
 
+    predicate.spec = spec
     predicate.text = canonical(spec)
     predicate.terms = terms(spec)
     predicate.fields = document_paths(spec)

@@ -28,6 +28,8 @@ from typing import Protocol
 
 from . import codec, metrics
 from .protocol import CloseCode
+from .routing import Routes
+from .tracking import held_key
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,17 @@ def item_size(item):
     return len(data or b"")
 
 
+_UNKNOWN = object()  # a held key not computed yet
+
+
+def _in_term(term, number):
+    """Whether batch ``number`` falls in a member's term (joined before it
+    was recorded, not yet left); None: not a member."""
+    return (
+        term is not None and term[0] <= number and (term[1] is None or number < term[1])
+    )
+
+
 class Hub:
     def __init__(
         self,
@@ -205,6 +218,14 @@ class Hub:
         # duplicate-free. Only O(1)-ish work happens under it.
         self._lock = threading.Lock()
         self._clients = set()
+        # Which members each change can concern (wsproxy.routing), and, per
+        # member, the batch numbers it is offered: [joined, left or None]
+        # (a batch recorded before it joined or after it left is not its).
+        # Written under the lock; the broadcaster reads them outside it.
+        self.routes = Routes()
+        self._terms = {}
+        self._departed = []  # members that left, to drop from routes
+        self._batch = 0  # the number of the next batch recorded
         self._history = collections.deque()  # Changes, oldest first
         self._positions = {}  # id -> position (numbered from 0, never reused)
         self._next_position = 0
@@ -289,7 +310,7 @@ class Hub:
                 with self._lock:
                     # hello under the lock, as in register().
                     client.preload([codec.frame(hello(mode))])
-                    self._clients.add(member)
+                    self._join_locked(member)
                 start()
             yield mode
         finally:
@@ -313,7 +334,7 @@ class Hub:
         if after_id is None:
             with self._lock:
                 client.preload([codec.frame(hello("none"))])
-                self._clients.add(client)
+                self._join_locked(client)
             return "none"
         joining = _Joining(client)
         if not self.prefilled.is_set():
@@ -324,7 +345,7 @@ class Hub:
             backlog = self._recorded_after(after_id)
             if backlog is None:
                 return None
-            self._clients.add(joining)
+            self._join_locked(joining)
         try:
             # The client's filter over the backlog, outside the lock.
             sub = client.subscription
@@ -351,8 +372,8 @@ class Hub:
         with self._lock:
             # The stand-in now only forwards: put the client in its place.
             if joining in self._clients:
-                self._clients.discard(joining)
-                self._clients.add(client)
+                self._leave_locked(joining)
+                self._join_locked(client)
         return "history"
 
     def _recorded_after(self, after_id):
@@ -366,7 +387,35 @@ class Hub:
 
     def unregister(self, client):
         with self._lock:
-            self._clients.discard(client)
+            self._leave_locked(client)
+
+    def _join_locked(self, member):
+        if member in self._terms:
+            # Left and back before the next batch pruned it: start afresh.
+            self._departed = [m for m in self._departed if m is not member]
+            self.routes.remove(member)
+        self._clients.add(member)
+        self._terms[member] = [self._batch, None]
+        self.routes.add(member)
+
+    def _leave_locked(self, member):
+        if member in self._clients:
+            self._clients.discard(member)
+            # Still offered the batches recorded before now; dropped from
+            # the routes when the next batch is recorded.
+            self._terms[member][1] = self._batch
+            self._departed.append(member)
+
+    def reroute(self, member, subscription=None):
+        """``member``'s subscription is being replaced by ``subscription``
+        (routed by both from now on), or, without one, was replaced (routed
+        by its current one alone). A member not in the hub is left alone."""
+        with self._lock:
+            if member in self._clients:
+                if subscription is None:
+                    self.routes.settle(member)
+                else:
+                    self.routes.widen(member, subscription)
 
     def clients(self):
         with self._lock:
@@ -448,7 +497,13 @@ class Hub:
         self._published(batch[0])
         with self._lock:
             self._record(batch, sizes)
-            clients = list(self._clients)
+            number = self._batch
+            self._batch += 1
+            # Members that left before this batch are offered nothing more.
+            departed, self._departed = self._departed, []
+            for member in departed:
+                self.routes.remove(member)
+                del self._terms[member]
         now = time.time()
         for change in batch:
             wall = change.raw.get("wallTime")
@@ -457,17 +512,58 @@ class Hub:
                 lag = now - wall.replace(tzinfo=datetime.UTC).timestamp()
                 metrics.LAG.observe(max(lag, 0.0))
         handed = 0
-        for client in clients:
-            if len(batch) == 1:
-                handed += 1 if client.on_change(batch[0]) else 0
+        for member, changes in self._routed(batch, number).items():
+            if len(changes) == 1:
+                handed += 1 if member.on_change(changes[0]) else 0
             else:
-                handed += client.on_changes(batch)
+                handed += member.on_changes(changes)
         self._published(batch[-1])
         if handed:
             metrics.MESSAGES.inc(handed)
         # The bytes these writes (and others since) put on sockets: counted
         # as written (GuardedSocket), published here and once a second.
         metrics.BYTES_WRITTEN.flush()
+
+    def _routed(self, batch, number):
+        """Member -> the changes of batch ``number`` it may be offered, in
+        order: those the routes say can concern it, if it was a member when
+        the batch was recorded (outside the lock)."""
+        routed = {}
+        terms = self._terms
+        # The scan list takes every change: once per batch, not per change
+        # (events for everyone cost no more than before the index).
+        scan = self.routes.scan
+        for member in scan:
+            if _in_term(terms.get(member), number):
+                routed[member] = list(batch)
+        # What a member holds learns of a document only when the change
+        # sending it is queued, after this: a later change of the batch
+        # about a document an earlier one offered a tracking member (its
+        # delete, its leave) is offered to that member too.
+        offered = {}  # held key -> tracking members offered it in this batch
+        several = len(batch) > 1
+        for change in batch:
+            raw = change.raw
+            members = self.routes.indexed(raw)
+            key = _UNKNOWN
+            if offered:
+                key = held_key(raw)
+                also = offered.get(key)
+                if also:
+                    members |= also
+            for member in members:
+                if member in scan or not _in_term(terms.get(member), number):
+                    continue
+                changes = routed.get(member)
+                if changes is None:
+                    routed[member] = changes = []
+                changes.append(change)
+                if several and getattr(member, "held", None) is not None:
+                    if key is _UNKNOWN:
+                        key = held_key(raw)
+                    if key is not None:
+                        offered.setdefault(key, set()).add(member)
+        return routed
 
     def _record(self, batch, sizes):
         """Append to the history, within its bounds (the caller holds the

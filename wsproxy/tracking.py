@@ -81,11 +81,16 @@ def held_key(raw):
 class Held:
     """The documents one connection holds (see the module docstring)."""
 
-    __slots__ = ("limit", "_keys")
+    __slots__ = ("limit", "_keys", "_holders", "_owner")
 
-    def __init__(self, limit):
+    def __init__(self, limit, holders=None, owner=None):
         self.limit = limit
         self._keys = collections.OrderedDict()  # (db, coll, key) -> _id
+        # The hub's index of who holds what (wsproxy.routing.Holders), so
+        # that a change about a held document reaches ``owner`` whatever
+        # its subscription's anchor; None: not indexed.
+        self._holders = holders
+        self._owner = owner
 
     def __len__(self):
         return len(self._keys)
@@ -109,11 +114,24 @@ class Held:
     def hold_all(self, pairs):
         """Replace what is held with ``pairs`` of (held key, _id) (what a
         snapshot sent)."""
-        self._keys.clear()
-        self._keys.update(pairs)
+        self.clear()
+        for key, _id in pairs:
+            self._add(key, _id)
 
     def clear(self):
-        self._keys.clear()
+        for key in list(self._keys):
+            self._pop(key)
+
+    def _add(self, key, _id):
+        if key not in self._keys and self._holders is not None:
+            self._holders.hold(key, self._owner)
+        self._keys[key] = _id
+
+    def _pop(self, key):
+        found = self._keys.pop(key, _MISSING)
+        if found is not _MISSING and self._holders is not None:
+            self._holders.forget(key, self._owner)
+        return found
 
     def route(self, raw, shape):
         """What to send for a change whose event is ``raw``, given what the
@@ -130,27 +148,27 @@ class Held:
         if key is None:
             return shape, []
         if op == "delete":
-            if self._keys.pop(key, _MISSING) is not _MISSING and shape is None:
+            if self._pop(key) is not _MISSING and shape is None:
                 # The key alone: a pre-image it may carry was not admitted.
                 return Shape.CHANGE_WITHOUT_BEFORE, []
             return shape, []
         if op not in DOCUMENT_OPS:
             return shape, []
         if shape is None or shape is Shape.LEAVE:
-            if self._keys.pop(key, _MISSING) is not _MISSING:
+            if self._pop(key) is not _MISSING:
                 return Shape.LEAVE, []
             return shape, []
         if not isinstance(raw.get("fullDocument"), Mapping):
             # Sent without a document (deleted since, updateLookup's
             # null): the client drops it.
-            self._keys.pop(key, None)
+            self._pop(key)
             return shape, []
-        self._keys[key] = event_id(raw)
+        self._add(key, event_id(raw))
         self._keys.move_to_end(key)
         dropped = []
         while len(self._keys) > self.limit:
-            _, _id = self._keys.popitem(last=False)
-            dropped.append(_id)
+            oldest = next(iter(self._keys))
+            dropped.append(self._pop(oldest))
         return shape, dropped
 
     def _forget_namespace(self, raw, op):
@@ -163,5 +181,5 @@ class Held:
             if db is None or (key[0] == db and (op == "dropDatabase" or key[1] == coll))
         ]
         for key in gone:
-            del self._keys[key]
+            self._pop(key)
         return len(gone)

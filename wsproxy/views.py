@@ -348,6 +348,7 @@ def create_blueprint(config):
             contexts=_state().contexts,
             max_held=config["WSPROXY_TRACKED_DOCS"],
             owner=admission.reservation.key,
+            holders=_state().hub.routes.holders,
         )
         client.principal = admission.principal
         serve(
