@@ -277,7 +277,7 @@ def test_page_reload_resumes_where_it_was(mongo, mongo_client, namespace,
 def test_page_has_no_tables_of_its_own():
     from wsproxy.subscription import OPERATION_TYPES
 
-    static = ROOT / "wsproxy" / "static"
+    static = ROOT / "static"
     app = (static / "app.js").read_text()
     # Close codes and operation types come from wsproxy-client.js.
     assert not re.search(r"\b10\d\d\s*:", app)

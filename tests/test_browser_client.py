@@ -1,4 +1,4 @@
-"""The browser module (wsproxy/static/wsproxy-client.js) in Chromium,
+"""The browser module (static/wsproxy-client.js) in Chromium,
 against the real gunicorn and SecantusDB; and its tables, checked against
 the server's, so the two cannot drift."""
 
@@ -13,7 +13,7 @@ from wsproxy.subscription import OPERATION_TYPES
 
 from .helpers import TcpProxy, scaled, server_env, wait_for
 
-STATIC = pathlib.Path(__file__).resolve().parent.parent / "wsproxy" / "static"
+STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
 MODULE = "/wsproxy-static/wsproxy-client.js"
 EVENTS = ["state", "refused", "reset", "status", "hello", "close",
           "subscribed", "subscriptionerror"]

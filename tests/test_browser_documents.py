@@ -15,7 +15,7 @@ from .helpers import TcpProxy, scaled, server_env
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARTIFACTS = pathlib.Path(os.environ.get("WSPROXY_TEST_ARTIFACTS",
                                         ROOT / "test-artifacts"))
-STATIC = ROOT / "wsproxy" / "static"
+STATIC = ROOT / "static"
 TEMPLATE = ROOT / "wsproxy" / "templates" / "wsproxy" / "index.html"
 MODULE = "/wsproxy-static/wsproxy-client.js"
 SITE = "http://wsproxy.test"

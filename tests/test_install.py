@@ -6,6 +6,7 @@ own config built on it."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,14 @@ def test_the_example_app_with_the_packaged_config(installed, mongo,
     # The shop's own routes and blueprint.
     assert http_get(server.url + "/") == (200, b"Welcome to the shop")
     assert http_get(server.url + "/account/login/staff")[0] == 200
-    assert http_get(server.url + "/live")[0] == 200  # wsproxy's page
+    status, page = http_get(server.url + "/live")  # wsproxy's page
+    assert status == 200
+    # Its assets come from the installed package: the repository's
+    # top-level static/, shipped as wsproxy/static/.
+    base = re.search(rb'src="([^"]*)app\.js"', page)[1].decode()
+    for name in ("app.js", "app.css", "ejson.js", "wsproxy-client.js"):
+        assert http_get(server.url + base + name) == (
+            200, (ROOT / "static" / name).read_bytes()), name
 
     clients = [WSClient(server.ws_url(), subprotocols=["bearer", "dev-token"])
                for _ in range(4)]

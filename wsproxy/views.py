@@ -36,9 +36,24 @@ from .subscription import Subscription
 
 log = logging.getLogger(__name__)
 
-# The page's assets (wsproxy/static) are served here, by the blueprint's
-# own static route; the page itself is wsproxy/templates/wsproxy/index.html.
+# The page's assets are served here, by the blueprint's own static route;
+# the page itself is wsproxy/templates/wsproxy/index.html.
 STATIC_PATH = "/wsproxy-static"
+
+
+def _static_folder():
+    """Where the page's assets are: ``wsproxy/static`` in an installed
+    package (the wheel maps the repository's top-level ``static/`` there,
+    see pyproject.toml), else ``static/`` beside the package: a checkout,
+    or an editable install of one."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, "static")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(package), "static")
+
+
+STATIC_FOLDER = _static_folder()
 PAGE_TEMPLATE = "wsproxy/index.html"
 
 # Registers wsproxy's WebSocket route on its blueprint only; it never
@@ -263,7 +278,7 @@ def create_blueprint(config):
     bp = _Blueprint(
         "wsproxy",
         __name__,
-        static_folder="static" if page_path else None,
+        static_folder=STATIC_FOLDER if page_path else None,
         static_url_path=STATIC_PATH,
         template_folder="templates" if page_path else None,
     )
