@@ -345,6 +345,7 @@ class ClientConnection:
             return self._append_locked(self._frames_locked(items), bounded=False)
 
     def _append_locked(self, frames, bounded=True):
+        assert self._state_lock.locked()  # the caller holds it
         for handed, data in enumerate(frames):
             if bounded and (
                 len(self._outbox) >= self.max_messages
@@ -365,6 +366,7 @@ class ClientConnection:
     def _frames_locked(self, items):
         """The frames that go out for ``items``, in order, keeping what the
         client holds and the shared-context sync (under _state_lock)."""
+        assert self._state_lock.locked()  # the caller holds it
         frames = []
         held = self.held
         for item in items:
@@ -387,6 +389,7 @@ class ClientConnection:
     def _choose_locked(self, item, shape):
         """The frame of ``item`` in ``shape``: the shared frame if the
         client is in step with its context, else one of its own."""
+        assert self._state_lock.locked()  # the caller holds it
         if shape is item.shape and item.data is not None:
             if item.position is not None:
                 if self._sync.admits(*item.position):
@@ -478,6 +481,7 @@ class ClientConnection:
             self._request_close_locked(code, reason)
 
     def _request_close_locked(self, code, reason):
+        assert self._state_lock.locked()  # the caller holds it
         if self._close_request is None:
             self._close_request = (code, reason)
             if code == CloseCode.SLOW_CONSUMER:

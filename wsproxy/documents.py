@@ -197,6 +197,7 @@ class LiveDocuments:
             self.send([data for change in kept for data in self.route(change)])
 
     def _check_reset_locked(self):
+        assert self._lock.locked()  # the caller holds it
         if self._reset_frame is not None:
             frame, self._reset_frame = self._reset_frame, None
             self._phase = READING

@@ -390,6 +390,7 @@ class Hub:
             self._leave_locked(client)
 
     def _join_locked(self, member):
+        assert self._lock.locked()  # the caller holds it
         if member in self._terms:
             # Left and back before the next batch pruned it: start afresh.
             self._departed = [m for m in self._departed if m is not member]
@@ -399,6 +400,7 @@ class Hub:
         self.routes.add(member)
 
     def _leave_locked(self, member):
+        assert self._lock.locked()  # the caller holds it
         if member in self._clients:
             self._clients.discard(member)
             # Still offered the batches recorded before now; dropped from

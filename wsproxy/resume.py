@@ -244,6 +244,7 @@ class CatchUp:
             self._splice_locked(self._live)
 
     def _splice_locked(self, recorded):
+        assert self._lock.locked()  # the caller holds it
         # Routed through what the client holds here, in stream order.
         self.client.queue([item for _, item in recorded])
         self._live, self._live_ids, self._live_bytes = [], {}, 0
