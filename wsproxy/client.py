@@ -206,7 +206,6 @@ class _Socket(simple_websocket.Client):
             self.path += "?" + parts.query
         self.subprotocols = list(subprotocols or [])
         self.extra_headeers = list((headers or {}).items())  # (sic: theirs)
-        self._timeout = timeout
         self._accepted = False
         sock = socket.create_connection((parts.hostname, port), timeout)
         try:

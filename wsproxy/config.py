@@ -457,14 +457,6 @@ ENVIRONMENT_ONLY = frozenset(
 )
 _PREFIX = "WSPROXY_"
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
-# Paths a route is registered at; all but WSPROXY_PATH may be None.
-ROUTE_KEYS = (
-    "WSPROXY_PATH",
-    "WSPROXY_PAGE_PATH",
-    "WSPROXY_METRICS_PATH",
-    "WSPROXY_HEALTH_PATH",
-    "WSPROXY_READY_PATH",
-)
 
 
 def from_env(environ=None):

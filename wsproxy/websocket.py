@@ -781,10 +781,6 @@ class Connection:
     def connected(self):
         return self._ws.connected
 
-    @property
-    def subprotocol(self):
-        return self._ws.subprotocol
-
     def wait(self, timeout):
         """Wait up to ``timeout`` seconds (None: no limit) until the wake-up
         is set or, when reading here, the client sent something, which is
@@ -845,9 +841,6 @@ class Connection:
         buffer = self._ws.input_buffer
         while buffer:
             yield buffer.pop(0)
-
-    def has_messages(self):
-        return bool(self._ws.input_buffer)
 
     def send_ping(self):
         """A heartbeat ping. Returns False if no pong answered the previous
