@@ -22,9 +22,14 @@ removes it: applying a kept change sets a document to a state at least as
 new as that change, and applying all of them in stream order ends each
 document at the state of its last change, which no read can be newer than.
 The merge happens on the server (:func:`wsproxy.snapshot.merge`), after the
-live feed has passed the end of the read, so the client never sees a
-document go back to an older state; changes that arrive later are applied
-by the client in order, by the same rules.
+live feed has passed the end of the read (or not at all: 1013), so no
+change the read reflects comes after the snapshot, and the client never
+sees a document go back to before a write the snapshot reflects; changes
+that arrive later are applied by the client in order, by the same rules. (A
+document by ``updateLookup`` is the one found when the stream looked it up,
+possibly after later changes to it: an update may show a later state than
+an insert or replace after it, which shows its own. That is the stream's
+semantics, not the seam's.)
 
 Leaving. With a filter (the client's or its principal's), a change may make
 a held document stop matching. The client then gets ``leave`` with the

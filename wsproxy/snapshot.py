@@ -6,7 +6,9 @@ result is exact).
    is also in the change stream), at most ``limit`` of them, bounded in
    bytes; note the read's operation time.
 2. Wait until the live feed has passed that time, so every change the read
-   may reflect has reached the stand-in.
+   may reflect has reached the stand-in (not by the time limit: 1013, and
+   the client takes a fresh snapshot; merged without them, the snapshot
+   could be followed by a change older than what it shows).
 3. Merge those changes into the documents, judge every document by the
    subscription's filters, and send the result in messages of bounded
    size, at the client's pace; then ``snapshot_end``.
@@ -191,7 +193,17 @@ def _take(inputs, member, key):
     if not _wait_for_feed(inputs, client, read_end, read_done, deadline):
         if _stopped(inputs, client):
             return
-        log.info("client %s: the live feed is slow; merging anyway", client.id)
+        # Not merged anyway: a change the read reflects may still come,
+        # after the snapshot, and take a document back to an older state.
+        log.info(
+            "client %s: the live feed did not pass the snapshot's read in "
+            "time; closing (1013)",
+            client.id,
+        )
+        client.request_close(
+            CloseCode.TRY_AGAIN, "the live feed is behind the snapshot; reconnect"
+        )
+        return
     kept = member.take_kept(next_phase="sending")
     held, texts = merge(member.subscription, docs, kept, entering=complete, pace=pace)
     member.hold(held)
