@@ -200,8 +200,13 @@ def test_documents_replayed_on_a_resume_are_followed_again(
     coll.insert_one({"_id": "before", "tenant": "a"})
     first = feed.until_one()
     feed.close()
+    witness = Feed(server, "token-a", NOPRE)  # the one worker's live feed
     coll.insert_one({"_id": 7, "tenant": "a", "status": "open"})
     coll.insert_one({"_id": "filler", "tenant": "a"})  # out of a 1-event history
+    # Resumed once the worker has the filler: the history is what it says.
+    while witness.until_one()["event"]["documentKey"]["_id"] != "filler":
+        pass
+    witness.close()
     resumed = Feed(server, "token-a", NOPRE, {"resume_after": first["id"]})
     assert resumed.hello["resume"] == where
     coll.update_one({"_id": 7}, {"$set": {"tenant": "b"}})

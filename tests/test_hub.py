@@ -212,3 +212,32 @@ def test_history_is_bounded_in_bytes_too():
     watcher.wait_for(21)
     assert hub.history_ids() == [e.id for e in events[-5:]]
     hub.stop()
+
+
+def test_members_that_leave_a_quiet_hub_are_not_kept():
+    """No event comes (a quiet collection): a client that left is dropped
+    from the routes and terms at once, not at the next event (2,000
+    connect-disconnect cycles grew the worker by 13-30 MB otherwise)."""
+    hub = Hub()
+    clients = [FakeClient() for _ in range(50)]
+    for client in clients:
+        hub.register(client, None, hello)
+    assert len(hub.routes) == 50
+    for client in clients:
+        hub.unregister(client)
+    assert len(hub.routes) == 0 and not hub._terms and not hub._departed
+    # Leaving while a batch is offered: routed until it has been.
+    stay, leave = FakeClient(), FakeClient()
+    hub.register(stay, None, hello)
+    hub.register(leave, None, hello)
+
+    class Leaving(FakeClient):
+        def on_change(self, change):
+            hub.unregister(leave)  # mid-offer, on the broadcaster thread
+            return super().on_change(change)
+
+    trigger = Leaving()
+    hub.register(trigger, None, hello)
+    hub._publish([change(1)])
+    assert change(1).frame in leave.frames  # offered: it was a member
+    assert len(hub.routes) == 2 and leave not in hub._terms

@@ -225,6 +225,9 @@ class Hub:
         self.routes = Routes()
         self._terms = {}
         self._departed = []  # members that left, to drop from routes
+        # Whether a recorded batch is being offered (outside the lock): a
+        # member that leaves meanwhile stays routed until it has been.
+        self._offering = False
         self._batch = 0  # the number of the next batch recorded
         self._history = collections.deque()  # Changes, oldest first
         self._positions = {}  # id -> position (numbered from 0, never reused)
@@ -404,9 +407,19 @@ class Hub:
         if member in self._clients:
             self._clients.discard(member)
             # Still offered the batches recorded before now; dropped from
-            # the routes when the next batch is recorded.
+            # the routes once none is being offered (a quiet stream must
+            # not keep every member that ever left).
             self._terms[member][1] = self._batch
             self._departed.append(member)
+            if not self._offering:
+                self._prune_departed_locked()
+
+    def _prune_departed_locked(self):
+        assert self._lock.locked()  # the caller holds it
+        departed, self._departed = self._departed, []
+        for member in departed:
+            self.routes.remove(member)
+            del self._terms[member]
 
     def reroute(self, member, subscription=None):
         """``member``'s subscription is being replaced by ``subscription``
@@ -502,10 +515,16 @@ class Hub:
             number = self._batch
             self._batch += 1
             # Members that left before this batch are offered nothing more.
-            departed, self._departed = self._departed, []
-            for member in departed:
-                self.routes.remove(member)
-                del self._terms[member]
+            self._prune_departed_locked()
+            self._offering = True
+        try:
+            self._offer(batch, number)
+        finally:
+            with self._lock:
+                self._offering = False
+                self._prune_departed_locked()
+
+    def _offer(self, batch, number):
         now = time.time()
         for change in batch:
             wall = change.raw.get("wallTime")
