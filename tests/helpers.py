@@ -191,8 +191,16 @@ class Gunicorn:
         return None
 
     def wait_ready(self, timeout=30):
-        wait_for(lambda: self._exited() or http_get(
-            self.url + "/readyz")[0] == 200, timeout, "/readyz to be 200")
+        wait_for(lambda: self._exited() or self._ready(), timeout,
+                 "/readyz to be 200")
+
+    def _ready(self):
+        try:
+            return http_get(self.url + "/readyz")[0] == 200
+        except (TimeoutError, urllib.error.URLError, ConnectionError):
+            # A worker still starting on a loaded machine may answer late
+            # (or not yet): not ready, asked again until the timeout.
+            return False
 
     def wait_every_worker_ready(self, timeout=30):
         """Until each worker (by pid) has answered /readyz 200: its watcher
