@@ -102,7 +102,7 @@ def one(mongo, case, opts, workdir):
         for c in children:
             c.send(f"FINISH {done['last_seq']} {deadline!r}")
         back, refused, lost, dups = [], 0, 0, 0
-        resumes = collections.Counter()
+        resumes, failures = collections.Counter(), collections.Counter()
         for c in children:
             r = c.expect("RESULT", time.monotonic() + 60)
             back += r["back_ms"]
@@ -110,6 +110,7 @@ def one(mongo, case, opts, workdir):
             lost += r["lost"]
             dups += r["dups"]
             resumes.update(r["resumes"])
+            failures.update(r["failures"])
     finally:
         for c in children or ():
             procs.stop_group(c.proc, timeout=5)
@@ -124,7 +125,7 @@ def one(mongo, case, opts, workdir):
             "p50_ms": percentile(back, 50), "p99_ms": percentile(back, 99),
             "max_ms": back[-1] if back else None, "not_back": missing,
             "refused": refused, "resumes": dict(resumes), "lost": lost,
-            "dups": dups}
+            "dups": dups, "failures": dict(failures)}
 
 
 def line(r):
@@ -135,7 +136,8 @@ def line(r):
             f"p99 {f(r['p99_ms'])} ms, max {f(r['max_ms'])} ms "
             f"(listening after {r['listening_s']:.2f} s); "
             f"not back {r['not_back']}, 429 {r['refused']}, "
-            f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}")
+            f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}, "
+            f"other failed attempts {r['failures']}")
 
 
 def main(argv=None):

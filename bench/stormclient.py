@@ -19,6 +19,7 @@ after a failure: the policy of ``wsproxy.client`` and
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import sys
@@ -39,6 +40,7 @@ class Client:
         self.dups = 0
         self.hellos = []  # (epoch, resume)
         self.refused = []  # epochs of 429s
+        self.failures = []  # (epoch, why) of other failed attempts
 
 
 async def run(client, url, tickets, stop, backoff_max=30.0):
@@ -73,8 +75,11 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
                 client.refused.append(time.time())
                 retry = float(exc.response.headers.get("Retry-After") or 1)
                 backoff = max(backoff, retry)
-        except Exception:  # noqa: BLE001 - the server is away: back off
-            pass
+        except Exception as exc:  # noqa: BLE001 - the server is away: back off
+            why = type(exc).__name__
+            if isinstance(exc, InvalidStatus):
+                why = f"HTTP {exc.response.status_code}"
+            client.failures.append((time.time(), why))
         attempt += 1
         try:
             await asyncio.wait_for(stop.wait(), backoff)
@@ -109,6 +114,8 @@ async def main(args):
     print("RESULT " + json.dumps({
         "back_ms": [None if t is None else (t - mark) * 1000 for t in back],
         "refused": sum(1 for c in clients for t in c.refused if t > mark),
+        "failures": collections.Counter(
+            why for c in clients for t, why in c.failures if t > mark),
         "lost": sum(len(want - c.seqs) for c in clients),
         "dups": sum(c.dups for c in clients),
         "resumes": [r for c in clients for t, r in c.hellos if t > mark],
