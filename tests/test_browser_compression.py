@@ -363,6 +363,20 @@ def _plans(rng):
     ]
 
 
+def _same_text(name, change_id, text, expected, before):
+    """Chromium inflated a message to exactly what was sent uncompressed;
+    if not, where the texts part and what the socket saw just before."""
+    if text == expected:
+        return
+    at = next((i for i, (a, b) in enumerate(zip(text, expected, strict=False))
+               if a != b), min(len(text), len(expected)))
+    seen = [r if r[0] != "change" else ("change", r[2]) for r in before]
+    raise AssertionError(
+        f"{name}: {change_id} inflated to other text at {at}: "
+        f"got {text[max(0, at - 120):at + 120]!r}, "
+        f"sent {expected[max(0, at - 120):at + 120]!r}; after {seen}")
+
+
 def _check_socket(name, records, reference, events):
     """Everything one browser socket received, against the reference
     (whose ``events`` are the decoded events, in its order). Returns the
@@ -375,7 +389,7 @@ def _check_socket(name, records, reference, events):
     steps = []
     closes = []
     opened = 0
-    for kind, *rest in records:
+    for index, (kind, *rest) in enumerate(records):
         if kind == "hello":
             # Each reconnection resumed after the last id (from the
             # worker's history or from MongoDB), not from now.
@@ -397,7 +411,8 @@ def _check_socket(name, records, reference, events):
             change_id, _, text = rest
             assert change_id in position, (name, "an id the reference never got")
             # Chromium inflated it to exactly what was sent uncompressed.
-            assert text == reference.texts[change_id], (name, change_id)
+            _same_text(name, change_id, text, reference.texts[change_id],
+                       records[max(0, index - 12):index])
             positions.append(position[change_id])
             steps.append(("change", position[change_id]))
         elif kind == "close":
