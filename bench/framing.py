@@ -13,7 +13,7 @@ import time
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
-from wsproxy import codec
+from wsproxy.transport import codec
 
 
 def sample_event(i):

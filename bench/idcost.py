@@ -1,11 +1,11 @@
 """What the resume ids cost under compression, on the demo's event mix.
 
 Every change message carries its ``id``: the resume token sealed with
-AES-SIV (:mod:`wsproxy.sealing`), i.e. ciphertext in base64, which no
+AES-SIV (:mod:`wsproxy.access.sealing`), i.e. ciphertext in base64, which no
 compressor can shrink below 6 bits a character. This writes the demo mix
 (:mod:`.mix`) to a fresh SecantusDB, reads the changes back as wsproxy
 would, and compresses the very same messages three ways -- plain frames,
-stage 1 (each message on its own, :func:`wsproxy.codec.deflated_frame`)
+stage 1 (each message on its own, :func:`wsproxy.transport.codec.deflated_frame`)
 and stage 2 (one context carried across messages) -- with the id as
 wsproxy sends it, as the plain hex token the baselines send, and empty.
 The difference between the first and the last is what the ids cost.
@@ -25,9 +25,9 @@ from types import SimpleNamespace
 from pymongo import MongoClient
 
 from demo.embedded import EmbeddedMongo
-from wsproxy import codec
-from wsproxy.compression import SharedContext
-from wsproxy.sealing import Sealer
+from wsproxy.transport import codec
+from wsproxy.transport.compression import SharedContext
+from wsproxy.access.sealing import Sealer
 
 from .mix import DemoMix
 

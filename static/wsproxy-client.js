@@ -22,7 +22,7 @@
  * sent, until a delete or a `leave` takes them out).
  *
  * The tables below are the wire contract as the server defines it
- * (wsproxy/protocol.py, wsproxy/subscription.py); tests/test_browser_client.py
+ * (wsproxy/protocol.py, wsproxy/fanout/subscription.py); tests/test_browser_client.py
  * checks that they match.
  */
 

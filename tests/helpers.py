@@ -32,7 +32,7 @@ TEST_SECRET_KEYS = "wsproxy-tests-only-secret-key"
 
 def sealer_for_tests():
     """The Sealer the test servers use, to make ids as they would."""
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     return Sealer([TEST_SECRET_KEYS])
 
 

@@ -5,8 +5,8 @@ the change stream (tests/test_documents.py)."""
 from flask import jsonify
 
 from wsgi import app
-from wsproxy import codec
-from wsproxy.hub import Announcement
+from wsproxy.transport import codec
+from wsproxy.fanout.hub import Announcement
 from wsproxy.protocol import MessageType
 
 

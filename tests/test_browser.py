@@ -275,7 +275,7 @@ def test_page_reload_resumes_where_it_was(mongo, mongo_client, namespace,
 
 
 def test_page_has_no_tables_of_its_own():
-    from wsproxy.subscription import OPERATION_TYPES
+    from wsproxy.fanout.subscription import OPERATION_TYPES
 
     static = ROOT / "static"
     app = (static / "app.js").read_text()

@@ -9,7 +9,7 @@ import pymongo
 
 from wsproxy.client import CLOSE_POLICY, REFUSAL_ACTION
 from wsproxy.protocol import CloseCode, MessageType, WatcherState
-from wsproxy.subscription import OPERATION_TYPES
+from wsproxy.fanout.subscription import OPERATION_TYPES
 
 from .helpers import TcpProxy, scaled, server_env, wait_for
 

@@ -1,4 +1,4 @@
-"""What one principal may hold in a worker (wsproxy/budget.py): its
+"""What one principal may hold in a worker (wsproxy/limits/budget.py): its
 connections, the cost of its filters, its snapshots and compression
 contexts; tried through a two-tenant host app (tests/tenantapp.py) on
 the real gunicorn."""
@@ -11,10 +11,10 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
-from wsproxy.budget import Budgets
-from wsproxy.compression import SharedContexts
-from wsproxy.subscription import parse
-from wsproxy.throttle import KeyedRateLimit, Throttled
+from wsproxy.limits.budget import Budgets
+from wsproxy.transport.compression import SharedContexts
+from wsproxy.fanout.subscription import parse
+from wsproxy.limits.throttle import KeyedRateLimit, Throttled
 
 from .helpers import WSClient, http_get, refused, scaled, wait_for
 

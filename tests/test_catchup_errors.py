@@ -3,9 +3,9 @@
 A client resuming from an id this worker no longer holds gets a catch-up: a
 change stream of its own, opened with ``resumeAfter`` its token. The same
 MockupDB primary as ``test_source_errors.py`` scripts what that stream
-meets, and a real :class:`~wsproxy.connection.ClientConnection` (its peer never reads)
+meets, and a real :class:`~wsproxy.fanout.connection.ClientConnection` (its peer never reads)
 shows what the client is told. Each class of error from
-:mod:`wsproxy.errorpolicy` has one answer:
+:mod:`wsproxy.stream.errorpolicy` has one answer:
 
 * history lost (the position is gone): a ``reset``, then the live feed;
 * fatal (the deployment refuses): closed with 1011, nothing lost, no reset,
@@ -24,15 +24,16 @@ import pytest
 from pymongo import MongoClient
 from wsproto.frame_protocol import FrameProtocol
 
-from wsproxy import Principal, codec, protocol
-from wsproxy.connection import ClientConnection
-from wsproxy.hub import Hub
-from wsproxy.resume import (FATAL_CLOSE, RESET_REASON, TRANSIENT_CLOSE,
+from wsproxy import Principal, protocol
+from wsproxy.transport import codec
+from wsproxy.fanout.connection import ClientConnection
+from wsproxy.fanout.hub import Hub
+from wsproxy.stream.catchup import (FATAL_CLOSE, RESET_REASON, TRANSIENT_CLOSE,
                             CatchUp, CatchUpInputs, catch_up)
-from wsproxy.source import ChangeSource
-from wsproxy.subscription import EVERYTHING
-from wsproxy.throttle import KeyedSlots
-from wsproxy.websocket import GuardedSocket
+from wsproxy.stream.source import ChangeSource
+from wsproxy.fanout.subscription import EVERYTHING
+from wsproxy.limits.throttle import KeyedSlots
+from wsproxy.transport.websocket import GuardedSocket
 
 from .helpers import scaled, sealer_for_tests, wait_for
 

@@ -8,7 +8,7 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 from wsproto.frame_protocol import FrameProtocol
 
-from wsproxy import codec
+from wsproxy.transport import codec
 
 from .helpers import sealer_for_tests
 

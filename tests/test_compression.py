@@ -21,8 +21,8 @@ from websockets.extensions.permessage_deflate import (
 from websockets.sync.client import connect
 from wsproto.frame_protocol import CloseReason
 
-from wsproxy import codec
-from wsproxy.websocket import BoundedDeflate
+from wsproxy.transport import codec
+from wsproxy.transport.websocket import BoundedDeflate
 
 from .helpers import metric, scaled, scrape, server_env, wait_for
 
@@ -321,7 +321,7 @@ def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_
 # -- the shared context and the sync rule, in-process
 
 def _numbered_changes(count):
-    from wsproxy.codec import Change
+    from wsproxy.transport.codec import Change
 
     from .helpers import sealer_for_tests
     sealer = sealer_for_tests()
@@ -332,7 +332,7 @@ def _numbered_changes(count):
 
 
 def test_a_shared_context_compresses_each_change_once_whoever_asks_first():
-    from wsproxy.compression import RESET_MESSAGES, SharedContext
+    from wsproxy.transport.compression import RESET_MESSAGES, SharedContext
     context = SharedContext("key", 15)
     changes = _numbered_changes(RESET_MESSAGES + 10)
     # Two members offered the same batches one after the other.
@@ -360,7 +360,7 @@ def test_a_shared_context_compresses_each_change_once_whoever_asks_first():
 
 
 def test_the_sync_rule():
-    from wsproxy.compression import Sync
+    from wsproxy.transport.compression import Sync
     sync = Sync()
     assert not sync.admits(1, 3)      # joins only at an epoch's start
     assert sync.admits(1, 0) and sync.admits(1, 1) and sync.admits(1, 2)

@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from wsproxy import codec, protocol
-from wsproxy import websocket
-from wsproxy.connection import ClientConnection
-from wsproxy.subscription import EVERYTHING
+from wsproxy.transport import codec
+from wsproxy import protocol
+from wsproxy.transport import websocket
+from wsproxy.fanout.connection import ClientConnection
+from wsproxy.fanout.subscription import EVERYTHING
 from wsproto.events import TextMessage
 
 from .helpers import RawPeer, scaled
@@ -223,7 +224,7 @@ def test_close_reasons_fit_in_a_close_frame(reason_len):
 
 
 def _changes(count, pad=0):
-    from wsproxy.codec import Change
+    from wsproxy.transport.codec import Change
     from .helpers import sealer_for_tests
     sealer = sealer_for_tests()
     return [Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
@@ -301,7 +302,7 @@ def test_a_filtered_feed_hears_of_a_document_it_was_sent_in_the_same_batch():
     from werkzeug.datastructures import MultiDict
 
     from wsproxy.access import ANYONE
-    from wsproxy.subscription import parse
+    from wsproxy.fanout.subscription import parse
 
     client, peer = make_client()
     sub = parse(MultiDict({"filter": '{"fullDocument.s": "open"}'}), scope="",

@@ -23,7 +23,7 @@ class _Recorder:
     def __init__(self, wants=None):
         import threading
 
-        from wsproxy.subscription import EVERYTHING
+        from wsproxy.fanout.subscription import EVERYTHING
         self.frames = []
         self.closed = None
         self.got = threading.Condition()
@@ -91,7 +91,7 @@ class _Recorder:
 
 
 def _numbered(i):
-    from wsproxy import codec
+    from wsproxy.transport import codec
     return codec.Change({"_id": {"_data": f"82{i:08X}"},
                          "operationType": "insert",
                          "ns": {"db": "shop", "coll": "orders"},
@@ -100,15 +100,15 @@ def _numbered(i):
 
 
 def _hello(mode):
-    from wsproxy import codec
+    from wsproxy.transport import codec
     return codec.control_message("hello", resume=mode)
 
 
 def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
     import threading
 
-    from wsproxy import codec
-    from wsproxy.hub import Hub
+    from wsproxy.transport import codec
+    from wsproxy.fanout.hub import Hub
 
     from .helpers import scaled
     hub = Hub(history_size=100)
@@ -161,8 +161,8 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
     import random
     import threading
 
-    from wsproxy import codec
-    from wsproxy.hub import Announcement, Hub
+    from wsproxy.transport import codec
+    from wsproxy.fanout.hub import Announcement, Hub
     # The history holds every event: a joiner that a busy machine slows
     # down still finds its id (the race is with publishing, not eviction).
     hub = Hub(history_size=1000)
@@ -223,7 +223,7 @@ class _Clock:
 
 
 def test_a_bucket_allows_its_burst_then_its_rate_per_key():
-    from wsproxy.throttle import KeyedRateLimit, Throttled
+    from wsproxy.limits.throttle import KeyedRateLimit, Throttled
     clock = _Clock()
     limit = KeyedRateLimit(2, 3, clock=clock)
     assert [limit.take("a") for _ in range(3)] == [0, 0, 0]
@@ -239,7 +239,7 @@ def test_a_bucket_allows_its_burst_then_its_rate_per_key():
 
 
 def test_a_resume_that_filters_the_history_costs_its_work():
-    from wsproxy.throttle import KeyedRateLimit, connect_cost
+    from wsproxy.limits.throttle import KeyedRateLimit, connect_cost
     assert connect_cost(None, None, 1000) == 1
     assert connect_cost(None, "x" * 3600, 1000) == 1       # live only
     assert connect_cost("id", None, 1000) == 1              # no filter
@@ -258,7 +258,7 @@ def test_a_reconnect_storm_through_one_address_gets_through():
     # A deploy closes every client of a worker with 1001; through a proxy
     # without ProxyFix they all come back from one address at once.
     from wsproxy.config import DEFAULTS
-    from wsproxy.throttle import KeyedRateLimit
+    from wsproxy.limits.throttle import KeyedRateLimit
     clock = _Clock()
     limit = KeyedRateLimit(DEFAULTS["WSPROXY_CONNECT_RATE"],
                            DEFAULTS["WSPROXY_CONNECT_BURST"], clock=clock)
@@ -274,7 +274,7 @@ def test_a_time_read_late_never_takes_tokens_away():
     # while others spend from the same bucket at later times: its older
     # time counted as negative refill, and at a generous rate (100,000/s)
     # a second of it refused clients of an almost full bucket with 429.
-    from wsproxy.throttle import KeyedRateLimit
+    from wsproxy.limits.throttle import KeyedRateLimit
     times = iter([1001.0, 1000.0, 1000.5])
     limit = KeyedRateLimit(100_000, 100_000, clock=lambda: next(times))
     assert limit.take("proxy") == 0       # at 1001.0
@@ -283,7 +283,7 @@ def test_a_time_read_late_never_takes_tokens_away():
 
 
 def test_buckets_are_bounded_in_number_and_fail_closed_when_all_are_busy():
-    from wsproxy.throttle import KeyedRateLimit
+    from wsproxy.limits.throttle import KeyedRateLimit
     clock = _Clock()
     limit = KeyedRateLimit(1, 2, max_keys=3, clock=clock)
     for key in "abc":
@@ -305,7 +305,7 @@ def test_buckets_are_bounded_in_number_and_fail_closed_when_all_are_busy():
 def test_a_bucket_is_thread_safe():
     import threading
 
-    from wsproxy.throttle import KeyedRateLimit
+    from wsproxy.limits.throttle import KeyedRateLimit
     limit = KeyedRateLimit(1e-9, 100, clock=_Clock())  # no refill
     allowed = []
 
@@ -324,7 +324,7 @@ def test_a_bucket_is_thread_safe():
 def test_keyed_slots_bound_each_key_and_wait_for_a_release():
     import threading
 
-    from wsproxy.throttle import KeyedSlots
+    from wsproxy.limits.throttle import KeyedSlots
     slots = KeyedSlots(2)
     assert slots.acquire("p") and slots.acquire("p")
     assert not slots.acquire("p")
@@ -341,7 +341,7 @@ def test_keyed_slots_bound_each_key_and_wait_for_a_release():
 def test_costs_are_charged_to_the_principal_or_else_the_address():
     from wsproxy import Principal
     from wsproxy.access import ANYONE
-    from wsproxy.throttle import client_key
+    from wsproxy.limits.throttle import client_key
     assert client_key(Principal("ada"), "10.0.0.1") == ("principal", "ada")
     assert client_key(ANYONE, "10.0.0.1") == ("address", "10.0.0.1")
     assert client_key(Principal(), "10.0.0.2") == ("address", "10.0.0.2")
@@ -493,9 +493,9 @@ def _catch_up_inputs(stream, **config):
     that is not started."""
     import threading
 
-    from wsproxy.hub import Hub
-    from wsproxy.resume import CatchUpInputs
-    from wsproxy.throttle import KeyedSlots
+    from wsproxy.fanout.hub import Hub
+    from wsproxy.stream.catchup import CatchUpInputs
+    from wsproxy.limits.throttle import KeyedSlots
     settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2,
                 **config}
     hub = Hub()
@@ -515,8 +515,8 @@ def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
     import types
 
     from wsproxy import Principal
-    from wsproxy.connection import ClientConnection
-    from wsproxy.websocket import GuardedSocket
+    from wsproxy.fanout.connection import ClientConnection
+    from wsproxy.transport.websocket import GuardedSocket
     ours, theirs = socket.socketpair()
     conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
                                  wake=threading.Event(), deflate_bits=None,
@@ -532,7 +532,7 @@ def _start_catch_up(inputs, member, name="test-catchup"):
     """``catch_up`` from _RESUME_ID on a thread of its own, started."""
     import threading
 
-    from wsproxy.resume import catch_up
+    from wsproxy.stream.catchup import catch_up
     runner = threading.Thread(target=catch_up,
                               args=(inputs, member, _RESUME_ID), name=name)
     runner.start()
@@ -552,8 +552,8 @@ def _closed_by(client, runner, what):
 def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
 
     from wsproxy import protocol
-    from wsproxy.resume import CatchUp
-    from wsproxy.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.fanout.subscription import EVERYTHING
 
     stream = _Stream(count=500, size=100_000)          # 100 KB documents
     inputs = _catch_up_inputs(stream, time_limit=1.0)
@@ -581,8 +581,8 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
     # the stream stopped: joining the live feed there could skip events.
 
     from wsproxy import protocol
-    from wsproxy.resume import CatchUp
-    from wsproxy.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.fanout.subscription import EVERYTHING
 
     stream = _Stream(count=3, size=10)
     stream.on_read = lambda: setattr(stream, "alive", stream.read < 3)
@@ -602,9 +602,9 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
 
 def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 
-    from wsproxy import codec
-    from wsproxy.resume import CatchUp
-    from wsproxy.subscription import Subscription
+    from wsproxy.transport import codec
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.fanout.subscription import Subscription
 
     from .helpers import scaled, wait_for
     built = []
@@ -634,8 +634,8 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 def test_a_principal_gets_only_its_share_of_catch_ups():
 
     from wsproxy import Principal, protocol
-    from wsproxy.resume import CatchUp
-    from wsproxy.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.fanout.subscription import EVERYTHING
 
     from .helpers import scaled, wait_for
     inputs = _catch_up_inputs(_Stream(count=500, size=100_000))
@@ -752,7 +752,7 @@ def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
 def _timed_events(count):
     from bson import Timestamp
 
-    from wsproxy import codec
+    from wsproxy.transport import codec
     sealer = sealer_for_tests()
     return [codec.Change({"_id": {"_data": f"82{i:08X}"},
                           "operationType": "insert",
@@ -772,7 +772,7 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
     import threading
     import types
 
-    from wsproxy.resume import CatchUp
+    from wsproxy.stream.catchup import CatchUp
     events = _timed_events(120)
     rng = random.Random(3)
     for _ in range(150):
@@ -814,7 +814,7 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
 
 
 def test_replayed_events_the_live_feed_has_passed_are_not_remembered():
-    from wsproxy.resume import CatchUp
+    from wsproxy.stream.catchup import CatchUp
     events = _timed_events(300)
     member = CatchUp(_Recorder(), 1000)
     # The live feed's place.

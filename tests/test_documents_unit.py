@@ -11,12 +11,13 @@ import types
 from bson import Timestamp
 from werkzeug.datastructures import MultiDict
 
-from wsproxy import codec, snapshot
+from wsproxy.transport import codec
+from wsproxy.live import snapshot
 from wsproxy.access import ANYONE, Principal
-from wsproxy.documents import LiveDocuments, Restart
+from wsproxy.live.documents import LiveDocuments, Restart
 from wsproxy.protocol import CloseCode
-from wsproxy.subscription import parse
-from wsproxy.throttle import KeyedSlots
+from wsproxy.fanout.subscription import parse
+from wsproxy.limits.throttle import KeyedSlots
 
 from .helpers import sealer_for_tests
 

@@ -3,7 +3,7 @@ checked where it lives: the hub, a catch-up, a snapshot, the metrics."""
 
 import pytest
 
-from wsproxy.hub import Hub
+from wsproxy.fanout.hub import Hub
 
 from .test_hub import FakeClient, hello
 
@@ -36,7 +36,7 @@ class _CatchingUpClient(FakeClient):
 
 
 def _reset_frame():
-    from wsproxy import codec
+    from wsproxy.transport import codec
     return codec.frame(codec.control_message("reset", lost=True, reason="x"))
 
 
@@ -62,7 +62,7 @@ def test_the_watchers_reset_mid_catch_up_arrives_in_stream_order():
     loses its place (reset), then 10. The replay then reads 2 and meets
     the seam at 3: the client gets 1, 2, 3, reset, 10, the reset where the
     live feed's gap is, not ahead of 2 and 3."""
-    from wsproxy.resume import CatchUp
+    from wsproxy.stream.catchup import CatchUp
 
     from .test_hub import change
 
@@ -84,7 +84,7 @@ def test_a_reset_the_catch_up_read_past_is_not_sent():
     """The replay meets the live feed after the watcher's reset: it read
     on without a gap, so the client is told of none. (The live feed was
     behind the client: 0 is older than its token, never replayed.)"""
-    from wsproxy.resume import CatchUp
+    from wsproxy.stream.catchup import CatchUp
 
     from .test_hub import change
 
@@ -116,8 +116,8 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
 
     from pymongo import MongoClient
 
-    from wsproxy import snapshot
-    from wsproxy.documentquery import DocumentQuery
+    from wsproxy.live import snapshot
+    from wsproxy.access.documentquery import DocumentQuery
 
     from .helpers import scaled
     from .test_source_errors import MockPrimary

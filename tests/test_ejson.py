@@ -1,4 +1,4 @@
-"""wsproxy.ejson, the Python client's decoder: Extended JSON types where a
+"""wsproxy.client.ejson, the Python client's decoder: Extended JSON types where a
 value is one, and whatever a document holds that is not one, as sent."""
 
 import datetime
@@ -8,7 +8,7 @@ import pytest
 from bson import (Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId,
                   Regex, Timestamp, json_util)
 
-from wsproxy import ejson
+from wsproxy.client import ejson
 
 # Field values any document writer can store: each looks like Extended
 # JSON, and json_util.loads raises on the whole text for every one of them.

@@ -1,4 +1,4 @@
-"""The one error policy (wsproxy/errorpolicy.py), as a table.
+"""The one error policy (wsproxy/stream/errorpolicy.py), as a table.
 
 What each kind leads to is tested where it happens: the watcher in
 test_source_errors.py, a client's catch-up in test_catchup_errors.py.
@@ -10,7 +10,7 @@ from pymongo.errors import (AutoReconnect, ConfigurationError,
                             NotPrimaryError, OperationFailure,
                             ServerSelectionTimeoutError)
 
-from wsproxy.errorpolicy import FATAL, HISTORY_LOST, TRANSIENT, classify
+from wsproxy.stream.errorpolicy import FATAL, HISTORY_LOST, TRANSIENT, classify
 
 
 def failure(code, errmsg="failed"):

@@ -7,7 +7,7 @@ import json
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from wsproxy.redaction import redact
+from wsproxy.access.redaction import redact
 
 from .helpers import WSClient, sealer_for_tests
 
@@ -98,7 +98,7 @@ def test_array_positions_and_numeric_names_in_changed_paths(updated, hide,
 # Grants and the operator's rules (subscription.py), unit level.
 
 def _change(doc, db="shop", coll="orders"):
-    from wsproxy import codec
+    from wsproxy.transport import codec
     return codec.Change({"_id": {"_data": "82AB"}, "operationType": "insert",
                          "ns": {"db": db, "coll": coll},
                          "documentKey": {"_id": 1}, "fullDocument": doc},
@@ -108,7 +108,7 @@ def _change(doc, db="shop", coll="orders"):
 def _parse(principal, **args):
     from werkzeug.datastructures import MultiDict
 
-    from wsproxy import subscription
+    from wsproxy.fanout import subscription
     return subscription.parse(MultiDict(args), scope="", principal=principal)
 
 
@@ -124,7 +124,7 @@ def test_an_empty_grant_is_refused_not_everything():
 
 
 def test_an_empty_set_in_a_subscription_matches_nothing():
-    from wsproxy.subscription import Subscription
+    from wsproxy.fanout.subscription import Subscription
     assert not Subscription(namespaces=set()).wants(_change({"a": 1}))
     assert not Subscription(ops=()).wants(_change({"a": 1}))
     assert Subscription().wants(_change({"a": 1}))
@@ -183,7 +183,7 @@ TOKENS = [{"_data": "8263A1B2C3000000012B022C0100296E5A1004"},
 
 @pytest.mark.parametrize("token", TOKENS)
 def test_ids_round_trip_and_are_the_same_in_every_process(token):
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     one, other = Sealer(["k" * 32]), Sealer(["k" * 32])
     sealed = one.seal(token)
     assert other.seal(token) == sealed            # deterministic
@@ -194,7 +194,7 @@ def test_ids_round_trip_and_are_the_same_in_every_process(token):
 
 
 def test_an_id_reveals_nothing_of_the_token():
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     secret = b"ada@secret.example".hex().upper()
     token = {"_data": "8263A1B2C3" + secret}
     sealed = Sealer(["k" * 32]).seal(token)
@@ -206,7 +206,7 @@ def test_hex_tokens_of_either_case_are_packed_as_bytes():
     # The id's length is most of a compressed message's: a hex token is
     # sealed as its bytes, not as BSON text, whether MongoDB's uppercase
     # or SecantusDB's lowercase.
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     sealer, data = Sealer(["k" * 32]), "8263a1b2c3000000012b022c0100296e5a1004" * 3
     lower = sealer.seal({"_data": data})
     assert len(lower) == len(sealer.seal({"_data": data.upper()}))
@@ -221,7 +221,7 @@ def _flip(text, at):
 
 def test_crafted_foreign_and_tampered_ids_are_not_resume_tokens():
     from wsproxy import ClientError
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     sealer = Sealer(["k" * 32])
     good = sealer.seal(TOKENS[0])
     bad = [TOKENS[0]["_data"],                       # crafted: unsealed
@@ -238,7 +238,7 @@ def test_crafted_foreign_and_tampered_ids_are_not_resume_tokens():
 
 def test_key_rotation_opens_old_ids_and_reseals_them_with_the_current_key():
     from wsproxy import ClientError
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     old, new = "o" * 32, "n" * 32
     before = Sealer([old]).seal(TOKENS[0])
     rotated = Sealer([new, old])
@@ -251,7 +251,7 @@ def test_key_rotation_opens_old_ids_and_reseals_them_with_the_current_key():
 
 def test_keys_come_from_config_or_secret_key_and_fail_closed_without():
     from wsproxy import ConfigError
-    from wsproxy.sealing import Sealer, from_config
+    from wsproxy.access.sealing import Sealer, from_config
     token = TOKENS[0]
     listed = from_config({"WSPROXY_SECRET_KEYS": ["n" * 32, "o" * 32],
                           "SECRET_KEY": "s" * 32})

@@ -1,4 +1,4 @@
-"""Tests for the subscription filter language (wsproxy.filters)."""
+"""Tests for the subscription filter language (wsproxy.access.filters)."""
 
 import json
 import random
@@ -15,7 +15,7 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 
 from wsproxy.errors import FilterError
-from wsproxy.filters import compile_filter
+from wsproxy.access.filters import compile_filter
 
 OID = ObjectId("65a1b2c3d4e5f60718293a4b")
 OID2 = ObjectId("65a1b2c3d4e5f60718293a4c")

@@ -94,6 +94,9 @@ def test_only_the_library_is_installed(installed, tmp_path):
                                                       "wsproxy-"))]
     assert not [f for f in files
                 if any(word in f for word in ("bench", "demo", "embedded"))]
+    # Every module of the package and of its layers.
+    assert {str(path.relative_to(ROOT)) for path in (ROOT / "wsproxy").rglob("*.py")
+            } <= set(files)
     assert {"wsproxy/templates/wsproxy/index.html", "wsproxy/static/app.js",
             "wsproxy/static/app.css", "wsproxy/static/wsproxy-client.js",
             "wsproxy/static/wsproxy-client.d.ts", "wsproxy/static/ejson.js"

@@ -1,5 +1,5 @@
 """The two LiveDocuments agree: the same scripted server messages, through
-the Python client (wsproxy/client.py, over a real WebSocket from a
+the Python client (wsproxy/client/__init__.py, over a real WebSocket from a
 scripted server) and through the browser module (wsproxy-client.js in
 Chromium, on a fake socket), give the same documents under the same keys,
 the same events with the same reasons, and the same loading / complete /

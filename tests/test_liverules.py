@@ -10,7 +10,9 @@ import sys
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 
-from wsproxy import codec, ejson, liverules
+from wsproxy.transport import codec
+from wsproxy.client import ejson
+from wsproxy import liverules
 from wsproxy.liverules import CLEAR, REMOVE, UPSERT, Effect
 
 from .helpers import ROOT, scaled
@@ -138,5 +140,5 @@ def test_the_python_client_imports_nothing_of_the_server():
                            capture_output=True, text=True, timeout=scaled(60))
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout) == [
-        "wsproxy", "wsproxy.client", "wsproxy.ejson", "wsproxy.errors",
+        "wsproxy", "wsproxy.client", "wsproxy.client.ejson", "wsproxy.errors",
         "wsproxy.liverules", "wsproxy.protocol"]

@@ -216,7 +216,7 @@ def test_the_uri_keeps_its_own_server_selection_timeout():
     keyword would override the URI's own option."""
     from pymongo import MongoClient
 
-    from wsproxy.extension import SERVER_SELECTION_TIMEOUT_MS, mongo_options
+    from wsproxy.http.extension import SERVER_SELECTION_TIMEOUT_MS, mongo_options
 
     base = "mongodb://127.0.0.1:1/?replicaSet=rs"
     for uri, expected in [

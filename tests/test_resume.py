@@ -207,7 +207,7 @@ def test_the_history_read_back_asks_the_client_of_any_watch_scope(
     MongoClient of what is watched: the deployment, a database (whose
     unknown attributes are collections: its "database" is one) or a
     collection."""
-    from wsproxy.source import _client_of, watch_target
+    from wsproxy.stream.source import _client_of, watch_target
 
     for scope in ("", "somedb", "somedb.items"):
         target = watch_target(mongo_client, scope)

@@ -1,4 +1,4 @@
-"""The routing index (wsproxy.routing) only ever narrows the members a
+"""The routing index (wsproxy.fanout.routing) only ever narrows the members a
 change is offered to, never loses one: for random subscriptions and
 random events, every member whose subscription decides to send something
 (or that holds the document) is among the candidates, before, during and
@@ -11,10 +11,11 @@ import pytest
 from bson import ObjectId
 from werkzeug.datastructures import MultiDict
 
-from wsproxy import access, subscription
-from wsproxy.codec import Change
-from wsproxy.routing import Routes, anchor
-from wsproxy.tracking import held_key
+from wsproxy import access
+from wsproxy.fanout import subscription
+from wsproxy.transport.codec import Change
+from wsproxy.fanout.routing import Routes, anchor
+from wsproxy.fanout.tracking import held_key
 
 from .helpers import sealer_for_tests
 
@@ -281,9 +282,9 @@ def test_a_batch_of_several_documents_reaches_a_tracking_member_whole():
     """A batch (changes that came together) about several documents, some
     for a member anchored on its tenant that tracks what it is sent: it
     gets exactly its tenant's, in order, and the others are not lost."""
-    from wsproxy import codec
-    from wsproxy.hub import Hub
-    from wsproxy.tracking import Held
+    from wsproxy.transport import codec
+    from wsproxy.fanout.hub import Hub
+    from wsproxy.fanout.tracking import Held
 
     from .test_hub import FakeClient
 

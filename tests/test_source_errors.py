@@ -33,9 +33,9 @@ import pytest
 from mockupdb import MockupDB, OpMsg
 from pymongo import MongoClient
 
-from wsproxy import codec
-from wsproxy.hub import Announcement, Hub
-from wsproxy.source import Backoff, ChangeSource
+from wsproxy.transport import codec
+from wsproxy.fanout.hub import Announcement, Hub
+from wsproxy.stream.source import Backoff, ChangeSource
 
 from .helpers import scaled, sealer_for_tests, wait_for
 
@@ -135,7 +135,7 @@ class MockPrimary:
             return request.replies()
         if name == "listcollections":
             # The watcher's one look for the watched collection
-            # (wsproxy.scopecheck): it exists.
+            # (wsproxy.stream.scopecheck): it exists.
             return request.replies(cursor={
                 "id": 0, "ns": f"{DB}.$cmd.listCollections",
                 "firstBatch": [{"name": COLL, "type": "collection"}]})
@@ -427,7 +427,7 @@ def test_error_on_the_drivers_resume_attempt_reaches_the_watcher(
     (280, "ChangeStreamFatalError: cannot resume stream"),
     (260, "InvalidResumeToken: bad token"),
     # A token the server does not read as one (SecantusDB's FailedToParse):
-    # the same policy as a client's catch-up (wsproxy/errorpolicy.py).
+    # the same policy as a client's catch-up (wsproxy/stream/errorpolicy.py).
     (9, "resume token is not a valid resume token"),
 ])
 def test_history_lost_on_resume_resets_and_reopens_from_now(

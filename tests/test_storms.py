@@ -10,7 +10,7 @@ import socket
 import pytest
 from websockets.asyncio.client import connect
 
-from wsproxy import tickets
+from wsproxy.limits import tickets
 
 from .helpers import http_get, scaled, server_env
 
@@ -34,7 +34,7 @@ def test_handshakes_run_a_few_at_a_time(mongo, namespace, gunicorn):
     once, and a thousand runnable threads made every lock a convoy
     (handshakes waited 5-17 s): the worker works on a few handshakes at a
     time, the others wait their turn without wanting the GIL."""
-    from wsproxy import views
+    from wsproxy.http import views
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll), app=APP)
     hellos = asyncio.run(_hellos(server.ws_url(), 60, scaled(30)))
@@ -290,8 +290,8 @@ def test_what_a_starting_worker_reads_back_is_history_for_resumes_only():
     from it (changes still to be recorded would be missed), then it is."""
     import threading
 
-    from wsproxy import codec
-    from wsproxy.hub import PREFILLED, Barrier, Hub, Recorded
+    from wsproxy.transport import codec
+    from wsproxy.fanout.hub import PREFILLED, Barrier, Hub, Recorded
 
     from .test_hub import FakeClient, change, hello
     hub = Hub(history_size=100, prefilling=True)

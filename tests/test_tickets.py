@@ -1,10 +1,10 @@
-"""Reconnect tickets (wsproxy/tickets.py): a returning client is not a new
+"""Reconnect tickets (wsproxy/limits/tickets.py): a returning client is not a new
 one, and a client reconnecting in a loop runs out."""
 
 import pytest
 
-from wsproxy import tickets
-from wsproxy.tickets import Tickets
+from wsproxy.limits import tickets
+from wsproxy.limits.tickets import Tickets
 
 from .helpers import sealer_for_tests
 
@@ -61,7 +61,7 @@ def test_a_ticket_already_used_here_buys_nothing():
 
 
 def test_a_ticket_is_bound_to_its_principal_and_deployment():
-    from wsproxy.sealing import Sealer
+    from wsproxy.access.sealing import Sealer
     issuer, clock = _issuer()
     text = issuer.seal(issuer.new(), KEY)
     assert issuer.open(text, ("address", "10.0.0.2")) is None

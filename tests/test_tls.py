@@ -143,7 +143,7 @@ def test_a_blocking_write_to_a_peer_that_does_not_read_ends_at_its_deadline():
     import socket
     import time
 
-    from wsproxy.websocket import SendTimeout, _write_all
+    from wsproxy.transport.websocket import SendTimeout, _write_all
 
     ours, peer = socket.socketpair()
     try:

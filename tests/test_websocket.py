@@ -8,8 +8,8 @@ from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
 
 from wsproxy import ClientError
 from wsproxy.access import check_host, check_origin
-from wsproxy import websocket
-from wsproxy.websocket import FramePolicy
+from wsproxy.transport import websocket
+from wsproxy.transport.websocket import FramePolicy
 
 
 def policy(rate=1000, burst=1000, max_bytes=4096):

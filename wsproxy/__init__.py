@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "WSProxy": ".extension",
+    "WSProxy": ".http.extension",
     "Principal": ".access",
     "AccessDenied": ".access",
     "WSProxyError": ".errors",
@@ -35,7 +35,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .access import AccessDenied, Principal
     from .errors import ClientError, ConfigError, FilterError, WSProxyError
-    from .extension import WSProxy
+    from .http.extension import WSProxy
 
 
 def __getattr__(name):

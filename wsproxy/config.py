@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .access.watchspec import check_pipeline, check_watch
 from .errors import ConfigError
-from .watchspec import check_pipeline, check_watch
 
 MiB = 1024 * 1024
 

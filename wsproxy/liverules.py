@@ -2,7 +2,7 @@
 statement of the live-documents rules (docs/live-documents.md).
 
 Used by the server when it merges a snapshot with the changes kept during
-it (:func:`wsproxy.snapshot.merge`) and by the Python client's
+it (:func:`wsproxy.live.snapshot.merge`) and by the Python client's
 ``LiveDocuments`` (:mod:`wsproxy.client`). The browser module
 (``wsproxy-client.js``) has its own copy; tests/test_live_agreement.py runs
 the same cases through both and checks they agree.

@@ -75,7 +75,7 @@ class Tally:
     too much a thousand times per event on the broadcaster, so writes add
     here (a lock and an addition), and the broadcaster moves the sum to
     ``counter`` after each fan-out and at least once a second
-    (:class:`wsproxy.hub.Hub`)."""
+    (:class:`wsproxy.fanout.hub.Hub`)."""
 
     FLUSH_EVERY = 1.0  # seconds
 
@@ -96,7 +96,7 @@ class Tally:
             self._counter.inc(amount)
 
 
-# What GuardedSocket writes (wsproxy.websocket).
+# What GuardedSocket writes (wsproxy.transport.websocket).
 BYTES_WRITTEN = Tally(BYTES)
 
 

@@ -41,7 +41,7 @@ class WatcherState(StrEnum):
 
 
 def watcher_state(source_state):
-    """The wire value for a :class:`~wsproxy.source.ChangeSource` state."""
+    """The wire value for a :class:`~wsproxy.stream.source.ChangeSource` state."""
     if source_state in (WatcherState.STARTING, WatcherState.CONNECTED):
         return WatcherState(source_state)
     return WatcherState.RECONNECTING  # reconnecting, failed, stopped
