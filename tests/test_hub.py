@@ -241,3 +241,57 @@ def test_members_that_leave_a_quiet_hub_are_not_kept():
     hub._publish([change(1)])
     assert change(1).frame in leave.frames  # offered: it was a member
     assert len(hub.routes) == 2 and leave not in hub._terms
+
+
+def test_a_subscription_replaced_while_a_batch_is_offered_waits_for_it():
+    """The broadcaster routes a batch, then offers it. A client that
+    replaces its subscription meanwhile (routed by the old anchor, which
+    the batch's changes missed) would get the reply first and never the
+    changes the new subscription wants: a browser that switched to
+    everything missed four events between two it got. Widening returns
+    only once the batch in flight has been offered, so the batch is
+    judged whole by the old subscription, before the reply."""
+    from werkzeug.datastructures import MultiDict
+
+    from wsproxy import access, subscription
+
+    class Routed(FakeClient):
+        routed = True
+
+    offering, release = threading.Event(), threading.Event()
+
+    class Slow(FakeClient):
+        """On the scan list; holds the broadcaster in the middle of the
+        batch until released."""
+
+        finished = False
+
+        def on_changes(self, changes):
+            offering.set()
+            release.wait(scaled(10))
+            self.finished = True
+            return super().on_changes(changes)
+
+    acme = subscription.parse(MultiDict(), scope="", principal=access.Principal(
+        "acme", filter={"fullDocument.tenant": "acme"}))
+    hub = Hub()
+    switcher, slow = Routed(acme), Slow()
+    hub.register(switcher, None, hello)
+    hub.register(slow, None, hello)
+    globex = codec.Change({"_id": {"_data": "00000001"}, "operationType": "insert",
+                           "ns": {"db": "shop", "coll": "orders"},
+                           "documentKey": {"_id": 1},
+                           "fullDocument": {"_id": 1, "tenant": "globex"}}, SEALER)
+    broadcaster = threading.Thread(target=hub._publish, args=([globex, change(2)],))
+    broadcaster.start()
+    assert offering.wait(scaled(10))
+    seen = []
+    widen = threading.Thread(target=lambda: (
+        hub.reroute(switcher, EVERYTHING), seen.append(slow.finished)))
+    widen.start()
+    # The fix makes this join time out; without it, widening returns at once.
+    widen.join(0.5)
+    release.set()
+    widen.join(scaled(10))
+    broadcaster.join(scaled(10))
+    assert seen == [True]

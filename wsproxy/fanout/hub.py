@@ -39,6 +39,10 @@ _STOP = object()
 # Changes offered to clients together at most: what a getMore batch
 # brings at once during a burst, without holding one client's turn long.
 MAX_BATCH = 64
+# The longest a subscription change waits for a batch in flight (offers
+# never block, so one takes milliseconds; a stuck broadcaster must not
+# hold the client's thread for ever).
+REROUTE_WAIT = 5.0
 
 
 class Barrier:
@@ -231,6 +235,10 @@ class Hub:
         # member that leaves meanwhile stays routed until it has been.
         self._offering = False
         self._batch = 0  # the number of the next batch recorded
+        # How many batches have been offered in full; notified (under the
+        # lock) each time one has, for reroute to wait on.
+        self._offered = 0
+        self._offered_changed = threading.Condition(self._lock)
         self._history = collections.deque()  # Changes, oldest first
         self._positions = {}  # id -> position (numbered from 0, never reused)
         self._next_position = 0
@@ -426,13 +434,34 @@ class Hub:
     def reroute(self, member, subscription=None):
         """``member``'s subscription is being replaced by ``subscription``
         (routed by both from now on), or, without one, was replaced (routed
-        by its current one alone). A member not in the hub is left alone."""
+        by its current one alone). A member not in the hub is left alone.
+
+        Widening returns once every batch recorded before it has been
+        offered: the broadcaster routes a batch before it offers it, so a
+        batch routed by the old anchor alone and offered after the
+        replacement would skip the member for changes the new
+        subscription wants, after the reply that says it is in force."""
         with self._lock:
-            if member in self._clients:
-                if subscription is None:
-                    self.routes.settle(member)
-                else:
-                    self.routes.widen(member, subscription)
+            if member not in self._clients:
+                return
+            if subscription is None:
+                self.routes.settle(member)
+                return
+            self.routes.widen(member, subscription)
+            if threading.current_thread() is self._thread:
+                return  # the broadcaster itself: no batch is in flight
+            routed_before = self._batch
+            deadline = time.monotonic() + REROUTE_WAIT
+            while self._offered < routed_before:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "broadcaster: a batch took over %.0f s to offer; "
+                        "a subscription is replaced without waiting for it",
+                        REROUTE_WAIT,
+                    )
+                    return
+                self._offered_changed.wait(remaining)
 
     def clients(self):
         with self._lock:
@@ -524,6 +553,8 @@ class Hub:
         finally:
             with self._lock:
                 self._offering = False
+                self._offered = number + 1
+                self._offered_changed.notify_all()
                 self._prune_departed_locked()
 
     def _offer(self, batch, number):
