@@ -253,7 +253,8 @@ def test_a_subscription_replaced_while_a_batch_is_offered_waits_for_it():
     judged whole by the old subscription, before the reply."""
     from werkzeug.datastructures import MultiDict
 
-    from wsproxy import access, subscription
+    from wsproxy import access
+    from wsproxy.fanout import subscription
 
     class Routed(FakeClient):
         routed = True
