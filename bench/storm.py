@@ -149,9 +149,11 @@ def main(argv=None):
     p.add_argument("--how", choices=("sigterm", "kill"), default="sigterm")
     p.add_argument("--cases", default="before,after",
                    help="comma-separated, from " + ",".join(CASES))
-    p.add_argument("--before", type=float, default=8.0,
-                   help="seconds connected before the restart (default 8: "
-                        "a ticket earns a reconnect every 5 s)")
+    p.add_argument("--before", type=float, default=12.0,
+                   help="seconds connected before the restart (default 12: "
+                        "a ticket earns a reconnect every 5 s, and the "
+                        "bundled clients start their backoff afresh after "
+                        "a connection up 10 s, as in a deploy)")
     p.add_argument("--after", type=float, default=15.0,
                    help="seconds of writing after the restart (about)")
     p.add_argument("--backoff-max", type=float, default=30.0,

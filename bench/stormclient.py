@@ -5,7 +5,8 @@ Each client resumes after the last id it received, presents the last
 hello's reconnect ticket (unless ``--no-tickets``), reconnects at once
 after a close, waits ``Retry-After`` (at least its backoff) after a 429,
 and backs off 0.5 s doubling to 30 s (``--backoff-max``), with jitter,
-after a failure: the policy of ``wsproxy.client`` and
+after a failure (from the attempts since the last connection that stayed
+up ``STABLE_AFTER``): the policy of ``wsproxy.client`` and
 ``wsproxy-client.js``. Line protocol::
 
     -> READY {}                      every client has had its first hello
@@ -28,6 +29,8 @@ import urllib.parse
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+
+from wsproxy.client import STABLE_AFTER
 
 from .procs import die_with_parent, raise_nofile
 
@@ -52,10 +55,13 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
         if tickets and client.ticket:
             query["ticket"] = client.ticket
         target = url + ("?" + urllib.parse.urlencode(query) if query else "")
-        backoff = min(backoff_max, 0.5 * 2 ** attempt) * random.uniform(0.5, 1)
+        opened = None
+        closed = False
+        floor = 0.0
         try:
             async with connect(target, compression=None, proxy=None,
                                max_size=None, open_timeout=30) as ws:
+                opened = time.monotonic()
                 async for raw in ws:
                     message = json.loads(raw)
                     kind = message.get("type")
@@ -68,22 +74,29 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
                     elif kind == "hello":
                         client.hellos.append((time.time(), message["resume"]))
                         client.ticket = message.get("ticket")
-                        attempt = 0
-            continue  # closed by the server (1001 on a deploy): at once
+            closed = True  # by the server (1001 on a deploy)
         except InvalidStatus as exc:
             if exc.response.status_code == 429:
                 client.refused.append(time.time())
-                retry = float(exc.response.headers.get("Retry-After") or 1)
-                backoff = max(backoff, retry)
+                floor = float(exc.response.headers.get("Retry-After") or 1)
+            else:
+                client.failures.append((time.time(),
+                                        f"HTTP {exc.response.status_code}"))
         except Exception as exc:  # noqa: BLE001 - the server is away: back off
-            why = type(exc).__name__
-            if isinstance(exc, InvalidStatus):
-                why = f"HTTP {exc.response.status_code}"
-            client.failures.append((time.time(), why))
+            client.failures.append((time.time(), type(exc).__name__))
+        # As the bundled clients do: a connection that stayed up a while
+        # starts the backoff afresh, and the delay follows the attempts
+        # made since (computed now, not before the attempt that failed).
+        if opened is not None and time.monotonic() - opened >= STABLE_AFTER:
+            attempt = 0
+        if closed:
+            continue  # reconnect at once
+        delay = min(backoff_max, 0.5 * 2 ** attempt)
         attempt += 1
+        backoff = max(delay / 2 + random.uniform(0, delay / 2), floor)
         try:
             await asyncio.wait_for(stop.wait(), backoff)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
