@@ -35,7 +35,7 @@ class FakeClient:
     deflate_bits = None
     id = 1
     closing = ended = False
-    remote_addr = None
+    remote_addr = principal = None  # as a ClientConnection made without them
 
     def __init__(self, sub):
         self.subscription = sub

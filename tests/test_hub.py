@@ -296,3 +296,52 @@ def test_a_subscription_replaced_while_a_batch_is_offered_waits_for_it():
     widen.join(scaled(10))
     broadcaster.join(scaled(10))
     assert seen == [True]
+
+
+def test_a_catch_up_that_cannot_start_leaves_no_stand_in_in_the_hub():
+    # Near a thousand threads, Thread.start() raises: the stand-in, in the
+    # hub before its replay would start, must not stay counted there.
+    hub = Hub()
+    client, stand_in = FakeClient(), FakeClient()
+
+    def cannot_start():
+        raise RuntimeError("can't start new thread")
+
+    with pytest.raises(RuntimeError):
+        with hub.subscribe(client, "not-recorded", hello,
+                           lambda who: (stand_in, cannot_start)):
+            pytest.fail("the block must not run")
+    assert hub.clients() == [] and len(hub) == 0
+
+
+def _declared(protocol):
+    """The methods and attributes a Protocol class declares itself."""
+    methods = {name for name, value in vars(protocol).items()
+               if callable(value) and not name.startswith("_")}
+    return methods, set(vars(protocol).get("__annotations__", {}))
+
+
+def test_every_kind_of_member_has_what_the_hub_calls():
+    import inspect
+    import re
+
+    from wsproxy.fanout.connection import ClientConnection
+    from wsproxy.fanout.hub import Member, Newcomer, _Joining
+    from wsproxy.live.documents import LiveDocuments
+    from wsproxy.stream.catchup import CatchUp
+
+    member_methods, member_attributes = _declared(Member)
+    newcomer_methods, _ = _declared(Newcomer)
+    assert {"on_change", "on_changes", "offer", "on_reset",
+            "request_close"} <= member_methods
+    assert member_attributes == {"subscription"}
+    assert newcomer_methods == {"preload"}
+    kinds = {ClientConnection: True, LiveDocuments: True,
+             _Joining: False, CatchUp: False}  # class -> a newcomer too
+    for kind, newcomer in kinds.items():
+        wanted = member_methods | (newcomer_methods if newcomer else set())
+        for name in wanted:
+            assert callable(getattr(kind, name, None)), (kind, name)
+        source = inspect.getsource(kind.__init__)
+        for name in member_attributes:
+            assert re.search(rf"self\.{name}\b[^=\n]*=", source), (kind, name)

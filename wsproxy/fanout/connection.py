@@ -4,17 +4,24 @@ Writes to a socket must never interleave; :mod:`wsproxy.transport.websocket` gua
 every write, ours and simple-websocket's (pongs, close replies), with the
 connection's ``write_lock`` (see :class:`~wsproxy.transport.websocket.GuardedSocket`).
 
-Lock order, for every lock in the fan-out path (a thread holding one may
-only take those to its right):
+Locks (the worker's whole lock order is in docs/architecture.md, "Locks";
+this is the connection's part of it). A thread may wait for
+``_state_lock`` while holding ``write_lock`` (:meth:`ClientConnection._flush`
+pops each frame under it), never the other way round: while holding
+``_state_lock``, ``write_lock`` is only ever *tried*, non-blocking
+(:meth:`ClientConnection._offer_items`), so a writer blocked on a slow socket
+never holds up the broadcaster. Every lock a member or the hub holds
+(``Hub._lock``, a stand-in's ``_lock``) comes before both::
 
-    Hub._lock  ->  CatchUp._lock / _Joining._lock  ->  ClientConnection._state_lock
-               ->  GuardedSocket.write_lock
+    Hub._lock | _Joining._lock | CatchUp._lock | LiveDocuments._lock
+        -> GuardedSocket.write_lock -> ClientConnection._state_lock
+        -> Wakeup._lock, Holders._lock   (leaves)
 
-and ``write_lock`` is only ever *tried* (non-blocking) while holding
-``_state_lock`` (:meth:`ClientConnection.offer`), so a writer blocked on a slow
-socket never holds up the broadcaster. Reads of ``_outbox`` length and of
-``_close_request`` outside ``_state_lock`` are deliberate: each is a
-hint that the locked path re-checks.
+    (_state_lock -> write_lock: tried only, never waited for)
+
+Reads of ``_outbox`` length and of ``_close_request`` outside
+``_state_lock`` are deliberate: each is a hint that the locked path
+re-checks.
 
 Fan-out has two paths. The broadcaster first tries a *direct* write: if the
 outbox is empty and nobody is writing, it writes the shared frame with a
@@ -53,6 +60,7 @@ from .tracking import CLEARING_OPS, Held, held_key
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from ..access.principal import Principal
     from ..transport.codec import Change
     from ..transport.compression import SharedContexts
     from ..transport.websocket import Connection
@@ -118,8 +126,12 @@ class ClientConnection:
         max_held: int = 1000,
         owner: object = None,
         holders: Holders | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self.id = next(self._ids)
+        # Who is connected (None: tests, tools): its key bounds what the
+        # connection's catch-ups and snapshots may hold (wsproxy.limits).
+        self.principal = principal
         self.conn = conn
         self.sock = conn.sock
         # The window of the permessage-deflate the client negotiated (its
@@ -154,8 +166,8 @@ class ClientConnection:
         self.max_bytes = max_bytes
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
-        # Guards the outbox, its byte count, the close request, and the
-        # subscription's shared context and _sync when they change.
+        # Guards the outbox, its byte count, the close request, what is
+        # held, and the shared context and _sync when they change.
         self._state_lock = threading.Lock()
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0

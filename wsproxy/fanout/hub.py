@@ -24,13 +24,16 @@ import logging
 import queue
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .. import metrics
 from ..protocol import CloseCode
 from ..transport import codec
 from .routing import Routes
 from .tracking import held_key
+
+if TYPE_CHECKING:
+    from .subscription import Subscription
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.hub")
@@ -86,9 +89,24 @@ class Announcement:
 
 
 class Member(Protocol):
-    """What the hub holds in its client set: a connection (``ClientConnection``) or
-    something standing in for one while it resumes (``_Joining`` here,
-    ``resume.CatchUp``)."""
+    """What the hub holds in its client set: a connection
+    (:class:`~wsproxy.fanout.connection.ClientConnection`) or something
+    standing in for one (:class:`_Joining` here while it resumes from the
+    history, :class:`~wsproxy.stream.catchup.CatchUp` while it is caught up
+    from MongoDB, :class:`~wsproxy.live.documents.LiveDocuments` for a
+    snapshot subscription). Everything the hub, its routing and the
+    extension's shutdown call on every member is declared here.
+
+    Read where present, with ``getattr`` (a member may leave them out):
+    ``route_anchor()``, the member's own anchor, and ``routed``, whether it
+    is indexed by its subscription's (:func:`wsproxy.fanout.routing._anchor_of`;
+    neither: it takes every change); ``held``, what a tracking connection
+    holds (not None: a later change of a batch about a document an earlier
+    one offered it is offered to it too, see :meth:`Hub._routed`)."""
+
+    # What it is routed by (wsproxy.fanout.routing), read when it joins
+    # and when it is rerouted.
+    subscription: "Subscription"
 
     def on_change(self, change) -> bool:
         """Offered a change, on the broadcaster thread; True if it was
@@ -106,7 +124,20 @@ class Member(Protocol):
         closing. A live-documents member then takes a fresh snapshot."""
 
     def request_close(self, code, reason) -> None:
-        """Close the connection with ``code`` and ``reason`` (thread-safe)."""
+        """Close the connection with ``code`` and ``reason`` (thread-safe;
+        every member is asked at shutdown, see ``ProxyState.begin_shutdown``)."""
+
+
+class Newcomer(Member, Protocol):
+    """What :meth:`Hub.register` and :meth:`Hub.subscribe` are given: a
+    member that takes its ``hello`` before anything it is offered (a
+    connection, or a live-documents stand-in). With an id to resume after,
+    the newcomer must be a ``ClientConnection`` (its filter runs over the
+    backlog: ``prepare``, ``queue``, the outbox bounds)."""
+
+    def preload(self, frames) -> None:
+        """Queue frames for this connection alone (its hello), under the
+        hub's lock: ahead of every change it is offered."""
 
 
 class _Joining:
@@ -118,7 +149,8 @@ class _Joining:
         self.client = client
         self.subscription = client.subscription
         # Guards _held, _held_bytes and live: the hand-over is decided
-        # under it. Never held while filtering or encoding.
+        # under it. Never held while filtering or encoding; taken before
+        # the client's _state_lock (docs/architecture.md, "Locks").
         self._lock = threading.Lock()
         self._held = []  # Change, or a frame (an announcement)
         self._held_bytes = 0
@@ -127,7 +159,7 @@ class _Joining:
     def on_change(self, change):
         with self._lock:
             if not self.live:
-                self._hold(change, len(change.frame))
+                self._hold_locked(change, len(change.frame))
                 return False
         return self.client.on_change(change)
 
@@ -137,14 +169,15 @@ class _Joining:
     def offer(self, data):
         with self._lock:
             if not self.live:
-                self._hold(data, len(data))
+                self._hold_locked(data, len(data))
                 return True
         return self.client.offer(data)
 
     def on_reset(self, frame):
         return self.offer(frame)
 
-    def _hold(self, item, size):
+    def _hold_locked(self, item, size):
+        assert self._lock.locked()  # the caller holds it
         if self._held is None:
             return  # overflowed: the client is being closed
         self._held.append(item)
@@ -215,13 +248,13 @@ class Hub:
         queue_size=10000,
         prefilling=False,
     ):
-        # First in the lock order (see wsproxy.fanout.connection). Guards _clients and
-        # the history (_history, _positions,
-        # _next_position, _history_bytes) together: the broadcaster records
-        # an event and snapshots the clients in one critical section, and a
-        # resuming client takes its backlog and joins the set in one, which
-        # is what makes the seam between replay and live gap- and
-        # duplicate-free. Only O(1)-ish work happens under it.
+        # Guards the client set, the history and the routing state
+        # together: the broadcaster records an event and snapshots the
+        # clients in one critical section, and a resuming client takes its
+        # backlog and joins the set in one, which is what makes the seam
+        # between replay and live gap- and duplicate-free. Only O(1)-ish
+        # work happens under it; first in the lock order (docs/architecture.md,
+        # "Locks": under it only a newcomer's _state_lock, for its hello).
         self._lock = threading.Lock()
         self._clients = set()
         # Which members each change can concern (wsproxy.fanout.routing), and, per
@@ -355,7 +388,7 @@ class Hub:
             # client would miss those still to come.
             return None
         with self._lock:
-            backlog = self._recorded_after(after_id)
+            backlog = self._recorded_after_locked(after_id)
             if backlog is None:
                 return None
             self._join_locked(joining)
@@ -389,9 +422,10 @@ class Hub:
                 self._join_locked(client)
         return "history"
 
-    def _recorded_after(self, after_id):
+    def _recorded_after_locked(self, after_id):
         """The recorded changes after ``after_id`` (references, copied at C
         speed), or None if it is not recorded; the caller holds the lock."""
+        assert self._lock.locked()  # the caller holds it
         position = self._positions.get(after_id)
         if position is None:
             return None
@@ -525,12 +559,12 @@ class Hub:
                 elif isinstance(item, Recorded):
                     self._published(item.change)
                     with self._lock:
-                        self._record([item.change], [len(item.change.frame)])
+                        self._record_locked([item.change], [len(item.change.frame)])
                 elif item is PREFILLED:
                     self.prefilled.set()
                 elif item is FORGET_HISTORY:
                     with self._lock:
-                        self._forget_history()
+                        self._forget_history_locked()
                 else:
                     self._announce(item)
             except Exception:  # noqa: BLE001 - the broadcaster must survive
@@ -542,7 +576,7 @@ class Hub:
         # the batch's own are offered from now on.
         self._published(batch[0])
         with self._lock:
-            self._record(batch, sizes)
+            self._record_locked(batch, sizes)
             number = self._batch
             self._batch += 1
             # Members that left before this batch are offered nothing more.
@@ -619,9 +653,10 @@ class Hub:
                         offered.setdefault(key, set()).add(member)
         return routed
 
-    def _record(self, batch, sizes):
+    def _record_locked(self, batch, sizes):
         """Append to the history, within its bounds (the caller holds the
         lock)."""
+        assert self._lock.locked()  # the caller holds it
         for change, size in zip(batch, sizes, strict=True):
             self._history.append(change)
             self._positions[change.id] = self._next_position
@@ -643,7 +678,8 @@ class Hub:
             self.published_through = cluster_time
         self.published_at = time.monotonic()
 
-    def _forget_history(self):
+    def _forget_history_locked(self):
+        assert self._lock.locked()  # the caller holds it
         self._history.clear()
         self._positions.clear()
         self._history_bytes = 0
@@ -651,7 +687,7 @@ class Hub:
     def _announce(self, announcement):
         if announcement.forget_history:
             with self._lock:
-                self._forget_history()
+                self._forget_history_locked()
         for client in self.clients():
             if announcement.forget_history:
                 client.on_reset(announcement.frame)

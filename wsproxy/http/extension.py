@@ -118,15 +118,18 @@ class ProxyState:
             config["WSPROXY_CONNECT_RATE"], max(max_connections, 1)
         )
         self.tickets = tickets.Tickets(self.sealer)
-        # One snapshot's slice of CPU work at a time (wsproxy.live.snapshot).
+        # One snapshot's slice of CPU work at a time (wsproxy.live.snapshot's
+        # Pacer); held for CPU work only, never while waiting on the network.
         self.snapshot_slice_lock = threading.Lock()
         # Bounds how many snapshots are read at once.
         self.snapshot_slots = threading.BoundedSemaphore(
             config["WSPROXY_MAX_SNAPSHOTS"]
         )
+        # Bounds one principal's (or address's) catch-ups at once.
         self.catchups_per_key = throttle.KeyedSlots(
             config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"]
         )
+        # Bounds one principal's (or address's) snapshots at once.
         self.snapshots_per_key = throttle.KeyedSlots(
             settings.per_principal(
                 config, "WSPROXY_MAX_SNAPSHOTS_PER_PRINCIPAL", "WSPROXY_MAX_SNAPSHOTS"

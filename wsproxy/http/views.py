@@ -374,8 +374,8 @@ def create_blueprint(config):
             max_held=config["WSPROXY_TRACKED_DOCS"],
             owner=admission.reservation.key,
             holders=_state().hub.routes.holders,
+            principal=admission.principal,
         )
-        client.principal = admission.principal
         serve(
             _state(),
             client,

@@ -83,8 +83,8 @@ class LiveDocuments:
         self.max_held = max_held
         # Guards _phase, _kept, _kept_bytes and _reset_frame: a phase
         # change and what is kept are decided together. Taken before the
-        # client's _state_lock (see wsproxy.fanout.connection); never held while
-        # filtering or encoding.
+        # client's _state_lock (docs/architecture.md, "Locks"); never held
+        # while filtering or encoding.
         self._lock = threading.Lock()
         self._phase = READING
         self._kept = []  # Changes to the collection, in stream order
@@ -112,7 +112,7 @@ class LiveDocuments:
             return False
         with self._lock:
             if self._phase is not LIVE:
-                self._keep(change)
+                self._keep_locked(change)
                 return False
         handed = False
         for data in self.route(change):
@@ -157,7 +157,8 @@ class LiveDocuments:
             return False
         return op == "dropDatabase" or ns.get("coll") == self.query.coll
 
-    def _keep(self, change):
+    def _keep_locked(self, change):
+        assert self._lock.locked()  # the caller holds it
         self._kept.append(change)
         self._kept_bytes += len(change.frame)
         if (

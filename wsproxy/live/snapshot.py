@@ -138,7 +138,7 @@ def run(inputs, member):
     """Take the member's snapshot (again after a reset), holding one of
     its principal's snapshot slots and one of the worker's."""
     client = member.client
-    key = throttle.client_key(getattr(client, "principal", None), client.remote_addr)
+    key = throttle.client_key(client.principal, client.remote_addr)
     if not inputs.slots_per_key.acquire(key, timeout=inputs.slot_wait):
         client.request_close(
             CloseCode.TRY_AGAIN,

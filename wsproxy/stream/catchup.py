@@ -94,7 +94,8 @@ class CatchUp:
         # by catch_up. Replayed events before it need no remembering.
         self.published_through = lambda: None
         # Guards everything below: the seam is decided under it. Held for
-        # no filtering and no encoding.
+        # no filtering and no encoding; taken before the client's
+        # _state_lock (docs/architecture.md, "Locks").
         self._lock = threading.Lock()
         # (id, the client's item or None if unwanted), in order; (None,
         # frame) for the watcher's reset, which keeps its place in the stream.
@@ -338,7 +339,7 @@ def catch_up(inputs, catchup, resume_id):
     (``inputs.slots``) and in time."""
     client = catchup.client
     wait = inputs.slot_wait
-    key = throttle.client_key(getattr(client, "principal", None), client.remote_addr)
+    key = throttle.client_key(client.principal, client.remote_addr)
     if not inputs.slots_per_key.acquire(key, timeout=wait):
         client.request_close(
             CloseCode.TRY_AGAIN,

@@ -223,9 +223,10 @@ class GuardedSocket:
     def __init__(self, sock, send_timeout):
         self.raw = sock
         # Serialises every write on this socket: ours, and the
-        # simple-websocket reader thread's pongs and close replies. Last in
-        # the lock order (see wsproxy.fanout.connection); never taken twice by one
-        # thread, so a plain lock.
+        # simple-websocket reader thread's pongs and close replies. Never
+        # waited for under the connection's _state_lock, only tried; never
+        # taken twice by one thread, so a plain lock (docs/architecture.md,
+        # "Locks").
         self.write_lock = threading.Lock()
         self.send_timeout = send_timeout
         self.nonblocking_ok = not isinstance(sock, ssl.SSLSocket)
@@ -316,7 +317,8 @@ class Wakeup:
     def __init__(self):
         self._flag = False
         self._fds = None  # (read end, write end); the same fd for eventfd
-        # Guards _flag changes, the descriptor's life and its counter.
+        # Guards _flag changes, the descriptor's life and its counter; a
+        # leaf: taken under _state_lock and write_lock, takes nothing.
         self._lock = threading.Lock()
         self._closed = False
         self._signaled = False  # the descriptor has been made readable
