@@ -2,7 +2,8 @@
 then every change after them (``?snapshot=1``; see docs/live-documents.md).
 
 A :class:`LiveDocuments` stands in for the client in the hub. It goes
-through three phases, and back to the first after a ``reset``:
+through three phases (:class:`Phase`), and back to the first after a
+``reset``:
 
 * ``READING``: the snapshot is being read (:mod:`wsproxy.live.snapshot`). Every
   change to the collection is kept, by reference, in arrival order.
@@ -43,6 +44,7 @@ the collection matches, so nothing is kept and nothing leaves.
 
 import threading
 from collections.abc import Mapping
+from enum import StrEnum
 
 from ..fanout.routing import NS
 from ..fanout.tracking import (
@@ -56,12 +58,22 @@ from ..fanout.tracking import (
 from ..protocol import CloseCode
 from ..transport.codec import Shape, untracked_leave_frame
 
-READING, SENDING, LIVE = "reading", "sending", "live"
+
+class Phase(StrEnum):
+    """Where a :class:`LiveDocuments` is (see the module docstring);
+    compared with ``is``."""
+
+    READING = "reading"  # the snapshot is being read; changes are kept
+    SENDING = "sending"  # merged, being sent; later changes are kept
+    LIVE = "live"  # the kept changes sent: the broadcaster offers directly
+
+
 # Re-exported for wsproxy.live.snapshot.
 __all__ = [
     "CLEARING_OPS",
     "DOCUMENT_OPS",
     "LiveDocuments",
+    "Phase",
     "Restart",
     "document_key",
     "event_id",
@@ -86,7 +98,7 @@ class LiveDocuments:
         # client's _state_lock (docs/architecture.md, "Locks"); never held
         # while filtering or encoding.
         self._lock = threading.Lock()
-        self._phase = READING
+        self._phase = Phase.READING
         self._kept = []  # Changes to the collection, in stream order
         self._kept_bytes = 0
         self._reset_frame = None  # a reset that arrived mid-snapshot
@@ -111,7 +123,7 @@ class LiveDocuments:
         if not self._concerns(change.raw):
             return False
         with self._lock:
-            if self._phase is not LIVE:
+            if self._phase is not Phase.LIVE:
                 self._keep_locked(change)
                 return False
         handed = False
@@ -136,12 +148,12 @@ class LiveDocuments:
         fresh snapshot (whatever it holds may be stale)."""
         with self._lock:
             self._kept, self._kept_bytes = [], 0
-            if self._phase is not LIVE:
+            if self._phase is not Phase.LIVE:
                 # The snapshot thread sends it, between two of its own
                 # messages, and starts again.
                 self._reset_frame = frame
                 return True
-            self._phase = READING
+            self._phase = Phase.READING
         handed = self.client.offer(frame)
         if self._held is not None:
             self._held.clear()
@@ -179,7 +191,7 @@ class LiveDocuments:
         with self._lock:
             self._check_reset_locked()
             kept, self._kept, self._kept_bytes = self._kept, [], 0
-            self._phase = next_phase
+            self._phase = Phase(next_phase)
             return kept
 
     def send(self, frames):
@@ -198,7 +210,7 @@ class LiveDocuments:
                 self._check_reset_locked()
                 kept, self._kept, self._kept_bytes = self._kept, [], 0
                 if not kept:
-                    self._phase = LIVE
+                    self._phase = Phase.LIVE
                     return
             self.send([data for change in kept for data in self.route(change)])
 
@@ -206,7 +218,7 @@ class LiveDocuments:
         assert self._lock.locked()  # the caller holds it
         if self._reset_frame is not None:
             frame, self._reset_frame = self._reset_frame, None
-            self._phase = READING
+            self._phase = Phase.READING
             self.client.preload([frame])
             raise Restart
 

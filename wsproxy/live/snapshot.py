@@ -53,7 +53,7 @@ from ..logsafe import shown
 from ..protocol import CloseCode, MessageType
 from ..stream import errorpolicy
 from ..transport import codec
-from .documents import Restart, document_key
+from .documents import Phase, Restart, document_key
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.snapshot")
@@ -208,7 +208,7 @@ def _take(inputs, member, key):
             CloseCode.TRY_AGAIN, "the live feed is behind the snapshot; reconnect"
         )
         return
-    kept = member.take_kept(next_phase="sending")
+    kept = member.take_kept(next_phase=Phase.SENDING)
     held, texts = merge(member.subscription, docs, kept, entering=complete, pace=pace)
     member.hold(held)
     progress = _Progress(client, inputs.stall_limit)
@@ -481,7 +481,7 @@ def _wait_for_room(inputs, client, deadline, progress):
 
 def _on_error(client, exc):
     kind = errorpolicy.classify(exc)
-    if kind == errorpolicy.FATAL:
+    if kind is errorpolicy.ErrorKind.FATAL:
         log.error(
             "client %s: snapshot refused by the database: %s", client.id, shown(exc)
         )

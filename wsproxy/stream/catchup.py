@@ -302,9 +302,10 @@ class CatchUpInputs:
 
 
 # What a client is told when its catch-up fails, by kind of error (see
-# wsproxy.stream.errorpolicy). Only HISTORY_LOST says events may have been missed;
-# the others leave the client's last id good, and say so. Never the
-# driver's error text (hosts, ports, topology): that is logged.
+# wsproxy.stream.errorpolicy.ErrorKind). Only HISTORY_LOST says events may
+# have been missed; the others leave the client's last id good, and say
+# so. Never the driver's error text (hosts, ports, topology): that is
+# logged.
 RESET_REASON = "cannot resume from resume_after: events may have been missed"
 # A refusal a retry will not fix until an operator acts: 1011, not 1013,
 # whose "try again later" promises a temporary condition; the client backs
@@ -438,12 +439,12 @@ def _on_error(catchup, exc):
     is told (see wsproxy.stream.errorpolicy)."""
     client = catchup.client
     kind = errorpolicy.classify(exc)
-    if kind == errorpolicy.HISTORY_LOST:
+    if kind is errorpolicy.ErrorKind.HISTORY_LOST:
         # Older than the oplog window (286), not found there (280), or not
         # a token this server reads: the client's position is gone.
         log.info("client %s: cannot resume (%s); reset", client.id, exc)
         catchup.reset(RESET_REASON)
-    elif kind == errorpolicy.FATAL:
+    elif kind is errorpolicy.ErrorKind.FATAL:
         log.error(
             "client %s: catch-up refused by the database (%s); "
             "closing with %d: fix the deployment or WSPROXY_* "

@@ -7,29 +7,41 @@ connection, a timeout, and every "not primary" / "node is recovering" code,
 raised as ``NotPrimaryError``), ``CursorNotFound``, and server errors
 labelled ``ResumableChangeStreamError``. It never resumes a stream's first
 ``aggregate``, and tries only once. What still reaches us is sorted here
-into one of three kinds, each saying what the stream's user should do:
+into one of three kinds (:class:`ErrorKind`), each saying what the
+stream's user should do:
 
-* :data:`HISTORY_LOST`: the position itself is gone. The token is older
+* :attr:`ErrorKind.HISTORY_LOST`: the position itself is gone. The token is older
   than the oplog window, was not found there, or the server will not read
   it as a token at all. Retrying from it can never work: start again from
   now and tell whoever reads the stream that events may have been missed
   (a ``reset`` message).
-* :data:`FATAL`: the deployment or the settings refuse the stream (a
+* :attr:`ErrorKind.FATAL`: the deployment or the settings refuse the stream (a
   missing privilege, not a replica set, a bad pipeline). The position is
   still good and nothing was lost, but a retry will not work until someone
   fixes the cause: log it at ERROR and retry only slowly.
-* :data:`TRANSIENT`: everything else: the network, an election, a
+* :attr:`ErrorKind.TRANSIENT`: everything else: the network, an election, a
   shutdown, a time limit, and any error not named here. Nothing was lost
   and retrying from the same position loses nothing, which is why it is
   the default: an unknown error must never claim that events were lost.
 """
 
+from enum import StrEnum
+
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
-# The kinds, as returned by classify().
-HISTORY_LOST = "history lost"
-FATAL = "fatal"
-TRANSIENT = "transient"
+
+class ErrorKind(StrEnum):
+    """What an error means for a change stream's user (:func:`classify`)."""
+
+    HISTORY_LOST = "history lost"  # the position is gone: reset, then from now
+    FATAL = "fatal"  # refused by the deployment or the settings: retry slowly
+    TRANSIENT = "transient"  # anything else: retry from the same position
+
+
+# The kinds by their former names.
+HISTORY_LOST = ErrorKind.HISTORY_LOST
+FATAL = ErrorKind.FATAL
+TRANSIENT = ErrorKind.TRANSIENT
 
 # The server cannot resume from the position: it has left the oplog, or
 # was never in it.
@@ -125,13 +137,13 @@ class StreamEnded(PyMongoError):
 
 
 def classify(exc):
-    """What a stream's user should do about ``exc``: :data:`HISTORY_LOST`,
-    :data:`FATAL` or :data:`TRANSIENT` (see the module docstring)."""
+    """What a stream's user should do about ``exc``, an :class:`ErrorKind`
+    (see the module docstring)."""
     if is_history_lost(exc):
-        return HISTORY_LOST
+        return ErrorKind.HISTORY_LOST
     if is_fatal(exc):
-        return FATAL
-    return TRANSIENT
+        return ErrorKind.FATAL
+    return ErrorKind.TRANSIENT
 
 
 def _message(exc):
