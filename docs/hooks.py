@@ -43,6 +43,7 @@ ENUMS = {
     "server-messages": protocol.MessageType,
     "client-messages": protocol.ClientMessageType,
     "watcher-states": protocol.WatcherState,
+    "resume-modes": protocol.ResumeMode,
     "close-codes": protocol.CloseCode,
 }
 

@@ -16,7 +16,8 @@ from bson import ObjectId
 from wsproxy.transport import codec
 from wsproxy.http.control import Control, subscription_args
 from wsproxy.errors import ClientError
-from wsproxy.protocol import WatcherState, watcher_state
+from wsproxy.protocol import (
+    MessageType, ResumeMode, SourceState, WatcherState, watcher_state)
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
 
 from .helpers import WSClient, http_get, refused, scaled, server_env, wait_for
@@ -49,6 +50,27 @@ def test_watcher_states_on_the_wire():
     assert watcher_state("connected") is WatcherState.CONNECTED
     for state in ("reconnecting", "failed", "stopped"):
         assert watcher_state(state) is WatcherState.RECONNECTING
+    assert [str(s) for s in SourceState] == [
+        "starting", "connected", "reconnecting", "failed", "stopped"]
+    for state in SourceState:
+        assert watcher_state(state) is watcher_state(state.value)
+
+
+def test_the_enums_are_their_values_on_the_wire():
+    # hello's resume and watcher, and every other enum a message carries,
+    # encode to exactly the bytes their plain values did.
+    assert [m.value for m in ResumeMode] == [
+        "none", "history", "catch-up", "snapshot"]
+    for mode in ResumeMode:
+        for state in WatcherState:
+            assert codec.control_message(
+                MessageType.HELLO, resume=mode, watcher=state) == (
+                codec.control_message("hello", resume=mode.value,
+                                      watcher=state.value))
+    assert codec.control_message(MessageType.STATUS,
+                                 watcher=WatcherState.CONNECTED, detail="") == (
+        '{"type": "status", "watcher": "connected", "detail": ""}')
+    assert json.dumps({"watcher": SourceState.FAILED}) == '{"watcher": "failed"}'
 
 
 class FakeConnection:

@@ -2,6 +2,7 @@
 once and in order across cut connections and a server restart, refusals
 with the server's reasons, subscribe, reset."""
 
+import inspect
 import re
 import threading
 
@@ -16,6 +17,8 @@ from wsproxy.client import (
     Reset,
     WSProxyClient,
 )
+from wsproxy import client as wsclient
+from wsproxy import protocol
 from wsproxy.protocol import CloseCode
 
 from .helpers import TcpProxy, scaled, sealer_for_tests, server_env, wait_for
@@ -80,6 +83,21 @@ def _connected(feed, timeout=10):
 
 def test_every_close_code_has_a_policy():
     assert {int(c) for c in CloseCode} <= set(CLOSE_POLICY)
+    assert {int(c) for c in protocol.LocalCloseCode} <= set(CLOSE_POLICY)
+    assert set(CLOSE_POLICY.values()) <= set(protocol.ClientAction)
+
+
+def test_the_clients_policy_and_backoff_are_the_wire_contracts():
+    # Taken from wsproxy.protocol, not copied.
+    assert wsclient.CLOSE_POLICY is protocol.CLOSE_POLICY
+    assert wsclient.REFUSAL_ACTION is protocol.REFUSAL_ACTION
+    for name in ("MAX_IMMEDIATE", "BUSY_FLOOR", "STABLE_AFTER"):
+        assert getattr(wsclient, name) is getattr(protocol, name)
+    parameters = inspect.signature(WSProxyClient).parameters
+    assert parameters["backoff_initial"].default == protocol.BACKOFF_INITIAL
+    assert parameters["backoff_max"].default == protocol.BACKOFF_MAX
+    # Its heartbeat is the bytes it always sent.
+    assert wsclient._PING == '{"type": "ping"}'
 
 
 @pytest.mark.heavy

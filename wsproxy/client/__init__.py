@@ -15,7 +15,8 @@ guarantees.
 It reconnects with capped, jittered backoff, resumes after the last id it
 received (``resume_after``), drops duplicates by id, gives ``reset`` as an
 item, follows one close-code table (:data:`CLOSE_POLICY`, the same as the
-browser module's), and when a handshake is refused asks the server why
+browser module's) and one backoff, both the wire contract's
+(:mod:`wsproxy.protocol`), and when a handshake is refused asks the server why
 (the admission decision, fetched as JSON) and raises :class:`Refused` when
 retrying cannot help (400, 403; :class:`AuthenticationRequired` on 401).
 
@@ -51,7 +52,22 @@ from wsproto import ConnectionType
 
 from .. import liverules
 from ..errors import WSProxyError
-from ..protocol import CloseCode, MessageType
+from ..protocol import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    BUSY_FLOOR,
+    CLOSE_POLICY,
+    MAX_IMMEDIATE,
+    REFUSAL_ACTION,
+    RESUME_JITTER,
+    STABLE_AFTER,
+    ClientAction,
+    ClientMessageType,
+    CloseCode,
+    LocalCloseCode,
+    MessageType,
+    WatcherState,
+)
 from . import ejson
 
 if TYPE_CHECKING:
@@ -72,39 +88,14 @@ __all__ = [
     "REFUSAL_ACTION",
 ]
 
-# What each close code means for the client (the browser module's
-# CLOSE_CODES says the same; a test checks it):
-#   "resume": reconnect at once with resume_after (then with backoff if it
-#             keeps happening); "retry": reconnect with backoff;
-#   "busy": as retry, no sooner than BUSY_FLOOR; "stop": raise Refused.
-CLOSE_POLICY: dict[int, str] = {
-    CloseCode.NORMAL: "retry",
-    CloseCode.GOING_AWAY: "resume",
-    CloseCode.UNSUPPORTED_DATA: "stop",
-    1005: "retry",  # no status: the connection just went (a network cut)
-    CloseCode.ABNORMAL: "retry",
-    CloseCode.INVALID_DATA: "stop",
-    CloseCode.POLICY: "stop",
-    CloseCode.TOO_BIG: "stop",
-    CloseCode.INTERNAL_ERROR: "retry",
-    CloseCode.TRY_AGAIN: "busy",
-    1015: "retry",  # TLS handshake failure, as a browser reports it
-    CloseCode.SLOW_CONSUMER: "resume",
-}
-# What a refused handshake's HTTP status means (any other: retry).
-REFUSAL_ACTION: dict[int, str] = {
-    400: "stop",
-    401: "signin",
-    403: "stop",
-    414: "stop",
-    429: "busy",
-    500: "stop",
-    503: "busy",
-}
+# What each close code and each refused handshake's status mean for the
+# client (CLOSE_POLICY, REFUSAL_ACTION), and its backoff (MAX_IMMEDIATE,
+# BUSY_FLOOR, STABLE_AFTER...): the wire contract's, wsproxy.protocol,
+# re-exported here; the browser module's CLOSE_CODES and REFUSALS say the
+# same (a test checks it).
 
-MAX_IMMEDIATE = 3  # "resume" reconnects in a row before backing off
-BUSY_FLOOR = 5.0  # seconds
-STABLE_AFTER = 10.0  # a connection up this long resets the backoff
+# The heartbeat the client sends when the server has been quiet.
+_PING = json.dumps({"type": ClientMessageType.PING.value})
 
 
 @dataclass(frozen=True)
@@ -297,8 +288,8 @@ class WSProxyClient:
         resume_after: str | None = None,
         statuses: bool = False,
         ejson: bool = True,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = 10.0,
         ping_interval: float = 30.0,
         pong_timeout: float = 10.0,
@@ -556,23 +547,26 @@ class WSProxyClient:
         wait or retry."""
         decision = self._decision(headers)
         if decision is None:
-            if REFUSAL_ACTION.get(status) in ("stop", "signin"):
+            if REFUSAL_ACTION.get(status) in (ClientAction.STOP, ClientAction.SIGNIN):
                 # No reason to be had, but the status is final.
                 decision = status, {"error": f"HTTP {status}"}, 0.0
             else:
-                self._schedule("retry")
+                self._schedule(ClientAction.RETRY)
                 return
         status, body, retry_after = decision
         if body.get("ok") is True:
-            self._schedule("retry")
+            self._schedule(ClientAction.RETRY)
             return
         reason = str(body.get("error", f"HTTP {status}"))
-        action = REFUSAL_ACTION.get(status, "retry")
-        if action == "signin":
+        action = REFUSAL_ACTION.get(status, ClientAction.RETRY)
+        if action == ClientAction.SIGNIN:
             raise AuthenticationRequired(reason, status=status)
-        if action == "stop":
+        if action == ClientAction.STOP:
             raise Refused(reason, status=status)
-        self._schedule("busy" if action == "busy" else "retry", floor=retry_after)
+        self._schedule(
+            ClientAction.BUSY if action == ClientAction.BUSY else ClientAction.RETRY,
+            floor=retry_after,
+        )
 
     def _decision(self, headers):
         request = urllib.request.Request(
@@ -604,15 +598,15 @@ class WSProxyClient:
         return status, body, retry_after
 
     def _schedule(self, policy, floor=0.0):
-        if policy == "resume" and self._immediate < MAX_IMMEDIATE:
+        if policy == ClientAction.RESUME and self._immediate < MAX_IMMEDIATE:
             self._immediate += 1
-            delay = random.uniform(0, 0.25)
+            delay = random.uniform(0, RESUME_JITTER)
         else:
             # Exponential with "equal jitter": half fixed, half random.
             d = min(self.backoff_max, self.backoff_initial * 2**self._attempt)
             self._attempt = min(self._attempt + 1, 30)
             delay = d / 2 + random.uniform(0, d / 2)
-            if policy == "busy":
+            if policy == ClientAction.BUSY:
                 delay = max(delay, BUSY_FLOOR * random.uniform(1, 1.5))
         self._retry_at = time.monotonic() + max(delay, floor)
 
@@ -650,7 +644,7 @@ class WSProxyClient:
             return
         if now - self._heard_at >= self.ping_interval:
             try:
-                ws.send('{"type": "ping"}')
+                ws.send(_PING)
             except simple_websocket.ConnectionClosed as exc:
                 self._closed_by_peer(ws, exc)
                 return
@@ -667,7 +661,9 @@ class WSProxyClient:
             return None
 
     def _closed_by_peer(self, ws, exc):
-        code = int(exc.reason) if exc.reason is not None else 1005
+        code = (
+            int(exc.reason) if exc.reason is not None else int(LocalCloseCode.NO_STATUS)
+        )
         self._lost(ws, code, exc.message or "")
 
     def _lost(self, ws, code, reason):
@@ -684,8 +680,8 @@ class WSProxyClient:
             self._immediate = 0
         if self._closed.is_set():
             return
-        policy = CLOSE_POLICY.get(code, "retry")
-        if policy == "stop":
+        policy = CLOSE_POLICY.get(code, ClientAction.RETRY)
+        if policy == ClientAction.STOP:
             raise Refused(reason or f"closed with {code}", code=code)
         self._schedule(policy)
 
@@ -758,7 +754,7 @@ class WSProxyClient:
             ticket = message.get("ticket")
             if isinstance(ticket, str):
                 self._ticket = ticket
-            self.watcher = str(message.get("watcher", "connected"))
+            self.watcher = str(message.get("watcher", WatcherState.CONNECTED))
             # Before the Status it may give: seen first, as it came first.
             self._ready.append(_Notice(kind, message))
             return self._watcher_news("")
@@ -777,7 +773,7 @@ class WSProxyClient:
         """A Status if :attr:`watcher` is not what the consumer was last
         told (a change while away shows only in the next hello; a close
         drops a queued status message); None for a repeat."""
-        told = self._told_watcher or "connected"
+        told = self._told_watcher or WatcherState.CONNECTED
         self._told_watcher = self.watcher
         if self.watcher == told or not self.statuses:
             return None

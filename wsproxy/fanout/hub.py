@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from .. import metrics
-from ..protocol import CloseCode
+from ..protocol import CloseCode, ResumeMode
 from ..transport import codec
 from .routing import Routes
 from .tracking import held_key
@@ -339,8 +339,9 @@ class Hub:
     @contextlib.contextmanager
     def subscribe(self, client, after_id, hello, catch_up):
         """Hold ``client`` in the hub for the duration of the block, which
-        gets how its resume was served: ``"none"``, ``"history"``, or
-        ``"catch-up"`` when ``after_id`` is not in this worker's history.
+        gets how its resume was served (a :class:`~wsproxy.protocol.ResumeMode`):
+        ``NONE``, ``HISTORY``, or ``CATCH_UP`` when ``after_id`` is not in
+        this worker's history.
         Then ``catch_up(client)`` gives a stand-in member and the function
         that starts its replay from MongoDB; the stand-in is in the hub
         before the replay starts (so no live event is missed) and is
@@ -351,7 +352,7 @@ class Hub:
         try:
             mode = self.register(client, after_id, hello)
             if mode is None:
-                mode = "catch-up"
+                mode = ResumeMode.CATCH_UP
                 member, start = catch_up(client)
                 with self._lock:
                     # hello under the lock, as in register().
@@ -369,7 +370,7 @@ class Hub:
         None when ``after_id`` is not in the history, or when the events
         after it that the client wants are more than its outbox bounds
         hold: the client is then not added, and the caller must catch it
-        up another way.
+        up another way. (The modes are :class:`~wsproxy.protocol.ResumeMode`'s.)
 
         Runs on the client's thread; the hub's lock is held only to take
         references to the backlog and join the set (and, when no backlog
@@ -379,9 +380,9 @@ class Hub:
         ``hello(mode)`` must be quick (it may run under the lock)."""
         if after_id is None:
             with self._lock:
-                client.preload([codec.frame(hello("none"))])
+                client.preload([codec.frame(hello(ResumeMode.NONE))])
                 self._join_locked(client)
-            return "none"
+            return ResumeMode.NONE
         joining = _Joining(client)
         if not self.prefilled.is_set():
             # Recorded changes are offered to no one: joining now, the
@@ -410,7 +411,7 @@ class Hub:
                 # meanwhile are in that replay.
                 self.unregister(joining)
                 return None
-            client.queue([codec.frame(hello("history")), *items])
+            client.queue([codec.frame(hello(ResumeMode.HISTORY)), *items])
             joining.go_live()
         except BaseException:
             self.unregister(joining)
@@ -420,7 +421,7 @@ class Hub:
             if joining in self._clients:
                 self._leave_locked(joining)
                 self._join_locked(client)
-        return "history"
+        return ResumeMode.HISTORY
 
     def _recorded_after_locked(self, after_id):
         """The recorded changes after ``after_id`` (references, copied at C

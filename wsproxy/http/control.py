@@ -43,6 +43,7 @@ from ..protocol import (
     ClientMessageType,
     CloseCode,
     MessageType,
+    SourceState,
     WatcherState,
     watcher_state,
 )
@@ -217,7 +218,7 @@ class Control:
             again = self._follow_catchup(client)
         if self._starting:
             state = self._watcher()
-            if state == WatcherState.STARTING:
+            if state == SourceState.STARTING:
                 again = POLL_INTERVAL
             else:
                 self._starting = False
@@ -248,7 +249,7 @@ class Control:
         # On the broadcaster thread, in order with the watcher's own
         # announcements: only if the watcher is connected now (a later
         # loss is announced after this).
-        if self._watcher() == WatcherState.CONNECTED:
+        if self._watcher() == SourceState.CONNECTED:
             client.offer(
                 codec.frame(
                     codec.control_message(

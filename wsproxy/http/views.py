@@ -33,7 +33,7 @@ from ..limits import budget, throttle
 from ..live import snapshot
 from ..live.documents import LiveDocuments
 from ..logsafe import shown
-from ..protocol import CloseCode, MessageType
+from ..protocol import CloseCode, MessageType, ResumeMode, SourceState
 from ..stream.catchup import CatchUp, CatchUpInputs, catch_up
 from ..transport import codec, websocket
 from . import control
@@ -478,7 +478,7 @@ def _not_ready_reason(state, watcher, full=False):
         return "the broadcaster has stopped"
     if not state.hub.prefilled.is_set():
         return "the worker is reading back recent history (WSPROXY_HISTORY_PREFILL)"
-    if watcher != "connected":
+    if watcher != SourceState.CONNECTED:
         return f"the change stream is {watcher}"
     if not state.source.answered_recently:
         return "MongoDB has not answered the change stream recently"
@@ -644,7 +644,9 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
         documents.start_snapshot = snapshot.starter(
             snapshot.SnapshotInputs.from_state(state), documents
         )
-        joined = hub.subscribe(documents, None, lambda _: hello("snapshot"), None)
+        joined = hub.subscribe(
+            documents, None, lambda _: hello(ResumeMode.SNAPSHOT), None
+        )
     else:
         joined = hub.subscribe(client, resume_id, hello, catch_up_from_mongodb)
     started = time.monotonic()
@@ -653,7 +655,7 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
     try:
         with joined as resume:
             if documents is not None:
-                resume = "snapshot"
+                resume = ResumeMode.SNAPSHOT
                 documents.start_snapshot()
             log.info(
                 "client %s connected from %s as %s (resume: %s, ns: %s)",

@@ -28,7 +28,7 @@ from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from .. import metrics
 from ..fanout.hub import FORGET_HISTORY, PREFILLED, Announcement, Recorded
-from ..protocol import MessageType
+from ..protocol import MessageType, SourceState, WatcherState
 from ..transport import codec
 from . import errorpolicy, scopecheck
 from .preimages import PreImages
@@ -81,7 +81,7 @@ class ChangeSource:
         self.backoff = backoff or Backoff()
         self.resume_token = None
         self._start_after = None
-        self.state = "starting"
+        self.state = SourceState.STARTING
         self.last_error = None
         # When the live feed was last lost (monotonic), for the log line
         # that says it is back; None while it is live.
@@ -137,11 +137,11 @@ class ChangeSource:
                 interrupt()
             self._thread.join(max(deadline - time.monotonic(), 0))
             self._thread = None
-        self.state = "stopped"
+        self.state = SourceState.STOPPED
 
     @property
     def connected(self):
-        return self.state == "connected"
+        return self.state == SourceState.CONNECTED
 
     @property
     def healthy(self):
@@ -272,12 +272,12 @@ class ChangeSource:
                 self.last_ok_at = now
                 if raw is None:
                     self.caught_up_as_of = began
-                if self.state != "connected":
+                if self.state != SourceState.CONNECTED:
                     # Connected once a round trip has worked, not when the
                     # aggregate was accepted: a server that accepts every
                     # aggregate but fails every getMore stays "reconnecting"
                     # (and keeps its growing backoff).
-                    self._set_state("connected", None)
+                    self._set_state(SourceState.CONNECTED, None)
                     self.backoff.reset()
                     if not self._scope_checked:
                         self._scope_checked = True
@@ -325,7 +325,7 @@ class ChangeSource:
         metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
         kind = errorpolicy.classify(exc)
-        if kind == errorpolicy.HISTORY_LOST and self._prefill_pending:
+        if kind is errorpolicy.ErrorKind.HISTORY_LOST and self._prefill_pending:
             # The oplog does not reach back that far (or the first events
             # read back are gone already): start from now, as without a
             # prefill; no client has a position here to lose.
@@ -335,7 +335,7 @@ class ChangeSource:
                 self.hub.submit(FORGET_HISTORY, self._stopping)
             self._end_prefill(f"cannot read back {self.prefill:g}s: {exc}")
             return
-        if kind == errorpolicy.HISTORY_LOST:
+        if kind is errorpolicy.ErrorKind.HISTORY_LOST:
             log.error(
                 "watcher: cannot resume (%s); restarting from now, "
                 "clients are told events may have been lost",
@@ -355,19 +355,21 @@ class ChangeSource:
                 ),
                 self._stopping,
             )
-        elif kind == errorpolicy.FATAL:
+        elif kind is errorpolicy.ErrorKind.FATAL:
             log.error(
                 "watcher: %s (retrying slowly; fix the deployment or "
                 "WSPROXY_* settings)",
                 exc,
             )
-        elif self.state in ("starting", "connected"):
+        elif self.state in (SourceState.STARTING, SourceState.CONNECTED):
             log.warning("watcher: change stream failed: %s", exc)
         else:
             # Still away: said when the outage began, and when it ends.
             log.debug("watcher: change stream failed again: %s", exc)
         self._set_state(
-            "failed" if kind == errorpolicy.FATAL else "reconnecting",
+            SourceState.FAILED
+            if kind is errorpolicy.ErrorKind.FATAL
+            else SourceState.RECONNECTING,
             "the database is unreachable; the feed resumes when it is back",
         )
 
@@ -375,10 +377,10 @@ class ChangeSource:
         """``detail`` goes to every client: a generic reason, never the
         driver's error text (hosts, ports, topology); that is logged."""
         previous, self.state = self.state, state
-        was_live = previous in ("starting", "connected")
-        if was_live == (state == "connected"):
+        was_live = previous in (SourceState.STARTING, SourceState.CONNECTED)
+        if was_live == (state == SourceState.CONNECTED):
             return  # e.g. failed -> reconnecting: clients already know
-        if state == "connected":
+        if state == SourceState.CONNECTED:
             if self._lost_at is not None:
                 log.info(
                     "watcher: the change stream is back after %.1fs",
@@ -397,7 +399,11 @@ class ChangeSource:
             Announcement(
                 codec.control_message(
                     MessageType.STATUS,
-                    watcher="connected" if state == "connected" else "reconnecting",
+                    watcher=(
+                        WatcherState.CONNECTED
+                        if state == SourceState.CONNECTED
+                        else WatcherState.RECONNECTING
+                    ),
                     detail=detail or "",
                 )
             ),
