@@ -84,7 +84,7 @@ def test_shared_contexts_are_bounded_per_principal():
     contexts = SharedContexts(max_contexts=64, per_principal=3)
     joined = [contexts.join(_sub('{"fullDocument.x":' + " " * i + "1}"), 15,
                             "attacker") for i in range(64)]
-    assert len({id(c) for c in joined}) == 1 and len(contexts) == 1
+    assert len({id(c) for c in joined}) == 1 and len(contexts._contexts) == 1
     distinct = [contexts.join(_sub(f'{{"fullDocument.x": {i}}}'), 15,
                               "attacker") for i in range(2, 10)]
     assert sum(c is not None for c in distinct) == 2  # 3 in all
