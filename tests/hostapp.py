@@ -5,6 +5,7 @@ describes, served by the real gunicorn in the access tests."""
 import os
 
 from flask import Blueprint, Flask, jsonify, session
+from flask_sock import Sock
 
 from wsproxy import AccessDenied, Principal, WSProxy
 from wsproxy.access import bearer_token
@@ -65,6 +66,19 @@ def create_app():
     @app.route("/")
     def home():
         return "the host app's own home page"
+
+    # The host's own Flask-Sock route, with the host's own server options
+    # (small messages, a "chat" subprotocol, a ping thread): none of them
+    # applies to wsproxy's route, and none of wsproxy's to this one.
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": 64,
+                                         "subprotocols": ["chat"],
+                                         "ping_interval": 25}
+    sock = Sock(app)
+
+    @sock.route("/echo")
+    def echo(ws):
+        while True:
+            ws.send(ws.receive())
 
     app.register_blueprint(account)
     proxy.init_app(app)

@@ -49,6 +49,25 @@ def test_the_host_app_keeps_its_own_routes(host):
     assert http_get(server.url + "/live")[0] == 200  # the page, moved
 
 
+def test_the_host_apps_own_sock_route_keeps_its_options(host):
+    # The host's route: its subprotocol and its 64-byte limit.
+    server, _ = host
+    echo = WSClient(server.ws_url().replace("/ws", "/echo"),
+                    subprotocols=["chat"])
+    assert echo.ws.subprotocol == "chat"
+    echo.ws.send("hello")
+    assert echo.ws.recv(timeout=scaled(5)) == "hello"
+    echo.ws.send("x" * 100)
+    assert echo.wait_closed()[0] == 1009
+    # wsproxy's route beside it: its own subprotocol and limit.
+    client = WSClient(server.ws_url(), subprotocols=["bearer", "token-admin"])
+    assert client.ws.subprotocol == "bearer"
+    assert client.recv()["type"] == "hello"
+    client.ws.send(json.dumps({"type": "ping", "pad": "x" * 1000}))
+    assert client.recv_type("pong")["type"] == "pong"
+    client.close()
+
+
 @pytest.mark.parametrize("kw, status, reason", [
     ({}, 401, "authentication required"),
     ({"additional_headers": {"Authorization": "Bearer nope"}}, 403,

@@ -1,8 +1,10 @@
 """The frame policy, the host and origin checks and the handler's wake-up,
 on their own."""
 
+import flask_sock
 import pytest
-from flask import Flask
+import simple_websocket
+from flask import Blueprint, Flask
 from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
                             TextMessage)
 
@@ -223,3 +225,29 @@ def test_handshake_headers_wsproto_would_fail_on_are_400(headers, reason):
 def test_handshake_headers_wsproto_reads_are_accepted(extensions):
     websocket.check_handshake(
         {**_HANDSHAKE, "HTTP_SEC_WEBSOCKET_EXTENSIONS": extensions})
+
+
+def test_only_wsproxys_route_builds_wsproxys_server():
+    """flask-sock builds every route's server from its module's ``Server``
+    and the app's SOCK_SERVER_OPTIONS: wsproxy's route gets a ``Server`` of
+    its own, the module and the host's routes keep simple-websocket's
+    (tests/test_access.py has both routes answering in one app)."""
+    app = Flask(__name__)
+    sock = flask_sock.Sock(app)
+    bp = Blueprint("ours", __name__)
+
+    @sock.route("/echo")
+    def echo(ws):
+        pass
+
+    @websocket.route(flask_sock.Sock(), "/ws", bp=bp, endpoint="websocket")
+    def view(ws):
+        pass
+
+    app.register_blueprint(bp)
+    assert flask_sock.Server is simple_websocket.Server
+    host_view = app.view_functions["echo"]
+    our_view = app.view_functions["ours.websocket"]
+    assert host_view.__globals__["Server"] is simple_websocket.Server
+    assert our_view.__globals__["Server"] is not simple_websocket.Server
+    assert host_view.__globals__ is vars(flask_sock)
