@@ -349,6 +349,21 @@ def raw_upgrade(port, headers, path="/ws"):
         return status, None
 
 
+def open_connection(environ, *, send_timeout, subprotocols=None,
+                    max_message_size=None, frame_rate=1000, frame_burst=1000,
+                    compression=True, read_in_handler=None):
+    """A wsproxy connection accepted outside Flask, on the server end of a
+    socket pair: the path of a request to wsproxy's route (prepare, then
+    the handshake with wsproxy's options) without flask-sock's wrapper."""
+    from wsproxy.transport import websocket
+    pending = websocket.prepare(
+        environ, send_timeout=send_timeout, subprotocols=subprotocols,
+        max_message_size=max_message_size, frame_rate=frame_rate,
+        frame_burst=frame_burst, compression=compression,
+        read_in_handler=read_in_handler)
+    return websocket.Connection(websocket.accept(environ), pending)
+
+
 class RawPeer:
     """The browser's end of a WebSocket, on a plain socket, driven by
     wsproto. It reads only when told to, so it can play a tab that stopped

@@ -13,12 +13,11 @@ import pytest
 
 from wsproxy.transport import codec
 from wsproxy import protocol
-from wsproxy.transport import websocket
 from wsproxy.fanout.connection import ClientConnection
 from wsproxy.fanout.subscription import EVERYTHING
 from wsproto.events import TextMessage
 
-from .helpers import RawPeer, scaled
+from .helpers import RawPeer, open_connection, scaled
 
 
 _sockets = []
@@ -55,7 +54,7 @@ def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
     environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
     # The handshake reply is written as soon as the server object exists,
     # so the peer reads it afterwards from the socket buffer.
-    conn = websocket.open_for_test(
+    conn = open_connection(
         environ, send_timeout=send_timeout, max_message_size=max_message_size,
         read_in_handler=_reads_in_handler)
     peer.read_until(lambda: peer.accepted, 5, "the handshake")

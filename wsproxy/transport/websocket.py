@@ -930,29 +930,3 @@ class Connection:
 
 class ConnectionClosedByPeer(Exception):
     """The peer's close frame arrived while we were about to write."""
-
-
-def open_for_test(
-    environ,
-    *,
-    send_timeout,
-    subprotocols=None,
-    max_message_size=None,
-    frame_rate=1000,
-    frame_burst=1000,
-    compression=True,
-    read_in_handler=None,
-):
-    """Prepare and accept a connection outside Flask (unit tests): the same
-    path as a request, without flask-sock's wrapper."""
-    pending = prepare(
-        environ,
-        send_timeout=send_timeout,
-        subprotocols=subprotocols,
-        max_message_size=max_message_size,
-        frame_rate=frame_rate,
-        frame_burst=frame_burst,
-        compression=compression,
-        read_in_handler=read_in_handler,
-    )
-    return Connection(accept(environ), pending)
