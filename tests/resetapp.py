@@ -15,8 +15,11 @@ def announce_reset():
     state = app.extensions["wsproxy"].ensure_started(app)
     state.hub.submit(
         Announcement(
-            codec.control_message(MessageType.RESET, lost=True,
-                                  reason="the proxy lost its place (test)"),
-            forget_history=True),
-        state.stopping)
+            codec.control_message(
+                MessageType.RESET, lost=True, reason="the proxy lost its place (test)"
+            ),
+            forget_history=True,
+        ),
+        state.stopping,
+    )
     return jsonify(ok=True)
