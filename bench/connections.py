@@ -116,7 +116,7 @@ class LeanConnection(asyncio.Protocol):
             self.ws.send_close(1000)
             self._flush()
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort; the transport is aborted below
             pass
         finally:
             if not self.closed.done():
@@ -176,7 +176,7 @@ class HighLevelConnection:
     async def close(self, timeout=2.0):
         try:
             await asyncio.wait_for(self.ws.close(), timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: any failure aborts instead
             self.abort()
         self._task.cancel()
 

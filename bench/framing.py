@@ -113,7 +113,13 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(
                 [
-                    dict(zip(("strategy", "s_per_event", "s_per_client", "bytes"), row))
+                    dict(
+                        zip(
+                            ("strategy", "s_per_event", "s_per_client", "bytes"),
+                            row,
+                            strict=True,
+                        )
+                    )
                     for row in rows
                 ],
                 f,

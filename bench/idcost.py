@@ -25,9 +25,9 @@ from types import SimpleNamespace
 from pymongo import MongoClient
 
 from demo.embedded import EmbeddedMongo
+from wsproxy.access.sealing import Sealer
 from wsproxy.transport import codec
 from wsproxy.transport.compression import SharedContext
-from wsproxy.access.sealing import Sealer
 
 from .mix import DemoMix
 
@@ -69,7 +69,9 @@ def measure(changes):
     }
     rows = []
     for label, values in ids.items():
-        texts = [codec.change_message(i, c) for i, c in zip(values, changes)]
+        texts = [
+            codec.change_message(i, c) for i, c in zip(values, changes, strict=True)
+        ]
         n = len(texts)
         off = sum(len(codec.frame(t)) for t in texts) / n
         independent = sum(len(codec.deflated_frame(t, WINDOW_BITS)) for t in texts) / n

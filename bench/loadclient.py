@@ -169,7 +169,7 @@ class Load:
                     if b'"hello"' not in first:
                         raise RuntimeError(f"expected hello: {first[:80]}")
                 return link
-            except Exception as e:  # any failure: count it and retry
+            except Exception as e:  # noqa: BLE001 - any failure: count it and retry
                 err = type(e).__name__
                 self.retries += 1
                 if link is not None:

@@ -99,7 +99,7 @@ class DemoMix:
                         }
                         for _ in range(rng.randint(1, 3))
                     ],
-                    "created": datetime.datetime.now(datetime.timezone.utc),
+                    "created": datetime.datetime.now(datetime.UTC),
                 }
             )
         elif kind == UPDATE:

@@ -187,7 +187,7 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
             raw["sigterm"] = server.sigterm(monitor.members())
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # one failing run must not stop the sweep
+    except Exception as e:  # noqa: BLE001 - one failing run must not stop the sweep
         raw["error"] = f"{type(e).__name__}: {e}"
     finally:
         if monitor:

@@ -104,7 +104,7 @@ class Snapshotters:
             except asyncio.CancelledError:
                 self.abandoned += 1
                 raise
-            except Exception as e:  # count it, go on: a failure is a result
+            except Exception as e:  # noqa: BLE001 - counted: a failure is a result
                 key = f"{type(e).__name__}: {e}"[:120]
                 self.failures[key] = self.failures.get(key, 0) + 1
                 await asyncio.sleep(0.1)  # retry back-off, not synchronisation

@@ -61,7 +61,10 @@ def _lag(before, after):
 
     def at(q):
         return (
-            next((float(b) for b, c in zip(bounds, cum) if c >= q * total), None)
+            next(
+                (float(b) for b, c in zip(bounds, cum, strict=True) if c >= q * total),
+                None,
+            )
             if total
             else None
         )
@@ -75,7 +78,7 @@ def _phase(lat, seqs, seq_range, clients, samples, writer, probe):
     lo, hi = seq_range
     sent_at, acks = writer["sent_at"], writer["ack_ms"]
     mine, last_recv = [], None
-    for x, s in zip(lat, seqs):
+    for x, s in zip(lat, seqs, strict=True):
         if lo <= s < hi:
             mine.append(x)
             recv = sent_at[s] + x / 1000.0
@@ -84,7 +87,7 @@ def _phase(lat, seqs, seq_range, clients, samples, writer, probe):
     p, ack = _dist(mine), _dist(acks[lo:hi])
     db = _dist(
         x
-        for x, s in zip(probe.get("lat_ms", ()), probe.get("seqs", ()))
+        for x, s in zip(probe.get("lat_ms", ()), probe.get("seqs", ()), strict=True)
         if lo <= s < hi
     )
     start, end = samples
@@ -203,7 +206,8 @@ def _rows(rows):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]

@@ -364,7 +364,7 @@ def measure(opts, db_uri, db_pid, workdir):
         raw["server_alive_after"] = server.alive()
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # reported, and everything still stops
+    except Exception as e:  # noqa: BLE001 - reported; everything still stops
         raw["error"] = f"{type(e).__name__}: {e}"
     finally:
         if sampler:

@@ -64,10 +64,9 @@ def change_seq_t(msg):
 def encode_change(change):
     """One wire message for a PyMongo/Motor change document (consumed)."""
     token = change.pop("_id", None) or {}
-    return '{"type": "change", "id": %s, "event": %s}' % (
-        json.dumps(token.get("_data")),
-        json_util.dumps(change, json_options=_RELAXED),
-    )
+    data = json.dumps(token.get("_data"))
+    event = json_util.dumps(change, json_options=_RELAXED)
+    return f'{{"type": "change", "id": {data}, "event": {event}}}'
 
 
 def bench_document(seq, t, pad=200, tenants=0):

@@ -132,13 +132,13 @@ class EmbeddedMongo:
                 try:
                     client.admin.command("ping")
                     return
-                except PyMongoError:
+                except PyMongoError as exc:
                     if time.monotonic() > deadline:
                         self.stop()
                         raise EmbeddedServerError(
                             f"secantusd-py did not answer within {timeout}s; "
                             f"see {self.log_path}"
-                        )
+                        ) from exc
         finally:
             client.close()
 

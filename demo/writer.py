@@ -1,8 +1,9 @@
 """The demo writer: a few sample inserts, updates and deletes per second.
 
 Runs as its own process (``python -m demo.writer URI``, from the
-repository root), started by the repository's ``gunicorn.conf.py`` only when it also started the embedded server, so the
-bundled page shows live changes at once. Never used against a real cluster.
+repository root), started by the repository's ``gunicorn.conf.py`` only
+when it also started the embedded server, so the bundled page shows live
+changes at once. Never used against a real cluster.
 """
 
 import argparse
@@ -33,7 +34,7 @@ def step(coll, rng, live_ids):
                     {"sku": f"SKU-{rng.randint(1, 40):03d}", "qty": rng.randint(1, 4)}
                     for _ in range(rng.randint(1, 3))
                 ],
-                "created": datetime.datetime.now(datetime.timezone.utc),
+                "created": datetime.datetime.now(datetime.UTC),
             }
         )
         live_ids.append(result.inserted_id)

@@ -301,7 +301,7 @@ class Gunicorn:
             raise AssertionError(
                 "gunicorn did not stop within "
                 f"{scaled(timeout)}s:\n{self.output()[-3000:]}"
-            )
+            ) from None
 
 
 class WSClient:
@@ -521,7 +521,7 @@ class RawPeer:
             self.sock.settimeout(remaining)
             try:
                 self.feed(self.sock.recv(1 << 16))
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     def take(self, count, timeout=5.0):

@@ -5,9 +5,9 @@ the change stream (tests/test_documents.py)."""
 from flask import jsonify
 
 from wsgi import app
-from wsproxy.transport import codec
 from wsproxy.fanout.hub import Announcement
 from wsproxy.protocol import MessageType
+from wsproxy.transport import codec
 
 
 @app.post("/test/reset")

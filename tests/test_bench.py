@@ -156,7 +156,7 @@ def test_change_seq_t_takes_each_events_own_seq():
         '"clusterTime": {"$timestamp": {"t": 1, "i": 2}}, '
         '"wallTime": {"$date": "2026-11-28T02:40:51.348Z"}, '
         '"ns": {"db": "bench", "coll": "events"}, '
-        '"documentKey": {"_id": {"$oid": "%s"}}}}' % key
+        '"documentKey": {"_id": {"$oid": "' + str(key) + '"}}}}'
     )
     seq, t = wire.change_seq_t(delete.encode())
     assert seq == 4242 and t == pytest.approx(1795833651.348)
@@ -185,11 +185,11 @@ def test_idcost_stage_2_frames_are_wsproxys_and_inflate_in_order():
     # frames must read back, in order, through one decompressor.
     texts = [
         '{"type": "change", "id": "", "event": {"operationType": '
-        '"insert", "n": %d}}' % n
+        f'"insert", "n": {n}}}}}'
         for n in range(150)
     ]
     inflater = zlib.decompressobj(-idcost.WINDOW_BITS)
-    for text, frame in zip(texts, idcost.shared_frames(texts)):
+    for text, frame in zip(texts, idcost.shared_frames(texts), strict=True):
         assert frame[0] & 0x40 and frame[1] < 126  # compressed, short header
         body = frame[2:] + b"\x00\x00\xff\xff"
         assert inflater.decompress(body).decode() == text

@@ -17,7 +17,8 @@ ARTIFACTS = pathlib.Path(
 
 
 def _row(key):
-    return f".event-row[data-key='{json.dumps({'$oid': str(key)}, separators=(',', ':'))}']"
+    data_key = json.dumps({"$oid": str(key)}, separators=(",", ":"))
+    return f".event-row[data-key='{data_key}']"
 
 
 def test_page_shows_changes_live_and_after_a_network_cut(

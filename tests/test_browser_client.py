@@ -8,8 +8,8 @@ import threading
 import pymongo
 
 from wsproxy.client import CLOSE_POLICY, REFUSAL_ACTION
-from wsproxy.protocol import CloseCode, MessageType, WatcherState
 from wsproxy.fanout.subscription import OPERATION_TYPES
+from wsproxy.protocol import CloseCode, MessageType, WatcherState
 
 from .helpers import TcpProxy, scaled, server_env, wait_for
 

@@ -11,10 +11,10 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
-from wsproxy.limits.budget import Budgets
-from wsproxy.transport.compression import SharedContexts
 from wsproxy.fanout.subscription import parse
+from wsproxy.limits.budget import Budgets
 from wsproxy.limits.throttle import KeyedRateLimit, Throttled
+from wsproxy.transport.compression import SharedContexts
 
 from .helpers import WSClient, http_get, refused, scaled, wait_for
 

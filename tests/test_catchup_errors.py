@@ -3,8 +3,8 @@
 A client resuming from an id this worker no longer holds gets a catch-up: a
 change stream of its own, opened with ``resumeAfter`` its token. The same
 MockupDB primary as ``test_source_errors.py`` scripts what that stream
-meets, and a real :class:`~wsproxy.fanout.connection.ClientConnection` (its peer never reads)
-shows what the client is told. Each class of error from
+meets, and a real :class:`~wsproxy.fanout.connection.ClientConnection`
+(its peer never reads) shows what the client is told. Each class of error from
 :mod:`wsproxy.stream.errorpolicy` has one answer:
 
 * history lost (the position is gone): a ``reset``, then the live feed;
@@ -25,9 +25,10 @@ from pymongo import MongoClient
 from wsproto.frame_protocol import FrameProtocol
 
 from wsproxy import Principal, protocol
-from wsproxy.transport import codec
 from wsproxy.fanout.connection import ClientConnection
 from wsproxy.fanout.hub import Hub
+from wsproxy.fanout.subscription import EVERYTHING
+from wsproxy.limits.throttle import KeyedSlots
 from wsproxy.stream.catchup import (
     FATAL_CLOSE,
     RESET_REASON,
@@ -37,8 +38,7 @@ from wsproxy.stream.catchup import (
     catch_up,
 )
 from wsproxy.stream.source import ChangeSource
-from wsproxy.fanout.subscription import EVERYTHING
-from wsproxy.limits.throttle import KeyedSlots
+from wsproxy.transport import codec
 from wsproxy.transport.websocket import GuardedSocket
 
 from .helpers import scaled, sealer_for_tests, wait_for

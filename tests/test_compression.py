@@ -264,7 +264,7 @@ class Writer(threading.Thread):
 
 
 @pytest.mark.heavy
-def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_subscribe(
+def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_subscribe(
     mongo, mongo_client, namespace, gunicorn
 ):
     db, coll = namespace

@@ -10,15 +10,14 @@ import threading
 import time
 
 import pytest
+from wsproto.events import TextMessage
 
-from wsproxy.transport import codec
 from wsproxy import protocol
 from wsproxy.fanout.connection import ClientConnection
 from wsproxy.fanout.subscription import EVERYTHING
-from wsproto.events import TextMessage
+from wsproxy.transport import codec
 
 from .helpers import RawPeer, open_connection, scaled
-
 
 _sockets = []
 _reads_in_handler = True
@@ -242,6 +241,7 @@ def test_close_reasons_fit_in_a_close_frame(reason_len):
 
 def _changes(count, pad=0):
     from wsproxy.transport.codec import Change
+
     from .helpers import sealer_for_tests
 
     sealer = sealer_for_tests()

@@ -120,8 +120,8 @@ def _hello(mode):
 def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
     import threading
 
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Hub
+    from wsproxy.transport import codec
 
     from .helpers import scaled
 
@@ -178,8 +178,8 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
     import random
     import threading
 
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Announcement, Hub
+    from wsproxy.transport import codec
 
     # The history holds every event: a joiner that a busy machine slows
     # down still finds its id (the race is with publishing, not eviction).
@@ -547,8 +547,8 @@ def _catch_up_inputs(stream, **config):
     import threading
 
     from wsproxy.fanout.hub import Hub
-    from wsproxy.stream.catchup import CatchUpInputs
     from wsproxy.limits.throttle import KeyedSlots
+    from wsproxy.stream.catchup import CatchUpInputs
 
     settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2, **config}
     hub = Hub()
@@ -622,8 +622,8 @@ def _closed_by(client, runner, what):
 def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
 
     from wsproxy import protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
     stream = _Stream(count=500, size=100_000)  # 100 KB documents
     inputs = _catch_up_inputs(stream, time_limit=1.0)
@@ -651,8 +651,8 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
     # the stream stopped: joining the live feed there could skip events.
 
     from wsproxy import protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
     stream = _Stream(count=3, size=10)
     stream.on_read = lambda: setattr(stream, "alive", stream.read < 3)
@@ -672,9 +672,9 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
 
 def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 
-    from wsproxy.transport import codec
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import Subscription
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.transport import codec
 
     from .helpers import scaled, wait_for
 
@@ -705,8 +705,8 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 def test_a_principal_gets_only_its_share_of_catch_ups():
 
     from wsproxy import Principal, protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
     from .helpers import scaled, wait_for
 

@@ -13,11 +13,11 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from wsproxy.transport import codec
-from wsproxy.http.control import Control, subscription_args
 from wsproxy.errors import ClientError
-from wsproxy.protocol import WatcherState, watcher_state
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
+from wsproxy.http.control import Control, subscription_args
+from wsproxy.protocol import WatcherState, watcher_state
+from wsproxy.transport import codec
 
 from .helpers import WSClient, http_get, refused, scaled, server_env, wait_for
 from .test_connection import make_client

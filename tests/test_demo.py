@@ -43,7 +43,7 @@ def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
     assert server.stop() == 0
     for pid in pids + writer:
         wait_for(
-            lambda: (
+            lambda pid=pid: (
                 not psutil.pid_exists(pid)
                 or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
             ),

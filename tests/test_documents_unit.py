@@ -11,13 +11,13 @@ import types
 from bson import Timestamp
 from werkzeug.datastructures import MultiDict
 
-from wsproxy.transport import codec
-from wsproxy.live import snapshot
 from wsproxy.access import ANYONE, Principal
-from wsproxy.live.documents import LiveDocuments, Restart
-from wsproxy.protocol import CloseCode
 from wsproxy.fanout.subscription import parse
 from wsproxy.limits.throttle import KeyedSlots
+from wsproxy.live import snapshot
+from wsproxy.live.documents import LiveDocuments, Restart
+from wsproxy.protocol import CloseCode
+from wsproxy.transport import codec
 
 from .helpers import sealer_for_tests
 

@@ -7,7 +7,6 @@ from wsproxy.fanout.hub import Hub
 
 from .test_hub import FakeClient, hello
 
-
 # -------------------------------------------------- a catch-up that cannot start
 
 
@@ -132,8 +131,8 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
 
     from pymongo import MongoClient
 
-    from wsproxy.live import snapshot
     from wsproxy.access.documentquery import DocumentQuery
+    from wsproxy.live import snapshot
 
     from .helpers import scaled
     from .test_source_errors import MockPrimary

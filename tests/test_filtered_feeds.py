@@ -13,8 +13,8 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
-from wsproxy.stream.preimages import PreImages
 from wsproxy.fanout.subscription import parse
+from wsproxy.stream.preimages import PreImages
 
 from .helpers import WSClient, wait_for
 

@@ -2,7 +2,7 @@
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from bson.binary import Binary
@@ -14,8 +14,8 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from wsproxy.errors import FilterError
 from wsproxy.access.filters import compile_filter
+from wsproxy.errors import FilterError
 
 OID = ObjectId("65a1b2c3d4e5f60718293a4b")
 OID2 = ObjectId("65a1b2c3d4e5f60718293a4c")
@@ -93,9 +93,9 @@ CASES = [
     ('{"operationType": "insert", "ns.coll": "orders"}', INSERT, True),
     ('{"operationType": "insert", "ns.coll": "users"}', INSERT, False),
     # Extended JSON values
-    ('{"documentKey._id": %s}' % OID_JSON, INSERT, True),
-    ('{"documentKey._id": %s}' % OID_JSON, UPDATE, False),
-    ('{"documentKey._id": {"$in": [%s]}}' % OID_JSON, DELETE, True),
+    ('{"documentKey._id": ' + OID_JSON + "}", INSERT, True),
+    ('{"documentKey._id": ' + OID_JSON + "}", UPDATE, False),
+    ('{"documentKey._id": {"$in": [' + OID_JSON + "]}}", DELETE, True),
     ('{"fullDocument.total": {"$numberDecimal": "19.99"}}', INSERT, True),
     ('{"fullDocument.total": {"$gt": {"$numberDecimal": "19.98"}}}', INSERT, True),
     ('{"fullDocument.total": {"$gt": 20}}', INSERT, False),
@@ -107,7 +107,8 @@ CASES = [
         True,
     ),
     (
-        '{"fullDocument.createdAt": {"$lt": {"$date": {"$numberLong": "1704067200000"}}}}',
+        '{"fullDocument.createdAt": '
+        '{"$lt": {"$date": {"$numberLong": "1704067200000"}}}}',
         INSERT,
         False,
     ),
@@ -139,7 +140,7 @@ CASES = [
         False,
     ),
     # aware datetimes compare with PyMongo's naive UTC ones
-    ({"fullDocument.createdAt": WHEN.replace(tzinfo=timezone.utc)}, INSERT, True),
+    ({"fullDocument.createdAt": WHEN.replace(tzinfo=UTC)}, INSERT, True),
     (
         {
             "fullDocument.createdAt": datetime(
@@ -174,7 +175,7 @@ CASES = [
     ('{"fullDocument.createdAt": {"$gt": 0}}', INSERT, False),
     ('{"documentKey._id": "65a1b2c3d4e5f60718293a4b"}', INSERT, False),
     (
-        '{"documentKey._id": {"$gt": %s}}' % '{"$oid": "000000000000000000000000"}',
+        '{"documentKey._id": {"$gt": {"$oid": "000000000000000000000000"}}}',
         INSERT,
         True,
     ),
@@ -398,7 +399,7 @@ REJECTED = [
     ('{"a": ' * 9 + "1" + "}" * 9, "filter nested too deep (max 8)"),
     ('{"a": {"$in": [[[[[[[1]]]]]]]}}', "filter nested too deep (max 8)"),
     (
-        '{"$or": [' + ", ".join('{"a": %d}' % i for i in range(201)) + "]}",
+        '{"$or": [' + ", ".join(f'{{"a": {i}}}' for i in range(201)) + "]}",
         "filter too complex",
     ),
     (

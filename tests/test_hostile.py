@@ -240,7 +240,9 @@ BAD_HANDSHAKES = [
     ),
     (
         {
-            "Sec-WebSocket-Extensions": "x-other, permessage-deflate; client_max_window_bits="
+            "Sec-WebSocket-Extensions": (
+                "x-other, permessage-deflate; client_max_window_bits="
+            )
         },
         "client_max_window_bits must be an integer",
     ),

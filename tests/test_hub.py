@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from wsproxy.transport import codec
 from wsproxy.fanout.hub import Announcement, Hub
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
+from wsproxy.transport import codec
 
 from .helpers import scaled, sealer_for_tests
 

@@ -314,15 +314,19 @@ RUN_JS = """async ([module, options, steps]) => {
   const log = [];
   const js = (v) => (v === null || v === undefined ? null : JSON.stringify(v));
   live.on('loading', () => log.push(['loading', null, null, null, null, null]));
-  live.on('snapshot', (d) => log.push(['snapshot', d.documents.size, d.reason, d.detail, null, null]));
-  live.on('upsert', (d) => log.push(['upsert', d.key, null, d.detail, js(d.previous), js(d.document)]));
-  live.on('remove', (d) => log.push(['remove', d.key, d.reason, d.detail, js(d.previous), null]));
+  live.on('snapshot', (d) =>
+    log.push(['snapshot', d.documents.size, d.reason, d.detail, null, null]));
+  live.on('upsert', (d) =>
+    log.push(['upsert', d.key, null, d.detail, js(d.previous), js(d.document)]));
+  live.on('remove', (d) =>
+    log.push(['remove', d.key, d.reason, d.detail, js(d.previous), null]));
   const until = async (ok) => {
     for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
     if (!ok()) throw new Error('timed out');
   };
   let n = 1;
-  const open = () => sockets.length === n && sockets[n - 1].readyState === 1 && feed._openedAt > 0;
+  const open = () =>
+    sockets.length === n && sockets[n - 1].readyState === 1 && feed._openedAt > 0;
   feed.connect();
   await until(open);
   for (const step of steps) {

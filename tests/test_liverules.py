@@ -10,10 +10,10 @@ import sys
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 
-from wsproxy.transport import codec
-from wsproxy.client import ejson
 from wsproxy import liverules
+from wsproxy.client import ejson
 from wsproxy.liverules import CLEAR, REMOVE, UPSERT, Effect
+from wsproxy.transport import codec
 
 from .helpers import ROOT, scaled
 

@@ -277,8 +277,8 @@ class _Joiners:
 
 def _known_watcher(client, last):
     """Read until the document ``{"n": last}`` arrives (as a change, or in
-    a snapshot): the watcher state the client last heard by then (hello, then statuses), or None if
-    the server closed the connection."""
+    a snapshot): the watcher state the client last heard by then (hello,
+    then statuses), or None if the server closed the connection."""
     from websockets.exceptions import ConnectionClosed
 
     known = None

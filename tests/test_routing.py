@@ -13,9 +13,9 @@ from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
 from wsproxy.fanout import subscription
-from wsproxy.transport.codec import Change
 from wsproxy.fanout.routing import Routes, anchor
 from wsproxy.fanout.tracking import held_key
+from wsproxy.transport.codec import Change
 
 from .helpers import sealer_for_tests
 
@@ -310,9 +310,9 @@ def test_a_batch_of_several_documents_reaches_a_tracking_member_whole():
     """A batch (changes that came together) about several documents, some
     for a member anchored on its tenant that tracks what it is sent: it
     gets exactly its tenant's, in order, and the others are not lost."""
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Hub
     from wsproxy.fanout.tracking import Held
+    from wsproxy.transport import codec
 
     from .test_hub import FakeClient
 

@@ -23,6 +23,7 @@ started, so what the watcher submitted is read back off its intake queue in
 order, and nothing is hidden by the broadcaster's de-duplicating history.
 """
 
+import itertools
 import json
 import logging
 import queue
@@ -33,9 +34,9 @@ import pytest
 from mockupdb import MockupDB, OpMsg
 from pymongo import MongoClient
 
-from wsproxy.transport import codec
 from wsproxy.fanout.hub import Announcement, Hub
 from wsproxy.stream.source import Backoff, ChangeSource
+from wsproxy.transport import codec
 
 from .helpers import scaled, sealer_for_tests, wait_for
 
@@ -49,7 +50,7 @@ RESUMABLE = ["ResumableChangeStreamError"]
 
 def token(n):
     """A resume token in the server's shape, numbered so it reads back."""
-    return {"_data": "82%08X" % n}
+    return {"_data": f"82{n:08X}"}
 
 
 def number(tok):
@@ -108,10 +109,21 @@ def describe(items):
 # -- the scripted server ------------------------------------------------------
 
 
+def _answering(request, method):
+    """``method`` of ``request`` (a reply or hang-up), noting that it ran."""
+
+    def answer(*args, **kwargs):
+        request.answered = True
+        return method(*args, **kwargs)
+
+    return answer
+
+
 class MockPrimary:
     """A MockupDB one-node replica-set primary. Handshakes, heartbeats,
-    killCursors, endSessions and listCollections are answered automatically; aggregate and
-    getMore requests queue up for the test to answer with :meth:`expect`."""
+    killCursors, endSessions and listCollections are answered automatically;
+    aggregate and getMore requests queue up for the test to answer with
+    :meth:`expect`."""
 
     def __init__(self):
         self.server = MockupDB(request_timeout=scaled(10))
@@ -175,12 +187,7 @@ class MockPrimary:
         """Note when ``request`` gets its reply (or hang-up)."""
         request.answered = False
         for name in ("_replies", "hangup"):
-
-            def answer(*args, _method=getattr(request, name), **kwargs):
-                request.answered = True
-                return _method(*args, **kwargs)
-
-            setattr(request, name, answer)
+            setattr(request, name, _answering(request, getattr(request, name)))
         self._popped.append(request)
 
     def open_cursor(self, request, events=(), pbrt=None):
@@ -604,7 +611,7 @@ def test_repeated_failures_back_off_instead_of_spinning(mock, hub, start_source)
     times = wait_for(past_window, 10, "an attempt 1s after the first")
     in_window = [t for t in times if t - times[0] <= window]
     assert len(in_window) < 15, times
-    for k, (a, b) in enumerate(zip(times, times[1:])):
+    for k, (a, b) in enumerate(itertools.pairwise(times)):
         least = min(backoff.cap, backoff.initial * 2**k) / 2
         assert b - a >= least, (k, b - a, least)
     assert source.state == "reconnecting" and not source.connected
@@ -624,7 +631,7 @@ def test_fatal_errors_wait_the_backoff_cap(mock, hub, start_source, source_log):
         return len(times) >= 4 and times
 
     times = wait_for(four_attempts, 10, "four aggregate attempts")
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= backoff.cap for gap in gaps), gaps
     assert source.state == "failed"
     assert describe(drain(hub)) == ["status reconnecting"]

@@ -318,8 +318,8 @@ def test_what_a_starting_worker_reads_back_is_history_for_resumes_only():
     from it (changes still to be recorded would be missed), then it is."""
     import threading
 
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import PREFILLED, Barrier, Hub, Recorded
+    from wsproxy.transport import codec
 
     from .test_hub import FakeClient, change, hello
 

@@ -9,7 +9,6 @@ import ipaddress
 import re
 import ssl
 
-import pymongo
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

@@ -220,19 +220,25 @@ _HANDSHAKE = {
     [
         (
             {
-                "HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; server_max_window_bits=abc"
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    "permessage-deflate; server_max_window_bits=abc"
+                )
             },
             "Sec-WebSocket-Extensions: server_max_window_bits must be an integer",
         ),
         (
             {
-                "HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; client_max_window_bits=1x"
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    "permessage-deflate; client_max_window_bits=1x"
+                )
             },
             "Sec-WebSocket-Extensions: client_max_window_bits must be an integer",
         ),
         (
             {
-                "HTTP_SEC_WEBSOCKET_EXTENSIONS": 'permessage-deflate; server_max_window_bits="10"'
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    'permessage-deflate; server_max_window_bits="10"'
+                )
             },
             "Sec-WebSocket-Extensions: server_max_window_bits must be an integer",
         ),
