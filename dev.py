@@ -62,10 +62,16 @@ def ensure_chromium():
     run(*apt, "install", "-y", "-qq", "chromium", env=env)
 
 
+# What ruff checks and format-checks: the package, its tests, the benchmark
+# and the demo.
+LINTED = ("wsproxy", "tests", "bench", "demo")
+
+
 def lint():
-    """The lint and type gate on the package (settings in pyproject.toml)."""
-    run(PY, "-m", "ruff", "check", "wsproxy")
-    run(PY, "-m", "ruff", "format", "--check", "wsproxy")
+    """The lint gate on the package, its tests, the benchmark and the demo,
+    and the type gate on the package (settings in pyproject.toml)."""
+    run(PY, "-m", "ruff", "check", *LINTED)
+    run(PY, "-m", "ruff", "format", "--check", *LINTED)
     run(PY, "-m", "mypy")
 
 

@@ -65,8 +65,9 @@ def seed(uri, count):
         coll = client[DB][COLL]
         coll.drop()
         for start in range(0, count, 1000):
-            coll.insert_many([order_document(i) for i in
-                              range(start, min(count, start + 1000))])
+            coll.insert_many(
+                [order_document(i) for i in range(start, min(count, start + 1000))]
+            )
 
 
 class Worker:
@@ -74,34 +75,58 @@ class Worker:
 
     def __init__(self, config, uri, at_once, log):
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("WSPROXY_", "MALLOC_"))}
-        env.update({
-            "WSPROXY_MONGODB_URI": uri,
-            "WSPROXY_WATCH": f"{DB}.{COLL}",
-            "WSPROXY_SECRET_KEYS": "bench-arenas-secret-key",
-            "WSPROXY_MAX_SNAPSHOTS": str(at_once),
-            "WSPROXY_CLOSE_TIMEOUT": "300",
-            "WSPROXY_CONNECT_RATE": "10000",
-            "WSPROXY_CONNECT_BURST": "10000",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("WSPROXY_", "MALLOC_"))
+        }
+        env.update(
+            {
+                "WSPROXY_MONGODB_URI": uri,
+                "WSPROXY_WATCH": f"{DB}.{COLL}",
+                "WSPROXY_SECRET_KEYS": "bench-arenas-secret-key",
+                "WSPROXY_MAX_SNAPSHOTS": str(at_once),
+                "WSPROXY_CLOSE_TIMEOUT": "300",
+                "WSPROXY_CONNECT_RATE": "10000",
+                "WSPROXY_CONNECT_BURST": "10000",
+            }
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", config,
-             "-b", f"127.0.0.1:{self.port}", "--workers", "1", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                config,
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "1",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start; see {log.name}")
             time.sleep(0.1)
-        (self.worker,) = [p for p in psutil.Process(self.process.pid).children()
-                          if "gunicorn" in " ".join(p.cmdline())]
+        (self.worker,) = [
+            p
+            for p in psutil.Process(self.process.pid).children()
+            if "gunicorn" in " ".join(p.cmdline())
+        ]
 
     def _ready(self):
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                f"http://127.0.0.1:{self.port}/readyz", timeout=2
+            ) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -121,8 +146,7 @@ class Worker:
 def take_snapshot(url, start, errors):
     try:
         start.wait(30)
-        with connect(url, max_size=None, compression=None,
-                     open_timeout=30) as ws:
+        with connect(url, max_size=None, compression=None, open_timeout=30) as ws:
             while True:
                 message = ws.recv(timeout=120)
                 if message.startswith('{"type": "snapshot_end"'):
@@ -136,9 +160,12 @@ def one_round(worker, clients):
     url = f"ws://127.0.0.1:{worker.port}/ws?snapshot=1&ns={DB}.{COLL}"
     start = threading.Barrier(clients)
     errors = []
-    threads = [threading.Thread(target=take_snapshot, name=f"snapshot-{i}",
-                                args=(url, start, errors))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(
+            target=take_snapshot, name=f"snapshot-{i}", args=(url, start, errors)
+        )
+        for i in range(clients)
+    ]
     for thread in threads:
         thread.start()
     peak = worker.rss()
@@ -157,7 +184,8 @@ def settled_rss(worker):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with urllib.request.urlopen(
-                f"http://127.0.0.1:{worker.port}/readyz", timeout=5) as r:
+            f"http://127.0.0.1:{worker.port}/readyz", timeout=5
+        ) as r:
             if json.load(r)["clients"] == 0:
                 break
         time.sleep(0.1)
@@ -174,8 +202,10 @@ def measure(name, config, uri, opts, log):
             peak = one_round(worker, opts.clients)
             after = settled_rss(worker)
             rows.append((n, peak, after))
-            _say(f"{name}: round {n}: peak {peak / MiB:.1f} MiB, "
-                 f"after {after / MiB:.1f} MiB")
+            _say(
+                f"{name}: round {n}: peak {peak / MiB:.1f} MiB, "
+                f"after {after / MiB:.1f} MiB"
+            )
         return idle, rows
     finally:
         worker.stop()
@@ -183,11 +213,15 @@ def measure(name, config, uri, opts, log):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m bench.arenas",
-        description=__doc__.split("\n\n")[0])
+        prog="python -m bench.arenas", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--at-once", type=int, default=4,
-                        help="WSPROXY_MAX_SNAPSHOTS (default: 4, wsproxy's)")
+    parser.add_argument(
+        "--at-once",
+        type=int,
+        default=4,
+        help="WSPROXY_MAX_SNAPSHOTS (default: 4, wsproxy's)",
+    )
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     opts = parser.parse_args(argv)
@@ -200,25 +234,29 @@ def main(argv=None):
         seed(mongo.uri, opts.docs)
         results = {}
         with open(os.path.join(workdir, "gunicorn.log"), "w") as log:
-            for name, config in (("glibc default", str(baseline)),
-                                 ("wsproxy.gunicorn (2 arenas)",
-                                  "python:wsproxy.gunicorn")):
+            for name, config in (
+                ("glibc default", str(baseline)),
+                ("wsproxy.gunicorn (2 arenas)", "python:wsproxy.gunicorn"),
+            ):
                 results[name] = measure(name, config, mongo.uri, opts, log)
     finally:
         mongo.stop()
-    print(f"\n{opts.clients} clients x {opts.docs}-document snapshots, "
-          f"{opts.at_once} read at a time, {opts.rounds} rounds; worker RSS "
-          "in MiB\n")
-    print("| arenas | idle | peak | after round 1 | after last | growth "
-          "| per client |")
+    print(
+        f"\n{opts.clients} clients x {opts.docs}-document snapshots, "
+        f"{opts.at_once} read at a time, {opts.rounds} rounds; worker RSS "
+        "in MiB\n"
+    )
+    print("| arenas | idle | peak | after round 1 | after last | growth | per client |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (idle, rows) in results.items():
         peak = max(row[1] for row in rows)
         first, last = rows[0][2], rows[-1][2]
         growth = last - idle
-        print(f"| {name} | {idle / MiB:.1f} | {peak / MiB:.1f} | "
-              f"{first / MiB:.1f} | {last / MiB:.1f} | {growth / MiB:+.1f} | "
-              f"{growth / opts.clients / MiB:+.2f} |")
+        print(
+            f"| {name} | {idle / MiB:.1f} | {peak / MiB:.1f} | "
+            f"{first / MiB:.1f} | {last / MiB:.1f} | {growth / MiB:+.1f} | "
+            f"{growth / opts.clients / MiB:+.2f} |"
+        )
     shutil.rmtree(workdir)  # kept when it failed: the error names the log
 
 

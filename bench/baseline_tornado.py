@@ -62,8 +62,7 @@ async def watch(uri, namespace):
 
 
 async def main(args):
-    app = tornado.web.Application([(r"/ws", BroadcastSocket),
-                                   (r"/readyz", Ready)])
+    app = tornado.web.Application([(r"/ws", BroadcastSocket), (r"/readyz", Ready)])
     # backlog as gunicorn's default (2048) so 1,000 simultaneous connects
     # are not dropped at the listen queue; only fairness, not tuning.
     app.listen(args.port, address="127.0.0.1", backlog=2048)

@@ -39,8 +39,7 @@ def process_request(connection, request):
     if request.path == "/readyz":
         if READY.is_set():
             return connection.respond(HTTPStatus.OK, "ok\n")
-        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                  "not ready\n")
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
     if request.path != "/ws":
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
     return None  # go on with the WebSocket handshake
@@ -62,17 +61,25 @@ async def watch(uri, namespace):
 async def main(args):
     # backlog as gunicorn's default (2048), for 1,000 simultaneous connects.
     compression = None if args.compression == "none" else args.compression
-    async with serve(handler, "127.0.0.1", args.port,
-                     process_request=process_request, backlog=2048,
-                     compression=compression):
+    async with serve(
+        handler,
+        "127.0.0.1",
+        args.port,
+        process_request=process_request,
+        backlog=2048,
+        compression=compression,
+    ):
         await watch(args.uri, args.watch)  # returns only if the stream ends
 
 
 def arguments(parser):
-    parser.add_argument("--compression", choices=("deflate", "none"),
-                        default="deflate",
-                        help="permessage-deflate when a client offers it "
-                             "(the library's default) or never")
+    parser.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="permessage-deflate when a client offers it "
+        "(the library's default) or never",
+    )
 
 
 if __name__ == "__main__":

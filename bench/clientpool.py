@@ -23,10 +23,23 @@ from . import procs
 
 
 class ClientPool:
-    def __init__(self, url, total, nprocs, workdir, *, hello=False,
-                 first_seq=0, not_before=0.0, connect_timeout=60.0,
-                 client="lean", seqs=False, deflate=False, hold=False,
-                 tenants=False):
+    def __init__(
+        self,
+        url,
+        total,
+        nprocs,
+        workdir,
+        *,
+        hello=False,
+        first_seq=0,
+        not_before=0.0,
+        connect_timeout=60.0,
+        client="lean",
+        seqs=False,
+        deflate=False,
+        hold=False,
+        tenants=False,
+    ):
         self.total = total
         self.hold = hold
         self.workdir = workdir
@@ -34,34 +47,64 @@ class ClientPool:
         self.seqs = array("q") if seqs else None
         nprocs = max(1, min(nprocs, total))
         base, extra = divmod(total, nprocs)
-        self._args = dict(url=url, hello=hello, first_seq=first_seq,
-                          not_before=not_before,
-                          connect_timeout=connect_timeout, client=client,
-                          deflate=deflate, tenants=total if tenants else 0)
+        self._args = dict(
+            url=url,
+            hello=hello,
+            first_seq=first_seq,
+            not_before=not_before,
+            connect_timeout=connect_timeout,
+            client=client,
+            deflate=deflate,
+            tenants=total if tenants else 0,
+        )
         self._counts = [base + (1 if i < extra else 0) for i in range(nprocs)]
 
     def _argv(self, i, count):
         a = self._args
-        argv = [sys.executable, "-m", "bench.loadclient",
-                "--url", a["url"], "--count", str(count),
-                "--out", os.path.join(self.workdir, f"lat-{i}.bin"),
-                "--first-seq", str(a["first_seq"]),
-                "--not-before", repr(a["not_before"]),
-                "--connect-timeout", str(a["connect_timeout"]),
-                "--client", a["client"]]
-        return (argv + (["--hello"] if a["hello"] else [])
-                + (["--deflate"] if a["deflate"] else [])
-                + (["--hold"] if self.hold else [])
-                + (["--seqs"] if self.seqs is not None else [])
-                + (["--tenants", str(a["tenants"]), "--first-index",
-                    str(sum(self._counts[:i]))] if a["tenants"] else []))
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadclient",
+            "--url",
+            a["url"],
+            "--count",
+            str(count),
+            "--out",
+            os.path.join(self.workdir, f"lat-{i}.bin"),
+            "--first-seq",
+            str(a["first_seq"]),
+            "--not-before",
+            repr(a["not_before"]),
+            "--connect-timeout",
+            str(a["connect_timeout"]),
+            "--client",
+            a["client"],
+        ]
+        return (
+            argv
+            + (["--hello"] if a["hello"] else [])
+            + (["--deflate"] if a["deflate"] else [])
+            + (["--hold"] if self.hold else [])
+            + (["--seqs"] if self.seqs is not None else [])
+            + (
+                [
+                    "--tenants",
+                    str(a["tenants"]),
+                    "--first-index",
+                    str(sum(self._counts[:i])),
+                ]
+                if a["tenants"]
+                else []
+            )
+        )
 
     def start(self):
         log = os.path.join(self.workdir, "clients.log")
         for i, n in enumerate(self._counts):
             if n:
                 self.children.append(
-                    procs.LineChild(f"client proc {i}", self._argv(i, n), log))
+                    procs.LineChild(f"client proc {i}", self._argv(i, n), log)
+                )
                 self.children[-1].index = i
         return self
 
@@ -77,8 +120,7 @@ class ClientPool:
             retries += r.get("retries", 0)
             for k, v in r["errors"].items():
                 errors[k] = errors.get(k, 0) + v
-        return {"ok": ok, "failed": failed, "retries": retries,
-                "errors": errors}
+        return {"ok": ok, "failed": failed, "retries": retries, "errors": errors}
 
     def finish(self, last_seq, drain_timeout):
         """Tell clients the last seq; merge their results and latencies."""
@@ -92,11 +134,13 @@ class ClientPool:
             r = c.expect("RESULT", deadline)
             for k, v in r.items():
                 if k == "first_recv":
-                    merged[k] = min((x for x in (merged.get(k), v)
-                                     if x is not None), default=None)
+                    merged[k] = min(
+                        (x for x in (merged.get(k), v) if x is not None), default=None
+                    )
                 elif k == "last_recv":
-                    merged[k] = max((x for x in (merged.get(k), v)
-                                     if x is not None), default=None)
+                    merged[k] = max(
+                        (x for x in (merged.get(k), v) if x is not None), default=None
+                    )
                 elif isinstance(v, bool):
                     merged[k] = merged.get(k, False) or v
                 elif v is None or (k in merged and merged[k] is None):

@@ -48,9 +48,11 @@ class LeanConnection(asyncio.Protocol):
     def __init__(self, url, on_message, deflate=False):
         loop = asyncio.get_running_loop()
         # extensions=None: permessage-deflate is not offered.
-        self.ws = ClientProtocol(parse_uri(url), max_size=None,
-                                 extensions=browser_offer() if deflate
-                                 else None)
+        self.ws = ClientProtocol(
+            parse_uri(url),
+            max_size=None,
+            extensions=browser_offer() if deflate else None,
+        )
         self.on_message = on_message
         self.wire_bytes = 0
         self.opened = loop.create_future()
@@ -114,7 +116,7 @@ class LeanConnection(asyncio.Protocol):
             self.ws.send_close(1000)
             self._flush()
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort; the transport is aborted below
             pass
         finally:
             if not self.closed.done():
@@ -128,9 +130,12 @@ class LeanConnection(asyncio.Protocol):
 async def open_lean(url, on_message, timeout, deflate=False):
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    transport, conn = await asyncio.wait_for(loop.create_connection(
-        lambda: LeanConnection(url, on_message, deflate),
-        parts.hostname, parts.port), timeout)
+    transport, conn = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: LeanConnection(url, on_message, deflate), parts.hostname, parts.port
+        ),
+        timeout,
+    )
     try:
         await asyncio.wait_for(asyncio.shield(conn.opened), timeout)
     except BaseException:
@@ -157,8 +162,7 @@ class HighLevelConnection:
         try:
             async for msg in self.ws:
                 if not first.done():
-                    first.set_result(msg.encode()
-                                     if isinstance(msg, str) else msg)
+                    first.set_result(msg.encode() if isinstance(msg, str) else msg)
                 on_message(msg)
         except ConnectionClosed:
             pass
@@ -172,7 +176,7 @@ class HighLevelConnection:
     async def close(self, timeout=2.0):
         try:
             await asyncio.wait_for(self.ws.close(), timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: any failure aborts instead
             self.abort()
         self._task.cancel()
 
@@ -183,10 +187,16 @@ class HighLevelConnection:
 async def open_asyncio(url, on_message, timeout, deflate=False):
     # compression=None and our own offer: the library's "deflate" offers
     # smaller windows and memory than a browser does.
-    ws = await connect(url, compression=None, max_size=None, proxy=None,
-                       extensions=browser_offer() if deflate else None,
-                       ping_interval=None, close_timeout=2,
-                       open_timeout=timeout)
+    ws = await connect(
+        url,
+        compression=None,
+        max_size=None,
+        proxy=None,
+        extensions=browser_offer() if deflate else None,
+        ping_interval=None,
+        close_timeout=2,
+        open_timeout=timeout,
+    )
     return HighLevelConnection(ws, on_message)
 
 

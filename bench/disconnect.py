@@ -39,30 +39,54 @@ def _wait_gone(server, want, deadline):
     return None
 
 
-def mass_disconnect(server, pool, monitor, opts, db_uri, namespace, workdir,
-                    seq_base):
+def mass_disconnect(server, pool, monitor, opts, db_uri, namespace, workdir, seq_base):
     """Run the step; return its raw dict (see
     :func:`.report.disconnect_summary`)."""
     before, window = opts.stall_before, opts.stall_window
     sub = os.path.join(workdir, "bystander")
     os.makedirs(sub, exist_ok=True)
-    out = {"before_s": before, "window_s": window, "killed": pool.total,
-           "seq_base": seq_base}
-    bystander = ClientPool(server.url, 1, 1, sub, hello=server.spec.hello,
-                           first_seq=seq_base, not_before=time.time(),
-                           connect_timeout=opts.connect_timeout,
-                           client=opts.client, seqs=True).start()
+    out = {
+        "before_s": before,
+        "window_s": window,
+        "killed": pool.total,
+        "seq_base": seq_base,
+    }
+    bystander = ClientPool(
+        server.url,
+        1,
+        1,
+        sub,
+        hello=server.spec.hello,
+        first_seq=seq_base,
+        not_before=time.time(),
+        connect_timeout=opts.connect_timeout,
+        client=opts.client,
+        seqs=True,
+    ).start()
     writer = None
     try:
         conn = bystander.wait_connected()
         if conn["ok"] != 1:
             raise RuntimeError(f"bystander did not connect: {conn}")
-        writer = procs.LineChild("stall writer", [
-            sys.executable, "-m", "bench.writer", "--uri", db_uri,
-            "--ns", namespace, "--rate", str(opts.rate),
-            "--duration", str(before + window),
-            "--seq-base", str(seq_base)],
-            os.path.join(sub, "writer.log"))
+        writer = procs.LineChild(
+            "stall writer",
+            [
+                sys.executable,
+                "-m",
+                "bench.writer",
+                "--uri",
+                db_uri,
+                "--ns",
+                namespace,
+                "--rate",
+                str(opts.rate),
+                "--duration",
+                str(before + window),
+                "--seq-base",
+                str(seq_base),
+            ],
+            os.path.join(sub, "writer.log"),
+        )
         deadline = time.monotonic() + before + window + 60
         t_first = writer.expect("MEASURE", deadline)
         time.sleep(max(0.0, t_first + before - time.time()))  # the schedule
@@ -75,13 +99,17 @@ def mass_disconnect(server, pool, monitor, opts, db_uri, namespace, workdir,
         done = writer.expect("DONE", deadline)
         out["cpu_s"] = monitor.cpu_seconds() - cpu0
         recv, lat = bystander.finish(done["last_seq"], opts.drain or 10.0)
-        out.update(t_kill=t_kill, writes=done["written"],
-                   sent_at=done["sent_at"], seqs=list(bystander.seqs),
-                   lat_ms=list(lat), dups=recv.get("dups", 0),
-                   closed=recv.get("closed_early", 0))
+        out.update(
+            t_kill=t_kill,
+            writes=done["written"],
+            sent_at=done["sent_at"],
+            seqs=list(bystander.seqs),
+            lat_ms=list(lat),
+            dups=recv.get("dups", 0),
+            closed=recv.get("closed_early", 0),
+        )
     finally:
         if writer:
             procs.stop_group(writer.proc, timeout=5)
         bystander.close()
     return out
-

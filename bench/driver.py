@@ -42,9 +42,11 @@ def _say(msg):
 def _line(r):
     if r["error"]:
         return f"ERROR {r['error'].splitlines()[0]}"
-    line = (f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
-            f"p99 {_fmt(r['lat_p99_ms'], '{:.1f}')} ms, lost {r['lost']}, "
-            f"cpu {_fmt(r['cpu_s'], '{:.2f}')} s")
+    line = (
+        f"{_fmt(r['msgs_per_s'], '{:.0f}')} msgs/s, "
+        f"p99 {_fmt(r['lat_p99_ms'], '{:.1f}')} ms, lost {r['lost']}, "
+        f"cpu {_fmt(r['cpu_s'], '{:.2f}')} s"
+    )
     if r.get("disconnect_error"):
         line += f", mass disconnect ERROR {r['disconnect_error']}"
     elif "stall_ms" in r:
@@ -64,8 +66,7 @@ def main(opts):
     signal.signal(signal.SIGINT, interrupt)
     nofile = procs.raise_nofile()
     if max(opts.clients) + 64 > nofile:
-        _say(f"warning: RLIMIT_NOFILE {nofile} is low for "
-             f"{max(opts.clients)} clients")
+        _say(f"warning: RLIMIT_NOFILE {nofile} is low for {max(opts.clients)} clients")
     servers = []
     for name in opts.servers:
         missing = SERVERS[name].missing()
@@ -90,8 +91,11 @@ def main(opts):
         for m in opts.clients:
             for spec in servers:
                 rundir = os.path.join(workdir, f"{spec.name}-{m}")
-                load = (f"burst={opts.burst}" if opts.burst else
-                        f"rate={opts.rate}/s duration={opts.duration}s")
+                load = (
+                    f"burst={opts.burst}"
+                    if opts.burst
+                    else f"rate={opts.rate}/s duration={opts.duration}s"
+                )
                 _say(f"run {spec.name} M={m} {load} ...")
                 t0 = time.monotonic()
                 raw, lat = run_one(spec, m, opts, mongo.uri, NAMESPACE, rundir)
@@ -112,34 +116,44 @@ def main(opts):
         report.add_asyncio_ratios(results)
         print()
         if opts.burst:
-            print(f"burst: {opts.burst} documents inserted back to back "
-                  "(msgs/s: delivery rate from the first write to the last "
-                  "message received)")
+            print(
+                f"burst: {opts.burst} documents inserted back to back "
+                "(msgs/s: delivery rate from the first write to the last "
+                "message received)"
+            )
         if opts.tenants:
-            print("tenants: client k of M follows tenant k alone and each "
-                  "write is one tenant's, so every event is for exactly one "
-                  "client (us/msg: server CPU per event; M=1 is the "
-                  "one-client figure)")
+            print(
+                "tenants: client k of M follows tenant k alone and each "
+                "write is one tenant's, so every event is for exactly one "
+                "client (us/msg: server CPU per event; M=1 is the "
+                "one-client figure)"
+            )
         print(report.table(results))
         if opts.deflate or opts.mix != "bench":
-            print("\ncompression (clients offer permessage-deflate: "
-                  f"{'yes' if opts.deflate else 'no'}; writes: {opts.mix} "
-                  "mix):")
+            print(
+                "\ncompression (clients offer permessage-deflate: "
+                f"{'yes' if opts.deflate else 'no'}; writes: {opts.mix} "
+                "mix):"
+            )
             print(report.compression_table(results))
         if opts.mass_disconnect or opts.sigterm:
             print("\nmass disconnect and SIGTERM with clients connected:")
             print(report.disconnect_table(results))
         if opts.reconnect_after:
-            print("\nreconnecting after a mass disconnect (M clients at "
-                  "once; handshake = connect to hello):")
+            print(
+                "\nreconnecting after a mass disconnect (M clients at "
+                "once; handshake = connect to hello):"
+            )
             for r in results:
                 print(f"  {r['server']} M={r['clients']}:")
                 for line in r.get("reconnect") or ():
                     print("  " + reconnect_line(line))
         ratio_lines = report.ratios(results)
         if ratio_lines:
-            print("\nratios (wsproxy / baseline; msgs/s >1 is better, "
-                  "p99 and cpu <1 are better):")
+            print(
+                "\nratios (wsproxy / baseline; msgs/s >1 is better, "
+                "p99 and cpu <1 are better):"
+            )
             print(ratio_lines)
         beside = report.asyncio_table(results)
         if beside:
@@ -156,4 +170,3 @@ def main(opts):
     if interrupted:
         return 130
     return 1 if failed else 0
-

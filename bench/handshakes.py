@@ -32,8 +32,9 @@ async def _one(url, hello, timeout, t0):
     try:
         link = await open_lean(url, lambda _msg: None, timeout)
         if hello:
-            first = await asyncio.wait_for(asyncio.shield(link.first_text),
-                                           max(0.1, t0 + timeout - time.time()))
+            first = await asyncio.wait_for(
+                asyncio.shield(link.first_text), max(0.1, t0 + timeout - time.time())
+            )
             if b'"hello"' not in first:
                 raise RuntimeError(f"expected hello: {first[:80]!r}")
         return (time.time() - t0) * 1000.0, link, None
@@ -47,7 +48,8 @@ async def main(args):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
     sys.stdout.write("READY {}\n")
     sys.stdout.flush()
     line = (await reader.readline()).decode().split()
@@ -55,20 +57,28 @@ async def main(args):
         return
     t0 = float(line[1])
     await asyncio.sleep(max(0.0, t0 - time.time()))  # the common start
-    results = await asyncio.gather(*(_one(args.url, args.hello, args.timeout,
-                                          t0) for _ in range(args.count)))
+    results = await asyncio.gather(
+        *(_one(args.url, args.hello, args.timeout, t0) for _ in range(args.count))
+    )
     errors = {}
     for _, _, err in results:
         if err:
             errors[err] = errors.get(err, 0) + 1
-    sys.stdout.write("DONE " + json.dumps({
-        "ms": [ms for ms, _, _ in results if ms is not None],
-        "failed": sum(errors.values()), "errors": errors}) + "\n")
+    sys.stdout.write(
+        "DONE "
+        + json.dumps(
+            {
+                "ms": [ms for ms, _, _ in results if ms is not None],
+                "failed": sum(errors.values()),
+                "errors": errors,
+            }
+        )
+        + "\n"
+    )
     sys.stdout.flush()
     await reader.readline()  # held until EOF (or killed)
     links = [link for _, link, _ in results if link is not None]
-    await asyncio.gather(*(link.close() for link in links),
-                         return_exceptions=True)
+    await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
 
 
 def cli(argv=None):
@@ -76,8 +86,9 @@ def cli(argv=None):
     p.add_argument("--url", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--timeout", type=float, default=30.0)
-    p.add_argument("--hello", action="store_true",
-                   help="a handshake ends with the server's hello")
+    p.add_argument(
+        "--hello", action="store_true", help="a handshake ends with the server's hello"
+    )
     args = p.parse_args(argv)
     die_with_parent()
     raise_nofile()

@@ -25,9 +25,9 @@ from types import SimpleNamespace
 from pymongo import MongoClient
 
 from demo.embedded import EmbeddedMongo
+from wsproxy.access.sealing import Sealer
 from wsproxy.transport import codec
 from wsproxy.transport.compression import SharedContext
-from wsproxy.access.sealing import Sealer
 
 from .mix import DemoMix
 
@@ -69,16 +69,23 @@ def measure(changes):
     }
     rows = []
     for label, values in ids.items():
-        texts = [codec.change_message(i, c) for i, c in zip(values, changes)]
+        texts = [
+            codec.change_message(i, c) for i, c in zip(values, changes, strict=True)
+        ]
         n = len(texts)
         off = sum(len(codec.frame(t)) for t in texts) / n
-        independent = sum(len(codec.deflated_frame(t, WINDOW_BITS))
-                          for t in texts) / n
+        independent = sum(len(codec.deflated_frame(t, WINDOW_BITS)) for t in texts) / n
         shared = sum(len(f) for f in shared_frames(texts)) / n
-        rows.append({"ids": label, "id_chars": sum(map(len, values)) / n,
-                     "json": sum(len(t.encode()) for t in texts) / n,
-                     "off": off, "independent": independent,
-                     "shared": shared})
+        rows.append(
+            {
+                "ids": label,
+                "id_chars": sum(map(len, values)) / n,
+                "json": sum(len(t.encode()) for t in texts) / n,
+                "off": off,
+                "independent": independent,
+                "shared": shared,
+            }
+        )
     return rows
 
 
@@ -88,19 +95,24 @@ def main(argv=None):
     p.add_argument("--json", help="write the rows here too")
     args = p.parse_args(argv)
     rows = measure(demo_changes(args.events))
-    print(f"{args.events} changes of the demo mix: bytes a message on the "
-          f"wire, and as a ratio to the same messages uncompressed")
-    print(f"{'ids':24} {'id chars':>8} {'off':>5} {'stage 1':>13} "
-          f"{'stage 2':>13}")
+    print(
+        f"{args.events} changes of the demo mix: bytes a message on the "
+        f"wire, and as a ratio to the same messages uncompressed"
+    )
+    print(f"{'ids':24} {'id chars':>8} {'off':>5} {'stage 1':>13} {'stage 2':>13}")
     for r in rows:
-        print(f"{r['ids']:24} {r['id_chars']:8.0f} {r['off']:5.0f} "
-              f"{r['independent']:6.0f} {r['independent'] / r['off']:5.2f}x "
-              f"{r['shared']:6.0f} {r['shared'] / r['off']:5.2f}x")
+        print(
+            f"{r['ids']:24} {r['id_chars']:8.0f} {r['off']:5.0f} "
+            f"{r['independent']:6.0f} {r['independent'] / r['off']:5.2f}x "
+            f"{r['shared']:6.0f} {r['shared'] / r['off']:5.2f}x"
+        )
     sealed, none = rows[0], rows[-1]
     for mode in ("independent", "shared"):
         cost = sealed[mode] - none[mode]
-        print(f"{mode}: the sealed ids are {cost:.0f} of {sealed[mode]:.0f} "
-              f"bytes a message ({cost / sealed[mode]:.0%})")
+        print(
+            f"{mode}: the sealed ids are {cost:.0f} of {sealed[mode]:.0f} "
+            f"bytes a message ({cost / sealed[mode]:.0%})"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -45,43 +45,54 @@ from .wire import change_seq_t, tenant_filter, tenant_last_seq
 
 
 class Conn:
-    __slots__ = ("seen", "max_seq", "dups", "ooo", "done", "link", "closed",
-                 "tenant", "target")
+    __slots__ = (
+        "seen",
+        "max_seq",
+        "dups",
+        "ooo",
+        "done",
+        "link",
+        "closed",
+        "tenant",
+        "target",
+    )
 
     def __init__(self, tenant=None):
         self.seen = set()
         self.max_seq = -1
         self.dups = 0
         self.ooo = 0
-        self.done = False      # got the last seq, or closed: stop waiting
-        self.link = None       # the open connection (see .connections)
-        self.closed = False    # the connection ended before we closed it
-        self.tenant = tenant   # its tenant's index (--tenants), or None
-        self.target = None     # the last seq it is to get, once known
+        self.done = False  # got the last seq, or closed: stop waiting
+        self.link = None  # the open connection (see .connections)
+        self.closed = False  # the connection ended before we closed it
+        self.tenant = tenant  # its tenant's index (--tenants), or None
+        self.target = None  # the last seq it is to get, once known
 
 
 class Load:
     def __init__(self, args):
         self.args = args
         self.opener = OPENERS[args.client]
-        self.conns = [Conn(args.first_index + j if args.tenants else None)
-                      for j in range(args.count)]
+        self.conns = [
+            Conn(args.first_index + j if args.tenants else None)
+            for j in range(args.count)
+        ]
         self.lat_ms = array("d")
         # The seq of each latency, for a driver that splits a run into
         # phases by seq (bench.snapshot); None: not recorded.
         self.seqs = array("q") if args.seqs else None
         self.first_recv = None
         self.last_recv = None
-        self.stale = 0         # events from before this run (t < not_before)
+        self.stale = 0  # events from before this run (t < not_before)
         self.warmup = 0
-        self.other = 0         # non-change messages (hello, status, ...)
-        self.changes = 0       # change messages, warm-up and stale included
-        self.payload = 0       # their bytes as received (inflated)
-        self.target = None     # last seq, known once FINISH arrives
+        self.other = 0  # non-change messages (hello, status, ...)
+        self.changes = 0  # change messages, warm-up and stale included
+        self.payload = 0  # their bytes as received (inflated)
+        self.target = None  # last seq, known once FINISH arrives
         self.pending = 0
         self.all_done = asyncio.Event()
-        self.errors = {}       # final connect failures by exception type
-        self.retries = 0       # failed connect attempts (retried or not)
+        self.errors = {}  # final connect failures by exception type
+        self.retries = 0  # failed connect attempts (retried or not)
         self.closing = False
 
     def _finished(self, c):
@@ -130,6 +141,7 @@ class Load:
             self.last_recv = now
             if c.target is not None and seq >= c.target:
                 self._finished(c)
+
         return on_message
 
     async def _open(self, c, deadline):
@@ -141,19 +153,23 @@ class Load:
                 url = a.url
                 if c.tenant is not None:
                     url += "?filter=" + quote(tenant_filter(c.tenant))
-                link = await self.opener(url, self.receiver(c),
-                                         max(1.0, deadline - time.monotonic()),
-                                         deflate=a.deflate)
+                link = await self.opener(
+                    url,
+                    self.receiver(c),
+                    max(1.0, deadline - time.monotonic()),
+                    deflate=a.deflate,
+                )
                 if a.hello:
                     # wsproxy greets first; a client counts as connected
                     # only once the server has it registered.
                     first = await asyncio.wait_for(
                         asyncio.shield(link.first_text),
-                        max(0.1, deadline - time.monotonic()))
+                        max(0.1, deadline - time.monotonic()),
+                    )
                     if b'"hello"' not in first:
                         raise RuntimeError(f"expected hello: {first[:80]}")
                 return link
-            except Exception as e:  # any failure: count it and retry
+            except Exception as e:  # noqa: BLE001 - any failure: count it and retry
                 err = type(e).__name__
                 self.retries += 1
                 if link is not None:
@@ -182,10 +198,14 @@ class Load:
     def finish(self, last_seq):
         self.target = last_seq
         for c in self.conns:
-            c.target = last_seq if c.tenant is None else tenant_last_seq(
-                c.tenant, self.args.tenants, self.args.first_seq, last_seq)
-        self.pending = sum(1 for c in self.conns
-                           if not c.done and c.max_seq < c.target)
+            c.target = (
+                last_seq
+                if c.tenant is None
+                else tenant_last_seq(
+                    c.tenant, self.args.tenants, self.args.first_seq, last_seq
+                )
+            )
+        self.pending = sum(1 for c in self.conns if not c.done and c.max_seq < c.target)
         for c in self.conns:
             if not c.done and c.max_seq >= c.target:
                 c.done = True
@@ -208,12 +228,18 @@ class Load:
             "dups": sum(c.dups for c in cs),
             "ooo": sum(c.ooo for c in cs),
             "closed_early": sum(1 for c in cs if c.closed),
-            "incomplete": sum(1 for c in cs if c.link is not None
-                              and c.max_seq < (c.target or 0)),
-            "stale": self.stale, "warmup": self.warmup, "other": self.other,
-            "first_recv": self.first_recv, "last_recv": self.last_recv,
-            "timed_out": timed_out, "client_cpu_s": cpu_s,
-            "changes": self.changes, "payload_bytes": self.payload,
+            "incomplete": sum(
+                1 for c in cs if c.link is not None and c.max_seq < (c.target or 0)
+            ),
+            "stale": self.stale,
+            "warmup": self.warmup,
+            "other": self.other,
+            "first_recv": self.first_recv,
+            "last_recv": self.last_recv,
+            "timed_out": timed_out,
+            "client_cpu_s": cpu_s,
+            "changes": self.changes,
+            "payload_bytes": self.payload,
             "wire_bytes": wire_bytes,
         }
 
@@ -227,7 +253,8 @@ async def _stdin_lines():
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
     return reader
 
 
@@ -241,10 +268,16 @@ async def main(args):
     stdin = await _stdin_lines()
     sem = asyncio.Semaphore(args.concurrency)
     deadline = time.monotonic() + args.connect_timeout
-    oks = await asyncio.gather(*(load.run_conn(c, sem, deadline)
-                                 for c in load.conns))
-    _say("CONNECTED", {"ok": sum(oks), "failed": len(oks) - sum(oks),
-                       "errors": load.errors, "retries": load.retries})
+    oks = await asyncio.gather(*(load.run_conn(c, sem, deadline) for c in load.conns))
+    _say(
+        "CONNECTED",
+        {
+            "ok": sum(oks),
+            "failed": len(oks) - sum(oks),
+            "errors": load.errors,
+            "retries": load.retries,
+        },
+    )
     cpu0 = _cpu()
     # Nothing but handshakes and hellos has been read yet: the writer
     # starts once every client process has said CONNECTED.
@@ -268,15 +301,16 @@ async def main(args):
         with open(args.out + ".seq", "wb") as f:
             load.seqs.tofile(f)
     wire = load.wire_bytes()
-    _say("RESULT", load.result(timed_out, _cpu() - cpu0,
-                               None if wire is None else wire - wire0))
+    _say(
+        "RESULT",
+        load.result(timed_out, _cpu() - cpu0, None if wire is None else wire - wire0),
+    )
     if args.hold and line:
         await stdin.readline()  # EOF (or any line): now close
     # Close politely but boundedly (each close() has its own timeout).
     links = [c.link for c in load.conns if c.link is not None]
     if links:
-        await asyncio.gather(*(x.close() for x in links),
-                             return_exceptions=True)
+        await asyncio.gather(*(x.close() for x in links), return_exceptions=True)
 
 
 def cli(argv=None):
@@ -284,28 +318,57 @@ def cli(argv=None):
     p.add_argument("--url", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--out", required=True, help="latency file (float64 ms)")
-    p.add_argument("--first-seq", type=int, default=0,
-                   help="seqs below this are warm-up: not recorded")
-    p.add_argument("--not-before", type=float, default=0.0,
-                   help="ignore documents with t before this (older runs)")
-    p.add_argument("--tenants", type=int, default=0, metavar="N",
-                   help="each connection subscribes to one tenant of N")
-    p.add_argument("--first-index", type=int, default=0,
-                   help="with --tenants: the first connection's tenant")
-    p.add_argument("--hello", action="store_true",
-                   help="wait for the server's hello before counting a "
-                        "connection as established")
-    p.add_argument("--seqs", action="store_true",
-                   help="also write each latency's seq to OUT.seq")
-    p.add_argument("--hold", action="store_true",
-                   help="keep the connections open after RESULT until EOF")
+    p.add_argument(
+        "--first-seq",
+        type=int,
+        default=0,
+        help="seqs below this are warm-up: not recorded",
+    )
+    p.add_argument(
+        "--not-before",
+        type=float,
+        default=0.0,
+        help="ignore documents with t before this (older runs)",
+    )
+    p.add_argument(
+        "--tenants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each connection subscribes to one tenant of N",
+    )
+    p.add_argument(
+        "--first-index",
+        type=int,
+        default=0,
+        help="with --tenants: the first connection's tenant",
+    )
+    p.add_argument(
+        "--hello",
+        action="store_true",
+        help="wait for the server's hello before counting a connection as established",
+    )
+    p.add_argument(
+        "--seqs", action="store_true", help="also write each latency's seq to OUT.seq"
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the connections open after RESULT until EOF",
+    )
     p.add_argument("--connect-timeout", type=float, default=60.0)
-    p.add_argument("--concurrency", type=int, default=32,
-                   help="handshakes in flight at once")
-    p.add_argument("--client", choices=sorted(OPENERS), default="lean",
-                   help="connection implementation (see .connections)")
-    p.add_argument("--deflate", action="store_true",
-                   help="offer permessage-deflate as browsers do")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="handshakes in flight at once"
+    )
+    p.add_argument(
+        "--client",
+        choices=sorted(OPENERS),
+        default="lean",
+        help="connection implementation (see .connections)",
+    )
+    p.add_argument(
+        "--deflate", action="store_true", help="offer permessage-deflate as browsers do"
+    )
     args = p.parse_args(argv)
     die_with_parent()
     raise_nofile()

@@ -55,8 +55,9 @@ def delete_key(seq, prefix):
     """The ObjectId of a document that write ``seq`` deletes: a real
     ObjectId's layout (seconds, 5 process bytes, 3-byte counter) with the
     seq as the counter."""
-    return ObjectId(struct.pack(">I", int(time.time())) + prefix
-                    + seq.to_bytes(3, "big"))
+    return ObjectId(
+        struct.pack(">I", int(time.time())) + prefix + seq.to_bytes(3, "big")
+    )
 
 
 class DemoMix:
@@ -67,35 +68,59 @@ class DemoMix:
             raise ValueError(f"at most {MAX_SEQ} writes")
         self.rng = random.Random(seed)
         self.ops = plan(count, self.rng)
-        deleted_at = {target: seq for seq, (kind, target)
-                      in enumerate(self.ops) if kind == DELETE}
+        deleted_at = {
+            target: seq for seq, (kind, target) in enumerate(self.ops) if kind == DELETE
+        }
         prefix = os.urandom(5)
-        self.keys = {seq: (delete_key(deleted_at[seq], prefix)
-                           if seq in deleted_at else ObjectId())
-                     for seq, (kind, _) in enumerate(self.ops)
-                     if kind == INSERT}
+        self.keys = {
+            seq: (
+                delete_key(deleted_at[seq], prefix) if seq in deleted_at else ObjectId()
+            )
+            for seq, (kind, _) in enumerate(self.ops)
+            if kind == INSERT
+        }
 
     def write(self, coll, seq, t):
         kind, target = self.ops[seq]
         rng, key = self.rng, self.keys[target]
         if kind == INSERT:
-            coll.insert_one({
-                "_id": key, "seq": seq, "t": t,
-                "customer": rng.choice(CUSTOMERS), "status": "open",
-                "total": Decimal128(f"{rng.randint(100, 99999) / 100:.2f}"),
-                "items": [{"sku": f"SKU-{rng.randint(1, 40):03d}",
-                           "qty": rng.randint(1, 4)}
-                          for _ in range(rng.randint(1, 3))],
-                "created": datetime.datetime.now(datetime.timezone.utc)})
+            coll.insert_one(
+                {
+                    "_id": key,
+                    "seq": seq,
+                    "t": t,
+                    "customer": rng.choice(CUSTOMERS),
+                    "status": "open",
+                    "total": Decimal128(f"{rng.randint(100, 99999) / 100:.2f}"),
+                    "items": [
+                        {
+                            "sku": f"SKU-{rng.randint(1, 40):03d}",
+                            "qty": rng.randint(1, 4),
+                        }
+                        for _ in range(rng.randint(1, 3))
+                    ],
+                    "created": datetime.datetime.now(datetime.UTC),
+                }
+            )
         elif kind == UPDATE:
-            coll.update_one({"_id": key}, {
-                "$set": {"seq": seq, "t": t,
-                         "status": rng.choice(STATUSES)},
-                "$inc": {"revision": 1}})
+            coll.update_one(
+                {"_id": key},
+                {
+                    "$set": {"seq": seq, "t": t, "status": rng.choice(STATUSES)},
+                    "$inc": {"revision": 1},
+                },
+            )
         elif kind == REPLACE:
-            coll.replace_one({"_id": key}, {
-                "seq": seq, "t": t, "customer": rng.choice(CUSTOMERS),
-                "status": "open", "total": Decimal128("0.00"),
-                "note": "replaced"})
+            coll.replace_one(
+                {"_id": key},
+                {
+                    "seq": seq,
+                    "t": t,
+                    "customer": rng.choice(CUSTOMERS),
+                    "status": "open",
+                    "total": Decimal128("0.00"),
+                    "note": "replaced",
+                },
+            )
         else:
             coll.delete_one({"_id": key})

@@ -94,16 +94,21 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child_env(env=None):
     env = dict(os.environ if env is None else env)
     path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = (_PACKAGE_PARENT + os.pathsep + path if path
-                         else _PACKAGE_PARENT)
+    env["PYTHONPATH"] = _PACKAGE_PARENT + os.pathsep + path if path else _PACKAGE_PARENT
     return env
 
 
 def spawn(argv, *, stdout=None, stderr=None, stdin=None, env=None, cwd=None):
     """Popen in a new session: its pid is the pgid of everything it starts."""
-    return subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=stdin,
-                            env=child_env(env), cwd=cwd,
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        stdout=stdout,
+        stderr=stderr,
+        stdin=stdin,
+        env=child_env(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def _killpg(pgid, sig):
@@ -156,10 +161,10 @@ class LineChild:
         self.name = name
         self.lines = queue.Queue()
         with open(log_path, "ab") as log:
-            self.proc = spawn(argv, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=log)
-        threading.Thread(target=self._read, daemon=True,
-                         name=f"{name}-stdout").start()
+            self.proc = spawn(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+            )
+        threading.Thread(target=self._read, daemon=True, name=f"{name}-stdout").start()
 
     def _read(self):
         for raw in self.proc.stdout:
@@ -182,10 +187,11 @@ class LineChild:
                 continue
             if line is None:
                 self.lines.put(None)  # stay at EOF for later calls
-                raise RuntimeError(f"{self.name} exited "
-                                   f"({self.proc.poll()}) before {tag}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.proc.poll()}) before {tag}"
+                )
             if line.startswith(tag + " "):
-                return json.loads(line[len(tag) + 1:])
+                return json.loads(line[len(tag) + 1 :])
 
     def send(self, line):
         try:
@@ -264,8 +270,9 @@ class TreeMonitor:
 
     def start(self):
         self.rss()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name="tree-monitor")
+        self._thread = threading.Thread(
+            target=self._loop, daemon=True, name="tree-monitor"
+        )
         self._thread.start()
         return self
 
@@ -286,9 +293,11 @@ def guard(pid):
     """
     create = psutil.Process(pid).create_time()
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.procs", "--guard", str(pid),
-         repr(create)], stdin=subprocess.PIPE, env=child_env(),
-        start_new_session=True)
+        [sys.executable, "-m", "bench.procs", "--guard", str(pid), repr(create)],
+        stdin=subprocess.PIPE,
+        env=child_env(),
+        start_new_session=True,
+    )
 
 
 def _guard_main(pid, create_time):

@@ -40,10 +40,17 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
     Never raises for a failing server: the error goes into ``raw["error"]``
     so a sweep goes on. Everything started here is stopped here.
     """
-    raw = {"server": spec.name, "clients": clients, "rate": opts.rate,
-           "duration": opts.duration, "deflate": opts.deflate,
-           "mix": opts.mix, "burst": opts.burst, "tenants": opts.tenants,
-           "error": None}
+    raw = {
+        "server": spec.name,
+        "clients": clients,
+        "rate": opts.rate,
+        "duration": opts.duration,
+        "deflate": opts.deflate,
+        "mix": opts.mix,
+        "burst": opts.burst,
+        "tenants": opts.tenants,
+        "error": None,
+    }
     lat = None
     # Clients stay connected after their RESULT for the steps that need
     # them; then close() or kill() ends them.
@@ -53,8 +60,14 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
     drain = opts.drain
     if drain is None:  # a burst queues M*N messages at once
         drain = 30 + clients * opts.burst / 1e4 if opts.burst else 10.0
-    server = ServerProcess(spec, db_uri, namespace, free_port(),
-                           os.path.join(workdir, "server.log"), clients)
+    server = ServerProcess(
+        spec,
+        db_uri,
+        namespace,
+        free_port(),
+        os.path.join(workdir, "server.log"),
+        clients,
+    )
     monitor = pool = writer = log_split = disconnect_split = None
     try:
         _drop(db_uri, namespace)
@@ -67,12 +80,20 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         raw["threads_idle"] = monitor.threads()
 
         def connect(subdir=""):
-            p = ClientPool(server.url, clients, opts.procs,
-                           os.path.join(workdir, subdir), hello=spec.hello,
-                           first_seq=warm, not_before=not_before,
-                           connect_timeout=opts.connect_timeout,
-                           client=opts.client, deflate=opts.deflate,
-                           hold=hold, tenants=opts.tenants)
+            p = ClientPool(
+                server.url,
+                clients,
+                opts.procs,
+                os.path.join(workdir, subdir),
+                hello=spec.hello,
+                first_seq=warm,
+                not_before=not_before,
+                connect_timeout=opts.connect_timeout,
+                client=opts.client,
+                deflate=opts.deflate,
+                hold=hold,
+                tenants=opts.tenants,
+            )
             os.makedirs(p.workdir, exist_ok=True)
             return p.start()
 
@@ -84,24 +105,37 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         raw["rss_connected"] = monitor.rss()
         raw["threads_connected"] = monitor.threads()
 
-        writer = procs.LineChild("writer", [
-            sys.executable, "-m", "bench.writer", "--uri", db_uri,
-            "--ns", namespace, "--rate", str(opts.rate),
-            "--duration", str(opts.duration), "--warmup-count", str(warm),
-            "--mix", opts.mix]
+        writer = procs.LineChild(
+            "writer",
+            [
+                sys.executable,
+                "-m",
+                "bench.writer",
+                "--uri",
+                db_uri,
+                "--ns",
+                namespace,
+                "--rate",
+                str(opts.rate),
+                "--duration",
+                str(opts.duration),
+                "--warmup-count",
+                str(warm),
+                "--mix",
+                opts.mix,
+            ]
             + (["--burst", str(opts.burst)] if opts.burst else [])
             + (["--tenants", str(clients)] if opts.tenants else []),
-            os.path.join(workdir, "writer.log"))
+            os.path.join(workdir, "writer.log"),
+        )
         # Slow inserts, bounded (a burst: at least 1,000 documents a second).
-        budget = opts.warmup + 60 + (opts.burst / 1000 if opts.burst
-                                     else opts.duration)
+        budget = opts.warmup + 60 + (opts.burst / 1000 if opts.burst else opts.duration)
         deadline = time.monotonic() + budget
         raw["t_first"] = writer.expect("MEASURE", deadline)
         cpu0 = monitor.cpu_seconds()
         raw["writer"] = writer.expect("DONE", deadline)
         if pool:
-            raw["recv"], lat = pool.finish(raw["writer"]["last_seq"],
-                                           drain)
+            raw["recv"], lat = pool.finish(raw["writer"]["last_seq"], drain)
         raw["cpu_s"] = monitor.cpu_seconds() - cpu0
         log_split = server.log_offset()
         raw["rss_peak"] = max(monitor.peak_rss, monitor.rss())
@@ -109,8 +143,15 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
         if pool and opts.mass_disconnect:
             try:
                 raw["disconnect"] = mass_disconnect(
-                    server, pool, monitor, opts, db_uri, namespace, workdir,
-                    seq_base=raw["writer"]["last_seq"] + 1)
+                    server,
+                    pool,
+                    monitor,
+                    opts,
+                    db_uri,
+                    namespace,
+                    workdir,
+                    seq_base=raw["writer"]["last_seq"] + 1,
+                )
             except (RuntimeError, OSError, ValueError, KeyError) as e:
                 # The measured phase still stands; the step reports why not.
                 raw["disconnect_error"] = f"{type(e).__name__}: {e}"
@@ -126,20 +167,27 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
                 pool.close()
                 pool = None
             raw["reconnect"] = reconnect_rounds(
-                server.url, clients, opts.procs, opts.reconnect_after,
-                os.path.join(workdir, "reconnect"), opts.connect_timeout,
-                hello=spec.hello, cpu=monitor.cpu_seconds)
+                server.url,
+                clients,
+                opts.procs,
+                opts.reconnect_after,
+                os.path.join(workdir, "reconnect"),
+                opts.connect_timeout,
+                hello=spec.hello,
+                cpu=monitor.cpu_seconds,
+            )
             if opts.sigterm:
                 pool = connect("clients-sigterm")
                 raw["sigterm_connect"] = pool.wait_connected()
         disconnect_split = server.log_offset()
         if pool and opts.sigterm:
-            raw["sigterm_clients"] = (raw.get("sigterm_connect")
-                                      or raw["connect"])["ok"]
+            raw["sigterm_clients"] = (raw.get("sigterm_connect") or raw["connect"])[
+                "ok"
+            ]
             raw["sigterm"] = server.sigterm(monitor.members())
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # one failing run must not stop the sweep
+    except Exception as e:  # noqa: BLE001 - one failing run must not stop the sweep
         raw["error"] = f"{type(e).__name__}: {e}"
     finally:
         if monitor:
@@ -150,7 +198,7 @@ def run_one(spec, clients, opts, db_uri, namespace, workdir):
             procs.stop_group(writer.proc, timeout=5)
         raw["stop"] = server.stop()
         raw["log_problems"] = server.log_problems(
-            log_split,
-            disconnect=disconnect_split if opts.mass_disconnect else None)
+            log_split, disconnect=disconnect_split if opts.mass_disconnect else None
+        )
         raw["server_log"] = server.log_path
     return raw, lat

@@ -44,8 +44,10 @@ def measure(clients, events, size):
     listener = socket.create_server(("127.0.0.1", 0), backlog=clients)
     ready = multiprocessing.Event()
     child = multiprocessing.Process(
-        target=_reader, args=(listener.getsockname()[1], clients, ready),
-        name="sendfloor-reader")
+        target=_reader,
+        args=(listener.getsockname()[1], clients, ready),
+        name="sendfloor-reader",
+    )
     child.start()
     conns = [listener.accept()[0] for _ in range(clients)]
     ready.wait(60)
@@ -71,8 +73,10 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=900)
     args = p.parse_args(argv)
     us = measure(args.clients, args.events, args.size)
-    print(f"{args.clients} loopback sockets x {args.events} events of "
-          f"{args.size} bytes: {us:.2f} us of CPU per send (user + system)")
+    print(
+        f"{args.clients} loopback sockets x {args.events} events of "
+        f"{args.size} bytes: {us:.2f} us of CPU per send (user + system)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass
 class ServerSpec:
     name: str
-    argv: object            # callable(uri, namespace, port) -> list[str]
+    argv: object  # callable(uri, namespace, port) -> list[str]
     env: dict = field(default_factory=dict)
-    hello: bool = False      # the server greets each client with "hello"
+    hello: bool = False  # the server greets each client with "hello"
     cwd: str = REPO_ROOT
     required_files: tuple = ()
     # (setting, value) this checkout's wsproxy must accept (stage 2 is newer)
@@ -47,8 +47,11 @@ class ServerSpec:
 
     def missing(self):
         """What this server needs that does not exist (yet)."""
-        missing = [f for f in self.required_files
-                   if not os.path.exists(os.path.join(self.cwd, f))]
+        missing = [
+            f
+            for f in self.required_files
+            if not os.path.exists(os.path.join(self.cwd, f))
+        ]
         if self.requires_setting:
             name, value = self.requires_setting
             try:
@@ -60,16 +63,36 @@ class ServerSpec:
 
 def _python_module(module, *extra):
     def argv(uri, namespace, port):
-        return [sys.executable, "-m", module, "--uri", uri,
-                "--watch", namespace, "--port", str(port), *extra]
+        return [
+            sys.executable,
+            "-m",
+            module,
+            "--uri",
+            uri,
+            "--watch",
+            namespace,
+            "--port",
+            str(port),
+            *extra,
+        ]
+
     return argv
 
 
 def _gunicorn(uri, namespace, port):
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    return procs.exec_with_parent_death([
-        gunicorn, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-        "--workers", "1", "wsgi:app"])
+    return procs.exec_with_parent_death(
+        [
+            gunicorn,
+            "-c",
+            "gunicorn.conf.py",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "wsgi:app",
+        ]
+    )
 
 
 _WSPROXY_ENV = {
@@ -95,33 +118,42 @@ def _wsproxy(name, compression=None):
     if compression:
         env["WSPROXY_COMPRESSION"] = compression
     return ServerSpec(
-        name, _gunicorn, hello=True, env=env,
+        name,
+        _gunicorn,
+        hello=True,
+        env=env,
         required_files=("wsgi.py", "gunicorn.conf.py"),
-        requires_setting=(("WSPROXY_COMPRESSION", compression)
-                          if compression else ()))
+        requires_setting=(("WSPROXY_COMPRESSION", compression) if compression else ()),
+    )
 
 
 SERVERS = {
     "wsproxy": _wsproxy("wsproxy"),
-    "tornado": ServerSpec(
-        "tornado", _python_module("bench.baseline_tornado")),
-    "websockets": ServerSpec(
-        "websockets", _python_module("bench.baseline_websockets")),
+    "tornado": ServerSpec("tornado", _python_module("bench.baseline_tornado")),
+    "websockets": ServerSpec("websockets", _python_module("bench.baseline_websockets")),
     "wsproxy-off": _wsproxy("wsproxy-off", "off"),
     "wsproxy-independent": _wsproxy("wsproxy-independent", "independent"),
     "wsproxy-shared": _wsproxy("wsproxy-shared", "shared"),
     "websockets-off": ServerSpec(
-        "websockets-off", _python_module("bench.baseline_websockets",
-                                         "--compression", "none")),
+        "websockets-off",
+        _python_module("bench.baseline_websockets", "--compression", "none"),
+    ),
     "websockets-deflate": ServerSpec(
-        "websockets-deflate", _python_module("bench.baseline_websockets",
-                                             "--compression", "deflate")),
+        "websockets-deflate",
+        _python_module("bench.baseline_websockets", "--compression", "deflate"),
+    ),
 }
 DEFAULT = ("wsproxy", "tornado", "websockets")
 # --servers compression: what the compression table compares.
-GROUPS = {"compression": ("wsproxy-off", "wsproxy-independent",
-                          "wsproxy-shared", "websockets-off",
-                          "websockets-deflate")}
+GROUPS = {
+    "compression": (
+        "wsproxy-off",
+        "wsproxy-independent",
+        "wsproxy-shared",
+        "websockets-off",
+        "websockets-deflate",
+    )
+}
 
 
 class ServerProcess:
@@ -145,13 +177,16 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(self.spec.env)
         if "WSPROXY_MAX_CLIENTS" in env and self.clients + 50 > int(
-                env["WSPROXY_MAX_CLIENTS"]):
+            env["WSPROXY_MAX_CLIENTS"]
+        ):
             # More clients than the default room (e.g. 2,000): a thread,
             # and a place, for each of them and the bystander.
             room = str(self.clients + 50)
-            env.update(WSPROXY_MAX_CLIENTS=room,
-                       WSPROXY_MAX_CLIENTS_PER_PRINCIPAL=room,
-                       WSPROXY_THREADS=str(self.clients + 100))
+            env.update(
+                WSPROXY_MAX_CLIENTS=room,
+                WSPROXY_MAX_CLIENTS_PER_PRINCIPAL=room,
+                WSPROXY_THREADS=str(self.clients + 100),
+            )
         # wsproxy reads its configuration from the environment; the
         # baselines from argv. Setting both is harmless.
         env["WSPROXY_MONGODB_URI"] = self.uri
@@ -161,8 +196,12 @@ class ServerProcess:
         with open(self.log_path, "ab") as log:
             self.proc = procs.spawn(
                 self.spec.argv(self.uri, self.namespace, self.port),
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.spec.cwd)
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.spec.cwd,
+            )
         return self
 
     def alive(self):
@@ -177,9 +216,9 @@ class ServerProcess:
             if not self.alive():
                 raise RuntimeError(
                     f"{self.spec.name} exited with {self.proc.returncode} "
-                    f"before ready:\n{self.log_tail()}")
-            conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                              timeout=2)
+                    f"before ready:\n{self.log_tail()}"
+                )
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             try:
                 conn.request("GET", "/readyz")
                 resp = conn.getresponse()
@@ -192,8 +231,9 @@ class ServerProcess:
             finally:
                 conn.close()
             time.sleep(0.05)  # poll interval, not a synchronisation sleep
-        raise RuntimeError(f"{self.spec.name} not ready after {timeout}s "
-                           f"({last}):\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.spec.name} not ready after {timeout}s ({last}):\n{self.log_tail()}"
+        )
 
     def stop(self, timeout=15.0):
         """SIGTERM the group, SIGKILL after ``timeout``; return (how, secs).
@@ -213,8 +253,9 @@ class ServerProcess:
         t0 = time.monotonic()
         procs._killpg(self.proc.pid, signal.SIGTERM)
         how = "terminated"
-        while not (self.proc.poll() is not None
-                   and all(procs.gone(p) for p in members)):
+        while not (
+            self.proc.poll() is not None and all(procs.gone(p) for p in members)
+        ):
             if time.monotonic() - t0 > timeout:
                 how = "killed"
                 procs._killpg(self.proc.pid, signal.SIGKILL)
@@ -229,8 +270,7 @@ class ServerProcess:
     def ready_json(self, timeout=2.0):
         """``/readyz``'s JSON body (wsproxy's has ``"clients"``), or None
         (no answer, or not JSON: the baselines answer ``ok``)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                          timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request("GET", "/readyz")
             return json.loads(conn.getresponse().read())
@@ -262,8 +302,15 @@ class ServerProcess:
         offset after ``split``) the lines between the two are the
         mass-disconnect step's, ``"disconnect"``, and shutdown starts there.
         """
-        keys = ("Traceback", "ERROR", "Error", "CRITICAL", "WORKER TIMEOUT",
-                "Exception", "exception")
+        keys = (
+            "Traceback",
+            "ERROR",
+            "Error",
+            "CRITICAL",
+            "WORKER TIMEOUT",
+            "Exception",
+            "exception",
+        )
         out = {}
         try:
             with open(self.log_path, "rb") as f:
@@ -273,12 +320,16 @@ class ServerProcess:
         split = len(data) if split is None else split
         phases = [("run", data[:split]), ("shutdown", data[split:])]
         if disconnect is not None:
-            phases[1:] = [("disconnect", data[split:disconnect]),
-                          ("shutdown", data[disconnect:])]
+            phases[1:] = [
+                ("disconnect", data[split:disconnect]),
+                ("shutdown", data[disconnect:]),
+            ]
         for phase, chunk in phases:
-            hits = [ln.rstrip() for ln in
-                    chunk.decode(errors="replace").splitlines()
-                    if any(k in ln for k in keys)]
+            hits = [
+                ln.rstrip()
+                for ln in chunk.decode(errors="replace").splitlines()
+                if any(k in ln for k in keys)
+            ]
             out[phase] = (len(hits), hits[:limit])
         return out
 

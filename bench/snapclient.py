@@ -49,7 +49,7 @@ class Take:
         if self.end.done():
             return  # live changes after the snapshot: not counted
         self.bytes += len(data)
-        head = bytes(data[:len(_END)])
+        head = bytes(data[: len(_END)])
         if head.startswith(_SNAPSHOT):
             return
         if head == _END:
@@ -63,26 +63,33 @@ class Snapshotters:
         self.records = []
         self.failures = {}
         self.left = args.snapshots or None  # None: until STOP
-        self.abandoned = 0                  # cut short by STOP
-        self.closers = set()                # background closes
+        self.abandoned = 0  # cut short by STOP
+        self.closers = set()  # background closes
 
     async def take_one(self):
         """One snapshot on a new connection; closes it in the background."""
         take = Take()
         t0 = time.monotonic()
-        link = await open_lean(self.args.url, take.on_message,
-                               self.args.timeout)
+        link = await open_lean(self.args.url, take.on_message, self.args.timeout)
         try:
-            await asyncio.wait([take.end, link.closed],
-                               timeout=self.args.timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [take.end, link.closed],
+                timeout=self.args.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if not take.end.done():
                 code = link.ws.close_code if link.closed.done() else None
                 raise RuntimeError(f"no snapshot_end (close code {code})")
             end = take.end.result()
-            self.records.append([
-                round((take.end_monotonic - t0) * 1000.0, 3), take.bytes,
-                end.get("count"), end.get("complete"), time.time()])
+            self.records.append(
+                [
+                    round((take.end_monotonic - t0) * 1000.0, 3),
+                    take.bytes,
+                    end.get("count"),
+                    end.get("complete"),
+                    time.time(),
+                ]
+            )
         finally:
             closer = asyncio.ensure_future(link.close())
             self.closers.add(closer)
@@ -97,18 +104,18 @@ class Snapshotters:
             except asyncio.CancelledError:
                 self.abandoned += 1
                 raise
-            except Exception as e:  # count it, go on: a failure is a result
+            except Exception as e:  # noqa: BLE001 - counted: a failure is a result
                 key = f"{type(e).__name__}: {e}"[:120]
                 self.failures[key] = self.failures.get(key, 0) + 1
                 await asyncio.sleep(0.1)  # retry back-off, not synchronisation
 
     async def run(self, stop):
         """Take snapshots until ``stop`` (a future) or the budget is spent."""
-        workers = [asyncio.ensure_future(self.worker())
-                   for _ in range(self.args.concurrency)]
+        workers = [
+            asyncio.ensure_future(self.worker()) for _ in range(self.args.concurrency)
+        ]
         everyone = asyncio.ensure_future(asyncio.gather(*workers))
-        await asyncio.wait([everyone, stop],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([everyone, stop], return_when=asyncio.FIRST_COMPLETED)
         for w in workers:
             w.cancel()
         await asyncio.gather(everyone, return_exceptions=True)
@@ -131,8 +138,7 @@ def _say(tag, obj):
 async def main(args):
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     _say("READY", {})
     if (await stdin.readline()).strip() != b"GO":
         return  # EOF: the driver is gone
@@ -141,23 +147,41 @@ async def main(args):
     stop = asyncio.ensure_future(stdin.readline())
     snaps = Snapshotters(args)
     await snaps.run(stop)
-    _say("RESULT", {"records": snaps.records, "failures": snaps.failures,
-                    "abandoned": snaps.abandoned,
-                    "client_cpu_s": _cpu() - cpu0})
+    _say(
+        "RESULT",
+        {
+            "records": snaps.records,
+            "failures": snaps.failures,
+            "abandoned": snaps.abandoned,
+            "client_cpu_s": _cpu() - cpu0,
+        },
+    )
     stop.cancel()
     await snaps.close()
 
 
 def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True,
-                   help="a snapshot=1 URL: ws://host/ws?snapshot=1&ns=db.coll")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="connections taking snapshots at once")
-    p.add_argument("--snapshots", type=int, default=0,
-                   help="stop after this many in all (0: at STOP)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="max seconds for one snapshot")
+    p.add_argument(
+        "--url",
+        required=True,
+        help="a snapshot=1 URL: ws://host/ws?snapshot=1&ns=db.coll",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="connections taking snapshots at once",
+    )
+    p.add_argument(
+        "--snapshots",
+        type=int,
+        default=0,
+        help="stop after this many in all (0: at STOP)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="max seconds for one snapshot"
+    )
     args = p.parse_args(argv)
     die_with_parent()
     asyncio.run(main(args))

@@ -6,8 +6,10 @@ import re
 from .report import CAVEAT, percentile
 
 # wsproxy.snapshot's log line at the end of each snapshot it sent.
-_SENT = re.compile(r"snapshot of (\S+) sent \((\d+) documents, "
-                   r"(\d+) changes merged, ([0-9.]+)s\)")
+_SENT = re.compile(
+    r"snapshot of (\S+) sent \((\d+) documents, "
+    r"(\d+) changes merged, ([0-9.]+)s\)"
+)
 
 
 def server_snapshot_lines(path):
@@ -15,17 +17,22 @@ def server_snapshot_lines(path):
     server's log says it sent, in order (seconds: read, merge and send)."""
     try:
         with open(path, errors="replace") as f:
-            return [[m[1], int(m[2]), int(m[3]), float(m[4])]
-                    for m in _SENT.finditer(f.read())]
+            return [
+                [m[1], int(m[2]), int(m[3]), float(m[4])]
+                for m in _SENT.finditer(f.read())
+            ]
     except OSError:
         return []
 
 
 def _dist(values, scale=1.0):
     values = sorted(v * scale for v in values)
-    return {"n": len(values), "p50": percentile(values, 50),
-            "p99": percentile(values, 99),
-            "max": values[-1] if values else None}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": values[-1] if values else None,
+    }
 
 
 def _snapshots(result, docs):
@@ -53,8 +60,15 @@ def _lag(before, after):
     total = cum[-1]
 
     def at(q):
-        return next((float(b) for b, c in zip(bounds, cum)
-                     if c >= q * total), None) if total else None
+        return (
+            next(
+                (float(b) for b, c in zip(bounds, cum, strict=True) if c >= q * total),
+                None,
+            )
+            if total
+            else None
+        )
+
     return {"n": int(total), "p50_le_s": at(0.5), "p99_le_s": at(0.99)}
 
 
@@ -64,34 +78,44 @@ def _phase(lat, seqs, seq_range, clients, samples, writer, probe):
     lo, hi = seq_range
     sent_at, acks = writer["sent_at"], writer["ack_ms"]
     mine, last_recv = [], None
-    for x, s in zip(lat, seqs):
+    for x, s in zip(lat, seqs, strict=True):
         if lo <= s < hi:
             mine.append(x)
             recv = sent_at[s] + x / 1000.0
             last_recv = recv if last_recv is None else max(last_recv, recv)
     writes = hi - lo
     p, ack = _dist(mine), _dist(acks[lo:hi])
-    db = _dist(x for x, s in zip(probe.get("lat_ms", ()),
-                                 probe.get("seqs", ())) if lo <= s < hi)
+    db = _dist(
+        x
+        for x, s in zip(probe.get("lat_ms", ()), probe.get("seqs", ()), strict=True)
+        if lo <= s < hi
+    )
     start, end = samples
     # Throughput as the clients saw it: the first write to the last receipt.
     span = last_recv - sent_at[lo] if last_recv else None
     seconds = end["t"] - start["t"]
     cpu = end["cpu_s"] - start["cpu_s"]
     return {
-        "writes": writes, "expected": clients * writes,
-        "received": len(mine), "lost": clients * writes - len(mine),
+        "writes": writes,
+        "expected": clients * writes,
+        "received": len(mine),
+        "lost": clients * writes - len(mine),
         "msgs_per_s": len(mine) / span if span else None,
-        "lat_p50_ms": p["p50"], "lat_p99_ms": p["p99"], "lat_max_ms": p["max"],
+        "lat_p50_ms": p["p50"],
+        "lat_p99_ms": p["p99"],
+        "lat_max_ms": p["max"],
         # The writer's wait for the database: part of every latency above.
-        "ack_p50_ms": ack["p50"], "ack_p99_ms": ack["p99"],
+        "ack_p50_ms": ack["p50"],
+        "ack_p99_ms": ack["p99"],
         "ack_max_ms": ack["max"],
         # A plain change stream's latency for the same writes.
-        "db_stream_p50_ms": db["p50"], "db_stream_p99_ms": db["p99"],
+        "db_stream_p50_ms": db["p50"],
+        "db_stream_p99_ms": db["p99"],
         "db_stream_n": db["n"],
         # wallTime to the start of fan-out in wsproxy (bucket bounds).
         "lag": _lag(start["lag"], end["lag"]),
-        "seconds": seconds, "cpu_s": cpu,
+        "seconds": seconds,
+        "cpu_s": cpu,
         "cpu_cores": cpu / seconds if seconds > 0 else None,
         "db_cpu_s": end["db_cpu_s"] - start["db_cpu_s"],
     }
@@ -103,12 +127,15 @@ def _ratio(a, b):
 
 def summarize(raw, lat, seqs):
     opts = raw["options"]
-    out = {"error": raw["error"], "options": opts,
-           "ready_s": raw.get("ready_s"), "server_log": raw.get("server_log"),
-           "server_alive_after": raw.get("server_alive_after"),
-           "server_stop": (raw.get("stop") or [None])[0],
-           "server_log_problems": (raw.get("log_problems") or {}).get(
-               "run", (0, []))}
+    out = {
+        "error": raw["error"],
+        "options": opts,
+        "ready_s": raw.get("ready_s"),
+        "server_log": raw.get("server_log"),
+        "server_alive_after": raw.get("server_alive_after"),
+        "server_stop": (raw.get("stop") or [None])[0],
+        "server_log_problems": (raw.get("log_problems") or {}).get("run", (0, [])),
+    }
     logged = raw.get("server_snapshots") or []
     repeats = opts["repeats"]
     out["reconnect"] = []
@@ -120,23 +147,41 @@ def summarize(raw, lat, seqs):
         out["reconnect"].append(row)
 
     recv = raw.get("recv") or {}
-    out.update({"dups": recv.get("dups"), "out_of_order": recv.get("ooo"),
-                "dropped_conns": recv.get("closed_early"),
-                "drain_timed_out": recv.get("timed_out"),
-                "live_client_cpu_s": recv.get("client_cpu_s"),
-                "connected": (raw.get("connect") or {}).get("ok")})
+    out.update(
+        {
+            "dups": recv.get("dups"),
+            "out_of_order": recv.get("ooo"),
+            "dropped_conns": recv.get("closed_early"),
+            "drain_timed_out": recv.get("timed_out"),
+            "live_client_cpu_s": recv.get("client_cpu_s"),
+            "connected": (raw.get("connect") or {}).get("ok"),
+        }
+    )
     if lat is None or "writer" not in raw:
         return out
     w, samples = raw["writer"], raw["samples"]
     out["phases"] = {
-        name: _phase(lat, seqs, raw["phase_seqs"][name], opts["clients"],
-                     (samples[name + "0"], samples[name + "1"]), w,
-                     raw.get("probe") or {})
-        for name in ("A", "B")}
+        name: _phase(
+            lat,
+            seqs,
+            raw["phase_seqs"][name],
+            opts["clients"],
+            (samples[name + "0"], samples[name + "1"]),
+            w,
+            raw.get("probe") or {},
+        )
+        for name in ("A", "B")
+    }
     a, b = out["phases"]["A"], out["phases"]["B"]
-    out["ratios"] = {k: _ratio(b[key], a[key]) for k, key in (
-        ("p50", "lat_p50_ms"), ("p99", "lat_p99_ms"), ("max", "lat_max_ms"),
-        ("cpu", "cpu_s"))}
+    out["ratios"] = {
+        k: _ratio(b[key], a[key])
+        for k, key in (
+            ("p50", "lat_p50_ms"),
+            ("p99", "lat_p99_ms"),
+            ("max", "lat_max_ms"),
+            ("cpu", "cpu_s"),
+        )
+    }
     snaps = _snapshots(raw["snapshots"], opts["docs"])
     window = raw["t_stop"] - raw["t_ramp"]
     snaps["window_s"] = window
@@ -159,9 +204,13 @@ def _mb(b):
 
 def _rows(rows):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return lines
 
@@ -193,8 +242,7 @@ PHASE_COLUMNS = [  # header, value of a phase, format
     ("db cpu_s", lambda p: p["db_cpu_s"], "{:.2f}"),
 ]
 
-RATIO_COLUMNS = {"p50ms": "p50", "p99ms": "p99", "maxms": "max",
-                 "cpu_s": "cpu"}
+RATIO_COLUMNS = {"p50ms": "p50", "p99ms": "p99", "maxms": "max", "cpu_s": "cpu"}
 
 
 def _phase_lines(r):
@@ -202,17 +250,21 @@ def _phase_lines(r):
     rows = [["phase"] + [h for h, _, _ in PHASE_COLUMNS]]
     for name, label in (("A", "A normal"), ("B", "B +snapshots")):
         p = r["phases"][name]
-        rows.append([label] + [_f(get(p), fmt)
-                               for _, get, fmt in PHASE_COLUMNS])
-    rows.append(["ratio B/A"] + [
-        _f(r["ratios"][RATIO_COLUMNS[h]], "{:.2f}x")
-        if h in RATIO_COLUMNS else "" for h, _, _ in PHASE_COLUMNS])
+        rows.append([label] + [_f(get(p), fmt) for _, get, fmt in PHASE_COLUMNS])
+    rows.append(
+        ["ratio B/A"]
+        + [
+            _f(r["ratios"][RATIO_COLUMNS[h]], "{:.2f}x") if h in RATIO_COLUMNS else ""
+            for h, _, _ in PHASE_COLUMNS
+        ]
+    )
     s = r["snapshots"]
     return [
         f"live clients: M={o['clients']}, {o['rate']:g} updates/s of "
         f"~900-byte documents, {o['duration']:g} s per phase; in phase B "
         f"snapshot clients ({o['snapshotters']}) take {o['docs']:,}-document "
-        f"snapshots back to back", *_rows(rows),
+        f"snapshots back to back",
+        *_rows(rows),
         "  ack: the writer's wait for SecantusDB (part of the latency); "
         "db: the same writes' latency on a plain change stream in its own "
         "process (the database's share); lag: wsproxy's "
@@ -232,17 +284,21 @@ def _phase_lines(r):
         f"whole run: duplicated {r['dups']}, out of order "
         f"{r['out_of_order']}, dropped connections {r['dropped_conns']}, "
         f"writer at most {_f(r['writer_max_behind_s'], '{:.2f}')} s behind "
-        f"its schedule"]
+        f"its schedule",
+    ]
 
 
 def table(r):
-    lines = [f"reconnect cost: one snapshot client, no other load, "
-             f"{r['options']['repeats']} snapshots each (ms from connect to "
-             f"snapshot_end; MB received, 10^6 bytes; server s: its log's "
-             f"time for the snapshot)"]
+    lines = [
+        f"reconnect cost: one snapshot client, no other load, "
+        f"{r['options']['repeats']} snapshots each (ms from connect to "
+        f"snapshot_end; MB received, 10^6 bytes; server s: its log's "
+        f"time for the snapshot)"
+    ]
     rows = [[h for h, _, _ in RECONNECT_COLUMNS]]
-    rows += [[_f(get(x), fmt) for _, get, fmt in RECONNECT_COLUMNS]
-             for x in r["reconnect"]]
+    rows += [
+        [_f(get(x), fmt) for _, get, fmt in RECONNECT_COLUMNS] for x in r["reconnect"]
+    ]
     lines += _rows(rows)
     if "phases" in r:
         lines += [""] + _phase_lines(r)
@@ -250,8 +306,9 @@ def table(r):
         lines.append(f"ERROR {r['error']}")
     count, sample = r["server_log_problems"]
     if count:
-        lines.append(f"{count} error-like server log lines while measuring, "
-                     f"e.g. {sample[:1]}")
+        lines.append(
+            f"{count} error-like server log lines while measuring, e.g. {sample[:1]}"
+        )
     return "\n".join(lines + [CAVEAT])
 
 

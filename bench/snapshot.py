@@ -56,56 +56,105 @@ SMALL = "bench.small"
 SMALL_DOCS = 2000
 MAX_DOCS = 10000  # WSPROXY_SNAPSHOT_MAX_DOCS's default: a full snapshot
 _LAG_BUCKET = re.compile(
-    r'wsproxy_event_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
+    r'wsproxy_event_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)'
+)
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m bench.snapshot",
         description="Live-event latency without and with full-size "
-                    "snapshots being taken, and the cost of a snapshot "
-                    "client's reconnect.")
-    p.add_argument("--docs", type=int, default=MAX_DOCS,
-                   help=f"documents in bench.docs (default and most "
-                        f"{MAX_DOCS}, the server's snapshot limit)")
-    p.add_argument("--clients", type=int, default=100,
-                   help="live (not snapshot) clients (default 100)")
-    p.add_argument("--rate", type=float, default=50.0,
-                   help="updates per second (default 50)")
-    p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of each phase (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0,
-                   help="seconds of unmeasured writing first (default 2)")
-    p.add_argument("--ramp", type=float, default=1.0,
-                   help="unmeasured seconds between the phases, while the "
-                        "snapshot clients start (default 1)")
-    p.add_argument("--snapshotters", type=int, default=4,
-                   help="connections taking snapshots back to back in "
-                        "phase B (default 4 = WSPROXY_MAX_SNAPSHOTS)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="snapshots per collection for the reconnect cost "
-                        "(default 5)")
-    p.add_argument("--procs", type=int, default=4,
-                   help="live client processes (default 4)")
-    p.add_argument("--drain", type=float, default=10.0,
-                   help="max seconds after the last write for every live "
-                        "client to get it (default 10)")
+        "snapshots being taken, and the cost of a snapshot "
+        "client's reconnect.",
+    )
+    p.add_argument(
+        "--docs",
+        type=int,
+        default=MAX_DOCS,
+        help=f"documents in bench.docs (default and most "
+        f"{MAX_DOCS}, the server's snapshot limit)",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=100,
+        help="live (not snapshot) clients (default 100)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=50.0, help="updates per second (default 50)"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of each phase (default 10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of unmeasured writing first (default 2)",
+    )
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=1.0,
+        help="unmeasured seconds between the phases, while the "
+        "snapshot clients start (default 1)",
+    )
+    p.add_argument(
+        "--snapshotters",
+        type=int,
+        default=4,
+        help="connections taking snapshots back to back in "
+        "phase B (default 4 = WSPROXY_MAX_SNAPSHOTS)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="snapshots per collection for the reconnect cost (default 5)",
+    )
+    p.add_argument(
+        "--procs", type=int, default=4, help="live client processes (default 4)"
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        help="max seconds after the last write for every live "
+        "client to get it (default 10)",
+    )
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--ready-timeout", type=float, default=60.0)
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
-    p.add_argument("--keep-logs", action="store_true",
-                   help="keep the work directory with all logs")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 3,000 documents, 10 clients, 2 "
-                        "snapshotters, 3 s phases, 2 repeats")
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the work directory with all logs"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 3,000 documents, 10 clients, 2 "
+        "snapshotters, 3 s phases, 2 repeats",
+    )
     opts = p.parse_args(argv)
     if opts.quick:
         opts.docs, opts.clients, opts.snapshotters = 3000, 10, 2
         opts.duration, opts.warmup, opts.ramp, opts.repeats = 3.0, 0.5, 0.5, 2
     if not 1 <= opts.docs <= MAX_DOCS:
         p.error(f"--docs must be 1..{MAX_DOCS} (the server's snapshot limit)")
-    if min(opts.rate, opts.duration, opts.ramp, opts.clients,
-           opts.snapshotters, opts.repeats, opts.procs) <= 0:
+    if (
+        min(
+            opts.rate,
+            opts.duration,
+            opts.ramp,
+            opts.clients,
+            opts.snapshotters,
+            opts.repeats,
+            opts.procs,
+        )
+        <= 0
+    ):
         p.error("rates, durations and counts must be positive")
     return opts
 
@@ -121,17 +170,28 @@ def seed(uri, ns, count):
         coll = client[db][coll]
         coll.drop()
         for start in range(0, count, 1000):
-            coll.insert_many([order_document(i) for i in
-                              range(start, min(count, start + 1000))])
+            coll.insert_many(
+                [order_document(i) for i in range(start, min(count, start + 1000))]
+            )
 
 
 def snap_child(url, ns, concurrency, snapshots, workdir, name):
     """A :mod:`.snapclient` process, waiting for GO."""
-    return procs.LineChild(name, [
-        sys.executable, "-m", "bench.snapclient",
-        "--url", f"{url}?snapshot=1&ns={ns}",
-        "--concurrency", str(concurrency), "--snapshots", str(snapshots)],
-        os.path.join(workdir, f"{name}.log"))
+    return procs.LineChild(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "bench.snapclient",
+            "--url",
+            f"{url}?snapshot=1&ns={ns}",
+            "--concurrency",
+            str(concurrency),
+            "--snapshots",
+            str(snapshots),
+        ],
+        os.path.join(workdir, f"{name}.log"),
+    )
 
 
 def end_child(child):
@@ -175,15 +235,20 @@ class Sampler:
 
     def __init__(self, server, db_pid):
         self.server = server
-        self.monitors = [procs.TreeMonitor(server.proc.pid).start(),
-                         procs.TreeMonitor(db_pid).start()]
+        self.monitors = [
+            procs.TreeMonitor(server.proc.pid).start(),
+            procs.TreeMonitor(db_pid).start(),
+        ]
         self.samples = {}
 
     def __call__(self, name):
         server, db = (m.cpu_seconds() for m in self.monitors)
-        self.samples[name] = {"t": time.time(), "cpu_s": server,
-                              "db_cpu_s": db,
-                              "lag": lag_buckets(self.server.port)}
+        self.samples[name] = {
+            "t": time.time(),
+            "cpu_s": server,
+            "db_cpu_s": db,
+            "lag": lag_buckets(self.server.port),
+        }
 
     def stop(self):
         for m in self.monitors:
@@ -198,12 +263,16 @@ def measure(opts, db_uri, db_pid, workdir):
     n_phase = max(1, round(opts.rate * opts.duration))
     a_end = warm + n_phase
     b_start = a_end + max(1, round(opts.rate * opts.ramp))
-    raw = {"error": None, "options": vars(opts), "ns": BIG,
-           "phase_seqs": {"A": [warm, a_end],
-                          "B": [b_start, b_start + n_phase]}}
+    raw = {
+        "error": None,
+        "options": vars(opts),
+        "ns": BIG,
+        "phase_seqs": {"A": [warm, a_end], "B": [b_start, b_start + n_phase]},
+    }
     lat = seqs = None
-    server = ServerProcess(SERVERS["wsproxy"], db_uri, DB, free_port(),
-                           os.path.join(workdir, "server.log"))
+    server = ServerProcess(
+        SERVERS["wsproxy"], db_uri, DB, free_port(), os.path.join(workdir, "server.log")
+    )
     sampler = pool = snappers = probe = writer = None
     log_split = None
     try:
@@ -215,40 +284,70 @@ def measure(opts, db_uri, db_pid, workdir):
         _say("reconnect cost: one snapshot client, no other load ...")
         raw["reconnect"] = [
             reconnect_cost(server.url, ns, n, opts.repeats, workdir)
-            for ns, n in ((SMALL, SMALL_DOCS), (BIG, opts.docs))]
+            for ns, n in ((SMALL, SMALL_DOCS), (BIG, opts.docs))
+        ]
 
         _say(f"connecting {opts.clients} live clients ...")
-        pool = ClientPool(server.url, opts.clients, opts.procs, workdir,
-                          hello=True, first_seq=warm, not_before=not_before,
-                          connect_timeout=opts.connect_timeout,
-                          seqs=True).start()
+        pool = ClientPool(
+            server.url,
+            opts.clients,
+            opts.procs,
+            workdir,
+            hello=True,
+            first_seq=warm,
+            not_before=not_before,
+            connect_timeout=opts.connect_timeout,
+            seqs=True,
+        ).start()
         raw["connect"] = pool.wait_connected()
         # Started (imported) now, so GO starts snapshots at once.
-        snappers = snap_child(server.url, BIG, opts.snapshotters, 0,
-                              workdir, "snapshotters")
+        snappers = snap_child(
+            server.url, BIG, opts.snapshotters, 0, workdir, "snapshotters"
+        )
         snappers.expect("READY", time.monotonic() + 60)
-        probe = procs.LineChild("probe", [
-            sys.executable, "-m", "bench.streamprobe", "--uri", db_uri,
-            "--db", DB], os.path.join(workdir, "probe.log"))
+        probe = procs.LineChild(
+            "probe",
+            [sys.executable, "-m", "bench.streamprobe", "--uri", db_uri, "--db", DB],
+            os.path.join(workdir, "probe.log"),
+        )
         probe.expect("READY", time.monotonic() + 60)
 
-        writer = procs.LineChild("writer", [
-            sys.executable, "-m", "bench.writer", "--uri", db_uri,
-            "--ns", BIG, "--rate", str(opts.rate),
-            "--duration", str((b_start + n_phase - warm) / opts.rate),
-            "--warmup-count", str(warm), "--update", str(opts.docs),
-            "--mark", str(a_end), "--mark", str(b_start)],
-            os.path.join(workdir, "writer.log"))
-        deadline = (time.monotonic() + opts.warmup + opts.ramp
-                    + 2 * opts.duration + 60)
+        writer = procs.LineChild(
+            "writer",
+            [
+                sys.executable,
+                "-m",
+                "bench.writer",
+                "--uri",
+                db_uri,
+                "--ns",
+                BIG,
+                "--rate",
+                str(opts.rate),
+                "--duration",
+                str((b_start + n_phase - warm) / opts.rate),
+                "--warmup-count",
+                str(warm),
+                "--update",
+                str(opts.docs),
+                "--mark",
+                str(a_end),
+                "--mark",
+                str(b_start),
+            ],
+            os.path.join(workdir, "writer.log"),
+        )
+        deadline = time.monotonic() + opts.warmup + opts.ramp + 2 * opts.duration + 60
         _say(f"phase A: {opts.duration:g} s of {opts.rate:g} updates/s ...")
         raw["t_A"] = writer.expect("MEASURE", deadline)
         sampler("A0")
         raw["t_ramp"] = writer.expect("MARK", deadline)["t"]
         snappers.send("GO")
         sampler("A1")
-        _say(f"phase B: the same, snapshot clients ({opts.snapshotters}) "
-             f"taking {opts.docs:,}-document snapshots back to back ...")
+        _say(
+            f"phase B: the same, snapshot clients ({opts.snapshotters}) "
+            f"taking {opts.docs:,}-document snapshots back to back ..."
+        )
         raw["t_B"] = writer.expect("MARK", deadline)["t"]
         sampler("B0")
         raw["writer"] = writer.expect("DONE", deadline)
@@ -265,7 +364,7 @@ def measure(opts, db_uri, db_pid, workdir):
         raw["server_alive_after"] = server.alive()
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # reported, and everything still stops
+    except Exception as e:  # noqa: BLE001 - reported; everything still stops
         raw["error"] = f"{type(e).__name__}: {e}"
     finally:
         if sampler:
@@ -281,8 +380,7 @@ def measure(opts, db_uri, db_pid, workdir):
         raw["stop"] = server.stop()
         raw["log_problems"] = server.log_problems(log_split)
         raw["server_log"] = server.log_path
-        raw["server_snapshots"] = snapreport.server_snapshot_lines(
-            server.log_path)
+        raw["server_snapshots"] = snapreport.server_snapshot_lines(server.log_path)
     return raw, lat, seqs
 
 
@@ -304,7 +402,8 @@ def main(argv=None):
         seed(mongo.uri, BIG, opts.docs)
         seed(mongo.uri, SMALL, SMALL_DOCS)
         result = snapreport.summarize(
-            *measure(opts, mongo.uri, mongo.process.pid, workdir))
+            *measure(opts, mongo.uri, mongo.process.pid, workdir)
+        )
     except KeyboardInterrupt:
         _say("interrupted: cleaning up")
         return 130

@@ -34,8 +34,12 @@ from . import procs
 from .report import percentile
 from .servers import SERVERS, ServerProcess
 
-CASES = {"before": (False, "0"), "tickets": (True, "0"),
-         "prefill": (False, None), "after": (True, None)}
+CASES = {
+    "before": (False, "0"),
+    "tickets": (True, "0"),
+    "prefill": (False, None),
+    "after": (True, None),
+}
 
 
 def _listening(port):
@@ -48,8 +52,11 @@ def _listening(port):
 
 def _server(mongo, namespace, port, prefill, log):
     spec = SERVERS["wsproxy"]
-    env = {k: v for k, v in spec.env.items() if not k.startswith(
-        ("WSPROXY_CONNECT_", "WSPROXY_MAX_CLIENTS"))}  # the defaults
+    env = {
+        k: v
+        for k, v in spec.env.items()
+        if not k.startswith(("WSPROXY_CONNECT_", "WSPROXY_MAX_CLIENTS"))
+    }  # the defaults
     if prefill is not None:
         env["WSPROXY_HISTORY_PREFILL"] = prefill
     spec = type(spec)(spec.name, spec.argv, env=env, hello=True)
@@ -67,19 +74,44 @@ def one(mongo, case, opts, workdir):
     try:
         server.wait_ready()
         base, extra = divmod(opts.clients, opts.procs)
-        children = [procs.LineChild(f"storm {i}", [
-            sys.executable, "-m", "bench.stormclient", "--url", server.url,
-            "--count", str(base + (i < extra)),
-            "--backoff-max", str(opts.backoff_max)]
-            + ([] if tickets else ["--no-tickets"]),
-            os.path.join(workdir, "clients.log")) for i in range(opts.procs)]
+        children = [
+            procs.LineChild(
+                f"storm {i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.stormclient",
+                    "--url",
+                    server.url,
+                    "--count",
+                    str(base + (i < extra)),
+                    "--backoff-max",
+                    str(opts.backoff_max),
+                ]
+                + ([] if tickets else ["--no-tickets"]),
+                os.path.join(workdir, "clients.log"),
+            )
+            for i in range(opts.procs)
+        ]
         for c in children:  # new clients: the connect budget lets them in
             c.expect("READY", time.monotonic() + 120)
-        writer = procs.LineChild("writer", [
-            sys.executable, "-m", "bench.writer", "--uri", mongo.uri,
-            "--ns", namespace, "--rate", str(opts.rate), "--duration",
-            str(opts.before + opts.after)],
-            os.path.join(workdir, "writer.log"))
+        writer = procs.LineChild(
+            "writer",
+            [
+                sys.executable,
+                "-m",
+                "bench.writer",
+                "--uri",
+                mongo.uri,
+                "--ns",
+                namespace,
+                "--rate",
+                str(opts.rate),
+                "--duration",
+                str(opts.before + opts.after),
+            ],
+            os.path.join(workdir, "writer.log"),
+        )
         writer.expect("MEASURE", time.monotonic() + 60)
         time.sleep(opts.before)  # the schedule: connected a while
         mark = time.time()
@@ -119,48 +151,77 @@ def one(mongo, case, opts, workdir):
         server.stop()
     missing = sum(1 for b in back if b is None)
     back = sorted(b for b in back if b is not None)
-    return {"case": case, "how": opts.how, "clients": opts.clients,
-            "backoff_max": opts.backoff_max,
-            "down_s": down, "listening_s": listening,
-            "p50_ms": percentile(back, 50), "p99_ms": percentile(back, 99),
-            "max_ms": back[-1] if back else None, "not_back": missing,
-            "refused": refused, "resumes": dict(resumes), "lost": lost,
-            "dups": dups, "failures": dict(failures)}
+    return {
+        "case": case,
+        "how": opts.how,
+        "clients": opts.clients,
+        "backoff_max": opts.backoff_max,
+        "down_s": down,
+        "listening_s": listening,
+        "p50_ms": percentile(back, 50),
+        "p99_ms": percentile(back, 99),
+        "max_ms": back[-1] if back else None,
+        "not_back": missing,
+        "refused": refused,
+        "resumes": dict(resumes),
+        "lost": lost,
+        "dups": dups,
+        "failures": dict(failures),
+    }
 
 
 def line(r):
     def f(v):
         return "-" if v is None else f"{v:,.0f}"
-    return (f"{r['case']:>8} {r['how']:>7} backoff<={r['backoff_max']:g}s: "
-            f"back p50 {f(r['p50_ms'])} ms, "
-            f"p99 {f(r['p99_ms'])} ms, max {f(r['max_ms'])} ms "
-            f"(listening after {r['listening_s']:.2f} s); "
-            f"not back {r['not_back']}, 429 {r['refused']}, "
-            f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}, "
-            f"other failed attempts {r['failures']}")
+
+    return (
+        f"{r['case']:>8} {r['how']:>7} backoff<={r['backoff_max']:g}s: "
+        f"back p50 {f(r['p50_ms'])} ms, "
+        f"p99 {f(r['p99_ms'])} ms, max {f(r['max_ms'])} ms "
+        f"(listening after {r['listening_s']:.2f} s); "
+        f"not back {r['not_back']}, 429 {r['refused']}, "
+        f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}, "
+        f"other failed attempts {r['failures']}"
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.storm",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.storm", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--clients", type=int, default=500)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--how", choices=("sigterm", "kill"), default="sigterm")
-    p.add_argument("--cases", default="before,after",
-                   help="comma-separated, from " + ",".join(CASES))
-    p.add_argument("--before", type=float, default=12.0,
-                   help="seconds connected before the restart (default 12: "
-                        "a ticket earns a reconnect every 5 s, and the "
-                        "bundled clients start their backoff afresh after "
-                        "a connection up 10 s, as in a deploy)")
-    p.add_argument("--after", type=float, default=15.0,
-                   help="seconds of writing after the restart (about)")
-    p.add_argument("--backoff-max", type=float, default=30.0,
-                   help="the clients' cap on their backoff after a failed "
-                        "attempt (the bundled clients': 30 s, so a client "
-                        "that failed 3 times while no server listened "
-                        "waits 2-4 s more); 0.25 times the server alone")
+    p.add_argument(
+        "--cases",
+        default="before,after",
+        help="comma-separated, from " + ",".join(CASES),
+    )
+    p.add_argument(
+        "--before",
+        type=float,
+        default=12.0,
+        help="seconds connected before the restart (default 12: "
+        "a ticket earns a reconnect every 5 s, and the "
+        "bundled clients start their backoff afresh after "
+        "a connection up 10 s, as in a deploy)",
+    )
+    p.add_argument(
+        "--after",
+        type=float,
+        default=15.0,
+        help="seconds of writing after the restart (about)",
+    )
+    p.add_argument(
+        "--backoff-max",
+        type=float,
+        default=30.0,
+        help="the clients' cap on their backoff after a failed "
+        "attempt (the bundled clients': 30 s, so a client "
+        "that failed 3 times while no server listened "
+        "waits 2-4 s more); 0.25 times the server alone",
+    )
     p.add_argument("--repeat", type=int, default=1)
     opts = p.parse_args(argv)
     procs.raise_nofile()

@@ -59,8 +59,9 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
         closed = False
         floor = 0.0
         try:
-            async with connect(target, compression=None, proxy=None,
-                               max_size=None, open_timeout=30) as ws:
+            async with connect(
+                target, compression=None, proxy=None, max_size=None, open_timeout=30
+            ) as ws:
                 opened = time.monotonic()
                 async for raw in ws:
                     message = json.loads(raw)
@@ -80,8 +81,9 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
                 client.refused.append(time.time())
                 floor = float(exc.response.headers.get("Retry-After") or 1)
             else:
-                client.failures.append((time.time(),
-                                        f"HTTP {exc.response.status_code}"))
+                client.failures.append(
+                    (time.time(), f"HTTP {exc.response.status_code}")
+                )
         except Exception as exc:  # noqa: BLE001 - the server is away: back off
             client.failures.append((time.time(), type(exc).__name__))
         # As the bundled clients do: a connection that stayed up a while
@@ -91,7 +93,7 @@ async def run(client, url, tickets, stop, backoff_max=30.0):
             attempt = 0
         if closed:
             continue  # reconnect at once
-        delay = min(backoff_max, 0.5 * 2 ** attempt)
+        delay = min(backoff_max, 0.5 * 2**attempt)
         attempt += 1
         backoff = max(delay / 2 + random.uniform(0, delay / 2), floor)
         try:
@@ -104,11 +106,14 @@ async def main(args):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
     stop = asyncio.Event()
     clients = [Client() for _ in range(args.count)]
-    tasks = [asyncio.create_task(run(c, args.url, args.tickets, stop,
-                                     args.backoff_max)) for c in clients]
+    tasks = [
+        asyncio.create_task(run(c, args.url, args.tickets, stop, args.backoff_max))
+        for c in clients
+    ]
     while not all(c.hellos for c in clients):
         await asyncio.sleep(0.1)  # polling our own clients' state
     print("READY {}", flush=True)
@@ -116,23 +121,29 @@ async def main(args):
     line = (await reader.readline()).decode().split()
     last_seq, deadline = int(line[1]), float(line[2])
     want = set(range(last_seq + 1))
-    while time.time() < deadline and not all(
-            want <= c.seqs for c in clients):
+    while time.time() < deadline and not all(want <= c.seqs for c in clients):
         await asyncio.sleep(0.1)
     stop.set()
     for task in tasks:
         task.cancel()  # each connection closes as its task unwinds
     await asyncio.gather(*tasks, return_exceptions=True)
     back = [next((t for t, _ in c.hellos if t > mark), None) for c in clients]
-    print("RESULT " + json.dumps({
-        "back_ms": [None if t is None else (t - mark) * 1000 for t in back],
-        "refused": sum(1 for c in clients for t in c.refused if t > mark),
-        "failures": collections.Counter(
-            why for c in clients for t, why in c.failures if t > mark),
-        "lost": sum(len(want - c.seqs) for c in clients),
-        "dups": sum(c.dups for c in clients),
-        "resumes": [r for c in clients for t, r in c.hellos if t > mark],
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "back_ms": [None if t is None else (t - mark) * 1000 for t in back],
+                "refused": sum(1 for c in clients for t in c.refused if t > mark),
+                "failures": collections.Counter(
+                    why for c in clients for t, why in c.failures if t > mark
+                ),
+                "lost": sum(len(want - c.seqs) for c in clients),
+                "dups": sum(c.dups for c in clients),
+                "resumes": [r for c in clients for t, r in c.hellos if t > mark],
+            }
+        ),
+        flush=True,
+    )
 
 
 def cli(argv=None):
@@ -140,9 +151,12 @@ def cli(argv=None):
     p.add_argument("--url", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--no-tickets", dest="tickets", action="store_false")
-    p.add_argument("--backoff-max", type=float, default=30.0,
-                   help="cap on the backoff after a failure (the bundled "
-                        "clients': 30 s)")
+    p.add_argument(
+        "--backoff-max",
+        type=float,
+        default=30.0,
+        help="cap on the backoff after a failure (the bundled clients': 30 s)",
+    )
     args = p.parse_args(argv)
     die_with_parent()
     raise_nofile()

@@ -41,17 +41,18 @@ def cli(argv=None):
     client = MongoClient(args.uri)
     seqs, lat_ms, stop = [], [], threading.Event()
     try:
-        with client[args.db].watch(full_document="updateLookup",
-                                   max_await_time_ms=200) as stream:
-            watcher = threading.Thread(target=watch, name="probe",
-                                       args=(stream, seqs, lat_ms, stop))
+        with client[args.db].watch(
+            full_document="updateLookup", max_await_time_ms=200
+        ) as stream:
+            watcher = threading.Thread(
+                target=watch, name="probe", args=(stream, seqs, lat_ms, stop)
+            )
             watcher.start()
             print("READY {}", flush=True)
             sys.stdin.readline()
             stop.set()
             watcher.join()
-        print("RESULT " + json.dumps({"seqs": seqs, "lat_ms": lat_ms}),
-              flush=True)
+        print("RESULT " + json.dumps({"seqs": seqs, "lat_ms": lat_ms}), flush=True)
     finally:
         client.close()
 

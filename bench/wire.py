@@ -33,7 +33,8 @@ SEQ_T_BYTES = re.compile(SEQ_T.pattern.encode())
 DELETE = re.compile(
     r'"operationType":\s*"delete",.*?'
     r'"wallTime":\s*\{"\$date":\s*"([^"]+)"\}.*?'
-    r'"documentKey":\s*\{"_id":\s*\{"\$oid":\s*"[0-9a-f]{18}([0-9a-f]{6})"')
+    r'"documentKey":\s*\{"_id":\s*\{"\$oid":\s*"[0-9a-f]{18}([0-9a-f]{6})"'
+)
 DELETE_BYTES = re.compile(DELETE.pattern.encode())
 
 
@@ -63,9 +64,9 @@ def change_seq_t(msg):
 def encode_change(change):
     """One wire message for a PyMongo/Motor change document (consumed)."""
     token = change.pop("_id", None) or {}
-    return ('{"type": "change", "id": %s, "event": %s}'
-            % (json.dumps(token.get("_data")),
-               json_util.dumps(change, json_options=_RELAXED)))
+    data = json.dumps(token.get("_data"))
+    event = json_util.dumps(change, json_options=_RELAXED)
+    return f'{{"type": "change", "id": {data}, "event": {event}}}'
 
 
 def bench_document(seq, t, pad=200, tenants=0):
@@ -80,8 +81,7 @@ def bench_document(seq, t, pad=200, tenants=0):
 def tenant_filter(index):
     """The ``?filter=`` of the tenant scenario's client ``index``: only its
     tenant's documents (each event is for exactly one client)."""
-    return json.dumps({"fullDocument.tenant": f"t{index}"},
-                      separators=(",", ":"))
+    return json.dumps({"fullDocument.tenant": f"t{index}"}, separators=(",", ":"))
 
 
 def tenant_last_seq(index, tenants, first_seq, last_seq):
@@ -99,8 +99,16 @@ def order_document(i, seq=-1, t=0.0):
     bytes of JSON (the size of the demo's and bench.framing's events'
     documents), with ``seq`` and ``t`` adjacent so an update that sets
     them is measured by :data:`SEQ_T` like an insert."""
-    return {"_id": i, "seq": seq, "t": t, "customer": _CUSTOMERS[i % 6],
-            "status": "paid", "created": "2026-11-28T10:00:00Z",
-            "items": [{"sku": f"SKU-{(i + n) % 1000:03d}", "qty": n + 1,
-                       "price": 9.99} for n in range(15)],
-            "note": "left at the door " * 4}
+    return {
+        "_id": i,
+        "seq": seq,
+        "t": t,
+        "customer": _CUSTOMERS[i % 6],
+        "status": "paid",
+        "created": "2026-11-28T10:00:00Z",
+        "items": [
+            {"sku": f"SKU-{(i + n) % 1000:03d}", "qty": n + 1, "price": 9.99}
+            for n in range(15)
+        ],
+        "note": "left at the door " * 4,
+    }

@@ -47,15 +47,26 @@ def burst(coll, count, first_seq, chunk=500):
     for lo in range(first_seq, first_seq + count, chunk):
         hi = min(first_seq + count, lo + chunk)
         sent, t = time.monotonic(), time.time()
-        coll.insert_many([bench_document(seq, t) for seq in range(lo, hi)],
-                         ordered=True)
+        coll.insert_many(
+            [bench_document(seq, t) for seq in range(lo, hi)], ordered=True
+        )
         acks.append(round((time.monotonic() - sent) * 1000.0, 3))
         sent_at.append(t)
     return acks, sent_at
 
 
-def write(coll, rate, warmup, count, update=0, marks=(), mix=None,
-          burst_chunk=0, base=0, tenants=0):
+def write(
+    coll,
+    rate,
+    warmup,
+    count,
+    update=0,
+    marks=(),
+    mix=None,
+    burst_chunk=0,
+    base=0,
+    tenants=0,
+):
     """The rate schedule (``burst_chunk``: only for the warm-up, then the
     ``count`` measured documents back to back, see :func:`burst`)."""
     interval = 1.0 / rate
@@ -76,16 +87,14 @@ def write(coll, rate, warmup, count, update=0, marks=(), mix=None,
             t_first = time.time()
             print(f"MEASURE {t_first!r}", flush=True)  # a JSON number
         if seq in marks:
-            print("MARK " + json.dumps({"seq": seq, "t": time.time()}),
-                  flush=True)
+            print("MARK " + json.dumps({"seq": seq, "t": time.time()}), flush=True)
         sent, t = time.monotonic(), time.time()
         if mix is not None:
             mix.write(coll, seq, t)
         elif update:
             # Distinct documents while seq < N, so each change's looked-up
             # fullDocument still holds this write's seq and t.
-            coll.update_one({"_id": seq % update},
-                            {"$set": {"seq": seq, "t": t}})
+            coll.update_one({"_id": seq % update}, {"$set": {"seq": seq, "t": t}})
         else:
             coll.insert_one(bench_document(seq, t, tenants=tenants))
         acks.append(round((time.monotonic() - sent) * 1000.0, 3))
@@ -105,25 +114,62 @@ def cli(argv=None):
     p.add_argument("--ns", default="bench.events")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--duration", type=float, required=True)
-    p.add_argument("--warmup-count", type=int, default=0,
-                   help="warm-up documents written before the measured ones")
-    p.add_argument("--update", type=int, default=0, metavar="N",
-                   help="update seeded documents 0..N-1 instead of inserting")
-    p.add_argument("--mix", choices=("bench", "demo"), default="bench",
-                   help="bench documents (default) or the demo's mix of "
-                        "order inserts, updates, replaces and deletes")
-    p.add_argument("--burst", type=int, default=0, metavar="N",
-                   help="after the warm-up (at --rate), insert N documents "
-                        "as fast as possible instead of rate*duration")
-    p.add_argument("--chunk", type=int, default=500,
-                   help="documents per insert_many in --burst (default 500)")
-    p.add_argument("--seq-base", type=int, default=0, metavar="B",
-                   help="the first document's seq (default 0)")
-    p.add_argument("--tenants", type=int, default=0, metavar="N",
-                   help="inserted documents belong to tenants t0..tN-1 in "
-                        "turn (seq mod N)")
-    p.add_argument("--mark", type=int, action="append", default=[],
-                   metavar="SEQ", help="say MARK just before writing SEQ")
+    p.add_argument(
+        "--warmup-count",
+        type=int,
+        default=0,
+        help="warm-up documents written before the measured ones",
+    )
+    p.add_argument(
+        "--update",
+        type=int,
+        default=0,
+        metavar="N",
+        help="update seeded documents 0..N-1 instead of inserting",
+    )
+    p.add_argument(
+        "--mix",
+        choices=("bench", "demo"),
+        default="bench",
+        help="bench documents (default) or the demo's mix of "
+        "order inserts, updates, replaces and deletes",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the warm-up (at --rate), insert N documents "
+        "as fast as possible instead of rate*duration",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=500,
+        help="documents per insert_many in --burst (default 500)",
+    )
+    p.add_argument(
+        "--seq-base",
+        type=int,
+        default=0,
+        metavar="B",
+        help="the first document's seq (default 0)",
+    )
+    p.add_argument(
+        "--tenants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="inserted documents belong to tenants t0..tN-1 in turn (seq mod N)",
+    )
+    p.add_argument(
+        "--mark",
+        type=int,
+        action="append",
+        default=[],
+        metavar="SEQ",
+        help="say MARK just before writing SEQ",
+    )
     args = p.parse_args(argv)
     die_with_parent()
     db, coll = args.ns.split(".", 1)
@@ -136,19 +182,37 @@ def cli(argv=None):
         count = args.burst or max(1, int(round(args.rate * args.duration)))
         mix = DemoMix(warm + count) if args.mix == "demo" else None
         t_first, behind, acks, sent_at = write(
-            client[db][coll], args.rate, warm, count,
-            update=args.update, marks=set(args.mark), mix=mix,
-            burst_chunk=args.chunk if args.burst else 0, base=args.seq_base,
-            tenants=args.tenants)
+            client[db][coll],
+            args.rate,
+            warm,
+            count,
+            update=args.update,
+            marks=set(args.mark),
+            mix=mix,
+            burst_chunk=args.chunk if args.burst else 0,
+            base=args.seq_base,
+            tenants=args.tenants,
+        )
         t_last = time.time()
         first = args.seq_base + warm
-        print("DONE " + json.dumps({
-            "first_seq": first, "last_seq": first + count - 1,
-            "written": count, "burst": args.burst,
-            "t_first": t_first, "t_last": t_last,
-            "achieved_rate": count / max(1e-9, t_last - t_first),
-            "max_behind_s": behind, "ack_ms": acks, "sent_at": sent_at}),
-              flush=True)
+        print(
+            "DONE "
+            + json.dumps(
+                {
+                    "first_seq": first,
+                    "last_seq": first + count - 1,
+                    "written": count,
+                    "burst": args.burst,
+                    "t_first": t_first,
+                    "t_last": t_last,
+                    "achieved_rate": count / max(1e-9, t_last - t_first),
+                    "max_behind_s": behind,
+                    "ack_ms": acks,
+                    "sent_at": sent_at,
+                }
+            ),
+            flush=True,
+        )
     finally:
         client.close()
 

@@ -42,7 +42,8 @@ def _executable():
         raise EmbeddedServerError(
             "secantusd-py (the embedded demo server) is not installed: "
             "pip install -r requirements.txt (python3 dev.py demo does), or "
-            "set WSPROXY_MONGODB_URI to your replica set or Atlas URI")
+            "set WSPROXY_MONGODB_URI to your replica set or Atlas URI"
+        )
     return found
 
 
@@ -54,8 +55,14 @@ class EmbeddedMongo:
     restarted on the same data (its oplog survives ``kill -9``).
     """
 
-    def __init__(self, storage_path=None, host="127.0.0.1", port=None,
-                 log_path=None, durable=False):
+    def __init__(
+        self,
+        storage_path=None,
+        host="127.0.0.1",
+        port=None,
+        log_path=None,
+        durable=False,
+    ):
         self.host = host
         # Sync every commit to disk, so acknowledged writes survive kill -9
         # (as journaled writes do on MongoDB); slower, so off by default.
@@ -64,29 +71,46 @@ class EmbeddedMongo:
         self._own_dir = storage_path is None
         self.storage_path = storage_path or tempfile.mkdtemp(prefix="wsproxy-db-")
         self.log_path = log_path or os.path.join(
-            tempfile.gettempdir(), f"wsproxy-secantus-{self.port}.log")
+            tempfile.gettempdir(), f"wsproxy-secantus-{self.port}.log"
+        )
         self.process = None
 
     @property
     def uri(self):
-        return (f"mongodb://{self.host}:{self.port}/"
-                f"?replicaSet={REPLICA_SET}")
+        return f"mongodb://{self.host}:{self.port}/?replicaSet={REPLICA_SET}"
 
     def start(self, timeout=30.0):
         """Start the server and return once it answers ``ping``."""
-        cmd = [_executable(), "--host", self.host, "--port", str(self.port),
-               "--storage-path", self.storage_path, "--log-level", "WARNING"]
+        cmd = [
+            _executable(),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--storage-path",
+            self.storage_path,
+            "--log-level",
+            "WARNING",
+        ]
         if self.durable:
             cmd.append("--sync-on-commit")
         with open(self.log_path, "ab") as logfile:
             # A new session: Ctrl-C on the terminal goes to gunicorn, which
             # then stops this server in order, not to both at once.
             self.process = subprocess.Popen(
-                cmd, stdout=logfile, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                cmd,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._wait_ready(timeout)
-        log.info("embedded SecantusDB pid %s at %s (data %s)",
-                 self.process.pid, self.uri, self.storage_path)
+        log.info(
+            "embedded SecantusDB pid %s at %s (data %s)",
+            self.process.pid,
+            self.uri,
+            self.storage_path,
+        )
         return self
 
     def _wait_ready(self, timeout):
@@ -95,23 +119,26 @@ class EmbeddedMongo:
         from pymongo.errors import PyMongoError
 
         deadline = time.monotonic() + timeout
-        client = MongoClient(self.uri, serverSelectionTimeoutMS=500,
-                             connectTimeoutMS=500)
+        client = MongoClient(
+            self.uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500
+        )
         try:
             while True:
                 if self.process.poll() is not None:
                     raise EmbeddedServerError(
                         f"secantusd-py exited with {self.process.returncode}; "
-                        f"see {self.log_path}")
+                        f"see {self.log_path}"
+                    )
                 try:
                     client.admin.command("ping")
                     return
-                except PyMongoError:
+                except PyMongoError as exc:
                     if time.monotonic() > deadline:
                         self.stop()
                         raise EmbeddedServerError(
                             f"secantusd-py did not answer within {timeout}s; "
-                            f"see {self.log_path}")
+                            f"see {self.log_path}"
+                        ) from exc
         finally:
             client.close()
 

@@ -30,10 +30,18 @@ print(json.dumps(counts))
 
 
 def order(seq, rng, **extra):
-    return {"seq": seq, "t": time.time(), "customer": rng.choice(["ada", "ken"]),
-            "status": "open", "note": "x" * 200,
-            "items": [{"sku": f"SKU-{rng.randint(1, 40):03d}",
-                       "qty": rng.randint(1, 4)} for _ in range(3)], **extra}
+    return {
+        "seq": seq,
+        "t": time.time(),
+        "customer": rng.choice(["ada", "ken"]),
+        "status": "open",
+        "note": "x" * 200,
+        "items": [
+            {"sku": f"SKU-{rng.randint(1, 40):03d}", "qty": rng.randint(1, 4)}
+            for _ in range(3)
+        ],
+        **extra,
+    }
 
 
 def serve(gunicorn, mongo, db, coll):
@@ -41,17 +49,23 @@ def serve(gunicorn, mongo, db, coll):
     than the test helper's generous ones."""
     from wsproxy.config import DEFAULTS
 
-    return gunicorn({
-        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
-        "WSPROXY_MAX_AWAIT_MS": "100",
-        "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
-        "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"])})
+    return gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_CONNECT_RATE": str(DEFAULTS["WSPROXY_CONNECT_RATE"]),
+            "WSPROXY_CONNECT_BURST": str(DEFAULTS["WSPROXY_CONNECT_BURST"]),
+        }
+    )
 
 
 def connect_bystanders(server):
     """Bystanders from another address than the attacker (127.0.0.1)."""
-    bystanders = [WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
-                  for _ in range(BYSTANDERS)]
+    bystanders = [
+        WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
+        for _ in range(BYSTANDERS)
+    ]
     for client in bystanders:
         assert client.recv()["type"] == "hello"
     return bystanders
@@ -68,10 +82,12 @@ class Report:
         self.max = latencies[-1]
 
     def __str__(self):
-        return (f"attack: {self.outcomes}; {self.written} events, bystander "
-                f"p99 {self.p99 * 1000:.0f} ms, max {self.max * 1000:.0f} ms; "
-                f"newcomers connected in max {max(self.probes) * 1000:.0f} ms "
-                f"({len(self.probes)} of them)")
+        return (
+            f"attack: {self.outcomes}; {self.written} events, bystander "
+            f"p99 {self.p99 * 1000:.0f} ms, max {self.max * 1000:.0f} ms; "
+            f"newcomers connected in max {max(self.probes) * 1000:.0f} ms "
+            f"({len(self.probes)} of them)"
+        )
 
     def assert_contained(self, seconds):
         """No gap, no duplicate, p99 under 1 s, every newcomer in 2 s."""
@@ -118,23 +134,33 @@ def run(server, items, rng, bystanders, attacker_argv, seconds):
             n += 1
             started = time.monotonic()
             try:
-                client = WSClient(server.ws_url(), open_timeout=scaled(60),
-                                  source_address=(f"127.0.1.{n}", 0))
+                client = WSClient(
+                    server.ws_url(),
+                    open_timeout=scaled(60),
+                    source_address=(f"127.0.1.{n}", 0),
+                )
                 assert client.recv(timeout=60)["type"] == "hello"
                 probes.append(time.monotonic() - started)
                 client.close()
             except BaseException as exc:  # noqa: BLE001
                 failures.append(("newcomer", n, exc))
 
-    threads = [threading.Thread(target=read, args=(i, c),
-                                name=f"test-bystander-{i}")
-               for i, c in enumerate(bystanders)]
-    threads += [threading.Thread(target=write, name="test-writer"),
-                threading.Thread(target=probe, name="test-newcomers")]
+    threads = [
+        threading.Thread(target=read, args=(i, c), name=f"test-bystander-{i}")
+        for i, c in enumerate(bystanders)
+    ]
+    threads += [
+        threading.Thread(target=write, name="test-writer"),
+        threading.Thread(target=probe, name="test-newcomers"),
+    ]
     for thread in threads:
         thread.start()
-    attacker = subprocess.Popen([sys.executable, "-c", *attacker_argv],
-                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    attacker = subprocess.Popen(
+        [sys.executable, "-c", *attacker_argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     outcomes = {}
     try:
         out, _ = attacker.communicate(timeout=scaled(seconds + 90))
@@ -147,8 +173,12 @@ def run(server, items, rng, bystanders, attacker_argv, seconds):
         for thread in threads:
             thread.join(scaled(90))
     assert not any(t.is_alive() for t in threads), "test threads still running"
-    assert not failures, (failures[:3], outcomes, written[0],
-                          [len(got) for got in received])
+    assert not failures, (
+        failures[:3],
+        outcomes,
+        written[0],
+        [len(got) for got in received],
+    )
     report = Report(outcomes, written[0], received, probes)
     print("\n" + str(report))
     return report

@@ -17,8 +17,14 @@ from .helpers import Gunicorn, stable_port
 
 # Which tests a worker starts first (lower first; unlisted markers 3): the
 # longest, so that none of them starts last and holds up the end of the run.
-_FIRST = {"install": 0, "bench": 0, "heavy": 1, "capacity": 1, "timing": 1,
-          "browser": 2}
+_FIRST = {
+    "install": 0,
+    "bench": 0,
+    "heavy": 1,
+    "capacity": 1,
+    "timing": 1,
+    "browser": 2,
+}
 
 
 # Modules whose tests share module-scoped fixtures (a server and its
@@ -45,18 +51,28 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_addoption(parser):
-    parser.addini("slow_markers", type="args", default=[],
-                  help="markers of slow tests: each of their tests is also "
-                       "marked slow, so -m 'not slow' is the inner loop")
-    parser.addini("serial_markers", type="args", default=[],
-                  help="markers of tests that measure and so must run alone "
-                       "(see --serial-tests)")
-    parser.addoption("--serial-tests", choices=("include", "exclude", "only"),
-                     default="include",
-                     help="include (default), exclude or only run the tests "
-                          "with a serial_markers marker: python3 dev.py test "
-                          "runs 'exclude' on parallel workers, then 'only' "
-                          "in series")
+    parser.addini(
+        "slow_markers",
+        type="args",
+        default=[],
+        help="markers of slow tests: each of their tests is also "
+        "marked slow, so -m 'not slow' is the inner loop",
+    )
+    parser.addini(
+        "serial_markers",
+        type="args",
+        default=[],
+        help="markers of tests that measure and so must run alone (see --serial-tests)",
+    )
+    parser.addoption(
+        "--serial-tests",
+        choices=("include", "exclude", "only"),
+        default="include",
+        help="include (default), exclude or only run the tests "
+        "with a serial_markers marker: python3 dev.py test "
+        "runs 'exclude' on parallel workers, then 'only' "
+        "in series",
+    )
 
 
 def pytest_configure(config):
@@ -86,9 +102,11 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
     if hasattr(config, "workerinput"):  # on xdist workers: the longest first
-        kept.sort(key=lambda item: min(
-            [_FIRST.get(mark.name, 3) for mark in item.iter_markers()],
-            default=3))
+        kept.sort(
+            key=lambda item: min(
+                [_FIRST.get(mark.name, 3) for mark in item.iter_markers()], default=3
+            )
+        )
     items[:] = kept
 
 
@@ -105,12 +123,13 @@ def pytest_terminal_summary(terminalreporter, config):
     for reports in stats.values():
         for report in reports:
             if isinstance(report, pytest.TestReport):
-                took[report.nodeid] = (took.get(report.nodeid, 0.0)
-                                       + report.duration)
-    summary = {key: len(stats.get(key, ()))
-               for key in ("passed", "failed", "error", "skipped")}
-    summary["failures"] = sorted({report.nodeid for key in ("failed", "error")
-                                  for report in stats.get(key, ())})
+                took[report.nodeid] = took.get(report.nodeid, 0.0) + report.duration
+    summary = {
+        key: len(stats.get(key, ())) for key in ("passed", "failed", "error", "skipped")
+    }
+    summary["failures"] = sorted(
+        {report.nodeid for key in ("failed", "error") for report in stats.get(key, ())}
+    )
     summary["slowest"] = sorted(took.items(), key=lambda kv: -kv[1])[:30]
     with open(path, "w") as f:
         json.dump(summary, f)
@@ -120,8 +139,7 @@ def pytest_terminal_summary(terminalreporter, config):
 def mongo(tmp_path_factory):
     """One SecantusDB for the session (for each xdist worker), on a free
     port with its own data."""
-    server = EmbeddedMongo(str(tmp_path_factory.mktemp("secantus")),
-                           port=stable_port())
+    server = EmbeddedMongo(str(tmp_path_factory.mktemp("secantus")), port=stable_port())
     server.start()
     yield server
     server.stop()
@@ -132,8 +150,7 @@ def own_mongo(tmp_path):
     """A SecantusDB of this test's own, for tests that kill it: durable, so
     acknowledged writes survive kill -9. Its port is outside the ephemeral
     range, so a test beside it cannot take it while it is down."""
-    server = EmbeddedMongo(str(tmp_path / "data"), durable=True,
-                           port=stable_port())
+    server = EmbeddedMongo(str(tmp_path / "data"), durable=True, port=stable_port())
     server.start()
     yield server
     server.stop()
@@ -165,8 +182,7 @@ def gunicorn():
     """Factory: start real gunicorn servers; all are stopped at the end."""
     servers = []
 
-    def start(env, workers=1, args=(), ready=True, app="wsgi:app",
-              listen=True, **kw):
+    def start(env, workers=1, args=(), ready=True, app="wsgi:app", listen=True, **kw):
         server = Gunicorn(env, workers=workers, args=args, app=app, **kw)
         servers.append(server)
         return server.start(ready=ready, listen=listen)
@@ -187,14 +203,22 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), (
-        "the browser tests need Chromium: python3 dev.py test installs it")
+        "the browser tests need Chromium: python3 dev.py test installs it"
+    )
     with sync_playwright() as pw:
+
         def launch():
             return pw.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-quic",
-                      "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync"])
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
 
         browser = [launch()]
 

@@ -18,8 +18,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong,
-                            RejectConnection, Request, TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every timeout in the suite is multiplied by this, for slow machines.
@@ -33,6 +40,7 @@ TEST_SECRET_KEYS = "wsproxy-tests-only-secret-key"
 def sealer_for_tests():
     """The Sealer the test servers use, to make ids as they would."""
     from wsproxy.access.sealing import Sealer
+
     return Sealer([TEST_SECRET_KEYS])
 
 
@@ -48,8 +56,9 @@ def wait_for(predicate, timeout, what, interval=0.02):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout)}s waiting "
-                                 f"for {what}")
+            raise AssertionError(
+                f"timed out after {scaled(timeout)}s waiting for {what}"
+            )
         time.sleep(interval)
 
 
@@ -101,9 +110,13 @@ def stable_port(host="127.0.0.1"):
 def server_env(uri, db, coll, selection_ms=2000, **extra):
     """The environment most server tests start gunicorn with: one
     collection, and short timeouts so an outage surfaces in seconds."""
-    env = {"WSPROXY_MONGODB_URI": f"{uri}&serverSelectionTimeoutMS={selection_ms}",
-           "WSPROXY_WATCH": f"{db}.{coll}", "WSPROXY_MAX_AWAIT_MS": "100",
-           "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"}
+    env = {
+        "WSPROXY_MONGODB_URI": f"{uri}&serverSelectionTimeoutMS={selection_ms}",
+        "WSPROXY_WATCH": f"{db}.{coll}",
+        "WSPROXY_MAX_AWAIT_MS": "100",
+        "WSPROXY_BACKOFF_INITIAL": "0.1",
+        "WSPROXY_BACKOFF_MAX": "1",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -114,9 +127,17 @@ class Gunicorn:
     ``config`` None runs gunicorn without a config file; ``python`` and
     ``cwd`` serve an app from another environment and folder."""
 
-    def __init__(self, env=None, workers=1, args=(), app="wsgi:app",
-                 config="gunicorn.conf.py", python=sys.executable, cwd=ROOT,
-                 port=0):
+    def __init__(
+        self,
+        env=None,
+        workers=1,
+        args=(),
+        app="wsgi:app",
+        config="gunicorn.conf.py",
+        python=sys.executable,
+        cwd=ROOT,
+        port=0,
+    ):
         self.env = dict(os.environ)
         self.env.pop("WSPROXY_MONGODB_URI", None)
         self.env.pop("WSPROXY_EMBEDDED", None)
@@ -145,7 +166,8 @@ class Gunicorn:
         self.python = python
         self.cwd = cwd
         self.log = tempfile.NamedTemporaryFile(
-            prefix="wsproxy-gunicorn-", suffix=".log", delete=False)
+            prefix="wsproxy-gunicorn-", suffix=".log", delete=False
+        )
         self.process = None
         self.port = None
         # 0: any free port; a port another server had: its replacement.
@@ -165,19 +187,37 @@ class Gunicorn:
         """Start; wait until it listens (``listen``) and until /readyz is
         200 (``ready``). ``listen=False`` for a server expected to fail."""
         config = ["-c", self.config] if self.config else []
-        cmd = [self.python, "-m", "gunicorn", *config,
-               "-b", f"127.0.0.1:{self.bind_port}",
-               "--workers", str(self.workers),
-               *self.args, self.app]
+        cmd = [
+            self.python,
+            "-m",
+            "gunicorn",
+            *config,
+            "-b",
+            f"127.0.0.1:{self.bind_port}",
+            "--workers",
+            str(self.workers),
+            *self.args,
+            self.app,
+        ]
         self.process = subprocess.Popen(
-            cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=self.log,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            cmd,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self.log,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if not listen:
             return self
         match = wait_for(
-            lambda: self._exited() or re.search(
-                r"Listening at: http://127\.0\.0\.1:(\d+)", self.output()),
-            timeout, "gunicorn to listen")
+            lambda: (
+                self._exited()
+                or re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.output())
+            ),
+            timeout,
+            "gunicorn to listen",
+        )
         self.port = int(match.group(1))
         if ready:
             self.wait_ready(timeout)
@@ -187,12 +227,12 @@ class Gunicorn:
         if self.process.poll() is not None:
             raise AssertionError(
                 f"gunicorn exited with {self.process.returncode}:\n"
-                + self.output()[-3000:])
+                + self.output()[-3000:]
+            )
         return None
 
     def wait_ready(self, timeout=30):
-        wait_for(lambda: self._exited() or self._ready(), timeout,
-                 "/readyz to be 200")
+        wait_for(lambda: self._exited() or self._ready(), timeout, "/readyz to be 200")
 
     def _ready(self):
         try:
@@ -205,8 +245,11 @@ class Gunicorn:
     def wait_every_worker_ready(self, timeout=30):
         """Until each worker (by pid) has answered /readyz 200: its watcher
         is up, so it sees every write made after this."""
-        wait_for(lambda: len(self.worker_pids()) == self.workers, timeout,
-                 f"{self.workers} workers")
+        wait_for(
+            lambda: len(self.worker_pids()) == self.workers,
+            timeout,
+            f"{self.workers} workers",
+        )
         ready = set()
 
         def all_ready():
@@ -228,7 +271,8 @@ class Gunicorn:
         assert self.process.wait(scaled(15)) == 0
         took = time.monotonic() - started
         assert took < scaled(within), (
-            f"stopped after {took:.1f}s:\n{self.output()[-4000:]}")
+            f"stopped after {took:.1f}s:\n{self.output()[-4000:]}"
+        )
         assert "Traceback" not in self.output()
 
     def readyz(self):
@@ -237,8 +281,12 @@ class Gunicorn:
 
     def worker_pids(self):
         import psutil
-        return [c.pid for c in psutil.Process(self.process.pid).children()
-                if "gunicorn" in " ".join(c.cmdline())]
+
+        return [
+            c.pid
+            for c in psutil.Process(self.process.pid).children()
+            if "gunicorn" in " ".join(c.cmdline())
+        ]
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         self.log.close()
@@ -250,8 +298,10 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise AssertionError("gunicorn did not stop within "
-                                 f"{scaled(timeout)}s:\n{self.output()[-3000:]}")
+            raise AssertionError(
+                "gunicorn did not stop within "
+                f"{scaled(timeout)}s:\n{self.output()[-3000:]}"
+            ) from None
 
 
 class WSClient:
@@ -326,12 +376,17 @@ def refused(url, **kw):
 def raw_upgrade(port, headers, path="/ws"):
     """A WebSocket upgrade request written by hand, for headers no client
     library will send: (status, JSON reason or None)."""
-    base = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket",
-            "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    base = {
+        "Host": f"127.0.0.1:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     base.update(headers)
-    lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in base.items()
-                                        if v is not None]
+    lines = [f"GET {path} HTTP/1.1"] + [
+        f"{k}: {v}" for k, v in base.items() if v is not None
+    ]
     with socket.create_connection(("127.0.0.1", port)) as raw:
         raw.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         raw.settimeout(scaled(5))
@@ -349,6 +404,35 @@ def raw_upgrade(port, headers, path="/ws"):
         return status, None
 
 
+def open_connection(
+    environ,
+    *,
+    send_timeout,
+    subprotocols=None,
+    max_message_size=None,
+    frame_rate=1000,
+    frame_burst=1000,
+    compression=True,
+    read_in_handler=None,
+):
+    """A wsproxy connection accepted outside Flask, on the server end of a
+    socket pair: the path of a request to wsproxy's route (prepare, then
+    the handshake with wsproxy's options) without flask-sock's wrapper."""
+    from wsproxy.transport import websocket
+
+    pending = websocket.prepare(
+        environ,
+        send_timeout=send_timeout,
+        subprotocols=subprotocols,
+        max_message_size=max_message_size,
+        frame_rate=frame_rate,
+        frame_burst=frame_burst,
+        compression=compression,
+        read_in_handler=read_in_handler,
+    )
+    return websocket.Connection(websocket.accept(environ), pending)
+
+
 class RawPeer:
     """The browser's end of a WebSocket, on a plain socket, driven by
     wsproto. It reads only when told to, so it can play a tab that stopped
@@ -358,19 +442,20 @@ class RawPeer:
     send_request=False)`` is for a server built directly on the other end
     of a socket pair, handed ``peer.key`` in its environ."""
 
-    def __init__(self, sock, *, host="127.0.0.1", send_request=True,
-                 target="/ws"):
+    def __init__(self, sock, *, host="127.0.0.1", send_request=True, target="/ws"):
         self.sock = sock
         self.conn = WSConnection(ConnectionType.CLIENT)
         request = self.conn.send(Request(host=host, target=target))
-        self.key = next(line.split(":", 1)[1].strip()
-                        for line in request.decode().split("\r\n")
-                        if line.lower().startswith("sec-websocket-key"))
+        self.key = next(
+            line.split(":", 1)[1].strip()
+            for line in request.decode().split("\r\n")
+            if line.lower().startswith("sec-websocket-key")
+        )
         self.accepted = False
-        self.received = []   # text messages and ("pong", payload), in order
-        self.messages = []   # the text messages, parsed
+        self.received = []  # text messages and ("pong", payload), in order
+        self.messages = []  # the text messages, parsed
         self._partial = []
-        self.closed = None   # (code, reason) of the server's close frame
+        self.closed = None  # (code, reason) of the server's close frame
         self.eof = False
         if send_request:
             sock.sendall(request)
@@ -415,8 +500,7 @@ class RawPeer:
                     self._send(self.conn.send(event.response()))
             elif isinstance(event, Pong):
                 self.received.append(("pong", event.payload))
-            elif (isinstance(event, Ping)
-                  and self.conn.state is ConnectionState.OPEN):
+            elif isinstance(event, Ping) and self.conn.state is ConnectionState.OPEN:
                 self._send(self.conn.send(event.response()))
 
     def _send(self, data):
@@ -432,17 +516,19 @@ class RawPeer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.eof:
                 raise AssertionError(
-                    f"{'EOF' if self.eof else 'timed out'} waiting for {what}")
+                    f"{'EOF' if self.eof else 'timed out'} waiting for {what}"
+                )
             self.sock.settimeout(remaining)
             try:
                 self.feed(self.sock.recv(1 << 16))
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     def take(self, count, timeout=5.0):
         """The next ``count`` received items (texts, pongs), removed."""
-        self.read_until(lambda: len(self.received) >= count, timeout,
-                        f"{count} messages")
+        self.read_until(
+            lambda: len(self.received) >= count, timeout, f"{count} messages"
+        )
         taken, self.received = self.received[:count], self.received[count:]
         return taken
 
@@ -472,14 +558,15 @@ class TcpProxy:
         self.target_port = target_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.held = False          # refuse (close at once) new connections
+        self.held = False  # refuse (close at once) new connections
         # Guards _pairs, the live (client, upstream) socket pairs.
         self._lock = threading.Lock()
         self._pairs = []
         self._threads = []
         self._closed = False
-        self._accepting = threading.Thread(target=self._accept,
-                                           name="test-proxy-accept")
+        self._accepting = threading.Thread(
+            target=self._accept, name="test-proxy-accept"
+        )
         self._accepting.start()
 
     @property
@@ -501,16 +588,16 @@ class TcpProxy:
                 conn.close()
                 continue
             try:
-                upstream = socket.create_connection(
-                    ("127.0.0.1", self.target_port))
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
                 conn.close()
                 continue
             with self._lock:
                 self._pairs.append((conn, upstream))
             for a, b in ((conn, upstream), (upstream, conn)):
-                thread = threading.Thread(target=self._pump, args=(a, b),
-                                          name="test-proxy-pump", daemon=True)
+                thread = threading.Thread(
+                    target=self._pump, args=(a, b), name="test-proxy-pump", daemon=True
+                )
                 thread.start()
                 self._threads.append(thread)
 

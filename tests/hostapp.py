@@ -5,6 +5,7 @@ describes, served by the real gunicorn in the access tests."""
 import os
 
 from flask import Blueprint, Flask, jsonify, session
+from flask_sock import Sock
 
 from wsproxy import AccessDenied, Principal, WSProxy
 from wsproxy.access import bearer_token
@@ -15,21 +16,28 @@ DB = os.environ.get("HOSTAPP_DB", "hostapp")
 # Who each user or token may see.
 PRINCIPALS = {
     "admin": Principal("admin"),
-    "shop": Principal("shop", namespaces={f"{DB}.orders"},
-                      hide=["card", "customer.email"]),
+    "shop": Principal(
+        "shop", namespaces={f"{DB}.orders"}, hide=["card", "customer.email"]
+    ),
     "open-only": Principal("open-only", filter={"fullDocument.status": "open"}),
     # Granted an empty set of namespaces: nothing.
     "nothing": Principal("nothing", namespaces=set()),
     # The operator's row filter on a field it also hides.
-    "public": Principal("public", filter={"fullDocument.confidential":
-                                          {"$ne": True}},
-                        hide=["confidential"]),
+    "public": Principal(
+        "public",
+        filter={"fullDocument.confidential": {"$ne": True}},
+        hide=["confidential"],
+    ),
     # Never sees a document's key (its _id).
     "keyless": Principal("keyless", hide=["_id"]),
 }
-TOKENS = {"token-admin": "admin", "token-shop": "shop",
-          "token-nothing": "nothing", "token-public": "public",
-          "token-keyless": "keyless"}
+TOKENS = {
+    "token-admin": "admin",
+    "token-shop": "shop",
+    "token-nothing": "nothing",
+    "token-public": "public",
+    "token-keyless": "keyless",
+}
 
 proxy = WSProxy()
 
@@ -65,6 +73,21 @@ def create_app():
     @app.route("/")
     def home():
         return "the host app's own home page"
+
+    # The host's own Flask-Sock route, with the host's own server options
+    # (small messages, a "chat" subprotocol, a ping thread): none of them
+    # applies to wsproxy's route, and none of wsproxy's to this one.
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "max_message_size": 64,
+        "subprotocols": ["chat"],
+        "ping_interval": 25,
+    }
+    sock = Sock(app)
+
+    @sock.route("/echo")
+    def echo(ws):
+        while True:
+            ws.send(ws.receive())
 
     app.register_blueprint(account)
     proxy.init_app(app)

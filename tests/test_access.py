@@ -14,9 +14,15 @@ APP = "tests.hostapp:app"
 @pytest.fixture
 def host(mongo, namespace, gunicorn):
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
-                      app=APP)
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "HOSTAPP_DB": db,
+        },
+        app=APP,
+    )
     return server, db
 
 
@@ -28,8 +34,10 @@ def _login(server, user):
     assert status == 200
     # urllib drops the cookie; log in again to read it from the response.
     import urllib.request
-    with urllib.request.urlopen(server.url + f"/account/login/{user}",
-                                timeout=scaled(5)) as resp:
+
+    with urllib.request.urlopen(
+        server.url + f"/account/login/{user}", timeout=scaled(5)
+    ) as resp:
         return resp.headers["Set-Cookie"].split(";", 1)[0]
 
 
@@ -49,12 +57,36 @@ def test_the_host_app_keeps_its_own_routes(host):
     assert http_get(server.url + "/live")[0] == 200  # the page, moved
 
 
-@pytest.mark.parametrize("kw, status, reason", [
-    ({}, 401, "authentication required"),
-    ({"additional_headers": {"Authorization": "Bearer nope"}}, 403,
-     "unknown token"),
-    ({"subprotocols": ["bearer", "nope"]}, 403, "unknown token"),
-])
+def test_the_host_apps_own_sock_route_keeps_its_options(host):
+    # The host's route: its subprotocol and its 64-byte limit.
+    server, _ = host
+    echo = WSClient(server.ws_url().replace("/ws", "/echo"), subprotocols=["chat"])
+    assert echo.ws.subprotocol == "chat"
+    echo.ws.send("hello")
+    assert echo.ws.recv(timeout=scaled(5)) == "hello"
+    echo.ws.send("x" * 100)
+    assert echo.wait_closed()[0] == 1009
+    # wsproxy's route beside it: its own subprotocol and limit.
+    client = WSClient(server.ws_url(), subprotocols=["bearer", "token-admin"])
+    assert client.ws.subprotocol == "bearer"
+    assert client.recv()["type"] == "hello"
+    client.ws.send(json.dumps({"type": "ping", "pad": "x" * 1000}))
+    assert client.recv_type("pong")["type"] == "pong"
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "kw, status, reason",
+    [
+        ({}, 401, "authentication required"),
+        (
+            {"additional_headers": {"Authorization": "Bearer nope"}},
+            403,
+            "unknown token",
+        ),
+        ({"subprotocols": ["bearer", "nope"]}, 403, "unknown token"),
+    ],
+)
 def test_refusals_happen_before_the_upgrade(host, kw, status, reason):
     server, _ = host
     assert _refused(server.ws_url(), **kw) == (status, reason)
@@ -65,7 +97,9 @@ def test_a_logged_in_user_outside_the_table_is_forbidden(host):
     server, _ = host
     cookie = _login(server, "mallory")
     assert _refused(server.ws_url(), additional_headers={"Cookie": cookie}) == (
-        403, "user mallory may not watch changes")
+        403,
+        "user mallory may not watch changes",
+    )
 
 
 @pytest.mark.parametrize("how", ["cookie", "header", "query", "subprotocol"])
@@ -94,18 +128,32 @@ SECRET_EMAIL = "ada@secret.example"
 
 
 def test_a_partial_grant_sees_only_its_namespace_and_never_hidden_fields(
-        host, mongo_client):
+    host, mongo_client
+):
     server, db = host
     auth = {"additional_headers": {"Authorization": "Bearer token-shop"}}
     shop = WSClient(server.ws_url(), **auth)
     shop.recv()
     orders, users = mongo_client[db].orders, mongo_client[db].users
     users.insert_one({"_id": "u1", "email": SECRET_EMAIL})
-    orders.insert_one({"_id": 1, "status": "open", "card": {"number": SECRET_CARD},
-                       "customer": {"name": "Ada", "email": SECRET_EMAIL}})
-    orders.update_one({"_id": 1}, {"$set": {"card.number": SECRET_CARD,
-                                            "customer.email": SECRET_EMAIL,
-                                            "status": "paid"}})
+    orders.insert_one(
+        {
+            "_id": 1,
+            "status": "open",
+            "card": {"number": SECRET_CARD},
+            "customer": {"name": "Ada", "email": SECRET_EMAIL},
+        }
+    )
+    orders.update_one(
+        {"_id": 1},
+        {
+            "$set": {
+                "card.number": SECRET_CARD,
+                "customer.email": SECRET_EMAIL,
+                "status": "paid",
+            }
+        },
+    )
     orders.replace_one({"_id": 1}, {"status": "new", "card": SECRET_CARD})
     texts = _texts(shop, 3)
     events = [json.loads(t)["event"] for t in texts]
@@ -140,14 +188,17 @@ def test_filters_cannot_probe_hidden_fields(host, mongo_client):
     server, db = host
     auth = {"additional_headers": {"Authorization": "Bearer token-shop"}}
     probe = urllib.parse.urlencode(
-        {"filter": json.dumps({"fullDocument.card.number": SECRET_CARD})})
+        {"filter": json.dumps({"fullDocument.card.number": SECRET_CARD})}
+    )
     prober = WSClient(server.ws_url(probe), **auth)
     visible = urllib.parse.urlencode(
-        {"filter": json.dumps({"fullDocument.status": "open"})})
+        {"filter": json.dumps({"fullDocument.status": "open"})}
+    )
     honest = WSClient(server.ws_url(visible), **auth)
     prober.recv(), honest.recv()
     mongo_client[db].orders.insert_one(
-        {"_id": 9, "status": "open", "card": {"number": SECRET_CARD}})
+        {"_id": 9, "status": "open", "card": {"number": SECRET_CARD}}
+    )
     assert honest.recv_type("change")["event"]["documentKey"] == {"_id": 9}
     with pytest.raises(AssertionError, match="no message"):
         prober.recv_type("change", timeout=1)
@@ -156,11 +207,13 @@ def test_filters_cannot_probe_hidden_fields(host, mongo_client):
 
 def test_a_principal_filter_always_applies(host, mongo_client):
     server, db = host
-    client = WSClient(server.ws_url(), additional_headers={
-        "Cookie": _login(server, "open-only")})
+    client = WSClient(
+        server.ws_url(), additional_headers={"Cookie": _login(server, "open-only")}
+    )
     client.recv()
     mongo_client[db].orders.insert_many(
-        [{"_id": i, "status": s} for i, s in enumerate(["paid", "open", "late"])])
+        [{"_id": i, "status": s} for i, s in enumerate(["paid", "open", "late"])]
+    )
     assert client.recv_type("change")["event"]["documentKey"] == {"_id": 1}
     client.close()
 
@@ -169,7 +222,9 @@ def test_asking_for_a_namespace_outside_the_grant_is_forbidden(host):
     server, db = host
     auth = {"additional_headers": {"Authorization": "Bearer token-shop"}}
     assert _refused(server.ws_url(f"ns={db}.users"), **auth) == (
-        403, f"ns: {db}.users is not granted")
+        403,
+        f"ns: {db}.users is not granted",
+    )
 
 
 def test_origin_check(mongo, namespace, gunicorn):
@@ -179,11 +234,13 @@ def test_origin_check(mongo, namespace, gunicorn):
     own_origin = f"http://127.0.0.1:{same.port}"
     WSClient(same.ws_url(), origin=own_origin).close()
     assert _refused(same.ws_url(), origin="https://evil.example") == (
-        403, "origin https://evil.example is not allowed")
-    listed = gunicorn(dict(env, WSPROXY_ALLOWED_ORIGINS="https://app.example, "
-                                                        "https://admin.example"))
+        403,
+        "origin https://evil.example is not allowed",
+    )
+    listed = gunicorn(
+        dict(env, WSPROXY_ALLOWED_ORIGINS="https://app.example, https://admin.example")
+    )
     WSClient(listed.ws_url(), origin="https://admin.example").close()
     assert _refused(listed.ws_url(), origin="https://evil.example")[0] == 403
     # Listing origins replaces same-origin, it does not add to it.
-    assert _refused(listed.ws_url(),
-                    origin=f"http://127.0.0.1:{listed.port}")[0] == 403
+    assert _refused(listed.ws_url(), origin=f"http://127.0.0.1:{listed.port}")[0] == 403

@@ -47,18 +47,22 @@ print(len(re.findall(rb'<heap nr="', ctypes.string_at(buf, size.value))))
 
 def _arenas(mode, tmp_path, **env):
     done = subprocess.run(
-        [sys.executable, "-c", COUNT_ARENAS, mode], cwd=ROOT,
-        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin",
-             **env},
-        capture_output=True, text=True, timeout=scaled(60))
+        [sys.executable, "-c", COUNT_ARENAS, mode],
+        cwd=ROOT,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
-                    reason="malloc arenas are glibc's")
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's"
+)
 def test_the_packaged_post_fork_limits_malloc_arenas_to_two(tmp_path):
-    assert _arenas("none", tmp_path) >= 8       # an arena per thread
+    assert _arenas("none", tmp_path) >= 8  # an arena per thread
     assert _arenas("hook", tmp_path) == 2
     # The operator's MALLOC_ARENA_MAX is left as it is.
     assert _arenas("hook", tmp_path, MALLOC_ARENA_MAX="3") == 3

@@ -16,8 +16,7 @@ from .helpers import ROOT, scaled
 
 # The smoke run: every server and code path of --quick (clients 1,10, 2 s),
 # at one client count and for 1 s; the numbers are not what is tested.
-SMOKE = ["--clients", "10", "--duration", "1", "--warmup", "0.3",
-         "--procs", "2"]
+SMOKE = ["--clients", "10", "--duration", "1", "--warmup", "0.3", "--procs", "2"]
 
 
 @pytest.mark.bench
@@ -25,7 +24,11 @@ def test_quick_benchmark_runs_all_three_servers_without_loss(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", *SMOKE, "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ratios" in result.stdout
     report = json.loads(out.read_text())
@@ -43,9 +46,22 @@ def test_quick_benchmark_runs_all_three_servers_without_loss(tmp_path):
 def test_tenant_benchmark_delivers_each_event_to_its_tenant_alone(tmp_path):
     out = tmp_path / "tenants.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", *SMOKE, "--tenants", "--servers",
-         "wsproxy", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            *SMOKE,
+            "--tenants",
+            "--servers",
+            "wsproxy",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "every event is for exactly one client" in result.stdout
     [run] = json.loads(out.read_text())["results"]
@@ -70,17 +86,36 @@ def test_a_tenant_client_knows_its_last_seq():
 
 # The deflate clients against both of wsproxy's compression stages, the
 # uncompressed reference and the per-connection baseline.
-COMPRESSION_SERVERS = ("wsproxy-off", "wsproxy-independent", "wsproxy-shared",
-                       "websockets-deflate")
+COMPRESSION_SERVERS = (
+    "wsproxy-off",
+    "wsproxy-independent",
+    "wsproxy-shared",
+    "websockets-deflate",
+)
 
 
 @pytest.mark.bench
 def test_quick_compression_benchmark_counts_wire_bytes_without_loss(tmp_path):
     out = tmp_path / "compression.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", *SMOKE, "--deflate", "--mix", "demo",
-         "--servers", ",".join(COMPRESSION_SERVERS), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            *SMOKE,
+            "--deflate",
+            "--mix",
+            "demo",
+            "--servers",
+            ",".join(COMPRESSION_SERVERS),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "compression (clients offer permessage-deflate: yes" in result.stdout
     report = json.loads(out.read_text())
@@ -109,16 +144,20 @@ def test_quick_compression_benchmark_counts_wire_bytes_without_loss(tmp_path):
 def test_change_seq_t_takes_each_events_own_seq():
     # An update's looked-up document may hold a later write: updatedFields
     # (after it) is the event's own.
-    update = ('{"event": {"fullDocument": {"seq": 9, "t": 2.5}, "updateDescription": '
-              '{"updatedFields": {"revision": 1, "seq": 5, "t": 1.5}}}}')
+    update = (
+        '{"event": {"fullDocument": {"seq": 9, "t": 2.5}, "updateDescription": '
+        '{"updatedFields": {"revision": 1, "seq": 5, "t": 1.5}}}}'
+    )
     assert wire.change_seq_t(update) == (5, 1.5)
     assert wire.change_seq_t(update.encode()) == (5, 1.5)
     key = mix.delete_key(4242, b"\x01" * 5)
-    delete = ('{"type": "change", "id": "x", "event": {"operationType": "delete", '
-              '"clusterTime": {"$timestamp": {"t": 1, "i": 2}}, '
-              '"wallTime": {"$date": "2026-11-28T02:40:51.348Z"}, '
-              '"ns": {"db": "bench", "coll": "events"}, '
-              '"documentKey": {"_id": {"$oid": "%s"}}}}' % key)
+    delete = (
+        '{"type": "change", "id": "x", "event": {"operationType": "delete", '
+        '"clusterTime": {"$timestamp": {"t": 1, "i": 2}}, '
+        '"wallTime": {"$date": "2026-11-28T02:40:51.348Z"}, '
+        '"ns": {"db": "bench", "coll": "events"}, '
+        '"documentKey": {"_id": {"$oid": "' + str(key) + '"}}}}'
+    )
     seq, t = wire.change_seq_t(delete.encode())
     assert seq == 4242 and t == pytest.approx(1795833651.348)
     assert wire.change_seq_t(b'{"type": "hello"}') is None
@@ -127,8 +166,9 @@ def test_change_seq_t_takes_each_events_own_seq():
 def test_demo_mix_plan_deletes_only_live_documents():
     ops = mix.plan(2000, random.Random(1))
     kinds = [kind for kind, _ in ops]
-    assert all(kinds.count(k) for k in (mix.INSERT, mix.UPDATE, mix.REPLACE,
-                                        mix.DELETE))
+    assert all(
+        kinds.count(k) for k in (mix.INSERT, mix.UPDATE, mix.REPLACE, mix.DELETE)
+    )
     live = set()
     for seq, (kind, target) in enumerate(ops):
         if kind == mix.INSERT:
@@ -143,10 +183,13 @@ def test_demo_mix_plan_deletes_only_live_documents():
 def test_idcost_stage_2_frames_are_wsproxys_and_inflate_in_order():
     # bench.idcost measures stage 2 with wsproxy's own SharedContext: its
     # frames must read back, in order, through one decompressor.
-    texts = ['{"type": "change", "id": "", "event": {"operationType": '
-             '"insert", "n": %d}}' % n for n in range(150)]
+    texts = [
+        '{"type": "change", "id": "", "event": {"operationType": '
+        f'"insert", "n": {n}}}}}'
+        for n in range(150)
+    ]
     inflater = zlib.decompressobj(-idcost.WINDOW_BITS)
-    for text, frame in zip(texts, idcost.shared_frames(texts)):
+    for text, frame in zip(texts, idcost.shared_frames(texts), strict=True):
         assert frame[0] & 0x40 and frame[1] < 126  # compressed, short header
         body = frame[2:] + b"\x00\x00\xff\xff"
         assert inflater.decompress(body).decode() == text
@@ -156,11 +199,34 @@ def test_idcost_stage_2_frames_are_wsproxys_and_inflate_in_order():
 def test_quick_snapshot_benchmark_runs_without_loss(tmp_path):
     out = tmp_path / "snapshot.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.snapshot", "--docs", "2500",
-         "--clients", "4", "--snapshotters", "2", "--duration", "3",
-         "--warmup", "0.5", "--ramp", "0.5", "--repeats", "2", "--procs", "2",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(180))
+        [
+            sys.executable,
+            "-m",
+            "bench.snapshot",
+            "--docs",
+            "2500",
+            "--clients",
+            "4",
+            "--snapshotters",
+            "2",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+            "--ramp",
+            "0.5",
+            "--repeats",
+            "2",
+            "--procs",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(180),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ratio B/A" in result.stdout
     report = json.loads(out.read_text())
@@ -208,11 +274,34 @@ def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
     out = tmp_path / "burst.json"
     clients, burst = 10, 500
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--clients", str(clients),
-         "--servers", "wsproxy,websockets", "--burst", str(burst),
-         "--warmup", "0.3", "--procs", "2", "--mass-disconnect", "--sigterm",
-         "--stall-before", "1", "--stall-window", "1.5", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--clients",
+            str(clients),
+            "--servers",
+            "wsproxy,websockets",
+            "--burst",
+            str(burst),
+            "--warmup",
+            "0.3",
+            "--procs",
+            "2",
+            "--mass-disconnect",
+            "--sigterm",
+            "--stall-before",
+            "1",
+            "--stall-window",
+            "1.5",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "mass disconnect and SIGTERM" in result.stdout
     assert "wsproxy beside the asyncio websockets baseline" in result.stdout
@@ -227,7 +316,8 @@ def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
         assert run["dropped_conns"] == 0, run
         assert run["offered_msgs_per_s"] is None and run["msgs_per_s"] > 0
         assert run["cpu_s_per_100k"] == pytest.approx(
-            run["cpu_s"] / run["received"] * 1e5)
+            run["cpu_s"] / run["received"] * 1e5
+        )
         assert run["threads_connected"] >= run["threads_idle"] > 0, run
         # The bystander saw events before and after the kill, lost none.
         assert run["disconnect_killed"] == clients, run
@@ -235,8 +325,9 @@ def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
         assert run["bystander_events_after"] > 0, run
         assert run["bystander_lost"] == 0 and run["bystander_dups"] == 0, run
         assert isinstance(run["stall_ms"], float), run
-        assert run["bystander_max_after_ms"] - run["bystander_p50_before_ms"] \
-            == pytest.approx(run["stall_ms"])
+        assert run["bystander_max_after_ms"] - run[
+            "bystander_p50_before_ms"
+        ] == pytest.approx(run["stall_ms"])
         # SIGTERM with clients connected ended the server without SIGKILL.
         assert run["sigterm_clients"] == clients, run
         assert run["sigterm_stop"] == "terminated", run
@@ -250,18 +341,27 @@ def test_burst_mass_disconnect_and_sigterm_report_the_issues_figures(tmp_path):
     assert ws["disconnect_gone_s"] >= 0 and base["disconnect_gone_s"] is None
     assert base["cpu_per_msg_vs_asyncio"] == base["p99_vs_asyncio"] == 1.0
     assert ws["cpu_per_msg_vs_asyncio"] == pytest.approx(
-        ws["cpu_us_per_msg"] / base["cpu_us_per_msg"])
+        ws["cpu_us_per_msg"] / base["cpu_us_per_msg"]
+    )
 
 
 def test_disconnect_summary_splits_the_bystanders_events_at_the_kill():
     from bench.report import disconnect_summary
 
     # Seqs 100..105 sent a second apart; the kill at t=102.5.
-    raw = {"t_kill": 102.5, "sent_at": [100.0 + i for i in range(6)],
-           "seq_base": 100, "seqs": [100, 101, 102, 103, 104, 105],
-           "lat_ms": [4.0, 6.0, 900.0, 350.0, 5.0, 5.0], "writes": 7,
-           "dups": 0, "closed": 0, "killed": 1000, "gone_s": 0.4,
-           "cpu_s": 0.2}
+    raw = {
+        "t_kill": 102.5,
+        "sent_at": [100.0 + i for i in range(6)],
+        "seq_base": 100,
+        "seqs": [100, 101, 102, 103, 104, 105],
+        "lat_ms": [4.0, 6.0, 900.0, 350.0, 5.0, 5.0],
+        "writes": 7,
+        "dups": 0,
+        "closed": 0,
+        "killed": 1000,
+        "gone_s": 0.4,
+        "cpu_s": 0.2,
+    }
     s = disconnect_summary(raw)
     # Seq 102 was sent before the kill but received at 102.9: after it.
     assert s["bystander_events_before"] == 2 and s["bystander_events_after"] == 4
@@ -281,11 +381,29 @@ def test_the_send_floor_is_measured():
 @pytest.mark.bench
 def test_the_arena_benchmark_reports_both_configs():
     done = subprocess.run(
-        [sys.executable, "-m", "bench.arenas", "--clients", "2",
-         "--at-once", "2", "--docs", "50", "--rounds", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(180))
+        [
+            sys.executable,
+            "-m",
+            "bench.arenas",
+            "--clients",
+            "2",
+            "--at-once",
+            "2",
+            "--docs",
+            "50",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(180),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines()
-            if line.startswith("| glibc default")
-            or line.startswith("| wsproxy.gunicorn (2 arenas)")]
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("| glibc default")
+        or line.startswith("| wsproxy.gunicorn (2 arenas)")
+    ]
     assert len(rows) == 2, done.stdout

@@ -11,20 +11,27 @@ from bson import ObjectId
 
 from .helpers import ROOT, TcpProxy, scaled, server_env
 
-ARTIFACTS = pathlib.Path(os.environ.get("WSPROXY_TEST_ARTIFACTS",
-                                        ROOT / "test-artifacts"))
+ARTIFACTS = pathlib.Path(
+    os.environ.get("WSPROXY_TEST_ARTIFACTS", ROOT / "test-artifacts")
+)
 
 
 def _row(key):
-    return f'.event-row[data-key=\'{json.dumps({"$oid": str(key)}, separators=(",", ":"))}\']'
+    data_key = json.dumps({"$oid": str(key)}, separators=(",", ":"))
+    return f".event-row[data-key='{data_key}']"
 
 
 def test_page_shows_changes_live_and_after_a_network_cut(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": f"{db}.{coll}",
-                       "WSPROXY_MAX_AWAIT_MS": "100"})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+        }
+    )
     proxy = TcpProxy(server.port)
     page = browser_page
     try:
@@ -40,34 +47,38 @@ def test_page_shows_changes_live_and_after_a_network_cut(
         # The network goes away; changes happen meanwhile; it comes back.
         proxy.held = True
         proxy.cut()
-        page.wait_for_selector("body[data-state=reconnecting]",
-                               timeout=scaled(10000))
+        page.wait_for_selector("body[data-state=reconnecting]", timeout=scaled(10000))
         missed = [ObjectId() for _ in range(3)]
         items.insert_many([{"_id": k, "status": "late"} for k in missed])
         items.update_one({"_id": first}, {"$set": {"status": "paid"}})
         proxy.held = False
         for key in missed:
             page.wait_for_selector(_row(key), timeout=scaled(35000))
-        page.wait_for_selector(
-            f'{_row(first)}[data-op=update]', timeout=scaled(5000))
+        page.wait_for_selector(f"{_row(first)}[data-op=update]", timeout=scaled(5000))
         page.wait_for_selector("body[data-state=live]", timeout=scaled(5000))
         # Resumed without loss: no reset, every row exactly once.
         assert page.locator("#reset-banner").is_hidden()
         ids = page.eval_on_selector_all(
-            ".event-row", "rows => rows.map(r => r.dataset.id)")
+            ".event-row", "rows => rows.map(r => r.dataset.id)"
+        )
         assert len(ids) == len(set(ids)) == 5
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "browser-live-page.png"),
-                        full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-live-page.png"), full_page=True)
     finally:
         proxy.close()
 
 
 def test_page_subscription_controls_become_the_websocket_subscription(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": db, "WSPROXY_MAX_AWAIT_MS": "100"})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+        }
+    )
     page = browser_page
     # A link can preset the view: only deletes in db.coll.
     page.goto(server.url + f"/?ns={db}.{coll}&ops=delete")
@@ -79,10 +90,10 @@ def test_page_subscription_controls_become_the_websocket_subscription(
     mongo_client[db].other.insert_one({"_id": gone})
     mongo_client[db].other.delete_one({"_id": gone})
     items.delete_one({"_id": gone})
-    page.wait_for_selector(f"{_row(gone)}[data-op=delete]",
-                           timeout=scaled(2000))
+    page.wait_for_selector(f"{_row(gone)}[data-op=delete]", timeout=scaled(2000))
     rows = page.eval_on_selector_all(
-        ".event-row", "rows => rows.map(r => [r.dataset.op, r.dataset.ns])")
+        ".event-row", "rows => rows.map(r => [r.dataset.op, r.dataset.ns])"
+    )
     # The inserts and the other collection's delete were never sent.
     assert rows == [["delete", f"{db}.{coll}"]]
 
@@ -96,8 +107,7 @@ COUNT_SOCKETS = """(() => {
 })()"""
 
 
-def test_page_says_when_the_database_is_away(own_mongo, gunicorn,
-                                             browser_page):
+def test_page_says_when_the_database_is_away(own_mongo, gunicorn, browser_page):
     server = gunicorn(server_env(own_mongo.uri, "shop", "orders"))
     page = browser_page
     page.goto(server.url + "/")
@@ -120,8 +130,9 @@ def test_page_says_when_the_database_is_away(own_mongo, gunicorn,
     assert not page.script_errors
 
 
-def test_page_shows_the_servers_refusal_and_stops(mongo, namespace, gunicorn,
-                                                  browser_page):
+def test_page_shows_the_servers_refusal_and_stops(
+    mongo, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     page = browser_page
@@ -146,7 +157,8 @@ def test_page_shows_the_servers_refusal_and_stops(mongo, namespace, gunicorn,
 
 
 def test_page_changes_its_subscription_without_clearing_or_reconnecting(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     page = browser_page
@@ -167,11 +179,11 @@ def test_page_changes_its_subscription_without_clearing_or_reconnecting(
     second = ObjectId()
     items.insert_one({"_id": second})
     items.delete_one({"_id": second})
-    page.wait_for_selector(f"{_row(second)}[data-op=delete]",
-                           timeout=scaled(5000))
+    page.wait_for_selector(f"{_row(second)}[data-op=delete]", timeout=scaled(5000))
     rows = page.eval_on_selector_all(
-        ".event-row", "rows => rows.map(r => r.dataset.op)")
-    assert rows == ["delete", "insert"]          # the list was kept
+        ".event-row", "rows => rows.map(r => r.dataset.op)"
+    )
+    assert rows == ["delete", "insert"]  # the list was kept
     assert page.evaluate("[wsAttempts, wsproxy.feed.stats.connections]") == [1, 1]
     # A subscription the server refuses leaves the old one in effect.
     page.fill("#f-ns", "elsewhere")
@@ -185,15 +197,17 @@ def test_page_changes_its_subscription_without_clearing_or_reconnecting(
 
 
 def test_page_counts_deletes_and_shows_leaves_of_a_filtered_feed(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     """A plain feed with a filter on document fields (issue 21): a delete
     of a document it was sent is counted, and a document that stops
     matching shows as a leave ("left the filter"), counted apart."""
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     page = browser_page
-    page.goto(server.url + "/?filter=" + urllib.parse.quote(
-        '{"fullDocument.status": "open"}'))
+    page.goto(
+        server.url + "/?filter=" + urllib.parse.quote('{"fullDocument.status": "open"}')
+    )
     page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
     items = mongo_client[db][coll]
     first, second, never, marker = (ObjectId() for _ in range(4))
@@ -213,10 +227,17 @@ def test_page_counts_deletes_and_shows_leaves_of_a_filtered_feed(
     items.delete_one({"_id": never})
     items.insert_one({"_id": marker, "status": "open"})
     page.wait_for_selector(_row(marker), timeout=scaled(5000))
-    counts = {k: page.inner_text(f"#count-{k}")
-              for k in ("insert", "update", "delete", "leave", "total")}
-    assert counts == {"insert": "3", "update": "0", "delete": "1",
-                      "leave": "1", "total": "4"}
+    counts = {
+        k: page.inner_text(f"#count-{k}")
+        for k in ("insert", "update", "delete", "leave", "total")
+    }
+    assert counts == {
+        "insert": "3",
+        "update": "0",
+        "delete": "1",
+        "leave": "1",
+        "total": "4",
+    }
     assert page.locator(_row(never)).count() == 0
     # Its detail is the leave message itself.
     page.click(left)
@@ -226,11 +247,18 @@ def test_page_counts_deletes_and_shows_leaves_of_a_filtered_feed(
 
 
 def test_page_passes_a_token_and_keeps_it_out_of_history(
-        mongo, namespace, gunicorn, browser_page):
+    mongo, namespace, gunicorn, browser_page
+):
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
-                      app="tests.hostapp:app")
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "HOSTAPP_DB": db,
+        },
+        app="tests.hostapp:app",
+    )
     page = browser_page
     page.goto(server.url + "/live")
     page.wait_for_selector("body[data-state=closed]", timeout=scaled(10000))
@@ -251,8 +279,9 @@ def test_page_passes_a_token_and_keeps_it_out_of_history(
     assert not page.script_errors
 
 
-def test_page_reload_resumes_where_it_was(mongo, mongo_client, namespace,
-                                         gunicorn, browser_page):
+def test_page_reload_resumes_where_it_was(
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     page = browser_page
@@ -269,7 +298,7 @@ def test_page_reload_resumes_where_it_was(mongo, mongo_client, namespace,
     page.goto(server.url + "/")
     for key in missed:
         page.wait_for_selector(_row(key), timeout=scaled(5000))
-    assert page.locator(_row(seen)).count() == 0   # not replayed
+    assert page.locator(_row(seen)).count() == 0  # not replayed
     assert page.get_attribute("body", "data-resume") == "history"
     assert not page.script_errors
 

@@ -36,10 +36,22 @@ LABELS_UNTIL = 3500
 
 CUSTOMERS = ["ada", "grace", "linus", "margaret", "ken", "barbara"]
 STATUSES = ["open", "paid", "shipped", "late"]
-PRODUCTS = ["Espresso beans 1 kg", "Milk jug", "Tamper 58 mm", "Grinder burrs",
-            "Descaler", "Cup set (6)", "Knock box", "Scale with timer"]
-CITIES = [("Lyon", "69002", "FR"), ("Leeds", "LS1 4DY", "GB"),
-          ("Porto", "4050-262", "PT"), ("Ghent", "9000", "BE")]
+PRODUCTS = [
+    "Espresso beans 1 kg",
+    "Milk jug",
+    "Tamper 58 mm",
+    "Grinder burrs",
+    "Descaler",
+    "Cup set (6)",
+    "Knock box",
+    "Scale with timer",
+]
+CITIES = [
+    ("Lyon", "69002", "FR"),
+    ("Leeds", "LS1 4DY", "GB"),
+    ("Porto", "4050-262", "PT"),
+    ("Ghent", "9000", "BE"),
+]
 
 # Two subscriptions the browser sockets switch between. The final event
 # (see _operations) matches both, so every socket ends on it.
@@ -67,19 +79,29 @@ def _operations(rng):
         created = now + datetime.timedelta(seconds=seq)
         if seq == EVENTS - 1 or len(live) < 20 or roll < 0.7:
             city, postcode, country = rng.choice(CITIES)
-            lines = [{"sku": f"SKU-{rng.randint(1, 40):03d}",
-                      "name": rng.choice(PRODUCTS), "qty": rng.randint(1, 4),
-                      "price": Decimal128(f"{rng.randint(150, 9999) / 100:.2f}")}
-                     for _ in range(rng.randint(1, 6))]
+            lines = [
+                {
+                    "sku": f"SKU-{rng.randint(1, 40):03d}",
+                    "name": rng.choice(PRODUCTS),
+                    "qty": rng.randint(1, 4),
+                    "price": Decimal128(f"{rng.randint(150, 9999) / 100:.2f}"),
+                }
+                for _ in range(rng.randint(1, 6))
+            ]
             order = {
-                "_id": f"SO-{100000 + seq}", "seq": seq,
+                "_id": f"SO-{100000 + seq}",
+                "seq": seq,
                 "customer": "ada" if seq == EVENTS - 1 else rng.choice(CUSTOMERS),
-                "status": "open", "currency": "EUR",
+                "status": "open",
+                "currency": "EUR",
                 "total": Decimal128(f"{rng.randint(500, 99999) / 100:.2f}"),
                 "items": lines,
-                "shipping": {"street": f"{rng.randint(1, 200)} Rue Exemple",
-                             "city": city, "postcode": postcode,
-                             "country": country},
+                "shipping": {
+                    "street": f"{rng.randint(1, 200)} Rue Exemple",
+                    "city": city,
+                    "postcode": postcode,
+                    "country": country,
+                },
                 "created": created,
             }
             if seq < LABELS_UNTIL:
@@ -89,10 +111,19 @@ def _operations(rng):
             ops.append(InsertOne(order))
             live.append(order["_id"])
         elif roll < 0.95:
-            ops.append(UpdateOne({"_id": rng.choice(live)}, {
-                "$set": {"status": rng.choice(STATUSES), "seq": seq,
-                         "updated": created},
-                "$inc": {"revision": 1}}))
+            ops.append(
+                UpdateOne(
+                    {"_id": rng.choice(live)},
+                    {
+                        "$set": {
+                            "status": rng.choice(STATUSES),
+                            "seq": seq,
+                            "updated": created,
+                        },
+                        "$inc": {"revision": 1},
+                    },
+                )
+            )
         else:
             ops.append(DeleteOne({"_id": live.pop(rng.randrange(len(live)))}))
     return ops
@@ -104,8 +135,13 @@ class Reference(threading.Thread):
 
     def __init__(self, server):
         super().__init__(name="test-reference", daemon=True)
-        self.ws = connect(server.ws_url(), legacy=True, compression=None,
-                          open_timeout=scaled(10), max_size=None)
+        self.ws = connect(
+            server.ws_url(),
+            legacy=True,
+            compression=None,
+            open_timeout=scaled(10),
+            max_size=None,
+        )
         assert self.ws.response.headers.get("Sec-WebSocket-Extensions") is None
         # After hello the connection is in the live feed: it gets every
         # event written from now on.
@@ -160,14 +196,18 @@ class Writer(threading.Thread):
         return len(self.reference.order) >= start and all(
             seq >= start - self.LAG
             for name, seq in list(self.browser_seen.items())
-            if name not in self.stalling)
+            if name not in self.stalling
+        )
 
     def run(self):
         try:
             for start in range(0, EVENTS, CHUNK):
-                wait_for(lambda start=start: self._caught_up(start), 30,
-                         "the reference and the browser sockets")
-                self.items.bulk_write(self.operations[start:start + CHUNK])
+                wait_for(
+                    lambda start=start: self._caught_up(start),
+                    30,
+                    "the reference and the browser sockets",
+                )
+                self.items.bulk_write(self.operations[start : start + CHUNK])
                 self.written = start + CHUNK
         except Exception as exc:  # noqa: BLE001 - surfaced by the test
             self.error = exc
@@ -292,7 +332,9 @@ class Follower {
 }
 """
 
-WORKER_JS = FOLLOWER_JS + r"""
+WORKER_JS = (
+    FOLLOWER_JS
+    + r"""
 let follower;
 onmessage = (event) => {
   if (event.data === "finish") {
@@ -302,8 +344,12 @@ onmessage = (event) => {
   follower = new Follower(event.data, (record) => postMessage(record));
 };
 """
+)
 
-PAGE_JS = FOLLOWER_JS + f"const WORKER_SOURCE = {json.dumps(WORKER_JS)};" + r"""
+PAGE_JS = (
+    FOLLOWER_JS
+    + f"const WORKER_SOURCE = {json.dumps(WORKER_JS)};"
+    + r"""
 window.harness = {
   records: [],   // [name, kind, ...], in the order they happened per socket
   sockets: [],
@@ -332,11 +378,13 @@ window.harness = {
   },
 };
 """
+)
 
 
 def _plans(rng):
     """Each browser socket: when it joins (events written) and what it
     does at which events (by seq)."""
+
     def moments(count, low, high):
         return sorted(rng.sample(range(low, high), count))
 
@@ -347,18 +395,33 @@ def _plans(rng):
         # Joins first and stalls soon, so the labelled messages still to
         # come are enough to fill the buffers of a socket that stopped
         # reading.
-        {"name": "staller", "join": rng.randrange(0, 150), "worker": True,
-         "plan": [[rng.randrange(250, 400), "stall"]]},
+        {
+            "name": "staller",
+            "join": rng.randrange(0, 150),
+            "worker": True,
+            "plan": [[rng.randrange(250, 400), "stall"]],
+        },
         {"name": "steady", "join": rng.randrange(0, 800), "plan": []},
-        {"name": "resumer", "join": rng.randrange(0, 800),
-         "plan": [[seq, "resume"] for seq in moments(8, 900, 4800)]},
+        {
+            "name": "resumer",
+            "join": rng.randrange(0, 800),
+            "plan": [[seq, "resume"] for seq in moments(8, 900, 4800)],
+        },
         # Two that switch subscription at the same events: in step, they
         # share a context again from the next reset on. One on its own.
-        *({"name": f"switcher{i}", "join": rng.randrange(200, 1000),
-           "plan": [[s1, some], [s2, everything], [s3, some]]}
-          for i in range(2)),
-        {"name": "switcher-alone", "join": rng.randrange(200, 1000),
-         "plan": [[a1, some], [a2, everything]]},
+        *(
+            {
+                "name": f"switcher{i}",
+                "join": rng.randrange(200, 1000),
+                "plan": [[s1, some], [s2, everything], [s3, some]],
+            }
+            for i in range(2)
+        ),
+        {
+            "name": "switcher-alone",
+            "join": rng.randrange(200, 1000),
+            "plan": [[a1, some], [a2, everything]],
+        },
         {"name": "latecomer", "join": rng.randrange(2500, 3500), "plan": []},
     ]
 
@@ -368,13 +431,16 @@ def _same_text(name, change_id, text, expected, before):
     if not, where the texts part and what the socket saw just before."""
     if text == expected:
         return
-    at = next((i for i, (a, b) in enumerate(zip(text, expected, strict=False))
-               if a != b), min(len(text), len(expected)))
+    at = next(
+        (i for i, (a, b) in enumerate(zip(text, expected, strict=False)) if a != b),
+        min(len(text), len(expected)),
+    )
     seen = [r if r[0] != "change" else ("change", r[2]) for r in before]
     raise AssertionError(
         f"{name}: {change_id} inflated to other text at {at}: "
-        f"got {text[max(0, at - 120):at + 120]!r}, "
-        f"sent {expected[max(0, at - 120):at + 120]!r}; after {seen}")
+        f"got {text[max(0, at - 120) : at + 120]!r}, "
+        f"sent {expected[max(0, at - 120) : at + 120]!r}; after {seen}"
+    )
 
 
 def _check_socket(name, records, reference, events):
@@ -411,8 +477,13 @@ def _check_socket(name, records, reference, events):
             change_id, _, text = rest
             assert change_id in position, (name, "an id the reference never got")
             # Chromium inflated it to exactly what was sent uncompressed.
-            _same_text(name, change_id, text, reference.texts[change_id],
-                       records[max(0, index - 12):index])
+            _same_text(
+                name,
+                change_id,
+                text,
+                reference.texts[change_id],
+                records[max(0, index - 12) : index],
+            )
             positions.append(position[change_id])
             steps.append(("change", position[change_id]))
         elif kind == "close":
@@ -433,26 +504,39 @@ def _check_socket(name, records, reference, events):
             new = value
             continue
         if previous is not None:
-            skipped = events[previous + 1:value]
-            first_old = next((n for n, e in enumerate(skipped)
-                              if _wanted(old, e)), len(skipped))
-            after_new = max((n + 1 for n, e in enumerate(skipped)
-                             if _wanted(new, e)), default=0)
-            assert after_new <= first_old, (name, "missed events between",
-                                            previous, value)
+            skipped = events[previous + 1 : value]
+            first_old = next(
+                (n for n, e in enumerate(skipped) if _wanted(old, e)), len(skipped)
+            )
+            after_new = max(
+                (n + 1 for n, e in enumerate(skipped) if _wanted(new, e)), default=0
+            )
+            assert after_new <= first_old, (
+                name,
+                "missed events between",
+                previous,
+                value,
+            )
         previous, old = value, new
     return closes, positions
 
 
 def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     # Updates without a looked-up document: one a catch-up reads again
     # (after the staller's overflow) carries the document as it is by
     # then (MongoDB's updateLookup), not the text the live feed sent.
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_OUTBOX_MAX_MESSAGES=300,
-                                 WSPROXY_FULL_DOCUMENT="default"))
+    server = gunicorn(
+        server_env(
+            mongo.uri,
+            db,
+            coll,
+            WSPROXY_OUTBOX_MAX_MESSAGES=300,
+            WSPROXY_FULL_DOCUMENT="default",
+        )
+    )
     rng = random.Random(7692)
     operations = _operations(rng)
     specs = {spec["name"]: spec for spec in _plans(rng)}
@@ -484,10 +568,17 @@ def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
             # about 3,000 labelled messages, which a loaded machine writes
             # in 30-50 s.
             spec = waiting.pop(0)
-            page.evaluate("spec => harness.start(spec)", {
-                "url": server.ws_url(), "name": spec["name"],
-                "plan": spec["plan"], "worker": spec.get("worker", False),
-                "stallUntilEvents": EVENTS, "stallMaxMs": scaled(100_000)})
+            page.evaluate(
+                "spec => harness.start(spec)",
+                {
+                    "url": server.ws_url(),
+                    "name": spec["name"],
+                    "plan": spec["plan"],
+                    "worker": spec.get("worker", False),
+                    "stallUntilEvents": EVENTS,
+                    "stallMaxMs": scaled(100_000),
+                },
+            )
         for name, kind, *rest in page.evaluate("harness.drain()"):
             records[name].append((kind, *rest))
             if kind == "stall":
@@ -502,8 +593,7 @@ def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
                 raise AssertionError(f"{name} closed: {rest}")
         return not waiting and finished == set(specs)
 
-    wait_for(progress, 150, "every browser socket to get the last event",
-             interval=0.1)
+    wait_for(progress, 150, "every browser socket to get the last event", interval=0.1)
     page.evaluate("harness.finish()")
     reference.done.set()
     reference.join(scaled(10))
@@ -527,19 +617,24 @@ def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
             assert closes and set(closes) == {4008}, closes
         else:
             assert closes == [], (name, closes)
-        assert sum(kind == "resume" for kind, *_ in log) == \
-            sum(action == "resume" for _, action in plan), name
-        assert [rest[0] for kind, *rest in log if kind == "subscribed"] == \
-            [action["filter"] for _, action in plan
-             if isinstance(action, dict)], name
+        assert sum(kind == "resume" for kind, *_ in log) == sum(
+            action == "resume" for _, action in plan
+        ), name
+        assert [rest[0] for kind, *rest in log if kind == "subscribed"] == [
+            action["filter"] for _, action in plan if isinstance(action, dict)
+        ], name
 
     # Shared frames were really sent: the server logs each connection's
     # count when it ends (the reference, and every browser socket with
     # each of its reconnections).
-    connections = 1 + sum(kind == "open" for log in records.values()
-                          for kind, *_ in log)
+    connections = 1 + sum(
+        kind == "open" for log in records.values() for kind, *_ in log
+    )
     pattern = re.compile(r"compressed frames: (\d+) shared, (\d+) own")
-    wait_for(lambda: len(pattern.findall(server.output())) >= connections,
-             10, "every connection's last log line")
+    wait_for(
+        lambda: len(pattern.findall(server.output())) >= connections,
+        10,
+        "every connection's last log line",
+    )
     counts = pattern.findall(server.output())
     assert sum(int(shared) for shared, _ in counts) > EVENTS, counts

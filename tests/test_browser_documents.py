@@ -13,8 +13,9 @@ from bson import ObjectId
 from .helpers import TcpProxy, scaled, server_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ARTIFACTS = pathlib.Path(os.environ.get("WSPROXY_TEST_ARTIFACTS",
-                                        ROOT / "test-artifacts"))
+ARTIFACTS = pathlib.Path(
+    os.environ.get("WSPROXY_TEST_ARTIFACTS", ROOT / "test-artifacts")
+)
 STATIC = ROOT / "static"
 TEMPLATE = ROOT / "wsproxy" / "templates" / "wsproxy" / "index.html"
 MODULE = "/wsproxy-static/wsproxy-client.js"
@@ -55,6 +56,7 @@ FAKE_SOCKETS = """(() => {
 def serve_site(page):
     """The page (at /) and its assets at http://wsproxy.test/, with no
     server; any other path is an empty page."""
+
     def handle(route):
         path = urlsplit(route.request.url).path
         if path.startswith("/wsproxy-static/"):
@@ -62,12 +64,17 @@ def serve_site(page):
             kind = "text/css" if name.endswith(".css") else "text/javascript"
             route.fulfill(body=(STATIC / name).read_bytes(), content_type=kind)
         elif path == "/":
-            html = (TEMPLATE.read_text().replace("{{ ws_path }}", "/ws")
-                    .replace("{{ static_base }}", "/wsproxy-static/"))
+            html = (
+                TEMPLATE.read_text()
+                .replace("{{ ws_path }}", "/ws")
+                .replace("{{ static_base }}", "/wsproxy-static/")
+            )
             route.fulfill(body=html, content_type="text/html")
         else:
-            route.fulfill(body="<!doctype html><title>t</title>",
-                          content_type="text/html")
+            route.fulfill(
+                body="<!doctype html><title>t</title>", content_type="text/html"
+            )
+
     page.route(f"{SITE}/**", handle)
 
 
@@ -88,15 +95,24 @@ def doc(i, **fields):
 
 
 def change(op, n, full=None, **extra):
-    event = {"operationType": op, "ns": {"db": "shop", "coll": "orders"},
-             "documentKey": {"_id": oid(n)}, **extra}
+    event = {
+        "operationType": op,
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": oid(n)},
+        **extra,
+    }
     if op in ("insert", "update", "replace"):
         event["fullDocument"] = full
     return {"type": "change", "id": f"id-{op}-{n}", "event": event}
 
 
-HELLO = {"type": "hello", "worker": 1, "watch": "shop.orders",
-         "resume": "snapshot", "watcher": "connected"}
+HELLO = {
+    "type": "hello",
+    "worker": 1,
+    "watch": "shop.orders",
+    "resume": "snapshot",
+    "watcher": "connected",
+}
 
 
 # ------------------------------------------------------- the library's rules
@@ -120,8 +136,7 @@ def held(page):
 
 
 def deliver(page, *messages, socket=-1):
-    page.evaluate("([i, ms]) => sockets.at(i).deliver(...ms)",
-                  [socket, list(messages)])
+    page.evaluate("([i, ms]) => sockets.at(i).deliver(...ms)", [socket, list(messages)])
 
 
 def test_live_documents_follow_the_protocols_rules(browser_page):
@@ -129,10 +144,21 @@ def test_live_documents_follow_the_protocols_rules(browser_page):
     page.add_init_script(FAKE_SOCKETS)
     serve_site(page)
     page.goto(f"{SITE}/healthz")
-    page.evaluate(START_LIVE, [MODULE, {
-        "snapshot": True, "ns": "shop.orders",
-        "filter": {"fullDocument.n": {"$gte": 0}}, "sort": "-fullDocument.n",
-        "limit": 50, "resumeAfter": "old-id", "pingIntervalMs": 0}])
+    page.evaluate(
+        START_LIVE,
+        [
+            MODULE,
+            {
+                "snapshot": True,
+                "ns": "shop.orders",
+                "filter": {"fullDocument.n": {"$gte": 0}},
+                "sort": "-fullDocument.n",
+                "limit": 50,
+                "resumeAfter": "old-id",
+                "pingIntervalMs": 0,
+            },
+        ],
+    )
     wait_js(page, "sockets.length === 1 && feed._openedAt > 0")
     url = page.evaluate("sockets[0].url")
     assert "snapshot=1" in url and "limit=50" in url
@@ -140,35 +166,49 @@ def test_live_documents_follow_the_protocols_rules(browser_page):
     # A snapshot starts afresh: no position is sent.
     assert "resume_after" not in url
 
-    deliver(page, HELLO, {"type": "snapshot", "docs": [doc(3, n=3), doc(2, n=2)]},
-            {"type": "snapshot", "docs": [doc(1, n=1)]})
+    deliver(
+        page,
+        HELLO,
+        {"type": "snapshot", "docs": [doc(3, n=3), doc(2, n=2)]},
+        {"type": "snapshot", "docs": [doc(1, n=1)]},
+    )
     # Nothing is held until the snapshot ends.
     assert held(page) == [] and page.evaluate("live.loading") is True
     deliver(page, {"type": "snapshot_end", "id": "s1", "count": 3, "complete": True})
     assert [k for k, _ in held(page)] == [key(3), key(2), key(1)]
-    assert page.evaluate("([id]) => [live.loading, live.complete, live.get(id).n]",
-                         [oid(2)]) == [False, True, 2]
+    assert page.evaluate(
+        "([id]) => [live.loading, live.complete, live.get(id).n]", [oid(2)]
+    ) == [False, True, 2]
 
-    deliver(page,
-            change("update", 2, doc(2, n=20)),       # whole document replaces
-            change("update", 3, None),               # deleted since: removed
-            change("insert", 4, doc(4, n=4)),
-            change("delete", 1),
-            {"type": "leave", "id": "l4", "documentKey": {"_id": oid(4)}},
-            change("delete", 99),                    # not held: nothing happens
-            {"type": "status", "watcher": "connected", "detail": ""},
-            {"type": "pong"})
+    deliver(
+        page,
+        change("update", 2, doc(2, n=20)),  # whole document replaces
+        change("update", 3, None),  # deleted since: removed
+        change("insert", 4, doc(4, n=4)),
+        change("delete", 1),
+        {"type": "leave", "id": "l4", "documentKey": {"_id": oid(4)}},
+        change("delete", 99),  # not held: nothing happens
+        {"type": "status", "watcher": "connected", "detail": ""},
+        {"type": "pong"},
+    )
     assert held(page) == [[key(2), doc(2, n=20)]]
     assert page.evaluate("log") == [
-        ["loading", None, None, None], ["snapshot", 3, "snapshot", None],
-        ["upsert", key(2), None, "update"], ["remove", key(3), "delete", "update"],
-        ["upsert", key(4), None, "insert"], ["remove", key(1), "delete", "delete"],
-        ["remove", key(4), "leave", "filter"]]
+        ["loading", None, None, None],
+        ["snapshot", 3, "snapshot", None],
+        ["upsert", key(2), None, "update"],
+        ["remove", key(3), "delete", "update"],
+        ["upsert", key(4), None, "insert"],
+        ["remove", key(1), "delete", "delete"],
+        ["remove", key(4), "leave", "filter"],
+    ]
     page.evaluate("log.length = 0")
 
     # A reset keeps the old documents until the fresh snapshot ends.
-    deliver(page, {"type": "reset", "lost": True, "reason": "x"},
-            {"type": "snapshot", "docs": [doc(5, n=5)]})
+    deliver(
+        page,
+        {"type": "reset", "lost": True, "reason": "x"},
+        {"type": "snapshot", "docs": [doc(5, n=5)]},
+    )
     assert [k for k, _ in held(page)] == [key(2)]
     deliver(page, {"type": "snapshot_end", "id": None, "count": 1, "complete": False})
     assert held(page) == [[key(5), doc(5, n=5)]]
@@ -178,28 +218,39 @@ def test_live_documents_follow_the_protocols_rules(browser_page):
     assert page.evaluate("live.size") == 1
     for op in ("drop", "rename", "dropDatabase", "invalidate"):
         deliver(page, change("insert", 7, doc(7)))
-        deliver(page, {"type": "change", "id": f"c-{op}",
-                       "event": {"operationType": op}})
+        deliver(
+            page, {"type": "change", "id": f"c-{op}", "event": {"operationType": op}}
+        )
         assert held(page) == [], op
     assert page.evaluate(
-        "log.filter(([t]) => t === 'snapshot').map((e) => e.slice(2))") == [
-        ["snapshot", None], ["clear", "drop"], ["clear", "rename"],
-        ["clear", "dropDatabase"], ["clear", "invalidate"]]
+        "log.filter(([t]) => t === 'snapshot').map((e) => e.slice(2))"
+    ) == [
+        ["snapshot", None],
+        ["clear", "drop"],
+        ["clear", "rename"],
+        ["clear", "dropDatabase"],
+        ["clear", "invalidate"],
+    ]
     assert not page.script_errors
 
 
-def test_a_reconnect_takes_a_fresh_snapshot_and_keeps_the_old_meanwhile(
-        browser_page):
+def test_a_reconnect_takes_a_fresh_snapshot_and_keeps_the_old_meanwhile(browser_page):
     page = browser_page
     page.add_init_script(FAKE_SOCKETS)
     serve_site(page)
     page.goto(f"{SITE}/healthz")
-    page.evaluate(START_LIVE, [MODULE, {"snapshot": True, "ns": "shop.orders",
-                                        "pingIntervalMs": 0}])
+    page.evaluate(
+        START_LIVE,
+        [MODULE, {"snapshot": True, "ns": "shop.orders", "pingIntervalMs": 0}],
+    )
     wait_js(page, "sockets.length === 1 && feed._openedAt > 0")
-    deliver(page, HELLO, {"type": "snapshot", "docs": [doc(1), doc(2)]},
-            {"type": "snapshot_end", "id": "s1", "count": 2, "complete": True},
-            change("insert", 3, doc(3)))
+    deliver(
+        page,
+        HELLO,
+        {"type": "snapshot", "docs": [doc(1), doc(2)]},
+        {"type": "snapshot_end", "id": "s1", "count": 2, "complete": True},
+        change("insert", 3, doc(3)),
+    )
     assert page.evaluate("[live.size, feed.lastId]") == [3, "id-insert-3"]
     # The server restarts (1001: reconnect at once).
     page.evaluate("sockets[0].lose(1001)")
@@ -213,25 +264,40 @@ def test_a_reconnect_takes_a_fresh_snapshot_and_keeps_the_old_meanwhile(
 
     # Another collection: a new connection (a snapshot is only taken when
     # one opens), not a subscribe message.
-    page.evaluate("void (window.switched = "
-                  "feed.subscribe({snapshot: true, ns: 'shop.other'}))")
+    page.evaluate(
+        "void (window.switched = feed.subscribe({snapshot: true, ns: 'shop.other'}))"
+    )
     wait_js(page, "sockets.length === 3 && feed._openedAt > 0")
     assert page.evaluate("sockets[1].sent") == []
     assert "ns=shop.other" in page.evaluate("sockets[2].url")
     deliver(page, dict(HELLO, watch="shop"))
     assert page.evaluate("switched.then((s) => [s.ns, s.snapshot])") == [
-        ["shop.other"], True]
+        ["shop.other"],
+        True,
+    ]
     # A plain subscription keeps its three fields.
-    assert page.evaluate("""(module) => import(module).then((m) => [
+    assert page.evaluate(
+        """(module) => import(module).then((m) => [
       m.normalizeSubscription({ns: 'a.b'}),
       m.normalizeSubscription({snapshot: 1, ns: 'a.b', sort: 'x, -y', limit: '5'})
-    ])""", MODULE) == [{"ns": ["a.b"], "ops": None, "filter": None},
-          {"ns": ["a.b"], "ops": None, "filter": None, "snapshot": True,
-           "sort": ["x", "-y"], "limit": 5}]
+    ])""",
+        MODULE,
+    ) == [
+        {"ns": ["a.b"], "ops": None, "filter": None},
+        {
+            "ns": ["a.b"],
+            "ops": None,
+            "filter": None,
+            "snapshot": True,
+            "sort": ["x", "-y"],
+            "limit": 5,
+        },
+    ]
     assert not page.script_errors
 
 
 # ------------------------------------------------- the page, fake sockets
+
 
 def _row(k):
     return f"#docs-rows tr[data-key='{k}']"
@@ -268,15 +334,20 @@ def test_the_documents_view_draws_the_state_in_place(browser_page):
     first = doc(1, n=1, status="open")
     deliver(page, HELLO, {"type": "snapshot", "docs": [first, hostile]})
     page.wait_for_selector("#documents[data-state=loading]", timeout=scaled(2000))
-    deliver(page, {"type": "snapshot", "docs": [wide]},
-            {"type": "snapshot_end", "id": "s", "count": 3, "complete": True})
+    deliver(
+        page,
+        {"type": "snapshot", "docs": [wide]},
+        {"type": "snapshot_end", "id": "s", "count": 3, "complete": True},
+    )
     page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
     assert page.inner_text("#documents-count") == "3"
-    keys = page.eval_on_selector_all("#docs-rows tr",
-                                     "rs => rs.map((r) => r.dataset.key)")
+    keys = page.eval_on_selector_all(
+        "#docs-rows tr", "rs => rs.map((r) => r.dataset.key)"
+    )
     assert keys == [key(1), key(2), key(3)]
-    heads = page.eval_on_selector_all("#docs-head th",
-                                      "hs => hs.map((h) => h.textContent)")
+    heads = page.eval_on_selector_all(
+        "#docs-head th", "hs => hs.map((h) => h.textContent)"
+    )
     assert heads == ["_id", "n", "status", "name", *[f"f{i}" for i in range(8)]]
     assert "first 12 fields" in page.inner_text("#docs-foot")
     # Values are text: the hostile one shows as typed, nothing runs.
@@ -302,9 +373,12 @@ def test_the_documents_view_draws_the_state_in_place(browser_page):
     page.wait_for_selector("#documents[data-state=loading]", timeout=scaled(2000))
     assert page.locator("#docs-rows tr").count() == 3
     many = [doc(i, n=i) for i in range(100, 1105)]
-    deliver(page, {"type": "snapshot", "docs": many[:600]},
-            {"type": "snapshot", "docs": many[600:]},
-            {"type": "snapshot_end", "id": "s", "count": 1005, "complete": False})
+    deliver(
+        page,
+        {"type": "snapshot", "docs": many[:600]},
+        {"type": "snapshot", "docs": many[600:]},
+        {"type": "snapshot_end", "id": "s", "count": 1005, "complete": False},
+    )
     page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
     assert page.locator("#docs-rows tr").count() == 1000
     assert page.inner_text("#documents-count") == "1,005"
@@ -340,8 +414,12 @@ def test_a_link_opens_the_documents_view(browser_page):
     assert "snapshot=1" in url and "fullDocument.n" in url
     # The main feed's hello does not overwrite the linked collection.
     deliver(page, dict(HELLO, watch="shop.other"), socket=0)
-    deliver(page, HELLO, {"type": "snapshot_end", "id": None, "count": 0,
-                          "complete": True}, socket=1)
+    deliver(
+        page,
+        HELLO,
+        {"type": "snapshot_end", "id": None, "count": 0, "complete": True},
+        socket=1,
+    )
     page.wait_for_selector("#documents[data-state=live]", timeout=scaled(2000))
     assert page.input_value("#d-ns") == "shop.orders"
     assert page.inner_text("#documents-count") == "0"
@@ -350,6 +428,7 @@ def test_a_link_opens_the_documents_view(browser_page):
 
 
 # --------------------------------------------- the page, against the server
+
 
 def _key(_id):
     return json.dumps({"$oid": str(_id)}, separators=(",", ":"))
@@ -364,15 +443,17 @@ def open_documents(page, ns, filter_text=""):
 
 
 def test_documents_view_follows_the_collection_live(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     proxy = TcpProxy(server.port)
     page = browser_page
     items = mongo_client[db][coll]
     present = [ObjectId() for _ in range(3)]
-    items.insert_many([{"_id": k, "status": "open", "total": n}
-                       for n, k in enumerate(present)])
+    items.insert_many(
+        [{"_id": k, "status": "open", "total": n} for n, k in enumerate(present)]
+    )
     try:
         page.goto(proxy.url + "/")
         page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
@@ -380,8 +461,9 @@ def test_documents_view_follows_the_collection_live(
         assert page.input_value("#d-ns") == f"{db}.{coll}"
         open_documents(page, f"{db}.{coll}")
         assert page.inner_text("#documents-count") == "3"
-        keys = page.eval_on_selector_all("#docs-rows tr",
-                                         "rs => rs.map((r) => r.dataset.key)")
+        keys = page.eval_on_selector_all(
+            "#docs-rows tr", "rs => rs.map((r) => r.dataset.key)"
+        )
         assert keys == [_key(k) for k in present]
         assert page.inner_text(_cell(_key(present[1]), "total")) == "1"
 
@@ -390,7 +472,8 @@ def test_documents_view_follows_the_collection_live(
         page.wait_for_selector(_row(_key(added)), timeout=scaled(5000))
         page.wait_for_function(
             "document.getElementById('documents-count').textContent === '4'",
-            timeout=scaled(5000))
+            timeout=scaled(5000),
+        )
 
         items.update_one({"_id": present[0]}, {"$set": {"status": "paid"}})
         changed = _cell(_key(present[0]), "status")
@@ -400,28 +483,30 @@ def test_documents_view_follows_the_collection_live(
         assert "flash" not in (page.get_attribute(untouched, "class") or "")
 
         items.delete_one({"_id": present[2]})
-        page.wait_for_selector(_row(_key(present[2])), state="detached",
-                               timeout=scaled(5000))
+        page.wait_for_selector(
+            _row(_key(present[2])), state="detached", timeout=scaled(5000)
+        )
         assert page.inner_text("#documents-count") == "3"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "browser-documents.png"),
-                        full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-documents.png"), full_page=True)
 
         # The network goes away, the collection changes meanwhile; back,
         # the view takes a fresh snapshot and shows what is there now.
         proxy.held = True
         proxy.cut()
-        page.wait_for_selector("#documents[data-state=reconnecting]",
-                               timeout=scaled(10000))
-        assert page.locator("#docs-rows tr").count() == 3   # kept meanwhile
+        page.wait_for_selector(
+            "#documents[data-state=reconnecting]", timeout=scaled(10000)
+        )
+        assert page.locator("#docs-rows tr").count() == 3  # kept meanwhile
         late = ObjectId()
         items.insert_one({"_id": late, "status": "late"})
         items.delete_one({"_id": added})
         proxy.held = False
         page.wait_for_selector(_row(_key(late)), timeout=scaled(35000))
         page.wait_for_selector("#documents[data-state=live]", timeout=scaled(5000))
-        keys = page.eval_on_selector_all("#docs-rows tr",
-                                         "rs => rs.map((r) => r.dataset.key)")
+        keys = page.eval_on_selector_all(
+            "#docs-rows tr", "rs => rs.map((r) => r.dataset.key)"
+        )
         assert sorted(keys) == sorted(_key(k) for k in (*present[:2], late))
         assert page.inner_text("#documents-count") == "3"
         assert not page.script_errors
@@ -430,15 +515,20 @@ def test_documents_view_follows_the_collection_live(
 
 
 def test_documents_view_drops_a_document_that_stops_matching(
-        mongo, mongo_client, namespace, gunicorn, browser_page):
+    mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     page = browser_page
     items = mongo_client[db][coll]
     first, second, closed = ObjectId(), ObjectId(), ObjectId()
-    items.insert_many([{"_id": first, "status": "open"},
-                       {"_id": second, "status": "open"},
-                       {"_id": closed, "status": "closed"}])
+    items.insert_many(
+        [
+            {"_id": first, "status": "open"},
+            {"_id": second, "status": "open"},
+            {"_id": closed, "status": "closed"},
+        ]
+    )
     page.goto(server.url + "/")
     page.wait_for_selector("body[data-state=live]", timeout=scaled(10000))
     open_documents(page, f"{db}.{coll}", '{"fullDocument.status": "open"}')
@@ -449,8 +539,7 @@ def test_documents_view_drops_a_document_that_stops_matching(
       void wsproxy.documentsFeed.on('leave', (d) => leaves.push(d.documentKey._id))""")
 
     items.update_one({"_id": first}, {"$set": {"status": "closed"}})
-    page.wait_for_selector(_row(_key(first)), state="detached",
-                           timeout=scaled(5000))
+    page.wait_for_selector(_row(_key(first)), state="detached", timeout=scaled(5000))
     assert page.evaluate("leaves") == [{"$oid": str(first)}]
     assert page.inner_text("#documents-count") == "1"
     # One that starts matching enters.

@@ -4,8 +4,16 @@ document holds, every event is shown, and no script error is raised."""
 import json
 
 from .helpers import scaled
-from .test_browser_documents import (FAKE_SOCKETS, HELLO, SITE, change,
-                                     deliver, doc, serve_site, wait_js)
+from .test_browser_documents import (
+    FAKE_SOCKETS,
+    HELLO,
+    SITE,
+    change,
+    deliver,
+    doc,
+    serve_site,
+    wait_js,
+)
 
 EJSON = "/wsproxy-static/ejson.js"
 
@@ -64,8 +72,9 @@ def test_the_page_shows_every_event_whatever_its_document_holds(browser_page):
     for n, value in enumerate(NOT_EXTENDED_JSON):
         deliver(page, change("insert", n, doc(n, v=value)))
     deliver(page, change("insert", count, doc(count, v="after")))
-    wait_js(page, "n => document.querySelectorAll('li.event-row').length === n",
-            count + 1)
+    wait_js(
+        page, "n => document.querySelectorAll('li.event-row').length === n", count + 1
+    )
     # Each row opens to the full event.
     for row in page.query_selector_all("li.event-row"):
         row.click()

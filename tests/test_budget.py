@@ -11,10 +11,10 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
-from wsproxy.limits.budget import Budgets
-from wsproxy.transport.compression import SharedContexts
 from wsproxy.fanout.subscription import parse
+from wsproxy.limits.budget import Budgets
 from wsproxy.limits.throttle import KeyedRateLimit, Throttled
+from wsproxy.transport.compression import SharedContexts
 
 from .helpers import WSClient, http_get, refused, scaled, wait_for
 
@@ -29,11 +29,18 @@ def _sub(filter=None, principal=access.ANYONE):
 def _costly(n, items=60):
     """A legal filter of about 180 terms: a compound $nin that compares
     every array element with every listed sub-document."""
-    return json.dumps({"fullDocument.items": {"$nin": [
-        {"s": f"{n}.{i}", "q": i} for i in range(items)]}}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "fullDocument.items": {
+                "$nin": [{"s": f"{n}.{i}", "q": i} for i in range(items)]
+            }
+        },
+        separators=(",", ":"),
+    )
 
 
 # -- the ledger ---------------------------------------------------------------
+
 
 def test_connections_beyond_a_principals_share_are_refused():
     budgets = Budgets(max_connections=2, max_terms=100)
@@ -50,8 +57,10 @@ def test_connections_beyond_a_principals_share_are_refused():
 
 def test_a_filter_is_charged_once_however_many_connections_hold_it():
     budgets = Budgets(max_connections=100, max_terms=10)
-    spelled = ['{"fullDocument.x": {"$in": [1, 2, 3]}}',
-               '{ "fullDocument.x" :{"$in":[1,2,3]} }']
+    spelled = [
+        '{"fullDocument.x": {"$in": [1, 2, 3]}}',
+        '{ "fullDocument.x" :{"$in":[1,2,3]} }',
+    ]
     held = [budgets.reserve("a", _sub(spelled[i % 2])) for i in range(20)]
     assert budgets.held("a") == (20, 5)  # one subscription, 5 terms
     with pytest.raises(Throttled, match="WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL"):
@@ -82,11 +91,15 @@ def test_shared_contexts_are_bounded_per_principal():
     """Issue 20: 64 filters differing in white space made 64 contexts, each
     compressing every event on the broadcaster, and left none for others."""
     contexts = SharedContexts(max_contexts=64, per_principal=3)
-    joined = [contexts.join(_sub('{"fullDocument.x":' + " " * i + "1}"), 15,
-                            "attacker") for i in range(64)]
-    assert len({id(c) for c in joined}) == 1 and len(contexts) == 1
-    distinct = [contexts.join(_sub(f'{{"fullDocument.x": {i}}}'), 15,
-                              "attacker") for i in range(2, 10)]
+    joined = [
+        contexts.join(_sub('{"fullDocument.x":' + " " * i + "1}"), 15, "attacker")
+        for i in range(64)
+    ]
+    assert len({id(c) for c in joined}) == 1 and len(contexts._contexts) == 1
+    distinct = [
+        contexts.join(_sub(f'{{"fullDocument.x": {i}}}'), 15, "attacker")
+        for i in range(2, 10)
+    ]
     assert sum(c is not None for c in distinct) == 2  # 3 in all
     assert contexts.join(_sub('{"fullDocument.x": 99}'), 15, "other") is not None
     # Joining one that exists costs nothing.
@@ -107,15 +120,21 @@ def test_a_rate_limit_can_be_charged_after_the_fact():
 
 # -- through the server ---------------------------------------------------------
 
+
 @pytest.fixture
 def tenants(mongo, namespace, gunicorn):
     def start(**env):
         db, _ = namespace
-        settings = {"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                    "WSPROXY_MAX_AWAIT_MS": "100", "TENANT_DB": db,
-                    "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": None}  # the default
+        settings = {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "TENANT_DB": db,
+            "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": None,
+        }  # the default
         settings.update({k: str(v) for k, v in env.items()})
         return gunicorn(settings, app=APP)
+
     return start
 
 
@@ -143,8 +162,9 @@ def test_one_tenant_cannot_fill_the_worker(tenants):
         client.close()
 
 
-def test_costly_filters_are_charged_to_their_principal(tenants, mongo_client,
-                                                       namespace):
+def test_costly_filters_are_charged_to_their_principal(
+    tenants, mongo_client, namespace
+):
     server = tenants(WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL=200)
     db, coll = namespace
     costly = _costly(1)
@@ -153,8 +173,12 @@ def test_costly_filters_are_charged_to_their_principal(tenants, mongo_client,
     # judged once per change: charged once.
     same = [WSClient(url, **_as("token-a")) for _ in range(5)]
     respelled = json.dumps(json.loads(costly), separators=(", ", " : "))
-    same.append(WSClient(server.ws_url(urllib.parse.urlencode(
-        {"filter": respelled})), **_as("token-a2")))
+    same.append(
+        WSClient(
+            server.ws_url(urllib.parse.urlencode({"filter": respelled})),
+            **_as("token-a2"),
+        )
+    )
     another = server.ws_url(urllib.parse.urlencode({"filter": _costly(2)}))
     status, reason = refused(another, **_as("token-a"))
     assert status == 429 and "WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL" in reason
@@ -166,7 +190,8 @@ def test_costly_filters_are_charged_to_their_principal(tenants, mongo_client,
     answer = client.recv_type("error")
     assert "WSPROXY_MAX_FILTER_TERMS_PER_PRINCIPAL" in answer["reason"]
     mongo_client[db][coll].insert_one(
-        {"tenant": "a", "items": [{"sku": "x", "qty": 1}]})
+        {"tenant": "a", "items": [{"sku": "x", "qty": 1}]}
+    )
     for each in same:
         assert each.recv_type("change")["event"]["fullDocument"]["tenant"] == "a"
     for each in same + [other_tenant]:
@@ -179,29 +204,42 @@ def test_a_subscribe_costs_a_token_of_the_connect_budget(tenants):
     assert client.recv()["type"] == "hello"
     answers = []
     for i in range(8):
-        client.ws.send(json.dumps({"type": "subscribe",
-                                   "filter": {"fullDocument.n": i}}))
+        client.ws.send(
+            json.dumps({"type": "subscribe", "filter": {"fullDocument.n": i}})
+        )
         answers.append(client.recv())
     kinds = [a["type"] for a in answers]
     assert kinds.count("subscribed") == 4  # the connection took one token
-    assert all("too many subscriptions" in a["reason"]
-               for a in answers if a["type"] == "error")
+    assert all(
+        "too many subscriptions" in a["reason"] for a in answers if a["type"] == "error"
+    )
     client.close()
 
 
 def test_the_system_collections_are_never_streamed_or_read(
-        mongo, namespace, gunicorn, mongo_client):
+    mongo, namespace, gunicorn, mongo_client
+):
     """Issue 20: ?snapshot=1&ns=local.oplog.rs returned raw oplog entries,
     hidden fields included, to a client of the whole deployment."""
     db, coll = namespace
     mongo_client[db][coll].insert_one({"secret": "TOP-SECRET-VALUE"})
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": "",
-                       "WSPROXY_HIDE_FIELDS": "secret"})
-    for query in ("snapshot=1&ns=local.oplog.rs", "ns=local",
-                  "snapshot=1&ns=admin.system.users", "ns=admin",
-                  "snapshot=1&ns=config.transactions", "ns=config.chunks",
-                  f"snapshot=1&ns={db}.system.profile",
-                  f"ns={db}.system.views"):
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": "",
+            "WSPROXY_HIDE_FIELDS": "secret",
+        }
+    )
+    for query in (
+        "snapshot=1&ns=local.oplog.rs",
+        "ns=local",
+        "snapshot=1&ns=admin.system.users",
+        "ns=admin",
+        "snapshot=1&ns=config.transactions",
+        "ns=config.chunks",
+        f"snapshot=1&ns={db}.system.profile",
+        f"ns={db}.system.views",
+    ):
         status, reason = refused(server.ws_url(query))
         assert status == 403 and "never streamed" in reason, query
     client = WSClient(server.ws_url())
@@ -215,8 +253,9 @@ def test_a_snapshot_of_a_partly_hidden_id_is_refused(tenants):
     """Issue 20: the default _id order of a snapshot followed the hidden
     part of the _id."""
     server = tenants()
-    status, reason = refused(server.ws_url("snapshot=1&ns=" + _ns(server)),
-                             **_as("token-owner-hidden"))
+    status, reason = refused(
+        server.ws_url("snapshot=1&ns=" + _ns(server)), **_as("token-owner-hidden")
+    )
     assert status == 403 and "_id" in reason
 
 
@@ -229,8 +268,7 @@ def test_a_leave_never_shows_a_hidden_part_of_the_key(tenants, mongo_client):
     "documentKey": {"_id": {"owner": "mia-SECRET", "k": 3}}}."""
     server = tenants()
     orders = mongo_client[server.env["TENANT_DB"]]["orders"]
-    client = WSClient(server.ws_url("ns=" + _ns(server)),
-                      **_as("token-owner-hidden"))
+    client = WSClient(server.ws_url("ns=" + _ns(server)), **_as("token-owner-hidden"))
     assert client.recv()["type"] == "hello"
     key = {"owner": "mia-SECRET", "k": 3}
     orders.insert_one({"_id": key, "status": "open"})
@@ -248,33 +286,38 @@ def _stalled_snapshot(server):
     """A snapshot client that never reads (anonymous: charged to its
     address), once its snapshot is being sent."""
     from .helpers import RawPeer
-    return RawPeer.connect(server.port, rcvbuf=4096,
-                           target="/ws?snapshot=1&ns=" + _ns(server))
+
+    return RawPeer.connect(
+        server.port, rcvbuf=4096, target="/ws?snapshot=1&ns=" + _ns(server)
+    )
 
 
 def _fill(mongo_client, namespace, count=2000):
     """Documents written before the server starts: in its snapshots, never
     in its change stream."""
     orders = mongo_client[namespace[0]]["orders"]
-    orders.insert_many([{"tenant": "a", "pad": "x" * 4000, "n": i}
-                        for i in range(count)])
+    orders.insert_many(
+        [{"tenant": "a", "pad": "x" * 4000, "n": i} for i in range(count)]
+    )
 
 
-def test_one_principal_cannot_take_every_snapshot(tenants, mongo_client,
-                                                 namespace):
+def test_one_principal_cannot_take_every_snapshot(tenants, mongo_client, namespace):
     """Issue 20: one principal's sockets that never read, rotated every
     12 s, kept the other tenant's snapshots at 1013."""
     _fill(mongo_client, namespace)
-    server = tenants(WSPROXY_MAX_SNAPSHOTS=2, WSPROXY_CLOSE_TIMEOUT=1,
-                     WSPROXY_SEND_TIMEOUT=60)
+    server = tenants(
+        WSPROXY_MAX_SNAPSHOTS=2, WSPROXY_CLOSE_TIMEOUT=1, WSPROXY_SEND_TIMEOUT=60
+    )
     first = _stalled_snapshot(server)
-    wait_for(lambda: "wsproxy_snapshots_active 1.0" in metric_text(server),
-             30, "the first snapshot")
+    wait_for(
+        lambda: "wsproxy_snapshots_active 1.0" in metric_text(server),
+        30,
+        "the first snapshot",
+    )
     second = _stalled_snapshot(server)
     code, reason = second.wait_close(timeout=30)
     assert code == 1013 and "too many snapshots for this client" in reason
-    other = WSClient(server.ws_url("snapshot=1&ns=" + _ns(server)),
-                     **_as("token-b"))
+    other = WSClient(server.ws_url("snapshot=1&ns=" + _ns(server)), **_as("token-b"))
     assert other.recv(timeout=30)["type"] == "hello"
     assert other.recv_type("snapshot_end", timeout=30)["count"] == 0
     other.close()
@@ -287,18 +330,28 @@ def metric_text(server):
 
 
 def test_a_snapshot_slot_is_freed_when_its_reader_stops_reading(
-        tenants, mongo_client, namespace):
+    tenants, mongo_client, namespace
+):
     """...and a slot held by a reader that stopped reading is given back
     after WSPROXY_SEND_TIMEOUT, not after the whole snapshot time limit."""
     _fill(mongo_client, namespace)
-    server = tenants(WSPROXY_SEND_TIMEOUT=60, WSPROXY_CATCHUP_TIMEOUT=120,
-                     WSPROXY_OUTBOX_MAX_BYTES=1 << 20)
+    server = tenants(
+        WSPROXY_SEND_TIMEOUT=60,
+        WSPROXY_CATCHUP_TIMEOUT=120,
+        WSPROXY_OUTBOX_MAX_BYTES=1 << 20,
+    )
     stalled = _stalled_snapshot(server)
     started = time.monotonic()
-    wait_for(lambda: "read nothing of its snapshot" in server.output(), 30,
-             "the stalled reader to be found")
-    wait_for(lambda: "wsproxy_snapshots_active 0.0" in metric_text(server), 5,
-             "its slot to be free")
+    wait_for(
+        lambda: "read nothing of its snapshot" in server.output(),
+        30,
+        "the stalled reader to be found",
+    )
+    wait_for(
+        lambda: "wsproxy_snapshots_active 0.0" in metric_text(server),
+        5,
+        "its slot to be free",
+    )
     took = time.monotonic() - started
     assert took < scaled(15), took  # 2 s of nothing read, after the read
     stalled.close()
@@ -343,7 +396,8 @@ def attack():
 
 @pytest.mark.timing  # a p99 against its baseline: alone on the machine
 def test_one_principals_costly_filters_do_not_slow_the_others(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     """Issue 20: 600 connections of one principal, each with a legal 1.9 KB
     filter, pushed the other tenant's bystanders to p99 14.7 s. Its share
     now bounds what its filters cost: the bystanders' p99 stays within 2x
@@ -351,29 +405,45 @@ def test_one_principals_costly_filters_do_not_slow_the_others(
     import random
 
     from . import attack
+
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": f"{db}.{coll}",
-                       "WSPROXY_MAX_AWAIT_MS": "100",
-                       "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": None})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": None,
+        }
+    )
     items = mongo_client[db][coll]
     rng = random.Random(20)
     bystanders = attack.connect_bystanders(server)
-    quiet = attack.run(server, items, rng, bystanders,
-                       ["import json, time; time.sleep(8); "
-                        "print(json.dumps({}))"], 8)
+    quiet = attack.run(
+        server,
+        items,
+        rng,
+        bystanders,
+        ["import json, time; time.sleep(8); print(json.dumps({}))"],
+        8,
+    )
     for client in bystanders:
         client.close()
     bystanders = attack.connect_bystanders(server)
-    report = attack.run(server, items, rng, bystanders,
-                        [_ATTACKER + attack.RUN_ATTACKERS, server.ws_url(),
-                         "20", str(scaled(30)), "4"], 20)
-    print(f"baseline p99 {quiet.p99 * 1000:.1f} ms, under attack "
-          f"{report.p99 * 1000:.1f} ms: {report.outcomes}")
+    report = attack.run(
+        server,
+        items,
+        rng,
+        bystanders,
+        [_ATTACKER + attack.RUN_ATTACKERS, server.ws_url(), "20", str(scaled(30)), "4"],
+        20,
+    )
+    print(
+        f"baseline p99 {quiet.p99 * 1000:.1f} ms, under attack "
+        f"{report.p99 * 1000:.1f} ms: {report.outcomes}"
+    )
     assert report.outcomes["ok"] >= 1 and report.outcomes["429"] >= 1
     report.assert_contained(20)
     # Below ~20 ms a p99 on this shared 2-core machine is scheduler noise.
-    assert report.p99 <= 2 * max(quiet.p99, scaled(0.02)), (
-        quiet.p99, report.p99)
+    assert report.p99 <= 2 * max(quiet.p99, scaled(0.02)), (quiet.p99, report.p99)
     for client in bystanders:
         client.close()

@@ -18,24 +18,34 @@ WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000)
 
 
 def _raw(**doc):
-    return {"_id": {"_data": "82ABCDEF"}, "operationType": "insert",
-            "clusterTime": Timestamp(1700000000, 3), "wallTime": WHEN,
-            "ns": {"db": "shop", "coll": "orders"},
-            "documentKey": {"_id": OID}, "fullDocument": {"_id": OID, **doc}}
+    return {
+        "_id": {"_data": "82ABCDEF"},
+        "operationType": "insert",
+        "clusterTime": Timestamp(1700000000, 3),
+        "wallTime": WHEN,
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": OID},
+        "fullDocument": {"_id": OID, **doc},
+    }
 
 
-@pytest.mark.parametrize("value, expected", [
-    (OID, {"$oid": "65a1b2c3d4e5f60718293a4b"}),
-    (WHEN, {"$date": "2024-05-06T07:08:09.123Z"}),
-    (Decimal128("12.50"), {"$numberDecimal": "12.50"}),
-    (Int64(7), 7),
-    (b"\x00\x01", {"$binary": {"base64": "AAE=", "subType": "00"}}),
-    (Binary(uuid.UUID(int=1).bytes, 4),
-     {"$binary": {"base64": "AAAAAAAAAAAAAAAAAAAAAQ==", "subType": "04"}}),
-    ({"a": [1, {"b": OID}]}, {"a": [1, {"b": {"$oid": str(OID)}}]}),
-    (None, None),
-    (1.5, 1.5),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (OID, {"$oid": "65a1b2c3d4e5f60718293a4b"}),
+        (WHEN, {"$date": "2024-05-06T07:08:09.123Z"}),
+        (Decimal128("12.50"), {"$numberDecimal": "12.50"}),
+        (Int64(7), 7),
+        (b"\x00\x01", {"$binary": {"base64": "AAE=", "subType": "00"}}),
+        (
+            Binary(uuid.UUID(int=1).bytes, 4),
+            {"$binary": {"base64": "AAAAAAAAAAAAAAAAAAAAAQ==", "subType": "04"}},
+        ),
+        ({"a": [1, {"b": OID}]}, {"a": [1, {"b": {"$oid": str(OID)}}]}),
+        (None, None),
+        (1.5, 1.5),
+    ],
+)
 def test_values_survive_as_relaxed_extended_json(value, expected):
     message = json.loads(codec.Change(_raw(v=value), SEALER).text)
     assert message["event"]["fullDocument"]["v"] == expected

@@ -36,19 +36,26 @@ def _inflate(frame, bits):
         length, start = struct.unpack("!H", frame[2:4])[0], 4
     elif length == 127:
         length, start = struct.unpack("!Q", frame[2:10])[0], 10
-    payload = frame[start:start + length]
+    payload = frame[start : start + length]
     assert start + length == len(frame) and first & 0x80  # one final frame
     if not first & 0x40:
         return False, payload.decode()
     inflater = zlib.decompressobj(-bits)
-    return True, (inflater.decompress(payload + b"\x00\x00\xff\xff")
-                  + inflater.flush()).decode()
+    return True, (
+        inflater.decompress(payload + b"\x00\x00\xff\xff") + inflater.flush()
+    ).decode()
 
 
 @pytest.mark.parametrize("bits", [9, 10, 12, 15])
 def test_a_deflated_frame_decodes_within_the_window_it_was_made_for(bits):
-    text = json.dumps({"type": "change", "event": {
-        "items": [{"sku": f"SKU-{n % 7:03d}", "qty": n} for n in range(400)]}})
+    text = json.dumps(
+        {
+            "type": "change",
+            "event": {
+                "items": [{"sku": f"SKU-{n % 7:03d}", "qty": n} for n in range(400)]
+            },
+        }
+    )
     frame = codec.deflated_frame(text, bits)
     # A decompressor with exactly that window reads it: no back reference
     # reaches further than the client allowed.
@@ -59,7 +66,8 @@ def test_a_deflated_frame_decodes_within_the_window_it_was_made_for(bits):
 
 def test_small_messages_go_plain():
     assert codec.deflated_frame('{"type": "pong"}', 15) == codec.frame(
-        '{"type": "pong"}')
+        '{"type": "pong"}'
+    )
 
 
 def test_a_compressed_bomb_is_refused_without_inflating_it_all():
@@ -67,36 +75,43 @@ def test_a_compressed_bomb_is_refused_without_inflating_it_all():
     deflate._inbound_compressed = deflate._inbound_is_compressible = True
     deflate._decompressor = zlib.decompressobj(-15)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    bomb = compressor.compress(b"a" * (10 << 20)) + compressor.flush(
-        zlib.Z_SYNC_FLUSH)
+    bomb = compressor.compress(b"a" * (10 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
     assert len(bomb) < 16 << 10  # 10 MB in a few KB
-    assert deflate.frame_inbound_payload_data(None, bomb) == \
-        CloseReason.MESSAGE_TOO_BIG
+    assert deflate.frame_inbound_payload_data(None, bomb) == CloseReason.MESSAGE_TOO_BIG
     assert deflate._inflated <= 4097
 
 
 def _client(server, **kw):
     kw.setdefault("compression", None)
-    ws = connect(server.ws_url(), legacy=True, open_timeout=scaled(10),
-                 max_size=None,
-                 **kw)
+    ws = connect(
+        server.ws_url(), legacy=True, open_timeout=scaled(10), max_size=None, **kw
+    )
     assert json.loads(ws.recv(timeout=scaled(5)))["type"] == "hello"
     return ws
 
 
 def test_clients_with_and_without_deflate_get_the_same_messages(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     plain = _client(server)
     default = _client(server, compression="deflate")
-    small = _client(server, extensions=[
-        ClientPerMessageDeflateFactory(server_max_window_bits=9)])
-    no_takeover = _client(server, extensions=[
-        ClientPerMessageDeflateFactory(client_no_context_takeover=True,
-                                       server_no_context_takeover=True)])
-    negotiated = [ws.response.headers.get("Sec-WebSocket-Extensions")
-                  for ws in (plain, default, small, no_takeover)]
+    small = _client(
+        server, extensions=[ClientPerMessageDeflateFactory(server_max_window_bits=9)]
+    )
+    no_takeover = _client(
+        server,
+        extensions=[
+            ClientPerMessageDeflateFactory(
+                client_no_context_takeover=True, server_no_context_takeover=True
+            )
+        ],
+    )
+    negotiated = [
+        ws.response.headers.get("Sec-WebSocket-Extensions")
+        for ws in (plain, default, small, no_takeover)
+    ]
     assert negotiated[0] is None
     assert all(n.startswith("permessage-deflate") for n in negotiated[1:])
     assert "server_max_window_bits=9" in negotiated[2]
@@ -106,8 +121,9 @@ def test_clients_with_and_without_deflate_get_the_same_messages(
         items.insert_one({"_id": n, "text": "a repetitive order line " * 20})
     items.delete_many({})
     for _ in range(100):
-        texts = [ws.recv(timeout=scaled(5)) for ws in
-                 (plain, default, small, no_takeover)]
+        texts = [
+            ws.recv(timeout=scaled(5)) for ws in (plain, default, small, no_takeover)
+        ]
         assert len(set(texts)) == 1, texts
     # Messages from clients are inflated (and size-checked) too.
     for ws in (default, small, no_takeover):
@@ -169,8 +185,7 @@ class Follower(threading.Thread):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
             sock.connect(("127.0.0.1", self.server.port))
             kw["sock"] = sock
-        return connect(url, legacy=True, open_timeout=scaled(10), max_size=None,
-                       **kw)
+        return connect(url, legacy=True, open_timeout=scaled(10), max_size=None, **kw)
 
     def run(self):
         try:
@@ -217,16 +232,26 @@ class Writer(threading.Thread):
 
     def run(self):
         for start in range(0, EVENTS, CHUNK):
-            wait_for(lambda start=start: len(self.reference.order) >= start,
-                     60, "the reference client")
-            self.items.insert_many([
-                {"_id": n, "bucket": n % 3, "customer": "ada",
-                 # Some bulk that compresses only so far, so that a stalled
-                 # client's socket buffers fill and its outbox overflows.
-                 "note": random.Random(n).randbytes(1500).hex(),
-                 "status": ["open", "paid", "shipped"][n % 3],
-                 "items": [{"sku": f"SKU-{n % 40:03d}", "qty": n % 4}]}
-                for n in range(start, start + CHUNK)])
+            wait_for(
+                lambda start=start: len(self.reference.order) >= start,
+                60,
+                "the reference client",
+            )
+            self.items.insert_many(
+                [
+                    {
+                        "_id": n,
+                        "bucket": n % 3,
+                        "customer": "ada",
+                        # Some bulk that compresses only so far, so that a stalled
+                        # client's socket buffers fill and its outbox overflows.
+                        "note": random.Random(n).randbytes(1500).hex(),
+                        "status": ["open", "paid", "shipped"][n % 3],
+                        "items": [{"sku": f"SKU-{n % 40:03d}", "qty": n % 4}],
+                    }
+                    for n in range(start, start + CHUNK)
+                ]
+            )
             with self.progress:
                 self.written = start + CHUNK
                 self.progress.notify_all()
@@ -234,15 +259,16 @@ class Writer(threading.Thread):
     def wait_written(self, count):
         with self.progress:
             self.progress.wait_for(
-                lambda: self.written >= min(count, EVENTS), scaled(60))
+                lambda: self.written >= min(count, EVENTS), scaled(60)
+            )
 
 
 @pytest.mark.heavy
-def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_subscribe(
-        mongo, mongo_client, namespace, gunicorn):
+def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_subscribe(
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_OUTBOX_MAX_MESSAGES=300))
+    server = gunicorn(server_env(mongo.uri, db, coll, WSPROXY_OUTBOX_MAX_MESSAGES=300))
     reference = Follower(server, "plain", compression=None)
     reference.start()
     wait_for(lambda: reference.is_alive(), 5, "the reference")
@@ -252,22 +278,37 @@ def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_
     everything = {"filter": None}
     followers = [
         Follower(server, "steady"),
-        Follower(server, "resumer", plan=sorted(
-            (rng.randrange(EVENTS - 200), "resume") for _ in range(8))),
+        Follower(
+            server,
+            "resumer",
+            plan=sorted((rng.randrange(EVENTS - 200), "resume") for _ in range(8)),
+        ),
         Follower(server, "staller", writer=writer, plan=[(1200, "stall")]),
         # Two that change subscription together (they share a context
         # while their subscriptions are equal), one on its own.
-        *(Follower(server, f"switcher{i}", plan=[
-            (800, bucket), (2400, everything), (3000, bucket)])
-          for i in range(2)),
-        Follower(server, "switcher-alone", plan=[(1500, bucket),
-                                                  (2000, everything)]),
-        Follower(server, "small-window", extensions=[
-            ClientPerMessageDeflateFactory(server_max_window_bits=9)],
-            compression=None),
-        Follower(server, "no-takeover", extensions=[
-            ClientPerMessageDeflateFactory(server_no_context_takeover=True)],
-            compression=None),
+        *(
+            Follower(
+                server,
+                f"switcher{i}",
+                plan=[(800, bucket), (2400, everything), (3000, bucket)],
+            )
+            for i in range(2)
+        ),
+        Follower(server, "switcher-alone", plan=[(1500, bucket), (2000, everything)]),
+        Follower(
+            server,
+            "small-window",
+            extensions=[ClientPerMessageDeflateFactory(server_max_window_bits=9)],
+            compression=None,
+        ),
+        Follower(
+            server,
+            "no-takeover",
+            extensions=[
+                ClientPerMessageDeflateFactory(server_no_context_takeover=True)
+            ],
+            compression=None,
+        ),
     ]
     writer.start()
     started = {}
@@ -280,9 +321,17 @@ def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_
     assert writer.written == EVENTS
     last = str(EVENTS - 1)
     for follower in [reference, *followers]:
-        wait_for(lambda f=follower: f.error or any(
-            json.loads(f.texts[i])["event"]["documentKey"]["_id"] == EVENTS - 1
-            for i in f.order[-3:]), 60, f"{follower.name} to see the last event")
+        wait_for(
+            lambda f=follower: (
+                f.error
+                or any(
+                    json.loads(f.texts[i])["event"]["documentKey"]["_id"] == EVENTS - 1
+                    for i in f.order[-3:]
+                )
+            ),
+            60,
+            f"{follower.name} to see the last event",
+        )
         follower.done.set()
         follower.join(scaled(10))
         assert follower.error is None, (follower.name, follower.error)
@@ -290,8 +339,9 @@ def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_
     position = {i: n for n, i in enumerate(reference.order)}
     for follower in followers:
         # Every message is the exact JSON the uncompressed client got.
-        assert all(follower.texts[i] == reference.texts[i]
-                   for i in follower.order), follower.name
+        assert all(follower.texts[i] == reference.texts[i] for i in follower.order), (
+            follower.name
+        )
         # In order, no duplicates, nothing missing after its first event
         # unless its subscription left it out.
         positions = [position[i] for i in follower.order]
@@ -302,43 +352,60 @@ def test_real_decompressors_read_every_frame_through_joins_resumes_overflow_and_
     # frame itself arrives only if the client read again before the send
     # timeout, which a loaded machine can stretch past) and resumed.
     assert followers[2].closes and set(followers[2].closes) <= {4008, None}
-    assert metric(scrape(server),
-                  "wsproxy_slow_consumer_disconnects_total") >= 1
+    assert metric(scrape(server), "wsproxy_slow_consumer_disconnects_total") >= 1
 
     def frame_counts():
         # From each disconnect's log line (written as each handler ends).
-        return [(int(s), int(o)) for s, o in re.findall(
-            r"(\d+) shared, (\d+) own", server.output())]
+        return [
+            (int(s), int(o))
+            for s, o in re.findall(r"(\d+) shared, (\d+) own", server.output())
+        ]
 
     # Shared frames were used: a client that stayed in step got almost
     # only those (the no-takeover client only its own).
-    wait_for(lambda: any(s / (s + o) > 0.9 for s, o in frame_counts()
-                         if s + o > 1000), 10, "a client mostly on shared frames")
-    wait_for(lambda: any(s == 0 and o > 1000 for s, o in frame_counts()),
-             10, "the no-takeover client's own frames")
+    wait_for(
+        lambda: any(s / (s + o) > 0.9 for s, o in frame_counts() if s + o > 1000),
+        10,
+        "a client mostly on shared frames",
+    )
+    wait_for(
+        lambda: any(s == 0 and o > 1000 for s, o in frame_counts()),
+        10,
+        "the no-takeover client's own frames",
+    )
 
 
 # -- the shared context and the sync rule, in-process
+
 
 def _numbered_changes(count):
     from wsproxy.transport.codec import Change
 
     from .helpers import sealer_for_tests
+
     sealer = sealer_for_tests()
-    return [Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
-                    "fullDocument": {"_id": i, "customer": "ada",
-                                     "status": "open"}}, sealer)
-            for i in range(count)]
+    return [
+        Change(
+            {
+                "_id": {"_data": f"{i:08X}"},
+                "operationType": "insert",
+                "fullDocument": {"_id": i, "customer": "ada", "status": "open"},
+            },
+            sealer,
+        )
+        for i in range(count)
+    ]
 
 
 def test_a_shared_context_compresses_each_change_once_whoever_asks_first():
     from wsproxy.transport.compression import RESET_MESSAGES, SharedContext
+
     context = SharedContext("key", 15)
     changes = _numbered_changes(RESET_MESSAGES + 10)
     # Two members offered the same batches one after the other.
     results = []
     for start in range(0, len(changes), 7):
-        batch = changes[start:start + 7]
+        batch = changes[start : start + 7]
         first = [context.encode(c, c.text) for c in batch]
         assert [context.encode(c, c.text) for c in batch] == first
         results += first
@@ -353,19 +420,21 @@ def test_a_shared_context_compresses_each_change_once_whoever_asks_first():
         if seq == 0:
             inflater = zlib.decompressobj(-15)
         payload = frame[4:] if frame[1] & 0x7F == 126 else frame[2:]
-        assert inflater.decompress(payload + b"\x00\x00\xff\xff").decode() == \
-            change.text
+        assert (
+            inflater.decompress(payload + b"\x00\x00\xff\xff").decode() == change.text
+        )
     # Carried context: later frames are much smaller than the first.
     assert len(results[5][2]) < len(results[0][2]) * 0.7
 
 
 def test_the_sync_rule():
     from wsproxy.transport.compression import Sync
+
     sync = Sync()
-    assert not sync.admits(1, 3)      # joins only at an epoch's start
+    assert not sync.admits(1, 3)  # joins only at an epoch's start
     assert sync.admits(1, 0) and sync.admits(1, 1) and sync.admits(1, 2)
-    assert not sync.admits(1, 4)      # a gap: out of step
-    assert not sync.admits(1, 5)      # and stays out until a reset
+    assert not sync.admits(1, 4)  # a gap: out of step
+    assert not sync.admits(1, 5)  # and stays out until a reset
     assert sync.admits(2, 0) and sync.admits(2, 1)
-    sync.lose()                       # another compressed frame went out
+    sync.lose()  # another compressed frame went out
     assert not sync.admits(2, 2)

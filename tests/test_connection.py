@@ -10,16 +10,14 @@ import threading
 import time
 
 import pytest
-
-from wsproxy.transport import codec
-from wsproxy import protocol
-from wsproxy.transport import websocket
-from wsproxy.fanout.connection import ClientConnection
-from wsproxy.fanout.subscription import EVERYTHING
 from wsproto.events import TextMessage
 
-from .helpers import RawPeer, scaled
+from wsproxy import protocol
+from wsproxy.fanout.connection import ClientConnection
+from wsproxy.fanout.subscription import EVERYTHING
+from wsproxy.transport import codec
 
+from .helpers import RawPeer, open_connection, scaled
 
 _sockets = []
 _reads_in_handler = True
@@ -39,29 +37,45 @@ def _close_sockets():
         _sockets.pop().close()
 
 
-def make_client(max_messages=100, max_bytes=1 << 20, send_timeout=5.0,
-                sndbuf=None, max_message_size=None, ping_interval=0):
+def make_client(
+    max_messages=100,
+    max_bytes=1 << 20,
+    send_timeout=5.0,
+    sndbuf=None,
+    max_message_size=None,
+    ping_interval=0,
+):
     srv_sock, cli_sock = socket.socketpair()
     _sockets.extend([srv_sock, cli_sock])
     if sndbuf:
         srv_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         cli_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
     environ = {
-        "werkzeug.socket": srv_sock, "HTTP_HOST": "test",
-        "HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket",
+        "werkzeug.socket": srv_sock,
+        "HTTP_HOST": "test",
+        "HTTP_CONNECTION": "Upgrade",
+        "HTTP_UPGRADE": "websocket",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
     }
     peer = RawPeer(cli_sock, host="test", send_request=False)
     environ["HTTP_SEC_WEBSOCKET_KEY"] = peer.key
     # The handshake reply is written as soon as the server object exists,
     # so the peer reads it afterwards from the socket buffer.
-    conn = websocket.open_for_test(
-        environ, send_timeout=send_timeout, max_message_size=max_message_size,
-        read_in_handler=_reads_in_handler)
+    conn = open_connection(
+        environ,
+        send_timeout=send_timeout,
+        max_message_size=max_message_size,
+        read_in_handler=_reads_in_handler,
+    )
     peer.read_until(lambda: peer.accepted, 5, "the handshake")
-    client = ClientConnection(conn, max_messages=max_messages,
-                    max_bytes=max_bytes, ping_interval=ping_interval,
-                    close_timeout=scaled(2), subscription=EVERYTHING)
+    client = ClientConnection(
+        conn,
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        ping_interval=ping_interval,
+        close_timeout=scaled(2),
+        subscription=EVERYTHING,
+    )
     return client, peer
 
 
@@ -101,7 +115,7 @@ def test_messages_pings_and_a_close_from_the_peer():
     peer.ping([b"are you there"])
     assert peer.take(1) == [("pong", b"are you there")]
     peer.send_close(1000)
-    assert peer.wait_close() == (1000, "")    # the server's reply
+    assert peer.wait_close() == (1000, "")  # the server's reply
     assert _joined(thread)
     assert got == ["hello, server"]
     assert client.close_code == 1000
@@ -162,11 +176,9 @@ def test_pongs_from_the_reader_thread_never_interleave_with_data():
     """simple-websocket's reader thread answers pings on the same socket
     while the broadcaster writes large frames: every frame must still parse
     (wsproto raises on a corrupt stream)."""
-    client, peer = make_client(max_messages=10000, max_bytes=1 << 30,
-                               sndbuf=8192)
+    client, peer = make_client(max_messages=10000, max_bytes=1 << 30, sndbuf=8192)
     thread = run_in_thread(client)
-    big = [codec.control_message("big", i=i, pad="x" * 30000)
-           for i in range(200)]
+    big = [codec.control_message("big", i=i, pad="x" * 30000) for i in range(200)]
 
     def broadcast():
         for text in big:
@@ -179,15 +191,17 @@ def test_pongs_from_the_reader_thread_never_interleave_with_data():
     got = peer.take(400, timeout=20)
     assert [m for m in got if isinstance(m, str)] == big
     assert [m[1] for m in got if isinstance(m, tuple)] == [
-        str(i).encode() for i in range(200)]
+        str(i).encode() for i in range(200)
+    ]
     client.request_close(protocol.CloseCode.NORMAL, "")
     peer.wait_close()
     thread.join(scaled(5))
 
 
 def test_a_client_that_stops_reading_is_closed_with_4008():
-    client, peer = make_client(max_messages=20, max_bytes=1 << 30,
-                               sndbuf=4096, send_timeout=30)
+    client, peer = make_client(
+        max_messages=20, max_bytes=1 << 30, sndbuf=4096, send_timeout=30
+    )
     thread = run_in_thread(client)
     frame = codec.frame(codec.control_message("x", pad="y" * 5000))
     accepted = 0
@@ -210,8 +224,7 @@ def test_a_client_that_stops_reading_is_closed_with_4008():
 
 
 def test_the_outbox_is_bounded_in_bytes_too():
-    client, peer = make_client(max_messages=10**6, max_bytes=64 * 1024,
-                               sndbuf=4096)
+    client, peer = make_client(max_messages=10**6, max_bytes=64 * 1024, sndbuf=4096)
     frame = codec.frame("z" * 10000)
     # No handler thread drains: everything past the socket buffer queues.
     results = [client.offer(frame) for _ in range(200)]
@@ -228,11 +241,21 @@ def test_close_reasons_fit_in_a_close_frame(reason_len):
 
 def _changes(count, pad=0):
     from wsproxy.transport.codec import Change
+
     from .helpers import sealer_for_tests
+
     sealer = sealer_for_tests()
-    return [Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
-                    "fullDocument": {"_id": i, "pad": "p" * pad}}, sealer)
-            for i in range(count)]
+    return [
+        Change(
+            {
+                "_id": {"_data": f"{i:08X}"},
+                "operationType": "insert",
+                "fullDocument": {"_id": i, "pad": "p" * pad},
+            },
+            sealer,
+        )
+        for i in range(count)
+    ]
 
 
 def test_changes_that_arrive_together_go_out_in_order_in_one_write():
@@ -240,8 +263,10 @@ def test_changes_that_arrive_together_go_out_in_order_in_one_write():
     thread = run_in_thread(client)
     writes = []
     real_try_write = client.sock.try_write
-    client.sock.try_write = lambda data: (writes.append(len(data)),
-                                          real_try_write(data))[1]
+    client.sock.try_write = lambda data: (
+        writes.append(len(data)),
+        real_try_write(data),
+    )[1]
     batch = _changes(50)
     assert client.on_changes(batch) == 50
     assert peer.take(50) == [c.text for c in batch]
@@ -255,12 +280,11 @@ def test_a_batch_that_fills_the_socket_halfway_is_finished_in_order():
     # 100 changes of ~5 KB into an 8 KB socket buffer: the first write
     # stops partway through a frame; the handler thread finishes it, then
     # the next batches queue behind it.
-    client, peer = make_client(max_messages=10000, max_bytes=1 << 30,
-                               sndbuf=8192)
+    client, peer = make_client(max_messages=10000, max_bytes=1 << 30, sndbuf=8192)
     thread = run_in_thread(client)
     changes = _changes(300, pad=5000)
     for start in range(0, 300, 100):
-        assert client.on_changes(changes[start:start + 100]) == 100
+        assert client.on_changes(changes[start : start + 100]) == 100
     assert peer.take(300, timeout=20) == [c.text for c in changes]
     client.request_close(protocol.CloseCode.NORMAL, "")
     peer.wait_close()
@@ -268,8 +292,9 @@ def test_a_batch_that_fills_the_socket_halfway_is_finished_in_order():
 
 
 def test_a_batch_that_overflows_the_outbox_closes_with_4008():
-    client, peer = make_client(max_messages=20, max_bytes=1 << 30,
-                               sndbuf=4096, send_timeout=30)
+    client, peer = make_client(
+        max_messages=20, max_bytes=1 << 30, sndbuf=4096, send_timeout=30
+    )
     thread = run_in_thread(client)
     # The peer reads nothing: the first batch fills the socket buffers,
     # the second overflows the outbox partway, and nothing more is taken.
@@ -289,9 +314,14 @@ def _change(op, _id, doc=None):
     from bson import Timestamp
 
     from .helpers import sealer_for_tests
-    raw = {"_id": {"_data": f"{next(_tokens):08d}"}, "operationType": op,
-           "ns": {"db": "shop", "coll": "orders"}, "documentKey": {"_id": _id},
-           "clusterTime": Timestamp(1, 1)}
+
+    raw = {
+        "_id": {"_data": f"{next(_tokens):08d}"},
+        "operationType": op,
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": _id},
+        "clusterTime": Timestamp(1, 1),
+    }
     if op in ("insert", "replace", "update"):
         raw["fullDocument"] = doc
     return codec.Change(raw, sealer_for_tests())
@@ -308,24 +338,36 @@ def test_a_filtered_feed_hears_of_a_document_it_was_sent_in_the_same_batch():
     from wsproxy.fanout.subscription import parse
 
     client, peer = make_client()
-    sub = parse(MultiDict({"filter": '{"fullDocument.s": "open"}'}), scope="",
-                principal=ANYONE)
+    sub = parse(
+        MultiDict({"filter": '{"fullDocument.s": "open"}'}), scope="", principal=ANYONE
+    )
     client.subscription = sub
     client.held = client._new_held(sub)
     thread = run_in_thread(client)
-    client.on_changes([
-        _change("insert", 1, {"_id": 1, "s": "open"}),
-        _change("update", 1, {"_id": 1, "s": "closed"}),   # leaves
-        _change("insert", 2, {"_id": 2, "s": "open"}),
-        _change("delete", 2),
-        _change("insert", 3, {"_id": 3, "s": "closed"}),   # never sent
-        _change("delete", 3),
-    ])
+    client.on_changes(
+        [
+            _change("insert", 1, {"_id": 1, "s": "open"}),
+            _change("update", 1, {"_id": 1, "s": "closed"}),  # leaves
+            _change("insert", 2, {"_id": 2, "s": "open"}),
+            _change("delete", 2),
+            _change("insert", 3, {"_id": 3, "s": "closed"}),  # never sent
+            _change("delete", 3),
+        ]
+    )
     got = [json.loads(text) for text in peer.take(4)]
-    assert [(m["type"], m.get("event", m).get("operationType"),
-             m.get("documentKey") or m["event"]["documentKey"]) for m in got] == [
-        ("change", "insert", {"_id": 1}), ("leave", None, {"_id": 1}),
-        ("change", "insert", {"_id": 2}), ("change", "delete", {"_id": 2})]
+    assert [
+        (
+            m["type"],
+            m.get("event", m).get("operationType"),
+            m.get("documentKey") or m["event"]["documentKey"],
+        )
+        for m in got
+    ] == [
+        ("change", "insert", {"_id": 1}),
+        ("leave", None, {"_id": 1}),
+        ("change", "insert", {"_id": 2}),
+        ("change", "delete", {"_id": 2}),
+    ]
     assert len(client.held) == 0
     client.request_close(protocol.CloseCode.NORMAL, "")
     peer.wait_close()

@@ -14,6 +14,7 @@ from .helpers import WSClient, sealer_for_tests
 # Resuming from history holds the hub's lock for no client-controlled work
 # (hub.py), and the seam stays exact.
 
+
 class _Recorder:
     """A hub member that records frames; ``wants`` may be made to block."""
 
@@ -24,6 +25,7 @@ class _Recorder:
         import threading
 
         from wsproxy.fanout.subscription import EVERYTHING
+
         self.frames = []
         self.closed = None
         self.got = threading.Condition()
@@ -41,6 +43,7 @@ class _Recorder:
 
     def prepare(self, change, sub=None):
         import types
+
         sub = sub or self.subscription
         if not sub.wants(change):
             return None
@@ -58,7 +61,8 @@ class _Recorder:
 
     def on_change(self, change):
         return self.subscription.wants(change) and self.offer(
-            self.subscription.frame(change))
+            self.subscription.frame(change)
+        )
 
     def offer(self, data):
         with self.got:
@@ -84,33 +88,43 @@ class _Recorder:
 
     def wait_until(self, predicate, timeout=5):
         from .helpers import scaled
+
         with self.got:
-            assert self.got.wait_for(lambda: predicate(self.frames),
-                                     scaled(timeout)), len(self.frames)
+            assert self.got.wait_for(lambda: predicate(self.frames), scaled(timeout)), (
+                len(self.frames)
+            )
         return self.frames
 
 
 def _numbered(i):
     from wsproxy.transport import codec
-    return codec.Change({"_id": {"_data": f"82{i:08X}"},
-                         "operationType": "insert",
-                         "ns": {"db": "shop", "coll": "orders"},
-                         "documentKey": {"_id": i}, "fullDocument": {"i": i}},
-                        sealer_for_tests())
+
+    return codec.Change(
+        {
+            "_id": {"_data": f"82{i:08X}"},
+            "operationType": "insert",
+            "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": i},
+            "fullDocument": {"i": i},
+        },
+        sealer_for_tests(),
+    )
 
 
 def _hello(mode):
     from wsproxy.transport import codec
+
     return codec.control_message("hello", resume=mode)
 
 
 def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
     import threading
 
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Hub
+    from wsproxy.transport import codec
 
     from .helpers import scaled
+
     hub = Hub(history_size=100)
     hub.start()
     stop = threading.Event()
@@ -134,8 +148,10 @@ def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
         result = []
         joiner = threading.Thread(
             target=lambda: result.append(
-                hub.register(slow_client, events[9].id, _hello)),
-            name="test-joiner")
+                hub.register(slow_client, events[9].id, _hello)
+            ),
+            name="test-joiner",
+        )
         joiner.start()
         assert entered.wait(scaled(5))
         # Meanwhile the broadcaster keeps publishing to everyone else.
@@ -150,7 +166,8 @@ def test_a_slow_filter_replaying_history_does_not_hold_up_the_others():
         # The seam: 10..39, each once, in order, after the hello.
         frames = slow_client.wait_for(31)
         assert frames == [codec.frame(_hello("history"))] + [
-            e.frame for e in events[10:]]
+            e.frame for e in events[10:]
+        ]
         assert len(hub) == 2
     finally:
         release.set()
@@ -161,8 +178,9 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
     import random
     import threading
 
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Announcement, Hub
+    from wsproxy.transport import codec
+
     # The history holds every event: a joiner that a busy machine slows
     # down still finds its id (the race is with publishing, not eviction).
     hub = Hub(history_size=1000)
@@ -183,8 +201,7 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
             for _ in range(60):
                 client = _Recorder()
                 after = rng.randrange(100, 200)
-                assert hub.register(client, events[after].id,
-                                    _hello) == "history"
+                assert hub.register(client, events[after].id, _hello) == "history"
                 joined.append((after, client))
 
         joiner = threading.Thread(target=join_many, name="test-joiners")
@@ -214,6 +231,7 @@ def test_resumes_from_history_racing_the_broadcaster_see_no_gap_or_repeat():
 # ---------------------------------------------------------------------------
 # Connections per principal or address (throttle.py).
 
+
 class _Clock:
     def __init__(self):
         self.now = 1000.0
@@ -224,11 +242,12 @@ class _Clock:
 
 def test_a_bucket_allows_its_burst_then_its_rate_per_key():
     from wsproxy.limits.throttle import KeyedRateLimit, Throttled
+
     clock = _Clock()
     limit = KeyedRateLimit(2, 3, clock=clock)
     assert [limit.take("a") for _ in range(3)] == [0, 0, 0]
-    assert limit.take("a") == pytest.approx(0.5)   # one token in 0.5 s
-    assert limit.take("b") == 0                    # keys are independent
+    assert limit.take("a") == pytest.approx(0.5)  # one token in 0.5 s
+    assert limit.take("b") == 0  # keys are independent
     clock.now += 0.5
     assert limit.take("a") == 0
     assert limit.take("a") > 0
@@ -240,16 +259,17 @@ def test_a_bucket_allows_its_burst_then_its_rate_per_key():
 
 def test_a_resume_that_filters_the_history_costs_its_work():
     from wsproxy.limits.throttle import KeyedRateLimit, connect_cost
+
     assert connect_cost(None, None, 1000) == 1
-    assert connect_cost(None, "x" * 3600, 1000) == 1       # live only
-    assert connect_cost("id", None, 1000) == 1              # no filter
+    assert connect_cost(None, "x" * 3600, 1000) == 1  # live only
+    assert connect_cost("id", None, 1000) == 1  # no filter
     assert connect_cost("id", "x" * 3600, 1000) == pytest.approx(37)
     # A snapshot pays for its read after it (throttle.read_cost).
     clock = _Clock()
     limit = KeyedRateLimit(20, 100, clock=clock)
     assert limit.take("a", 37) == 0 and limit.take("a", 37) == 0
     assert limit.take("a", 37) == pytest.approx((37 - 26) / 20)
-    assert limit.take("a", 10**6) > 0                       # at most a burst
+    assert limit.take("a", 10**6) > 0  # at most a burst
     clock.now += 100
     assert limit.take("a", 10**6) == 0
 
@@ -259,11 +279,13 @@ def test_a_reconnect_storm_through_one_address_gets_through():
     # without ProxyFix they all come back from one address at once.
     from wsproxy.config import DEFAULTS
     from wsproxy.limits.throttle import KeyedRateLimit
+
     clock = _Clock()
-    limit = KeyedRateLimit(DEFAULTS["WSPROXY_CONNECT_RATE"],
-                           DEFAULTS["WSPROXY_CONNECT_BURST"], clock=clock)
+    limit = KeyedRateLimit(
+        DEFAULTS["WSPROXY_CONNECT_RATE"], DEFAULTS["WSPROXY_CONNECT_BURST"], clock=clock
+    )
     admitted = 0
-    for _ in range(1000):       # 1,000 clients over 10 s of backoff
+    for _ in range(1000):  # 1,000 clients over 10 s of backoff
         admitted += limit.take("proxy") == 0
         clock.now += 0.01
     assert admitted >= 250
@@ -275,15 +297,17 @@ def test_a_time_read_late_never_takes_tokens_away():
     # time counted as negative refill, and at a generous rate (100,000/s)
     # a second of it refused clients of an almost full bucket with 429.
     from wsproxy.limits.throttle import KeyedRateLimit
+
     times = iter([1001.0, 1000.0, 1000.5])
     limit = KeyedRateLimit(100_000, 100_000, clock=lambda: next(times))
-    assert limit.take("proxy") == 0       # at 1001.0
-    assert limit.take("proxy") == 0       # read at 1000.0, counted after
+    assert limit.take("proxy") == 0  # at 1001.0
+    assert limit.take("proxy") == 0  # read at 1000.0, counted after
     assert limit.take("proxy") == 0
 
 
 def test_buckets_are_bounded_in_number_and_fail_closed_when_all_are_busy():
     from wsproxy.limits.throttle import KeyedRateLimit
+
     clock = _Clock()
     limit = KeyedRateLimit(1, 2, max_keys=3, clock=clock)
     for key in "abc":
@@ -306,14 +330,16 @@ def test_a_bucket_is_thread_safe():
     import threading
 
     from wsproxy.limits.throttle import KeyedRateLimit
+
     limit = KeyedRateLimit(1e-9, 100, clock=_Clock())  # no refill
     allowed = []
 
     def hammer():
         allowed.extend(1 for _ in range(500) if limit.take("k") == 0)
 
-    threads = [threading.Thread(target=hammer, name=f"test-hammer-{i}")
-               for i in range(8)]
+    threads = [
+        threading.Thread(target=hammer, name=f"test-hammer-{i}") for i in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -325,6 +351,7 @@ def test_keyed_slots_bound_each_key_and_wait_for_a_release():
     import threading
 
     from wsproxy.limits.throttle import KeyedSlots
+
     slots = KeyedSlots(2)
     assert slots.acquire("p") and slots.acquire("p")
     assert not slots.acquire("p")
@@ -342,19 +369,25 @@ def test_costs_are_charged_to_the_principal_or_else_the_address():
     from wsproxy import Principal
     from wsproxy.access import ANYONE
     from wsproxy.limits.throttle import client_key
+
     assert client_key(Principal("ada"), "10.0.0.1") == ("principal", "ada")
     assert client_key(ANYONE, "10.0.0.1") == ("address", "10.0.0.1")
     assert client_key(Principal(), "10.0.0.2") == ("address", "10.0.0.2")
 
 
 def test_too_many_connections_get_429_before_the_upgrade(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": f"{db}.{coll}",
-                       "WSPROXY_MAX_AWAIT_MS": "100",
-                       "WSPROXY_CONNECT_RATE": "0.01",
-                       "WSPROXY_CONNECT_BURST": "3"})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_CONNECT_RATE": "0.01",
+            "WSPROXY_CONNECT_BURST": "3",
+        }
+    )
     near = {"source_address": ("127.0.0.1", 0)}
     bystander = WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
     assert bystander.recv()["type"] == "hello"
@@ -379,13 +412,14 @@ def test_too_many_connections_get_429_before_the_upgrade(
 # costliest legal filter, for 10 s, against the default limits.
 
 ATTACK_SECONDS = 10
-PREFILL = 1000   # a full history (WSPROXY_HISTORY_SIZE)
+PREFILL = 1000  # a full history (WSPROXY_HISTORY_SIZE)
 
 
 def _costly_filter(max_query_chars=3700):
     """As many terms as fit in a URL gunicorn accepts (its request line is
     4094 bytes): each walks an array of sub-documents and compares."""
     import urllib.parse
+
     terms, best = [], None
     while True:
         terms.append({"fullDocument.items.sku": {"$gt": "~", "$lt": "!"}})
@@ -420,12 +454,14 @@ def attack():
 
 @pytest.mark.timing  # the bystanders' latency: alone on the machine
 def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     import random
     import urllib.parse
 
     from . import attack
     from .helpers import scaled
+
     db, coll = namespace
     server = attack.serve(gunicorn, mongo, db, coll)
     items = mongo_client[db][coll]
@@ -434,18 +470,30 @@ def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
     items.insert_many([attack.order(-1, rng, pre=i) for i in range(PREFILL)])
     # Early enough that most of the history follows it, late enough that
     # the attack's writes do not evict it: a resume from history.
-    resume_ids = [client.changes(PREFILL, timeout=30)[200]["id"]
-                  for client in bystanders]
+    resume_ids = [
+        client.changes(PREFILL, timeout=30)[200]["id"] for client in bystanders
+    ]
     assert len(set(resume_ids)) == 1
     costly = _costly_filter()
-    attack_url = server.ws_url(urllib.parse.urlencode(
-        {"resume_after": resume_ids[0], "filter": costly}))
+    attack_url = server.ws_url(
+        urllib.parse.urlencode({"resume_after": resume_ids[0], "filter": costly})
+    )
     assert len(urllib.parse.quote_plus(costly)) > 3500  # 3.6 KB in the URL
 
-    report = attack.run(server, items, rng, bystanders,
-                        [_ATTACKER + attack.RUN_ATTACKERS, attack_url,
-                         str(ATTACK_SECONDS),
-                         str(scaled(60)), "1"], ATTACK_SECONDS)
+    report = attack.run(
+        server,
+        items,
+        rng,
+        bystanders,
+        [
+            _ATTACKER + attack.RUN_ATTACKERS,
+            attack_url,
+            str(ATTACK_SECONDS),
+            str(scaled(60)),
+            "1",
+        ],
+        ATTACK_SECONDS,
+    )
     assert report.outcomes["ok"] >= 1 and report.outcomes["429"] >= 1
     log = server.output()
     assert "resume: history" in log and "resume: catch-up" not in log
@@ -456,6 +504,7 @@ def test_a_reconnect_storm_with_a_costly_filter_does_not_freeze_the_worker(
 
 # ---------------------------------------------------------------------------
 # Catch-up bounds (resume.py): bytes, time, per principal, encoding.
+
 
 class _Stream:
     """A change stream of ``count`` inserts of ``size`` bytes each."""
@@ -474,15 +523,19 @@ class _Stream:
 
     def try_next(self):
         from bson import Timestamp
+
         self.on_read()
         if self.read >= self.count:
             return None
         i, self.read = self.read, self.read + 1
-        return {"_id": {"_data": f"82{i:08X}"}, "operationType": "insert",
-                "clusterTime": Timestamp(1000 + i, 1),
-                "ns": {"db": "shop", "coll": self.ns(i)},
-                "documentKey": {"_id": i},
-                "fullDocument": {"_id": i, "pad": "x" * self.size}}
+        return {
+            "_id": {"_data": f"82{i:08X}"},
+            "operationType": "insert",
+            "clusterTime": Timestamp(1000 + i, 1),
+            "ns": {"db": "shop", "coll": self.ns(i)},
+            "documentKey": {"_id": i},
+            "fullDocument": {"_id": i, "pad": "x" * self.size},
+        }
 
 
 _RESUME_ID = sealer_for_tests().seal({"_data": "82FFFFFFFF"})
@@ -494,18 +547,22 @@ def _catch_up_inputs(stream, **config):
     import threading
 
     from wsproxy.fanout.hub import Hub
-    from wsproxy.stream.catchup import CatchUpInputs
     from wsproxy.limits.throttle import KeyedSlots
-    settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2,
-                **config}
+    from wsproxy.stream.catchup import CatchUpInputs
+
+    settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2, **config}
     hub = Hub()
     return CatchUpInputs(
-        open_stream=lambda **kw: stream, submit=hub.submit,
+        open_stream=lambda **kw: stream,
+        submit=hub.submit,
         published_through=lambda: hub.published_through,
-        watcher_caught_up_as_of=lambda: None, sealer=sealer_for_tests(),
+        watcher_caught_up_as_of=lambda: None,
+        sealer=sealer_for_tests(),
         stopping=threading.Event(),
         slots=threading.BoundedSemaphore(16),
-        slots_per_key=KeyedSlots(settings["per_key_limit"]), **settings)
+        slots_per_key=KeyedSlots(settings["per_key_limit"]),
+        **settings,
+    )
 
 
 def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
@@ -517,13 +574,23 @@ def _stalled_client(subscription, max_messages=1000, max_bytes=1 << 20):
     from wsproxy import Principal
     from wsproxy.fanout.connection import ClientConnection
     from wsproxy.transport.websocket import GuardedSocket
+
     ours, theirs = socket.socketpair()
-    conn = types.SimpleNamespace(sock=GuardedSocket(ours, 10),
-                                 wake=threading.Event(), deflate_bits=None,
-                                 deflate_takeover=False)
-    client = ClientConnection(conn, max_messages=max_messages,
-                    max_bytes=max_bytes, ping_interval=0, close_timeout=1,
-                    subscription=subscription, remote_addr="10.1.1.1")
+    conn = types.SimpleNamespace(
+        sock=GuardedSocket(ours, 10),
+        wake=threading.Event(),
+        deflate_bits=None,
+        deflate_takeover=False,
+    )
+    client = ClientConnection(
+        conn,
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        ping_interval=0,
+        close_timeout=1,
+        subscription=subscription,
+        remote_addr="10.1.1.1",
+    )
     client.principal = Principal("ada")
     return client, (ours, theirs)
 
@@ -533,8 +600,10 @@ def _start_catch_up(inputs, member, name="test-catchup"):
     import threading
 
     from wsproxy.stream.catchup import catch_up
-    runner = threading.Thread(target=catch_up,
-                              args=(inputs, member, _RESUME_ID), name=name)
+
+    runner = threading.Thread(
+        target=catch_up, args=(inputs, member, _RESUME_ID), name=name
+    )
     runner.start()
     return runner
 
@@ -543,6 +612,7 @@ def _closed_by(client, runner, what):
     """Wait until the catch-up closes ``client`` and its thread ends;
     returns the (code, reason) it closed with."""
     from .helpers import scaled, wait_for
+
     wait_for(lambda: client.closing, 10, what)
     runner.join(scaled(5))
     assert not runner.is_alive()
@@ -552,10 +622,10 @@ def _closed_by(client, runner, what):
 def test_a_stalled_catch_up_is_bounded_in_bytes_and_then_in_time():
 
     from wsproxy import protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
-    stream = _Stream(count=500, size=100_000)          # 100 KB documents
+    stream = _Stream(count=500, size=100_000)  # 100 KB documents
     inputs = _catch_up_inputs(stream, time_limit=1.0)
     client, sockets = _stalled_client(EVERYTHING, max_bytes=1_000_000)
     member = CatchUp(client, 1000)
@@ -581,8 +651,8 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
     # the stream stopped: joining the live feed there could skip events.
 
     from wsproxy import protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
     stream = _Stream(count=3, size=10)
     stream.on_read = lambda: setattr(stream, "alive", stream.read < 3)
@@ -602,26 +672,27 @@ def test_a_catch_up_stream_the_server_ends_is_not_taken_for_idle():
 
 def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 
-    from wsproxy.transport import codec
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import Subscription
+    from wsproxy.stream.catchup import CatchUp
+    from wsproxy.transport import codec
 
     from .helpers import scaled, wait_for
+
     built = []
     real_frame = codec.frame
-    monkeypatch.setattr(codec, "frame",
-                        lambda text: built.append(1) or real_frame(text))
+    monkeypatch.setattr(
+        codec, "frame", lambda text: built.append(1) or real_frame(text)
+    )
     # One event in ten is in the client's namespace.
-    stream = _Stream(count=200, size=1000,
-                     ns=lambda i: "orders" if i % 10 == 0 else "other")
+    stream = _Stream(
+        count=200, size=1000, ns=lambda i: "orders" if i % 10 == 0 else "other"
+    )
     inputs = _catch_up_inputs(stream)
-    client, sockets = _stalled_client(
-        Subscription(namespaces={"shop.orders"}))
+    client, sockets = _stalled_client(Subscription(namespaces={"shop.orders"}))
     member = CatchUp(client, 1000)
     runner = _start_catch_up(inputs, member)
     try:
-        wait_for(lambda: stream.read == 200 and member.replayed == 20, 10,
-                 "the replay")
+        wait_for(lambda: stream.read == 200 and member.replayed == 20, 10, "the replay")
     finally:
         inputs.stopping.set()
         runner.join(scaled(5))
@@ -634,10 +705,11 @@ def test_the_replay_encodes_only_what_the_client_is_sent(monkeypatch):
 def test_a_principal_gets_only_its_share_of_catch_ups():
 
     from wsproxy import Principal, protocol
-    from wsproxy.stream.catchup import CatchUp
     from wsproxy.fanout.subscription import EVERYTHING
+    from wsproxy.stream.catchup import CatchUp
 
     from .helpers import scaled, wait_for
+
     inputs = _catch_up_inputs(_Stream(count=500, size=100_000))
     runs, clients, sockets = [], [], []
     try:
@@ -646,11 +718,17 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
             client.principal = Principal(name)
             sockets.extend(pair)
             clients.append(client)
-            runs.append(_start_catch_up(inputs, CatchUp(client, 1000),
-                                        name=f"test-catchup-{name}"))
+            runs.append(
+                _start_catch_up(
+                    inputs, CatchUp(client, 1000), name=f"test-catchup-{name}"
+                )
+            )
             if len(runs) == 2:
-                wait_for(lambda: inputs.slots_per_key.in_use(
-                    ("principal", "ada")) == 2, 5, "two catch-ups for ada")
+                wait_for(
+                    lambda: inputs.slots_per_key.in_use(("principal", "ada")) == 2,
+                    5,
+                    "two catch-ups for ada",
+                )
         third, other = clients[2], clients[3]
         wait_for(lambda: third.closing, 5, "the third catch-up to be refused")
         code, reason = third._close_request
@@ -670,7 +748,8 @@ def test_a_principal_gets_only_its_share_of_catch_ups():
 
 @pytest.mark.heavy
 def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     """One address opens six catch-ups and stops reading: two run (its
     share), the others are refused with 1013; each running one holds at
     most half an outbox; both end at the time limit. Meanwhile another
@@ -678,14 +757,21 @@ def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
     import psutil
 
     from .helpers import metric, scaled, scrape, wait_for
+
     db, coll = namespace
     limit = 8  # WSPROXY_CATCHUP_TIMEOUT
-    server = gunicorn({
-        "WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": f"{db}.{coll}",
-        "WSPROXY_MAX_AWAIT_MS": "100", "WSPROXY_HISTORY_SIZE": "20",
-        "WSPROXY_CLOSE_TIMEOUT": "2", "WSPROXY_PING_INTERVAL": "0",
-        "WSPROXY_SEND_TIMEOUT": str(scaled(60)),
-        "WSPROXY_CATCHUP_TIMEOUT": str(scaled(limit))})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_HISTORY_SIZE": "20",
+            "WSPROXY_CLOSE_TIMEOUT": "2",
+            "WSPROXY_PING_INTERVAL": "0",
+            "WSPROXY_SEND_TIMEOUT": str(scaled(60)),
+            "WSPROXY_CATCHUP_TIMEOUT": str(scaled(limit)),
+        }
+    )
     worker = psutil.Process(server.worker_pids()[0])
     items = mongo_client[db][coll]
     bystander = WSClient(server.ws_url(), source_address=("127.0.0.3", 0))
@@ -693,39 +779,40 @@ def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
     pad = "x" * 100_000
     got = []
     for start in range(0, 200, 20):  # 20 MB of 100 KB documents
-        items.insert_many([{"seq": i, "pad": pad}
-                           for i in range(start, start + 20)])
+        items.insert_many([{"seq": i, "pad": pad} for i in range(start, start + 20)])
         got += bystander.changes(20, timeout=30)
     assert [m["event"]["fullDocument"]["seq"] for m in got] == list(range(200))
     first = got[0]["id"]
     rss_before = worker.memory_info().rss
 
     query = f"resume_after={first}"
-    stalled = [WSClient(server.ws_url(query), max_queue=4,
-                        source_address=("127.0.0.1", 0)) for _ in range(6)]
+    stalled = [
+        WSClient(server.ws_url(query), max_queue=4, source_address=("127.0.0.1", 0))
+        for _ in range(6)
+    ]
     try:
+
         def refused():
             return [c for c in stalled if c.ws.close_code == 1013]
 
-        wait_for(lambda: len(refused()) == 4, 15,
-                 "four of the six to be refused")
+        wait_for(lambda: len(refused()) == 4, 15, "four of the six to be refused")
         for client in refused():
-            assert "too many catch-ups for this client (limit 2)" in \
-                client.ws.close_reason
+            assert (
+                "too many catch-ups for this client (limit 2)" in client.ws.close_reason
+            )
         assert metric(scrape(server), "wsproxy_catchups_active") == 2
         rss_stalled = worker.memory_info().rss
 
         # Another address catches up in full meanwhile.
-        legit = WSClient(server.ws_url(query),
-                         source_address=("127.0.0.2", 0))
+        legit = WSClient(server.ws_url(query), source_address=("127.0.0.2", 0))
         assert legit.recv()["resume"] == "catch-up"
-        seqs = [m["event"]["fullDocument"]["seq"]
-                for m in legit.changes(199, timeout=30)]
+        seqs = [
+            m["event"]["fullDocument"]["seq"] for m in legit.changes(199, timeout=30)
+        ]
         assert seqs == list(range(1, 200))
         items.insert_one({"seq": 200})
         assert legit.recv_type("change")["event"]["fullDocument"]["seq"] == 200
-        assert bystander.recv_type("change")["event"]["fullDocument"][
-            "seq"] == 200
+        assert bystander.recv_type("change")["event"]["fullDocument"]["seq"] == 200
         legit.close()
 
         # Each stalled catch-up held at most half an outbox (4 MiB) of
@@ -734,15 +821,16 @@ def test_slow_catch_ups_cannot_take_every_slot_or_grow_the_worker(
         print(f"\ntwo stalled catch-ups of 20 MB: worker RSS +{grown:.1f} MB")
         assert grown < 30, grown
         # Then the time limit ends them: 1013, resume from the last id.
-        wait_for(lambda: metric(scrape(server),
-                                "wsproxy_catchups_active") == 0,
-                 limit + 15, "the stalled catch-ups to reach their limit")
+        wait_for(
+            lambda: metric(scrape(server), "wsproxy_catchups_active") == 0,
+            limit + 15,
+            "the stalled catch-ups to reach their limit",
+        )
         for client in stalled:
             if client.ws.close_code is None:
                 code, reason = client.wait_closed(timeout=30)
                 assert code == 1013, (code, reason)
-                assert f"catch-up took longer than {scaled(limit):g}s" in \
-                    reason
+                assert f"catch-up took longer than {scaled(limit):g}s" in reason
     finally:
         for client in stalled:
             client.drop()
@@ -753,14 +841,22 @@ def _timed_events(count):
     from bson import Timestamp
 
     from wsproxy.transport import codec
+
     sealer = sealer_for_tests()
-    return [codec.Change({"_id": {"_data": f"82{i:08X}"},
-                          "operationType": "insert",
-                          "clusterTime": Timestamp(1000 + i, 1),
-                          "ns": {"db": "shop", "coll": "orders"},
-                          "documentKey": {"_id": i},
-                          "fullDocument": {"i": i}}, sealer)
-            for i in range(count)]
+    return [
+        codec.Change(
+            {
+                "_id": {"_data": f"82{i:08X}"},
+                "operationType": "insert",
+                "clusterTime": Timestamp(1000 + i, 1),
+                "ns": {"db": "shop", "coll": "orders"},
+                "documentKey": {"_id": i},
+                "fullDocument": {"i": i},
+            },
+            sealer,
+        )
+        for i in range(count)
+    ]
 
 
 def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
@@ -773,15 +869,19 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
     import types
 
     from wsproxy.stream.catchup import CatchUp
+
     events = _timed_events(120)
     rng = random.Random(3)
     for _ in range(150):
-        resume_at = rng.randrange(0, 60)           # the client's last event
+        resume_at = rng.randrange(0, 60)  # the client's last event
         live_from = rng.randrange(resume_at + 1, 110)
         client = _Recorder()
         member = CatchUp(client, 1000)
-        hub = types.SimpleNamespace(published_through=events[
-            live_from - 1].raw["clusterTime"] if live_from else None)
+        hub = types.SimpleNamespace(
+            published_through=events[live_from - 1].raw["clusterTime"]
+            if live_from
+            else None
+        )
         member.published_through = lambda hub=hub: hub.published_through
         jitter = [rng.random() < 0.3 for _ in events]
 
@@ -799,8 +899,10 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
                 if jitter[-i]:
                     os.sched_yield()
 
-        threads = [threading.Thread(target=live, name="test-live"),
-                   threading.Thread(target=replay, name="test-replay")]
+        threads = [
+            threading.Thread(target=live, name="test-live"),
+            threading.Thread(target=replay, name="test-replay"),
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -808,13 +910,13 @@ def test_the_catch_up_seam_is_exact_however_replay_and_live_interleave():
         assert member.spliced
         frame_of = {e.frame: i for i, e in enumerate(events)}
         got = [frame_of[f] for f in client.frames]
-        assert got == list(range(resume_at + 1, len(events))), (
-            resume_at, live_from)
+        assert got == list(range(resume_at + 1, len(events))), (resume_at, live_from)
         assert not member._live
 
 
 def test_replayed_events_the_live_feed_has_passed_are_not_remembered():
     from wsproxy.stream.catchup import CatchUp
+
     events = _timed_events(300)
     member = CatchUp(_Recorder(), 1000)
     # The live feed's place.

@@ -52,9 +52,22 @@ NO_FLASK_MODULES = {"liverules"}
 # Access rules are pure: no I/O, no threads, no database, no web framework.
 # So are the modules they use, and a subscription (fanout/subscription.py,
 # which decides a change's shape, so sits above the transport's codec).
-IMPURE = {"threading", "socket", "select", "subprocess", "pymongo", "flask",
-          "werkzeug", "gunicorn", "logging", "os", "time", "queue",
-          "concurrent", "asyncio"} | WEBSOCKET_LIBRARIES
+IMPURE = {
+    "threading",
+    "socket",
+    "select",
+    "subprocess",
+    "pymongo",
+    "flask",
+    "werkzeug",
+    "gunicorn",
+    "logging",
+    "os",
+    "time",
+    "queue",
+    "concurrent",
+    "asyncio",
+} | WEBSOCKET_LIBRARIES
 PURE_MODULES = {"errors", "protocol", "fanout.subscription"}
 
 # What the Python client may use of the package: no server module.
@@ -86,8 +99,10 @@ def _own_module(target):
     parts = target.split(".")
     while parts:
         name = ".".join(parts)
-        if (PACKAGE.joinpath(*parts).with_suffix(".py").exists()
-                or (PACKAGE.joinpath(*parts) / "__init__.py").exists()):
+        if (
+            PACKAGE.joinpath(*parts).with_suffix(".py").exists()
+            or (PACKAGE.joinpath(*parts) / "__init__.py").exists()
+        ):
             return name
         parts.pop()
     return ""
@@ -103,9 +118,11 @@ def _imports(path, name=None):
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             absolute |= {alias.name.split(".")[0] for alias in node.names}
-            own |= {_own_module(alias.name.partition(".")[2])
-                    for alias in node.names
-                    if alias.name.startswith("wsproxy.")}
+            own |= {
+                _own_module(alias.name.partition(".")[2])
+                for alias in node.names
+                if alias.name.startswith("wsproxy.")
+            }
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 absolute.add(node.module.split(".")[0])
@@ -115,10 +132,13 @@ def _imports(path, name=None):
             else:
                 up = node.level - 1
                 base = (package[: len(package) - up] if up else package) + (
-                    node.module.split(".") if node.module else [])
+                    node.module.split(".") if node.module else []
+                )
             for alias in node.names:
-                own.add(_own_module(".".join(base + [alias.name]))
-                        or _own_module(".".join(base)))
+                own.add(
+                    _own_module(".".join(base + [alias.name]))
+                    or _own_module(".".join(base))
+                )
     own.discard("")
     return absolute, own
 
@@ -165,21 +185,32 @@ def test_the_shared_modules_import_no_layer(module):
 @pytest.mark.parametrize("module", sorted(IMPORTS))
 def test_only_the_transport_imports_the_websocket_libraries(module):
     used = IMPORTS[module][0] & WEBSOCKET_LIBRARIES
-    allowed = (_layer(module) == "transport" or module in WEBSOCKET_EXCEPTIONS
-               or _layer(module) == "client")
+    allowed = (
+        _layer(module) == "transport"
+        or module in WEBSOCKET_EXCEPTIONS
+        or _layer(module) == "client"
+    )
     assert allowed or not used, used
 
 
-@pytest.mark.parametrize("module", sorted(
-    name for name in IMPORTS
-    if _layer(name) in NO_FLASK_LAYERS or name in NO_FLASK_MODULES))
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        name
+        for name in IMPORTS
+        if _layer(name) in NO_FLASK_LAYERS or name in NO_FLASK_MODULES
+    ),
+)
 def test_the_stream_side_knows_no_flask(module):
     assert not IMPORTS[module][0] & FLASK
 
 
-@pytest.mark.parametrize("module", sorted(
-    name for name in IMPORTS
-    if _layer(name) == "access" or name in PURE_MODULES))
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        name for name in IMPORTS if _layer(name) == "access" or name in PURE_MODULES
+    ),
+)
 def test_access_rules_are_pure(module):
     assert not IMPORTS[module][0] & IMPURE, IMPORTS[module][0] & IMPURE
 
@@ -188,8 +219,10 @@ def test_the_client_imports_nothing_of_the_server():
     client = [name for name in IMPORTS if _layer(name) == "client"]
     assert client
     for module in client:
-        used = {name if _layer(name) is None else _layer(name)
-                for name in IMPORTS[module][1]}
+        used = {
+            name if _layer(name) is None else _layer(name)
+            for name in IMPORTS[module][1]
+        }
         assert used <= CLIENT_MAY_IMPORT, (module, used)
     # ...nor do the modules it imports.
     for module in CLIENT_MAY_IMPORT - {"client"}:
@@ -204,9 +237,11 @@ def test_nothing_in_the_package_imports_the_demo_or_the_benchmark(module):
 def test_the_contracts_can_fail(tmp_path):
     """The reader sees what a violation looks like."""
     path = tmp_path / "probe.py"
-    path.write_text("import threading\nfrom flask import request\n"
-                    "from ..fanout import hub\nfrom ..transport.codec import Change\n"
-                    "from .. import errors\n")
+    path.write_text(
+        "import threading\nfrom flask import request\n"
+        "from ..fanout import hub\nfrom ..transport.codec import Change\n"
+        "from .. import errors\n"
+    )
     absolute, own = _imports(path, "access.probe")
     assert absolute & IMPURE == {"threading", "flask"}
     assert own == {"fanout.hub", "transport.codec", "errors"}

@@ -13,12 +13,17 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from wsproxy.transport import codec
-from wsproxy.http.control import Control, subscription_args
 from wsproxy.errors import ClientError
-from wsproxy.protocol import (
-    MessageType, ResumeMode, SourceState, WatcherState, watcher_state)
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
+from wsproxy.http.control import Control, subscription_args
+from wsproxy.protocol import (
+    MessageType,
+    ResumeMode,
+    SourceState,
+    WatcherState,
+    watcher_state,
+)
+from wsproxy.transport import codec
 
 from .helpers import WSClient, http_get, refused, scaled, server_env, wait_for
 from .test_connection import make_client
@@ -27,20 +32,27 @@ from .test_connection import make_client
 
 
 def test_subscribe_fields_read_as_the_url_query_would():
-    args = subscription_args({"type": "subscribe", "ns": "a.b,a.c",
-                              "ops": ["insert", "delete"],
-                              "filter": {"fullDocument._id": {"$oid": "0" * 24}}})
+    args = subscription_args(
+        {
+            "type": "subscribe",
+            "ns": "a.b,a.c",
+            "ops": ["insert", "delete"],
+            "filter": {"fullDocument._id": {"$oid": "0" * 24}},
+        }
+    )
     assert args.getlist("ns") == ["a.b,a.c"]
     assert args.getlist("ops") == ["insert", "delete"]
     assert json.loads(args["filter"]) == {"fullDocument._id": {"$oid": "0" * 24}}
     assert list(subscription_args({"type": "subscribe", "ns": None})) == []
     # An empty list is nothing, which parse refuses: never everything.
     assert subscription_args({"type": "subscribe", "ops": []}).getlist("ops") == [""]
-    for bad, why in [({"resume_after": "x"}, "unknown field"),
-                     ({"access_token": "x"}, "unknown field"),
-                     ({"ns": 3}, "a string or a list"),
-                     ({"ops": ["insert", 1]}, "a string or a list"),
-                     ({"filter": 7}, "a JSON object")]:
+    for bad, why in [
+        ({"resume_after": "x"}, "unknown field"),
+        ({"access_token": "x"}, "unknown field"),
+        ({"ns": 3}, "a string or a list"),
+        ({"ops": ["insert", 1]}, "a string or a list"),
+        ({"filter": 7}, "a JSON object"),
+    ]:
         with pytest.raises(ClientError, match=why):
             subscription_args({"type": "subscribe", **bad})
 
@@ -51,7 +63,12 @@ def test_watcher_states_on_the_wire():
     for state in ("reconnecting", "failed", "stopped"):
         assert watcher_state(state) is WatcherState.RECONNECTING
     assert [str(s) for s in SourceState] == [
-        "starting", "connected", "reconnecting", "failed", "stopped"]
+        "starting",
+        "connected",
+        "reconnecting",
+        "failed",
+        "stopped",
+    ]
     for state in SourceState:
         assert watcher_state(state) is watcher_state(state.value)
 
@@ -59,17 +76,17 @@ def test_watcher_states_on_the_wire():
 def test_the_enums_are_their_values_on_the_wire():
     # hello's resume and watcher, and every other enum a message carries,
     # encode to exactly the bytes their plain values did.
-    assert [m.value for m in ResumeMode] == [
-        "none", "history", "catch-up", "snapshot"]
+    assert [m.value for m in ResumeMode] == ["none", "history", "catch-up", "snapshot"]
     for mode in ResumeMode:
         for state in WatcherState:
             assert codec.control_message(
-                MessageType.HELLO, resume=mode, watcher=state) == (
-                codec.control_message("hello", resume=mode.value,
-                                      watcher=state.value))
-    assert codec.control_message(MessageType.STATUS,
-                                 watcher=WatcherState.CONNECTED, detail="") == (
-        '{"type": "status", "watcher": "connected", "detail": ""}')
+                MessageType.HELLO, resume=mode, watcher=state
+            ) == (
+                codec.control_message("hello", resume=mode.value, watcher=state.value)
+            )
+    assert codec.control_message(
+        MessageType.STATUS, watcher=WatcherState.CONNECTED, detail=""
+    ) == ('{"type": "status", "watcher": "connected", "detail": ""}')
     assert json.dumps({"watcher": SourceState.FAILED}) == '{"watcher": "failed"}'
 
 
@@ -79,7 +96,7 @@ class FakeConnection:
     id = 0
 
     def __init__(self):
-        self.sent = []          # parsed replies, in order
+        self.sent = []  # parsed replies, in order
         self.subscription = EVERYTHING
         self.closed = None
         self.woken = 0
@@ -142,8 +159,9 @@ def _parse(args):
 def _control(watcher="connected"):
     hub = FakeHub()
     state = {"watcher": watcher}
-    control = Control(_parse, hub=hub, stopping=threading.Event(),
-                      watcher=lambda: state["watcher"])
+    control = Control(
+        _parse, hub=hub, stopping=threading.Event(), watcher=lambda: state["watcher"]
+    )
     return control, hub, state
 
 
@@ -168,8 +186,14 @@ def test_a_message_too_deep_to_read_closes_with_a_reason():
     for depth in range(700, 1100):
         control, _, _ = _control()
         conn = FakeConnection()
-        control.on_message(conn, '{"type": "subscribe", "filter": '
-                           + '{"a": ' * depth + "1" + "}" * depth + "}")
+        control.on_message(
+            conn,
+            '{"type": "subscribe", "filter": '
+            + '{"a": ' * depth
+            + "1"
+            + "}" * depth
+            + "}",
+        )
         assert conn.closed in (None, (1008, "message is nested too deep"))
         control.on_message(conn, "[" * depth + "]" * depth)
         assert conn.closed[0] == 1008
@@ -183,23 +207,22 @@ def test_during_a_catch_up_subscribe_waits_for_the_hand_over():
     control, hub, _ = _control()
     conn = FakeConnection()
     control.catchup = catchup = FakeCatchUp()
-    control.on_message(conn, '{"type": "ping"}')        # nothing waits: now
+    control.on_message(conn, '{"type": "ping"}')  # nothing waits: now
     control.on_message(conn, '{"type": "subscribe", "ns": "a.b"}')
-    control.on_message(conn, '{"type": "ping"}')        # after the subscribe
+    control.on_message(conn, '{"type": "ping"}')  # after the subscribe
     control.on_message(conn, '{"type": "subscribe", "ns": "forbidden"}')
     assert [m["type"] for m in conn.sent] == ["pong"]
     # Not spliced: it keeps looking while something waits.
     assert control.on_wake(conn) is not None and not hub.barriers
     catchup.spliced = True
     assert control.on_wake(conn) is not None
-    assert len(hub.barriers) == 1            # one barrier, however many wakes
+    assert len(hub.barriers) == 1  # one barrier, however many wakes
     control.on_wake(conn)
     assert len(hub.barriers) == 1 and conn.sent == [{"type": "pong"}]
-    hub.run_barriers()                       # the broadcaster passed it
+    hub.run_barriers()  # the broadcaster passed it
     assert conn.woken == 1
     assert control.on_wake(conn) is None
-    assert [m["type"] for m in conn.sent] == [
-        "pong", "subscribed", "pong", "error"]
+    assert [m["type"] for m in conn.sent] == ["pong", "subscribed", "pong", "error"]
     assert conn.subscription.namespaces == {"a.b"}
     # From now on, straight away.
     control.on_message(conn, '{"type": "subscribe", "ns": "c.d"}')
@@ -218,13 +241,14 @@ def test_too_many_messages_while_catching_up_close_the_connection():
     assert conn.closed == (1008, "too many messages while resuming")
 
 
-@pytest.mark.parametrize("then, told", [("connected", ["connected"]),
-                                        ("reconnecting", [])])
+@pytest.mark.parametrize(
+    "then, told", [("connected", ["connected"]), ("reconnecting", [])]
+)
 def test_a_client_told_starting_hears_when_the_watcher_connects(then, told):
     control, hub, state = _control(watcher="starting")
     conn = FakeConnection()
     assert control.told("starting") == "starting"
-    assert control.on_wake(conn) is not None     # polls while starting
+    assert control.on_wake(conn) is not None  # polls while starting
     assert not hub.barriers
     state["watcher"] = then
     assert control.on_wake(conn) is None
@@ -292,8 +316,7 @@ def test_a_change_judged_by_a_replaced_subscription_is_judged_again(new_wants):
         if new_wants:
             expected.append({"type": "change", "by": "new"})
         expected.append({"type": "marker"})
-        peer.read_until(lambda: len(peer.messages) >= len(expected), 5,
-                        "the frames")
+        peer.read_until(lambda: len(peer.messages) >= len(expected), 5, "the frames")
         assert peer.messages == expected
     finally:
         client.request_close(1000, "done")
@@ -304,9 +327,10 @@ def test_a_change_judged_by_a_replaced_subscription_is_judged_again(new_wants):
 
 
 def _decision(server, query="", headers=None):
-    status, body = http_get(server.ws_url(query).replace("ws://", "http://"),
-                            headers={"Accept": "application/json",
-                                     **(headers or {})})
+    status, body = http_get(
+        server.ws_url(query).replace("ws://", "http://"),
+        headers={"Accept": "application/json", **(headers or {})},
+    )
     return status, json.loads(body)
 
 
@@ -327,11 +351,11 @@ def test_hello_says_whether_the_database_is_there(own_mongo, gunicorn):
         c.close()
 
 
-def test_a_client_of_a_starting_watcher_hears_when_it_connects(
-        own_mongo, gunicorn):
+def test_a_client_of_a_starting_watcher_hears_when_it_connects(own_mongo, gunicorn):
     own_mongo.kill()
-    server = gunicorn(server_env(own_mongo.uri, "shop", "orders",
-                                 selection_ms=60000), ready=False)
+    server = gunicorn(
+        server_env(own_mongo.uri, "shop", "orders", selection_ms=60000), ready=False
+    )
     client = WSClient(server.ws_url())
     assert client.recv()["watcher"] == "starting"
     own_mongo.start()
@@ -342,25 +366,30 @@ def test_a_client_of_a_starting_watcher_hears_when_it_connects(
     client.close()
 
 
-def test_the_admission_decision_as_json(mongo, mongo_client, namespace,
-                                        gunicorn):
+def test_the_admission_decision_as_json(mongo, mongo_client, namespace, gunicorn):
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_MAX_CLIENTS=1))
+    server = gunicorn(server_env(mongo.uri, db, coll, WSPROXY_MAX_CLIENTS=1))
     assert _decision(server) == (200, {"ok": True})
     assert _decision(server, f"ns={db}.{coll}&ops=insert") == (200, {"ok": True})
     assert _decision(server, 'filter={"a":{"$regex":"x"}}')[0] == 400
     status, body = _decision(server, 'filter={"a":{"$regex":"x"}}')
     assert body["status"] == 400 and "$regex" in body["error"]
-    assert _decision(server, "ns=elsewhere") == (400, {
-        "error": f"ns: elsewhere is outside the watched scope {db}.{coll}",
-        "status": 400})
-    assert _decision(server, "resume_after=forged") == (400, {
-        "error": "resume_after: not a resume token", "status": 400})
+    assert _decision(server, "ns=elsewhere") == (
+        400,
+        {
+            "error": f"ns: elsewhere is outside the watched scope {db}.{coll}",
+            "status": 400,
+        },
+    )
+    assert _decision(server, "resume_after=forged") == (
+        400,
+        {"error": "resume_after: not a resume token", "status": 400},
+    )
     assert _decision(server, "bogus=1")[1]["error"] == "unknown parameter 'bogus'"
     assert _decision(server, headers={"Origin": "http://evil.example"}) == (
-        403, {"error": "origin http://evil.example is not allowed",
-              "status": 403})
+        403,
+        {"error": "origin http://evil.example is not allowed", "status": 403},
+    )
     assert _decision(server, headers={"Host": "rebound.example"})[0] == 400
     # A real id resumes.
     reader = WSClient(server.ws_url())
@@ -370,8 +399,10 @@ def test_the_admission_decision_as_json(mongo, mongo_client, namespace,
     # The worker is full (WSPROXY_MAX_CLIENTS=1): the decision says so,
     # and checking took no slot.
     status, body = _decision(server, f"resume_after={change_id}")
-    assert (status, body) == (503, {"error": "this worker is full; retry",
-                                    "status": 503})
+    assert (status, body) == (
+        503,
+        {"error": "this worker is full; retry", "status": 503},
+    )
     reader.close()
     wait_for(lambda: server.readyz()[1]["clients"] == 0, 5, "the client gone")
     assert _decision(server, f"resume_after={change_id}") == (200, {"ok": True})
@@ -387,11 +418,14 @@ def test_the_admission_decision_as_json(mongo, mongo_client, namespace,
 
 
 def test_the_decision_costs_one_token_of_the_connect_budget(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_CONNECT_RATE="0.01",
-                                 WSPROXY_CONNECT_BURST="4"))
+    server = gunicorn(
+        server_env(
+            mongo.uri, db, coll, WSPROXY_CONNECT_RATE="0.01", WSPROXY_CONNECT_BURST="4"
+        )
+    )
     reader = WSClient(server.ws_url(), source_address=("127.0.0.2", 0))
     reader.recv()
     mongo_client[db][coll].insert_many([{"n": i} for i in range(200)])
@@ -400,40 +434,55 @@ def test_the_decision_costs_one_token_of_the_connect_budget(
     # x 3,000 bytes / 100,000 = 7 tokens (the whole burst); asking
     # whether it would be admitted costs one, as a plain connection does.
     costly = "filter=" + urllib.parse.quote(
-        json.dumps({"n": {"$ne": "x" * 3000}}, separators=(",", ":")))
+        json.dumps({"n": {"$ne": "x" * 3000}}, separators=(",", ":"))
+    )
     for _ in range(3):
         assert _decision(server, f"resume_after={first}&{costly}") == (
-            200, {"ok": True})
+            200,
+            {"ok": True},
+        )
     assert _decision(server)[0] == 200
     status, body = _decision(server)
     assert status == 429 and "too many connections" in body["error"]
-    assert refused(server.ws_url())[0] == 429   # one budget for both
+    assert refused(server.ws_url())[0] == 429  # one budget for both
     reader.close()
 
 
-def test_the_decision_for_the_authorizer_and_other_origins(
-        mongo, namespace, gunicorn):
+def test_the_decision_for_the_authorizer_and_other_origins(mongo, namespace, gunicorn):
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "HOSTAPP_DB": db,
-                       "WSPROXY_ALLOWED_ORIGINS": "http://app.example"},
-                      app="tests.hostapp:app")
-    assert _decision(server) == (401, {"error": "authentication required",
-                                       "status": 401})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "HOSTAPP_DB": db,
+            "WSPROXY_ALLOWED_ORIGINS": "http://app.example",
+        },
+        app="tests.hostapp:app",
+    )
+    assert _decision(server) == (
+        401,
+        {"error": "authentication required", "status": 401},
+    )
     bearer = {"Authorization": "Bearer token-shop"}
     assert _decision(server, headers={"Authorization": "Bearer nope"}) == (
-        403, {"error": "unknown token", "status": 403})
+        403,
+        {"error": "unknown token", "status": 403},
+    )
     assert _decision(server, headers=bearer) == (200, {"ok": True})
     assert _decision(server, f"ns={db}.other", headers=bearer) == (
-        403, {"error": f"ns: {db}.other is not granted", "status": 403})
-    assert _decision(server, headers={
-        "Authorization": "Bearer token-nothing"}) == (
-        403, {"error": "no namespaces are granted", "status": 403})
+        403,
+        {"error": f"ns: {db}.other is not granted", "status": 403},
+    )
+    assert _decision(server, headers={"Authorization": "Bearer token-nothing"}) == (
+        403,
+        {"error": "no namespaces are granted", "status": 403},
+    )
     # A page of the allowed origin may read the answer (and send its token
     # after a preflight); another origin may not.
     url = server.url + "/ws"
-    request = urllib.request.Request(url, headers={
-        "Accept": "application/json", "Origin": "http://app.example"})
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", "Origin": "http://app.example"}
+    )
     try:
         urllib.request.urlopen(request, timeout=scaled(5))
     except urllib.error.HTTPError as exc:
@@ -443,17 +492,27 @@ def test_the_decision_for_the_authorizer_and_other_origins(
         assert "Origin" in exc.headers["Vary"]
     else:
         raise AssertionError("not refused")
-    preflight = urllib.request.Request(url, method="OPTIONS", headers={
-        "Origin": "http://app.example",
-        "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+    preflight = urllib.request.Request(
+        url,
+        method="OPTIONS",
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     with urllib.request.urlopen(preflight, timeout=scaled(5)) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "http://app.example"
         assert resp.headers["Access-Control-Allow-Headers"] == "Authorization"
-    foreign = urllib.request.Request(url, method="OPTIONS", headers={
-        "Origin": "http://evil.example",
-        "Access-Control-Request-Method": "GET"})
+    foreign = urllib.request.Request(
+        url,
+        method="OPTIONS",
+        headers={
+            "Origin": "http://evil.example",
+            "Access-Control-Request-Method": "GET",
+        },
+    )
     with urllib.request.urlopen(foreign, timeout=scaled(5)) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
     status, body = _decision(server, headers={"Origin": "http://evil.example"})
@@ -477,10 +536,10 @@ def _numbered(client, count, timeout=10.0):
 @pytest.mark.heavy
 @pytest.mark.parametrize("resume", ["none", "catch-up"])
 def test_subscribe_switches_the_feed_at_one_point_without_a_gap(
-        mongo, mongo_client, namespace, gunicorn, resume):
+    mongo, mongo_client, namespace, gunicorn, resume
+):
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_HISTORY_SIZE=2))
+    server = gunicorn(server_env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=2))
     items = mongo_client[db][coll]
     query = "ops=insert"
     if resume == "catch-up":
@@ -513,7 +572,7 @@ def test_subscribe_switches_the_feed_at_one_point_without_a_gap(
         stop.set()
         writer.join()
     split = seen.index(("subscribed", None))
-    before, after = seen[:split], seen[split + 1:]
+    before, after = seen[:split], seen[split + 1 :]
     if resume == "catch-up":
         replayed = [n for op, n in before if n < 0]
         assert replayed == list(range(-2, -40, -1))  # after the first
@@ -531,20 +590,28 @@ def test_subscribe_switches_the_feed_at_one_point_without_a_gap(
 
 
 def test_a_refused_subscribe_keeps_the_connection_and_its_subscription(
-        mongo, namespace, gunicorn):
+    mongo, namespace, gunicorn
+):
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
-                      app="tests.hostapp:app")
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "HOSTAPP_DB": db,
+        },
+        app="tests.hostapp:app",
+    )
     client = WSClient(server.ws_url(), subprotocols=["bearer", "token-shop"])
     client.recv()
     writer = pymongo.MongoClient(mongo.uri)
     for bad, reason in [
-            ({"ns": f"{db}.secrets"}, f"ns: {db}.secrets is not granted"),
-            ({"filter": {"a": {"$regex": "x"}}}, "$regex"),
-            ({"filter": "{not json"}, "not valid JSON"),
-            ({"ops": ["nope"]}, "unknown operation type 'nope'"),
-            ({"resume_after": "x"}, "unknown field 'resume_after'")]:
+        ({"ns": f"{db}.secrets"}, f"ns: {db}.secrets is not granted"),
+        ({"filter": {"a": {"$regex": "x"}}}, "$regex"),
+        ({"filter": "{not json"}, "not valid JSON"),
+        ({"ops": ["nope"]}, "unknown operation type 'nope'"),
+        ({"resume_after": "x"}, "unknown field 'resume_after'"),
+    ]:
         client.ws.send(json.dumps({"type": "subscribe", **bad}))
         reply = client.recv_type("error")
         assert reason in reply["reason"], reply
@@ -566,9 +633,15 @@ def test_a_refused_subscribe_keeps_the_connection_and_its_subscription(
 
 def test_subscribes_count_against_the_frame_budget(mongo, namespace, gunicorn):
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_CLIENT_MESSAGE_RATE=1,
-                                 WSPROXY_CLIENT_MESSAGE_BURST=5))
+    server = gunicorn(
+        server_env(
+            mongo.uri,
+            db,
+            coll,
+            WSPROXY_CLIENT_MESSAGE_RATE=1,
+            WSPROXY_CLIENT_MESSAGE_BURST=5,
+        )
+    )
     client = WSClient(server.ws_url())
     client.recv()
     for _ in range(10):

@@ -14,8 +14,9 @@ def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
     # What `python3 dev.py demo` runs: the repository's gunicorn.conf.py, no
     # URI, the embedded server asked for, and no key: the config makes one
     # for the run.
-    server = gunicorn({"WSPROXY_EMBEDDED": "1", "WSPROXY_SECRET_KEYS": None,
-                       "SECRET_KEY": None})
+    server = gunicorn(
+        {"WSPROXY_EMBEDDED": "1", "WSPROXY_SECRET_KEYS": None, "SECRET_KEY": None}
+    )
     status, body = http_get(server.url + "/")
     assert status == 200
     page = body.decode()
@@ -34,22 +35,29 @@ def test_demo_serves_the_page_and_live_events_without_mongodb(gunicorn):
     assert again.recv()["resume"] in ("history", "catch-up")
     again.close()
 
-    pids = [int(p) for p in re.findall(r"embedded SecantusDB pid (\d+)",
-                                       server.output())]
-    writer = [int(p) for p in re.findall(r"demo writer pid (\d+)",
-                                         server.output())]
+    pids = [
+        int(p) for p in re.findall(r"embedded SecantusDB pid (\d+)", server.output())
+    ]
+    writer = [int(p) for p in re.findall(r"demo writer pid (\d+)", server.output())]
     assert len(pids) == 1 and len(writer) == 1
     assert server.stop() == 0
     for pid in pids + writer:
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(
-            pid).status() == psutil.STATUS_ZOMBIE, 10, f"pid {pid} to exit")
+        wait_for(
+            lambda pid=pid: (
+                not psutil.pid_exists(pid)
+                or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            ),
+            10,
+            f"pid {pid} to exit",
+        )
 
 
 def test_the_packaged_config_never_starts_the_embedded_server(gunicorn):
     # SecantusDB is installed here (requirements.txt), yet wsproxy.gunicorn
     # only warns that WSPROXY_EMBEDDED is the repository config's setting.
-    server = gunicorn({"WSPROXY_EMBEDDED": "1"},
-                      config="python:wsproxy.gunicorn", listen=False)
+    server = gunicorn(
+        {"WSPROXY_EMBEDDED": "1"}, config="python:wsproxy.gunicorn", listen=False
+    )
     assert server.process.wait(scaled(30)) != 0
     output = server.output()
     assert output.count("WSPROXY_EMBEDDED is ignored") == 1

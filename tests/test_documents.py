@@ -42,10 +42,14 @@ class RandomWriter(threading.Thread):
 
     @staticmethod
     def document(n, rnd, v=0):
-        return {"_id": n, "v": v, "n": rnd.randrange(1000),
-                "status": rnd.choice(["open", "closed"]),
-                "secret": f"s{rnd.randrange(10**6)}",
-                "meta": {"token": rnd.randrange(10**6), "x": rnd.randrange(9)}}
+        return {
+            "_id": n,
+            "v": v,
+            "n": rnd.randrange(1000),
+            "status": rnd.choice(["open", "closed"]),
+            "secret": f"s{rnd.randrange(10**6)}",
+            "meta": {"token": rnd.randrange(10**6), "x": rnd.randrange(9)},
+        }
 
     def seed(self):
         rnd = random.Random(1)
@@ -65,10 +69,17 @@ class RandomWriter(threading.Thread):
                     op = rnd.choice(["update", "update", "replace", "delete"])
                     self.log.append((n, v, op))
                     if op == "update":
-                        self.items.update_one({"_id": n}, {"$set": {
-                            "status": rnd.choice(["open", "closed"]),
-                            "meta.token": rnd.randrange(10**6), "v": v},
-                            "$inc": {"n": 1}})
+                        self.items.update_one(
+                            {"_id": n},
+                            {
+                                "$set": {
+                                    "status": rnd.choice(["open", "closed"]),
+                                    "meta.token": rnd.randrange(10**6),
+                                    "v": v,
+                                },
+                                "$inc": {"n": 1},
+                            },
+                        )
                     elif op == "replace":
                         doc = self.document(n, rnd, v)
                         self.items.replace_one({"_id": n}, doc)
@@ -95,7 +106,8 @@ class RandomWriter(threading.Thread):
     def wait_writes(self, count):
         with self.progress:
             assert self.progress.wait_for(
-                lambda: self.writes >= count or self.error, scaled(60))
+                lambda: self.writes >= count or self.error, scaled(60)
+            )
         assert self.error is None, self.error
 
     def stop(self):
@@ -143,8 +155,11 @@ class Follower(threading.Thread):
             feed = self._connect(urls[0])
             turn = 0
             while not self.done.is_set():
-                if (self.reconnects and self.fresh
-                        and self.writer.writes >= self.reconnects[0]):
+                if (
+                    self.reconnects
+                    and self.fresh
+                    and self.writer.writes >= self.reconnects[0]
+                ):
                     # Reconnect to the next proxy process: a fresh snapshot.
                     # (Not before the last one came: a follower that fell
                     # behind the writer would reconnect twice in a row.)
@@ -194,7 +209,6 @@ class Follower(threading.Thread):
         sentinel = self.docs.documents.get(LiveDocuments.key(SENTINEL))
         if sentinel is not None and sentinel.get("n") == -1:
             self.done.set()
-
 
     # A document's state (its "v") is never older than what the client has
     # passed. Not "never older than a state received before": a change's
@@ -253,6 +267,7 @@ def test_the_regression_check_allows_update_lookups_and_catches_the_rest():
     write 657, and the replace v=634 came after it) is updateLookup, not a
     regression. What it does not: a state older than a change it passed,
     and a snapshot without a write before the first change after it."""
+
     def change(op, _id, v, doc_v=None):
         event = {"operationType": op, "documentKey": {"_id": _id}}
         if op == "update":
@@ -262,13 +277,23 @@ def test_the_regression_check_allows_update_lookups_and_catches_the_rest():
         return Change(f"id-{v}", event)
 
     writer = RandomWriter(None, 9)
-    writer.log = [(1244, 193, "update"), (1244, 357, "update"),
-                  (1244, 590, "update"), (1244, 634, "replace"),
-                  (1244, 657, "update"), (7, 658, "delete"), (5, 659, "update")]
+    writer.log = [
+        (1244, 193, "update"),
+        (1244, 357, "update"),
+        (1244, 590, "update"),
+        (1244, 634, "replace"),
+        (1244, 657, "update"),
+        (7, 658, "delete"),
+        (5, 659, "update"),
+    ]
     seeded = [{"_id": n, "v": 0} for n in range(DOCS)]
-    seen = [change("update", 1244, 193), change("update", 1244, 357),
-            change("update", 1244, 590, doc_v=657),
-            change("replace", 1244, 634), change("update", 1244, 657)]
+    seen = [
+        change("update", 1244, 193),
+        change("update", 1244, 357),
+        change("update", 1244, 590, doc_v=657),
+        change("replace", 1244, 634),
+        change("update", 1244, 657),
+    ]
     follower = Follower([], "db.items", writer=writer)
     for item in [Snapshot(seeded, True, None), *seen]:
         follower.apply(item)
@@ -277,13 +302,18 @@ def test_the_regression_check_allows_update_lookups_and_catches_the_rest():
     follower.apply(change("replace", 1244, 634))
     assert follower.regressions == [("1244", 657, 634)]
     # A snapshot followed by write 659 holds every write before it.
-    good = [d for d in seeded if d["_id"] not in (7, 1244)] + [
-        {"_id": 1244, "v": 657}]
+    good = [d for d in seeded if d["_id"] not in (7, 1244)] + [{"_id": 1244, "v": 657}]
     bad = [d for d in seeded if d["_id"] != 1244] + [{"_id": 1244, "v": 634}]
     for docs, expected in [
-            (good, []),
-            (bad, [("7", "delete v=658 before 659", 0),
-                   ("1244", "update v=657 before 659", 634)])]:
+        (good, []),
+        (
+            bad,
+            [
+                ("7", "delete v=658 before 659", 0),
+                ("1244", "update v=657 before 659", 634),
+            ],
+        ),
+    ]:
         follower = Follower([], "db.items", writer=writer)
         follower.apply(Snapshot(docs, True, None))
         follower.apply(change("update", 5, 659))
@@ -309,21 +339,35 @@ def _expected(items, query, hide_fields=()):
             else:
                 doc.pop(head, None)
         docs[LiveDocuments.key(doc["_id"])] = json_util.loads(
-            json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS))
+            json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS)
+        )
     return docs
 
 
-def _run_exactness(mongo, mongo_client, namespace, gunicorn, *, query,
-                   subscription, env=(), hide_fields=(), seed=7):
+def _run_exactness(
+    mongo,
+    mongo_client,
+    namespace,
+    gunicorn,
+    *,
+    query,
+    subscription,
+    env=(),
+    hide_fields=(),
+    seed=7,
+):
     db, coll = namespace
     items = mongo_client[db][coll]
     writer = RandomWriter(items, seed)
     writer.seed()
     server = gunicorn(server_env(mongo.uri, db, coll, **dict(env)), workers=2)
     url = server.ws_url()
-    followers = [Follower([url], f"{db}.{coll}", start_at=i * STEP,
-                          writer=writer, **subscription)
-                 for i in range(CLIENTS)]
+    followers = [
+        Follower(
+            [url], f"{db}.{coll}", start_at=i * STEP, writer=writer, **subscription
+        )
+        for i in range(CLIENTS)
+    ]
     writer.start()
     for follower in followers:
         follower.start()
@@ -353,36 +397,56 @@ def _run_exactness(mongo, mongo_client, namespace, gunicorn, *, query,
 
 @pytest.mark.heavy
 def test_every_client_ends_with_the_database_contents(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     writer, followers, server = _run_exactness(
-        mongo, mongo_client, namespace, gunicorn, query={}, subscription={})
+        mongo, mongo_client, namespace, gunicorn, query={}, subscription={}
+    )
     assert writer.writes >= CLIENTS * STEP
     assert all(f.snapshots == 1 for f in followers)
     # Snapshots overlapped the writes: changes were merged into them.
-    merged = [int(n) for n in re.findall(r"(\d+) changes merged",
-                                         server.output())]
+    merged = [int(n) for n in re.findall(r"(\d+) changes merged", server.output())]
     assert len(merged) == CLIENTS and sum(merged) > 0
 
 
 @pytest.mark.heavy
 def test_documents_enter_and_leave_a_filter_exactly(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     _, followers, _ = _run_exactness(
-        mongo, mongo_client, namespace, gunicorn, query={"status": "open"},
-        subscription={"filter": {"fullDocument.status": "open"}}, seed=8)
+        mongo,
+        mongo_client,
+        namespace,
+        gunicorn,
+        query={"status": "open"},
+        subscription={"filter": {"fullDocument.status": "open"}},
+        seed=8,
+    )
     # Documents did leave, without their new (non-matching) content.
     assert sum(f.leaves for f in followers) > 0
-    assert all(d.get("status") == "open" for f in followers
-               for d in f.seen_docs if "status" in d and "_id" in d)
+    assert all(
+        d.get("status") == "open"
+        for f in followers
+        for d in f.seen_docs
+        if "status" in d and "_id" in d
+    )
 
 
 @pytest.mark.heavy
 def test_hidden_fields_never_appear_and_the_rest_is_exact(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     _, followers, _ = _run_exactness(
-        mongo, mongo_client, namespace, gunicorn, query={},
-        subscription={}, env={"WSPROXY_HIDE_FIELDS": "secret,meta.token"},
-        hide_fields=("secret", "meta.token"), seed=9)
+        mongo,
+        mongo_client,
+        namespace,
+        gunicorn,
+        query={},
+        subscription={},
+        env={"WSPROXY_HIDE_FIELDS": "secret,meta.token"},
+        hide_fields=("secret", "meta.token"),
+        seed=9,
+    )
     for follower in followers:
         for doc in follower.seen_docs:
             text = json_util.dumps(doc)
@@ -397,15 +461,15 @@ def _reset(server):
 
 @pytest.mark.heavy
 def test_a_reset_brings_a_fresh_snapshot_and_the_state_stays_exact(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     items = mongo_client[db][coll]
     writer = RandomWriter(items, 10)
     writer.seed()
     server = gunicorn(server_env(mongo.uri, db, coll), app="tests.resetapp:app")
     url = server.ws_url()
-    follower = Follower([url], f"{db}.{coll}",
-                        filter={"fullDocument.status": "open"})
+    follower = Follower([url], f"{db}.{coll}", filter={"fullDocument.status": "open"})
     follower.start()
     assert follower.got_snapshot.wait(scaled(30)), follower.error
     writer.start()
@@ -415,8 +479,13 @@ def test_a_reset_brings_a_fresh_snapshot_and_the_state_stays_exact(
             _reset(server)
             # Each reset's snapshot before the next reset: two resets that
             # come during one snapshot are one fresh snapshot, not two.
-            wait_for(lambda round_=round_: follower.snapshots >= round_ + 2
-                     or follower.error, 60, "the reset's snapshot")
+            wait_for(
+                lambda round_=round_: (
+                    follower.snapshots >= round_ + 2 or follower.error
+                ),
+                60,
+                "the reset's snapshot",
+            )
         writer.wait_writes(writer.writes + 200)
     finally:
         writer.stop()
@@ -432,7 +501,8 @@ def test_a_reset_brings_a_fresh_snapshot_and_the_state_stays_exact(
 
 @pytest.mark.heavy
 def test_ten_reconnects_between_two_proxies_end_exact(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     items = mongo_client[db][coll]
     writer = RandomWriter(items, 11)
@@ -440,8 +510,9 @@ def test_ten_reconnects_between_two_proxies_end_exact(
     env = server_env(mongo.uri, db, coll)
     first, second = gunicorn(env), gunicorn(env)
     urls = [s.ws_url() for s in (first, second)]
-    follower = Follower(urls, f"{db}.{coll}", writer=writer,
-                        filter={"fullDocument.status": "open"})
+    follower = Follower(
+        urls, f"{db}.{coll}", writer=writer, filter={"fullDocument.status": "open"}
+    )
     follower.reconnects = [(i + 1) * 100 for i in range(10)]
     follower.start()
     assert follower.got_snapshot.wait(scaled(30)), follower.error
@@ -450,8 +521,11 @@ def test_ten_reconnects_between_two_proxies_end_exact(
         writer.wait_writes(1200)
         # Writing on until the follower has made its ten reconnects (the
         # last at 1,000 writes), however far behind the writer it is.
-        wait_for(lambda: not follower.reconnects or follower.error, 60,
-                 "the follower's reconnects")
+        wait_for(
+            lambda: not follower.reconnects or follower.error,
+            60,
+            "the follower's reconnects",
+        )
     finally:
         writer.stop()
     _write_the_last_write(items)
@@ -466,21 +540,35 @@ def test_ten_reconnects_between_two_proxies_end_exact(
 
 # -- the same rules as the stream ---------------------------------------------
 
+
 @pytest.fixture
 def hostapp(mongo, mongo_client, gunicorn):
     db = "hostapp_documents"
     mongo_client.drop_database(db)
     orders = mongo_client[db].orders
-    orders.insert_many([
-        {"_id": 1, "status": "open", "card": "4111", "customer": {
-            "email": "a@example.com", "name": "A"}, "confidential": False},
-        {"_id": 2, "status": "paid", "card": "4222", "customer": {
-            "email": "b@example.com", "name": "B"}, "confidential": True},
-    ])
+    orders.insert_many(
+        [
+            {
+                "_id": 1,
+                "status": "open",
+                "card": "4111",
+                "customer": {"email": "a@example.com", "name": "A"},
+                "confidential": False,
+            },
+            {
+                "_id": 2,
+                "status": "paid",
+                "card": "4222",
+                "customer": {"email": "b@example.com", "name": "B"},
+                "confidential": True,
+            },
+        ]
+    )
     mongo_client[db].other.insert_one({"_id": 1})
-    server = gunicorn(server_env(mongo.uri, db, "orders", HOSTAPP_DB=db,
-                                 WSPROXY_WATCH=db),
-                      app="tests.hostapp:app")
+    server = gunicorn(
+        server_env(mongo.uri, db, "orders", HOSTAPP_DB=db, WSPROXY_WATCH=db),
+        app="tests.hostapp:app",
+    )
     return server, db, orders
 
 
@@ -515,12 +603,12 @@ def test_snapshot_refusals(hostapp):
     assert status == 403 and "not granted" in reason
     # A client filter or sort on a hidden field would reveal it.
     status, reason = refused(
-        f"{ws}?snapshot=1&ns={db}.orders&filter=%7B%22fullDocument.card%22:1%7D",
-        **shop)
+        f"{ws}?snapshot=1&ns={db}.orders&filter=%7B%22fullDocument.card%22:1%7D", **shop
+    )
     assert status == 400 and "hidden" in reason
     status, reason = refused(
-        f"{ws}?snapshot=1&ns={db}.orders&sort=-fullDocument.customer.email",
-        **shop)
+        f"{ws}?snapshot=1&ns={db}.orders&sort=-fullDocument.customer.email", **shop
+    )
     assert status == 400 and "hidden" in reason
     for query, words in [
         ("snapshot=1", "one collection"),
@@ -529,33 +617,49 @@ def test_snapshot_refusals(hostapp):
         (f"snapshot=1&ns={db}.orders&limit=0", "limit"),
         (f"snapshot=1&ns={db}.orders&ops=insert", "ops"),
         (f"ns={db}.orders&limit=5", "snapshot=1"),
-        (f"snapshot=1&ns={db}.orders&filter=%7B%22operationType%22:%22insert%22%7D",
-         "document path"),
+        (
+            f"snapshot=1&ns={db}.orders&filter=%7B%22operationType%22:%22insert%22%7D",
+            "document path",
+        ),
         (f"snapshot=1&ns={db}.orders&sort=a,b,c,d", "document path"),
-        (f"snapshot=1&ns={db}.orders&sort=fullDocument.a,fullDocument.b,"
-         "fullDocument.c,fullDocument.d", "more than 3"),
+        (
+            f"snapshot=1&ns={db}.orders&sort=fullDocument.a,fullDocument.b,"
+            "fullDocument.c,fullDocument.d",
+            "more than 3",
+        ),
     ]:
         status, reason = refused(f"{ws}?{query}", **admin)
         assert status == 400 and words in reason, (query, reason)
     # A principal who cannot see _id gets no snapshot.
-    status, _ = refused(f"{ws}?snapshot=1&ns={db}.orders",
-                        additional_headers={"Authorization":
-                                            "Bearer token-keyless"})
+    status, _ = refused(
+        f"{ws}?snapshot=1&ns={db}.orders",
+        additional_headers={"Authorization": "Bearer token-keyless"},
+    )
     assert status == 403
 
 
 def test_sort_and_limit_bound_the_snapshot(hostapp):
     server, db, orders = hostapp
-    orders.insert_many([{"_id": n, "status": "open", "rank": n % 7}
-                        for n in range(10, 40)])
+    orders.insert_many(
+        [{"_id": n, "status": "open", "rank": n % 7} for n in range(10, 40)]
+    )
     url = server.ws_url()
-    snap = _snapshot(url, "token-admin", ns=f"{db}.orders",
-                     filter={"fullDocument.status": "open"},
-                     sort="-fullDocument.rank", limit=5)
+    snap = _snapshot(
+        url,
+        "token-admin",
+        ns=f"{db}.orders",
+        filter={"fullDocument.status": "open"},
+        sort="-fullDocument.rank",
+        limit=5,
+    )
     ranks = [(d["rank"], d["_id"]) for d in snap.documents]
-    top = sorted(((d["rank"], d["_id"]) for d in orders.find(
-        {"status": "open", "rank": {"$exists": True}})),
-        key=lambda r: (-r[0], r[1]))[:5]
+    top = sorted(
+        (
+            (d["rank"], d["_id"])
+            for d in orders.find({"status": "open", "rank": {"$exists": True}})
+        ),
+        key=lambda r: (-r[0], r[1]),
+    )[:5]
     assert ranks == top and snap.complete is False
     whole = _snapshot(url, "token-admin", ns=f"{db}.orders", limit=100)
     assert len(whole.documents) == 32 and whole.complete is True

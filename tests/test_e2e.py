@@ -15,7 +15,8 @@ def _env(mongo, db, coll, **extra):
 
 
 def test_two_clients_receive_every_operation_in_order(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(_env(mongo, db, coll))
     clients = [WSClient(server.ws_url()) for _ in range(2)]
@@ -36,7 +37,11 @@ def test_two_clients_receive_every_operation_in_order(
         events = client.changes(4, timeout=2)
         assert time.monotonic() - started < scaled(2)
         assert [e["event"]["operationType"] for e in events] == [
-            "insert", "update", "replace", "delete"]
+            "insert",
+            "update",
+            "replace",
+            "delete",
+        ]
         key = {"_id": {"$oid": str(doc_id)}}
         for message in events:
             event = message["event"]
@@ -49,7 +54,9 @@ def test_two_clients_receive_every_operation_in_order(
         insert, update, replace, delete = (m["event"] for m in events)
         assert insert["fullDocument"] == {
             "_id": {"$oid": str(doc_id)},
-            "price": {"$numberDecimal": "9.99"}, "n": 1}
+            "price": {"$numberDecimal": "9.99"},
+            "n": 1,
+        }
         assert update["updateDescription"]["updatedFields"] == {"n": 2}
         # full_document="updateLookup" by default: the document as it is
         # when the watcher reads the event (null once it is deleted).
@@ -61,7 +68,8 @@ def test_two_clients_receive_every_operation_in_order(
 
 
 def test_abrupt_disconnect_is_removed_and_others_keep_receiving(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(_env(mongo, db, coll))
     stays, leaves = WSClient(server.ws_url()), WSClient(server.ws_url())
@@ -71,13 +79,17 @@ def test_abrupt_disconnect_is_removed_and_others_keep_receiving(
     mongo_client[db][coll].insert_many([{"i": i} for i in range(50)])
     got = [m["event"]["fullDocument"]["i"] for m in stays.changes(50)]
     assert got == list(range(50))
-    wait_for(lambda: server.readyz()[1]["clients"] == 1, 10,
-             "the dropped client to be unregistered")
+    wait_for(
+        lambda: server.readyz()[1]["clients"] == 1,
+        10,
+        "the dropped client to be unregistered",
+    )
     stays.close()
 
 
 def test_watcher_recovers_after_the_database_is_killed_and_restarted(
-        own_mongo, gunicorn):
+    own_mongo, gunicorn
+):
     server = gunicorn(_env(own_mongo, "shop", "orders"))
     client = WSClient(server.ws_url())
     client.recv()
@@ -86,8 +98,11 @@ def test_watcher_recovers_after_the_database_is_killed_and_restarted(
     assert client.recv_type("change")["event"]["fullDocument"]["i"] == 0
 
     own_mongo.kill()
-    wait_for(lambda: server.readyz()[0] == 503, 15,
-             "readiness to notice the database is gone")
+    wait_for(
+        lambda: server.readyz()[0] == 503,
+        15,
+        "readiness to notice the database is gone",
+    )
     # The live feed paused: clients are told, and nothing is lost.
     assert client.recv_type("status", 15)["watcher"] == "reconnecting"
     own_mongo.start()
@@ -99,8 +114,7 @@ def test_watcher_recovers_after_the_database_is_killed_and_restarted(
     client.close()
 
 
-def test_bad_resume_token_is_refused_before_the_upgrade(
-        mongo, namespace, gunicorn):
+def test_bad_resume_token_is_refused_before_the_upgrade(mongo, namespace, gunicorn):
     db, coll = namespace
     server = gunicorn(_env(mongo, db, coll))
     with pytest.raises(InvalidStatus) as info:

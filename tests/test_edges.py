@@ -7,8 +7,8 @@ from wsproxy.fanout.hub import Hub
 
 from .test_hub import FakeClient, hello
 
-
 # -------------------------------------------------- a catch-up that cannot start
+
 
 def test_a_catch_up_thread_that_cannot_start_leaves_nothing_in_the_hub():
     """At ~1,100 threads a new one may fail to start: the stand-in that was
@@ -21,6 +21,7 @@ def test_a_catch_up_thread_that_cannot_start_leaves_nothing_in_the_hub():
     def catch_up(_client):
         def start():
             raise RuntimeError("can't start new thread")
+
         return stand_in, start
 
     with pytest.raises(RuntimeError, match="can't start new thread"):
@@ -31,12 +32,14 @@ def test_a_catch_up_thread_that_cannot_start_leaves_nothing_in_the_hub():
 
 # ------------------------------------------- the watcher's reset mid-catch-up
 
+
 class _CatchingUpClient(FakeClient):
     max_bytes = 1 << 20
 
 
 def _reset_frame():
     from wsproxy.transport import codec
+
     return codec.frame(codec.control_message("reset", lost=True, reason="x"))
 
 
@@ -53,8 +56,11 @@ def _payload(frame):
 
 def _kinds(frames):
     import json
-    return [(m["type"], m.get("event", {}).get("fullDocument", {}).get("i"))
-            for m in (json.loads(_payload(f)) for f in frames)]
+
+    return [
+        (m["type"], m.get("event", {}).get("fullDocument", {}).get("i"))
+        for m in (json.loads(_payload(f)) for f in frames)
+    ]
 
 
 def test_the_watchers_reset_mid_catch_up_arrives_in_stream_order():
@@ -76,8 +82,12 @@ def test_the_watchers_reset_mid_catch_up_arrives_in_stream_order():
     assert catchup.deliver(change(2))
     assert not catchup.deliver(change(3))  # the seam
     assert _kinds(client.frames) == [
-        ("change", 1), ("change", 2), ("change", 3), ("reset", None),
-        ("change", 10)]
+        ("change", 1),
+        ("change", 2),
+        ("change", 3),
+        ("reset", None),
+        ("change", 10),
+    ]
 
 
 def test_a_reset_the_catch_up_read_past_is_not_sent():
@@ -97,14 +107,19 @@ def test_a_reset_the_catch_up_read_past_is_not_sent():
         assert catchup.deliver(change(i))
     assert not catchup.deliver(change(10))  # the seam, after the reset
     assert _kinds(client.frames) == [
-        ("change", 1), ("change", 2), ("change", 3), ("change", 4),
-        ("change", 10)]
+        ("change", 1),
+        ("change", 2),
+        ("change", 3),
+        ("change", 4),
+        ("change", 10),
+    ]
     # Spliced: a later reset goes straight through, in order.
     catchup.on_reset(_reset_frame())
     assert _kinds(client.frames)[-1] == ("reset", None)
 
 
 # ---------------------------------- a snapshot's slow getMore stalls no other
+
 
 def test_a_slow_getmore_does_not_stall_other_snapshots():
     """Snapshot A's getMore goes unanswered; snapshot B, on the same
@@ -116,18 +131,21 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
 
     from pymongo import MongoClient
 
-    from wsproxy.live import snapshot
     from wsproxy.access.documentquery import DocumentQuery
+    from wsproxy.live import snapshot
 
     from .helpers import scaled
     from .test_source_errors import MockPrimary
 
     mock = MockPrimary()
-    client = MongoClient(mock.uri, directConnection=True,
-                         serverSelectionTimeoutMS=int(scaled(5000)))
+    client = MongoClient(
+        mock.uri, directConnection=True, serverSelectionTimeoutMS=int(scaled(5000))
+    )
     inputs = types.SimpleNamespace(
-        slice_lock=threading.Lock(), published_at=lambda: 0.0,
-        broadcaster_idle=threading.Event())
+        slice_lock=threading.Lock(),
+        published_at=lambda: 0.0,
+        broadcaster_idle=threading.Event(),
+    )
     inputs.broadcaster_idle.set()
     deadline = time.monotonic() + scaled(60)
 
@@ -140,8 +158,9 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
     results = {}
 
     def read(name):
-        results[name] = snapshot.read(client, query(name), deadline,
-                                      snapshot.Pacer(inputs))
+        results[name] = snapshot.read(
+            client, query(name), deadline, snapshot.Pacer(inputs)
+        )
 
     a = threading.Thread(target=read, args=("a",), name="test-snapshot-a")
     b = threading.Thread(target=read, args=("b",), name="test-snapshot-b")
@@ -149,8 +168,7 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
         a.start()
         find = mock.server.receives(timeout=scaled(10))
         assert find.command_name == "find" and find["find"] == "a"
-        find.replies(cursor={"id": 123, "ns": "db.a",
-                             "firstBatch": docs(0, 40)})
+        find.replies(cursor={"id": 123, "ns": "db.a", "firstBatch": docs(0, 40)})
         slow = mock.server.receives(timeout=scaled(10))
         assert slow.command_name == "getMore" and slow["getMore"] == 123
 
@@ -159,14 +177,12 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
         # b sends its find only once it has the lock.)
         find = mock.server.receives(timeout=scaled(10))
         assert find.command_name == "find" and find["find"] == "b"
-        find.replies(cursor={"id": 0, "ns": "db.b",
-                             "firstBatch": docs(0, 100)})
+        find.replies(cursor={"id": 0, "ns": "db.b", "firstBatch": docs(0, 100)})
         b.join(scaled(5))
         assert not b.is_alive(), "snapshot b waited for a's getMore"
         assert [d["_id"] for d in results["b"][0]] == list(range(100))
 
-        slow.replies(cursor={"id": 0, "ns": "db.a",
-                             "nextBatch": docs(40, 10)})
+        slow.replies(cursor={"id": 0, "ns": "db.a", "nextBatch": docs(40, 10)})
         a.join(scaled(10))
         assert not a.is_alive()
         assert [d["_id"] for d in results["a"][0]] == list(range(50))
@@ -181,6 +197,7 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
 
 
 # ------------------------------------------------- bytes as written to sockets
+
 
 class _CountingSocket:
     """A client socket that counts the bytes it receives."""
@@ -198,8 +215,9 @@ class _CountingSocket:
         return getattr(self.sock, name)
 
 
-def test_bytes_sent_are_the_bytes_written_to_sockets(mongo, mongo_client,
-                                                     namespace, gunicorn):
+def test_bytes_sent_are_the_bytes_written_to_sockets(
+    mongo, mongo_client, namespace, gunicorn
+):
     """wsproxy_bytes_sent_total is what the client received on the wire:
     the handshake's reply, hello, every change frame, the pongs; not
     "messages handed x their average uncompressed size"."""
@@ -209,15 +227,15 @@ def test_bytes_sent_are_the_bytes_written_to_sockets(mongo, mongo_client,
 
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
-    sock = _CountingSocket(socket.create_connection(("127.0.0.1",
-                                                     server.port)))
+    sock = _CountingSocket(socket.create_connection(("127.0.0.1", server.port)))
     try:
         sock.settimeout(scaled(10))
         peer = RawPeer(sock, host=f"127.0.0.1:{server.port}")
         peer.read_until(lambda: peer.accepted, 10, "the handshake")
         peer.take(1)  # hello
-        mongo_client[db][coll].insert_many([{"n": n, "pad": "x" * n}
-                                            for n in range(50)])
+        mongo_client[db][coll].insert_many(
+            [{"n": n, "pad": "x" * n} for n in range(50)]
+        )
         peer.take(50)
         peer.ping([b"a", b"b"])
         peer.take(2)  # the pongs
@@ -232,12 +250,14 @@ def test_bytes_sent_are_the_bytes_written_to_sockets(mongo, mongo_client,
             wait_for(counted, 5, "the bytes written to be counted")
         except AssertionError:
             raise AssertionError(
-                f"counted {seen['metric']}, received {sock.received}") from None
+                f"counted {seen['metric']}, received {sock.received}"
+            ) from None
     finally:
         sock.close()
 
 
 # ------------------------------------ a history backlog beyond the outbox bounds
+
 
 def test_a_history_backlog_beyond_the_outbox_bounds_is_caught_up_instead():
     """Resuming from history queues the backlog at once; more than the
@@ -257,6 +277,7 @@ def test_a_history_backlog_beyond_the_outbox_bounds_is_caught_up_instead():
         for event in events:
             assert hub.submit(event, stop)
         from .helpers import wait_for
+
         wait_for(lambda: hub.history_length() == 10, 5, "the history")
 
         small = FakeClient()
@@ -278,13 +299,20 @@ def test_a_history_backlog_beyond_the_outbox_bounds_is_caught_up_instead():
 
 
 def test_a_resume_beyond_the_outbox_bounds_replays_every_event_once(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     from .helpers import WSClient, server_env
 
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_HISTORY_SIZE=100,
-                                 WSPROXY_OUTBOX_MAX_MESSAGES=10))
+    server = gunicorn(
+        server_env(
+            mongo.uri,
+            db,
+            coll,
+            WSPROXY_HISTORY_SIZE=100,
+            WSPROXY_OUTBOX_MAX_MESSAGES=10,
+        )
+    )
     live = WSClient(server.ws_url())
     live.recv()
     mongo_client[db][coll].insert_many([{"n": n} for n in range(30)])

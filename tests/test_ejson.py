@@ -5,8 +5,18 @@ import datetime
 import json
 
 import pytest
-from bson import (Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId,
-                  Regex, Timestamp, json_util)
+from bson import (
+    Binary,
+    Code,
+    Decimal128,
+    Int64,
+    MaxKey,
+    MinKey,
+    ObjectId,
+    Regex,
+    Timestamp,
+    json_util,
+)
 
 from wsproxy.client import ejson
 
@@ -34,8 +44,7 @@ def test_a_value_json_util_cannot_decode_is_kept_as_sent(value):
     text = json.dumps({"before": 1, "v": value, "after": {"$oid": "0" * 24}})
     with pytest.raises(Exception):  # noqa: B017 - why this module exists
         json_util.loads(text)
-    assert ejson.loads(text) == {"before": 1, "v": value,
-                                 "after": ObjectId("0" * 24)}
+    assert ejson.loads(text) == {"before": 1, "v": value, "after": ObjectId("0" * 24)}
 
 
 def test_the_raw_value_keeps_what_is_inside_it_as_sent():
@@ -47,15 +56,26 @@ def test_the_raw_value_keeps_what_is_inside_it_as_sent():
 
 
 def test_every_type_decodes_as_json_util_decodes_it():
-    doc = {"oid": ObjectId(), "date": datetime.datetime(2026, 1, 2, 3, 4, 5),
-           "dec": Decimal128("12.50"), "long": Int64(2**40),
-           "bin": Binary(b"\x00\x01", 0), "uuid": Binary(b"u" * 16, 4),
-           "code": Code("f()", {"a": Int64(1)}), "ts": Timestamp(5, 6),
-           "re": Regex("^a", "i"), "min": MinKey(), "max": MaxKey(),
-           "nested": [{"n": Int64(3)}, [1, {"$d": 2}]], "inf": float("inf")}
-    for options in (json_util.RELAXED_JSON_OPTIONS,
-                    json_util.CANONICAL_JSON_OPTIONS,
-                    json_util.LEGACY_JSON_OPTIONS):
+    doc = {
+        "oid": ObjectId(),
+        "date": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "dec": Decimal128("12.50"),
+        "long": Int64(2**40),
+        "bin": Binary(b"\x00\x01", 0),
+        "uuid": Binary(b"u" * 16, 4),
+        "code": Code("f()", {"a": Int64(1)}),
+        "ts": Timestamp(5, 6),
+        "re": Regex("^a", "i"),
+        "min": MinKey(),
+        "max": MaxKey(),
+        "nested": [{"n": Int64(3)}, [1, {"$d": 2}]],
+        "inf": float("inf"),
+    }
+    for options in (
+        json_util.RELAXED_JSON_OPTIONS,
+        json_util.CANONICAL_JSON_OPTIONS,
+        json_util.LEGACY_JSON_OPTIONS,
+    ):
         text = json_util.dumps(doc, json_options=options)
         assert repr(ejson.loads(text)) == repr(json_util.loads(text))
 
@@ -63,10 +83,12 @@ def test_every_type_decodes_as_json_util_decodes_it():
 def test_a_document_with_a_dollar_field_keeps_its_other_fields():
     # json_util would make the first None and the second a Regex, losing
     # the document; a document's other fields are decoded as usual.
-    for doc in ({"_id": 1, "$undefined": True, "at": {"$date": 0}},
-                {"_id": 1, "$regex": "a", "at": {"$date": 0}},
-                {"_id": 1, "$binary": "AA==", "at": {"$date": 0}},
-                {"_id": 1, "$oid": "zz", "at": {"$date": 0}}):
+    for doc in (
+        {"_id": 1, "$undefined": True, "at": {"$date": 0}},
+        {"_id": 1, "$regex": "a", "at": {"$date": 0}},
+        {"_id": 1, "$binary": "AA==", "at": {"$date": 0}},
+        {"_id": 1, "$oid": "zz", "at": {"$date": 0}},
+    ):
         got = ejson.loads(json.dumps(doc))
         assert got == {**doc, "at": datetime.datetime(1970, 1, 1)}
 

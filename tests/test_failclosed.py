@@ -18,9 +18,15 @@ HOSTAPP = "tests.hostapp:app"
 def host(mongo, namespace, gunicorn):
     """tests/hostapp.py (bearer tokens, principals) on the real gunicorn."""
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
-                      app=HOSTAPP)
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "HOSTAPP_DB": db,
+        },
+        app=HOSTAPP,
+    )
     return server, db
 
 
@@ -31,22 +37,32 @@ def _bearer(token):
 # ---------------------------------------------------------------------------
 # Hidden paths with numeric components (redaction.py).
 
+
 def _update(updated=None, removed=(), truncated=(), **extra):
-    description = {"updatedFields": updated or {},
-                   "removedFields": list(removed),
-                   "truncatedArrays": list(truncated), **extra}
-    return {"_id": {"_data": "82AB"}, "operationType": "update",
-            "documentKey": {"_id": 1}, "updateDescription": description}
+    description = {
+        "updatedFields": updated or {},
+        "removedFields": list(removed),
+        "truncatedArrays": list(truncated),
+        **extra,
+    }
+    return {
+        "_id": {"_data": "82AB"},
+        "operationType": "update",
+        "documentKey": {"_id": 1},
+        "updateDescription": description,
+    }
 
 
-@pytest.mark.parametrize("key", [
-    "scores.2024",          # a field named "2024"
-    "scores.2024.points",   # inside it
-    "scores.0.2024",        # "2024" inside an element of a scores array
-    "scores",               # the parent as a whole: checked below
-])
-def test_a_hidden_path_with_a_numeric_component_is_hidden_in_updated_fields(
-        key):
+@pytest.mark.parametrize(
+    "key",
+    [
+        "scores.2024",  # a field named "2024"
+        "scores.2024.points",  # inside it
+        "scores.0.2024",  # "2024" inside an element of a scores array
+        "scores",  # the parent as a whole: checked below
+    ],
+)
+def test_a_hidden_path_with_a_numeric_component_is_hidden_in_updated_fields(key):
     value = {"2024": 99} if key == "scores" else 99
     event = redact(_update({key: value, "name": "ada"}), ["scores.2024"])
     updated = event["updateDescription"]["updatedFields"]
@@ -55,41 +71,60 @@ def test_a_hidden_path_with_a_numeric_component_is_hidden_in_updated_fields(
 
 
 def test_numeric_hidden_paths_in_removed_and_truncated_lists_and_documents():
-    raw = _update(removed=["scores.2024", "scores.2023", "other.2024"],
-                  truncated=[{"field": "scores.2024", "newSize": 1},
-                             {"field": "scores.2023", "newSize": 1}],
-                  disambiguatedPaths={"scores.2024": ["scores", "2024"],
-                                      "items.0": ["items", 0]})
+    raw = _update(
+        removed=["scores.2024", "scores.2023", "other.2024"],
+        truncated=[
+            {"field": "scores.2024", "newSize": 1},
+            {"field": "scores.2023", "newSize": 1},
+        ],
+        disambiguatedPaths={"scores.2024": ["scores", "2024"], "items.0": ["items", 0]},
+    )
     raw["fullDocument"] = {"scores": {"2024": 1, "2023": 2}}
     event = redact(raw, ["scores.2024"])
     description = event["updateDescription"]
     assert description["removedFields"] == ["scores.2023", "other.2024"]
-    assert description["truncatedArrays"] == [
-        {"field": "scores.2023", "newSize": 1}]
+    assert description["truncatedArrays"] == [{"field": "scores.2023", "newSize": 1}]
     assert description["disambiguatedPaths"] == {"items.0": ["items", 0]}
     assert event["fullDocument"] == {"scores": {"2023": 2}}
 
 
-@pytest.mark.parametrize("updated, hide, kept", [
-    # Array positions in the changed path still match a field path.
-    ({"items.0.price": 5, "items.0.sku": "a"}, ["items.price"],
-     {"items.0.sku": "a"}),
-    ({"items.3": {"price": 5, "sku": "a"}}, ["items.price"],
-     {"items.3": {"sku": "a"}}),
-    ({"items": [{"price": 5, "sku": "a"}]}, ["items.price"],
-     {"items": [{"sku": "a"}]}),
-    # A different numeric field stays.
-    ({"scores.2023": 1}, ["scores.2024"], {"scores.2023": 1}),
-    # A numeric hidden component does not hide a position with that number
-    # of another field, nor a longer number.
-    ({"scores.20240": 1, "other.2024": 2}, ["scores.2024"],
-     {"scores.20240": 1, "other.2024": 2}),
-    # Nested numeric names and positions together.
-    ({"a.1.2.b": 1, "a.2.b": 2, "a.1.b": 3, "a.b": 4, "a.2.c": 5},
-     ["a.2.b"], {"a.1.b": 3, "a.b": 4, "a.2.c": 5}),
-])
-def test_array_positions_and_numeric_names_in_changed_paths(updated, hide,
-                                                            kept):
+@pytest.mark.parametrize(
+    "updated, hide, kept",
+    [
+        # Array positions in the changed path still match a field path.
+        (
+            {"items.0.price": 5, "items.0.sku": "a"},
+            ["items.price"],
+            {"items.0.sku": "a"},
+        ),
+        (
+            {"items.3": {"price": 5, "sku": "a"}},
+            ["items.price"],
+            {"items.3": {"sku": "a"}},
+        ),
+        (
+            {"items": [{"price": 5, "sku": "a"}]},
+            ["items.price"],
+            {"items": [{"sku": "a"}]},
+        ),
+        # A different numeric field stays.
+        ({"scores.2023": 1}, ["scores.2024"], {"scores.2023": 1}),
+        # A numeric hidden component does not hide a position with that number
+        # of another field, nor a longer number.
+        (
+            {"scores.20240": 1, "other.2024": 2},
+            ["scores.2024"],
+            {"scores.20240": 1, "other.2024": 2},
+        ),
+        # Nested numeric names and positions together.
+        (
+            {"a.1.2.b": 1, "a.2.b": 2, "a.1.b": 3, "a.b": 4, "a.2.c": 5},
+            ["a.2.b"],
+            {"a.1.b": 3, "a.b": 4, "a.2.c": 5},
+        ),
+    ],
+)
+def test_array_positions_and_numeric_names_in_changed_paths(updated, hide, kept):
     event = redact(_update(updated), hide)
     assert event["updateDescription"]["updatedFields"] == kept
 
@@ -97,23 +132,33 @@ def test_array_positions_and_numeric_names_in_changed_paths(updated, hide,
 # ---------------------------------------------------------------------------
 # Grants and the operator's rules (subscription.py), unit level.
 
+
 def _change(doc, db="shop", coll="orders"):
     from wsproxy.transport import codec
-    return codec.Change({"_id": {"_data": "82AB"}, "operationType": "insert",
-                         "ns": {"db": db, "coll": coll},
-                         "documentKey": {"_id": 1}, "fullDocument": doc},
-                        sealer_for_tests())
+
+    return codec.Change(
+        {
+            "_id": {"_data": "82AB"},
+            "operationType": "insert",
+            "ns": {"db": db, "coll": coll},
+            "documentKey": {"_id": 1},
+            "fullDocument": doc,
+        },
+        sealer_for_tests(),
+    )
 
 
 def _parse(principal, **args):
     from werkzeug.datastructures import MultiDict
 
     from wsproxy.fanout import subscription
+
     return subscription.parse(MultiDict(args), scope="", principal=principal)
 
 
 def test_an_empty_grant_is_refused_not_everything():
     from wsproxy import ClientError, Principal
+
     for empty in (set(), frozenset(), [], ()):
         with pytest.raises(ClientError) as info:
             _parse(Principal("nobody", namespaces=empty))
@@ -125,6 +170,7 @@ def test_an_empty_grant_is_refused_not_everything():
 
 def test_an_empty_set_in_a_subscription_matches_nothing():
     from wsproxy.fanout.subscription import Subscription
+
     assert not Subscription(namespaces=set()).wants(_change({"a": 1}))
     assert not Subscription(ops=()).wants(_change({"a": 1}))
     assert Subscription().wants(_change({"a": 1}))
@@ -132,8 +178,12 @@ def test_an_empty_set_in_a_subscription_matches_nothing():
 
 def test_the_principal_filter_sees_hidden_fields_the_client_filter_does_not():
     from wsproxy import Principal
-    public = Principal("public", hide=["confidential"],
-                       filter={"fullDocument.confidential": {"$ne": True}})
+
+    public = Principal(
+        "public",
+        hide=["confidential"],
+        filter={"fullDocument.confidential": {"$ne": True}},
+    )
     secret, plain = _change({"confidential": True}), _change({"n": 1})
     sub = _parse(public)
     assert not sub.wants(secret)
@@ -146,6 +196,7 @@ def test_the_principal_filter_sees_hidden_fields_the_client_filter_does_not():
 # ---------------------------------------------------------------------------
 # Grants and the operator's rules, end to end (tests/hostapp.py).
 
+
 def test_a_principal_granted_no_namespaces_is_refused_at_connect(host):
     server, _ = host
     with pytest.raises(InvalidStatus) as info:
@@ -156,13 +207,18 @@ def test_a_principal_granted_no_namespaces_is_refused_at_connect(host):
 
 
 def test_a_principal_row_filter_on_a_hidden_field_does_not_fail_open(
-        host, mongo_client):
+    host, mongo_client
+):
     server, db = host
     client = WSClient(server.ws_url(), **_bearer("token-public"))
     assert client.recv()["type"] == "hello"
     orders = mongo_client[db].orders
-    orders.insert_many([{"_id": 1, "confidential": True, "title": "merger"},
-                        {"_id": 2, "title": "picnic"}])
+    orders.insert_many(
+        [
+            {"_id": 1, "confidential": True, "title": "merger"},
+            {"_id": 2, "title": "picnic"},
+        ]
+    )
     event = client.recv_type("change")["event"]
     assert event["documentKey"] == {"_id": 2}
     assert "confidential" not in event["fullDocument"]
@@ -174,27 +230,32 @@ def test_a_principal_row_filter_on_a_hidden_field_does_not_fail_open(
 # ---------------------------------------------------------------------------
 # Sealed resume ids (sealing.py).
 
-TOKENS = [{"_data": "8263A1B2C3000000012B022C0100296E5A1004"},
-          {"_data": "82ab"},                       # lowercase hex
-          {"_data": "82aB"},                       # mixed: kept as BSON
-          {"_data": "82A"},                        # odd length: BSON
-          {"_data": "82AB", "_typeBits": b"\x01"}]
+TOKENS = [
+    {"_data": "8263A1B2C3000000012B022C0100296E5A1004"},
+    {"_data": "82ab"},  # lowercase hex
+    {"_data": "82aB"},  # mixed: kept as BSON
+    {"_data": "82A"},  # odd length: BSON
+    {"_data": "82AB", "_typeBits": b"\x01"},
+]
 
 
 @pytest.mark.parametrize("token", TOKENS)
 def test_ids_round_trip_and_are_the_same_in_every_process(token):
     from wsproxy.access.sealing import Sealer
+
     one, other = Sealer(["k" * 32]), Sealer(["k" * 32])
     sealed = one.seal(token)
-    assert other.seal(token) == sealed            # deterministic
+    assert other.seal(token) == sealed  # deterministic
     assert other.unseal(sealed) == token
     assert Sealer(["j" * 32]).seal(token) != sealed
-    assert set(sealed) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
-                              "vwxyz0123456789-_")  # URL-safe as it is
+    assert set(sealed) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )  # URL-safe as it is
 
 
 def test_an_id_reveals_nothing_of_the_token():
     from wsproxy.access.sealing import Sealer
+
     secret = b"ada@secret.example".hex().upper()
     token = {"_data": "8263A1B2C3" + secret}
     sealed = Sealer(["k" * 32]).seal(token)
@@ -207,6 +268,7 @@ def test_hex_tokens_of_either_case_are_packed_as_bytes():
     # sealed as its bytes, not as BSON text, whether MongoDB's uppercase
     # or SecantusDB's lowercase.
     from wsproxy.access.sealing import Sealer
+
     sealer, data = Sealer(["k" * 32]), "8263a1b2c3000000012b022c0100296e5a1004" * 3
     lower = sealer.seal({"_data": data})
     assert len(lower) == len(sealer.seal({"_data": data.upper()}))
@@ -216,19 +278,32 @@ def test_hex_tokens_of_either_case_are_packed_as_bytes():
 
 def _flip(text, at):
     swap = "A" if text[at] != "A" else "B"
-    return text[:at] + swap + text[at + 1:]
+    return text[:at] + swap + text[at + 1 :]
 
 
 def test_crafted_foreign_and_tampered_ids_are_not_resume_tokens():
     from wsproxy import ClientError
     from wsproxy.access.sealing import Sealer
+
     sealer = Sealer(["k" * 32])
     good = sealer.seal(TOKENS[0])
-    bad = [TOKENS[0]["_data"],                       # crafted: unsealed
-           Sealer(["f" * 32]).seal(TOKENS[0]),       # foreign key
-           _flip(good, 0), _flip(good, len(good) // 2), _flip(good, -2),
-           good[:-1], good + "A", good + "==", "A" * 40,
-           "", "not a token", "b64:AAAA", "x" * 9000, 42, None]
+    bad = [
+        TOKENS[0]["_data"],  # crafted: unsealed
+        Sealer(["f" * 32]).seal(TOKENS[0]),  # foreign key
+        _flip(good, 0),
+        _flip(good, len(good) // 2),
+        _flip(good, -2),
+        good[:-1],
+        good + "A",
+        good + "==",
+        "A" * 40,
+        "",
+        "not a token",
+        "b64:AAAA",
+        "x" * 9000,
+        42,
+        None,
+    ]
     for text in bad:
         with pytest.raises(ClientError) as info:
             sealer.unseal(text)
@@ -239,6 +314,7 @@ def test_crafted_foreign_and_tampered_ids_are_not_resume_tokens():
 def test_key_rotation_opens_old_ids_and_reseals_them_with_the_current_key():
     from wsproxy import ClientError
     from wsproxy.access.sealing import Sealer
+
     old, new = "o" * 32, "n" * 32
     before = Sealer([old]).seal(TOKENS[0])
     rotated = Sealer([new, old])
@@ -246,29 +322,37 @@ def test_key_rotation_opens_old_ids_and_reseals_them_with_the_current_key():
     assert rotated.canonical(before) == Sealer([new]).seal(TOKENS[0])
     assert rotated.seal(TOKENS[0]) != before
     with pytest.raises(ClientError):
-        Sealer([new]).unseal(before)                 # old key retired
+        Sealer([new]).unseal(before)  # old key retired
 
 
 def test_keys_come_from_config_or_secret_key_and_fail_closed_without():
     from wsproxy import ConfigError
     from wsproxy.access.sealing import Sealer, from_config
+
     token = TOKENS[0]
-    listed = from_config({"WSPROXY_SECRET_KEYS": ["n" * 32, "o" * 32],
-                          "SECRET_KEY": "s" * 32})
+    listed = from_config(
+        {"WSPROXY_SECRET_KEYS": ["n" * 32, "o" * 32], "SECRET_KEY": "s" * 32}
+    )
     assert listed.seal(token) == Sealer(["n" * 32]).seal(token)
-    assert from_config({"WSPROXY_SECRET_KEYS": "n" * 32}).seal(token) == \
-        listed.seal(token)
-    flask = from_config({"SECRET_KEY": "s" * 32,
-                         "SECRET_KEY_FALLBACKS": ["o" * 32]})
+    assert from_config({"WSPROXY_SECRET_KEYS": "n" * 32}).seal(token) == listed.seal(
+        token
+    )
+    flask = from_config({"SECRET_KEY": "s" * 32, "SECRET_KEY_FALLBACKS": ["o" * 32]})
     assert flask.seal(token) == Sealer(["s" * 32]).seal(token)
     assert flask.unseal(Sealer(["o" * 32]).seal(token)) == token
-    for config in ({}, {"SECRET_KEY": None}, {"SECRET_KEY": ""},
-                   {"WSPROXY_SECRET_KEYS": []}):
+    for config in (
+        {},
+        {"SECRET_KEY": None},
+        {"SECRET_KEY": ""},
+        {"WSPROXY_SECRET_KEYS": []},
+    ):
         with pytest.raises(ConfigError, match="WSPROXY_SECRET_KEYS"):
             from_config(config)
-    for config in ({"WSPROXY_SECRET_KEYS": ["short"]},
-                   {"SECRET_KEY": "s" * 32, "SECRET_KEY_FALLBACKS": ["x"]},
-                   {"WSPROXY_SECRET_KEYS": [123]}):
+    for config in (
+        {"WSPROXY_SECRET_KEYS": ["short"]},
+        {"SECRET_KEY": "s" * 32, "SECRET_KEY_FALLBACKS": ["x"]},
+        {"WSPROXY_SECRET_KEYS": [123]},
+    ):
         with pytest.raises(ConfigError):
             from_config(config)
 
@@ -277,6 +361,7 @@ def test_init_app_refuses_to_start_without_a_key():
     from flask import Flask
 
     from wsproxy import ConfigError, WSProxy
+
     app = Flask(__name__)
     app.config["WSPROXY_MONGODB_URI"] = "mongodb://127.0.0.1:1/?replicaSet=x"
     with pytest.raises(ConfigError, match="WSPROXY_SECRET_KEYS"):
@@ -296,49 +381,69 @@ def test_hidden_key_fields_do_not_leak_through_ids(host, mongo_client):
         text = client.ws.recv(timeout=5)
     message = json.loads(text)
     assert message["event"]["fullDocument"] == {"n": 1}
-    for fragment in (secret, secret.encode().hex(),
-                     secret.encode().hex().upper()):
+    for fragment in (secret, secret.encode().hex(), secret.encode().hex().upper()):
         assert fragment not in text
     # The id still resumes, and a tampered one is refused like garbage.
-    again = WSClient(server.ws_url("resume_after=" + message["id"]),
-                     **_bearer("token-keyless"))
+    again = WSClient(
+        server.ws_url("resume_after=" + message["id"]), **_bearer("token-keyless")
+    )
     assert again.recv()["resume"] == "history"
     again.close()
     with pytest.raises(InvalidStatus) as info:
-        WSClient(server.ws_url("resume_after=" + _flip(message["id"], 5)),
-                 **_bearer("token-keyless"))
+        WSClient(
+            server.ws_url("resume_after=" + _flip(message["id"], 5)),
+            **_bearer("token-keyless"),
+        )
     assert info.value.response.status_code == 400
-    assert json.loads(info.value.response.body)["error"] == \
-        "resume_after: not a resume token"
+    assert (
+        json.loads(info.value.response.body)["error"]
+        == "resume_after: not a resume token"
+    )
     client.close()
 
 
 def test_a_principal_takes_collections_of_names_not_one_string():
     from wsproxy import Principal
+
     with pytest.raises(TypeError):
-        Principal("ada", namespaces="shop")   # not {"s", "h", "o", "p"}
+        Principal("ada", namespaces="shop")  # not {"s", "h", "o", "p"}
     with pytest.raises(TypeError):
         Principal("ada", hide="card")
 
 
-@pytest.mark.parametrize("env, works", [
-    ({"WSPROXY_SECRET_KEYS": "k" * 32}, True),
-    ({"SECRET_KEY": "s" * 32}, True),
-    ({}, False),
-])
+@pytest.mark.parametrize(
+    "env, works",
+    [
+        ({"WSPROXY_SECRET_KEYS": "k" * 32}, True),
+        ({"SECRET_KEY": "s" * 32}, True),
+        ({}, False),
+    ],
+)
 def test_wsgi_app_takes_its_key_from_the_environment(env, works):
     import os
     import subprocess
     import sys
 
     from .helpers import ROOT, scaled
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("WSPROXY_SECRET_KEYS", "SECRET_KEY")}
+
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WSPROXY_SECRET_KEYS", "SECRET_KEY")
+    }
     result = subprocess.run(
-        [sys.executable, "-c", "import wsgi"], cwd=ROOT, check=False,
-        capture_output=True, text=True, timeout=scaled(60),
-        env={**clean, **env,
-             "WSPROXY_MONGODB_URI": "mongodb://127.0.0.1:1/?replicaSet=x"})
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        env={
+            **clean,
+            **env,
+            "WSPROXY_MONGODB_URI": "mongodb://127.0.0.1:1/?replicaSet=x",
+        },
+    )
     assert (result.returncode == 0) == works, result.stderr[-2000:]
     if not works:
         assert "ConfigError" in result.stderr

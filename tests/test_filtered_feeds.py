@@ -13,8 +13,8 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
-from wsproxy.stream.preimages import PreImages
 from wsproxy.fanout.subscription import parse
+from wsproxy.stream.preimages import PreImages
 
 from .helpers import WSClient, wait_for
 
@@ -26,15 +26,21 @@ PRE, NOPRE = "pre", "nopre"  # collections with and without pre-images
 def tenants(mongo, mongo_client, namespace, gunicorn):
     db, _ = namespace
     mongo_client[db].create_collection(
-        PRE, changeStreamPreAndPostImages={"enabled": True})
+        PRE, changeStreamPreAndPostImages={"enabled": True}
+    )
     mongo_client[db].create_collection(NOPRE)
 
     def start(**env):
-        settings = {"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                    "WSPROXY_MAX_AWAIT_MS": "100", "TENANT_DB": db,
-                    "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE": "whenAvailable"}
+        settings = {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "TENANT_DB": db,
+            "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE": "whenAvailable",
+        }
         settings.update({k: str(v) for k, v in env.items()})
         return gunicorn(settings, app=APP)
+
     return start
 
 
@@ -47,8 +53,9 @@ class Feed:
 
     def __init__(self, server, token, coll, query=None):
         params = {"ns": f"{server.env['TENANT_DB']}.{coll}", **(query or {})}
-        self.client = WSClient(server.ws_url(urllib.parse.urlencode(params)),
-                               **_as(token))
+        self.client = WSClient(
+            server.ws_url(urllib.parse.urlencode(params)), **_as(token)
+        )
         self.hello = self.client.recv()
         assert self.hello["type"] == "hello"
         self.messages = []
@@ -78,8 +85,7 @@ def _described(messages):
             continue
         event = m["event"]
         before = " +before" if event.get("fullDocumentBeforeChange") else ""
-        out.append(f"{event['operationType']} "
-                   f"{event['documentKey']['_id']}{before}")
+        out.append(f"{event['operationType']} {event['documentKey']['_id']}{before}")
     return out
 
 
@@ -87,17 +93,24 @@ def _script(coll, admin):
     """Documents moving between tenants and in and out of status "open",
     each step seen by the admin (so updateLookup reads each as it was)."""
     steps = [
-        lambda: coll.insert_one({"_id": 1, "tenant": "a", "status": "open",
-                                 "secret": "SECRET-1"}),
-        lambda: coll.insert_one({"_id": 2, "tenant": "b", "status": "open",
-                                 "secret": "SECRET-2", "note": "b-private"}),
+        lambda: coll.insert_one(
+            {"_id": 1, "tenant": "a", "status": "open", "secret": "SECRET-1"}
+        ),
+        lambda: coll.insert_one(
+            {
+                "_id": 2,
+                "tenant": "b",
+                "status": "open",
+                "secret": "SECRET-2",
+                "note": "b-private",
+            }
+        ),
         lambda: coll.update_one({"_id": 1}, {"$set": {"status": "closed"}}),
-        lambda: coll.update_one({"_id": 2}, {"$set": {"tenant": "a",
-                                                      "note": "now-a"}}),
-        lambda: coll.update_one({"_id": 1}, {"$set": {"tenant": "b",
-                                                      "note": "now-b"}}),
-        lambda: coll.replace_one({"_id": 2}, {"tenant": "a", "status": "open",
-                                              "secret": "SECRET-3", "v": 2}),
+        lambda: coll.update_one({"_id": 2}, {"$set": {"tenant": "a", "note": "now-a"}}),
+        lambda: coll.update_one({"_id": 1}, {"$set": {"tenant": "b", "note": "now-b"}}),
+        lambda: coll.replace_one(
+            {"_id": 2}, {"tenant": "a", "status": "open", "secret": "SECRET-3", "v": 2}
+        ),
         lambda: coll.delete_one({"_id": 1}),
         lambda: coll.delete_one({"_id": 2}),
     ]
@@ -119,30 +132,49 @@ class Admin(Feed):
 # its tenant (and the client's filter) admits it.
 EXPECTED = {
     PRE: {
-        "a": ["insert 1", "update 1 +before", "update 2", "leave 1 filter",
-              "replace 2 +before", "delete 2 +before"],
+        "a": [
+            "insert 1",
+            "update 1 +before",
+            "update 2",
+            "leave 1 filter",
+            "replace 2 +before",
+            "delete 2 +before",
+        ],
         "b": ["insert 2", "leave 2 filter", "update 1", "delete 1 +before"],
-        "a-open": ["insert 1", "leave 1 filter", "update 2",
-                   "replace 2 +before", "delete 2 +before"],
+        "a-open": [
+            "insert 1",
+            "leave 1 filter",
+            "update 2",
+            "replace 2 +before",
+            "delete 2 +before",
+        ],
     },
     NOPRE: {
-        "a": ["insert 1", "update 1", "update 2", "leave 1 filter",
-              "replace 2", "delete 2"],
+        "a": [
+            "insert 1",
+            "update 1",
+            "update 2",
+            "leave 1 filter",
+            "replace 2",
+            "delete 2",
+        ],
         "b": ["insert 2", "leave 2 filter", "update 1", "delete 1"],
-        "a-open": ["insert 1", "leave 1 filter", "update 2", "replace 2",
-                   "delete 2"],
+        "a-open": ["insert 1", "leave 1 filter", "update 2", "replace 2", "delete 2"],
     },
 }
 
 
 @pytest.mark.parametrize("coll", [PRE, NOPRE])
 def test_each_tenant_gets_exactly_its_deletes_and_leaves(
-        tenants, mongo_client, namespace, coll):
+    tenants, mongo_client, namespace, coll
+):
     server = tenants()
     open_only = {"filter": json.dumps({"fullDocument.status": "open"})}
-    feeds = {"a": Feed(server, "token-a", coll),
-             "b": Feed(server, "token-b", coll),
-             "a-open": Feed(server, "token-a2", coll, open_only)}
+    feeds = {
+        "a": Feed(server, "token-a", coll),
+        "b": Feed(server, "token-b", coll),
+        "a-open": Feed(server, "token-a2", coll, open_only),
+    }
     admin = Admin(server, "token-admin", coll)
     _script(mongo_client[namespace[0]][coll], admin)
     for name, feed in feeds.items():
@@ -176,8 +208,11 @@ def test_the_log_names_the_collections_without_pre_images(tenants):
 
 def test_without_pre_images_configured_the_log_says_how(tenants):
     server = tenants(WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE="off")
-    wait_for(lambda: "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE is not set"
-             in server.output(), 10, "the warning")
+    wait_for(
+        lambda: "WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE is not set" in server.output(),
+        10,
+        "the warning",
+    )
     feed = Feed(server, "token-a", PRE)
     assert feed.hello["deletes"] == "tracked"
     feed.close()
@@ -190,7 +225,8 @@ def test_a_feed_without_a_document_filter_is_exact():
 
 @pytest.mark.parametrize("where", ["history", "catch-up"])
 def test_documents_replayed_on_a_resume_are_followed_again(
-        tenants, mongo_client, namespace, where):
+    tenants, mongo_client, namespace, where
+):
     """Without pre-images: a client that resumes from before a document
     was inserted is sent it again, and so told when it leaves."""
     env = {"WSPROXY_HISTORY_SIZE": 1} if where == "catch-up" else {}
@@ -227,15 +263,15 @@ def _until_one(self):
 Feed.until_one = _until_one
 
 
-def test_a_subscribe_starts_what_is_followed_afresh(tenants, mongo_client,
-                                                    namespace):
+def test_a_subscribe_starts_what_is_followed_afresh(tenants, mongo_client, namespace):
     server = tenants()
     coll = mongo_client[namespace[0]][NOPRE]
     feed = Feed(server, "token-a", NOPRE)
     coll.insert_one({"_id": 1, "tenant": "a", "status": "open"})
     feed.until_one()
-    feed.client.ws.send(json.dumps(
-        {"type": "subscribe", "filter": {"fullDocument.status": "open"}}))
+    feed.client.ws.send(
+        json.dumps({"type": "subscribe", "filter": {"fullDocument.status": "open"}})
+    )
     assert feed.client.recv_type("subscribed")["deletes"] == "tracked"
     # Sent before the subscribe: not followed by the new subscription.
     coll.delete_one({"_id": 1})
@@ -254,13 +290,18 @@ def test_the_untracked_document_leaves(tenants, mongo_client, namespace):
         coll.insert_one({"_id": n, "tenant": "a"})
     coll.insert_one({"marker": "end", "tenant": "a"})
     assert _described(feed.until_marker("end")) == [
-        "insert 0", "insert 1", "insert 2", "leave 0 untracked"]
+        "insert 0",
+        "insert 1",
+        "insert 2",
+        "leave 0 untracked",
+    ]
     feed.close()
 
 
 def test_a_scope_it_cannot_read_gets_no_warning(caplog):
     """An account that may not list collections: no answer, no warning,
     and the weaker claim."""
+
     class Unreadable:
         def list_database_names(self):
             raise PermissionError("not authorized")
@@ -269,6 +310,9 @@ def test_a_scope_it_cannot_read_gets_no_warning(caplog):
     preimages = PreImages("whenAvailable")
     preimages.check(Unreadable())
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    sub = parse(MultiDict({"filter": '{"fullDocument.a": 1}'}), scope="",
-                principal=access.ANYONE)
+    sub = parse(
+        MultiDict({"filter": '{"fullDocument.a": 1}'}),
+        scope="",
+        principal=access.ANYONE,
+    )
     assert preimages.deletes(sub) == "tracked"

@@ -28,8 +28,12 @@ MARKERS = {"a": "zz-marker-a", "b": "zz-marker-b"}
 
 
 def tenant_server(gunicorn, mongo, db, mode):
-    env = {"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-           "WSPROXY_MAX_AWAIT_MS": "100", "TENANT_DB": db}
+    env = {
+        "WSPROXY_MONGODB_URI": mongo.uri,
+        "WSPROXY_WATCH": db,
+        "WSPROXY_MAX_AWAIT_MS": "100",
+        "TENANT_DB": db,
+    }
     if mode == "exact":
         env["WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE"] = "whenAvailable"
     server = gunicorn(env, app=APP)
@@ -37,8 +41,9 @@ def tenant_server(gunicorn, mongo, db, mode):
     def deletes():
         # The watcher looks at the collections once it is connected, just
         # after /readyz says so.
-        probe = WSClient(server.ws_url(), additional_headers={
-            "Authorization": "Bearer token-a"})
+        probe = WSClient(
+            server.ws_url(), additional_headers={"Authorization": "Bearer token-a"}
+        )
         try:
             return probe.recv_type("hello")["deletes"]
         finally:
@@ -56,9 +61,13 @@ def random_writes(items, seed, count=WRITES):
     done = {"insert": 0, "update": 0, "replace": 0, "delete": 0}
 
     def new(n, v):
-        return {"_id": n, "tenant": rnd.choice("ab"),
-                "status": rnd.choice(["open", "closed"]), "v": v,
-                "secret": f"s{rnd.randrange(10**6)}"}
+        return {
+            "_id": n,
+            "tenant": rnd.choice("ab"),
+            "status": rnd.choice(["open", "closed"]),
+            "v": v,
+            "secret": f"s{rnd.randrange(10**6)}",
+        }
 
     for v in range(1, count + 1):
         n = rnd.randrange(IDS)
@@ -69,10 +78,16 @@ def random_writes(items, seed, count=WRITES):
         else:
             op = rnd.choice(["update", "update", "update", "replace", "delete"])
             if op == "update":
-                change = rnd.choice([{"tenant": rnd.choice("ab")},
-                                     {"status": rnd.choice(["open", "closed"])},
-                                     {"tenant": rnd.choice("ab"),
-                                      "status": rnd.choice(["open", "closed"])}])
+                change = rnd.choice(
+                    [
+                        {"tenant": rnd.choice("ab")},
+                        {"status": rnd.choice(["open", "closed"])},
+                        {
+                            "tenant": rnd.choice("ab"),
+                            "status": rnd.choice(["open", "closed"]),
+                        },
+                    ]
+                )
                 items.update_one({"_id": n}, {"$set": {**change, "v": v}})
             elif op == "replace":
                 items.replace_one({"_id": n}, new(n, v))
@@ -83,8 +98,7 @@ def random_writes(items, seed, count=WRITES):
     # The last writes: one marker per tenant, in every view of it. A client
     # holding its marker has applied everything before it.
     for tenant, marker in MARKERS.items():
-        items.insert_one({"_id": marker, "tenant": tenant, "status": "open",
-                          "v": 0})
+        items.insert_one({"_id": marker, "tenant": tenant, "status": "open", "v": 0})
     return done
 
 
@@ -92,8 +106,7 @@ def expected(items, tenant, client_filter):
     query = {"tenant": tenant}
     if client_filter:
         query["status"] = "open"
-    return {LiveDocuments.key(d["_id"]): d
-            for d in items.find(query, {"secret": 0})}
+    return {LiveDocuments.key(d["_id"]): d for d in items.find(query, {"secret": 0})}
 
 
 class Follower(threading.Thread):
@@ -104,8 +117,9 @@ class Follower(threading.Thread):
         super().__init__(name=f"test-follower-{tenant}", daemon=True)
         self.tenant = tenant
         self.client_filter = client_filter
-        self.feed = WSProxyClient(url, token=f"token-{tenant}", ns=ns,
-                                  filter=OPEN if client_filter else None)
+        self.feed = WSProxyClient(
+            url, token=f"token-{tenant}", ns=ns, filter=OPEN if client_filter else None
+        )
         self.live = LiveDocuments(self.feed)
         self.removed = {"delete": 0, "leave": 0}
         self.live.on("remove", self._removed)
@@ -121,7 +135,7 @@ class Follower(threading.Thread):
             while not self.done.is_set():
                 self.feed.receive(timeout=scaled(0.2))
                 if not self.live.loading:
-                    self.ready.set()   # connected: its hello came
+                    self.ready.set()  # connected: its hello came
                 if self.live.get(MARKERS[self.tenant]) is not None:
                     self.done.set()
         except Exception as exc:  # noqa: BLE001 - surfaced by the test
@@ -147,21 +161,24 @@ START_IN_BROWSER = """async ([module, views]) => {
 
 @pytest.mark.parametrize("mode", ["exact", "tracked"])
 def test_both_clients_end_with_exactly_the_matching_documents(
-        mode, mongo, mongo_client, namespace, gunicorn, browser_page):
+    mode, mongo, mongo_client, namespace, gunicorn, browser_page
+):
     db, coll = namespace
     items = mongo_client[db][coll]
     # Empty, with or without pre-images, before the watcher looks.
     if mode == "exact":
         mongo_client[db].create_collection(
-            coll, changeStreamPreAndPostImages={"enabled": True})
+            coll, changeStreamPreAndPostImages={"enabled": True}
+        )
     else:
         mongo_client[db].create_collection(coll)
     server = tenant_server(gunicorn, mongo, db, mode)
     ns = f"{db}.{coll}"
 
-    followers = [Follower(server.ws_url(), tenant, ns, client_filter)
-                 for tenant, client_filter in (("a", False), ("a", True),
-                                               ("b", True))]
+    followers = [
+        Follower(server.ws_url(), tenant, ns, client_filter)
+        for tenant, client_filter in (("a", False), ("a", True), ("b", True))
+    ]
     page = browser_page
     page.goto(server.url + "/healthz")
     views = {
@@ -175,8 +192,8 @@ def test_both_clients_end_with_exactly_the_matching_documents(
         for follower in followers:
             assert follower.ready.wait(scaled(10)), follower.error
         page.wait_for_function(
-            "Object.values(views).every((v) => !v.live.loading)",
-            timeout=scaled(10000))
+            "Object.values(views).every((v) => !v.live.loading)", timeout=scaled(10000)
+        )
 
         done = random_writes(items, seed={"exact": 21, "tracked": 22}[mode])
         assert min(done.values()) > 0, done
@@ -187,7 +204,8 @@ def test_both_clients_end_with_exactly_the_matching_documents(
         page.wait_for_function(
             f"""views['a-open'].live.get('{MARKERS["a"]}') !== undefined
                 && views.b.live.get('{MARKERS["b"]}') !== undefined""",
-            timeout=scaled(30000))
+            timeout=scaled(30000),
+        )
     finally:
         for follower in followers:
             follower.done.set()
@@ -208,7 +226,9 @@ def test_both_clients_end_with_exactly_the_matching_documents(
         got = page.evaluate(
             """(name) => { const v = views[name];
                  return [[...v.live.documents], v.live.deletes, v.removed,
-                         v.feed.stats.connections]; }""", name)
+                         v.feed.stats.connections]; }""",
+            name,
+        )
         held, deletes, removed, connections = got
         want = expected(items, tenant, client_filter)
         assert deletes == mode and connections == 1
@@ -219,7 +239,8 @@ def test_both_clients_end_with_exactly_the_matching_documents(
 
 
 def test_a_filtered_feed_resumes_from_history_past_changes_it_is_not_sent(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     """A filtered feed keeps, beside what it is sent, every update and
     delete it is not (one may be about a document sent a moment before,
     and only routing knows): those must not count toward the outbox
@@ -227,8 +248,7 @@ def test_a_filtered_feed_resumes_from_history_past_changes_it_is_not_sent(
     history. And the delete of a document the backlog itself sends it
     reaches it."""
     db, coll = namespace
-    server = gunicorn(server_env(mongo.uri, db, coll,
-                                 WSPROXY_OUTBOX_MAX_MESSAGES=50))
+    server = gunicorn(server_env(mongo.uri, db, coll, WSPROXY_OUTBOX_MAX_MESSAGES=50))
     items = mongo_client[db][coll]
     query = "filter=" + urllib.parse.quote(json.dumps(OPEN))
     everything = WSClient(server.ws_url())
@@ -255,6 +275,9 @@ def test_a_filtered_feed_resumes_from_history_past_changes_it_is_not_sent(
         assert again.recv_type("hello")["resume"] == "history"
         got = [again.recv_type("change")["event"] for _ in range(3)]
         assert [(e["operationType"], e["documentKey"]["_id"]) for e in got] == [
-            ("insert", 0), ("delete", 0), ("insert", "marker")]
+            ("insert", 0),
+            ("delete", 0),
+            ("insert", "marker"),
+        ]
     finally:
         again.close()

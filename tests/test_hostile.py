@@ -10,8 +10,15 @@ import pymongo
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .helpers import (Gunicorn, WSClient, http_get, raw_upgrade, scaled,
-                      sealer_for_tests, wait_for)
+from .helpers import (
+    Gunicorn,
+    WSClient,
+    http_get,
+    raw_upgrade,
+    scaled,
+    sealer_for_tests,
+    wait_for,
+)
 
 DB, COLL = "hostile", "items"
 
@@ -21,11 +28,16 @@ def server(mongo):
     client = pymongo.MongoClient(mongo.uri)
     client.drop_database(DB)
     client.close()
-    server = Gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": DB, "WSPROXY_MAX_AWAIT_MS": "100",
-                       "WSPROXY_CLIENT_MESSAGE_RATE": "5",
-                       "WSPROXY_MAX_FILTER_BYTES": "2048",
-                       "WSPROXY_CLIENT_MESSAGE_BURST": "10"}).start()
+    server = Gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": DB,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_CLIENT_MESSAGE_RATE": "5",
+            "WSPROXY_MAX_FILTER_BYTES": "2048",
+            "WSPROXY_CLIENT_MESSAGE_BURST": "10",
+        }
+    ).start()
     yield server
     server.stop()
 
@@ -68,9 +80,17 @@ BEFORE_UPGRADE = [
     (_q(filter='{"$where": "sleep(1000)"}'), 400, "unsupported operator $where"),
     (_q(filter='{"$function": {"body": "x"}}'), 400, "unsupported operator $function"),
     (_q(filter='{"$expr": {"$eq": [1, 1]}}'), 400, "unsupported operator $expr"),
-    (_q(filter='{"a": {"$accumulator": {}}}'), 400, "unsupported operator $accumulator"),
+    (
+        _q(filter='{"a": {"$accumulator": {}}}'),
+        400,
+        "unsupported operator $accumulator",
+    ),
     (_q(filter='{"a": {"$regex": "^x"}}'), 400, "unsupported operator $regex"),
-    (_q(filter='{"a": {"$elemMatch": {"b": 1}}}'), 400, "unsupported operator $elemMatch"),
+    (
+        _q(filter='{"a": {"$elemMatch": {"b": 1}}}'),
+        400,
+        "unsupported operator $elemMatch",
+    ),
     (_q(filter='{"$nor": [{"a": 1}]}'), 400, "unsupported operator $nor"),
     (_q(filter='{"a": {"$foo": 1}}'), 400, "unsupported operator $foo"),
     (_q(filter='{"a": {"$in": 5}}'), 400, "$in needs a list"),
@@ -109,8 +129,7 @@ BEFORE_UPGRADE = [
 
 
 @pytest.mark.parametrize("query, status, reason", BEFORE_UPGRADE)
-def test_refused_before_the_upgrade(server, bystander, writes, query, status,
-                                    reason):
+def test_refused_before_the_upgrade(server, bystander, writes, query, status, reason):
     with pytest.raises(InvalidStatus) as info:
         WSClient(server.ws_url() + "?" + query)
     response = info.value.response
@@ -188,11 +207,14 @@ AFTER_UPGRADE = [
     (lambda ws: ws.send("é" * 3000), 1009, "too big"),
     # Deeper than json.loads can follow (RecursionError): was 1011 and a
     # traceback.
-    (lambda ws: ws.send("[" * 2000 + "]" * 2000), 1008,
-     "message is nested too deep"),
-    (lambda ws: ws.send('{"type": "subscribe", "filter": {"a": '
-                        + "[" * 1900 + "]" * 1900 + "}}"), 1008,
-     "message is nested too deep"),
+    (lambda ws: ws.send("[" * 2000 + "]" * 2000), 1008, "message is nested too deep"),
+    (
+        lambda ws: ws.send(
+            '{"type": "subscribe", "filter": {"a": ' + "[" * 1900 + "]" * 1900 + "}}"
+        ),
+        1008,
+        "message is nested too deep",
+    ),
 ]
 
 
@@ -208,29 +230,40 @@ BAD_HANDSHAKES = [
     ({"Sec-WebSocket-Version": "8"}, "Sec-WebSocket-Version must be 13"),
     ({"Sec-WebSocket-Version": None}, "Sec-WebSocket-Version must be 13"),
     # wsproto reads window bits with int(): a 500 and a traceback.
-    ({"Sec-WebSocket-Extensions":
-      "permessage-deflate; server_max_window_bits=abc"},
-     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
-    ({"Sec-WebSocket-Extensions":
-      "permessage-deflate; client_max_window_bits=1x"},
-     "Sec-WebSocket-Extensions: client_max_window_bits must be an integer"),
-    ({"Sec-WebSocket-Extensions":
-      "x-other, permessage-deflate; client_max_window_bits="},
-     "client_max_window_bits must be an integer"),
-    ({"Sec-WebSocket-Extensions": "permessage-deflate; x=\u00e9"},
-     "Sec-WebSocket-Extensions must be ASCII"),
+    (
+        {"Sec-WebSocket-Extensions": "permessage-deflate; server_max_window_bits=abc"},
+        "Sec-WebSocket-Extensions: server_max_window_bits must be an integer",
+    ),
+    (
+        {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits=1x"},
+        "Sec-WebSocket-Extensions: client_max_window_bits must be an integer",
+    ),
+    (
+        {
+            "Sec-WebSocket-Extensions": (
+                "x-other, permessage-deflate; client_max_window_bits="
+            )
+        },
+        "client_max_window_bits must be an integer",
+    ),
+    (
+        {"Sec-WebSocket-Extensions": "permessage-deflate; x=\u00e9"},
+        "Sec-WebSocket-Extensions must be ASCII",
+    ),
     # DNS rebinding: another site's name, pointed at this loopback server.
-    ({"Host": "attacker.example:{port}",
-      "Origin": "http://attacker.example:{port}"}, "host attacker.example"),
+    (
+        {"Host": "attacker.example:{port}", "Origin": "http://attacker.example:{port}"},
+        "host attacker.example",
+    ),
     ({"Host": "attacker.example"}, "is not allowed"),
 ]
 
 
 @pytest.mark.parametrize("headers, reason", BAD_HANDSHAKES)
-def test_bad_handshakes_are_400_with_a_reason(server, bystander, writes,
-                                              headers, reason):
-    headers = {k: v.format(port=server.port) if v else v
-               for k, v in headers.items()}
+def test_bad_handshakes_are_400_with_a_reason(
+    server, bystander, writes, headers, reason
+):
+    headers = {k: v.format(port=server.port) if v else v for k, v in headers.items()}
     logged = len(server.output())
     status, got = raw_upgrade(server.port, headers)
     assert status == 400 and reason in got
@@ -239,13 +272,17 @@ def test_bad_handshakes_are_400_with_a_reason(server, bystander, writes,
 
 
 def test_credentials_in_the_query_never_reach_the_log(server):
-    http_get(server.url + "/ws?access_token=SECRET-one")            # 426
+    http_get(server.url + "/ws?access_token=SECRET-one")  # 426
     raw_upgrade(server.port, {}, path="/ws?access_token=SECRET-two&x=1")
-    raw_upgrade(server.port, {"Origin": "http://elsewhere.example"},
-                path="/ws?access_token=SECRET-three")               # 403
+    raw_upgrade(
+        server.port,
+        {"Origin": "http://elsewhere.example"},
+        path="/ws?access_token=SECRET-three",
+    )  # 403
     http_get(server.url + "/healthz?access_token=SECRET-four")
-    wait_for(lambda: "GET /healthz" in server.output(), 5,
-             "the last request to be logged")
+    wait_for(
+        lambda: "GET /healthz" in server.output(), 5, "the last request to be logged"
+    )
     assert "SECRET" not in server.output()
 
 
@@ -255,19 +292,23 @@ FORGED = "2026-01-01 [CRITICAL] forged"
 def test_client_text_never_starts_a_line_of_the_log(server):
     # A refusal's reason quotes the filter path, the namespace, a
     # subscribe's; the access log the percent-decoded URL path.
-    for query in (_q(filter=json.dumps({"\n" + FORGED: {"$foo": 1}})),
-                  _q(ns=f"{DB}.\n{FORGED}")):
+    for query in (
+        _q(filter=json.dumps({"\n" + FORGED: {"$foo": 1}})),
+        _q(ns=f"{DB}.\n{FORGED}"),
+    ):
         status, reason = raw_upgrade(server.port, {}, path="/ws?" + query)
         assert status == 400 and FORGED in reason
     client = WSClient(server.ws_url())
     client.recv()
-    client.ws.send(json.dumps({"type": "subscribe",
-                               "filter": {"\r\n" + FORGED: {"$foo": 1}}}))
+    client.ws.send(
+        json.dumps({"type": "subscribe", "filter": {"\r\n" + FORGED: {"$foo": 1}}})
+    )
     assert FORGED in client.recv_type("error")["reason"]
     client.close()
     http_get(server.url + "/nothing%0A" + urllib.parse.quote(FORGED))
-    wait_for(lambda: "GET /nothing" in server.output(), 5,
-             "the last request to be logged")
+    wait_for(
+        lambda: "GET /nothing" in server.output(), 5, "the last request to be logged"
+    )
     lines = server.output().splitlines()
     assert not [line for line in lines if line.startswith(FORGED)]
     assert sum("\\n" + FORGED in line for line in lines) >= 3
@@ -275,36 +316,40 @@ def test_client_text_never_starts_a_line_of_the_log(server):
 
 def test_loopback_names_are_allowed_hosts(server):
     for host in ("localhost", "127.0.0.1", "[::1]"):
-        status, _ = raw_upgrade(server.port, {
-            "Host": f"{host}:{server.port}",
-            "Origin": f"http://{host}:{server.port}"})
+        status, _ = raw_upgrade(
+            server.port,
+            {"Host": f"{host}:{server.port}", "Origin": f"http://{host}:{server.port}"},
+        )
         assert status == 101
 
 
 # Every route of wsproxy's blueprint, not only the WebSocket (the demo app
 # serves the page at /).
-EVERY_ROUTE = ["/", "/wsproxy-static/app.js", "/metrics", "/healthz",
-               "/readyz", "/ws"]
-PLAIN_GET = {"Upgrade": None, "Connection": None,
-             "Sec-WebSocket-Version": None, "Sec-WebSocket-Key": None}
+EVERY_ROUTE = ["/", "/wsproxy-static/app.js", "/metrics", "/healthz", "/readyz", "/ws"]
+PLAIN_GET = {
+    "Upgrade": None,
+    "Connection": None,
+    "Sec-WebSocket-Version": None,
+    "Sec-WebSocket-Key": None,
+}
 
 
 @pytest.mark.parametrize("path", EVERY_ROUTE)
 def test_every_route_refuses_a_rebound_host(server, path):
     status, reason = raw_upgrade(
-        server.port, {**PLAIN_GET, "Host": f"attacker.example:{server.port}"},
-        path=path)
+        server.port, {**PLAIN_GET, "Host": f"attacker.example:{server.port}"}, path=path
+    )
     assert status == 400 and reason == (
-        "host attacker.example is not allowed; see WSPROXY_ALLOWED_HOSTS")
+        "host attacker.example is not allowed; see WSPROXY_ALLOWED_HOSTS"
+    )
     status, _ = raw_upgrade(
-        server.port, {**PLAIN_GET, "Host": f"localhost:{server.port}"},
-        path=path)
+        server.port, {**PLAIN_GET, "Host": f"localhost:{server.port}"}, path=path
+    )
     assert status == (426 if path == "/ws" else 200)
 
 
 @pytest.mark.parametrize("send, code, reason", AFTER_UPGRADE)
-def test_closed_after_the_upgrade(server, bystander, writes, send, code,
-                                  reason):
+def test_closed_after_the_upgrade(server, bystander, writes, send, code, reason):
     logged = len(server.output())
     got_code, got_reason = _send_and_expect_close(server, send)
     assert got_code == code
@@ -322,7 +367,8 @@ def test_a_ping_message_gets_a_pong(server):
 
 
 def test_a_sealed_token_the_server_cannot_resume_from_gets_a_reset(
-        server, bystander, writes):
+    server, bystander, writes
+):
     # Sealed with the servers' key, but no such position in the oplog.
     unresumable = sealer_for_tests().seal({"_data": "82" + "AB" * 40})
     client = WSClient(server.ws_url(_q(resume_after=unresumable)))
@@ -343,10 +389,15 @@ def test_garbage_instead_of_a_handshake(server, bystander, writes):
 
 def test_the_worker_is_full(mongo, namespace, gunicorn):
     db, coll = namespace
-    full = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                     "WSPROXY_WATCH": db, "WSPROXY_MAX_CLIENTS": "2",
-                     # Both from one address: its share is the whole worker.
-                     "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": "2"})
+    full = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_CLIENTS": "2",
+            # Both from one address: its share is the whole worker.
+            "WSPROXY_MAX_CLIENTS_PER_PRINCIPAL": "2",
+        }
+    )
     keep = [WSClient(full.ws_url()) for _ in range(2)]
     for client in keep:
         client.recv()
@@ -369,8 +420,6 @@ def _bystander_still_receives(bystander, writes):
         message = bystander.recv_type("change", timeout=5)
         if message["event"]["fullDocument"].get("probe") == n:
             return
-
-
 
 
 # ---------------------------------------------------------------------------
@@ -426,19 +475,30 @@ def attack():
 
 @pytest.mark.timing  # the bystanders' latency: alone on the machine
 @pytest.mark.parametrize("mode", ["pings", "fragments"])
-def test_frame_floods_do_not_slow_the_others(mongo, mongo_client, namespace,
-                                             gunicorn, mode):
+def test_frame_floods_do_not_slow_the_others(
+    mongo, mongo_client, namespace, gunicorn, mode
+):
     import random
 
     from . import attack
+
     db, coll = namespace
     server = attack.serve(gunicorn, mongo, db, coll)
     bystanders = attack.connect_bystanders(server)
-    report = attack.run(server, mongo_client[db][coll], random.Random(5),
-                        bystanders, [_FLOODER + attack.RUN_ATTACKERS,
-                                     str(server.port),
-                                     str(FLOOD_SECONDS), mode, "4"],
-                        FLOOD_SECONDS)
+    report = attack.run(
+        server,
+        mongo_client[db][coll],
+        random.Random(5),
+        bystanders,
+        [
+            _FLOODER + attack.RUN_ATTACKERS,
+            str(server.port),
+            str(FLOOD_SECONDS),
+            mode,
+            "4",
+        ],
+        FLOOD_SECONDS,
+    )
     # The flooders kept coming back, and were cut off each time.
     assert report.outcomes["ok"] >= 4, report.outcomes
     assert server.output().count("(code 1008)") >= report.outcomes["ok"] - 4

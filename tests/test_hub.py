@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from wsproxy.transport import codec
 from wsproxy.fanout.hub import Announcement, Hub
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
+from wsproxy.transport import codec
 
 from .helpers import scaled, sealer_for_tests
 
@@ -17,6 +17,7 @@ SEALER = sealer_for_tests()
 class FakeClient:
     deflate_bits = None
     max_messages, max_bytes = 1000, 8 << 20  # the outbox bounds
+
     def __init__(self, subscription=EVERYTHING, accept=True):
         self.subscription = subscription
         self.accept = accept
@@ -55,16 +56,23 @@ class FakeClient:
 
     def wait_for(self, count):
         with self.got:
-            assert self.got.wait_for(lambda: len(self.frames) >= count,
-                                     scaled(5)), self.frames
+            assert self.got.wait_for(lambda: len(self.frames) >= count, scaled(5)), (
+                self.frames
+            )
         return self.frames
 
 
 def change(i, db="shop", coll="orders", op="insert"):
-    return codec.Change({"_id": {"_data": f"{i:08X}"}, "operationType": op,
-                         "ns": {"db": db, "coll": coll},
-                         "documentKey": {"_id": i}, "fullDocument": {"i": i}},
-                        SEALER)
+    return codec.Change(
+        {
+            "_id": {"_data": f"{i:08X}"},
+            "operationType": op,
+            "ns": {"db": db, "coll": coll},
+            "documentKey": {"_id": i},
+            "fullDocument": {"i": i},
+        },
+        SEALER,
+    )
 
 
 def hello(mode):
@@ -115,8 +123,12 @@ def test_subscriptions_select_namespaces_and_operations():
     whole_db = FakeClient(Subscription(namespaces={"shop"}))
     for client in (orders, deletes, whole_db):
         hub.register(client, None, hello)
-    items = [change(1), change(2, coll="users"), change(3, op="delete"),
-             change(4, db="other")]
+    items = [
+        change(1),
+        change(2, coll="users"),
+        change(3, op="delete"),
+        change(4, db="other"),
+    ]
     submit_all(hub, items)
     whole_db.wait_for(4)
     orders.wait_for(3)
@@ -137,7 +149,8 @@ def test_resume_from_history_replays_exactly_what_followed():
     late = FakeClient()
     assert hub.register(late, events[14].id, hello) == "history"
     assert late.frames == [codec.frame(hello("history"))] + [
-        e.frame for e in events[15:]]
+        e.frame for e in events[15:]
+    ]
     # Too old (evicted) or unknown: the caller must catch up another way.
     assert hub.register(FakeClient(), events[5].id, hello) is None
     assert hub.register(FakeClient(), "ABCDEF", hello) is None
@@ -178,8 +191,7 @@ def test_a_reset_forgets_history_and_reaches_everyone():
     client = FakeClient()
     hub.register(client, None, hello)
     first = change(1)
-    reset = Announcement(codec.control_message("reset", lost=True),
-                         forget_history=True)
+    reset = Announcement(codec.control_message("reset", lost=True), forget_history=True)
     submit_all(hub, [first, reset])
     assert client.wait_for(3)[2] == reset.frame
     assert hub.register(FakeClient(), first.id, hello) is None
@@ -203,8 +215,7 @@ def test_unregistered_clients_get_nothing_more():
 
 def test_history_is_bounded_in_bytes_too():
     events = [change(i) for i in range(20)]
-    hub = Hub(history_size=1000,
-              history_bytes=sum(len(e.frame) for e in events[-5:]))
+    hub = Hub(history_size=1000, history_bytes=sum(len(e.frame) for e in events[-5:]))
     hub.start()
     watcher = FakeClient()
     hub.register(watcher, None, hello)
@@ -273,22 +284,32 @@ def test_a_subscription_replaced_while_a_batch_is_offered_waits_for_it():
             self.finished = True
             return super().on_changes(changes)
 
-    acme = subscription.parse(MultiDict(), scope="", principal=access.Principal(
-        "acme", filter={"fullDocument.tenant": "acme"}))
+    acme = subscription.parse(
+        MultiDict(),
+        scope="",
+        principal=access.Principal("acme", filter={"fullDocument.tenant": "acme"}),
+    )
     hub = Hub()
     switcher, slow = Routed(acme), Slow()
     hub.register(switcher, None, hello)
     hub.register(slow, None, hello)
-    globex = codec.Change({"_id": {"_data": "00000001"}, "operationType": "insert",
-                           "ns": {"db": "shop", "coll": "orders"},
-                           "documentKey": {"_id": 1},
-                           "fullDocument": {"_id": 1, "tenant": "globex"}}, SEALER)
+    globex = codec.Change(
+        {
+            "_id": {"_data": "00000001"},
+            "operationType": "insert",
+            "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": 1},
+            "fullDocument": {"_id": 1, "tenant": "globex"},
+        },
+        SEALER,
+    )
     broadcaster = threading.Thread(target=hub._publish, args=([globex, change(2)],))
     broadcaster.start()
     assert offering.wait(scaled(10))
     seen = []
-    widen = threading.Thread(target=lambda: (
-        hub.reroute(switcher, EVERYTHING), seen.append(slow.finished)))
+    widen = threading.Thread(
+        target=lambda: (hub.reroute(switcher, EVERYTHING), seen.append(slow.finished))
+    )
     widen.start()
     # The fix makes this join time out; without it, widening returns at once.
     widen.join(0.5)
@@ -308,16 +329,20 @@ def test_a_catch_up_that_cannot_start_leaves_no_stand_in_in_the_hub():
         raise RuntimeError("can't start new thread")
 
     with pytest.raises(RuntimeError):
-        with hub.subscribe(client, "not-recorded", hello,
-                           lambda who: (stand_in, cannot_start)):
+        with hub.subscribe(
+            client, "not-recorded", hello, lambda who: (stand_in, cannot_start)
+        ):
             pytest.fail("the block must not run")
     assert hub.clients() == [] and len(hub) == 0
 
 
 def _declared(protocol):
     """The methods and attributes a Protocol class declares itself."""
-    methods = {name for name, value in vars(protocol).items()
-               if callable(value) and not name.startswith("_")}
+    methods = {
+        name
+        for name, value in vars(protocol).items()
+        if callable(value) and not name.startswith("_")
+    }
     return methods, set(vars(protocol).get("__annotations__", {}))
 
 
@@ -332,12 +357,21 @@ def test_every_kind_of_member_has_what_the_hub_calls():
 
     member_methods, member_attributes = _declared(Member)
     newcomer_methods, _ = _declared(Newcomer)
-    assert {"on_change", "on_changes", "offer", "on_reset",
-            "request_close"} <= member_methods
+    assert {
+        "on_change",
+        "on_changes",
+        "offer",
+        "on_reset",
+        "request_close",
+    } <= member_methods
     assert member_attributes == {"subscription"}
     assert newcomer_methods == {"preload"}
-    kinds = {ClientConnection: True, LiveDocuments: True,
-             _Joining: False, CatchUp: False}  # class -> a newcomer too
+    kinds = {
+        ClientConnection: True,
+        LiveDocuments: True,
+        _Joining: False,
+        CatchUp: False,
+    }  # class -> a newcomer too
     for kind, newcomer in kinds.items():
         wanted = member_methods | (newcomer_methods if newcomer else set())
         for name in wanted:

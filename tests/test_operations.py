@@ -1,23 +1,31 @@
 """Operations: metrics summed across workers, graceful shutdown with 1001,
 and readiness following the database."""
 
-
 from .helpers import WSClient, http_get, metric, scrape, wait_for
 
 
 def test_metrics_move_under_a_small_workload_across_two_workers(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": f"{db}.{coll}",
-                       "WSPROXY_MAX_AWAIT_MS": "100"}, workers=2)
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+        },
+        workers=2,
+    )
     # Both workers' watchers must be up before writing, or one misses some.
     server.wait_every_worker_ready()
     clients = [WSClient(server.ws_url()) for _ in range(6)]
     for client in clients:
         assert client.recv()["type"] == "hello"
-    wait_for(lambda: metric(scrape(server), "wsproxy_clients") == 6, 10,
-             "6 clients counted across workers")
+    wait_for(
+        lambda: metric(scrape(server), "wsproxy_clients") == 6,
+        10,
+        "6 clients counted across workers",
+    )
     mongo_client[db][coll].insert_many([{"i": i} for i in range(5)])
     for client in clients:
         assert len(client.changes(5)) == 5
@@ -42,16 +50,24 @@ def test_metrics_move_under_a_small_workload_across_two_workers(
     assert "wsproxy_slow_consumer_disconnects_total" in text
     for client in clients:
         client.close()
-    wait_for(lambda: metric(scrape(server), "wsproxy_clients") == 0, 10,
-             "clients to be counted out")
+    wait_for(
+        lambda: metric(scrape(server), "wsproxy_clients") == 0,
+        10,
+        "clients to be counted out",
+    )
 
 
 def test_sigterm_closes_clients_with_1001_within_the_graceful_timeout(
-        mongo, namespace, gunicorn):
+    mongo, namespace, gunicorn
+):
     db, coll = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri,
-                       "WSPROXY_WATCH": f"{db}.{coll}",
-                       "WSPROXY_GRACEFUL_TIMEOUT": "10"})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_GRACEFUL_TIMEOUT": "10",
+        }
+    )
     clients = [WSClient(server.ws_url()) for _ in range(5)]
     for client in clients:
         client.recv()
@@ -60,10 +76,15 @@ def test_sigterm_closes_clients_with_1001_within_the_graceful_timeout(
 
 
 def test_readiness_follows_the_database(own_mongo, gunicorn):
-    server = gunicorn({
-        "WSPROXY_MONGODB_URI": own_mongo.uri + "&serverSelectionTimeoutMS=2000",
-        "WSPROXY_WATCH": "ops.items", "WSPROXY_MAX_AWAIT_MS": "100",
-        "WSPROXY_BACKOFF_INITIAL": "0.1", "WSPROXY_BACKOFF_MAX": "1"})
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": own_mongo.uri + "&serverSelectionTimeoutMS=2000",
+            "WSPROXY_WATCH": "ops.items",
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "WSPROXY_BACKOFF_INITIAL": "0.1",
+            "WSPROXY_BACKOFF_MAX": "1",
+        }
+    )
     status, body = server.readyz()
     assert status == 200 and body["watcher"] == "connected"
     assert http_get(server.url + "/healthz")[0] == 200

@@ -21,8 +21,8 @@ from wsproxy.client import Status, WSProxyClient
 
 from .helpers import TcpProxy, WSClient, metric, scaled, scrape, wait_for
 
-LOST_WITHIN = 3.0   # seconds from the database going away
-BACK_WITHIN = 2.0   # seconds from the database answering again
+LOST_WITHIN = 3.0  # seconds from the database going away
+BACK_WITHIN = 2.0  # seconds from the database answering again
 LOST_LINE = "watcher: the change stream is lost"
 BACK_LINE = re.compile(r"watcher: the change stream is back after ([0-9.]+)s")
 
@@ -37,10 +37,11 @@ class _Recorder:
     """A background thread that notes when each observer saw what."""
 
     def __init__(self, target):
-        self.seen = []   # (monotonic time, what)
+        self.seen = []  # (monotonic time, what)
         self._done = threading.Event()
-        self._thread = threading.Thread(target=target, args=(self,),
-                                        name="test-outage-recorder")
+        self._thread = threading.Thread(
+            target=target, args=(self,), name="test-outage-recorder"
+        )
         self._thread.start()
 
     def note(self, what):
@@ -51,8 +52,9 @@ class _Recorder:
         return self._done.is_set()
 
     def first(self, predicate, after):
-        return next((t for t, what in self.seen
-                     if t >= after and predicate(what)), None)
+        return next(
+            (t for t, what in self.seen if t >= after and predicate(what)), None
+        )
 
     def stop(self):
         self._done.set()
@@ -102,9 +104,11 @@ def _readyz(server):
     def run(recorder):
         while not recorder.done:
             status, body = server.readyz()
-            recorder.note((status, body["watcher"], body.get("reason"),
-                           body["last_error"]))
+            recorder.note(
+                (status, body["watcher"], body.get("reason"), body["last_error"])
+            )
             recorder._done.wait(0.05)
+
     return _Recorder(run)
 
 
@@ -113,13 +117,15 @@ def _page_state(page, watcher, since, timeout):
     state = "live" if watcher == "connected" else "waiting"
     page.wait_for_selector(
         f"body[data-state={state}][data-watcher={watcher}]",
-        timeout=scaled(timeout * 1000))
+        timeout=scaled(timeout * 1000),
+    )
     return time.monotonic() - since
 
 
 @pytest.mark.timing  # what the page shows, within 3 s and 2 s
 def test_an_outage_shows_within_3s_and_the_return_within_2s(
-        own_mongo, gunicorn, browser_page):
+    own_mongo, gunicorn, browser_page
+):
     server = gunicorn(_defaults_env(own_mongo.uri))
     page = browser_page
     page.goto(server.url + "/")
@@ -134,21 +140,25 @@ def test_an_outage_shows_within_3s_and_the_return_within_2s(
         reconnecting = {
             "websocket": (ws, lambda w: w == "reconnecting"),
             "python client": (python, lambda w: w == "reconnecting"),
-            "/readyz": (ready, lambda r: r[0] == 503
-                        and r[1] == "reconnecting"),
+            "/readyz": (ready, lambda r: r[0] == 503 and r[1] == "reconnecting"),
         }
         for name, (recorder, seen) in reconnecting.items():
-            at = wait_for(lambda r=recorder, s=seen: r.first(s, gone), 10,
-                          f"{name} to say reconnecting")
+            at = wait_for(
+                lambda r=recorder, s=seen: r.first(s, gone),
+                10,
+                f"{name} to say reconnecting",
+            )
             took[name] = at - gone
         assert max(took.values()) < scaled(LOST_WITHIN), took
         lost_took = took
 
         # Away long enough for a doubling backoff to have grown past the
         # return (0.5, 1, 2, 4 s...): the watcher has failed four times.
-        wait_for(lambda: metric(scrape(server),
-                                "wsproxy_watcher_errors_total") >= 4,
-                 30, "four failed attempts")
+        wait_for(
+            lambda: metric(scrape(server), "wsproxy_watcher_errors_total") >= 4,
+            30,
+            "four failed attempts",
+        )
         own_mongo.start()
         back = time.monotonic()
         took = {"page": _page_state(page, "connected", back, 10)}
@@ -158,8 +168,11 @@ def test_an_outage_shows_within_3s_and_the_return_within_2s(
             "/readyz": (ready, lambda r: r[0] == 200),
         }
         for name, (recorder, seen) in connected.items():
-            at = wait_for(lambda r=recorder, s=seen: r.first(s, back), 10,
-                          f"{name} to say connected")
+            at = wait_for(
+                lambda r=recorder, s=seen: r.first(s, back),
+                10,
+                f"{name} to say connected",
+            )
             took[name] = at - back
         assert max(took.values()) < scaled(BACK_WITHIN), took
         print(f"lost: {lost_took}; back: {took}")
@@ -177,7 +190,9 @@ def test_an_outage_shows_within_3s_and_the_return_within_2s(
     # Each observer saw the outage once, in order.
     assert [w for _, w in ws.seen] == ["reconnecting", "connected"]
     assert [w for _, w in python.seen if isinstance(w, str)] == [
-        "reconnecting", "connected"]
+        "reconnecting",
+        "connected",
+    ]
     # One INFO line when it was lost, one when it was back, with how long.
     log = server.output()
     assert log.count(LOST_LINE) == 1, log[-3000:]
@@ -186,8 +201,7 @@ def test_an_outage_shows_within_3s_and_the_return_within_2s(
     assert not page.script_errors
 
 
-def test_a_worker_stops_promptly_while_the_database_is_gone(own_mongo,
-                                                            gunicorn):
+def test_a_worker_stops_promptly_while_the_database_is_gone(own_mongo, gunicorn):
     """SIGTERM just as the database goes away: the watcher is waiting for
     a server inside PyMongo; the worker's exit must not wait that out."""
     # PyMongo's own 30 s wait for a server: longer than the graceful
@@ -220,10 +234,11 @@ def test_the_uri_keeps_its_own_server_selection_timeout():
 
     base = "mongodb://127.0.0.1:1/?replicaSet=rs"
     for uri, expected in [
-            (base, SERVER_SELECTION_TIMEOUT_MS / 1000),
-            ("mongodb://127.0.0.1:1", SERVER_SELECTION_TIMEOUT_MS / 1000),
-            (base + "&serverSelectionTimeoutMS=45000", 45.0),
-            (base + "&SERVERSELECTIONTIMEOUTMS=700", 0.7)]:
+        (base, SERVER_SELECTION_TIMEOUT_MS / 1000),
+        ("mongodb://127.0.0.1:1", SERVER_SELECTION_TIMEOUT_MS / 1000),
+        (base + "&serverSelectionTimeoutMS=45000", 45.0),
+        (base + "&SERVERSELECTIONTIMEOUTMS=700", 0.7),
+    ]:
         client = MongoClient(uri, connect=False, **mongo_options(uri))
         try:
             assert client.options.server_selection_timeout == expected, uri
@@ -232,6 +247,7 @@ def test_the_uri_keeps_its_own_server_selection_timeout():
 
 
 # ------------------------------------- every connection sees every transition
+
 
 class _Joiners:
     """Connects a new client every 50 ms, cycling through the ways a
@@ -243,8 +259,7 @@ class _Joiners:
         self.queries = queries
         self.clients = []  # (query, WSClient)
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run,
-                                        name="test-outage-joiners")
+        self._thread = threading.Thread(target=self._run, name="test-outage-joiners")
         self._thread.start()
 
     def _run(self):
@@ -262,8 +277,8 @@ class _Joiners:
 
 def _known_watcher(client, last):
     """Read until the document ``{"n": last}`` arrives (as a change, or in
-    a snapshot): the watcher state the client last heard by then (hello, then statuses), or None if
-    the server closed the connection."""
+    a snapshot): the watcher state the client last heard by then (hello,
+    then statuses), or None if the server closed the connection."""
     from websockets.exceptions import ConnectionClosed
 
     known = None
@@ -277,31 +292,32 @@ def _known_watcher(client, last):
             seen.append(message.get("watcher") or message["type"])
             if message["type"] in ("hello", "status"):
                 known = message["watcher"]
-            elif (message["type"] == "change"
-                  and message["event"]["fullDocument"]["n"] == last):
+            elif (
+                message["type"] == "change"
+                and message["event"]["fullDocument"]["n"] == last
+            ):
                 return known
-            elif (message["type"] == "snapshot"  # a snapshot read after it
-                  and any(doc["n"] == last for doc in message["docs"])):
+            elif (
+                message["type"] == "snapshot"  # a snapshot read after it
+                and any(doc["n"] == last for doc in message["docs"])
+            ):
                 return known
     except ConnectionClosed:
         return None
 
 
 def _statuses(client, count, timeout=15):
-    return [client.recv_type("status", timeout)["watcher"]
-            for _ in range(count)]
+    return [client.recv_type("status", timeout)["watcher"] for _ in range(count)]
 
 
-def test_every_connection_sees_every_transition(own_mongo, gunicorn,
-                                                browser_page):
+def test_every_connection_sees_every_transition(own_mongo, gunicorn, browser_page):
     """Plain, history, catch-up and snapshot connections each hear the
     watcher go and come back; clients that join meanwhile, in each of
     those ways, end knowing the watcher is connected; and both bundled
     clients report a change that happened while they were away (they
     learn it from the next hello: a queued status message is dropped with
     a connection, e.g. a catch-up closed with 1013 in the same outage)."""
-    server = gunicorn({**_defaults_env(own_mongo.uri),
-                       "WSPROXY_HISTORY_SIZE": "2"})
+    server = gunicorn({**_defaults_env(own_mongo.uri), "WSPROXY_HISTORY_SIZE": "2"})
     writer = pymongo.MongoClient(own_mongo.uri)
     proxy = TcpProxy(server.port)
     page = browser_page
@@ -319,42 +335,63 @@ def test_every_connection_sees_every_transition(own_mongo, gunicorn,
         snapshot = WSClient(server.ws_url("snapshot=1&ns=shop.orders"))
         assert snapshot.recv()["resume"] == "snapshot"
         snapshot.recv_type("snapshot_end")
-        wait_for(lambda: "caught up" in server.output(), 10,
-                 "the catch-up to reach the live feed")
-        members = {"plain": plain, "history": history, "catch-up": catchup,
-                   "snapshot": snapshot}
+        wait_for(
+            lambda: "caught up" in server.output(),
+            10,
+            "the catch-up to reach the live feed",
+        )
+        members = {
+            "plain": plain,
+            "history": history,
+            "catch-up": catchup,
+            "snapshot": snapshot,
+        }
 
         # The bundled clients, through a proxy that will keep them away
         # while the database goes.
-        python = WSProxyClient(f"ws://127.0.0.1:{proxy.port}/ws",
-                               statuses=True)
-        wait_for(lambda: python.receive(timeout=0.1) is None
-                 and python.hello, 10, "the Python client's hello")
+        python = WSProxyClient(f"ws://127.0.0.1:{proxy.port}/ws", statuses=True)
+        wait_for(
+            lambda: python.receive(timeout=0.1) is None and python.hello,
+            10,
+            "the Python client's hello",
+        )
         assert python.watcher == "connected"
         page.goto(proxy.url + "/healthz")
-        page.evaluate("""async (module) => {
+        page.evaluate(
+            """async (module) => {
           const m = await import(module);
           window.feed = new m.WsproxyClient({});
           window.statuses = [];
           feed.on('status', ({ watcher }) => statuses.push(watcher));
           feed.connect();
-        }""", "/wsproxy-static/wsproxy-client.js")
-        page.wait_for_function("feed.state === 'live'",
-                               timeout=scaled(10000))
+        }""",
+            "/wsproxy-static/wsproxy-client.js",
+        )
+        page.wait_for_function("feed.state === 'live'", timeout=scaled(10000))
         proxy.held = True
         proxy.cut()
 
-        joiners = _Joiners(server, [
-            "", f"resume_after={ids[-1]}", f"resume_after={ids[0]}",
-            "snapshot=1&ns=shop.orders"])
+        joiners = _Joiners(
+            server,
+            [
+                "",
+                f"resume_after={ids[-1]}",
+                f"resume_after={ids[0]}",
+                "snapshot=1&ns=shop.orders",
+            ],
+        )
         own_mongo.kill()
         for name, client in members.items():
             assert _statuses(client, 1) == ["reconnecting"], name
-        wait_for(lambda: server.readyz()[1]["watcher"] == "reconnecting",
-                 10, "the watcher to be reconnecting")
-        late = {"plain": WSClient(server.ws_url()),
-                "history": WSClient(server.ws_url(
-                    f"resume_after={ids[-1]}"))}
+        wait_for(
+            lambda: server.readyz()[1]["watcher"] == "reconnecting",
+            10,
+            "the watcher to be reconnecting",
+        )
+        late = {
+            "plain": WSClient(server.ws_url()),
+            "history": WSClient(server.ws_url(f"resume_after={ids[-1]}")),
+        }
         for name, client in late.items():
             assert client.recv()["watcher"] == "reconnecting", name
 

@@ -9,6 +9,8 @@ import threading
 import pytest
 from bson import ObjectId
 
+from wsproxy import client as wsclient
+from wsproxy import protocol
 from wsproxy.client import (
     CLOSE_POLICY,
     AuthenticationRequired,
@@ -17,8 +19,6 @@ from wsproxy.client import (
     Reset,
     WSProxyClient,
 )
-from wsproxy import client as wsclient
-from wsproxy import protocol
 from wsproxy.protocol import CloseCode
 
 from .helpers import TcpProxy, scaled, sealer_for_tests, server_env, wait_for
@@ -77,8 +77,11 @@ def _ws(url):
 
 def _connected(feed, timeout=10):
     """Until the client has its hello (it connects on first use)."""
-    wait_for(lambda: feed.receive(timeout=scaled(0.05)) is None and feed.hello,
-             timeout, "the client's hello")
+    wait_for(
+        lambda: feed.receive(timeout=scaled(0.05)) is None and feed.hello,
+        timeout,
+        "the client's hello",
+    )
 
 
 def test_every_close_code_has_a_policy():
@@ -102,18 +105,18 @@ def test_the_clients_policy_and_backoff_are_the_wire_contracts():
 
 @pytest.mark.heavy
 def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     env = server_env(mongo.uri, db, coll, selection_ms=3000)
     server = gunicorn(env)
     proxy = TcpProxy(server.port)
     writer = PacedWriter(mongo_client[db][coll], BURST)
-    feed = WSProxyClient(_ws(proxy.url), backoff_initial=0.05,
-                         backoff_max=0.5)
+    feed = WSProxyClient(_ws(proxy.url), backoff_initial=0.05, backoff_max=0.5)
     seen, items, releases = [], [], []
     every = BURST // (CUTS + 5)
     cuts = restarts = 0
-    next_at, cut_on = every, 0   # cut again after `every` more, on a new connection
+    next_at, cut_on = every, 0  # cut again after `every` more, on a new connection
     try:
         _connected(feed)
         writer.start()
@@ -151,8 +154,10 @@ def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order
                 proxy.cut()
                 if proxy.held:
                     release = threading.Thread(
-                        target=release_later, name="test-release",
-                        args=(min(len(seen) + WINDOW, BURST),))
+                        target=release_later,
+                        name="test-release",
+                        args=(min(len(seen) + WINDOW, BURST),),
+                    )
                     release.start()
                     releases.append(release)
                 cuts += 1
@@ -163,7 +168,7 @@ def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order
             release.join(scaled(30))
         proxy.close()
     assert seen == list(range(BURST))
-    assert not [i for i in items if not isinstance(i, Change)]   # no reset
+    assert not [i for i in items if not isinstance(i, Change)]  # no reset
     assert (cuts, restarts) == (CUTS, 1)
     # Every cut and the restart made it reconnect, resuming each time.
     assert feed.stats["connections"] >= CUTS + 2
@@ -174,9 +179,15 @@ def test_two_thousand_inserts_across_ten_cuts_and_a_restart_arrive_once_in_order
 @pytest.fixture
 def host(mongo, namespace, gunicorn):
     db, _ = namespace
-    server = gunicorn({"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db,
-                       "WSPROXY_MAX_AWAIT_MS": "100", "HOSTAPP_DB": db},
-                      app="tests.hostapp:app")
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": db,
+            "WSPROXY_MAX_AWAIT_MS": "100",
+            "HOSTAPP_DB": db,
+        },
+        app="tests.hostapp:app",
+    )
     return server, db
 
 
@@ -186,19 +197,31 @@ def test_refusals_come_with_the_servers_reason(host):
     cases = [
         ({}, AuthenticationRequired, 401, "authentication required"),
         ({"token": "nope"}, Refused, 403, "unknown token"),
-        ({"token": "token-admin", "filter": {"a": {"$regex": "x"}}}, Refused,
-         400, "unsupported operator $regex"),
-        ({"token": "token-shop", "ns": [f"{db}.secrets"]}, Refused, 403,
-         f"ns: {db}.secrets is not granted"),
-        ({"token": "token-admin", "ops": "nope"}, Refused, 400,
-         "unknown operation type 'nope'"),
+        (
+            {"token": "token-admin", "filter": {"a": {"$regex": "x"}}},
+            Refused,
+            400,
+            "unsupported operator $regex",
+        ),
+        (
+            {"token": "token-shop", "ns": [f"{db}.secrets"]},
+            Refused,
+            403,
+            f"ns: {db}.secrets is not granted",
+        ),
+        (
+            {"token": "token-admin", "ops": "nope"},
+            Refused,
+            400,
+            "unknown operation type 'nope'",
+        ),
     ]
     for kw, error, status, reason in cases:
         feed = WSProxyClient(url, **kw)
         with pytest.raises(error) as info:
             feed.receive(timeout=scaled(10))
         assert info.value.status == status and reason in info.value.reason
-        assert feed.stats["attempts"] == 1   # no retry
+        assert feed.stats["attempts"] == 1  # no retry
         feed.close()
 
 
@@ -211,7 +234,7 @@ def test_a_token_subscribe_and_the_grant(host, mongo_client):
         mongo_client[db].orders.insert_one({"_id": 1, "card": "4242"})
         change = feed.receive(timeout=scaled(5))
         assert change.event["ns"] == {"db": db, "coll": "orders"}
-        assert change.event["fullDocument"] == {"_id": 1}   # card hidden
+        assert change.event["fullDocument"] == {"_id": 1}  # card hidden
         # Refused: the old subscription stays, and so does the connection.
         with pytest.raises(Refused, match="not granted"):
             feed.subscribe(ns=f"{db}.secrets")
@@ -239,12 +262,12 @@ def test_a_message_the_server_closes_for_stops_the_client(host):
 
 
 def test_a_lost_position_is_a_reset_item_then_the_live_feed(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     forged = sealer_for_tests().seal({"_data": "82" + "00" * 40})
-    with WSProxyClient(_ws(server.url), resume_after=forged,
-                       ejson=False) as feed:
+    with WSProxyClient(_ws(server.url), resume_after=forged, ejson=False) as feed:
         reset = feed.receive(timeout=scaled(10))
         assert isinstance(reset, Reset) and reset.lost
         mongo_client[db][coll].insert_one({"_id": 1, "seq": 1})
@@ -264,8 +287,15 @@ def test_a_hello_sent_with_the_handshake_reply_is_not_held_back():
     from wsproto.events import AcceptConnection, Request, TextMessage
 
     listener = socket.create_server(("127.0.0.1", 0))
-    hello = json.dumps({"type": "hello", "resume": "none", "worker": 1,
-                        "watch": "", "watcher": "connected"})
+    hello = json.dumps(
+        {
+            "type": "hello",
+            "resume": "none",
+            "worker": 1,
+            "watch": "",
+            "watcher": "connected",
+        }
+    )
     done = threading.Event()
 
     def serve():
@@ -276,8 +306,7 @@ def test_a_hello_sent_with_the_handshake_reply_is_not_held_back():
                 ws.receive_data(conn.recv(4096))
                 if any(isinstance(e, Request) for e in ws.events()):
                     break
-            conn.sendall(ws.send(AcceptConnection())
-                         + ws.send(TextMessage(hello)))
+            conn.sendall(ws.send(AcceptConnection()) + ws.send(TextMessage(hello)))
             done.wait(scaled(10))  # then nothing more: no later bytes
 
     server = threading.Thread(target=serve, name="test-server")
@@ -309,7 +338,8 @@ NOT_EXTENDED_JSON = [
 
 
 def test_document_content_never_stops_or_skips_the_feed(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(server_env(mongo.uri, db, coll))
     items = mongo_client[db][coll]
@@ -334,8 +364,7 @@ def test_document_content_never_stops_or_skips_the_feed(
         assert feed.stats["resets"] == 0
     # A client resuming before them gets them all again.
     with WSProxyClient(_ws(server.url), resume_after=got[0].id) as again:
-        assert [c.id for c in read_all(again, count)] == [
-            c.id for c in got[1:]]
+        assert [c.id for c in read_all(again, count)] == [c.id for c in got[1:]]
 
 
 def test_messages_that_come_with_the_handshake_and_a_close_are_kept():
@@ -352,15 +381,28 @@ def test_messages_that_come_with_the_handshake_and_a_close_are_kept():
         assert len(payload) < 1 << 16
         if len(payload) < 126:
             return bytes([0x80 | opcode, len(payload)]) + payload
-        return (bytes([0x80 | opcode, 126]) + len(payload).to_bytes(2, "big")
-                + payload)
+        return bytes([0x80 | opcode, 126]) + len(payload).to_bytes(2, "big") + payload
 
-    hello = {"type": "hello", "worker": 1, "watch": "shop.orders",
-             "resume": "none", "watcher": "connected", "deletes": "tracked"}
+    hello = {
+        "type": "hello",
+        "worker": 1,
+        "watch": "shop.orders",
+        "resume": "none",
+        "watcher": "connected",
+        "deletes": "tracked",
+    }
+
     def change(n):
-        return {"type": "change", "id": f"c{n}", "event": {
-            "operationType": "insert", "ns": {"db": "shop", "coll": "orders"},
-            "documentKey": {"_id": n}, "fullDocument": {"_id": n}}}
+        return {
+            "type": "change",
+            "id": f"c{n}",
+            "event": {
+                "operationType": "insert",
+                "ns": {"db": "shop", "coll": "orders"},
+                "documentKey": {"_id": n},
+                "fullDocument": {"_id": n},
+            },
+        }
 
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
@@ -379,27 +421,33 @@ def test_messages_that_come_with_the_handshake_and_a_close_are_kept():
                 request += conn.recv(4096)
             key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I)
             if key is None:  # the client asking why (it should not)
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\n"
-                             b"Content-Length: 0\r\n\r\n")
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 conn.close()
                 continue
             connections.append(conn)
             key = key[1]
-            accept = base64.b64encode(hashlib.sha1(
-                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
             # All in one write: the response, two messages, a 1001 close.
             conn.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
-                + b"\r\n\r\n" + frame(1, json.dumps(hello).encode())
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept
+                + b"\r\n\r\n"
+                + frame(1, json.dumps(hello).encode())
                 + frame(1, json.dumps(change(len(connections))).encode())
-                + frame(8, (1001).to_bytes(2, "big") + b"restart"))
+                + frame(8, (1001).to_bytes(2, "big") + b"restart")
+            )
 
     server = threading.Thread(target=serve, name="test-closing-server")
     server.start()
     client = WSProxyClient(
-        f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", ns="shop.orders",
-        ping_interval=0, backoff_initial=0.01)
+        f"ws://127.0.0.1:{listener.getsockname()[1]}/ws",
+        ns="shop.orders",
+        ping_interval=0,
+        backoff_initial=0.01,
+    )
     try:
         item = client.receive(timeout=scaled(10))
         assert isinstance(item, Change) and item.id == "c1", item

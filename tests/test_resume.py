@@ -9,9 +9,15 @@ import pymongo
 import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .helpers import (WSClient, metric, scaled, scrape, sealer_for_tests,
-                      server_env,
-                      wait_for)
+from .helpers import (
+    WSClient,
+    metric,
+    scaled,
+    scrape,
+    sealer_for_tests,
+    server_env,
+    wait_for,
+)
 
 BURST = 2000
 
@@ -58,7 +64,8 @@ class Writer(threading.Thread):
     def wait_written(self, count):
         with self._progress:
             assert self._progress.wait_for(
-                lambda: self.written >= min(count, self.count), scaled(60))
+                lambda: self.written >= min(count, self.count), scaled(60)
+            )
 
     def finish(self):
         self.join(scaled(120))
@@ -116,7 +123,8 @@ def _first_client(server):
 @pytest.mark.heavy
 @pytest.mark.parametrize("history", [1000, 20], ids=["history", "catch-up"])
 def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
-        mongo, namespace, gunicorn, history):
+    mongo, namespace, gunicorn, history
+):
     db, coll = namespace
     server = gunicorn(_env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=history))
     writer = Writer(mongo.uri, db, coll, BURST)
@@ -125,8 +133,13 @@ def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
         # Long enough away that a 20-event history no longer covers it.
         writer.wait_written(writer.written + 50)
 
-    seen, modes = collect([server.ws_url()], BURST, reconnects=20,
-                          writer=writer, while_away=away_for_50_writes)
+    seen, modes = collect(
+        [server.ws_url()],
+        BURST,
+        reconnects=20,
+        writer=writer,
+        while_away=away_for_50_writes,
+    )
     writer.finish()
     assert seen == list(range(BURST))
     assert len(modes) == 20
@@ -137,20 +150,23 @@ def test_twenty_reconnects_during_a_burst_lose_and_repeat_nothing(
 
 @pytest.mark.heavy
 def test_reconnecting_to_another_proxy_process_loses_and_repeats_nothing(
-        mongo, namespace, gunicorn):
+    mongo, namespace, gunicorn
+):
     db, coll = namespace
     env = _env(mongo.uri, db, coll)
     first, second = gunicorn(env), gunicorn(env)
     writer = Writer(mongo.uri, db, coll, BURST)
-    seen, modes = collect([first.ws_url(), second.ws_url()], BURST,
-                          reconnects=20, writer=writer)
+    seen, modes = collect(
+        [first.ws_url(), second.ws_url()], BURST, reconnects=20, writer=writer
+    )
     writer.finish()
     assert seen == list(range(BURST))
     assert len(modes) == 20
 
 
 def test_a_restarted_proxy_resumes_clients_from_mongodb(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     env = _env(mongo.uri, db, coll)
     server = gunicorn(env)
@@ -171,7 +187,8 @@ def test_a_restarted_proxy_resumes_clients_from_mongodb(
 
 
 def test_a_restarted_proxy_resumes_clients_from_the_history_it_reads_back(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     """A worker that starts reads the last WSPROXY_HISTORY_PREFILL seconds
     back into its history: the clients of a worker that was restarted (or
     killed) resume from it, not each from MongoDB, and nothing is lost or
@@ -201,8 +218,7 @@ def test_a_restarted_proxy_resumes_clients_from_the_history_it_reads_back(
     assert "resume: catch-up" not in restarted.output()
 
 
-def test_the_history_read_back_asks_the_client_of_any_watch_scope(
-        mongo_client):
+def test_the_history_read_back_asks_the_client_of_any_watch_scope(mongo_client):
     """Where the read-back starts is the server's time, asked of the
     MongoClient of what is watched: the deployment, a database (whose
     unknown attributes are collections: its "database" is one) or a
@@ -215,7 +231,8 @@ def test_the_history_read_back_asks_the_client_of_any_watch_scope(
 
 
 def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     server = gunicorn(_env(mongo.uri, db, coll))
     # Sealed with the servers' key, but no such position.
@@ -230,8 +247,7 @@ def test_a_token_the_server_cannot_resume_from_gets_a_reset_then_live(
 
 
 @pytest.mark.heavy
-def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
-        own_mongo, gunicorn):
+def test_killing_the_database_mid_burst_loses_and_repeats_nothing(own_mongo, gunicorn):
     db, coll = "burst", "items"
     server = gunicorn(_env(own_mongo.uri, db, coll))
     clients = [_first_client(server) for _ in range(3)]
@@ -253,7 +269,8 @@ def test_killing_the_database_mid_burst_loses_and_repeats_nothing(
 
 
 def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     """Nothing is written after the reconnect, so the replay and the live
     feed never meet at an event: the catch-up must still end (it holds one
     of the few catch-up slots), and the next write arrive exactly once."""
@@ -270,8 +287,11 @@ def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
     assert mode == "catch-up"
     got = [m["event"]["fullDocument"]["seq"] for m in client.changes(3)]
     assert got == [2, 3, 4]
-    wait_for(lambda: metric(scrape(other), "wsproxy_catchups_active") == 0, 15,
-             "the idle catch-up to hand over to the live feed")
+    wait_for(
+        lambda: metric(scrape(other), "wsproxy_catchups_active") == 0,
+        15,
+        "the idle catch-up to hand over to the live feed",
+    )
     items.insert_one({"_id": 5, "seq": 5})
     assert client.changes(1)[0]["event"]["fullDocument"]["seq"] == 5
     with pytest.raises(AssertionError, match="no message"):
@@ -280,7 +300,8 @@ def test_a_catch_up_on_a_quiet_collection_joins_the_live_feed(
 
 
 def test_a_client_gone_during_catch_up_frees_its_slot(
-        mongo, mongo_client, namespace, gunicorn):
+    mongo, mongo_client, namespace, gunicorn
+):
     db, coll = namespace
     env = _env(mongo.uri, db, coll, WSPROXY_HISTORY_SIZE=1)
     server = gunicorn(env)
@@ -292,5 +313,8 @@ def test_a_client_gone_during_catch_up_frees_its_slot(
     again, mode = _connect(server.ws_url(), first_id)
     assert mode == "catch-up"
     again.drop()
-    wait_for(lambda: metric(scrape(server), "wsproxy_catchups_active") == 0, 15,
-             "the catch-up of a vanished client to end")
+    wait_for(
+        lambda: metric(scrape(server), "wsproxy_catchups_active") == 0,
+        15,
+        "the catch-up of a vanished client to end",
+    )

@@ -13,9 +13,9 @@ from werkzeug.datastructures import MultiDict
 
 from wsproxy import access
 from wsproxy.fanout import subscription
-from wsproxy.transport.codec import Change
 from wsproxy.fanout.routing import Routes, anchor
 from wsproxy.fanout.tracking import held_key
+from wsproxy.transport.codec import Change
 
 from .helpers import sealer_for_tests
 
@@ -44,16 +44,19 @@ def _random_args(rng):
         for ns in rng.sample(NAMESPACES + ["shop"], rng.randint(1, 2)):
             args.add("ns", ns)
     if rng.random() < 0.3:
-        for op in rng.sample(["insert", "update", "delete", "replace"],
-                             rng.randint(1, 2)):
+        for op in rng.sample(
+            ["insert", "update", "delete", "replace"], rng.randint(1, 2)
+        ):
             args.add("ops", op)
     choice = rng.random()
     if choice < 0.2:
         args["filter"] = json.dumps(
-            {"fullDocument.status": rng.choice(["open", "closed"])})
+            {"fullDocument.status": rng.choice(["open", "closed"])}
+        )
     elif choice < 0.3:
-        args["filter"] = ('{"$or": [{"fullDocument.status": "open"}, '
-                          '{"fullDocument.n": {"$gt": 5}}]}')
+        args["filter"] = (
+            '{"$or": [{"fullDocument.status": "open"}, {"fullDocument.n": {"$gt": 5}}]}'
+        )
     elif choice < 0.4:
         args["filter"] = '{"documentKey._id": {"$in": [1, 2, 3]}}'
     elif choice < 0.5:
@@ -67,21 +70,27 @@ def _random_principal(rng):
         return access.ANYONE
     if choice < 0.8:
         return access.Principal(
-            "tenant", filter={"fullDocument.tenant": rng.choice(TENANTS)})
+            "tenant", filter={"fullDocument.tenant": rng.choice(TENANTS)}
+        )
     if choice < 0.9:
         return access.Principal(
             "tenants",
-            filter={"$and": [{"fullDocument.tenant": {"$in": ["acme", 7]}},
-                             {"operationType": {"$in": ["insert", "update",
-                                                        "delete"]}}]})
+            filter={
+                "$and": [
+                    {"fullDocument.tenant": {"$in": ["acme", 7]}},
+                    {"operationType": {"$in": ["insert", "update", "delete"]}},
+                ]
+            },
+        )
     return access.Principal("one", namespaces=[rng.choice(NAMESPACES)])
 
 
 def _random_subscription(rng):
     while True:
         try:
-            return subscription.parse(_random_args(rng), scope="",
-                                      principal=_random_principal(rng))
+            return subscription.parse(
+                _random_args(rng), scope="", principal=_random_principal(rng)
+            )
         except subscription.ClientError:
             continue  # e.g. a namespace outside a principal's grant
 
@@ -100,10 +109,13 @@ def _random_event(rng):
     db, coll = rng.choice(NAMESPACES).split(".")
     op = rng.choices(
         ["insert", "update", "replace", "delete", "drop", "invalidate"],
-        [4, 4, 2, 3, 0.3, 0.2])[0]
+        [4, 4, 2, 3, 0.3, 0.2],
+    )[0]
     _id = rng.choice([1, 2, 3, 4, "x"])
-    raw = {"_id": {"_data": "82" + ObjectId().binary.hex().upper()},
-           "operationType": op}
+    raw = {
+        "_id": {"_data": "82" + ObjectId().binary.hex().upper()},
+        "operationType": op,
+    }
     if op != "invalidate":
         raw["ns"] = {"db": db, "coll": coll}
     if op in ("insert", "update", "replace", "delete"):
@@ -111,8 +123,7 @@ def _random_event(rng):
     if op in ("insert", "update", "replace"):
         raw["fullDocument"] = _document(rng, _id)
     if op == "update":
-        raw["updateDescription"] = {"updatedFields": {"n": 1},
-                                    "removedFields": []}
+        raw["updateDescription"] = {"updatedFields": {"n": 1}, "removedFields": []}
         if rng.random() < 0.2:
             raw["fullDocument"] = None  # updateLookup: already deleted
     if op in ("update", "replace", "delete") and rng.random() < 0.5:
@@ -123,8 +134,7 @@ def _random_event(rng):
 def _deciders(members, raw, subs=None):
     change = Change(raw, SEALER)
     subs = subs or {m: [m.subscription] for m in members}
-    return {m for m in members
-            if any(s.decide(change) is not None for s in subs[m])}
+    return {m for m in members if any(s.decide(change) is not None for s in subs[m])}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -179,18 +189,21 @@ def test_replacing_subscriptions_never_drops_a_member(seed):
 def test_settle_keeps_what_the_old_and_new_anchor_share():
     routes = Routes()
     principal = access.Principal("t", filter={"fullDocument.tenant": "acme"})
-    member = Member("m", subscription.parse(
-        MultiDict(), scope="", principal=principal))
+    member = Member("m", subscription.parse(MultiDict(), scope="", principal=principal))
     routes.add(member)
     both = access.Principal(
-        "t", filter={"fullDocument.tenant": {"$in": ["acme", "globex"]}})
-    member.subscription = subscription.parse(MultiDict(), scope="",
-                                             principal=both)
+        "t", filter={"fullDocument.tenant": {"$in": ["acme", "globex"]}}
+    )
+    member.subscription = subscription.parse(MultiDict(), scope="", principal=both)
     routes.widen(member, member.subscription)
     routes.settle(member)
-    event = {"_id": {"_data": "82AA"}, "operationType": "insert",
-             "ns": {"db": "shop", "coll": "orders"}, "documentKey": {"_id": 1},
-             "fullDocument": {"_id": 1, "tenant": "acme"}}
+    event = {
+        "_id": {"_data": "82AA"},
+        "operationType": "insert",
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": 1},
+        "fullDocument": {"_id": 1, "tenant": "acme"},
+    }
     assert member in routes.candidates(event)
     event["fullDocument"]["tenant"] = "globex"
     assert member in routes.candidates(event)
@@ -201,12 +214,14 @@ def test_settle_keeps_what_the_old_and_new_anchor_share():
 def test_a_member_holding_a_document_gets_its_changes_whatever_its_anchor():
     routes = Routes()
     principal = access.Principal("t", filter={"fullDocument.tenant": "acme"})
-    member = Member("m", subscription.parse(
-        MultiDict(), scope="", principal=principal))
+    member = Member("m", subscription.parse(MultiDict(), scope="", principal=principal))
     routes.add(member)
-    delete = {"_id": {"_data": "82AA"}, "operationType": "delete",
-              "ns": {"db": "shop", "coll": "orders"},
-              "documentKey": {"_id": 1}}
+    delete = {
+        "_id": {"_data": "82AA"},
+        "operationType": "delete",
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": 1},
+    }
     assert member not in routes.candidates(delete)
     routes.holders.hold(held_key(delete), member)
     assert member in routes.candidates(delete)
@@ -220,38 +235,49 @@ def test_a_document_leaving_a_filter_reaches_the_members_it_leaves():
     too: the update that takes the document away from its tenant."""
     routes = Routes()
     principal = access.Principal("t", filter={"fullDocument.tenant": "acme"})
-    member = Member("m", subscription.parse(
-        MultiDict(), scope="", principal=principal))
+    member = Member("m", subscription.parse(MultiDict(), scope="", principal=principal))
     routes.add(member)
-    moved = {"_id": {"_data": "82AA"}, "operationType": "update",
-             "ns": {"db": "shop", "coll": "orders"}, "documentKey": {"_id": 1},
-             "updateDescription": {"updatedFields": {"tenant": "globex"},
-                                   "removedFields": []},
-             "fullDocument": {"_id": 1, "tenant": "globex"},
-             "fullDocumentBeforeChange": {"_id": 1, "tenant": "acme"}}
+    moved = {
+        "_id": {"_data": "82AA"},
+        "operationType": "update",
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": 1},
+        "updateDescription": {
+            "updatedFields": {"tenant": "globex"},
+            "removedFields": [],
+        },
+        "fullDocument": {"_id": 1, "tenant": "globex"},
+        "fullDocumentBeforeChange": {"_id": 1, "tenant": "acme"},
+    }
     assert member in routes.candidates(moved)
 
 
 def _anchor(args=None, principal=access.ANYONE):
-    return anchor(subscription.parse(MultiDict(args or {}), scope="",
-                                     principal=principal))
+    return anchor(
+        subscription.parse(MultiDict(args or {}), scope="", principal=principal)
+    )
 
 
 def test_anchors_are_chosen_best_first():
     tenant = access.Principal("t", filter={"fullDocument.tenant": "acme"})
     # A document field beats a namespace, which beats an operation type.
     assert _anchor({"ns": "shop.orders", "ops": "insert"}, tenant) == (
-        "fullDocument.tenant", frozenset(_anchor(principal=tenant)[1]))
+        "fullDocument.tenant",
+        frozenset(_anchor(principal=tenant)[1]),
+    )
     assert _anchor({"ns": "shop.orders", "ops": "insert"})[0] == "ns"
     assert _anchor({"ops": "insert"})[0] == "operationType"
     # Between two of one kind, the one that lets fewer values through.
     path, keys = _anchor(
-        {"filter": '{"fullDocument.status": {"$in": ["a", "b"]}}'}, tenant)
+        {"filter": '{"fullDocument.status": {"$in": ["a", "b"]}}'}, tenant
+    )
     assert path == "fullDocument.tenant" and len(keys) == 1
     # Nothing to anchor on: the scan list.
     assert _anchor() is None
-    assert _anchor({"filter": '{"$or": [{"fullDocument.a": 1}, '
-                              '{"fullDocument.b": 2}]}'}) is None
+    assert (
+        _anchor({"filter": '{"$or": [{"fullDocument.a": 1}, {"fullDocument.b": 2}]}'})
+        is None
+    )
     # null, embedded documents and ranges are not anchors.
     assert _anchor({"filter": '{"fullDocument.a": null}'}) is None
     assert _anchor({"filter": '{"fullDocument.a": {"b": 1}}'}) is None
@@ -264,12 +290,14 @@ def test_a_change_that_clears_documents_is_offered_to_everyone(op):
     whatever its anchor or its subscription's say about the event."""
     routes = Routes()
     tenant = access.Principal("t", filter={"fullDocument.tenant": "acme"})
-    members = [Member(name, subscription.parse(MultiDict(args), scope="",
-                                               principal=principal))
-               for name, args, principal in [
-                   ("tenant", {}, tenant),
-                   ("users", {"ns": "shop.users"}, access.ANYONE),
-                   ("inserts", {"ops": "insert"}, access.ANYONE)]]
+    members = [
+        Member(name, subscription.parse(MultiDict(args), scope="", principal=principal))
+        for name, args, principal in [
+            ("tenant", {}, tenant),
+            ("users", {"ns": "shop.users"}, access.ANYONE),
+            ("inserts", {"ops": "insert"}, access.ANYONE),
+        ]
+    ]
     for member in members:
         routes.add(member)
     event = {"_id": {"_data": "82AA"}, "operationType": op}
@@ -282,9 +310,9 @@ def test_a_batch_of_several_documents_reaches_a_tracking_member_whole():
     """A batch (changes that came together) about several documents, some
     for a member anchored on its tenant that tracks what it is sent: it
     gets exactly its tenant's, in order, and the others are not lost."""
-    from wsproxy.transport import codec
     from wsproxy.fanout.hub import Hub
     from wsproxy.fanout.tracking import Held
+    from wsproxy.transport import codec
 
     from .test_hub import FakeClient
 
@@ -296,23 +324,32 @@ def test_a_batch_of_several_documents_reaches_a_tracking_member_whole():
             self.held = Held(100)
 
     def insert(i, tenant):
-        return Change({"_id": {"_data": f"{i:08X}"}, "operationType": "insert",
-                       "ns": {"db": "shop", "coll": "orders"},
-                       "documentKey": {"_id": i},
-                       "fullDocument": {"_id": i, "tenant": tenant}}, SEALER)
+        return Change(
+            {
+                "_id": {"_data": f"{i:08X}"},
+                "operationType": "insert",
+                "ns": {"db": "shop", "coll": "orders"},
+                "documentKey": {"_id": i},
+                "fullDocument": {"_id": i, "tenant": tenant},
+            },
+            SEALER,
+        )
 
     def tenant(name):
-        return subscription.parse(MultiDict(), scope="", principal=(
-            access.Principal(name, filter={"fullDocument.tenant": name})))
+        return subscription.parse(
+            MultiDict(),
+            scope="",
+            principal=(access.Principal(name, filter={"fullDocument.tenant": name})),
+        )
 
     hub = Hub()
     acme, globex = TrackingClient(tenant("acme")), TrackingClient(tenant("globex"))
     for client in (acme, globex):
-        hub.register(client, None, lambda mode: codec.control_message(
-            "hello", resume=mode))
+        hub.register(
+            client, None, lambda mode: codec.control_message("hello", resume=mode)
+        )
     batch = [insert(i, "acme" if i % 3 else "globex") for i in range(12)]
     hub._publish(batch)
     for client, name in ((acme, "acme"), (globex, "globex")):
-        wanted = [c.frame for c in batch
-                  if c.raw["fullDocument"]["tenant"] == name]
+        wanted = [c.frame for c in batch if c.raw["fullDocument"]["tenant"] == name]
         assert client.frames[1:] == wanted

@@ -25,51 +25,60 @@ def make_app(**config):
     return app
 
 
-@pytest.mark.parametrize("watch, why", [
-    ("$bad", "cannot contain '$'"),
-    ("shop/orders", "cannot contain '/'"),
-    ("sh op", "cannot contain ' '"),
-    (".orders", "empty database name"),
-    ("shop.", "empty collection name"),
-    ("shop.$cmd", "cannot contain '$'"),
-    ("shop.system.users", "system collections"),
-    # PyMongo's InvalidName killed the worker at boot.
-    ("shop..orders", "cannot start or end with '.'"),
-    ("shop.orders.", "cannot start or end with '.'"),
-    ("x" * 64, "at most 63 bytes"),
-    (42, "a string"),
-])
+@pytest.mark.parametrize(
+    "watch, why",
+    [
+        ("$bad", "cannot contain '$'"),
+        ("shop/orders", "cannot contain '/'"),
+        ("sh op", "cannot contain ' '"),
+        (".orders", "empty database name"),
+        ("shop.", "empty collection name"),
+        ("shop.$cmd", "cannot contain '$'"),
+        ("shop.system.users", "system collections"),
+        # PyMongo's InvalidName killed the worker at boot.
+        ("shop..orders", "cannot start or end with '.'"),
+        ("shop.orders.", "cannot start or end with '.'"),
+        ("x" * 64, "at most 63 bytes"),
+        (42, "a string"),
+    ],
+)
 def test_a_bad_watch_is_refused_at_init_app(watch, why):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(WSPROXY_WATCH=watch))
     assert "WSPROXY_WATCH" in str(info.value) and why in str(info.value)
 
 
-@pytest.mark.parametrize("watch", ["", "shop", "shop.orders",
-                                   "shop.orders.2026", "my-db_1.c"])
+@pytest.mark.parametrize(
+    "watch", ["", "shop", "shop.orders", "shop.orders.2026", "my-db_1.c"]
+)
 def test_a_good_watch_is_accepted(watch):
     app = make_app(WSPROXY_WATCH=watch)
     WSProxy(app)
     assert app.config["WSPROXY_WATCH"] == watch
 
 
-@pytest.mark.parametrize("pipeline, why", [
-    ('[{"$bogus": 1}]', "'$bogus' is not allowed"),
-    ('[{"$lookup": {"from": "x"}}]', "'$lookup' is not allowed"),
-    ('[{"$project": {"_id": 0}}]', "$project changes _id"),
-    ('[{"$project": {"_id": "$fullDocument"}}]', "$project changes _id"),
-    ('[{"$project": {"_id._data": 0}}]', "$project changes _id._data"),
-    ('[{"$unset": "_id"}]', "$unset removes _id"),
-    ('[{"$unset": ["a", "_id"]}]', "$unset removes _id"),
-    ('[{"$set": {"_id": 1}}]', "$set rewrites _id"),
-    ('[{"$addFields": {"_id._data": "x"}}]', "$addFields rewrites _id._data"),
-    ('[{"$replaceRoot": {"newRoot": "$fullDocument"}}]', "must keep _id"),
-    ('[{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"_id": 1}]}}]',
-     "must keep _id"),
-    ('[{"$match": {}, "$project": {}}]', "a stage is one"),
-    ('{"$match": {}}', "a list of stages"),
-    ('[{"$match": ', "not JSON"),
-])
+@pytest.mark.parametrize(
+    "pipeline, why",
+    [
+        ('[{"$bogus": 1}]', "'$bogus' is not allowed"),
+        ('[{"$lookup": {"from": "x"}}]', "'$lookup' is not allowed"),
+        ('[{"$project": {"_id": 0}}]', "$project changes _id"),
+        ('[{"$project": {"_id": "$fullDocument"}}]', "$project changes _id"),
+        ('[{"$project": {"_id._data": 0}}]', "$project changes _id._data"),
+        ('[{"$unset": "_id"}]', "$unset removes _id"),
+        ('[{"$unset": ["a", "_id"]}]', "$unset removes _id"),
+        ('[{"$set": {"_id": 1}}]', "$set rewrites _id"),
+        ('[{"$addFields": {"_id._data": "x"}}]', "$addFields rewrites _id._data"),
+        ('[{"$replaceRoot": {"newRoot": "$fullDocument"}}]', "must keep _id"),
+        (
+            '[{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"_id": 1}]}}]',
+            "must keep _id",
+        ),
+        ('[{"$match": {}, "$project": {}}]', "a stage is one"),
+        ('{"$match": {}}', "a list of stages"),
+        ('[{"$match": ', "not JSON"),
+    ],
+)
 def test_a_bad_pipeline_is_refused_at_init_app(pipeline, why):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(WSPROXY_PIPELINE=pipeline))
@@ -91,11 +100,16 @@ def test_a_good_pipeline_is_accepted():
     assert app.config["WSPROXY_PIPELINE"] == stages
 
 
-@pytest.mark.parametrize("path_key, path", [
-    ("WSPROXY_PATH", "/ws"), ("WSPROXY_PAGE_PATH", "/wsproxy/"),
-    ("WSPROXY_METRICS_PATH", "/metrics"), ("WSPROXY_HEALTH_PATH", "/healthz"),
-    ("WSPROXY_READY_PATH", "/readyz"),
-])
+@pytest.mark.parametrize(
+    "path_key, path",
+    [
+        ("WSPROXY_PATH", "/ws"),
+        ("WSPROXY_PAGE_PATH", "/wsproxy/"),
+        ("WSPROXY_METRICS_PATH", "/metrics"),
+        ("WSPROXY_HEALTH_PATH", "/healthz"),
+        ("WSPROXY_READY_PATH", "/readyz"),
+    ],
+)
 def test_a_path_the_app_already_has_is_refused(path_key, path):
     app = make_app()
     app.add_url_rule(path, "host_view", lambda: "the host's")
@@ -104,11 +118,11 @@ def test_a_path_the_app_already_has_is_refused(path_key, path):
     message = str(info.value)
     assert repr(path) in message and "'host_view'" in message
     assert f"set {path_key} to another path" in message
-    assert [r.rule for r in app.url_map.iter_rules()
-            if r.endpoint.startswith("wsproxy.")] == []
+    assert [
+        r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("wsproxy.")
+    ] == []
     # Moving wsproxy's route (or leaving it out) resolves it.
-    app2 = make_app(**{path_key: "/elsewhere" if path_key == "WSPROXY_PATH"
-                       else None})
+    app2 = make_app(**{path_key: "/elsewhere" if path_key == "WSPROXY_PATH" else None})
     app2.add_url_rule(path, "host_view", lambda: "the host's")
     WSProxy(app2)
     assert app2.url_map.bind("x").match(path)[0] == "host_view"
@@ -116,10 +130,13 @@ def test_a_path_the_app_already_has_is_refused(path_key, path):
 
 def test_a_clash_with_the_pages_assets_names_the_page_setting():
     app = make_app()
-    app.add_url_rule("/wsproxy-static/<path:filename>", "assets",
-                     lambda filename: filename)
-    with pytest.raises(ConfigError, match="set WSPROXY_PAGE_PATH to another "
-                                          "path, or None to leave it out"):
+    app.add_url_rule(
+        "/wsproxy-static/<path:filename>", "assets", lambda filename: filename
+    )
+    with pytest.raises(
+        ConfigError,
+        match="set WSPROXY_PAGE_PATH to another path, or None to leave it out",
+    ):
         WSProxy(app)
 
 
@@ -133,28 +150,39 @@ def test_a_route_added_after_init_app_is_found_before_starting():
 
 
 def test_each_route_can_be_left_out():
-    app = make_app(WSPROXY_PAGE_PATH=None, WSPROXY_METRICS_PATH=None,
-                   WSPROXY_HEALTH_PATH=None, WSPROXY_READY_PATH=None)
+    app = make_app(
+        WSPROXY_PAGE_PATH=None,
+        WSPROXY_METRICS_PATH=None,
+        WSPROXY_HEALTH_PATH=None,
+        WSPROXY_READY_PATH=None,
+    )
     WSProxy(app)
-    rules = sorted({r.rule for r in app.url_map.iter_rules()
-                    if r.endpoint.startswith("wsproxy.")})
+    rules = sorted(
+        {r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("wsproxy.")}
+    )
     assert rules == ["/ws"]
 
 
 def test_the_page_is_a_template_loaded_once_and_its_assets_static_files(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     # A host app with its own index.html: wsproxy's page is not shadowed.
     (tmp_path / "index.html").write_text("the host's index")
     app = Flask(__name__, template_folder=str(tmp_path))
-    app.config.update(WSPROXY_MONGODB_URI=URI,
-                      SECRET_KEY="setup-tests-secret-key",
-                      WSPROXY_PAGE_PATH="/live")
+    app.config.update(
+        WSPROXY_MONGODB_URI=URI,
+        SECRET_KEY="setup-tests-secret-key",
+        WSPROXY_PAGE_PATH="/live",
+    )
     WSProxy(app)
     loader = app.jinja_env.loader
     loaded = []
     get_source = loader.get_source
-    monkeypatch.setattr(loader, "get_source", lambda env, name: (
-        loaded.append(name), get_source(env, name))[1])
+    monkeypatch.setattr(
+        loader,
+        "get_source",
+        lambda env, name: (loaded.append(name), get_source(env, name))[1],
+    )
     client = app.test_client()
     for _ in range(3):
         page = client.get("/live", base_url="http://localhost/app")
@@ -183,63 +211,88 @@ def test_no_uri_anywhere_says_both_ways_out(monkeypatch):
         WSProxy(Flask(__name__))
     message = str(info.value)
     # What to set first; the demo only for a checkout of the repository.
-    assert message.startswith("WSPROXY_MONGODB_URI is not set: set it, in "
-                              "app.config or the environment, to your")
+    assert message.startswith(
+        "WSPROXY_MONGODB_URI is not set: set it, in "
+        "app.config or the environment, to your"
+    )
     assert "dev.py demo" in message and "WSPROXY_EMBEDDED=1" in message
     assert message.index("in a checkout of wsproxy's repository") < (
-        message.index("dev.py demo"))
+        message.index("dev.py demo")
+    )
 
 
-@pytest.mark.parametrize("key, closest", [
-    ("WSPROXY_WACTH", "WSPROXY_WATCH"),
-    ("WSPROXY_MAX_CLIENT", "WSPROXY_MAX_CLIENTS"),
-    ("WSPROXY_ALLOWED_HOST", "WSPROXY_ALLOWED_HOSTS"),
-    ("WSPROXY_SECRET_KEY", "WSPROXY_SECRET_KEYS"),
-])
-def test_a_misspelt_setting_is_refused_with_the_closest_name(
-        monkeypatch, key, closest):
+@pytest.mark.parametrize(
+    "key, closest",
+    [
+        ("WSPROXY_WACTH", "WSPROXY_WATCH"),
+        ("WSPROXY_MAX_CLIENT", "WSPROXY_MAX_CLIENTS"),
+        ("WSPROXY_ALLOWED_HOST", "WSPROXY_ALLOWED_HOSTS"),
+        ("WSPROXY_SECRET_KEY", "WSPROXY_SECRET_KEYS"),
+    ],
+)
+def test_a_misspelt_setting_is_refused_with_the_closest_name(monkeypatch, key, closest):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(**{key: "x"}))
-    assert str(info.value) == (f"{key} (in app.config) is not a wsproxy "
-                               f"setting; did you mean {closest}?")
+    assert str(info.value) == (
+        f"{key} (in app.config) is not a wsproxy setting; did you mean {closest}?"
+    )
     monkeypatch.setenv(key, "x")
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app())
-    assert str(info.value) == (f"{key} (in the environment) is not a wsproxy "
-                               f"setting; did you mean {closest}?")
+    assert str(info.value) == (
+        f"{key} (in the environment) is not a wsproxy setting; did you mean {closest}?"
+    )
 
 
 def test_a_name_like_no_setting_points_to_the_readme():
-    with pytest.raises(ConfigError, match="is not a wsproxy setting; the "
-                                          "settings are listed in the README"):
+    with pytest.raises(
+        ConfigError,
+        match="is not a wsproxy setting; the settings are listed in the README",
+    ):
         WSProxy(make_app(WSPROXY_QQQQQQQQ=1))
 
 
 def test_environment_only_variables_are_known_names(monkeypatch):
-    for name in ("WSPROXY_THREADS", "WSPROXY_BIND", "WSPROXY_LOG_LEVEL",
-                 "WSPROXY_GRACEFUL_TIMEOUT", "WSPROXY_DEMO_WRITER",
-                 "WSPROXY_EMBEDDED_STORAGE", "WSPROXY_TEST_TIMEOUT_SCALE",
-                 "WSPROXY_CHROMIUM", "WSPROXY_TEST_ARTIFACTS",
-                 "WSPROXY_EMBEDDED"):
+    for name in (
+        "WSPROXY_THREADS",
+        "WSPROXY_BIND",
+        "WSPROXY_LOG_LEVEL",
+        "WSPROXY_GRACEFUL_TIMEOUT",
+        "WSPROXY_DEMO_WRITER",
+        "WSPROXY_EMBEDDED_STORAGE",
+        "WSPROXY_TEST_TIMEOUT_SCALE",
+        "WSPROXY_CHROMIUM",
+        "WSPROXY_TEST_ARTIFACTS",
+        "WSPROXY_EMBEDDED",
+    ):
         monkeypatch.setenv(name, "1")
     WSProxy(make_app())
     # In app.config one of them would do nothing: refused, saying where.
-    with pytest.raises(ConfigError, match="WSPROXY_THREADS \\(in app.config\\) "
-                                          "is read from the environment only"):
+    with pytest.raises(
+        ConfigError,
+        match="WSPROXY_THREADS \\(in app.config\\) is read from the environment only",
+    ):
         WSProxy(make_app(WSPROXY_THREADS=50))
 
 
-@pytest.mark.parametrize("value, why", [
-    ("nope.mod:fn", "WSPROXY_AUTHORIZE='nope.mod:fn': cannot import module "
-     "'nope.mod' (No module named 'nope'); give 'package.module:function' "
-     "with a module the app can import"),
-    ("json:nope", "WSPROXY_AUTHORIZE='json:nope': module 'json' has no "
-     "'nope'; give 'package.module:function' naming a function it defines"),
-    ("json.nope", "WSPROXY_AUTHORIZE='json.nope': module 'json' has no "
-     "'nope'"),
-    ("nomodule", "WSPROXY_AUTHORIZE='nomodule': must be "
-     "'package.module:function'"),
-])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (
+            "nope.mod:fn",
+            "WSPROXY_AUTHORIZE='nope.mod:fn': cannot import module "
+            "'nope.mod' (No module named 'nope'); give 'package.module:function' "
+            "with a module the app can import",
+        ),
+        (
+            "json:nope",
+            "WSPROXY_AUTHORIZE='json:nope': module 'json' has no "
+            "'nope'; give 'package.module:function' naming a function it defines",
+        ),
+        ("json.nope", "WSPROXY_AUTHORIZE='json.nope': module 'json' has no 'nope'"),
+        ("nomodule", "WSPROXY_AUTHORIZE='nomodule': must be 'package.module:function'"),
+    ],
+)
 def test_an_authorizer_that_cannot_be_imported_says_why(value, why):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(WSPROXY_AUTHORIZE=value))
@@ -257,10 +310,15 @@ def test_an_authorizer_by_name_is_imported():
 
 def test_settings_come_from_the_app_then_the_environment_then_defaults():
     config = {"WSPROXY_WATCH": "from_app", "WSPROXY_MONGODB_URI": URI}
-    apply_defaults(config, {"WSPROXY_WATCH": "from_env",
-                            "WSPROXY_MAX_CLIENTS": "7",
-                            "WSPROXY_HIDE_FIELDS": "card, customer.email",
-                            "WSPROXY_READY_DETAILS": "yes"})
+    apply_defaults(
+        config,
+        {
+            "WSPROXY_WATCH": "from_env",
+            "WSPROXY_MAX_CLIENTS": "7",
+            "WSPROXY_HIDE_FIELDS": "card, customer.email",
+            "WSPROXY_READY_DETAILS": "yes",
+        },
+    )
     validate(config)
     assert config["WSPROXY_WATCH"] == "from_app"
     assert config["WSPROXY_HIDE_FIELDS"] == ["card", "customer.email"]
@@ -269,17 +327,20 @@ def test_settings_come_from_the_app_then_the_environment_then_defaults():
     assert config["WSPROXY_PATH"] == "/ws"
 
 
-@pytest.mark.parametrize("key, value, why", [
-    ("WSPROXY_MAX_CLIENTS", "many", "invalid literal"),
-    ("WSPROXY_MAX_CLIENTS", 0, "must be >= 1"),
-    ("WSPROXY_SEND_TIMEOUT", -1, "must be > 0"),
-    ("WSPROXY_READY_DETAILS", "perhaps", "must be true or false"),
-    ("WSPROXY_FULL_DOCUMENT", "always", "must be one of"),
-    ("WSPROXY_HIDE_FIELDS", ["$where"], "dotted field names"),
-    ("WSPROXY_AUTHORIZE", "no_such_module:authorize", "no_such_module"),
-    ("WSPROXY_AUTHORIZE", 42, "must be a callable"),
-    ("WSPROXY_PAGE_PATH", "live", "must be a path starting with /"),
-])
+@pytest.mark.parametrize(
+    "key, value, why",
+    [
+        ("WSPROXY_MAX_CLIENTS", "many", "invalid literal"),
+        ("WSPROXY_MAX_CLIENTS", 0, "must be >= 1"),
+        ("WSPROXY_SEND_TIMEOUT", -1, "must be > 0"),
+        ("WSPROXY_READY_DETAILS", "perhaps", "must be true or false"),
+        ("WSPROXY_FULL_DOCUMENT", "always", "must be one of"),
+        ("WSPROXY_HIDE_FIELDS", ["$where"], "dotted field names"),
+        ("WSPROXY_AUTHORIZE", "no_such_module:authorize", "no_such_module"),
+        ("WSPROXY_AUTHORIZE", 42, "must be a callable"),
+        ("WSPROXY_PAGE_PATH", "live", "must be a path starting with /"),
+    ],
+)
 def test_each_bad_value_names_its_key_and_why(key, value, why):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(**{key: value}))
@@ -295,20 +356,18 @@ def test_a_second_init_app_raises():
 
 # -- served by the real gunicorn -------------------------------------------
 
+
 def _env(mongo, db):
     return {"WSPROXY_MONGODB_URI": mongo.uri, "WSPROXY_WATCH": db}
 
 
-def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
-                                                         namespace):
-    server = gunicorn(_env(mongo, namespace[0]),
-                      args=["-k", "sync", "--threads", "1"])
+def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo, namespace):
+    server = gunicorn(_env(mongo, namespace[0]), args=["-k", "sync", "--threads", "1"])
     for _ in range(2):
         status, reason = refused(server.ws_url())
         assert status == 500 and "-c python:wsproxy.gunicorn" in reason
     # A browser, which cannot see that status, can ask for it.
-    status, body = http_get(server.url + "/ws",
-                            headers={"Accept": "application/json"})
+    status, body = http_get(server.url + "/ws", headers={"Accept": "application/json"})
     assert status == 500 and json.loads(body)["status"] == 500
     # The worker was not blocked: it still answers.
     assert http_get(server.url + "/healthz")[0] == 200
@@ -318,48 +377,62 @@ def test_the_sync_worker_refuses_websockets_with_the_fix(gunicorn, mongo,
 
 
 def test_plain_gunicorn_refuses_websockets_with_one_logged_error(
-        gunicorn, mongo, namespace, tmp_path):
+    gunicorn, mongo, namespace, tmp_path
+):
     # `gunicorn myapp:app`: the sync worker and no logging config for
     # wsproxy. The body and the log name the same fix, and the log line is
     # gunicorn's, with its time and level.
-    server = gunicorn(_env(mongo, namespace[0]), config=None, cwd=tmp_path,
-                      args=["--pythonpath", str(ROOT)])
+    server = gunicorn(
+        _env(mongo, namespace[0]),
+        config=None,
+        cwd=tmp_path,
+        args=["--pythonpath", str(ROOT)],
+    )
     for _ in range(2):
         status, reason = refused(server.ws_url())
         assert status == 500
-        assert reason.endswith("serve with gunicorn -c python:wsproxy.gunicorn "
-                               "(or -k gthread --threads N, N the connections "
-                               "a worker holds)")
-    lines = [line for line in server.output().splitlines()
-             if "one request at a time" in line]
+        assert reason.endswith(
+            "serve with gunicorn -c python:wsproxy.gunicorn "
+            "(or -k gthread --threads N, N the connections "
+            "a worker holds)"
+        )
+    lines = [
+        line for line in server.output().splitlines() if "one request at a time" in line
+    ]
     assert len(lines) == 1, lines
-    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] "
-                    r"\[\d+\] \[ERROR\] wsproxy: ", lines[0]), lines[0]
+    assert re.match(
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] "
+        r"\[\d+\] \[ERROR\] wsproxy: ",
+        lines[0],
+    ), lines[0]
     assert "-c python:wsproxy.gunicorn (or -k gthread --threads N" in lines[0]
 
 
-def test_a_worker_without_the_hooks_warns_once(gunicorn, mongo, namespace,
-                                              tmp_path):
+def test_a_worker_without_the_hooks_warns_once(gunicorn, mongo, namespace, tmp_path):
     # Run elsewhere: gunicorn reads ./gunicorn.conf.py when given no -c.
-    server = gunicorn(_env(mongo, namespace[0]), config=None, cwd=tmp_path,
-                      args=["-k", "gthread", "--threads", "20",
-                            "--pythonpath", str(ROOT)])
+    server = gunicorn(
+        _env(mongo, namespace[0]),
+        config=None,
+        cwd=tmp_path,
+        args=["-k", "gthread", "--threads", "20", "--pythonpath", str(ROOT)],
+    )
     for _ in range(2):
         client = WSClient(server.ws_url())
         assert client.recv()["type"] == "hello"
         client.close()
-    wait_for(lambda: "without wsproxy's hooks" in server.output(), 5,
-             "the missing-hooks warning")
+    wait_for(
+        lambda: "without wsproxy's hooks" in server.output(),
+        5,
+        "the missing-hooks warning",
+    )
     # No logging config for wsproxy here: gunicorn's error log has it.
-    warnings = re.findall(r"[^\n]*without wsproxy's hooks[^\n]*",
-                          server.output())
+    warnings = re.findall(r"[^\n]*without wsproxy's hooks[^\n]*", server.output())
     assert len(warnings) == 1
     assert "1001" in warnings[0] and "/metrics" in warnings[0]
 
 
 def test_the_packaged_hooks_give_no_warning(gunicorn, mongo, namespace):
-    server = gunicorn(_env(mongo, namespace[0]),
-                      config="python:wsproxy.gunicorn")
+    server = gunicorn(_env(mongo, namespace[0]), config="python:wsproxy.gunicorn")
     client = WSClient(server.ws_url())
     assert client.recv()["type"] == "hello"
     client.close()
@@ -368,31 +441,36 @@ def test_the_packaged_hooks_give_no_warning(gunicorn, mongo, namespace):
 
 
 def test_a_malformed_request_line_never_logs_its_access_token(
-        gunicorn, mongo, namespace):
+    gunicorn, mongo, namespace
+):
     # gunicorn's WARNING quotes a malformed request line whole.
-    server = gunicorn(_env(mongo, namespace[0]),
-                      config="python:wsproxy.gunicorn")
+    server = gunicorn(_env(mongo, namespace[0]), config="python:wsproxy.gunicorn")
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(b"GET /ws?x=1&access_token=SECRET-line\r\n\r\n")
         raw.settimeout(scaled(5))
         assert raw.recv(1024).startswith(b"HTTP/1.1 400")
-    wait_for(lambda: "Invalid HTTP request line" in server.output(), 5,
-             "gunicorn's warning")
+    wait_for(
+        lambda: "Invalid HTTP request line" in server.output(), 5, "gunicorn's warning"
+    )
     output = server.output()
     assert "SECRET" not in output
     assert "Invalid HTTP request line: 'GET /ws?x=1&access_token=***'" in output
 
 
-@pytest.mark.parametrize("scope, what", [
-    ("{db}.orders", "collection '{db}.orders'"),
-    ("{db}", "database '{db}'"),
-])
-def test_a_missing_watched_scope_is_one_warning(gunicorn, mongo,
-                                                mongo_client, namespace,
-                                                scope, what):
+@pytest.mark.parametrize(
+    "scope, what",
+    [
+        ("{db}.orders", "collection '{db}.orders'"),
+        ("{db}", "database '{db}'"),
+    ],
+)
+def test_a_missing_watched_scope_is_one_warning(
+    gunicorn, mongo, mongo_client, namespace, scope, what
+):
     db = namespace[0]  # dropped: neither it nor its collection exists
-    server = gunicorn(_env(mongo, scope.format(db=db)),
-                      config="python:wsproxy.gunicorn")
+    server = gunicorn(
+        _env(mongo, scope.format(db=db)), config="python:wsproxy.gunicorn"
+    )
     warning = f"the watched {what.format(db=db)} does not exist (yet)"
     wait_for(lambda: warning in server.output(), 10, "the warning")
     assert server.output().count("does not exist") == 1
@@ -405,12 +483,12 @@ def test_a_missing_watched_scope_is_one_warning(gunicorn, mongo,
     client.close()
 
 
-def test_an_existing_watched_scope_gives_no_warning(gunicorn, mongo,
-                                                   mongo_client, namespace):
+def test_an_existing_watched_scope_gives_no_warning(
+    gunicorn, mongo, mongo_client, namespace
+):
     db = namespace[0]
     mongo_client[db].orders.insert_one({"_id": 1})
-    server = gunicorn(_env(mongo, f"{db}.orders"),
-                      config="python:wsproxy.gunicorn")
+    server = gunicorn(_env(mongo, f"{db}.orders"), config="python:wsproxy.gunicorn")
     client = WSClient(server.ws_url())
     assert client.recv()["watcher"] == "connected"
     mongo_client[db].orders.insert_one({"_id": 2})

@@ -23,6 +23,7 @@ started, so what the watcher submitted is read back off its intake queue in
 order, and nothing is hidden by the broadcaster's de-duplicating history.
 """
 
+import itertools
 import json
 import logging
 import queue
@@ -33,9 +34,9 @@ import pytest
 from mockupdb import MockupDB, OpMsg
 from pymongo import MongoClient
 
-from wsproxy.transport import codec
 from wsproxy.fanout.hub import Announcement, Hub
 from wsproxy.stream.source import Backoff, ChangeSource
+from wsproxy.transport import codec
 
 from .helpers import scaled, sealer_for_tests, wait_for
 
@@ -46,9 +47,10 @@ RESUMABLE = ["ResumableChangeStreamError"]
 
 # -- events and tokens ------------------------------------------------------
 
+
 def token(n):
     """A resume token in the server's shape, numbered so it reads back."""
-    return {"_data": "82%08X" % n}
+    return {"_data": f"82{n:08X}"}
 
 
 def number(tok):
@@ -58,8 +60,11 @@ def number(tok):
 def event(n, op="insert"):
     doc = {"_id": token(n), "operationType": op}
     if op != "invalidate":
-        doc.update(ns={"db": DB, "coll": COLL}, documentKey={"_id": n},
-                   fullDocument={"_id": n, "n": n})
+        doc.update(
+            ns={"db": DB, "coll": COLL},
+            documentKey={"_id": n},
+            fullDocument={"_id": n, "n": n},
+        )
     return doc
 
 
@@ -71,6 +76,7 @@ def stage(request):
 
 
 # -- the hub's intake, read back ----------------------------------------------
+
 
 def drain(hub):
     """Everything the watcher submitted since the last drain, in order."""
@@ -91,30 +97,52 @@ def describe(items):
         else:
             assert isinstance(item, Announcement), item
             message = json.loads(item.text)
-            out.append(" ".join(
-                [message["type"]]
-                + ([message["watcher"]] if "watcher" in message else [])))
+            out.append(
+                " ".join(
+                    [message["type"]]
+                    + ([message["watcher"]] if "watcher" in message else [])
+                )
+            )
     return out
 
 
 # -- the scripted server ------------------------------------------------------
 
+
+def _answering(request, method):
+    """``method`` of ``request`` (a reply or hang-up), noting that it ran."""
+
+    def answer(*args, **kwargs):
+        request.answered = True
+        return method(*args, **kwargs)
+
+    return answer
+
+
 class MockPrimary:
     """A MockupDB one-node replica-set primary. Handshakes, heartbeats,
-    killCursors, endSessions and listCollections are answered automatically; aggregate and
-    getMore requests queue up for the test to answer with :meth:`expect`."""
+    killCursors, endSessions and listCollections are answered automatically;
+    aggregate and getMore requests queue up for the test to answer with
+    :meth:`expect`."""
 
     def __init__(self):
         self.server = MockupDB(request_timeout=scaled(10))
         self.server.run()
         address = self.server.address_string
         self.hello = {
-            "ismaster": True, "isWritablePrimary": True, "secondary": False,
-            "setName": "rs", "setVersion": 1, "hosts": [address],
-            "primary": address, "me": address,
-            "minWireVersion": 0, "maxWireVersion": 17,
+            "ismaster": True,
+            "isWritablePrimary": True,
+            "secondary": False,
+            "setName": "rs",
+            "setVersion": 1,
+            "hosts": [address],
+            "primary": address,
+            "me": address,
+            "minWireVersion": 0,
+            "maxWireVersion": 17,
             "maxBsonObjectSize": 16 * 1024 * 1024,
-            "maxMessageSizeBytes": 48000000, "maxWriteBatchSize": 100000,
+            "maxMessageSizeBytes": 48000000,
+            "maxWriteBatchSize": 100000,
             "logicalSessionTimeoutMinutes": 30,
         }
         self.server.autoresponds(self._housekeeping)
@@ -136,9 +164,13 @@ class MockPrimary:
         if name == "listcollections":
             # The watcher's one look for the watched collection
             # (wsproxy.stream.scopecheck): it exists.
-            return request.replies(cursor={
-                "id": 0, "ns": f"{DB}.$cmd.listCollections",
-                "firstBatch": [{"name": COLL, "type": "collection"}]})
+            return request.replies(
+                cursor={
+                    "id": 0,
+                    "ns": f"{DB}.$cmd.listCollections",
+                    "firstBatch": [{"name": COLL, "type": "collection"}],
+                }
+            )
         return False
 
     def expect(self, name, timeout=10):
@@ -146,8 +178,7 @@ class MockPrimary:
         request = self.server.receives(timeout=scaled(timeout))
         assert request is not None, "the mock server stopped"
         self._track(request)
-        assert request.command_name == name, (
-            f"expected {name}, got {request!r}")
+        assert request.command_name == name, f"expected {name}, got {request!r}"
         if name == "aggregate":
             assert request["aggregate"] == COLL and request.namespace == DB
         return request
@@ -156,10 +187,7 @@ class MockPrimary:
         """Note when ``request`` gets its reply (or hang-up)."""
         request.answered = False
         for name in ("_replies", "hangup"):
-            def answer(*args, _method=getattr(request, name), **kwargs):
-                request.answered = True
-                return _method(*args, **kwargs)
-            setattr(request, name, answer)
+            setattr(request, name, _answering(request, getattr(request, name)))
         self._popped.append(request)
 
     def open_cursor(self, request, events=(), pbrt=None):
@@ -168,9 +196,14 @@ class MockPrimary:
         events = list(events)
         if pbrt is None:
             pbrt = events[-1]["_id"] if events else token(0)
-        request.replies(cursor={"id": cursor_id, "ns": NS,
-                                "firstBatch": events,
-                                "postBatchResumeToken": pbrt})
+        request.replies(
+            cursor={
+                "id": cursor_id,
+                "ns": NS,
+                "firstBatch": events,
+                "postBatchResumeToken": pbrt,
+            }
+        )
         return cursor_id
 
     def expect_getmore(self, cursor_id, timeout=10):
@@ -185,9 +218,11 @@ class MockPrimary:
         submits a whole batch before asking for the next, so from here on
         the hub holds everything the watcher has to publish."""
         assert self.server.got(timeout=scaled(timeout)), (
-            f"no request within {scaled(timeout)}s")
+            f"no request within {scaled(timeout)}s"
+        )
         assert self.server.got(OpMsg("getMore", cursor_id), timeout=0), (
-            f"the next request is not a getMore on cursor {cursor_id}")
+            f"the next request is not a getMore on cursor {cursor_id}"
+        )
 
     @staticmethod
     def batch(request, events=(), pbrt=None, cursor_id=None):
@@ -195,8 +230,11 @@ class MockPrimary:
         events = list(events)
         if pbrt is None:
             pbrt = events[-1]["_id"] if events else None
-        cursor = {"id": request["getMore"] if cursor_id is None else cursor_id,
-                  "ns": NS, "nextBatch": events}
+        cursor = {
+            "id": request["getMore"] if cursor_id is None else cursor_id,
+            "ns": NS,
+            "nextBatch": events,
+        }
         if pbrt is not None:
             cursor["postBatchResumeToken"] = pbrt
         request.replies(cursor=cursor)
@@ -204,6 +242,7 @@ class MockPrimary:
     def quiesce(self):
         """Answer everything from now on (and anything already queued) with
         an idle, empty reply, so a watcher blocked on the server can stop."""
+
         def idle(request):
             name = request.command_name
             if name == "getMore":
@@ -234,9 +273,12 @@ def mock():
 
 @pytest.fixture
 def client(mock):
-    client = MongoClient(mock.uri, directConnection=True,
-                         serverSelectionTimeoutMS=int(scaled(5000)),
-                         connectTimeoutMS=int(scaled(5000)))
+    client = MongoClient(
+        mock.uri,
+        directConnection=True,
+        serverSelectionTimeoutMS=int(scaled(5000)),
+        connectTimeoutMS=int(scaled(5000)),
+    )
     yield client
     client.close()
 
@@ -275,17 +317,21 @@ def source_log(caplog):
 
 
 def logged(caplog, level, text):
-    return [r for r in caplog.records
-            if r.name == "wsproxy.source" and r.levelno == level
-            and text in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "wsproxy.source" and r.levelno == level and text in r.getMessage()
+    ]
 
 
 # -- 1, 2, 3 (labelled), 5: the driver resumes by itself ----------------------
+
 
 def _fail(code, errmsg, labels=None):
     def reply(request):
         kwargs = {"errorLabels": labels} if labels else {}
         request.command_err(code=code, errmsg=errmsg, **kwargs)
+
     return reply
 
 
@@ -294,23 +340,24 @@ def _hang_up(request):
 
 
 DRIVER_RESUMES = [
-    pytest.param(_fail(10107, "not primary", RESUMABLE),
-                 id="10107-NotWritablePrimary-labelled"),
+    pytest.param(
+        _fail(10107, "not primary", RESUMABLE), id="10107-NotWritablePrimary-labelled"
+    ),
     # No label needed: PyMongo raises 10107 as NotPrimaryError, which is a
     # ConnectionFailure, and every ConnectionFailure is resumable.
-    pytest.param(_fail(10107, "not primary"),
-                 id="10107-NotWritablePrimary-unlabelled"),
+    pytest.param(_fail(10107, "not primary"), id="10107-NotWritablePrimary-unlabelled"),
     # Resumable by its exception class, CursorNotFound, label or not.
     pytest.param(_fail(43, "cursor id 101 not found"), id="43-CursorNotFound"),
-    pytest.param(_fail(11601, "operation was interrupted", RESUMABLE),
-                 id="11601-Interrupted-labelled"),
+    pytest.param(
+        _fail(11601, "operation was interrupted", RESUMABLE),
+        id="11601-Interrupted-labelled",
+    ),
     pytest.param(_hang_up, id="connection-dropped"),
 ]
 
 
 @pytest.mark.parametrize("break_getmore", DRIVER_RESUMES)
-def test_driver_resumes_from_the_last_token(mock, hub, start_source,
-                                            break_getmore):
+def test_driver_resumes_from_the_last_token(mock, hub, start_source, break_getmore):
     """PyMongo resumes inside try_next with resumeAfter = the last token
     (strictly, the batch's postBatchResumeToken, which the server sets to
     the last event's token here); the watcher never sees an error, keeps
@@ -330,29 +377,32 @@ def test_driver_resumes_from_the_last_token(mock, hub, start_source,
     mock.batch(mock.expect_getmore(cursor), [event(4)])
     mock.waiting_on(cursor)
 
-    assert describe(drain(hub)) == ["insert 1", "insert 2", "insert 3",
-                                    "insert 4"]
+    assert describe(drain(hub)) == ["insert 1", "insert 2", "insert 3", "insert 4"]
     assert source.resume_token == token(4)
-    assert (source.state, source.errors, source.reconnects) == (
-        "connected", 0, 0)
+    assert (source.state, source.errors, source.reconnects) == ("connected", 0, 0)
 
 
 # -- 3 (unlabelled): the watcher reopens by itself ----------------------------
 
 WATCHER_REOPENS = [
-    pytest.param(_fail(11601, "operation was interrupted"),
-                 "operation was interrupted",
-                 id="11601-Interrupted-unlabelled"),
+    pytest.param(
+        _fail(11601, "operation was interrupted"),
+        "operation was interrupted",
+        id="11601-Interrupted-unlabelled",
+    ),
     # The server ends the cursor without an invalidate event.
-    pytest.param(lambda request: MockPrimary.batch(request, cursor_id=0),
-                 "closed the change stream", id="cursor-closed-by-server"),
+    pytest.param(
+        lambda request: MockPrimary.batch(request, cursor_id=0),
+        "closed the change stream",
+        id="cursor-closed-by-server",
+    ),
 ]
 
 
 @pytest.mark.parametrize("break_getmore, message", WATCHER_REOPENS)
-def test_watcher_reopens_from_its_last_token(mock, hub, start_source,
-                                             source_log, break_getmore,
-                                             message):
+def test_watcher_reopens_from_its_last_token(
+    mock, hub, start_source, source_log, break_getmore, message
+):
     """An error PyMongo does not resume from reaches the watcher: it logs
     it, says "reconnecting", backs off and reopens with resumeAfter = its
     last token; events before and after are published once, in order."""
@@ -368,15 +418,19 @@ def test_watcher_reopens_from_its_last_token(mock, hub, start_source,
     mock.waiting_on(cursor)
 
     assert describe(drain(hub)) == [
-        "insert 1", "insert 2", "status reconnecting", "status connected",
-        "insert 3"]
-    assert (source.state, source.errors, source.reconnects) == (
-        "connected", 1, 1)
+        "insert 1",
+        "insert 2",
+        "status reconnecting",
+        "status connected",
+        "insert 3",
+    ]
+    assert (source.state, source.errors, source.reconnects) == ("connected", 1, 1)
     assert logged(source_log, logging.WARNING, message)
 
 
 def test_watcher_reopens_from_the_post_batch_token_seen_while_idle(
-        mock, hub, start_source):
+    mock, hub, start_source
+):
     """While idle the watcher keeps the server's postBatchResumeToken, and
     reopens from it rather than from the last event."""
     source = start_source()
@@ -391,12 +445,17 @@ def test_watcher_reopens_from_the_post_batch_token_seen_while_idle(
     mock.waiting_on(cursor)
 
     assert describe(drain(hub)) == [
-        "insert 1", "status reconnecting", "status connected", "insert 8"]
+        "insert 1",
+        "status reconnecting",
+        "status connected",
+        "insert 8",
+    ]
     assert source.resume_token == token(8)
 
 
 def test_error_on_the_drivers_resume_attempt_reaches_the_watcher(
-        mock, hub, start_source):
+    mock, hub, start_source
+):
     """PyMongo resumes once per try_next: when its resume aggregate fails
     too (here a labelled but not retryable-read error), the watcher reopens
     from its own last token."""
@@ -415,23 +474,32 @@ def test_error_on_the_drivers_resume_attempt_reaches_the_watcher(
     mock.waiting_on(cursor)
 
     assert describe(drain(hub)) == [
-        "insert 1", "insert 2", "status reconnecting", "status connected",
-        "insert 3"]
+        "insert 1",
+        "insert 2",
+        "status reconnecting",
+        "status connected",
+        "insert 3",
+    ]
     assert (source.errors, source.reconnects) == (1, 1)
 
 
 # -- 4: history lost ----------------------------------------------------------
 
-@pytest.mark.parametrize("code, errmsg", [
-    (286, "ChangeStreamHistoryLost: resume point no longer in the oplog"),
-    (280, "ChangeStreamFatalError: cannot resume stream"),
-    (260, "InvalidResumeToken: bad token"),
-    # A token the server does not read as one (SecantusDB's FailedToParse):
-    # the same policy as a client's catch-up (wsproxy/stream/errorpolicy.py).
-    (9, "resume token is not a valid resume token"),
-])
+
+@pytest.mark.parametrize(
+    "code, errmsg",
+    [
+        (286, "ChangeStreamHistoryLost: resume point no longer in the oplog"),
+        (280, "ChangeStreamFatalError: cannot resume stream"),
+        (260, "InvalidResumeToken: bad token"),
+        # A token the server does not read as one (SecantusDB's FailedToParse):
+        # the same policy as a client's catch-up (wsproxy/stream/errorpolicy.py).
+        (9, "resume token is not a valid resume token"),
+    ],
+)
 def test_history_lost_on_resume_resets_and_reopens_from_now(
-        mock, hub, start_source, source_log, code, errmsg):
+    mock, hub, start_source, source_log, code, errmsg
+):
     """The driver's resume attempt fails with a history-lost code: the
     watcher drops its token, announces a reset that makes the hub forget
     its history, and reopens with no resumeAfter/startAfter at all."""
@@ -452,15 +520,23 @@ def test_history_lost_on_resume_resets_and_reopens_from_now(
 
     items = drain(hub)
     assert describe(items) == [
-        "insert 1", "insert 2", "reset", "status reconnecting",
-        "status connected", "insert 50"]
+        "insert 1",
+        "insert 2",
+        "reset",
+        "status reconnecting",
+        "status connected",
+        "insert 50",
+    ]
     reset = items[2]
     assert reset.forget_history is True
     assert json.loads(reset.text) == {
-        "type": "reset", "lost": True,
-        "reason": "the proxy lost its place in the change stream"}
-    assert not any(getattr(item, "forget_history", False)
-                   for item in items if item is not reset)
+        "type": "reset",
+        "lost": True,
+        "reason": "the proxy lost its place in the change stream",
+    }
+    assert not any(
+        getattr(item, "forget_history", False) for item in items if item is not reset
+    )
     assert source.resume_token == token(50)
     assert (source.state, source.errors) == ("connected", 1)
     assert logged(source_log, logging.ERROR, "cannot resume")
@@ -472,8 +548,9 @@ def test_history_lost_on_getmore_resets_too(mock, hub, start_source):
     source = start_source()
 
     cursor = mock.open_cursor(mock.expect("aggregate"), [event(1)])
-    _fail(286, "ChangeStreamHistoryLost",
-          ["NonResumableChangeStreamError"])(mock.expect_getmore(cursor))
+    _fail(286, "ChangeStreamHistoryLost", ["NonResumableChangeStreamError"])(
+        mock.expect_getmore(cursor)
+    )
 
     fresh = mock.expect("aggregate")
     assert stage(fresh) == {}
@@ -481,13 +558,19 @@ def test_history_lost_on_getmore_resets_too(mock, hub, start_source):
     mock.waiting_on(cursor)
 
     items = drain(hub)
-    assert describe(items) == ["insert 1", "reset", "status reconnecting",
-                               "status connected", "insert 60"]
+    assert describe(items) == [
+        "insert 1",
+        "reset",
+        "status reconnecting",
+        "status connected",
+        "insert 60",
+    ]
     assert items[1].forget_history is True
     assert source.resume_token == token(60)
 
 
 # -- 6: repeated failures back off --------------------------------------------
+
 
 class AggregateFailures:
     """Fail every aggregate with ``code``, recording when each arrived."""
@@ -511,14 +594,12 @@ class AggregateFailures:
             return list(self.times)
 
 
-def test_repeated_failures_back_off_instead_of_spinning(mock, hub,
-                                                        start_source):
+def test_repeated_failures_back_off_instead_of_spinning(mock, hub, start_source):
     """Every aggregate fails (11601 labelled resumable; PyMongo does not
     resume a stream it never opened): the gaps between attempts grow as the
     backoff says, so a second holds only a handful of attempts; the state
     stays "reconnecting" and clients hear about it once."""
-    failures = AggregateFailures(mock, 11601, "operation was interrupted",
-                                 RESUMABLE)
+    failures = AggregateFailures(mock, 11601, "operation was interrupted", RESUMABLE)
     backoff = Backoff(initial=0.05, cap=0.4)
     window = 1.0
     source = start_source(backoff=backoff)
@@ -530,16 +611,15 @@ def test_repeated_failures_back_off_instead_of_spinning(mock, hub,
     times = wait_for(past_window, 10, "an attempt 1s after the first")
     in_window = [t for t in times if t - times[0] <= window]
     assert len(in_window) < 15, times
-    for k, (a, b) in enumerate(zip(times, times[1:])):
-        least = min(backoff.cap, backoff.initial * 2 ** k) / 2
+    for k, (a, b) in enumerate(itertools.pairwise(times)):
+        least = min(backoff.cap, backoff.initial * 2**k) / 2
         assert b - a >= least, (k, b - a, least)
     assert source.state == "reconnecting" and not source.connected
     assert source.errors >= len(times) - 1
     assert describe(drain(hub)) == ["status reconnecting"]
 
 
-def test_fatal_errors_wait_the_backoff_cap(mock, hub, start_source,
-                                           source_log):
+def test_fatal_errors_wait_the_backoff_cap(mock, hub, start_source, source_log):
     """13 Unauthorized is FATAL: every retry waits the full cap (not the
     growing backoff, which would start at 10ms), state is "failed"."""
     failures = AggregateFailures(mock, 13, "not authorized on db")
@@ -551,7 +631,7 @@ def test_fatal_errors_wait_the_backoff_cap(mock, hub, start_source,
         return len(times) >= 4 and times
 
     times = wait_for(four_attempts, 10, "four aggregate attempts")
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= backoff.cap for gap in gaps), gaps
     assert source.state == "failed"
     assert describe(drain(hub)) == ["status reconnecting"]
@@ -560,30 +640,34 @@ def test_fatal_errors_wait_the_backoff_cap(mock, hub, start_source,
 
 # -- 7: invalidate ------------------------------------------------------------
 
+
 def test_invalidate_is_delivered_then_the_watcher_starts_after_it(
-        mock, hub, start_source):
+    mock, hub, start_source
+):
     """The invalidate event is published like any other, then the watcher
     opens a new stream at once with startAfter = the invalidate's token."""
     source = start_source()
 
     cursor = mock.open_cursor(mock.expect("aggregate"), [event(1)])
-    mock.batch(mock.expect_getmore(cursor),
-               [event(2, "drop"), event(3, "invalidate")], cursor_id=0)
+    mock.batch(
+        mock.expect_getmore(cursor),
+        [event(2, "drop"), event(3, "invalidate")],
+        cursor_id=0,
+    )
 
     again = mock.expect("aggregate")
     assert stage(again) == {"startAfter": token(3)}
     cursor = mock.open_cursor(again, [event(4)])
     mock.waiting_on(cursor)
 
-    assert describe(drain(hub)) == [
-        "insert 1", "drop 2", "invalidate 3", "insert 4"]
+    assert describe(drain(hub)) == ["insert 1", "drop 2", "invalidate 3", "insert 4"]
     assert source.resume_token == token(4)
-    assert (source.state, source.errors, source.reconnects) == (
-        "connected", 0, 1)
+    assert (source.state, source.errors, source.reconnects) == ("connected", 0, 1)
 
 
 def test_error_before_the_first_event_after_invalidate_keeps_start_after(
-        mock, hub, start_source):
+    mock, hub, start_source
+):
     """Until an event arrives on the new stream, a reopen must still use
     startAfter (the server refuses resumeAfter an invalidate token)."""
     source = start_source()
@@ -600,6 +684,9 @@ def test_error_before_the_first_event_after_invalidate_keeps_start_after(
     mock.waiting_on(cursor)
 
     assert describe(drain(hub)) == [
-        "invalidate 1", "status reconnecting", "status connected",
-        "insert 2"]
+        "invalidate 1",
+        "status reconnecting",
+        "status connected",
+        "insert 2",
+    ]
     assert source.resume_token == token(2)

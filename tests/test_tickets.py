@@ -62,6 +62,7 @@ def test_a_ticket_already_used_here_buys_nothing():
 
 def test_a_ticket_is_bound_to_its_principal_and_deployment():
     from wsproxy.access.sealing import Sealer
+
     issuer, clock = _issuer()
     text = issuer.seal(issuer.new(), KEY)
     assert issuer.open(text, ("address", "10.0.0.2")) is None

@@ -9,7 +9,6 @@ import ipaddress
 import re
 import ssl
 
-import pymongo
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,41 +26,60 @@ def _self_signed(folder):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     context = ssl.create_default_context(cafile=str(cert_file))
     return cert_file, key_file, context
 
 
 def _start_tls(env, cert_file, key_file, context, servers):
-    server = Gunicorn(env, args=["--certfile", str(cert_file),
-                                 "--keyfile", str(key_file)])
+    server = Gunicorn(
+        env, args=["--certfile", str(cert_file), "--keyfile", str(key_file)]
+    )
     servers.append(server)
     server.start(listen=False)
-    match = wait_for(lambda: server._exited() or re.search(
-        r"Listening at: https://127\.0\.0\.1:(\d+)", server.output()),
-        30, "gunicorn to listen")
+    match = wait_for(
+        lambda: (
+            server._exited()
+            or re.search(r"Listening at: https://127\.0\.0\.1:(\d+)", server.output())
+        ),
+        30,
+        "gunicorn to listen",
+    )
     server.port = int(match.group(1))
 
     def ready():
         import urllib.request
+
         try:
             with urllib.request.urlopen(
-                    f"https://127.0.0.1:{server.port}/readyz",
-                    context=context, timeout=scaled(5)) as response:
+                f"https://127.0.0.1:{server.port}/readyz",
+                context=context,
+                timeout=scaled(5),
+            ) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -72,7 +90,8 @@ def _start_tls(env, cert_file, key_file, context, servers):
 
 @pytest.mark.heavy
 def test_a_client_quiet_after_a_burst_with_pings_stays_connected(
-        mongo, mongo_client, namespace, tmp_path):
+    mongo, mongo_client, namespace, tmp_path
+):
     """A client pings while a burst is written to it (each ping's pong and
     the next read by simple-websocket's reader thread happen among the
     handler's writes), then sends nothing for three send timeouts: it is
@@ -82,14 +101,23 @@ def test_a_client_quiet_after_a_burst_with_pings_stays_connected(
     servers = []
     try:
         server = _start_tls(
-            server_env(mongo.uri, db, coll,
-                       WSPROXY_SEND_TIMEOUT=SEND_TIMEOUT,
-                       WSPROXY_CLIENT_MESSAGE_RATE=1000,
-                       WSPROXY_CLIENT_MESSAGE_BURST=1000),
-            cert_file, key_file, context, servers)
+            server_env(
+                mongo.uri,
+                db,
+                coll,
+                WSPROXY_SEND_TIMEOUT=SEND_TIMEOUT,
+                WSPROXY_CLIENT_MESSAGE_RATE=1000,
+                WSPROXY_CLIENT_MESSAGE_BURST=1000,
+            ),
+            cert_file,
+            key_file,
+            context,
+            servers,
+        )
         items = mongo_client[db][coll]
-        client = WSClient(f"wss://127.0.0.1:{server.port}/ws", ssl=context,
-                          ping_interval=None)
+        client = WSClient(
+            f"wss://127.0.0.1:{server.port}/ws", ssl=context, ping_interval=None
+        )
         try:
             assert client.recv()["type"] == "hello"
             n = 0
@@ -149,8 +177,7 @@ def test_a_blocking_write_to_a_peer_that_does_not_read_ends_at_its_deadline():
     try:
         started = time.monotonic()
         try:
-            _write_all(ours, b"x" * (64 << 20), started + 0.5,
-                       nonblocking=False)
+            _write_all(ours, b"x" * (64 << 20), started + 0.5, nonblocking=False)
         except SendTimeout:
             pass
         else:
@@ -161,8 +188,7 @@ def test_a_blocking_write_to_a_peer_that_does_not_read_ends_at_its_deadline():
         # Writes that finish in time are not cut.
         a, b = socket.socketpair()
         try:
-            _write_all(a, b"y" * 1000, time.monotonic() + 0.5,
-                       nonblocking=False)
+            _write_all(a, b"y" * 1000, time.monotonic() + 0.5, nonblocking=False)
             assert b.recv(2000) == b"y" * 1000
         finally:
             a.close()

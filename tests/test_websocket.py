@@ -1,10 +1,11 @@
 """The frame policy, the host and origin checks and the handler's wake-up,
 on their own."""
 
+import flask_sock
 import pytest
-from flask import Flask
-from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,
-                            TextMessage)
+import simple_websocket
+from flask import Blueprint, Flask
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from wsproxy import ClientError
 from wsproxy.access import check_host, check_origin
@@ -18,8 +19,12 @@ def policy(rate=1000, burst=1000, max_bytes=4096):
 
 def test_every_kind_of_frame_is_paid_for():
     p = policy(rate=0.001, burst=4)
-    frames = [Ping(b""), Pong(b""), TextMessage("a", message_finished=False),
-              TextMessage("", message_finished=True)]
+    frames = [
+        Ping(b""),
+        Pong(b""),
+        TextMessage("a", message_finished=False),
+        TextMessage("", message_finished=True),
+    ]
     assert [p.check(f) for f in frames] == [None] * 4
     assert p.check(Ping(b"")) == (1008, "too many frames (limit 0.001/s)")
 
@@ -30,7 +35,9 @@ def test_a_message_may_not_be_split_into_more_than_16_fragments():
     for _ in range(FramePolicy.MAX_FRAGMENTS - 2):
         assert p.check(TextMessage("", message_finished=False)) is None
     assert p.check(TextMessage("", message_finished=False)) == (
-        1008, "too many fragments (limit 16 per message)")
+        1008,
+        "too many fragments (limit 16 per message)",
+    )
 
 
 def test_a_finished_message_starts_the_count_again():
@@ -45,13 +52,16 @@ def test_the_size_limit_counts_bytes_across_fragments():
     assert p.check(TextMessage("éé", message_finished=False)) is None  # 4
     assert p.check(BytesMessage(b"123456", message_finished=False)) is None
     assert p.check(TextMessage("é", message_finished=True)) == (
-        1009, "message too big (limit 10 bytes)")
+        1009,
+        "message too big (limit 10 bytes)",
+    )
 
 
 def test_after_a_breach_only_the_close_reply_gets_through():
     woken = []
-    p = FramePolicy(rate=0.001, burst=1, max_message_bytes=100,
-                    on_breach=lambda: woken.append(True))
+    p = FramePolicy(
+        rate=0.001, burst=1, max_message_bytes=100, on_breach=lambda: woken.append(True)
+    )
     assert p.admit(Ping(b"")) is True
     assert p.admit(Ping(b"")) is False
     assert p.breach == (1008, "too many frames (limit 0.001/s)")
@@ -64,21 +74,24 @@ def _request(app, url, headers):
     return app.test_request_context(url, headers=headers)
 
 
-@pytest.mark.parametrize("host, allowed, local, ok", [
-    ("127.0.0.1:8000", None, "127.0.0.1", True),
-    ("localhost:8000", None, "127.0.0.1", True),
-    ("[::1]:8000", None, "::1", True),
-    ("rebound.example:8000", None, "127.0.0.1", False),
-    ("rebound.example:8000", None, "::ffff:127.0.0.1", False),
-    ("anything.example", None, "10.0.0.5", True),   # not loopback: no check
-    ("app.example.com", [".example.com"], "10.0.0.5", True),
-    ("example.com", [".example.com"], "10.0.0.5", True),
-    ("evil-example.com", [".example.com"], "10.0.0.5", False),
-    ("app.example.com", ["app.example.com"], "127.0.0.1", True),
-    ("other.example.com", ["app.example.com"], "127.0.0.1", False),
-    ("app.example.com", [], "10.0.0.5", False),     # empty allows nothing
-    ("x", ["*"], "127.0.0.1", True),
-])
+@pytest.mark.parametrize(
+    "host, allowed, local, ok",
+    [
+        ("127.0.0.1:8000", None, "127.0.0.1", True),
+        ("localhost:8000", None, "127.0.0.1", True),
+        ("[::1]:8000", None, "::1", True),
+        ("rebound.example:8000", None, "127.0.0.1", False),
+        ("rebound.example:8000", None, "::ffff:127.0.0.1", False),
+        ("anything.example", None, "10.0.0.5", True),  # not loopback: no check
+        ("app.example.com", [".example.com"], "10.0.0.5", True),
+        ("example.com", [".example.com"], "10.0.0.5", True),
+        ("evil-example.com", [".example.com"], "10.0.0.5", False),
+        ("app.example.com", ["app.example.com"], "127.0.0.1", True),
+        ("other.example.com", ["app.example.com"], "127.0.0.1", False),
+        ("app.example.com", [], "10.0.0.5", False),  # empty allows nothing
+        ("x", ["*"], "127.0.0.1", True),
+    ],
+)
 def test_allowed_hosts(host, allowed, local, ok):
     app = Flask(__name__)
     with _request(app, "/ws", {"Host": host}) as ctx:
@@ -91,41 +104,49 @@ def test_allowed_hosts(host, allowed, local, ok):
             assert "WSPROXY_ALLOWED_HOSTS" in info.value.reason
 
 
-@pytest.mark.parametrize("path", ["/wsproxy/", "/wsproxy-static/app.js",
-                                  "/metrics", "/healthz", "/readyz", "/ws"])
+@pytest.mark.parametrize(
+    "path",
+    ["/wsproxy/", "/wsproxy-static/app.js", "/metrics", "/healthz", "/readyz", "/ws"],
+)
 def test_allowed_hosts_apply_to_every_route(path):
     # A listed name: wherever the connection arrived (a load balancer's
     # health check must use one of them too).
     from wsproxy import WSProxy
 
     app = Flask(__name__)
-    app.config.update(WSPROXY_MONGODB_URI="mongodb://127.0.0.1:9/",
-                      SECRET_KEY="hosts-test-secret-key",
-                      WSPROXY_ALLOWED_HOSTS=["shop.example"])
+    app.config.update(
+        WSPROXY_MONGODB_URI="mongodb://127.0.0.1:9/",
+        SECRET_KEY="hosts-test-secret-key",
+        WSPROXY_ALLOWED_HOSTS=["shop.example"],
+    )
     WSProxy(app)
     client = app.test_client()
     response = client.get(path, headers={"Host": "10.0.0.5:8000"})
     assert response.status_code == 400
     assert response.json == {
-        "error": "host 10.0.0.5 is not allowed; see WSPROXY_ALLOWED_HOSTS"}
+        "error": "host 10.0.0.5 is not allowed; see WSPROXY_ALLOWED_HOSTS"
+    }
     if path != "/readyz":  # would start the watcher
         response = client.get(path, headers={"Host": "shop.example"})
         assert response.status_code == (426 if path == "/ws" else 200)
         response.close()
 
 
-@pytest.mark.parametrize("url, origin, status", [
-    ("http://a.example/ws", "http://a.example", None),
-    ("http://a.example/ws", "https://a.example", None),  # TLS ends in front
-    ("https://a.example/ws", "https://a.example", None),
-    ("https://a.example/ws", "http://a.example", 403),   # a downgrade
-    ("http://a.example:8000/ws", "http://a.example:8001", 403),
-    ("http://a.example/ws", "http://a.example:80", None),
-    ("http://a.example/ws", "http://b.example", 403),
-    ("http://a.example/ws", "http://a.example:99999", 400),
-    ("http://a.example/ws", "null", 403),
-    ("http://a.example/ws", "http://a.example/path", None),
-])
+@pytest.mark.parametrize(
+    "url, origin, status",
+    [
+        ("http://a.example/ws", "http://a.example", None),
+        ("http://a.example/ws", "https://a.example", None),  # TLS ends in front
+        ("https://a.example/ws", "https://a.example", None),
+        ("https://a.example/ws", "http://a.example", 403),  # a downgrade
+        ("http://a.example:8000/ws", "http://a.example:8001", 403),
+        ("http://a.example/ws", "http://a.example:80", None),
+        ("http://a.example/ws", "http://b.example", 403),
+        ("http://a.example/ws", "http://a.example:99999", 400),
+        ("http://a.example/ws", "null", 403),
+        ("http://a.example/ws", "http://a.example/path", None),
+    ],
+)
 def test_same_origin(url, origin, status):
     app = Flask(__name__)
     with _request(app, url, {"Origin": origin}) as ctx:
@@ -140,13 +161,16 @@ def test_same_origin(url, origin, status):
 # ---------------------------------------------------------------------------
 # The handler's wake-up (one poll waits for it and the client's socket).
 
+
 def _readable(fd):
     import select
+
     return bool(select.select([fd], [], [], 0)[0])
 
 
 def test_a_wakeup_set_from_another_thread_makes_its_descriptor_readable():
     import threading
+
     wake = websocket.Wakeup()
     fd = wake.fileno()
     assert not _readable(fd) and not wake.is_set()
@@ -161,6 +185,7 @@ def test_a_wakeup_set_from_another_thread_makes_its_descriptor_readable():
 
 def test_the_waiting_thread_sets_its_own_wakeup_without_a_syscall():
     import threading
+
     wake = websocket.Wakeup()
     wake.owner = threading.get_ident()
     fd = wake.fileno()
@@ -177,35 +202,59 @@ def test_a_closed_wakeup_ignores_late_sets():
     wake = websocket.Wakeup()
     wake.fileno()
     wake.close()
-    wake.set()                 # the broadcaster, after the connection ended
+    wake.set()  # the broadcaster, after the connection ended
     assert not wake.is_set()
     with pytest.raises(ValueError):
         wake.fileno()
 
 
-_HANDSHAKE = {"HTTP_SEC_WEBSOCKET_VERSION": "13",
-              "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
-              "HTTP_HOST": "example.com"}
+_HANDSHAKE = {
+    "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+    "HTTP_HOST": "example.com",
+}
 
 
-@pytest.mark.parametrize("headers, reason", [
-    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
-      "permessage-deflate; server_max_window_bits=abc"},
-     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
-    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
-      "permessage-deflate; client_max_window_bits=1x"},
-     "Sec-WebSocket-Extensions: client_max_window_bits must be an integer"),
-    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS":
-      'permessage-deflate; server_max_window_bits="10"'},
-     "Sec-WebSocket-Extensions: server_max_window_bits must be an integer"),
-    ({"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; x=\u00e9"},
-     "Sec-WebSocket-Extensions must be ASCII"),
-    ({"HTTP_SEC_WEBSOCKET_PROTOCOL": "bearer, \u00e9"},
-     "Sec-WebSocket-Protocol must be ASCII"),
-    ({"HTTP_CONNECTION": "Upgrade, \u00e9"}, "Connection must be ASCII"),
-    ({"HTTP_HOST": "xn--zz"}, "Host is not a valid host name"),
-    ({"HTTP_HOST": "\u00e9"}, "Host is not a valid host name"),
-])
+@pytest.mark.parametrize(
+    "headers, reason",
+    [
+        (
+            {
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    "permessage-deflate; server_max_window_bits=abc"
+                )
+            },
+            "Sec-WebSocket-Extensions: server_max_window_bits must be an integer",
+        ),
+        (
+            {
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    "permessage-deflate; client_max_window_bits=1x"
+                )
+            },
+            "Sec-WebSocket-Extensions: client_max_window_bits must be an integer",
+        ),
+        (
+            {
+                "HTTP_SEC_WEBSOCKET_EXTENSIONS": (
+                    'permessage-deflate; server_max_window_bits="10"'
+                )
+            },
+            "Sec-WebSocket-Extensions: server_max_window_bits must be an integer",
+        ),
+        (
+            {"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; x=\u00e9"},
+            "Sec-WebSocket-Extensions must be ASCII",
+        ),
+        (
+            {"HTTP_SEC_WEBSOCKET_PROTOCOL": "bearer, \u00e9"},
+            "Sec-WebSocket-Protocol must be ASCII",
+        ),
+        ({"HTTP_CONNECTION": "Upgrade, \u00e9"}, "Connection must be ASCII"),
+        ({"HTTP_HOST": "xn--zz"}, "Host is not a valid host name"),
+        ({"HTTP_HOST": "\u00e9"}, "Host is not a valid host name"),
+    ],
+)
 def test_handshake_headers_wsproto_would_fail_on_are_400(headers, reason):
     # wsproto raised (a 500 and a traceback) for each of these.
     with pytest.raises(ClientError) as info:
@@ -213,13 +262,43 @@ def test_handshake_headers_wsproto_would_fail_on_are_400(headers, reason):
     assert info.value.status == 400 and info.value.reason == reason
 
 
-@pytest.mark.parametrize("extensions", [
-    "permessage-deflate; client_max_window_bits",
-    "permessage-deflate; server_max_window_bits=10; client_max_window_bits=15",
-    "permessage-deflate; server_max_window_bits=99",   # declined, not an error
-    "x-webkit-deflate-frame; max_window_bits=abc",     # not ours to read
-    ";;;,,,",
-])
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; server_max_window_bits=10; client_max_window_bits=15",
+        "permessage-deflate; server_max_window_bits=99",  # declined, not an error
+        "x-webkit-deflate-frame; max_window_bits=abc",  # not ours to read
+        ";;;,,,",
+    ],
+)
 def test_handshake_headers_wsproto_reads_are_accepted(extensions):
     websocket.check_handshake(
-        {**_HANDSHAKE, "HTTP_SEC_WEBSOCKET_EXTENSIONS": extensions})
+        {**_HANDSHAKE, "HTTP_SEC_WEBSOCKET_EXTENSIONS": extensions}
+    )
+
+
+def test_only_wsproxys_route_builds_wsproxys_server():
+    """flask-sock builds every route's server from its module's ``Server``
+    and the app's SOCK_SERVER_OPTIONS: wsproxy's route gets a ``Server`` of
+    its own, the module and the host's routes keep simple-websocket's
+    (tests/test_access.py has both routes answering in one app)."""
+    app = Flask(__name__)
+    sock = flask_sock.Sock(app)
+    bp = Blueprint("ours", __name__)
+
+    @sock.route("/echo")
+    def echo(ws):
+        pass
+
+    @websocket.route(flask_sock.Sock(), "/ws", bp=bp, endpoint="websocket")
+    def view(ws):
+        pass
+
+    app.register_blueprint(bp)
+    assert flask_sock.Server is simple_websocket.Server
+    host_view = app.view_functions["echo"]
+    our_view = app.view_functions["ours.websocket"]
+    assert host_view.__globals__["Server"] is simple_websocket.Server
+    assert our_view.__globals__["Server"] is not simple_websocket.Server
+    assert host_view.__globals__ is vars(flask_sock)

@@ -352,7 +352,7 @@ def create_blueprint(config):
         if slot is not None:
             slot.give_back()
 
-    @_sock.route(config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
+    @websocket.route(_sock, config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
     def websocket_view(ws):
         # After the upgrade an exception must not reach Flask: it would
         # write an HTML 500 page into the WebSocket.

@@ -160,9 +160,6 @@ class SharedContexts:
                 if self._made_by[context.owner] <= 0:
                     del self._made_by[context.owner]
 
-    def __len__(self):
-        return len(self._contexts)  # a deliberately unlocked read: a size
-
 
 class Sync:
     """Where one connection stands in its context's sequence: the shared

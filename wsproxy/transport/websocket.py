@@ -12,9 +12,10 @@ simple-websocket's attributes (``ws.ws``, ``ws.thread``, ``input_buffer``,
   limit and subprotocol ("bearer") and must not inherit the host's ping
   thread or limits. :func:`prepare` (called from the blueprint's
   ``before_request``, before flask-sock's wrapper runs) leaves wsproxy's own
-  options in the request's environ, and the server factory installed into
-  flask-sock uses them for that request only; every other request gets the
-  host's options unchanged.
+  options in the request's environ, and wsproxy's route, registered with
+  :func:`route`, builds its server with them (:func:`accept`). Nothing
+  process-wide is replaced: flask-sock's module and the host's routes keep
+  simple-websocket's ``Server`` and the host's options.
 * **One thread per connection.** simple-websocket reads in a thread of
   its own, beside the gunicorn thread that runs the handler: two threads a
   connection, and twice the threads waking when many clients leave at
@@ -59,15 +60,16 @@ import base64
 import binascii
 import dataclasses
 import errno
+import functools
 import os
 import select
 import socket
 import ssl
 import threading
 import time
+import types
 import zlib
 
-import flask_sock
 import simple_websocket
 from wsproto.events import (
     AcceptConnection,
@@ -725,18 +727,52 @@ def prepare(
     return Pending(guarded, wake, environ, policy, deflate)
 
 
-def _server(environ, **host_options):
-    """flask-sock's ``Server(...)`` call: wsproxy's options for a request
-    :func:`prepare` set up, the host's ``SOCK_SERVER_OPTIONS`` otherwise."""
-    ours = environ.pop(_OPTIONS_KEY, None)
-    if ours is None:
-        return simple_websocket.Server(environ, **host_options)
-    return _Server(environ, **ours)
+def accept(environ):
+    """Complete the handshake of a request :func:`prepare` set up, with
+    wsproxy's server options: the server object wsproxy's route hands its
+    view."""
+    return _Server(environ, **environ.pop(_OPTIONS_KEY))
 
 
-# flask-sock looks its server class up in its module at every request; this
-# is the one seam it has for per-route options.
-flask_sock.Server = _server
+def route(sock, path, *, bp, **options):
+    """``@sock.route(path, bp=bp, **options)`` for wsproxy's own route:
+    flask-sock's wrapper (the handshake, and how each WSGI server is told
+    that the response was the socket), with its server built by
+    :func:`accept` instead of from the app's ``SOCK_SERVER_OPTIONS``.
+
+    flask-sock 0.7 builds ``Server(request.environ, **SOCK_SERVER_OPTIONS)``
+    with ``Server`` looked up in its module's globals at each request, and
+    has no per-route options. So wsproxy's wrapper alone is given globals of
+    its own in which ``Server`` is :func:`accept`; the module, and every
+    other Flask-Sock route of the app, keep simple-websocket's ``Server``
+    and the host's options."""
+
+    def scoped(wrapper):
+        if "Server" not in wrapper.__code__.co_names:
+            raise RuntimeError(
+                "flask-sock's route wrapper does not build its server as "
+                "wsproxy expects; unsupported flask-sock version"
+            )
+        ours = types.FunctionType(
+            wrapper.__code__,
+            {**wrapper.__globals__, "Server": _accept_ignoring_options},
+            wrapper.__name__,
+            wrapper.__defaults__,
+            wrapper.__closure__,
+        )
+        return functools.update_wrapper(ours, wrapper)
+
+    class _Blueprint:
+        # What flask-sock's route() calls: bp.route(path, **kwargs)(wrapper).
+        def route(self, rule, **kwargs):
+            return lambda wrapper: bp.route(rule, **kwargs)(scoped(wrapper))
+
+    return sock.route(path, bp=_Blueprint(), **options)
+
+
+def _accept_ignoring_options(environ, **_host_options):
+    # flask-sock passes the app's SOCK_SERVER_OPTIONS: the host's, not ours.
+    return accept(environ)
 
 
 class Connection:
@@ -746,7 +782,7 @@ class Connection:
 
     def __init__(self, ws, pending):
         if _OPTIONS_KEY in pending.environ:
-            # flask-sock built the server without our factory: its options
+            # flask-sock built the server without accept(): its options
             # (and so our limits) would be the host's. Refuse to run.
             raise RuntimeError(
                 "flask-sock did not use wsproxy's server "
@@ -896,29 +932,3 @@ class Connection:
 
 class ConnectionClosedByPeer(Exception):
     """The peer's close frame arrived while we were about to write."""
-
-
-def open_for_test(
-    environ,
-    *,
-    send_timeout,
-    subprotocols=None,
-    max_message_size=None,
-    frame_rate=1000,
-    frame_burst=1000,
-    compression=True,
-    read_in_handler=None,
-):
-    """Prepare and accept a connection outside Flask (unit tests): the same
-    path as a request, without flask-sock's wrapper."""
-    pending = prepare(
-        environ,
-        send_timeout=send_timeout,
-        subprotocols=subprotocols,
-        max_message_size=max_message_size,
-        frame_rate=frame_rate,
-        frame_burst=frame_burst,
-        compression=compression,
-        read_in_handler=read_in_handler,
-    )
-    return Connection(_server(environ), pending)
