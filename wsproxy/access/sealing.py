@@ -65,8 +65,9 @@ that one-part form, which every earlier release issued, keep opening and
 are re-sealed (:meth:`Sealer.canonical`) in the current form on admission,
 so a client holding one across an upgrade resumes exactly once. (A proxy
 of an earlier release does not open two-part ids: during a rolling
-upgrade, a client that reconnects from a new process to an old one is
-refused its ``resume_after`` and starts over with a ``reset``.)
+upgrade across hosts, a client that reconnects from a new process to an
+old one is refused with 400, which the bundled clients take as final; see
+docs/operations.md.)
 
 Keys come from configuration and must be the same in every proxy serving
 the same clients: ``WSPROXY_SECRET_KEYS`` (a list, the current key first),
