@@ -57,9 +57,11 @@ lowercase hex: its top-level strings, i.e. the namespace, are the shape;
 every other value is a value) and MongoDB's KeyString tokens (``0x82``,
 the 8-byte cluster time, a short header and the collection UUID, then the
 event identifier: the header and UUID are the shape; the time and the
-identifier are the values). The split is checked when sealing (the two
-parts must give the token back byte for byte); any other token, or one
-that does not check, is sealed whole as before:
+identifier are the values). The split is checked the first time a
+process seals a shape (the two parts must give the token back byte for
+byte; later tokens of the shape are cut by the same steps, and the tests
+round-trip a thousand layouts); any other token, or one that does not
+check, is sealed whole as before:
 ``b64(AES-SIV(key, ad=["wsproxy resume id v1"], kind + body))``. Ids in
 that one-part form, which every earlier release issued, keep opening and
 are re-sealed (:meth:`Sealer.canonical`) in the current form on admission,
