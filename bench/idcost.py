@@ -7,10 +7,12 @@ compressor can shrink below 6 bits a character. This writes the demo mix
 would, and compresses the very same messages three ways -- plain frames,
 stage 1 (each message on its own, :func:`wsproxy.transport.codec.deflated_frame`)
 and stage 2 (one context carried across messages) -- with the id as
-wsproxy sends it, as the plain hex token the baselines send, and empty.
-The difference between the first and the last is what the ids cost.
-(SecantusDB's tokens are lowercase hex, MongoDB's uppercase; the sealer
-packs both as bytes, so the ids are the same length on either.)
+wsproxy sends it (two parts: the collection's shape, the same in every id,
+and the event's values), as earlier releases sealed it (the whole token in
+one part), as the plain hex token the baselines send, and empty. The
+difference between the first and the last is what the ids cost.
+(SecantusDB's tokens are BSON as lowercase hex; MongoDB's KeyString tokens,
+uppercase, are split too, into shapes and values of other sizes.)
 
     python -m bench.idcost [--events 600] [--json PATH]
 """
@@ -25,6 +27,7 @@ from types import SimpleNamespace
 from pymongo import MongoClient
 
 from demo.embedded import EmbeddedMongo
+from wsproxy.access import sealing
 from wsproxy.access.sealing import Sealer
 from wsproxy.transport import codec
 from wsproxy.transport.compression import SharedContext
@@ -60,10 +63,19 @@ def shared_frames(texts, window_bits=WINDOW_BITS):
         yield codec.frame(text) if shared is None else shared[2]
 
 
+def _sealed_whole(sealer, token):
+    """The id as releases before the two-part form sealed a hex token (they
+    still open it)."""
+    data = token["_data"]
+    kind = sealing._HEX if data == data.upper() else sealing._LOWER_HEX
+    return sealer._seal_whole(kind + bytes.fromhex(data))
+
+
 def measure(changes):
     sealer = Sealer([secrets.token_urlsafe(32)])
     ids = {
         "sealed (wsproxy)": [sealer.seal(c["_id"]) for c in changes],
+        "sealed whole (earlier)": [_sealed_whole(sealer, c["_id"]) for c in changes],
         "hex token (baselines)": [c["_id"]["_data"] for c in changes],
         "none": ["" for _ in changes],
     }
