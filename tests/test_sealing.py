@@ -13,7 +13,7 @@ from bson import BSON, ObjectId, Timestamp
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from wsproxy import ClientError
-from wsproxy.access.sealing import MAX_ID_CHARS, Sealer, derive_key
+from wsproxy.access.sealing import MAX_ID_CHARS, Sealer, derive_key, from_config
 
 from .helpers import TEST_SECRET_KEYS, WSClient, sealer_for_tests, server_env
 
@@ -92,6 +92,24 @@ def test_released_one_part_ids_still_open_and_are_resealed_in_two_parts(data):
     # ...and under a previous key too (rotation and upgrade at once).
     rotated = Sealer(["n" * 32, KEY])
     assert rotated.canonical(RELEASED[data]) == Sealer(["n" * 32]).seal(token)
+
+
+@pytest.mark.parametrize("data", [SECANTUS, MONGODB])
+def test_one_part_ids_for_a_rollout_beside_an_earlier_release(data):
+    """WSPROXY_RESUME_IDS="one-part": ids an earlier release can open (the
+    released form, byte for byte), while two-part ids still open."""
+    token = {"_data": data}
+    one_part = sealer_from_config({"WSPROXY_RESUME_IDS": "one-part"})
+    assert one_part.seal(token) == RELEASED[data]
+    assert one_part.canonical(RELEASED[data]) == RELEASED[data]
+    two_part = sealer_from_config({})
+    assert "." in two_part.seal(token)
+    assert one_part.unseal(two_part.seal(token)) == token
+    assert one_part.canonical(two_part.seal(token)) == RELEASED[data]
+
+
+def sealer_from_config(settings):
+    return from_config({"WSPROXY_SECRET_KEYS": [KEY], **settings})
 
 
 @pytest.mark.parametrize("make", [secantus_token, mongodb_token])

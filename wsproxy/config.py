@@ -429,6 +429,15 @@ SETTINGS = (
         "SECRET_KEY and SECRET_KEY_FALLBACKS.",
     ),
     Setting(
+        "WSPROXY_RESUME_IDS",
+        "two-part",
+        _choice("two-part", "one-part"),
+        "How resume ids are sealed: two-part (the collection's part repeats, "
+        "so compression removes it); one-part, as releases before "
+        "2026-12-06 did, while any host serving the same clients still "
+        "runs one (every release opens both).",
+    ),
+    Setting(
         "WSPROXY_EMBEDDED",
         False,
         _flag,

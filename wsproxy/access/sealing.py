@@ -143,10 +143,13 @@ class Sealer:
     objects hold no per-call state; the shape cache is a dict that is only
     filled and cleared, each in one step)."""
 
-    def __init__(self, secrets):
+    def __init__(self, secrets, two_part=True):
         if not secrets:
             raise ConfigError("no secret key to seal resume ids with")
         self._ciphers = [AESSIV(derive_key(s)) for s in secrets]
+        # False while a release that opens only one-part ids still serves
+        # the same clients (WSPROXY_RESUME_IDS="one-part").
+        self._two_part = two_part
         self._shapes = {}  # S -> b64(C_S) under the current key
 
     def seal(self, token):
@@ -158,7 +161,7 @@ class Sealer:
             raw, upper = bytes.fromhex(data), False
         else:
             return self._seal_whole(_BSON + BSON.encode(token))
-        split = _split(raw, upper)
+        split = _split(raw, upper) if self._two_part else None
         if split is None:
             return self._seal_whole((_HEX if upper else _LOWER_HEX) + raw)
         shape, values = split
@@ -420,4 +423,4 @@ def from_config(config):
             raise ConfigError(
                 f"{source}: every key must be at least {MIN_SECRET_BYTES} bytes long"
             )
-    return Sealer(secrets)
+    return Sealer(secrets, two_part=config.get("WSPROXY_RESUME_IDS") != "one-part")
