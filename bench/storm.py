@@ -135,6 +135,7 @@ def one(mongo, case, opts, workdir):
             c.send(f"FINISH {done['last_seq']} {deadline!r}")
         back, refused, lost, dups = [], 0, 0, 0
         resumes, failures = collections.Counter(), collections.Counter()
+        by_second = collections.Counter()
         for c in children:
             r = c.expect("RESULT", time.monotonic() + 60)
             back += r["back_ms"]
@@ -143,6 +144,7 @@ def one(mongo, case, opts, workdir):
             dups += r["dups"]
             resumes.update(r["resumes"])
             failures.update(r["failures"])
+            by_second.update(r["failures_by_second"])
     finally:
         for c in children or ():
             procs.stop_group(c.proc, timeout=5)
@@ -167,6 +169,7 @@ def one(mongo, case, opts, workdir):
         "lost": lost,
         "dups": dups,
         "failures": dict(failures),
+        "failures_by_second": dict(sorted(by_second.items())),
     }
 
 
@@ -181,7 +184,8 @@ def line(r):
         f"(listening after {r['listening_s']:.2f} s); "
         f"not back {r['not_back']}, 429 {r['refused']}, "
         f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}, "
-        f"other failed attempts {r['failures']}"
+        f"other failed attempts {r['failures']} "
+        f"(by second after the restart: {r['failures_by_second']})"
     )
 
 

@@ -137,6 +137,13 @@ async def main(args):
                 "failures": collections.Counter(
                     why for c in clients for t, why in c.failures if t > mark
                 ),
+                # When they failed: "<why> <whole seconds after MARK>".
+                "failures_by_second": collections.Counter(
+                    f"{why} {int(t - mark)}"
+                    for c in clients
+                    for t, why in c.failures
+                    if t > mark
+                ),
                 "lost": sum(len(want - c.seqs) for c in clients),
                 "dups": sum(c.dups for c in clients),
                 "resumes": [r for c in clients for t, r in c.hellos if t > mark],

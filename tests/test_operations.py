@@ -1,7 +1,9 @@
 """Operations: metrics summed across workers, graceful shutdown with 1001,
 and readiness following the database."""
 
-from .helpers import WSClient, http_get, metric, scrape, wait_for
+import socket
+
+from .helpers import RawPeer, WSClient, http_get, metric, scaled, scrape, wait_for
 
 
 def test_metrics_move_under_a_small_workload_across_two_workers(
@@ -108,3 +110,38 @@ def test_readiness_follows_the_database(own_mongo, gunicorn):
     text = scrape(server)
     assert metric(text, "wsproxy_watcher_errors_total") >= 1
     assert metric(text, "wsproxy_watcher_reconnects_total") >= 1
+
+
+def test_a_stopping_worker_refuses_new_connections_while_its_clients_close(
+    mongo, namespace, gunicorn
+):
+    """After SIGTERM a client that comes back at once is refused, not queued
+    in the stopping worker's copy of the listening socket (which nobody
+    accepts from any more, and which is reset when the worker exits): it
+    then finds the next server as soon as that one listens."""
+    db, coll = namespace
+    server = gunicorn(
+        {
+            "WSPROXY_MONGODB_URI": mongo.uri,
+            "WSPROXY_WATCH": f"{db}.{coll}",
+            "WSPROXY_CLOSE_TIMEOUT": "10",
+        }
+    )
+    # Never answers the server's close, so the worker waits for it.
+    silent = RawPeer.connect(server.port)
+    try:
+        server.process.terminate()
+        wait_for(lambda: not _connects(server.port), 5, "new connections to be refused")
+        # ...while the worker still waits for the silent client's close.
+        assert server.process.poll() is None and server.worker_pids()
+    finally:
+        silent.close()
+    assert server.process.wait(scaled(15)) == 0
+
+
+def _connects(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

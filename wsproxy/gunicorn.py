@@ -30,6 +30,7 @@ import ctypes
 import os
 import platform
 import shutil
+import signal
 import tempfile
 
 __all__ = [
@@ -221,6 +222,44 @@ def post_worker_init(worker):
         return
     state.ensure_started(worker.wsgi)
     state.install_sigterm_handler()
+    stop_listening_on_sigterm(worker)
+
+
+def stop_listening_on_sigterm(worker):
+    """On SIGTERM, close this worker's listening sockets at once rather than
+    after its graceful wait. The master closes its own copies first thing,
+    but the worker's keep the socket open while its clients are told 1001:
+    clients reconnecting at once (the bundled ones do) were queued in a
+    backlog nobody accepted and reset when the worker exited (385 of 500
+    in a deploy storm, each then backing off), where now they are refused
+    at once. Where the master keeps listening (a reload, one worker
+    stopped) its copy, and every other worker's, go on accepting.
+
+    Through gthread's queue of calls for its main loop, whose poller owns
+    the sockets; a gunicorn without one keeps its own behaviour."""
+    queue = getattr(worker, "method_queue", None)
+    stop_accepting = getattr(worker, "set_accept_enabled", None)
+    if queue is None or stop_accepting is None:
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def close_listeners():
+        for listener in worker.sockets:
+            listener.close()
+
+    def stop_listening():
+        stop_accepting(False)
+        # Closed on a later turn of the loop: the poll that ran this may
+        # also have found a listener readable, and accept() on a closed
+        # socket would end the worker with EBADF.
+        queue.defer(close_listeners)
+
+    def on_sigterm(signum, frame):
+        if callable(previous):
+            previous(signum, frame)
+        queue.defer(stop_listening)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def worker_exit(server, worker):
