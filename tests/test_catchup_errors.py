@@ -174,7 +174,6 @@ def inputs(open_stream):
         stopping=threading.Event(),
         slot_wait=scaled(1),
         time_limit=scaled(60),
-        per_key_limit=1,
     )
 
 

@@ -25,6 +25,7 @@ class _Recorder:
         import threading
 
         from wsproxy.fanout.subscription import EVERYTHING
+        from wsproxy.transport.codec import Shape
 
         self.frames = []
         self.closed = None
@@ -33,8 +34,8 @@ class _Recorder:
         class Sub:
             hide = ()
 
-            def wants(self, change):
-                return wants(change) if wants else True
+            def decide(self, change):
+                return Shape.CHANGE if wants is None or wants(change) else None
 
             def frame(self, change, deflate_bits=None, shape=None):
                 return EVERYTHING.frame(change)
@@ -45,7 +46,7 @@ class _Recorder:
         import types
 
         sub = sub or self.subscription
-        if not sub.wants(change):
+        if sub.decide(change) is None:
             return None
         return types.SimpleNamespace(data=sub.frame(change))
 
@@ -60,7 +61,7 @@ class _Recorder:
         return len(frames)
 
     def on_change(self, change):
-        return self.subscription.wants(change) and self.offer(
+        return self.subscription.decide(change) is not None and self.offer(
             self.subscription.frame(change)
         )
 
@@ -550,7 +551,7 @@ def _catch_up_inputs(stream, **config):
     from wsproxy.limits.throttle import KeyedSlots
     from wsproxy.stream.catchup import CatchUpInputs
 
-    settings = {"slot_wait": 0.2, "time_limit": 60.0, "per_key_limit": 2, **config}
+    settings = {"slot_wait": 0.2, "time_limit": 60.0, **config}
     hub = Hub()
     return CatchUpInputs(
         open_stream=lambda **kw: stream,
@@ -560,7 +561,7 @@ def _catch_up_inputs(stream, **config):
         sealer=sealer_for_tests(),
         stopping=threading.Event(),
         slots=threading.BoundedSemaphore(16),
-        slots_per_key=KeyedSlots(settings["per_key_limit"]),
+        slots_per_key=KeyedSlots(2),
         **settings,
     )
 

@@ -25,7 +25,7 @@ class FakeClient:
         self.got = threading.Condition()
 
     def on_change(self, change):
-        if self.subscription.wants(change):
+        if self.subscription.decide(change) is not None:
             self.offer(self.subscription.frame(change))
 
     def offer(self, data):
@@ -47,7 +47,7 @@ class FakeClient:
 
     def prepare(self, change, sub=None):
         sub = sub or self.subscription
-        return sub.frame(change) if sub.wants(change) else None
+        return sub.frame(change) if sub.decide(change) is not None else None
 
     def queue(self, items):
         frames = [bytes(i) for i in items if i is not None]
