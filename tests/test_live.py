@@ -1,7 +1,7 @@
-"""Live documents in-process: what one change means for a client (change,
-leave or nothing), the merge of a snapshot with the changes kept during
-it, the wait for the live feed, the per-worker bound and a reset in the
-middle of a snapshot."""
+"""Live documents (wsproxy/live/: documents.py, snapshot.py) in-process:
+what one change means for a client (change, leave or nothing), the merge of
+a snapshot with the changes kept during it, the wait for the live feed, the
+per-worker bound and a reset in the middle of a snapshot."""
 
 import json
 import threading
