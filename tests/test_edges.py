@@ -135,7 +135,7 @@ def test_a_slow_getmore_does_not_stall_other_snapshots():
     from wsproxy.live import snapshot
 
     from .helpers import scaled
-    from .test_source_errors import MockPrimary
+    from .test_source import MockPrimary
 
     mock = MockPrimary()
     client = MongoClient(

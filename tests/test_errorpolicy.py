@@ -1,7 +1,7 @@
 """The one error policy (wsproxy/stream/errorpolicy.py), as a table.
 
 What each kind leads to is tested where it happens: the watcher in
-test_source_errors.py, a client's catch-up in test_catchup_errors.py.
+test_source.py, a client's catch-up in test_catchup.py.
 """
 
 import pytest

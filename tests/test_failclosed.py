@@ -165,15 +165,17 @@ def test_an_empty_grant_is_refused_not_everything():
         assert info.value.status == 403
         assert "no namespaces are granted" in info.value.reason
     # Only None means the whole scope.
-    assert _parse(Principal("all", namespaces=None)).wants(_change({"a": 1}))
+    assert (
+        _parse(Principal("all", namespaces=None)).decide(_change({"a": 1})) is not None
+    )
 
 
 def test_an_empty_set_in_a_subscription_matches_nothing():
     from wsproxy.fanout.subscription import Subscription
 
-    assert not Subscription(namespaces=set()).wants(_change({"a": 1}))
-    assert not Subscription(ops=()).wants(_change({"a": 1}))
-    assert Subscription().wants(_change({"a": 1}))
+    assert Subscription(namespaces=set()).decide(_change({"a": 1})) is None
+    assert Subscription(ops=()).decide(_change({"a": 1})) is None
+    assert Subscription().decide(_change({"a": 1})) is not None
 
 
 def test_the_principal_filter_sees_hidden_fields_the_client_filter_does_not():
@@ -186,11 +188,11 @@ def test_the_principal_filter_sees_hidden_fields_the_client_filter_does_not():
     )
     secret, plain = _change({"confidential": True}), _change({"n": 1})
     sub = _parse(public)
-    assert not sub.wants(secret)
-    assert sub.wants(plain)
+    assert sub.decide(secret) is None
+    assert sub.decide(plain) is not None
     # The client's own filter still cannot probe the hidden field.
     probe = _parse(public, filter='{"fullDocument.confidential": false}')
-    assert not probe.wants(_change({"confidential": False}))
+    assert probe.decide(_change({"confidential": False})) is None
 
 
 # ---------------------------------------------------------------------------

@@ -174,11 +174,11 @@ class Subscription:
             return Shape.CHANGE
         before = raw.get(codec.BEFORE_FIELD)
         if not isinstance(before, Mapping):
-            return Shape.CHANGE if self._admits(change, False) else None
-        in_before = self._admits(change, True)
+            return Shape.CHANGE if self.matches(change) else None
+        in_before = self.matches(change, before=True)
         if op == "delete":
             return Shape.CHANGE if in_before else None
-        if self._admits(change, False):
+        if self.matches(change):
             return Shape.CHANGE if in_before else Shape.CHANGE_WITHOUT_BEFORE
         after = raw.get("fullDocument", _ABSENT)
         if (
@@ -191,32 +191,27 @@ class Subscription:
             return Shape.LEAVE
         return None
 
-    def _admits(self, change, before):
-        """The rules on the whole event, the client's filter on what the
-        client may see of it; ``before``: with the pre-image as the
-        document."""
-        event = change.before_view() if before else change.raw
+    def admits(self, event, seen):
+        """The filter rule, once: the operator's rules judge the whole
+        ``event``; the client's filter judges ``seen()``, the event as the
+        client may see it (called only when there is a client filter)."""
         if not all(rule(event) for rule in self.rules):
             return False
-        if self.predicates:
-            seen = (
-                change.before_view(self.hide)
-                if before
-                else (change.redacted_event(self.hide))
+        return not self.predicates or all(
+            predicate(seen()) for predicate in self.predicates
+        )
+
+    def matches(self, change, *, before=False):
+        """Whether a document image of ``change`` is in the view (see
+        :meth:`admits`): the document after the change, or with ``before``
+        the pre-image as the document. Without the namespace and operation
+        checks: :meth:`decide` makes those, and a live-documents
+        subscription judges documents by this alone."""
+        if before:
+            return self.admits(
+                change.before_view(), lambda: change.before_view(self.hide)
             )
-            return all(predicate(seen) for predicate in self.predicates)
-        return True
-
-    def matches(self, change):
-        """Whether the document after ``change`` is in the view: the
-        rules and the client's filter, without the namespace and operation
-        checks (a live-documents subscription judges documents this way)."""
-        return self._admits(change, False)
-
-    def wants(self, change):
-        """Whether the client is sent anything of ``change`` by its
-        subscription alone."""
-        return self.decide(change) is not None
+        return self.admits(change.raw, lambda: change.redacted_event(self.hide))
 
     def _ns_match(self, ns):
         if not isinstance(ns, dict):

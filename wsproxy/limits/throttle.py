@@ -19,12 +19,14 @@ unless the app trusts its forwarding headers (werkzeug's ``ProxyFix``).
 """
 
 import collections
+import contextlib
 import math
 import threading
 import time
 
 from .. import access
 from ..errors import ClientError
+from ..protocol import CloseCode
 
 # Buckets kept at most; a full bucket is the same as none, so those go
 # first. Only when every kept bucket is still refilling (that many keys
@@ -203,3 +205,33 @@ class KeyedSlots:
     def in_use(self, key):
         with self._freed:
             return self._used.get(key, 0)
+
+
+@contextlib.contextmanager
+def holding(client, key, *, per_key, slots, timeout, gauge, busy_for_key, busy):
+    """Hold one of ``key``'s slots (``per_key``, a :class:`KeyedSlots`) and
+    one of the worker's (``slots``, a semaphore), each waited for up to
+    ``timeout`` seconds, with ``gauge`` one higher meanwhile; yields
+    ``key``. If either is not free in time, ``client`` is closed with 1013
+    and ``busy_for_key`` (formatted with the ``limit``) or ``busy``, and
+    it yields None: the body then does nothing. Both are given back at
+    the end whatever happens."""
+    if not per_key.acquire(key, timeout=timeout):
+        client.request_close(
+            CloseCode.TRY_AGAIN, busy_for_key.format(limit=per_key.limit)
+        )
+        yield None
+        return
+    try:
+        if not slots.acquire(timeout=timeout):
+            client.request_close(CloseCode.TRY_AGAIN, busy)
+            yield None
+            return
+        try:
+            gauge.inc()
+            yield key
+        finally:
+            gauge.dec()
+            slots.release()
+    finally:
+        per_key.release(key)

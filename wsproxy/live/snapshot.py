@@ -52,6 +52,7 @@ from ..limits import throttle
 from ..logsafe import shown
 from ..protocol import CloseCode, MessageType
 from ..stream import errorpolicy
+from ..stream.seam import SeamInputs
 from ..transport import codec
 from .documents import Phase, Restart, document_key
 
@@ -75,47 +76,37 @@ _RAW = CodecOptions(document_class=RawBSONDocument)
 
 
 @dataclasses.dataclass(frozen=True)
-class SnapshotInputs:
-    """Everything a snapshot uses, named (:meth:`from_state` builds them
-    from a running proxy)."""
+class SnapshotInputs(SeamInputs):
+    """Everything a snapshot uses, named: what a catch-up uses too
+    (:class:`~wsproxy.stream.seam.SeamInputs`), and its own
+    (:meth:`from_state` builds them from a running proxy)."""
 
     mongo: object  # the worker's MongoClient
-    submit: Callable  # (item, stopping) -> bool: Hub.submit
-    published_through: Callable  # () -> clusterTime of the last published change
-    watcher_caught_up_as_of: Callable  # () -> monotonic time, or None
     last_id: Callable  # () -> id of the last change published, or None
     broadcaster_idle: threading.Event  # Hub.idle
     published_at: Callable  # () -> monotonic time of the last publish
     slice_lock: threading.Lock  # one snapshot slice at a time (Pacer)
-    slots: threading.BoundedSemaphore  # snapshots at once in this worker
-    slots_per_key: object  # a throttle.KeyedSlots: per principal
-    per_key_limit: int  # for the refusal's reason
     charge: Callable  # (key, tokens) -> None: what a read cost, after it
-    stopping: threading.Event
-    slot_wait: float
-    time_limit: float
     stall_limit: float  # seconds a client may read nothing of its snapshot
+
+    gauge = metrics.SNAPSHOTS
+    busy_for_key = (
+        "too many snapshots for this client at once (limit {limit}); retry shortly"
+    )
+    busy = "too many snapshots at once; retry shortly"
 
     @classmethod
     def from_state(cls, state):
-        config, hub, source = state.config, state.hub, state.source
+        hub = state.hub
         return cls(
+            **SeamInputs.shared(state, state.snapshot_slots, state.snapshots_per_key),
             mongo=state.mongo,
-            submit=hub.submit,
-            published_through=lambda: hub.published_through,
-            watcher_caught_up_as_of=lambda: source.caught_up_as_of,
             last_id=hub.last_id,
             broadcaster_idle=hub.idle,
             published_at=lambda: hub.published_at,
             slice_lock=state.snapshot_slice_lock,
-            slots=state.snapshot_slots,
-            slots_per_key=state.snapshots_per_key,
-            per_key_limit=state.snapshots_per_key.limit,
             charge=state.connect_rate.charge,
-            stopping=state.stopping,
-            slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
-            time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
-            stall_limit=min(STALL_SECONDS, config["WSPROXY_SEND_TIMEOUT"]),
+            stall_limit=min(STALL_SECONDS, state.config["WSPROXY_SEND_TIMEOUT"]),
         )
 
 
@@ -137,29 +128,9 @@ def starter(inputs, member):
 def run(inputs, member):
     """Take the member's snapshot (again after a reset), holding one of
     its principal's snapshot slots and one of the worker's."""
-    client = member.client
-    key = throttle.client_key(client.principal, client.remote_addr)
-    if not inputs.slots_per_key.acquire(key, timeout=inputs.slot_wait):
-        client.request_close(
-            CloseCode.TRY_AGAIN,
-            f"too many snapshots for this client at once (limit "
-            f"{inputs.per_key_limit}); retry shortly",
-        )
-        return
-    try:
-        if not inputs.slots.acquire(timeout=inputs.slot_wait):
-            client.request_close(
-                CloseCode.TRY_AGAIN, "too many snapshots at once; retry shortly"
-            )
-            return
-        try:
-            metrics.SNAPSHOTS.inc()
+    with inputs.holding(member.client) as key:
+        if key is not None:
             _run(inputs, member, key)
-        finally:
-            metrics.SNAPSHOTS.dec()
-            inputs.slots.release()
-    finally:
-        inputs.slots_per_key.release(key)
 
 
 def _run(inputs, member, key):
@@ -397,10 +368,8 @@ def _judge_document(sub, doc):
     """The document as the client sees it, or None if it does not match.
     Judged as the change that inserted it would be."""
     event = {"documentKey": {"_id": doc.get("_id")}, "fullDocument": doc}
-    if not all(rule(event) for rule in sub.rules):
-        return None
     seen = redact(event, sub.hide) if sub.hide else event
-    if not all(predicate(seen) for predicate in sub.predicates):
+    if not sub.admits(event, lambda: seen):
         return None
     return seen["fullDocument"]
 

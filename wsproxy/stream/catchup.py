@@ -67,10 +67,10 @@ from pymongo.errors import PyMongoError
 
 from .. import metrics
 from ..fanout.hub import Barrier, item_size
-from ..limits import throttle
 from ..protocol import CloseCode, MessageType
 from ..transport import codec
 from . import errorpolicy
+from .seam import SeamInputs
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.resume")
@@ -257,47 +257,28 @@ class CatchUp:
 
 
 @dataclasses.dataclass(frozen=True)
-class CatchUpInputs:
-    """Everything a catch-up uses, named (:meth:`from_state` builds them
-    from a running proxy; tests build them by hand)."""
+class CatchUpInputs(SeamInputs):
+    """Everything a catch-up uses, named: what a snapshot uses too
+    (:class:`~wsproxy.stream.seam.SeamInputs`), and its own.
+    :meth:`from_state` builds them from a running proxy; tests build
+    them by hand."""
 
     # (resume_after=token, batch_size=n) -> a change stream on the watched
     # scope, with the operator's pipeline and options.
     open_stream: Callable
-    # (item, stopping) -> bool: put an item on the hub's intake, behind
-    # everything the watcher has read (Hub.submit).
-    submit: Callable
-    # () -> clusterTime of the last event the live feed published, or None
-    # (Hub.published_through).
-    published_through: Callable
-    # () -> when the watcher's last empty round trip began (monotonic), or
-    # None (ChangeSource.caught_up_as_of).
-    watcher_caught_up_as_of: Callable
     sealer: object  # unseals the client's id, seals events'
-    slots: object  # a BoundedSemaphore: catch-ups at once
-    slots_per_key: object  # a throttle.KeyedSlots: per principal
-    stopping: threading.Event  # the worker is shutting down
-    slot_wait: float  # seconds to wait for a slot
-    time_limit: float  # seconds a catch-up may take
-    per_key_limit: int  # for the refusal's reason
+
+    gauge = metrics.CATCHUPS
+    busy_for_key = "too many catch-ups for this client (limit {limit}); retry shortly"
+    busy = "too many clients catching up; retry shortly"
 
     @classmethod
     def from_state(cls, state):
         """From a started ProxyState (see wsproxy.http.extension)."""
-        config = state.config
-        hub, source = state.hub, state.source
         return cls(
-            open_stream=source.open_stream,
-            submit=hub.submit,
-            published_through=lambda: hub.published_through,
-            watcher_caught_up_as_of=lambda: source.caught_up_as_of,
+            **SeamInputs.shared(state, state.catchup_slots, state.catchups_per_key),
+            open_stream=state.source.open_stream,
             sealer=state.sealer,
-            slots=state.catchup_slots,
-            slots_per_key=state.catchups_per_key,
-            stopping=state.stopping,
-            slot_wait=config["WSPROXY_CLOSE_TIMEOUT"],
-            time_limit=config["WSPROXY_CATCHUP_TIMEOUT"],
-            per_key_limit=config["WSPROXY_MAX_CATCHUPS_PER_PRINCIPAL"],
         )
 
 
@@ -338,30 +319,9 @@ def catch_up(inputs, catchup, resume_id):
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded per principal, in number
     (``inputs.slots``) and in time."""
-    client = catchup.client
-    wait = inputs.slot_wait
-    key = throttle.client_key(client.principal, client.remote_addr)
-    if not inputs.slots_per_key.acquire(key, timeout=wait):
-        client.request_close(
-            CloseCode.TRY_AGAIN,
-            f"too many catch-ups for this client (limit "
-            f"{inputs.per_key_limit}); retry shortly",
-        )
-        return
-    try:
-        if not inputs.slots.acquire(timeout=wait):
-            client.request_close(
-                CloseCode.TRY_AGAIN, "too many clients catching up; retry shortly"
-            )
-            return
-        try:
-            metrics.CATCHUPS.inc()
+    with inputs.holding(catchup.client) as key:
+        if key is not None:
             _replay(inputs, catchup, resume_id)
-        finally:
-            metrics.CATCHUPS.dec()
-            inputs.slots.release()
-    finally:
-        inputs.slots_per_key.release(key)
 
 
 def _replay(inputs, catchup, resume_id):

@@ -1,8 +1,9 @@
-"""A catch-up's error policy, against the real PyMongo driver.
+"""A catch-up (wsproxy/stream/catchup.py): its error policy, against the
+real PyMongo driver.
 
 A client resuming from an id this worker no longer holds gets a catch-up: a
 change stream of its own, opened with ``resumeAfter`` its token. The same
-MockupDB primary as ``test_source_errors.py`` scripts what that stream
+MockupDB primary as ``test_source.py`` scripts what that stream
 meets, and a real :class:`~wsproxy.fanout.connection.ClientConnection`
 (its peer never reads) shows what the client is told. Each class of error from
 :mod:`wsproxy.stream.errorpolicy` has one answer:
@@ -44,7 +45,7 @@ from wsproxy.transport.websocket import GuardedSocket
 from .helpers import scaled, sealer_for_tests, wait_for
 
 # The watcher's scripted primary and its tools.
-from .test_source_errors import (
+from .test_source import (
     COLL,
     DB,
     RESUMABLE,
@@ -174,7 +175,6 @@ def inputs(open_stream):
         stopping=threading.Event(),
         slot_wait=scaled(1),
         time_limit=scaled(60),
-        per_key_limit=1,
     )
 
 

@@ -1,4 +1,5 @@
-"""The watcher's error policy, against the real PyMongo driver.
+"""The watcher (wsproxy/stream/source.py): its error policy, against the
+real PyMongo driver.
 
 A MockupDB server plays a one-node replica-set primary: the test scripts
 each ``aggregate`` (``$changeStream``) and ``getMore`` reply by hand, so it

@@ -1,6 +1,7 @@
-"""The packaged gunicorn config limits glibc's malloc arenas in each worker
-(its post_fork hook): a worker's threads would otherwise each get an arena
-and keep what they freed (the figures: python -m bench.arenas)."""
+"""wsproxy/gunicorn.py, the packaged gunicorn config: it limits glibc's
+malloc arenas in each worker (its post_fork hook): a worker's threads would
+otherwise each get an arena and keep what they freed (the figures:
+``python -m bench.arenas``)."""
 
 import platform
 import subprocess

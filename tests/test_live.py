@@ -1,7 +1,7 @@
-"""Live documents in-process: what one change means for a client (change,
-leave or nothing), the merge of a snapshot with the changes kept during
-it, the wait for the live feed, the per-worker bound and a reset in the
-middle of a snapshot."""
+"""Live documents (wsproxy/live/: documents.py, snapshot.py) in-process:
+what one change means for a client (change, leave or nothing), the merge of
+a snapshot with the changes kept during it, the wait for the live feed, the
+per-worker bound and a reset in the middle of a snapshot."""
 
 import json
 import threading
@@ -281,7 +281,6 @@ def _take_one(monkeypatch, publish_during_wait, time_limit):
         slice_lock=threading.Lock(),
         slots=None,
         slots_per_key=None,
-        per_key_limit=1,
         charge=lambda key, tokens: None,
         stopping=threading.Event(),
         slot_wait=0.01,
@@ -331,7 +330,6 @@ def _slot_inputs(slots, per_key):
         slice_lock=threading.Lock(),
         slots=slots,
         slots_per_key=per_key,
-        per_key_limit=per_key.limit,
         charge=lambda key, tokens: None,
         stopping=threading.Event(),
         slot_wait=0.01,
