@@ -197,9 +197,10 @@ class Subscription:
         client may see it (called only when there is a client filter)."""
         if not all(rule(event) for rule in self.rules):
             return False
-        return not self.predicates or all(
-            predicate(seen()) for predicate in self.predicates
-        )
+        if not self.predicates:
+            return True
+        shown = seen()  # once, whatever the number of predicates
+        return all(predicate(shown) for predicate in self.predicates)
 
     def matches(self, change, *, before=False):
         """Whether a document image of ``change`` is in the view (see
