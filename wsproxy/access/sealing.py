@@ -25,6 +25,8 @@ key is re-sealed with the current one on admission.
 
 import base64
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from bson import BSON
 from cryptography.exceptions import InvalidTag
@@ -49,7 +51,7 @@ _HEX, _BSON, _LOWER_HEX = b"\x00", b"\x01", b"\x02"
 NOT_A_TOKEN = "resume_after: not a resume token"
 
 
-def derive_key(secret):
+def derive_key(secret: str | bytes) -> bytes:
     """A 64-byte AES-SIV key from one configured secret (str or bytes)."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
@@ -62,12 +64,12 @@ class Sealer:
     """Seals resume tokens into ids and opens them; thread-safe (AESSIV
     objects hold no per-call state)."""
 
-    def __init__(self, secrets):
+    def __init__(self, secrets: Iterable[str | bytes]) -> None:
         if not secrets:
             raise ConfigError("no secret key to seal resume ids with")
         self._ciphers = [AESSIV(derive_key(s)) for s in secrets]
 
-    def seal(self, token):
+    def seal(self, token: Mapping[str, Any]) -> str:
         """Resume token document -> the opaque id clients echo back."""
         data = token.get("_data") if len(token) == 1 else None
         if isinstance(data, str) and _is_hex(data, _UPPER_DIGITS):
@@ -79,7 +81,7 @@ class Sealer:
         sealed = self._ciphers[0].encrypt(plain, _ASSOCIATED)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
-    def unseal(self, text):
+    def unseal(self, text: object) -> dict[str, Any]:
         """The token inside an id; ClientError (400) for anything that is
         not an id sealed with one of the configured keys."""
         if not isinstance(text, str) or not _ID.fullmatch(text):
@@ -96,14 +98,14 @@ class Sealer:
             return _decode(plain)
         raise ClientError(NOT_A_TOKEN)
 
-    def seal_bytes(self, plain, purpose):
+    def seal_bytes(self, plain: bytes, purpose: bytes) -> str:
         """Any other secret a client holds for us (a reconnect ticket), as
         url-safe text; ``purpose`` (bytes) is bound into the seal, so one
         kind never opens as another."""
         sealed = self._ciphers[0].encrypt(plain, [purpose])
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
-    def open_bytes(self, text, purpose):
+    def open_bytes(self, text: object, purpose: bytes) -> bytes:
         """What :meth:`seal_bytes` sealed for ``purpose``; ClientError for
         anything else."""
         if not isinstance(text, str) or not _ID.fullmatch(text):
@@ -119,7 +121,7 @@ class Sealer:
                 continue
         raise ClientError("not sealed by this deployment")
 
-    def canonical(self, text):
+    def canonical(self, text: object) -> str:
         """The id as the current key seals it (ids sealed with a previous
         key are found in the history too); ClientError if not an id."""
         return self.seal(self.unseal(text))
@@ -129,11 +131,11 @@ _UPPER_DIGITS = frozenset("0123456789ABCDEF")
 _LOWER_DIGITS = frozenset("0123456789abcdef")
 
 
-def _is_hex(text, digits):
+def _is_hex(text: str, digits: frozenset[str]) -> bool:
     return bool(text) and len(text) % 2 == 0 and digits.issuperset(text)
 
 
-def _decode(plain):
+def _decode(plain: bytes) -> dict[str, Any]:
     kind, body = plain[:1], plain[1:]
     if kind == _HEX and body:
         return {"_data": body.hex().upper()}
@@ -149,7 +151,7 @@ def _decode(plain):
     raise ClientError(NOT_A_TOKEN)
 
 
-def _secrets(config):
+def _secrets(config: Mapping[str, Any]) -> tuple[list[Any], str | None]:
     """The configured secrets, current first, and where they came from."""
     keys = config.get("WSPROXY_SECRET_KEYS")
     if keys is not None:
@@ -163,7 +165,7 @@ def _secrets(config):
     return [secret, *fallbacks], "SECRET_KEY"
 
 
-def from_config(config):
+def from_config(config: Mapping[str, Any]) -> Sealer:
     """The Sealer for an app's config; ConfigError (fail closed) without a
     usable key."""
     secrets, source = _secrets(config)
