@@ -31,6 +31,10 @@ import os
 import platform
 import shutil
 import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .http.extension import ProxyState
 
 __all__ = [
     "worker_class",
@@ -158,11 +162,15 @@ logconfig_dict = {
 }
 
 
-def _flag(name, default="0"):
+def _flag(name: str, default: str = "0") -> bool:
     return os.environ.get(name, default).strip().lower() in _TRUE
 
 
-def on_starting(server):
+# The hooks: gunicorn ships no type information, so its server (the
+# arbiter), its workers and their loggers are Any here.
+
+
+def on_starting(server: Any) -> None:
     """Master, before forking: WSPROXY_EMBEDDED belongs to the demo config
     in wsproxy's repository; say so once instead of ignoring it quietly."""
     if _flag("WSPROXY_EMBEDDED"):
@@ -183,7 +191,7 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
 
 
-def limit_malloc_arenas(log=None):
+def limit_malloc_arenas(log: Any = None) -> bool:
     """At most MALLOC_ARENAS glibc malloc arenas in this process, for the
     threads it starts from now on; nothing on another C library or when
     MALLOC_ARENA_MAX is set. Returns whether the limit was set."""
@@ -198,18 +206,18 @@ def limit_malloc_arenas(log=None):
     return done
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     """Worker, just forked, before any thread of its own: fewer malloc
     arenas (see MALLOC_ARENAS)."""
     limit_malloc_arenas(worker.log)
 
 
-def _state(worker):
+def _state(worker: Any) -> "ProxyState | None":
     # No worker.wsgi when the app failed to load (worker_exit still runs).
     return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("wsproxy")
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Any) -> None:
     """Worker, after fork and app load: start the watcher and broadcaster
     here (readiness and history don't wait for a first client), and close
     clients with 1001 on SIGTERM."""
@@ -223,21 +231,21 @@ def post_worker_init(worker):
     state.install_sigterm_handler()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """Worker, on the way out: stop the watcher and broadcaster."""
     state = _state(worker)
     if state is not None:
         state.stop()
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     """Master, after a worker died: drop its live gauges (clients)."""
     from wsproxy.metrics import worker_exited
 
     worker_exited(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Any) -> None:
     """Master, last: remove the metrics directory this module made."""
     if _own_metrics_dir:
         shutil.rmtree(_own_metrics_dir, ignore_errors=True)
