@@ -7,7 +7,7 @@ set ``PROMETHEUS_MULTIPROC_DIR`` before anything imports prometheus_client.
 """
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .http.extension import WSProxy
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value

@@ -13,7 +13,7 @@ import difflib
 import importlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
 from .access.watchspec import check_pipeline, check_watch
@@ -26,27 +26,32 @@ _FALSE = {"0", "false", "no", "off", ""}
 _NONE = {"none", "null"}
 
 
-def _is_none(value):
+# A setting's parser: the value as given (text from the environment, or
+# the app's own), typed and checked; ValueError or ConfigError if bad.
+Parser = Callable[[Any], Any]
+
+
+def _is_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
 
 
-def _optional(parse):
+def _optional(parse: Parser) -> Parser:
     """``parse``, or None for None / "none" / "null"."""
 
-    def parse_optional(value):
+    def parse_optional(value: Any) -> Any:
         return None if _is_none(value) else parse(value)
 
     return parse_optional
 
 
-def _text(value):
+def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be text")
     return value
 
 
-def _choice(*choices):
-    def parse(value):
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return value
@@ -54,8 +59,10 @@ def _choice(*choices):
     return parse
 
 
-def _number(minimum, *, integer=False, exclusive=False):
-    def parse(value):
+def _number(
+    minimum: float, *, integer: bool = False, exclusive: bool = False
+) -> Parser:
+    def parse(value: Any) -> int | float:
         if isinstance(value, str):
             value = int(value) if integer else float(value)
         kinds = (int,) if integer else (int, float)
@@ -73,7 +80,7 @@ _positive = _number(0, exclusive=True)
 _not_negative = _number(0)
 
 
-def _flag(value):
+def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -84,7 +91,7 @@ def _flag(value):
     raise ValueError("must be true or false")
 
 
-def _list(value):
+def _list(value: Any) -> list[str]:
     """A list of strings: a list, JSON text, or comma-separated text."""
     if isinstance(value, str):
         text = value.strip()
@@ -100,24 +107,24 @@ def _list(value):
     return list(value)
 
 
-def _origins(value):
+def _origins(value: Any) -> list[str]:
     return [origin.rstrip("/") for origin in _list(value)]
 
 
-def _hide_fields(value):
+def _hide_fields(value: Any) -> list[str]:
     fields = _list(value)
     if any(field.startswith("$") for field in fields):
         raise ValueError("must be dotted field names")
     return fields
 
 
-def _path(value):
+def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("must be a path starting with /")
     return value
 
 
-def _authorizer(value):
+def _authorizer(value: Any) -> Callable[..., Any]:
     if isinstance(value, str):
         value = _import_function(value)
     if not callable(value):
@@ -125,7 +132,7 @@ def _authorizer(value):
     return value
 
 
-def _import_function(text):
+def _import_function(text: str) -> Any:
     """``"package.module:function"`` (or ``"package.module.function"``)."""
     module_name, colon, name = text.strip().partition(":")
     if not colon:
@@ -155,7 +162,7 @@ class Setting(NamedTuple):
     meaning: str
 
     @property
-    def shown(self):
+    def shown(self) -> str:
         """The default as the README, the docs and the docstring write it."""
         value = self.default
         if value is None or isinstance(value, bool):
@@ -468,7 +475,7 @@ _PREFIX = "WSPROXY_"
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
-def from_env(environ=None):
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``WSPROXY_*`` settings present in the environment, typed."""
     environ = os.environ if environ is None else environ
     return {
@@ -478,7 +485,9 @@ def from_env(environ=None):
     }
 
 
-def check_names(config, environ=None):
+def check_names(
+    config: Iterable[Any], environ: Mapping[str, str] | None = None
+) -> None:
     """Refuse a ``WSPROXY_*`` name wsproxy does not read, in ``config`` or
     the environment: a misspelt setting would otherwise be ignored without
     a word. ConfigError names the closest known name."""
@@ -502,11 +511,11 @@ def check_names(config, environ=None):
             )
 
 
-def _is_ours(name):
+def _is_ours(name: object) -> bool:
     return isinstance(name, str) and name.startswith(_PREFIX)
 
 
-def _closest(name, known):
+def _closest(name: str, known: Iterable[str]) -> str:
     suffixes = {k[len(_PREFIX) :]: k for k in known}
     match = difflib.get_close_matches(name[len(_PREFIX) :], suffixes, n=1)
     if match:
@@ -514,7 +523,9 @@ def _closest(name, known):
     return "the settings are listed in the README's Configuration tables"
 
 
-def apply_defaults(config, environ=None):
+def apply_defaults(
+    config: MutableMapping[str, Any], environ: Mapping[str, str] | None = None
+) -> None:
     """Fill every ``WSPROXY_*`` key the app did not set: from the
     environment if it is there, else the built-in default. The app's own
     value always wins."""
@@ -528,7 +539,7 @@ def apply_defaults(config, environ=None):
             )
 
 
-def validate(config):
+def validate(config: MutableMapping[str, Any]) -> None:
     """Parse every setting in place (text from the environment becomes
     typed); raise ConfigError naming the key and why."""
     for setting in SETTINGS:
@@ -546,7 +557,7 @@ def validate(config):
         )
 
 
-def _parse(setting, value):
+def _parse(setting: Setting, value: Any) -> Any:
     try:
         return setting.parse(value)
     except ConfigError:
@@ -555,17 +566,17 @@ def _parse(setting, value):
         raise ConfigError(f"{setting.name}={_short(value)}: {exc}") from None
 
 
-def _short(value):
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def docstring_lines():
+def docstring_lines() -> list[str]:
     """The settings as the ``init_app`` docstring lists them."""
     return [f"- ``{s.name}`` (``{s.shown}``): {s.meaning}" for s in SETTINGS]
 
 
-def per_principal(config, key, total_key):
+def per_principal(config: Mapping[str, Any], key: str, total_key: str) -> int:
     """A per-principal limit: the setting, or half of the worker's total
     (at least 1) when it is None."""
     value = config[key]

@@ -21,7 +21,7 @@ class ClientError(WSProxyError, ValueError):
 
     status = 400
 
-    def __init__(self, reason, *, status=None):
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         if status is not None:

@@ -32,6 +32,11 @@ import platform
 import shutil
 import signal
 import tempfile
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .http.extension import ProxyState
 
 __all__ = [
     "worker_class",
@@ -159,11 +164,15 @@ logconfig_dict = {
 }
 
 
-def _flag(name, default="0"):
+def _flag(name: str, default: str = "0") -> bool:
     return os.environ.get(name, default).strip().lower() in _TRUE
 
 
-def on_starting(server):
+# The hooks: gunicorn ships no type information, so its server (the
+# arbiter), its workers and their loggers are Any here.
+
+
+def on_starting(server: Any) -> None:
     """Master, before forking: WSPROXY_EMBEDDED belongs to the demo config
     in wsproxy's repository; say so once instead of ignoring it quietly."""
     if _flag("WSPROXY_EMBEDDED"):
@@ -184,7 +193,7 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
 
 
-def limit_malloc_arenas(log=None):
+def limit_malloc_arenas(log: Any = None) -> bool:
     """At most MALLOC_ARENAS glibc malloc arenas in this process, for the
     threads it starts from now on; nothing on another C library or when
     MALLOC_ARENA_MAX is set. Returns whether the limit was set."""
@@ -199,18 +208,18 @@ def limit_malloc_arenas(log=None):
     return done
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     """Worker, just forked, before any thread of its own: fewer malloc
     arenas (see MALLOC_ARENAS)."""
     limit_malloc_arenas(worker.log)
 
 
-def _state(worker):
+def _state(worker: Any) -> "ProxyState | None":
     # No worker.wsgi when the app failed to load (worker_exit still runs).
     return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("wsproxy")
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Any) -> None:
     """Worker, after fork and app load: start the watcher and broadcaster
     here (readiness and history don't wait for a first client), and close
     clients with 1001 on SIGTERM."""
@@ -225,7 +234,7 @@ def post_worker_init(worker):
     stop_listening_on_sigterm(worker)
 
 
-def stop_listening_on_sigterm(worker):
+def stop_listening_on_sigterm(worker: Any) -> None:
     """On SIGTERM, close this worker's listening sockets at once rather than
     after its graceful wait. The master closes its own copies first thing,
     but the worker's keep the socket open while its clients are told 1001:
@@ -243,18 +252,18 @@ def stop_listening_on_sigterm(worker):
         return
     previous = signal.getsignal(signal.SIGTERM)
 
-    def close_listeners():
+    def close_listeners() -> None:
         for listener in worker.sockets:
             listener.close()
 
-    def stop_listening():
+    def stop_listening() -> None:
         stop_accepting(False)
         # Closed on a later turn of the loop: the poll that ran this may
         # also have found a listener readable, and accept() on a closed
         # socket would end the worker with EBADF.
         queue.defer(close_listeners)
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)
         queue.defer(stop_listening)
@@ -262,21 +271,21 @@ def stop_listening_on_sigterm(worker):
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """Worker, on the way out: stop the watcher and broadcaster."""
     state = _state(worker)
     if state is not None:
         state.stop()
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     """Master, after a worker died: drop its live gauges (clients)."""
     from wsproxy.metrics import worker_exited
 
     worker_exited(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Any) -> None:
     """Master, last: remove the metrics directory this module made."""
     if _own_metrics_dir:
         shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -79,17 +79,17 @@ class Tally:
 
     FLUSH_EVERY = 1.0  # seconds
 
-    def __init__(self, counter):
+    def __init__(self, counter: Counter) -> None:
         self._counter = counter
         # Guards _pending: writers of every connection add to it.
         self._lock = threading.Lock()
         self._pending = 0
 
-    def add(self, amount):
+    def add(self, amount: int) -> None:
         with self._lock:
             self._pending += amount
 
-    def flush(self):
+    def flush(self) -> None:
         with self._lock:
             amount, self._pending = self._pending, 0
         if amount:
@@ -100,7 +100,7 @@ class Tally:
 BYTES_WRITTEN = Tally(BYTES)
 
 
-def exposition():
+def exposition() -> tuple[bytes, str]:
     """(body, content type) for ``GET /metrics``."""
     BYTES_WRITTEN.flush()  # this worker's, up to now
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -110,7 +110,7 @@ def exposition():
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def worker_exited(pid):
+def worker_exited(pid: int) -> None:
     """gunicorn ``child_exit``: drop a dead worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)

@@ -64,7 +64,7 @@ class SourceState(StrEnum):
     STOPPED = "stopped"  # the worker is stopping
 
 
-def watcher_state(source_state):
+def watcher_state(source_state: SourceState) -> WatcherState:
     """The wire value for a :class:`SourceState`."""
     if source_state in (SourceState.STARTING, SourceState.CONNECTED):
         return WatcherState(source_state)
@@ -145,7 +145,7 @@ STABLE_AFTER = 10.0  # a connection up this long resets the backoff
 MAX_REASON_BYTES = 123
 
 
-def clip_utf8(text, max_bytes, marker="..."):
+def clip_utf8(text: object, max_bytes: int, marker: str = "...") -> str:
     """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a
     character, with ``marker`` where it was cut. Lone surrogates (which
     cannot be sent) become "?"."""
@@ -156,6 +156,6 @@ def clip_utf8(text, max_bytes, marker="..."):
     return data[:keep].decode("utf-8", "ignore") + marker
 
 
-def close_reason(text):
+def close_reason(text: object) -> str:
     """Trim a close reason to what fits in a close frame."""
     return clip_utf8(text, MAX_REASON_BYTES)

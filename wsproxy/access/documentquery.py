@@ -22,6 +22,8 @@ their order, would reveal what was hidden.
 
 import dataclasses
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import ClientError, FilterError
 from .filters import load_filter
@@ -45,11 +47,11 @@ class DocumentQuery:
     limit: int
 
     @property
-    def ns(self):
+    def ns(self) -> str:
         return f"{self.db}.{self.coll}"
 
 
-def document_path(path):
+def document_path(path: str) -> str:
     """The document path an event path names (``fullDocument.a.b`` ->
     ``a.b``, ``documentKey._id`` -> ``_id``), or FilterError."""
     if path == "documentKey._id" or path.startswith("documentKey._id."):
@@ -62,7 +64,7 @@ def document_path(path):
     )
 
 
-def _check_visible(path, hide, what):
+def _check_visible(path: str, hide: Sequence[str], what: str) -> None:
     parts = path.split(".")
     for hidden in hide:
         covered, rests = relation(parts, hidden.split("."))
@@ -70,11 +72,13 @@ def _check_visible(path, hide, what):
             raise ClientError(f"snapshot: {what} uses a hidden field ({path[:60]})")
 
 
-def to_query(spec, hide=None):
+def to_query(
+    spec: Mapping[str, Any], hide: Sequence[str] | None = None
+) -> dict[str, Any]:
     """A checked filter spec (event paths) as a MongoDB query on the
     collection. With ``hide`` (the client's own filter), a path touching a
     hidden field is refused."""
-    clauses = []
+    clauses: list[dict[str, Any]] = []
     for key, value in spec.items():
         if key in ("$and", "$or"):
             clauses.append({key: [to_query(item, hide) for item in value]})
@@ -85,7 +89,7 @@ def to_query(spec, hide=None):
         clauses.append({path: value})
     if not clauses:
         return {}
-    merged = {}
+    merged: dict[str, Any] = {}
     for clause in clauses:
         ((key, value),) = clause.items()
         if key in merged:  # e.g. fullDocument._id and documentKey._id
@@ -94,10 +98,10 @@ def to_query(spec, hide=None):
     return merged
 
 
-def parse_sort(text, hide):
+def parse_sort(text: str, hide: Sequence[str]) -> tuple[tuple[str, int], ...]:
     """``-fullDocument.createdAt,fullDocument.name`` -> ((path, dir), ...),
     always ending with ``_id`` so the order is total."""
-    keys = []
+    keys: list[tuple[str, int]] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             raise ClientError("sort: empty key")
@@ -116,7 +120,7 @@ def parse_sort(text, hide):
     return tuple(keys)
 
 
-def parse_limit(text, max_docs):
+def parse_limit(text: str, max_docs: int) -> int:
     try:
         limit = int(text)
     except ValueError:
@@ -126,7 +130,15 @@ def parse_limit(text, max_docs):
     return limit
 
 
-def parse(args, *, namespaces, client_spec, principal_filter, hide, max_docs):
+def parse(
+    args: Mapping[str, str],
+    *,
+    namespaces: Sequence[str] | None,
+    client_spec: Mapping[str, Any] | None,
+    principal_filter: str | Mapping[str, Any] | None,
+    hide: Sequence[str],
+    max_docs: int,
+) -> DocumentQuery:
     """The DocumentQuery of a ``snapshot=1`` URL, or ClientError.
 
     ``namespaces`` is the subscription's (one ``db.coll`` is required),

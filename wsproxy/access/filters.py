@@ -22,8 +22,9 @@ embedded-document equality is exact, key order included.
 
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any, NoReturn, Protocol, cast
 
 from bson import json_util
 from bson.decimal128 import Decimal128
@@ -65,17 +66,35 @@ _MISSING = object()  # where a path leads nowhere; only null and $exists see it
 _NAN = object()  # NaN equals NaN (as in MongoDB) but is never ordered
 
 
+# A test of the values a path reaches (or of a whole event).
+_Test = Callable[[Any], bool]
+# A field path: (component, its index if it is a number), ...
+_Path = tuple[tuple[str, int | None], ...]
+
+
+class Predicate(Protocol):
+    """A compiled filter (:func:`compile_filter`): ``pred(event) -> bool``,
+    carrying its filter."""
+
+    spec: Mapping[str, Any]
+    text: str
+    terms: int
+    fields: frozenset[str]
+
+    def __call__(self, event: Any) -> bool: ...
+
+
 # Errors travel as HTTP reasons and close reasons: cut to UTF-8 bytes.
 _clip = clip_utf8
 
 
-def _fail(message, at=None):
+def _fail(message: str, at: object = None) -> NoReturn:
     if at is not None:
         message += f" (at {_clip(at, 40)})"
     raise FilterError(_clip(message, 120))
 
 
-def _key(value):
+def _key(value: Any) -> tuple[int, Any] | None:
     """(bracket, comparable) for a BSON value, or None for types we never match."""
     kind = type(value)
     if kind in _EXACT:  # by exact type, since bool is an int subclass
@@ -100,7 +119,7 @@ def _key(value):
     return None
 
 
-def _same(value, literal):
+def _same(value: Any, literal: Any) -> bool:
     """MongoDB equality of an event value with a validated spec literal."""
     if isinstance(literal, Mapping):
         return (
@@ -122,11 +141,11 @@ def _same(value, literal):
     return _key(value) == _key(literal)
 
 
-def _resolve(doc, parts):
+def _resolve(doc: Any, parts: _Path) -> list[Any]:
     """Every value a dotted path reaches, descending into arrays like MongoDB."""
     values = [doc]
     for part, index in parts:
-        found = []
+        found: list[Any] = []
         for value in values:
             if type(value) is dict or isinstance(value, Mapping):
                 found.append(value.get(part, _MISSING))
@@ -146,7 +165,7 @@ def _resolve(doc, parts):
     return values
 
 
-def _candidates(values):
+def _candidates(values: list[Any]) -> Iterator[Any]:
     # An array matches if the array itself or any element does (one level only).
     for value in values:
         if type(value) is list:
@@ -154,30 +173,30 @@ def _candidates(values):
         yield value
 
 
-def _is_null(values):
+def _is_null(values: list[Any]) -> bool:
     return not values or any(
         v is None or v is _MISSING or (type(v) is list and any(e is None for e in v))
         for v in values
     )
 
 
-def _exists(values):
+def _exists(values: list[Any]) -> bool:
     return any(v is not _MISSING for v in values)
 
 
-def _never(values):
+def _never(values: list[Any]) -> bool:
     return False
 
 
-def _all(tests):
+def _all(tests: list[_Test]) -> _Test:
     return tests[0] if len(tests) == 1 else (lambda arg: all(t(arg) for t in tests))
 
 
-def _negate(test):
+def _negate(test: _Test) -> _Test:
     return lambda values: not test(values)
 
 
-def _literal(value, at):
+def _literal(value: Any, at: object) -> Any:
     """Check a spec value is plain data we can compare, and return it."""
     if isinstance(
         value, (Regex, re.Pattern)
@@ -205,7 +224,7 @@ def _literal(value, at):
     return value
 
 
-def _in_test(items, at):
+def _in_test(items: Iterable[Any], at: object) -> _Test:
     """Equality with any of ``items``; ``{"$eq": x}`` is ``{"$in": [x]}``."""
     items = [_literal(item, at) for item in items]
     if len(items) == 1 and items[0] is None:
@@ -214,7 +233,7 @@ def _in_test(items, at):
     compound = [item for item in items if isinstance(item, _COMPOUND)]
     keys = {_key(i) for i in items if i is not None and not isinstance(i, _COMPOUND)}
 
-    def test(values):
+    def test(values: list[Any]) -> bool:
         if has_null and _is_null(values):
             return True
         for c in _candidates(values):
@@ -227,7 +246,7 @@ def _in_test(items, at):
     return test
 
 
-def _range_test(op, value, at):
+def _range_test(op: str, value: Any, at: object) -> _Test:
     value = _literal(value, at)
     if isinstance(value, _COMPOUND):
         _fail(f"filter: {op} needs a single value, not an object or list", at)
@@ -236,12 +255,12 @@ def _range_test(op, value, at):
         value is None
     ):  # as in MongoDB: {$gte: null} is {$eq: null}, {$gt: null} is nothing
         return _is_null if inclusive else _never
-    bracket, ref = _key(value)
+    bracket, ref = cast(tuple[int, Any], _key(value))  # _literal checked it
     if ref is _NAN:
         return _in_test([value], at) if inclusive else _never
     compare = _RANGE_OPS[op]
 
-    def test(values):
+    def test(values: list[Any]) -> bool:
         for c in _candidates(values):
             key = _key(c)
             if (
@@ -256,7 +275,7 @@ def _range_test(op, value, at):
     return test
 
 
-def _op_test(op, arg, at):
+def _op_test(op: str, arg: Any, at: object) -> _Test:
     if op not in _FIELD_OPS:
         _fail(f"filter: unsupported operator {_clip(op, 32)}", at)
     if op in ("$in", "$nin") and not isinstance(arg, (list, tuple)):
@@ -276,14 +295,14 @@ def _op_test(op, arg, at):
     return _negate(_all([_op_test(k, v, at) for k, v in arg.items()]))
 
 
-def _is_op_doc(value, at):
+def _is_op_doc(value: Mapping[Any, Any], at: object) -> bool:
     dollar = [isinstance(k, str) and k.startswith("$") for k in value]
     if any(dollar) and not all(dollar):  # MongoDB would silently match a literal doc
         _fail("filter: cannot mix operators and plain keys", at)
     return any(dollar)
 
 
-def _path(path):
+def _path(path: object) -> _Path:
     if not isinstance(path, str) or not path:
         _fail("filter: field path must be a non-empty string")
     parts = path.split(".")
@@ -294,8 +313,9 @@ def _path(path):
     return tuple((p, int(p) if p.isascii() and p.isdigit() else None) for p in parts)
 
 
-def _compile_doc(doc):
-    tests = []
+def _compile_doc(doc: Mapping[Any, Any]) -> _Test:
+    # Tests of an event; the lambdas bind their loop values as defaults.
+    tests: list[Callable[..., bool]] = []
     for key, value in doc.items():
         if isinstance(key, str) and key.startswith("$"):
             if key not in ("$and", "$or"):
@@ -322,7 +342,7 @@ def _compile_doc(doc):
     return _all(tests) if tests else (lambda event: True)
 
 
-def _text_too_deep(text, limit):
+def _text_too_deep(text: str, limit: int) -> bool:
     """Whether JSON text nests brackets beyond ``limit``; iterative, unlike
     json.loads."""
     # Drop escapes, then strings, then all but brackets; each regex is linear.
@@ -335,7 +355,7 @@ def _text_too_deep(text, limit):
     return False
 
 
-def _check_shape(spec, max_depth, max_nodes):
+def _check_shape(spec: Any, max_depth: int, max_nodes: int) -> int:
     """Depth and size limits, checked iteratively before any recursive
     compile; returns the number of terms (fields, operators and values)."""
     nodes = 0
@@ -353,13 +373,13 @@ def _check_shape(spec, max_depth, max_nodes):
     return nodes
 
 
-def terms(spec):
+def terms(spec: Mapping[str, Any]) -> int:
     """How many terms (fields, operators, values) a loaded filter has: what
     evaluating it costs, roughly, and what a principal is charged for it."""
     return max(1, _check_shape(spec, max_depth=1 << 16, max_nodes=1 << 62))
 
 
-def canonical(spec):
+def canonical(spec: Mapping[str, Any]) -> str:
     """A loaded filter as compact canonical Extended JSON: equal for two
     filters that differ only in how their text was written (white space,
     escapes, number spellings of the same Extended JSON value). Key order
@@ -372,7 +392,7 @@ def canonical(spec):
     )
 
 
-def document_paths(spec):
+def document_paths(spec: Mapping[str, Any]) -> frozenset[str]:
     """The first component of every field path the filter tests
     (``fullDocument``, ``operationType``...)."""
     found = set()
@@ -387,7 +407,13 @@ def document_paths(spec):
     return frozenset(found)
 
 
-def load_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
+def load_filter(
+    spec: str | Mapping[str, Any],
+    *,
+    max_bytes: int = 4096,
+    max_depth: int = 8,
+    max_nodes: int = 200,
+) -> Mapping[str, Any]:
     """A filter (JSON text or dict) as a checked mapping: valid JSON, an
     object, within the size and depth limits (FilterError otherwise). The
     operators are checked when it is compiled."""
@@ -412,7 +438,13 @@ def load_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
     return spec
 
 
-def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
+def compile_filter(
+    spec: str | Mapping[str, Any],
+    *,
+    max_bytes: int = 4096,
+    max_depth: int = 8,
+    max_nodes: int = 200,
+) -> Predicate:
     """Compile a filter (JSON text or dict) into ``pred(event) -> bool``.
 
     Raises FilterError for anything outside the safe subset or the limits.
@@ -429,14 +461,15 @@ def compile_filter(spec, *, max_bytes=4096, max_depth=8, max_nodes=200):
     except RecursionError:  # only if a caller set max_depth far too high
         _fail(too_deep)
 
-    def predicate(event):
+    def predicate(event: Any) -> bool:
         try:
             return bool(root(event))
         except Exception:  # noqa: BLE001 - hostile shapes: fail closed
             return False
 
-    predicate.spec = spec
-    predicate.text = canonical(spec)
-    predicate.terms = terms(spec)
-    predicate.fields = document_paths(spec)
-    return predicate
+    compiled = cast(Predicate, predicate)  # the function, with its filter
+    compiled.spec = spec
+    compiled.text = canonical(spec)
+    compiled.terms = terms(spec)
+    compiled.fields = document_paths(spec)
+    return compiled

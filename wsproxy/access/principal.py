@@ -67,7 +67,7 @@ class Principal:
 ANYONE = Principal("anonymous")
 
 
-def bearer_token(request):
+def bearer_token(request: Any) -> str | None:
     """The bearer token from ``Authorization``, ``?access_token=`` or the
     ``Sec-WebSocket-Protocol`` list, in that order; None if there is none."""
     header = request.headers.get("Authorization", "")
@@ -91,7 +91,7 @@ _HOSTNAME = re.compile(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
-def _parse(url):
+def _parse(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) of an origin or ``//host:port``; ClientError
     (400) if it is not one. The port is None when it is the default."""
     try:
@@ -111,7 +111,7 @@ def _parse(url):
     return parts.scheme, host, port
 
 
-def _is_loopback(address):
+def _is_loopback(address: Any) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except (TypeError, ValueError):
@@ -120,7 +120,7 @@ def _is_loopback(address):
     return (mapped or ip).is_loopback
 
 
-def check_host(request, allowed, local_address):
+def check_host(request: Any, allowed: Iterable[str] | None, local_address: Any) -> None:
     """Refuse DNS rebinding: a page on another site whose name was made to
     point at this server reaches it with its own name in ``Host``.
     ``allowed`` lists the names this server answers to (``".example.com"``
@@ -143,7 +143,7 @@ def check_host(request, allowed, local_address):
     raise ClientError(f"host {host[:60]} is not allowed; see WSPROXY_ALLOWED_HOSTS")
 
 
-def check_origin(request, allowed):
+def check_origin(request: Any, allowed: Iterable[str] | None) -> None:
     """Refuse cross-site WebSocket hijacking: a browser page from another
     origin riding on this site's cookies. ``allowed`` None means same-origin
     only; ``["*"]`` disables the check. Clients that send no Origin (not

@@ -14,12 +14,14 @@ hidden field under *either* reading (fail closed).
 """
 
 import copy
+from collections.abc import Iterable
+from typing import Any
 
 # Fields whose contents are document data (and so subject to hiding).
 _DOCUMENT_FIELDS = ("fullDocument", "fullDocumentBeforeChange", "documentKey")
 
 
-def _drop(value, parts):
+def _drop(value: Any, parts: list[str]) -> None:
     """Remove the dotted path ``parts`` from ``value`` in place, descending
     into arrays as MongoDB paths do."""
     if isinstance(value, list):
@@ -33,7 +35,7 @@ def _drop(value, parts):
             _drop(value[head], parts[1:])
 
 
-def relation(changed, hidden):
+def relation(changed: list[str], hidden: list[str]) -> tuple[bool, list[list[str]]]:
     """How the update-description path ``changed`` relates to the hidden
     field path ``hidden`` (both lists of components).
 
@@ -46,7 +48,7 @@ def relation(changed, hidden):
     covered = False
     reached = {0}  # how much of ``hidden`` each reading has matched so far
     for part in changed:
-        following = set()
+        following: set[int] = set()
         for matched in reached:
             if matched == len(hidden):
                 covered = True  # already inside the hidden field
@@ -65,7 +67,7 @@ def relation(changed, hidden):
     return covered, rests
 
 
-def redact(raw, hide):
+def redact(raw: dict[str, Any], hide: Iterable[str]) -> dict[str, Any]:
     """A copy of change event ``raw`` without the ``hide`` fields anywhere
     they can appear: the documents, and the update description (whose keys
     are themselves dotted paths)."""
@@ -104,12 +106,12 @@ def redact(raw, hide):
     return event
 
 
-def _names(item):
+def _names(item: Any) -> str:
     if isinstance(item, dict):  # truncatedArrays: {"field": ..., "newSize": ...}
         return str(item.get("field", ""))
     return str(item)
 
 
-def _hidden(path, paths):
+def _hidden(path: str, paths: list[list[str]]) -> bool:
     parts = path.split(".")
     return any(relation(parts, hidden)[0] for hidden in paths)

@@ -5,6 +5,7 @@ as a log line, or as every client getting ``reset``).
 """
 
 import json
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -30,7 +31,7 @@ STAGES = frozenset(
 )
 
 
-def check_watch(scope):
+def check_watch(scope: object) -> str:
     """``""`` (the deployment), ``"db"`` or ``"db.coll"``; returns it."""
     if scope is None:
         return ""
@@ -56,13 +57,13 @@ def check_watch(scope):
 SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
 
 
-def never_streamed(db, coll=None):
+def never_streamed(db: str, coll: str | None = None) -> bool:
     """Whether ``db`` (or ``db.coll``) is outside anything a change stream
     delivers: the admin, local and config databases, system collections."""
     return db in SYSTEM_DATABASES or (coll or "").startswith("system.")
 
 
-def _db_problem(db):
+def _db_problem(db: str) -> str | None:
     if not db:
         return "empty database name"
     if db in SYSTEM_DATABASES:
@@ -75,7 +76,7 @@ def _db_problem(db):
     return None
 
 
-def _coll_problem(coll):
+def _coll_problem(coll: str) -> str | None:
     if not coll:
         return "empty collection name"
     if "$" in coll or "\x00" in coll:
@@ -88,7 +89,7 @@ def _coll_problem(coll):
     return None
 
 
-def check_pipeline(pipeline):
+def check_pipeline(pipeline: object) -> list[Any]:
     """A list of change stream stages that keeps the resume token (``_id``)
     intact; JSON text is parsed first. Returns the list."""
     if isinstance(pipeline, str):
@@ -119,11 +120,11 @@ def check_pipeline(pipeline):
     return pipeline
 
 
-def _touches_id(key):
+def _touches_id(key: object) -> bool:
     return key == "_id" or str(key).startswith("_id.")
 
 
-def _rewrites_id(name, spec):
+def _rewrites_id(name: str, spec: Any) -> str | None:
     """Why stage ``{name: spec}`` removes or rewrites ``_id``, or None."""
     if name == "$project":
         if not isinstance(spec, dict):
@@ -157,7 +158,7 @@ def _rewrites_id(name, spec):
     return None
 
 
-def _keeps_id(root):
+def _keeps_id(root: Any) -> bool | list[Any]:  # [] (falsy) for no parts
     """A new root that provably carries the event's ``_id`` unchanged."""
     if not isinstance(root, dict):
         return False

@@ -42,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import simple_websocket
@@ -71,7 +71,7 @@ from ..protocol import (
 from . import ejson
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 __all__ = [
     "WSProxyClient",
@@ -187,8 +187,14 @@ class _Socket(simple_websocket.Client):
     handshake (its own has none), and the port in ``Host``."""
 
     def __init__(
-        self, url, *, subprotocols=None, headers=None, timeout=10.0, ssl_context=None
-    ):
+        self,
+        url: str,
+        *,
+        subprotocols: Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         secure = parts.scheme in ("https", "wss")
         port = parts.port or (443 if secure else 80)
@@ -219,7 +225,7 @@ class _Socket(simple_websocket.Client):
             sock.close()
             raise
 
-    def handshake(self):
+    def handshake(self) -> None:
         try:
             super().handshake()
         finally:
@@ -233,8 +239,15 @@ class _Socket(simple_websocket.Client):
         self.connected = self._handle_events()
 
 
-def _subscription(ns, ops, filter, snapshot=False, sort=None, limit=None):
-    def listed(value):
+def _subscription(
+    ns: Iterable[str] | str | None,
+    ops: Iterable[str] | str | None,
+    filter: dict[str, Any] | str | None,
+    snapshot: bool = False,
+    sort: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    def listed(value: Iterable[str] | str | None) -> list[str] | None:
         if value is None:
             return None
         items = value.split(",") if isinstance(value, str) else list(value)
@@ -339,13 +352,13 @@ class WSProxyClient:
         self._retry_at = 0.0  # monotonic; 0: connect at once
         self._opened_at = 0.0
         self._heard_at = 0.0
-        self._ping_sent_at = None
+        self._ping_sent_at: float | None = None
         # Set by close(), from any thread: wakes a backoff wait.
         self._closed = threading.Event()
 
     # -- URLs ----------------------------------------------------------------
 
-    def _url(self, kind):
+    def _url(self, kind: str) -> str:
         secure = self._base.scheme in ("wss", "https")
         scheme = (
             ("wss" if secure else "ws")
@@ -401,7 +414,7 @@ class WSProxyClient:
         """The WebSocket URL the next connection uses."""
         return self._url("ws")
 
-    def _headers(self):
+    def _headers(self) -> dict[str, str]:
         headers = dict(self.headers)
         token = self.token() if callable(self.token) else self.token
         if token:
@@ -420,7 +433,7 @@ class WSProxyClient:
     def __enter__(self) -> WSProxyClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def receive(
@@ -514,7 +527,7 @@ class WSProxyClient:
 
     # -- connecting ----------------------------------------------------------
 
-    def _connect(self):
+    def _connect(self) -> None:
         self.stats["attempts"] += 1
         headers = self._headers()
         try:
@@ -541,7 +554,9 @@ class WSProxyClient:
         self._ping_sent_at = None
         self.stats["connections"] += 1
 
-    def _refused_handshake(self, headers, status):
+    # ``status``: the HTTP status, or None (Any: looked up as is in
+    # REFUSAL_ACTION, whose keys are ints).
+    def _refused_handshake(self, headers: dict[str, str], status: Any) -> None:
         """The handshake failed (with HTTP ``status``, or None if it never
         got one): ask the server why (the same URL, as JSON), then stop,
         wait or retry."""
@@ -568,7 +583,9 @@ class WSProxyClient:
             floor=retry_after,
         )
 
-    def _decision(self, headers):
+    def _decision(
+        self, headers: dict[str, str]
+    ) -> tuple[int | None, dict[str, Any], float] | None:
         request = urllib.request.Request(
             self._url("http"), headers={**headers, "Accept": "application/json"}
         )
@@ -597,7 +614,7 @@ class WSProxyClient:
             retry_after = 0.0
         return status, body, retry_after
 
-    def _schedule(self, policy, floor=0.0):
+    def _schedule(self, policy: ClientAction, floor: float = 0.0) -> None:
         if policy == ClientAction.RESUME and self._immediate < MAX_IMMEDIATE:
             self._immediate += 1
             delay = random.uniform(0, RESUME_JITTER)
@@ -612,8 +629,8 @@ class WSProxyClient:
 
     # -- reading -------------------------------------------------------------
 
-    def _read(self, deadline):
-        ws = self._ws
+    def _read(self, deadline: float | None) -> None:
+        ws = cast(_Socket, self._ws)  # receive() reads only when connected
         now = time.monotonic()
         wait = None if deadline is None else max(deadline - now, 0)
         if self.ping_interval:
@@ -636,7 +653,7 @@ class WSProxyClient:
         self._ping_sent_at = None
         self._queue(self._handle(self._decode(text)))
 
-    def _keepalive(self, ws, now):
+    def _keepalive(self, ws: _Socket, now: float) -> None:
         if self._ping_sent_at is not None:
             if now - self._ping_sent_at >= self.pong_timeout:
                 # Nothing heard: the network is gone without a word.
@@ -650,7 +667,7 @@ class WSProxyClient:
                 return
             self._ping_sent_at = now
 
-    def _decode(self, text):
+    def _decode(self, text: object) -> Any:
         if not isinstance(text, str):
             return None
         try:
@@ -660,13 +677,15 @@ class WSProxyClient:
         except (ValueError, RecursionError):
             return None
 
-    def _closed_by_peer(self, ws, exc):
+    def _closed_by_peer(
+        self, ws: _Socket, exc: simple_websocket.ConnectionClosed
+    ) -> None:
         code = (
             int(exc.reason) if exc.reason is not None else int(LocalCloseCode.NO_STATUS)
         )
         self._lost(ws, code, exc.message or "")
 
-    def _lost(self, ws, code, reason):
+    def _lost(self, ws: _Socket, code: int, reason: str) -> None:
         if self._ws is ws:
             self._ws = None
         try:
@@ -685,11 +704,11 @@ class WSProxyClient:
             raise Refused(reason or f"closed with {code}", code=code)
         self._schedule(policy)
 
-    def _queue(self, item):
+    def _queue(self, item: Any) -> None:
         if item is not None:
             self._ready.append(item)
 
-    def _tell(self, item):
+    def _tell(self, item: Any) -> None:
         """Hand an item (or a notice) to the observers, in stream order."""
         for observer in list(self._observers):
             observer(item)
@@ -700,13 +719,15 @@ class WSProxyClient:
         reaches them (on its thread). Returns a function that stops it."""
         self._observers.append(observer)
 
-        def stop():
+        def stop() -> None:
             if observer in self._observers:
                 self._observers.remove(observer)
 
         return stop
 
-    def _handle(self, message):
+    def _handle(
+        self, message: Any
+    ) -> Change | Reset | Status | Snapshot | Leave | None:
         """The item a message gives the iterator, or None (a notice it
         gives goes straight to the queue, ahead of the item)."""
         if not isinstance(message, dict):
@@ -769,7 +790,7 @@ class WSProxyClient:
             return self._watcher_news(str(message.get("detail", "")))
         return None  # pong, and types a newer server may add
 
-    def _watcher_news(self, detail):
+    def _watcher_news(self, detail: str) -> Status | None:
         """A Status if :attr:`watcher` is not what the consumer was last
         told (a change while away shows only in the next hello; a close
         drops a queued status message); None for a repeat."""
@@ -896,7 +917,7 @@ class LiveDocuments:
         listeners = self._listeners[type]
         listeners.append(callback)
 
-        def off():
+        def off() -> None:
             if callback in listeners:
                 listeners.remove(callback)
 
@@ -918,7 +939,7 @@ class LiveDocuments:
             self._effect(liverules.of_leave(item.document_key, item.reason))
         elif isinstance(item, Snapshot):
             self._snapshots = True
-            documents = {}
+            documents: dict[str, dict[str, Any]] = {}
             for doc in item.documents:
                 if isinstance(doc, dict) and "_id" in doc:
                     documents[liverules.key(doc["_id"])] = doc
@@ -936,7 +957,7 @@ class LiveDocuments:
                 self.deletes = _deletes(item.message)
                 self._replace({}, "subscribed")
 
-    def _hello(self, hello):
+    def _hello(self, hello: Mapping[str, Any]) -> None:
         self._hellos += 1
         self.deletes = _deletes(hello)
         if self._feed is not None:
@@ -950,13 +971,19 @@ class LiveDocuments:
             # without pre-images it could not say when those documents go.
             self._replace({}, "reconnect")
 
-    def _begin(self):
+    def _begin(self) -> None:
         # The old documents stay until the snapshot ends: a view does not
         # blank out on a reconnect.
         self.loading = True
         self._emit(DocumentsEvent("loading"))
 
-    def _replace(self, documents, reason, detail=None, complete=False):
+    def _replace(
+        self,
+        documents: dict[str, dict[str, Any]],
+        reason: str | None,
+        detail: str | None = None,
+        complete: bool = False,
+    ) -> None:
         self.documents = documents
         self.complete = complete
         self._emit(
@@ -969,7 +996,7 @@ class LiveDocuments:
             )
         )
 
-    def _effect(self, effect):
+    def _effect(self, effect: liverules.Effect | None) -> None:
         if effect is None:
             return
         if effect.action == liverules.CLEAR:
@@ -998,11 +1025,11 @@ class LiveDocuments:
                 )
             )
 
-    def _emit(self, event):
+    def _emit(self, event: DocumentsEvent) -> None:
         for callback in list(self._listeners[event.type]):
             callback(event)
 
 
-def _deletes(message):
+def _deletes(message: Mapping[str, Any]) -> str | None:
     deletes = message.get("deletes")
     return deletes if isinstance(deletes, str) else None

@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import metrics, protocol
 from ..protocol import CloseCode
@@ -58,7 +58,7 @@ from ..transport.websocket import ConnectionClosedByPeer
 from .tracking import CLEARING_OPS, Held, held_key
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from ..access.principal import Principal
     from ..transport.codec import Change
@@ -85,7 +85,17 @@ class _Item:
 
     __slots__ = ("change", "sub", "shape", "data", "position", "fallback", "others")
 
-    def __init__(self, change, sub, shape):
+    # A plain frame (change None) has data and no sub; a change, its sub
+    # (a Subscription) and data once made (None: not sent as is).
+    sub: Any
+    data: Any
+    position: tuple[int, int] | None
+    fallback: bytes | None
+    others: dict[Shape, bytes]
+
+    def __init__(
+        self, change: Change | None, sub: Subscription | None, shape: Shape | None
+    ) -> None:
         self.change = change
         self.sub = sub
         self.shape = shape  # what the subscription decided (a Shape or None)
@@ -95,13 +105,13 @@ class _Item:
         self.others = {}  # Shape -> frame: what routing may turn it into
 
     @property
-    def likely_sent(self):
+    def likely_sent(self) -> bool:
         """False for a change kept only in case routing sends it (see
         :meth:`ClientConnection.prepare`): it seldom becomes a frame."""
         return self.data is not None or bool(self.others)
 
     @classmethod
-    def of_frame(cls, data):
+    def of_frame(cls, data: bytes) -> _Item:
         item = cls(None, None, None)
         item.data = data
         return item
@@ -185,10 +195,10 @@ class ClientConnection:
         # Set whenever the handler thread has flushed the outbox.
         self._drained = threading.Event()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ClientConnection {self.id} {self.remote_addr}>"
 
-    def _new_held(self, subscription):
+    def _new_held(self, subscription: Subscription) -> Held | None:
         if subscription.tracks and subscription.snapshot is None:
             return Held(self.max_held, self._holders, self)
         return None
@@ -310,7 +320,7 @@ class ClientConnection:
         """The live feed's ``reset`` (see :class:`wsproxy.fanout.hub.Member`)."""
         return self.offer(frame)
 
-    def _offer_items(self, items, sub):
+    def _offer_items(self, items: list[_Item], sub: Subscription | None) -> int | None:
         """Queue or write the frames of ``items`` (see :meth:`prepare`);
         how many frames were handed over (0 if closing), or None, and
         nothing sent, if ``sub`` (the subscription they were made for) is
@@ -359,9 +369,11 @@ class ClientConnection:
         with self._state_lock:
             if self._close_request is not None:
                 return 0
-            return self._append_locked(self._frames_locked(items), bounded=False)
+            return self._append_locked(
+                self._frames_locked(cast("list[_Item]", items)), bounded=False
+            )
 
-    def _append_locked(self, frames, bounded=True):
+    def _append_locked(self, frames: list[bytes], bounded: bool = True) -> int:
         assert self._state_lock.locked()  # the caller holds it
         for handed, data in enumerate(frames):
             if bounded and (
@@ -380,11 +392,11 @@ class ClientConnection:
         self._wake.set()
         return len(frames)
 
-    def _frames_locked(self, items):
+    def _frames_locked(self, items: list[_Item]) -> list[bytes]:
         """The frames that go out for ``items``, in order, keeping what the
         client holds and the shared-context sync (under _state_lock)."""
         assert self._state_lock.locked()  # the caller holds it
-        frames = []
+        frames: list[bytes] = []
         held = self.held
         for item in items:
             change = item.change
@@ -394,7 +406,7 @@ class ClientConnection:
                 frames.append(item.data)
                 continue
             shape = item.shape
-            dropped = ()
+            dropped: Sequence[Any] = ()
             if held is not None:
                 shape, dropped = held.route(change.raw, shape)
             if shape is not None:
@@ -403,7 +415,7 @@ class ClientConnection:
                 frames.append(untracked_leave_frame(change.id, _id, item.sub.hide))
         return frames
 
-    def _choose_locked(self, item, shape):
+    def _choose_locked(self, item: _Item, shape: Shape) -> bytes:
         """The frame of ``item`` in ``shape``: the shared frame if the
         client is in step with its context, else one of its own."""
         assert self._state_lock.locked()  # the caller holds it
@@ -474,7 +486,9 @@ class ClientConnection:
                 self._outbox_bytes += len(data)
             self._wake.set()
 
-    def wait_for_room(self, below, timeout, below_bytes=None):
+    def wait_for_room(
+        self, below: int, timeout: float, below_bytes: int | None = None
+    ) -> bool:
         """Block until fewer than ``below`` messages (and ``below_bytes``
         bytes) are queued, or the timeout passes (then False); replay uses
         it to follow the client's pace."""
@@ -497,7 +511,7 @@ class ClientConnection:
         with self._state_lock:
             self._request_close_locked(code, reason)
 
-    def _request_close_locked(self, code, reason):
+    def _request_close_locked(self, code: int, reason: str) -> None:
         assert self._state_lock.locked()  # the caller holds it
         if self._close_request is None:
             self._close_request = (code, reason)
@@ -583,7 +597,7 @@ class ClientConnection:
             return
         self._send_close()
 
-    def _flush(self):
+    def _flush(self) -> None:
         with self.sock.write_lock:
             if self.sock.tail is not None:
                 self.sock.write_now(b"")
@@ -616,8 +630,8 @@ class ClientConnection:
         except Exception:  # noqa: BLE001 - the connection is beyond saving
             self.sock.abort()
 
-    def _send_close(self):
-        code, reason = self._close_request
+    def _send_close(self) -> None:
+        code, reason = cast("tuple[int, str]", self._close_request)  # requested
         self.close_code = code
         try:
             self.conn.send_close(code, protocol.close_reason(reason))

@@ -24,15 +24,17 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .. import metrics
 from ..protocol import CloseCode, ResumeMode
 from ..transport import codec
 from .routing import Routes
-from .tracking import held_key
+from .tracking import HeldKey, held_key
 
 if TYPE_CHECKING:
+    from .connection import ClientConnection, _Item
     from .subscription import Subscription
 
 # Named as before the modules moved into layers: logging configs name it.
@@ -54,7 +56,7 @@ class Barrier:
 
     __slots__ = ("callback",)
 
-    def __init__(self, callback):
+    def __init__(self, callback: Callable[[], object]) -> None:
         self.callback = callback
 
 
@@ -65,7 +67,7 @@ class Recorded:
 
     __slots__ = ("change",)
 
-    def __init__(self, change):
+    def __init__(self, change: codec.Change) -> None:
         self.change = change
 
 
@@ -80,7 +82,7 @@ class Announcement:
 
     __slots__ = ("text", "frame", "forget_history")
 
-    def __init__(self, text, forget_history=False):
+    def __init__(self, text: str, forget_history: bool = False) -> None:
         self.text = text
         self.frame = codec.frame(text)
         # After a reset, recorded positions no longer connect to the live
@@ -108,24 +110,29 @@ class Member(Protocol):
     # and when it is rerouted.
     subscription: "Subscription"
 
-    def on_change(self, change) -> bool:
+    def on_change(self, change: codec.Change) -> bool:
         """Offered a change, on the broadcaster thread; True if it was
         handed to the connection (counted in metrics)."""
 
-    def on_changes(self, changes) -> int:
+    def on_changes(self, changes: list[codec.Change]) -> int:
         """Offered changes that arrived together, in order (the
         broadcaster's usual call); how many were handed over."""
 
-    def offer(self, data) -> bool:
+    def offer(self, data: bytes) -> bool:
         """A frame for everyone (an announcement); False if closing."""
 
-    def on_reset(self, frame) -> bool:
+    def on_reset(self, frame: bytes) -> bool:
         """The live feed lost its place (``frame`` says so); False if
         closing. A live-documents member then takes a fresh snapshot."""
 
-    def request_close(self, code, reason) -> None:
+    def request_close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` and ``reason`` (thread-safe;
         every member is asked at shutdown, see ``ProxyState.begin_shutdown``)."""
+
+
+# Given a resuming client that the history cannot serve, its stand-in
+# member and the function that starts its catch-up (see Hub.subscribe).
+CatchUpStarter = Callable[["ClientConnection"], tuple[Member, Callable[[], object]]]
 
 
 class Newcomer(Member, Protocol):
@@ -135,7 +142,7 @@ class Newcomer(Member, Protocol):
     the newcomer must be a ``ClientConnection`` (its filter runs over the
     backlog: ``prepare``, ``queue``, the outbox bounds)."""
 
-    def preload(self, frames) -> None:
+    def preload(self, frames: Iterable[bytes]) -> None:
         """Queue frames for this connection alone (its hello), under the
         hub's lock: ahead of every change it is offered."""
 
@@ -145,38 +152,39 @@ class _Joining:
     filtered and encoded outside the hub's lock: holds, in order, what the
     broadcaster offers meanwhile, then hands over to the client."""
 
-    def __init__(self, client):
+    def __init__(self, client: "ClientConnection") -> None:
         self.client = client
         self.subscription = client.subscription
         # Guards _held, _held_bytes and live: the hand-over is decided
         # under it. Never held while filtering or encoding; taken before
         # the client's _state_lock (docs/architecture.md, "Locks").
         self._lock = threading.Lock()
-        self._held = []  # Change, or a frame (an announcement)
+        # Change, or a frame (an announcement); None: overflowed
+        self._held: list[codec.Change | bytes] | None = []
         self._held_bytes = 0
         self.live = False
 
-    def on_change(self, change):
+    def on_change(self, change: codec.Change) -> bool:
         with self._lock:
             if not self.live:
                 self._hold_locked(change, len(change.frame))
                 return False
         return self.client.on_change(change)
 
-    def on_changes(self, changes):
+    def on_changes(self, changes: list[codec.Change]) -> int:
         return sum(1 for change in changes if self.on_change(change))
 
-    def offer(self, data):
+    def offer(self, data: bytes) -> bool:
         with self._lock:
             if not self.live:
                 self._hold_locked(data, len(data))
                 return True
         return self.client.offer(data)
 
-    def on_reset(self, frame):
+    def on_reset(self, frame: bytes) -> bool:
         return self.offer(frame)
 
-    def _hold_locked(self, item, size):
+    def _hold_locked(self, item: codec.Change | bytes, size: int) -> None:
         assert self._lock.locked()  # the caller holds it
         if self._held is None:
             return  # overflowed: the client is being closed
@@ -191,10 +199,10 @@ class _Joining:
                 CloseCode.SLOW_CONSUMER, "fell behind while resuming; resume again"
             )
 
-    def request_close(self, code, reason):
+    def request_close(self, code: int, reason: str) -> None:
         self.client.request_close(code, reason)
 
-    def go_live(self):
+    def go_live(self) -> None:
         """Queue what was held (judged outside the lock, in rounds, as
         more may arrive meanwhile), then let the live feed through."""
         sub = self.subscription
@@ -215,14 +223,14 @@ class _Joining:
             )
 
 
-def _counted(item):
+def _counted(item: object) -> bool:
     """Whether a prepared item counts toward the outbox bound: not a change
     a filtered feed keeps only in case it turns out to be about a document
     sent before it (see ClientConnection.prepare)."""
     return getattr(item, "likely_sent", True)
 
 
-def item_size(item):
+def item_size(item: "_Item | bytes") -> int:
     """The bytes of a prepared item (or a plain frame) as far as known."""
     data = item if isinstance(item, (bytes, bytearray)) else item.data
     return len(data or b"")
@@ -231,7 +239,7 @@ def item_size(item):
 _UNKNOWN = object()  # a held key not computed yet
 
 
-def _in_term(term, number):
+def _in_term(term: list[Any] | None, number: int) -> bool:
     """Whether batch ``number`` falls in a member's term (joined before it
     was recorded, not yet left); None: not a member."""
     return (
@@ -243,11 +251,11 @@ class Hub:
     def __init__(
         self,
         *,
-        history_size=1000,
-        history_bytes=64 << 20,
-        queue_size=10000,
-        prefilling=False,
-    ):
+        history_size: int = 1000,
+        history_bytes: int = 64 << 20,
+        queue_size: int = 10000,
+        prefilling: bool = False,
+    ) -> None:
         # Guards the client set, the history and the routing state
         # together: the broadcaster records an event and snapshots the
         # clients in one critical section, and a resuming client takes its
@@ -256,14 +264,14 @@ class Hub:
         # work happens under it; first in the lock order (docs/architecture.md,
         # "Locks": under it only a newcomer's _state_lock, for its hello).
         self._lock = threading.Lock()
-        self._clients = set()
+        self._clients: set[Member] = set()
         # Which members each change can concern (wsproxy.fanout.routing), and, per
         # member, the batch numbers it is offered: [joined, left or None]
         # (a batch recorded before it joined or after it left is not its).
         # Written under the lock; the broadcaster reads them outside it.
         self.routes = Routes()
-        self._terms = {}
-        self._departed = []  # members that left, to drop from routes
+        self._terms: dict[Member, list[Any]] = {}
+        self._departed: list[Member] = []  # members that left, to drop from routes
         # Whether a recorded batch is being offered (outside the lock): a
         # member that leaves meanwhile stays routed until it has been.
         self._offering = False
@@ -272,20 +280,22 @@ class Hub:
         # lock) each time one has, for reroute to wait on.
         self._offered = 0
         self._offered_changed = threading.Condition(self._lock)
-        self._history = collections.deque()  # Changes, oldest first
-        self._positions = {}  # id -> position (numbered from 0, never reused)
+        self._history: collections.deque[codec.Change] = collections.deque()
+        # id -> position (numbered from 0, never reused)
+        self._positions: dict[str, int] = {}
         self._next_position = 0
         self._history_size = history_size
         # Counted as frame bytes; the decoded event and its JSON text are
         # kept too, so memory is about three times this.
         self._history_bytes_max = history_bytes
         self._history_bytes = 0
-        self.intake = queue.Queue(maxsize=queue_size)
-        self._thread = None
+        # Changes, Barrier, Recorded, Announcement, PREFILLED, FORGET_HISTORY
+        self.intake: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
         # The clusterTime of the last change published (its offers begun):
         # every earlier event has been offered to every member, so the live
         # feed will never bring one again (see resume.CatchUp).
-        self.published_through = None
+        self.published_through: Any = None
         # Set while the broadcaster waits for work: background work that
         # competes for the GIL (a snapshot) runs in the gaps (see
         # wsproxy.live.snapshot), so fan-out never waits for it.
@@ -303,13 +313,13 @@ class Hub:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         self._thread = threading.Thread(
             target=self._run, name="wsproxy-broadcaster", daemon=True
         )
         self._thread.start()
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
         self.intake.put(_STOP)
@@ -317,12 +327,12 @@ class Hub:
         self._thread = None
 
     @property
-    def running(self):
+    def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     # -- intake (watcher thread) -------------------------------------------
 
-    def submit(self, item, stopping):
+    def submit(self, item: object, stopping: threading.Event) -> bool:
         """Queue a change or control message; blocks while the queue is full
         (back-pressure on the change stream, never a dropped event) unless
         ``stopping`` is set. Returns False if it gave up because of that."""
@@ -337,7 +347,13 @@ class Hub:
     # -- clients (handler threads) -----------------------------------------
 
     @contextlib.contextmanager
-    def subscribe(self, client, after_id, hello, catch_up):
+    def subscribe(
+        self,
+        client: Newcomer,
+        after_id: str | None,
+        hello: Callable[[ResumeMode], str],
+        catch_up: "CatchUpStarter | None",
+    ) -> Iterator[ResumeMode]:
         """Hold ``client`` in the hub for the duration of the block, which
         gets how its resume was served (a :class:`~wsproxy.protocol.ResumeMode`):
         ``NONE``, ``HISTORY``, or ``CATCH_UP`` when ``after_id`` is not in
@@ -346,14 +362,17 @@ class Hub:
         that starts its replay from MongoDB; the stand-in is in the hub
         before the replay starts (so no live event is missed) and is
         what leaves the hub at the end."""
-        member = client
+        member: Member = client
         # Everything inside: a setup that fails (a catch-up thread that
         # cannot start) must not leave its member counted in the hub.
         try:
             mode = self.register(client, after_id, hello)
             if mode is None:
                 mode = ResumeMode.CATCH_UP
-                member, start = catch_up(client)
+                # Only a resume gets here: a ClientConnection, with catch_up.
+                member, start = cast("CatchUpStarter", catch_up)(
+                    cast("ClientConnection", client)
+                )
                 with self._lock:
                     # hello under the lock, as in register().
                     client.preload([codec.frame(hello(mode))])
@@ -363,7 +382,12 @@ class Hub:
         finally:
             self.unregister(member)
 
-    def register(self, client, after_id, hello):
+    def register(
+        self,
+        client: Newcomer,
+        after_id: str | None,
+        hello: Callable[[ResumeMode], str],
+    ) -> ResumeMode | None:
         """Add a client, first queueing ``hello(mode)`` and, with
         ``after_id``, the recorded events after it. Returns the mode:
         ``"none"`` (live only), ``"history"`` (replayed from memory), or
@@ -383,6 +407,8 @@ class Hub:
                 client.preload([codec.frame(hello(ResumeMode.NONE))])
                 self._join_locked(client)
             return ResumeMode.NONE
+        # With an id to resume after: a ClientConnection (see Newcomer).
+        client = cast("ClientConnection", client)
         joining = _Joining(client)
         if not self.prefilled.is_set():
             # Recorded changes are offered to no one: joining now, the
@@ -423,7 +449,7 @@ class Hub:
                 self._join_locked(client)
         return ResumeMode.HISTORY
 
-    def _recorded_after_locked(self, after_id):
+    def _recorded_after_locked(self, after_id: str) -> list[codec.Change] | None:
         """The recorded changes after ``after_id`` (references, copied at C
         speed), or None if it is not recorded; the caller holds the lock."""
         assert self._lock.locked()  # the caller holds it
@@ -433,11 +459,11 @@ class Hub:
         first = self._next_position - len(self._history)
         return list(itertools.islice(self._history, position - first + 1, None))
 
-    def unregister(self, client):
+    def unregister(self, client: Member) -> None:
         with self._lock:
             self._leave_locked(client)
 
-    def _join_locked(self, member):
+    def _join_locked(self, member: Member) -> None:
         assert self._lock.locked()  # the caller holds it
         if member in self._terms:
             # Left and back before the next batch pruned it: start afresh.
@@ -447,7 +473,7 @@ class Hub:
         self._terms[member] = [self._batch, None]
         self.routes.add(member)
 
-    def _leave_locked(self, member):
+    def _leave_locked(self, member: Member) -> None:
         assert self._lock.locked()  # the caller holds it
         if member in self._clients:
             self._clients.discard(member)
@@ -459,14 +485,16 @@ class Hub:
             if not self._offering:
                 self._prune_departed_locked()
 
-    def _prune_departed_locked(self):
+    def _prune_departed_locked(self) -> None:
         assert self._lock.locked()  # the caller holds it
         departed, self._departed = self._departed, []
         for member in departed:
             self.routes.remove(member)
             del self._terms[member]
 
-    def reroute(self, member, subscription=None):
+    def reroute(
+        self, member: Member, subscription: "Subscription | None" = None
+    ) -> None:
         """``member``'s subscription is being replaced by ``subscription``
         (routed by both from now on), or, without one, was replaced (routed
         by its current one alone). A member not in the hub is left alone.
@@ -498,29 +526,29 @@ class Hub:
                     return
                 self._offered_changed.wait(remaining)
 
-    def clients(self):
+    def clients(self) -> list[Member]:
         with self._lock:
             return list(self._clients)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._clients)  # unlocked: a size, for the 503 check
 
-    def history_length(self):
+    def history_length(self) -> int:
         return len(self._history)  # a deliberately unlocked read: a size
 
-    def last_id(self):
+    def last_id(self) -> str | None:
         """The id of the last change recorded, or None."""
         with self._lock:
             return self._history[-1].id if self._history else None
 
-    def history_ids(self):
+    def history_ids(self) -> list[str]:
         with self._lock:
             return [change.id for change in self._history]
 
     # -- the broadcaster thread --------------------------------------------
 
-    def _run(self):
-        following = None  # an item taken while gathering a batch
+    def _run(self) -> None:
+        following: Any = None  # an item taken while gathering a batch
         flush_at = 0.0  # when the bytes written go to their metric next
         while True:
             if time.monotonic() >= flush_at:
@@ -571,7 +599,7 @@ class Hub:
             except Exception:  # noqa: BLE001 - the broadcaster must survive
                 log.exception("broadcaster: failed to publish %r", item)
 
-    def _publish(self, batch):
+    def _publish(self, batch: list[codec.Change]) -> None:
         sizes = [len(change.frame) for change in batch]  # not under the lock
         # Every change before the batch has been offered to every member;
         # the batch's own are offered from now on.
@@ -592,7 +620,7 @@ class Hub:
                 self._offered_changed.notify_all()
                 self._prune_departed_locked()
 
-    def _offer(self, batch, number):
+    def _offer(self, batch: list[codec.Change], number: int) -> None:
         now = time.time()
         for change in batch:
             wall = change.raw.get("wallTime")
@@ -613,11 +641,13 @@ class Hub:
         # as written (GuardedSocket), published here and once a second.
         metrics.BYTES_WRITTEN.flush()
 
-    def _routed(self, batch, number):
+    def _routed(
+        self, batch: list[codec.Change], number: int
+    ) -> dict[Member, list[codec.Change]]:
         """Member -> the changes of batch ``number`` it may be offered, in
         order: those the routes say can concern it, if it was a member when
         the batch was recorded (outside the lock)."""
-        routed = {}
+        routed: dict[Member, list[codec.Change]] = {}
         terms = self._terms
         # The scan list takes every change: once per batch, not per change
         # (events for everyone cost no more than before the index).
@@ -629,12 +659,13 @@ class Hub:
         # sending it is queued, after this: a later change of the batch
         # about a document an earlier one offered a tracking member (its
         # delete, its leave) is offered to that member too.
-        offered = {}  # held key -> tracking members offered it in this batch
+        # held key -> tracking members offered it in this batch
+        offered: dict[HeldKey | None, set[Member]] = {}
         several = len(batch) > 1
         for change in batch:
             raw = change.raw
             members = self.routes.indexed(raw)
-            key = _UNKNOWN
+            key: Any = _UNKNOWN  # a HeldKey, None, or _UNKNOWN
             if offered:
                 key = held_key(raw)
                 also = offered.get(key)
@@ -654,7 +685,7 @@ class Hub:
                         offered.setdefault(key, set()).add(member)
         return routed
 
-    def _record_locked(self, batch, sizes):
+    def _record_locked(self, batch: list[codec.Change], sizes: list[int]) -> None:
         """Append to the history, within its bounds (the caller holds the
         lock)."""
         assert self._lock.locked()  # the caller holds it
@@ -673,19 +704,19 @@ class Hub:
                 del self._positions[old.id]
             self._history_bytes -= len(old.frame)
 
-    def _published(self, change):
+    def _published(self, change: codec.Change) -> None:
         cluster_time = change.raw.get("clusterTime")
         if cluster_time is not None:
             self.published_through = cluster_time
         self.published_at = time.monotonic()
 
-    def _forget_history_locked(self):
+    def _forget_history_locked(self) -> None:
         assert self._lock.locked()  # the caller holds it
         self._history.clear()
         self._positions.clear()
         self._history_bytes = 0
 
-    def _announce(self, announcement):
+    def _announce(self, announcement: Announcement) -> None:
         if announcement.forget_history:
             with self._lock:
                 self._forget_history_locked()

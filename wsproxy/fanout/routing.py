@@ -31,18 +31,25 @@ is decided by the hub (see :meth:`wsproxy.fanout.hub.Hub._publish`).
 """
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ..access.filters import _candidates, _key, _path, _resolve
-from .tracking import CLEARING_OPS, held_key
+from .tracking import CLEARING_OPS, HeldKey, held_key
+
+if TYPE_CHECKING:
+    from .hub import Member
+    from .subscription import Subscription
 
 NS = "ns"
 _EMPTY: frozenset = frozenset()
 # How good an anchor is: the fewer events it lets through, the better.
 _RANK = {"document": 3, NS: 2, "operationType": 1}
+# (path, the value keys indexed under it): what a member is routed by.
+Anchor = tuple[str, frozenset[Any]]
 
 
-def _literals(value):
+def _literals(value: Any) -> set[Any] | None:
     """The values an equality conjunct admits, or None if it is not one we
     index (null matches a missing field; compound values compare whole)."""
     if isinstance(value, Mapping):
@@ -72,7 +79,7 @@ def _literals(value):
     return keys or None
 
 
-def _conjuncts(spec):
+def _conjuncts(spec: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
     """(path, value) of every top-level conjunct of a filter spec,
     ``$and`` flattened (an ``$or`` is not one)."""
     for path, value in spec.items():
@@ -84,7 +91,7 @@ def _conjuncts(spec):
             yield path, value
 
 
-def _kind(path):
+def _kind(path: str) -> str | None:
     if path == "documentKey._id" or path.startswith("documentKey._id."):
         return "document"
     if path.startswith("fullDocument."):
@@ -94,12 +101,12 @@ def _kind(path):
     return None
 
 
-def anchor(subscription):
+def anchor(subscription: "Subscription") -> Anchor | None:
     """``(path, frozenset of value keys)``: the best indexed conjunct of
     ``subscription``, or None (it goes on the scan list)."""
-    best = None
+    best: tuple[int, str, frozenset[Any]] | None = None
 
-    def consider(rank, path, keys):
+    def consider(rank: int, path: str, keys: Collection[Any]) -> None:
         nonlocal best
         if best is None or (rank, -len(keys)) > (best[0], -len(best[2])):
             best = (rank, path, frozenset(keys))
@@ -118,9 +125,9 @@ def anchor(subscription):
             continue
         for path, value in _conjuncts(spec):
             kind = _kind(path)
-            keys = _literals(value) if kind else None
+            keys: Collection[Any] | None = _literals(value) if kind else None
             if keys:
-                consider(_RANK[kind], path, keys)
+                consider(_RANK[cast(str, kind)], path, keys)  # keys: a kind
     if best is None:
         return None
     _, path, keys = best
@@ -129,7 +136,7 @@ def anchor(subscription):
     return (path, keys)
 
 
-def event_keys(raw, path):
+def event_keys(raw: Mapping[str, Any], path: str) -> Sequence[Any]:
     """The value keys ``raw`` has at an anchor's ``path``."""
     if path == NS:
         ns = raw.get("ns")
@@ -143,7 +150,7 @@ def event_keys(raw, path):
         before = raw.get("fullDocumentBeforeChange")
         if isinstance(before, Mapping):
             values = values + _resolve({"fullDocument": before}, parts)
-    keys = []
+    keys: list[Any] = []
     for value in _candidates(values):
         try:
             key = _key(value)
@@ -157,30 +164,31 @@ def event_keys(raw, path):
 class Routes:
     """The index of the hub's members (see the module docstring)."""
 
-    def __init__(self):
-        self._scan = _EMPTY  # members offered every change
+    def __init__(self) -> None:
+        self._scan: frozenset[Member] = _EMPTY  # members offered every change
         # path -> {value key -> frozenset of members}
-        self._index = {}
-        self._anchors = {}  # member -> its anchor (or None)
+        self._index: dict[str, dict[Any, frozenset[Member]]] = {}
+        # member -> its anchors (None: the scan list)
+        self._anchors: dict[Member, list[Anchor | None]] = {}
         # What readers iterate, replaced whole by writers: every member, and
         # (path, {value key -> members}) of every indexed path.
-        self._members = _EMPTY
-        self._paths = ()
+        self._members: frozenset[Member] = _EMPTY
+        self._paths: tuple[tuple[str, dict[Any, frozenset[Member]]], ...] = ()
         self.holders = Holders()
 
-    def add(self, member):
+    def add(self, member: "Member") -> None:
         """Index ``member`` by its subscription (caller holds the hub's lock)."""
         self._anchors[member] = []
         self._members = self._members | {member}
         self._index_under(member, _anchor_of(member, member.subscription))
 
-    def widen(self, member, subscription):
+    def widen(self, member: "Member", subscription: "Subscription") -> None:
         """Also index ``member`` by ``subscription`` (it is being replaced:
         until :meth:`settle`, a change either may pass reaches it)."""
         if member in self._anchors:
             self._index_under(member, _anchor_of(member, subscription))
 
-    def settle(self, member):
+    def settle(self, member: "Member") -> None:
         """Index ``member`` by its current subscription alone: indexed
         under the new anchor before it leaves the old ones, so a reader
         always finds it."""
@@ -190,7 +198,8 @@ class Routes:
         self._anchors[member] = []
         self._index_under(member, _anchor_of(member, member.subscription))
         current = self._anchors[member][0]
-        stale = []  # what of the old anchors the new one does not cover
+        # what of the old anchors the new one does not cover
+        stale: list[Anchor | None] = []
         for found in old:
             if found is None:
                 if current is not None:
@@ -201,12 +210,12 @@ class Routes:
                 stale.append((found[0], found[1] - current[1]))
         self._unindex(member, stale)
 
-    def remove(self, member):
+    def remove(self, member: "Member") -> None:
         """(caller holds the hub's lock)"""
         self._members = self._members - {member}
         self._unindex(member, self._anchors.pop(member, ()))
 
-    def _unindex(self, member, anchors):
+    def _unindex(self, member: "Member", anchors: Iterable[Anchor | None]) -> None:
         for found in anchors:
             if found is None:
                 self._scan = self._scan - {member}
@@ -223,7 +232,7 @@ class Routes:
                 self._index.pop(path, None)
         self._paths = tuple(self._index.items())
 
-    def _index_under(self, member, found):
+    def _index_under(self, member: "Member", found: Anchor | None) -> None:
         self._anchors[member].append(found)
         if found is None:
             self._scan = self._scan | {member}
@@ -235,23 +244,23 @@ class Routes:
         self._paths = tuple(self._index.items())
 
     @property
-    def scan(self):
+    def scan(self) -> "frozenset[Member]":
         """The members offered every change (a frozenset; without the
         hub's lock)."""
         return self._scan
 
-    def candidates(self, raw):
+    def candidates(self, raw: Mapping[str, Any]) -> "set[Member]":
         """Every member ``raw`` may concern (a superset; without the
         hub's lock)."""
         return self.indexed(raw) | self._scan
 
-    def indexed(self, raw):
+    def indexed(self, raw: Mapping[str, Any]) -> "set[Member]":
         """:meth:`candidates` but the scan list, which a caller offering
         a batch handles once for the whole batch (every member, for a
         change that clears documents)."""
         if raw.get("operationType") in CLEARING_OPS:
             return set(self._members)  # rare: everyone
-        found = set()
+        found: set[Member] = set()
         for path, values in self._paths:
             for key in event_keys(raw, path):
                 members = values.get(key)
@@ -262,11 +271,11 @@ class Routes:
             found.update(holders)
         return found
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._members)
 
 
-def _anchor_of(member, subscription):
+def _anchor_of(member: "Member", subscription: "Subscription") -> Anchor | None:
     """A member's anchor: its own say (``route_anchor``, e.g. a live
     documents member follows its whole collection), else its
     subscription's for a member that declares itself ``routed``. Stand-ins
@@ -285,16 +294,16 @@ class Holders:
     the changes that concern a document a member was sent whatever its
     anchor says. Updated by :class:`wsproxy.fanout.tracking.Held` as it routes."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Guards writes to _holders (readers take one value, unlocked).
         self._lock = threading.Lock()
-        self._holders = {}
+        self._holders: dict[HeldKey, frozenset[Member]] = {}
 
-    def hold(self, key, member):
+    def hold(self, key: HeldKey, member: "Member") -> None:
         with self._lock:
             self._holders[key] = self._holders.get(key, _EMPTY) | {member}
 
-    def forget(self, key, member):
+    def forget(self, key: HeldKey, member: "Member") -> None:
         with self._lock:
             left = self._holders.get(key, _EMPTY) - {member}
             if left:
@@ -302,8 +311,8 @@ class Holders:
             else:
                 self._holders.pop(key, None)
 
-    def get(self, key):
+    def get(self, key: HeldKey | None) -> "frozenset[Member] | None":
         return self._holders.get(key) if key is not None else None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._holders)

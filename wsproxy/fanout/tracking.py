@@ -35,7 +35,8 @@ clearing a namespace.
 """
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.int64 import Int64
@@ -43,6 +44,9 @@ from bson.objectid import ObjectId
 
 from ..liverules import CLEARING_OPS, DOCUMENT_OPS
 from ..transport.codec import Shape
+
+if TYPE_CHECKING:
+    from .routing import Holders
 
 __all__ = [
     "CLEARING_OPS",
@@ -54,9 +58,11 @@ __all__ = [
 ]
 _PLAIN_IDS = (ObjectId, str, int, Int64, float)
 _MISSING = object()
+# (db, coll, document key) of the document a change is about.
+HeldKey = tuple[Any, Any, Hashable]
 
 
-def document_key(_id):
+def document_key(_id: Any) -> Hashable:
     """A hashable key for an ``_id`` value: the value itself for the common
     types (numbers compare across types, as MongoDB's do), else its BSON."""
     if type(_id) in _PLAIN_IDS:
@@ -64,13 +70,13 @@ def document_key(_id):
     return bson.encode({"": _id})
 
 
-def event_id(raw):
+def event_id(raw: Mapping[str, Any]) -> Any:
     """The ``_id`` of the document a change is about (None if absent)."""
     key = raw.get("documentKey")
     return key.get("_id") if isinstance(key, Mapping) else None
 
 
-def held_key(raw):
+def held_key(raw: Mapping[str, Any]) -> HeldKey | None:
     """(db, coll, key) of the document a change is about."""
     ns = raw.get("ns")
     if not isinstance(ns, Mapping):
@@ -83,27 +89,30 @@ class Held:
 
     __slots__ = ("limit", "_keys", "_holders", "_owner")
 
-    def __init__(self, limit, holders=None, owner=None):
+    def __init__(
+        self, limit: int, holders: "Holders | None" = None, owner: Any = None
+    ) -> None:
         self.limit = limit
-        self._keys = collections.OrderedDict()  # (db, coll, key) -> _id
+        # (db, coll, key) -> _id
+        self._keys: collections.OrderedDict[HeldKey, Any] = collections.OrderedDict()
         # The hub's index of who holds what (wsproxy.fanout.routing.Holders), so
         # that a change about a held document reaches ``owner`` whatever
         # its subscription's anchor; None: not indexed.
         self._holders = holders
         self._owner = owner
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._keys)
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self._keys
 
-    def ids(self):
+    def ids(self) -> list[Any]:
         """The ``_id`` of every held document, the one sent longest ago
         first."""
         return list(self._keys.values())
 
-    def may_hold(self, raw):
+    def may_hold(self, raw: Mapping[str, Any]) -> bool:
         """Whether ``route`` may turn nothing into something for this
         change (an unlocked look: a hint for work done before routing)."""
         op = raw.get("operationType")
@@ -111,29 +120,31 @@ class Held:
             return True
         return held_key(raw) in self._keys
 
-    def hold_all(self, pairs):
+    def hold_all(self, pairs: Iterable[tuple[HeldKey, Any]]) -> None:
         """Replace what is held with ``pairs`` of (held key, _id) (what a
         snapshot sent)."""
         self.clear()
         for key, _id in pairs:
             self._add(key, _id)
 
-    def clear(self):
+    def clear(self) -> None:
         for key in list(self._keys):
             self._pop(key)
 
-    def _add(self, key, _id):
+    def _add(self, key: HeldKey, _id: Any) -> None:
         if key not in self._keys and self._holders is not None:
             self._holders.hold(key, self._owner)
         self._keys[key] = _id
 
-    def _pop(self, key):
+    def _pop(self, key: HeldKey) -> Any:
         found = self._keys.pop(key, _MISSING)
         if found is not _MISSING and self._holders is not None:
             self._holders.forget(key, self._owner)
         return found
 
-    def route(self, raw, shape):
+    def route(
+        self, raw: Mapping[str, Any], shape: Shape | None
+    ) -> tuple[Shape | None, list[Any]]:
         """What to send for a change whose event is ``raw``, given what the
         subscription decided (``shape``, or None): ``(shape or None,
         [_id, ...])``, the ids of documents to be sent a ``leave`` because
@@ -165,15 +176,15 @@ class Held:
             return shape, []
         self._add(key, event_id(raw))
         self._keys.move_to_end(key)
-        dropped = []
+        dropped: list[Any] = []
         while len(self._keys) > self.limit:
             oldest = next(iter(self._keys))
             dropped.append(self._pop(oldest))
         return shape, dropped
 
-    def _forget_namespace(self, raw, op):
+    def _forget_namespace(self, raw: Mapping[str, Any], op: str) -> int:
         """Forget the documents of the namespace ``raw`` clears; how many."""
-        ns = raw.get("ns") if isinstance(raw.get("ns"), Mapping) else {}
+        ns: Any = raw.get("ns") if isinstance(raw.get("ns"), Mapping) else {}
         db, coll = ns.get("db"), ns.get("coll")
         gone = [
             key

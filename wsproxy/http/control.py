@@ -33,11 +33,14 @@ current subscription.
 import collections
 import json
 import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from werkzeug.datastructures import MultiDict
 
 from ..errors import ClientError
-from ..fanout.hub import Barrier
+from ..fanout.hub import Barrier, Hub
 from ..logsafe import shown
 from ..protocol import (
     ClientMessageType,
@@ -48,6 +51,11 @@ from ..protocol import (
     watcher_state,
 )
 from ..transport import codec
+
+if TYPE_CHECKING:
+    from ..fanout.connection import ClientConnection
+    from ..fanout.subscription import Subscription
+    from ..stream.catchup import CatchUp
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.control")
@@ -64,7 +72,7 @@ POLL_INTERVAL = 0.1
 TOO_DEEP = "message is nested too deep"
 
 
-def subscription_args(message):
+def subscription_args(message: Mapping[str, Any]) -> MultiDict[str, str]:
     """A subscribe message's fields as the URL query would give them (a
     MultiDict for :func:`wsproxy.fanout.subscription.parse`); ClientError if a
     field is unknown or of the wrong type. Omitted or null: everything
@@ -72,7 +80,7 @@ def subscription_args(message):
     unknown = sorted(set(message) - {"type", *SUBSCRIBE_FIELDS})
     if unknown:
         raise ClientError(f"subscribe: unknown field {unknown[0][:40]!r}")
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for name in ("ns", "ops"):
         value = message.get(name)
         if value is None:
@@ -104,7 +112,15 @@ class Control:
     (raises ClientError); ``hub`` and ``stopping`` take the barriers;
     ``watcher()`` is the watcher's state (:attr:`ChangeSource.state`)."""
 
-    def __init__(self, parse, *, hub=None, stopping=None, watcher=None, describe=None):
+    def __init__(
+        self,
+        parse: "Callable[[MultiDict[str, str]], Subscription]",
+        *,
+        hub: Hub | None = None,
+        stopping: threading.Event | None = None,
+        watcher: Callable[[], SourceState] | None = None,
+        describe: "Callable[[Subscription], dict[str, Any]] | None" = None,
+    ) -> None:
         self._parse = parse
         # subscription -> fields the "subscribed" reply tells about it
         self._describe = describe or (lambda subscription: {})
@@ -113,10 +129,11 @@ class Control:
         self._watcher = watcher
         # The catch-up's stand-in while the connection resumes from
         # MongoDB; None once the broadcaster offers changes to it directly.
-        self.catchup = None
+        self.catchup: CatchUp | None = None
         self._handed_over = False  # set by the barrier, then read here
         self._barrier_sent = False
-        self._waiting = collections.deque()  # messages, while catching up
+        # messages, while catching up
+        self._waiting: collections.deque[dict[str, Any]] = collections.deque()
         # Whether hello told this client the watcher is "starting": it has
         # not been told yet when that ends (the watcher announces only
         # its losses and recoveries).
@@ -124,7 +141,7 @@ class Control:
 
     # -- hello -------------------------------------------------------------
 
-    def told(self, source_state):
+    def told(self, source_state: SourceState) -> WatcherState:
         """The watcher state hello tells the client (called by hello)."""
         wire = watcher_state(source_state)
         self._starting = wire is WatcherState.STARTING
@@ -132,7 +149,7 @@ class Control:
 
     # -- messages ----------------------------------------------------------
 
-    def on_message(self, client, data):
+    def on_message(self, client: "ClientConnection", data: str | bytes) -> None:
         if isinstance(data, (bytes, bytearray)):
             client.request_close(
                 CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted"
@@ -166,7 +183,7 @@ class Control:
             return
         self._handle(client, message)
 
-    def _handle(self, client, message):
+    def _handle(self, client: "ClientConnection", message: dict[str, Any]) -> None:
         if message["type"] == ClientMessageType.PING:
             client.send_text(codec.control_message(MessageType.PONG))
             return
@@ -210,14 +227,15 @@ class Control:
 
     # -- wake-ups ----------------------------------------------------------
 
-    def on_wake(self, client):
+    def on_wake(self, client: "ClientConnection") -> float | None:
         """Hand-over after a catch-up, and the watcher's start; returns
         when to look again (None: at the next wake-up)."""
-        again = None
+        again: float | None = None
         if self.catchup is not None:
             again = self._follow_catchup(client)
         if self._starting:
-            state = self._watcher()
+            # Told "starting" only where the watcher's state is known.
+            state = cast("Callable[[], SourceState]", self._watcher)()
             if state == SourceState.STARTING:
                 again = POLL_INTERVAL
             else:
@@ -225,18 +243,18 @@ class Control:
                 self._submit(lambda: self._tell_connected(client))
         return again
 
-    def _follow_catchup(self, client):
+    def _follow_catchup(self, client: "ClientConnection") -> float | None:
         if self._handed_over:
             self.catchup = None
             while self._waiting and not client.closing:
                 self._handle(client, self._waiting.popleft())
             return None
-        if self.catchup.spliced and not self._barrier_sent:
+        if cast("CatchUp", self.catchup).spliced and not self._barrier_sent:
             # Spliced, but the broadcaster may still be judging one change
             # by the stand-in's subscription: after the barrier it is not.
             self._barrier_sent = True
 
-            def handed_over():
+            def handed_over() -> None:
                 self._handed_over = True
                 client.wake()
 
@@ -245,11 +263,11 @@ class Control:
         # while something waits for it.
         return POLL_INTERVAL if self._waiting else None
 
-    def _tell_connected(self, client):
+    def _tell_connected(self, client: "ClientConnection") -> None:
         # On the broadcaster thread, in order with the watcher's own
         # announcements: only if the watcher is connected now (a later
         # loss is announced after this).
-        if self._watcher() == SourceState.CONNECTED:
+        if cast("Callable[[], SourceState]", self._watcher)() == SourceState.CONNECTED:
             client.offer(
                 codec.frame(
                     codec.control_message(
@@ -258,5 +276,9 @@ class Control:
                 )
             )
 
-    def _submit(self, callback):
-        self._hub.submit(Barrier(callback), self._stopping)
+    def _submit(self, callback: Callable[[], object]) -> None:
+        # Only with a hub and a stopping event: the barriers are for a
+        # connection catching up, or told the watcher was starting.
+        cast(Hub, self._hub).submit(
+            Barrier(callback), cast(threading.Event, self._stopping)
+        )

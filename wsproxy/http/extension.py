@@ -10,7 +10,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, cast
 
 import pymongo
 from flask import Flask, Request, current_app
@@ -42,7 +44,7 @@ SERVE_THREADED = (
 )
 
 
-def _setup_log(environ):
+def _setup_log(environ: Mapping[str, Any]) -> logging.Logger:
     """Where a wrong setup is reported: wsproxy's logger, or under a
     gunicorn that configured no logging for it (no -c python:wsproxy.gunicorn)
     gunicorn's own error log, so that the line has its time and level
@@ -64,7 +66,7 @@ def _setup_log(environ):
 SERVER_SELECTION_TIMEOUT_MS = 2000
 
 
-def mongo_options(uri):
+def mongo_options(uri: str | None) -> dict[str, Any]:
     """The MongoClient keywords wsproxy adds to ``uri``: defaults only for
     what the URI leaves unset (a keyword would override the URI's own)."""
     _, _, query = (uri or "").partition("?")
@@ -86,20 +88,24 @@ class ProxyState:
     """Everything one app runs in one process: the MongoClient, the hub
     (broadcaster) and the change source (watcher)."""
 
-    def __init__(self, config):
+    def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
         # Guards start/stop so concurrent first requests start things once.
         self._lock = threading.Lock()
-        self._pid = None
-        self.mongo = None
-        self.contexts = None
-        self.hub = None
-        self.source = None
+        self._pid: int | None = None
+        # Made by ensure_started() in the serving process. None before it,
+        # which only begin_shutdown() looks for: typed as they are once
+        # started, which is how everything else uses them.
+        self.mongo: MongoClient[Any] = None  # type: ignore[assignment]
+        self.contexts: SharedContexts | None = None
+        self.hub: Hub = None  # type: ignore[assignment]
+        self.source: ChangeSource = None  # type: ignore[assignment]
         self.stopping = threading.Event()
-        self.extension = None  # the WSProxy, for its @authorize function
+        # the WSProxy, for its @authorize function
+        self.extension: WSProxy | None = None
         # Set by wsproxy.gunicorn's post_worker_init in this process.
         self.hooks_installed = False
-        self._warned = set()  # one-time setup warnings already logged
+        self._warned: set[str] = set()  # one-time setup warnings already logged
         # Seals resume ids; ConfigError here (init_app) without a key.
         self.sealer = sealing.from_config(config)
         # Bounds how many clients replay from MongoDB at once.
@@ -142,12 +148,15 @@ class ProxyState:
         )
 
     @property
-    def authorizer(self):
-        return self.config["WSPROXY_AUTHORIZE"] or (
-            self.extension and self.extension.authorizer
+    def authorizer(self) -> Authorizer | None:
+        # (mypy takes "self.extension and ..." for possibly the extension)
+        return cast(
+            "Authorizer | None",
+            self.config["WSPROXY_AUTHORIZE"]
+            or (self.extension and self.extension.authorizer),
         )
 
-    def ensure_started(self, app=None):
+    def ensure_started(self, app: Flask | None = None) -> "ProxyState":
         """Start in this process if not yet started; ``app`` (given by
         requests and the gunicorn hook) has its routes checked first."""
         if self._pid == os.getpid():
@@ -168,7 +177,7 @@ class ProxyState:
             self._pid = os.getpid()
         return self
 
-    def _start(self):
+    def _start(self) -> None:
         c = self.config
         self.stopping.clear()
         self.mongo = MongoClient(
@@ -205,7 +214,7 @@ class ProxyState:
             os.getpid(),
         )
 
-    def check_server(self, environ):
+    def check_server(self, environ: Mapping[str, Any]) -> None:
         """Refuse (500) a WebSocket on a server that would block on it, and
         say once per process what the setup loses; see docs/serving.md."""
         if not environ.get("wsgi.multithread"):
@@ -238,12 +247,16 @@ class ProxyState:
                 environ,
             )
 
-    def _warn_once(self, key, level, message, environ):
+    def _warn_once(
+        self, key: str, level: int, message: str, environ: Mapping[str, Any]
+    ) -> None:
         if key not in self._warned:
             self._warned.add(key)
             _setup_log(environ).log(level, message)
 
-    def begin_shutdown(self, reason="server shutting down; reconnect and resume"):
+    def begin_shutdown(
+        self, reason: str = "server shutting down; reconnect and resume"
+    ) -> None:
         """Close every client with 1001 so it resumes elsewhere; new clients
         are refused (503) from now on. Returns at once: each connection's
         own thread sends its close frame."""
@@ -256,13 +269,13 @@ class ProxyState:
         # out while the clients close, not after them in worker_exit.
         self.source.request_stop()
 
-    def install_sigterm_handler(self):
+    def install_sigterm_handler(self) -> None:
         """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before
         gunicorn's own handler starts its graceful wait, so nothing holds
         the worker open until graceful_timeout."""
         previous = signal.getsignal(signal.SIGTERM)
 
-        def on_sigterm(signum, frame):
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
             # A thread, not here: the signal may have interrupted a thread
             # that holds a lock begin_shutdown needs.
             threading.Thread(
@@ -274,7 +287,7 @@ class ProxyState:
         signal.signal(signal.SIGTERM, on_sigterm)
         self.hooks_installed = True
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop the watcher, then the broadcaster; close the MongoClient."""
         with self._lock:
             if self._pid != os.getpid():
@@ -287,7 +300,7 @@ class ProxyState:
             self._close_mongo()
             self._pid = None
 
-    def _close_mongo(self):
+    def _close_mongo(self) -> None:
         # close() first ends the client's server sessions, which waits for
         # a server (the URI's serverSelectionTimeoutMS, up to PyMongo's
         # 30 s) when the database is gone: bounded, so the exit is not.
@@ -357,7 +370,7 @@ WSProxy.init_app.__doc__ = (
 )
 
 
-def check_routes(app, paths):
+def check_routes(app: Flask, paths: Mapping[str, str]) -> None:
     """Refuse to share a path with a route of the host app: whichever
     matched first would silently shadow the other. ``paths``: each path
     wsproxy registers, with the setting that places it."""

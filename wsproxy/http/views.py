@@ -20,6 +20,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask_sock import Sock
@@ -29,7 +31,7 @@ from ..errors import ClientError
 from ..fanout import subscription as subscriptions
 from ..fanout.connection import ClientConnection
 from ..fanout.subscription import Subscription
-from ..limits import budget, throttle
+from ..limits import budget, throttle, tickets
 from ..live import snapshot
 from ..live.documents import LiveDocuments
 from ..logsafe import shown
@@ -37,6 +39,14 @@ from ..protocol import CloseCode, MessageType, ResumeMode, SourceState
 from ..stream.catchup import CatchUp, CatchUpInputs, catch_up
 from ..transport import codec, websocket
 from . import control
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import MultiDict
+
+    from .extension import ProxyState
+
+# The settings (the app's config, see wsproxy.config).
+Config = Mapping[str, Any]
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.views")
@@ -51,7 +61,7 @@ STATIC_PATH = "/wsproxy-static"
 PACKAGE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _static_folder():
+def _static_folder() -> str:
     """Where the page's assets are: ``wsproxy/static`` in an installed
     package (the wheel maps the repository's top-level ``static/`` there,
     see pyproject.toml), else ``static/`` beside the package: a checkout,
@@ -70,12 +80,12 @@ PAGE_TEMPLATE = "wsproxy/index.html"
 _sock = Sock()
 
 
-def _state():
+def _state() -> "ProxyState":
     return current_app.extensions["wsproxy"]
 
 
-def _refuse(error, status_field=False):
-    body = {"error": error.reason}
+def _refuse(error: ClientError, status_field: bool = False) -> Response:
+    body: dict[str, Any] = {"error": error.reason}
     if status_field:
         body["status"] = error.status
     response = Response(
@@ -86,11 +96,13 @@ def _refuse(error, status_field=False):
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if getattr(error, "retry_after", None):  # 429 (throttle.Throttled)
-        response.headers["Retry-After"] = str(error.retry_after)
+        response.headers["Retry-After"] = str(
+            cast(throttle.Throttled, error).retry_after
+        )
     return response
 
 
-def _authorize(state):
+def _authorize(state: "ProxyState") -> access.Principal:
     authorizer = state.authorizer
     if authorizer is None:
         return access.ANYONE
@@ -121,7 +133,9 @@ class Admission:
 _WHOLE_DOCUMENTS = ("updateLookup", "required")
 
 
-def _parse_subscription(args, principal, config):
+def _parse_subscription(
+    args: "MultiDict[str, str]", principal: access.Principal, config: Config
+) -> Subscription:
     sub = subscriptions.parse(
         args,
         scope=config["WSPROXY_WATCH"],
@@ -140,7 +154,11 @@ def _parse_subscription(args, principal, config):
     return sub
 
 
-def _decide(state, config, *, upgrade):
+def _decide(
+    state: "ProxyState", config: Config, *, upgrade: bool
+) -> tuple[
+    access.Principal, str | None, Subscription, budget.Reservation | None, str | None
+]:
     """Every admission check, for the upgrade (``upgrade``) or for the
     JSON answer to a plain GET (:func:`_decision`): returns (principal,
     resume id, subscription) or raises ClientError.
@@ -172,10 +190,14 @@ def _decide(state, config, *, upgrade):
         state.budgets.check(key, sub)  # 429 over the principal's share
         return principal, resume_id, sub, None, None
     reservation = state.budgets.reserve(key, sub)
-    return principal, resume_id, sub, reservation, state.tickets.seal(ticket, key)
+    # (an upgrade is always given a ticket)
+    sealed = state.tickets.seal(cast(tickets.Ticket, ticket), key)
+    return principal, resume_id, sub, reservation, sealed
 
 
-def _charge_connection(state, key, upgrade):
+def _charge_connection(
+    state: "ProxyState", key: Hashable, upgrade: bool
+) -> tickets.Ticket | None:
     """Charge a connection to ``key``'s connect budget (429 beyond it), or,
     when it presents a reconnect ticket with a reconnect left, to its
     reconnect budget (see wsproxy.limits.tickets). Returns the ticket the
@@ -205,12 +227,14 @@ def _charge_connection(state, key, upgrade):
     return ticket
 
 
-def _admit(state, config):
+def _admit(state: "ProxyState", config: Config) -> Admission:
     """All the checks before the upgrade; returns an Admission or raises
     ClientError."""
     principal, resume_id, sub, reservation, ticket = _decide(
         state, config, upgrade=True
     )
+    # An upgrade always reserves (see _decide).
+    reservation = cast(budget.Reservation, reservation)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     try:
         pending = websocket.prepare(
@@ -230,7 +254,7 @@ def _admit(state, config):
     return Admission(sub, resume_id, principal, pending, reservation, ticket)
 
 
-def _wants_decision():
+def _wants_decision() -> bool:
     """A plain GET that asks for JSON by name (``Accept:
     application/json``; ``*/*`` is not enough): it gets the admission
     decision instead of 426."""
@@ -240,7 +264,7 @@ def _wants_decision():
     )
 
 
-def _cors(response, config):
+def _cors(response: Response, config: Config) -> Response:
     """Let a page of an allowed other origin read the decision (and send
     its bearer token in ``Authorization``, after a preflight)."""
     origin = request.headers.get("Origin")
@@ -256,7 +280,7 @@ def _cors(response, config):
     return response
 
 
-def _decision(state, config):
+def _decision(state: "ProxyState", config: Config) -> Response:
     """The admission decision as JSON, for a browser: it cannot read the
     HTTP status of a refused WebSocket handshake (it only sees 1006)."""
     try:
@@ -272,14 +296,14 @@ def _decision(state, config):
 
 
 class _Blueprint(Blueprint):
-    def get_send_file_max_age(self, filename):
+    def get_send_file_max_age(self, filename: str | None) -> int:
         # The page's assets: a minute of caching unless the app sets
         # SEND_FILE_MAX_AGE_DEFAULT.
         max_age = super().get_send_file_max_age(filename)
         return 60 if max_age is None else max_age
 
 
-def create_blueprint(config):
+def create_blueprint(config: Config) -> Blueprint:
     page_path = config["WSPROXY_PAGE_PATH"]
     # Flask serves the assets (endpoint "wsproxy.static") and loads the
     # page through the app's Jinja environment, which caches it; the
@@ -293,7 +317,7 @@ def create_blueprint(config):
         root_path=PACKAGE_FOLDER,
     )
 
-    def refused(exc):
+    def refused(exc: ClientError) -> Response:
         log.info(
             "refused %s (%s): %s",
             shown(request.remote_addr),
@@ -304,7 +328,7 @@ def create_blueprint(config):
         return _refuse(exc)
 
     @bp.before_request
-    def admit():
+    def admit() -> Response | None:
         # Runs before flask-sock's wrapper starts the handshake, so every
         # refusal is an HTTP status with a reason, never a half-open socket.
         if request.endpoint != "wsproxy.websocket":
@@ -325,7 +349,7 @@ def create_blueprint(config):
             return refused(exc)
         return None
 
-    def check_host():
+    def check_host() -> Response | None:
         # Every other route (page, assets, metrics, health) answers only the
         # names the WebSocket route does: a rebound DNS name must not read
         # them either. The admission decision checks it in its own order.
@@ -342,7 +366,7 @@ def create_blueprint(config):
         return None
 
     @bp.teardown_request
-    def release_unused_admission(exc):
+    def release_unused_admission(exc: BaseException | None) -> None:
         # An admission whose connection never ran (the handshake failed
         # after before_request) gives its share back here.
         admission = g.pop("wsproxy_admission", None)
@@ -353,7 +377,7 @@ def create_blueprint(config):
             slot.give_back()
 
     @websocket.route(_sock, config["WSPROXY_PATH"], bp=bp, endpoint="websocket")
-    def websocket_view(ws):
+    def websocket_view(ws: Any) -> None:
         # After the upgrade an exception must not reach Flask: it would
         # write an HTML 500 page into the WebSocket.
         try:
@@ -361,7 +385,7 @@ def create_blueprint(config):
         except Exception:  # noqa: BLE001 - one connection must not hurt others
             log.exception("wsproxy: connection failed")
 
-    def _run_connection(ws, admission):
+    def _run_connection(ws: Any, admission: Admission) -> None:
         client = ClientConnection(
             websocket.Connection(ws, admission.pending),
             max_messages=config["WSPROXY_OUTBOX_MAX_MESSAGES"],
@@ -391,7 +415,7 @@ def create_blueprint(config):
         methods=["GET", "OPTIONS"],
         provide_automatic_options=False,
     )
-    def upgrade_required():
+    def upgrade_required() -> Response:
         # The same path without an Upgrade header: the admission decision
         # for a client that asks for it as JSON (see _decision), else 426.
         if request.method == "OPTIONS":  # a CORS preflight for _decision
@@ -408,20 +432,20 @@ def create_blueprint(config):
     if config["WSPROXY_METRICS_PATH"]:
 
         @bp.route(config["WSPROXY_METRICS_PATH"], endpoint="metrics")
-        def metrics_view():
+        def metrics_view() -> Response:
             body, content_type = metrics.exposition()
             return Response(body, content_type=content_type)
 
     if config["WSPROXY_HEALTH_PATH"]:
 
         @bp.route(config["WSPROXY_HEALTH_PATH"], endpoint="healthz")
-        def healthz():
+        def healthz() -> Response:
             return jsonify(status="ok", pid=os.getpid())
 
     if config["WSPROXY_READY_PATH"]:
 
         @bp.route(config["WSPROXY_READY_PATH"], endpoint="readyz")
-        def readyz():
+        def readyz() -> tuple[Response, int]:
             state = _state().ensure_started(current_app)
             source = state.source
             watcher = source.state  # read once: the body agrees with itself
@@ -456,7 +480,7 @@ def create_blueprint(config):
     if page_path:
 
         @bp.route(page_path, endpoint="page")
-        def page():
+        def page() -> str:
             return render_template(
                 PAGE_TEMPLATE,
                 ws_path=request.script_root + config["WSPROXY_PATH"],
@@ -466,7 +490,9 @@ def create_blueprint(config):
     return bp
 
 
-def _not_ready_reason(state, watcher, full=False):
+def _not_ready_reason(
+    state: "ProxyState", watcher: SourceState, full: bool = False
+) -> str | None:
     """Why /readyz answers 503, or None if it answers 200; ``watcher`` is
     the watcher's state as the body reports it, ``full`` whether the worker
     holds WSPROXY_MAX_CLIENTS connections."""
@@ -485,7 +511,7 @@ def _not_ready_reason(state, watcher, full=False):
     return None
 
 
-def registered_paths(config):
+def registered_paths(config: Config) -> dict[str, str]:
     """Every URL rule the blueprint registers, for collision checks: each
     with the setting that places it (the assets come with the page)."""
     paths = {
@@ -521,15 +547,15 @@ _tidying = threading.BoundedSemaphore(_TIDYING_AT_ONCE)
 class _Turn:
     """A turn at ``_tidying`` (none while the worker is stopping)."""
 
-    def __init__(self, stopping):
+    def __init__(self, stopping: threading.Event) -> None:
         self._stopping = stopping
         self._held = False
 
-    def take(self):
+    def take(self) -> None:
         if not self._held and not self._stopping.is_set():
             self._held = _tidying.acquire()
 
-    def give_back(self):
+    def give_back(self) -> None:
         if self._held:
             self._held = False
             _tidying.release()
@@ -559,21 +585,28 @@ _HANDSHAKE_WAIT = 5.0
 class _HandshakeSlot:
     """A turn at ``_handshaking`` (none while the worker is stopping)."""
 
-    def __init__(self, stopping):
+    def __init__(self, stopping: threading.Event) -> None:
         self._stopping = stopping
         self._held = False
 
-    def take(self):
+    def take(self) -> None:
         if not self._held and not self._stopping.is_set():
             self._held = _handshaking.acquire(timeout=_HANDSHAKE_WAIT)
 
-    def give_back(self):
+    def give_back(self) -> None:
         if self._held:
             self._held = False
             _handshaking.release()
 
 
-def serve(state, client, resume_id, reservation=None, handshake=None, ticket=None):
+def serve(
+    state: "ProxyState",
+    client: ClientConnection,
+    resume_id: str | None,
+    reservation: budget.Reservation | None = None,
+    handshake: "_HandshakeSlot | None" = None,
+    ticket: str | None = None,
+) -> None:
     """Run one connection from hello to close; ``reservation`` (its share
     of its principal's budget) is given back when it ends, ``handshake``
     (its turn at :data:`_handshaking`) once it has joined the hub;
@@ -587,17 +620,27 @@ def serve(state, client, resume_id, reservation=None, handshake=None, ticket=Non
             state.budgets.release(reservation)
 
 
-def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
+def _serve(
+    state: "ProxyState",
+    client: ClientConnection,
+    resume_id: str | None,
+    reservation: budget.Reservation | None,
+    handshake: "_HandshakeSlot | None" = None,
+    ticket: str | None = None,
+) -> None:
     hub = state.hub
     config = state.config
     source = state.source
     key = throttle.client_key(client.principal, client.remote_addr)
 
-    def parse_subscribe(args):
+    def parse_subscribe(args: "MultiDict[str, str]") -> Subscription:
         # A subscribe costs what a connection does: a token of the connect
         # budget, and its filter's terms in its principal's share.
         state.connect_rate.admit(key, what="subscriptions")
-        sub = _parse_subscription(args, client.principal, config)
+        # (a served connection has its principal: _run_connection)
+        sub = _parse_subscription(
+            args, cast(access.Principal, client.principal), config
+        )
         if reservation is not None:
             state.budgets.replace(reservation, sub)
         return sub
@@ -610,7 +653,7 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
         describe=lambda sub: {"deletes": source.preimages.deletes(sub)},
     )
 
-    def hello(mode):
+    def hello(mode: ResumeMode) -> str:
         return codec.control_message(
             MessageType.HELLO,
             worker=os.getpid(),
@@ -624,7 +667,9 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
             **({"ticket": ticket} if ticket else {}),
         )
 
-    def catch_up_from_mongodb(client):
+    def catch_up_from_mongodb(
+        client: ClientConnection,
+    ) -> tuple[CatchUp, Callable[[], None]]:
         # Not in this worker's history: replay from MongoDB, then splice.
         member = CatchUp(client, config["WSPROXY_OUTBOX_MAX_MESSAGES"])
         messages.catchup = member
@@ -636,7 +681,7 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
         )
         return member, thread.start
 
-    documents = None
+    documents: LiveDocuments | None = None
     if client.subscription.snapshot is not None:
         # Live documents: always a fresh snapshot (resume_after is not
         # used; see wsproxy.live.documents).
@@ -661,7 +706,7 @@ def _serve(state, client, resume_id, reservation, handshake=None, ticket=None):
                 "client %s connected from %s as %s (resume: %s, ns: %s)",
                 client.id,
                 shown(client.remote_addr),
-                shown(client.principal.name),
+                shown(cast(access.Principal, client.principal).name),
                 resume,
                 shown(",".join(sorted(client.subscription.namespaces or ())) or "*"),
             )

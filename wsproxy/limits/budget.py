@@ -28,6 +28,8 @@ thread), under one lock held for nothing else.
 import collections
 import dataclasses
 import threading
+from collections.abc import Hashable
+from typing import Protocol
 
 from .throttle import Throttled
 
@@ -46,18 +48,33 @@ class _Ledger:
     )
 
 
+# What a subscription costs: (what it is told apart by, its filter terms).
+Charge = tuple[Hashable, int]
+
+
+class Charged(Protocol):
+    """What :func:`charge_of` reads of a subscription
+    (:class:`wsproxy.fanout.subscription.Subscription`, a layer above)."""
+
+    @property
+    def key(self) -> Hashable | None: ...
+
+    @property
+    def terms(self) -> int: ...
+
+
 class Reservation:
     """One connection's share of its principal's budget, until released."""
 
     __slots__ = ("key", "charge", "released")
 
-    def __init__(self, key, charge):
+    def __init__(self, key: Hashable, charge: Charge) -> None:
         self.key = key
         self.charge = charge  # (subscription key, terms) charged
         self.released = False
 
 
-def charge_of(subscription):
+def charge_of(subscription: Charged) -> Charge:
     """What a subscription costs: (what it is told apart by, its terms).
     Subscriptions without a key (live documents, judged per connection)
     are charged per connection."""
@@ -68,21 +85,21 @@ def charge_of(subscription):
 class Budgets:
     """The worker's ledger of what each principal holds."""
 
-    def __init__(self, *, max_connections, max_terms):
+    def __init__(self, *, max_connections: int, max_terms: int) -> None:
         self.max_connections = max_connections
         self.max_terms = max_terms
         # Guards _ledgers: principal key -> _Ledger (only keys in use).
         self._lock = threading.Lock()
-        self._ledgers = {}
+        self._ledgers: dict[Hashable, _Ledger] = {}
 
-    def check(self, key, subscription):
+    def check(self, key: Hashable, subscription: Charged) -> None:
         """Raise :class:`Throttled` if ``key`` could not open a connection
         with ``subscription`` now (reserves nothing)."""
         charge = charge_of(subscription)
         with self._lock:
             self._refusal(self._ledgers.get(key) or _Ledger(), charge, 1)
 
-    def reserve(self, key, subscription):
+    def reserve(self, key: Hashable, subscription: Charged) -> Reservation:
         """A :class:`Reservation` for one more connection of ``key`` with
         ``subscription``, or :class:`Throttled`."""
         charge = charge_of(subscription)
@@ -94,7 +111,7 @@ class Budgets:
             self._add(ledger, charge)
         return Reservation(key, charge)
 
-    def replace(self, reservation, subscription):
+    def replace(self, reservation: Reservation, subscription: Charged) -> None:
         """Move ``reservation`` to ``subscription`` (a ``subscribe``), or
         raise :class:`Throttled` and keep the old one."""
         charge = charge_of(subscription)
@@ -111,7 +128,7 @@ class Budgets:
             self._add(ledger, charge)
             reservation.charge = charge
 
-    def release(self, reservation):
+    def release(self, reservation: Reservation) -> None:
         """Give the connection's share back (once; later calls do nothing)."""
         with self._lock:
             if reservation.released:
@@ -123,13 +140,13 @@ class Budgets:
             if ledger.connections == 0:
                 del self._ledgers[reservation.key]
 
-    def held(self, key):
+    def held(self, key: Hashable) -> tuple[int, int]:
         """(connections, filter terms) ``key`` holds now."""
         with self._lock:
             ledger = self._ledgers.get(key) or _Ledger()
             return ledger.connections, ledger.terms
 
-    def _refusal(self, ledger, charge, more_connections):
+    def _refusal(self, ledger: _Ledger, charge: Charge, more_connections: int) -> None:
         if more_connections and ledger.connections >= self.max_connections:
             raise Throttled(
                 f"too many connections for this principal (limit "
@@ -149,14 +166,14 @@ class Budgets:
             )
 
     @staticmethod
-    def _add(ledger, charge):
+    def _add(ledger: _Ledger, charge: Charge) -> None:
         sub_key, terms = charge
         if ledger.subscriptions[sub_key] == 0:
             ledger.terms += terms
         ledger.subscriptions[sub_key] += 1
 
     @staticmethod
-    def _remove(ledger, charge):
+    def _remove(ledger: _Ledger, charge: Charge) -> None:
         sub_key, terms = charge
         ledger.subscriptions[sub_key] -= 1
         if ledger.subscriptions[sub_key] <= 0:

@@ -23,6 +23,8 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 from .. import access
 from ..errors import ClientError
@@ -47,14 +49,16 @@ DOCS_PER_TOKEN = 1000
 READ_SECONDS_PER_TOKEN = 0.01
 
 
-def read_cost(docs, seconds):
+def read_cost(docs: int, seconds: float) -> float:
     """Tokens a snapshot's read costs once it is done: the documents it
     returned and the time the database took (what a scan no index serves
     costs shows in time, not in documents returned)."""
     return docs / DOCS_PER_TOKEN + seconds / READ_SECONDS_PER_TOKEN
 
 
-def connect_cost(resume_id, filter_text, history_length):
+def connect_cost(
+    resume_id: str | None, filter_text: str | None, history_length: int
+) -> float:
     """Tokens one connection costs: 1, plus the replay work a resume from
     history asks for (its filter runs over up to the whole history). A
     snapshot (which never replays) pays for its read after it, by
@@ -69,12 +73,12 @@ class Throttled(ClientError):
 
     status = 429
 
-    def __init__(self, reason, retry_after):
+    def __init__(self, reason: str, retry_after: float) -> None:
         super().__init__(reason)
         self.retry_after = max(1, math.ceil(retry_after))
 
 
-def client_key(principal, remote_addr):
+def client_key(principal: object, remote_addr: str | None) -> tuple[str, Any]:
     """Whom a connection's cost is charged to."""
     name = getattr(principal, "name", None)
     if name is not None and principal is not access.ANYONE:
@@ -86,7 +90,14 @@ class KeyedRateLimit:
     """A token bucket per key; thread-safe, and bounded to ``max_keys``
     buckets."""
 
-    def __init__(self, rate, burst, *, max_keys=MAX_KEYS, clock=time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.rate = float(rate)
@@ -96,18 +107,20 @@ class KeyedRateLimit:
         # Guards _buckets: key -> [tokens, when counted], least recently
         # used first.
         self._lock = threading.Lock()
-        self._buckets = collections.OrderedDict()
+        self._buckets: collections.OrderedDict[Hashable, list[float]] = (
+            collections.OrderedDict()
+        )
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._buckets)
 
-    def _tokens(self, bucket, now):
+    def _tokens(self, bucket: list[float], now: float) -> float:
         # Time never runs backwards for a bucket: a clock read late counts
         # as no refill, never as tokens taken away.
         elapsed = max(now - bucket[1], 0.0)
         return min(self.burst, bucket[0] + elapsed * self.rate)
 
-    def take(self, key, cost=1.0):
+    def take(self, key: Hashable, cost: float = 1.0) -> float:
         """Spend ``cost`` tokens of ``key``'s bucket (at most a burst's
         worth): 0.0 if there were enough, else the seconds until there will
         be (nothing is spent then)."""
@@ -139,7 +152,7 @@ class KeyedRateLimit:
             self._buckets[key] = bucket
             return wait
 
-    def _forget_full(self, now, limit):
+    def _forget_full(self, now: float, limit: int) -> None:
         """Drop up to ``limit`` least recently used buckets that have
         refilled (the caller holds the lock)."""
         for _ in range(limit):
@@ -150,7 +163,7 @@ class KeyedRateLimit:
                 return  # the rest were used more recently still
             del self._buckets[key]
 
-    def charge(self, key, cost):
+    def charge(self, key: Hashable, cost: float) -> None:
         """Spend ``cost`` tokens of ``key``'s bucket after the fact (work
         already done): the bucket may go as far as a burst below empty, so
         the key waits that much longer before its next admission."""
@@ -161,7 +174,9 @@ class KeyedRateLimit:
             bucket[0], bucket[1] = max(tokens, -self.burst), now
             self._buckets[key] = bucket
 
-    def admit(self, key, what="connections", cost=1.0):
+    def admit(
+        self, key: Hashable, what: str = "connections", cost: float = 1.0
+    ) -> None:
         """Spend ``cost`` tokens or raise :class:`Throttled`."""
         wait = self.take(key, cost)
         if wait:
@@ -176,13 +191,13 @@ class KeyedSlots:
     """At most ``limit`` of something at once per key; thread-safe. Only
     keys in use are kept."""
 
-    def __init__(self, limit):
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         # Guards _used: key -> how many are in use (> 0); notified on release.
         self._freed = threading.Condition(threading.Lock())
-        self._used = {}
+        self._used: dict[Hashable, int] = {}
 
-    def acquire(self, key, timeout=0.0):
+    def acquire(self, key: Hashable, timeout: float | None = 0.0) -> bool:
         """Take one of ``key``'s slots, waiting up to ``timeout`` seconds
         for one to be released; False if none was free."""
         with self._freed:
@@ -193,7 +208,7 @@ class KeyedSlots:
             self._used[key] = self._used.get(key, 0) + 1
             return True
 
-    def release(self, key):
+    def release(self, key: Hashable) -> None:
         with self._freed:
             used = self._used.get(key, 0) - 1
             if used > 0:
@@ -202,13 +217,23 @@ class KeyedSlots:
                 self._used.pop(key, None)
             self._freed.notify_all()
 
-    def in_use(self, key):
+    def in_use(self, key: Hashable) -> int:
         with self._freed:
             return self._used.get(key, 0)
 
 
 @contextlib.contextmanager
-def holding(client, key, *, per_key, slots, timeout, gauge, busy_for_key, busy):
+def holding(
+    client: Any,
+    key: Hashable,
+    *,
+    per_key: KeyedSlots,
+    slots: threading.BoundedSemaphore,
+    timeout: float,
+    gauge: Any,
+    busy_for_key: str,
+    busy: str,
+) -> Iterator[Hashable | None]:
     """Hold one of ``key``'s slots (``per_key``, a :class:`KeyedSlots`) and
     one of the worker's (``slots``, a semaphore), each waited for up to
     ``timeout`` seconds, with ``gauge`` one higher meanwhile; yields

@@ -49,8 +49,13 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from ..errors import ClientError
+
+if TYPE_CHECKING:
+    from ..access.sealing import Sealer
 
 # Reconnects a chain may hold unused, and the seconds that earn one more.
 CAP = 3
@@ -69,32 +74,34 @@ _LAYOUT = struct.Struct(">B16sfd8s")
 class Ticket:
     __slots__ = ("chain", "tokens", "at")
 
-    def __init__(self, chain, tokens, at):
+    def __init__(self, chain: bytes, tokens: float, at: float) -> None:
         self.chain = chain
         self.tokens = tokens
         self.at = at
 
-    def allowance(self, now):
+    def allowance(self, now: float) -> float:
         """Reconnects this chain holds at ``now``."""
         return min(CAP, self.tokens + max(now - self.at, 0.0) / REFILL)
 
 
-def _digest(key):
+def _digest(key: Hashable) -> bytes:
     return hashlib.sha256(repr(key).encode()).digest()[:16]
 
 
 class Tickets:
     """Seals and opens one worker's tickets; thread-safe."""
 
-    def __init__(self, sealer, clock=time.time):
+    def __init__(
+        self, sealer: "Sealer", clock: Callable[[], float] = time.time
+    ) -> None:
         self._sealer = sealer
         self._clock = clock
         # Guards _latest: chain -> when its latest ticket was sealed here,
         # least recently sealed first.
         self._lock = threading.Lock()
-        self._latest = collections.OrderedDict()
+        self._latest: collections.OrderedDict[bytes, float] = collections.OrderedDict()
 
-    def open(self, text, key):
+    def open(self, text: object, key: Hashable) -> Ticket | None:
         """The Ticket in ``text`` if it is ours, for ``key``, and the latest
         of its chain this worker sealed; else None."""
         if not isinstance(text, str) or not 0 < len(text) <= MAX_CHARS:
@@ -111,21 +118,21 @@ class Tickets:
                 return None  # a ticket this chain has already used
         return Ticket(chain, float(tokens), at)
 
-    def after(self, ticket, used):
+    def after(self, ticket: Ticket, used: bool) -> Ticket:
         """The Ticket a connection admitted with ``ticket`` is given: what
         is left of its allowance (one reconnect fewer if ``used``)."""
         now = self._clock()
         tokens = ticket.allowance(now) - (1.0 if used else 0.0)
         return Ticket(ticket.chain, max(tokens, 0.0), now)
 
-    def now(self):
+    def now(self) -> float:
         return self._clock()
 
-    def new(self):
+    def new(self) -> Ticket:
         """A first connection's Ticket: a new chain, no reconnects yet."""
         return Ticket(os.urandom(8), 0.0, self._clock())
 
-    def seal(self, ticket, key):
+    def seal(self, ticket: Ticket, key: Hashable) -> str:
         """``ticket`` as the text a client holds; remembered as its chain's
         latest."""
         with self._lock:

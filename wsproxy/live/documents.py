@@ -43,10 +43,11 @@ the collection matches, so nothing is kept and nothing leaves.
 """
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from ..fanout.routing import NS
+from ..fanout.routing import NS, Anchor
 from ..fanout.tracking import (
     CLEARING_OPS,
     DOCUMENT_OPS,
@@ -57,6 +58,11 @@ from ..fanout.tracking import (
 )
 from ..protocol import CloseCode
 from ..transport.codec import Shape, untracked_leave_frame
+
+if TYPE_CHECKING:
+    from ..fanout.connection import ClientConnection
+    from ..fanout.tracking import HeldKey
+    from ..transport.codec import Change
 
 
 class Phase(StrEnum):
@@ -88,7 +94,7 @@ class Restart(Exception):
 class LiveDocuments:
     """The hub member of one ``snapshot=1`` connection (see the module)."""
 
-    def __init__(self, client, *, max_held):
+    def __init__(self, client: "ClientConnection", *, max_held: int) -> None:
         self.client = client
         self.subscription = sub = client.subscription
         self.query = sub.snapshot
@@ -99,27 +105,29 @@ class LiveDocuments:
         # while filtering or encoding.
         self._lock = threading.Lock()
         self._phase = Phase.READING
-        self._kept = []  # Changes to the collection, in stream order
+        # Changes to the collection, in stream order
+        self._kept: list[Change] = []
         self._kept_bytes = 0
-        self._reset_frame = None  # a reset that arrived mid-snapshot
+        # a reset that arrived mid-snapshot
+        self._reset_frame: bytes | None = None
         # What the client holds, only with a filter (wsproxy.fanout.tracking).
         # Used by one thread at a time: the snapshot's until LIVE, then the
         # broadcaster's (a reset ends LIVE on the broadcaster itself).
         self._held = Held(max_held) if sub.rules or sub.predicates else None
         # () -> None: starts a snapshot thread (set by the caller).
-        self.start_snapshot = None
+        self.start_snapshot: Any = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<LiveDocuments {self.client!r} {self._phase}>"
 
-    def route_anchor(self):
+    def route_anchor(self) -> Anchor:
         """Offered every change to its collection (wsproxy.fanout.routing): while
         reading it keeps them all for the merge, whatever its filter."""
         return (NS, frozenset({self.query.ns}))
 
     # -- the hub's side (broadcaster thread) ---------------------------------
 
-    def on_change(self, change):
+    def on_change(self, change: "Change") -> bool:
         if not self._concerns(change.raw):
             return False
         with self._lock:
@@ -131,19 +139,19 @@ class LiveDocuments:
             handed = self.client.offer(data)
         return handed
 
-    def on_changes(self, changes):
+    def on_changes(self, changes: list["Change"]) -> int:
         return sum(1 for change in changes if self.on_change(change))
 
-    def offer(self, data):
+    def offer(self, data: bytes) -> bool:
         return self.client.offer(data)
 
-    def preload(self, frames):
+    def preload(self, frames: Iterable[bytes]) -> None:
         self.client.preload(frames)
 
-    def request_close(self, code, reason):
+    def request_close(self, code: int, reason: str) -> None:
         self.client.request_close(code, reason)
 
-    def on_reset(self, frame):
+    def on_reset(self, frame: bytes) -> bool:
         """The live feed lost its place: the client gets ``reset`` and a
         fresh snapshot (whatever it holds may be stale)."""
         with self._lock:
@@ -160,7 +168,7 @@ class LiveDocuments:
         self.start_snapshot()
         return handed
 
-    def _concerns(self, raw):
+    def _concerns(self, raw: Mapping[str, Any]) -> bool:
         op = raw.get("operationType")
         if op == "invalidate":
             return True
@@ -169,7 +177,7 @@ class LiveDocuments:
             return False
         return op == "dropDatabase" or ns.get("coll") == self.query.coll
 
-    def _keep_locked(self, change):
+    def _keep_locked(self, change: "Change") -> None:
         assert self._lock.locked()  # the caller holds it
         self._kept.append(change)
         self._kept_bytes += len(change.frame)
@@ -185,7 +193,7 @@ class LiveDocuments:
 
     # -- the snapshot thread's side ------------------------------------------
 
-    def take_kept(self, next_phase):
+    def take_kept(self, next_phase: Phase | str) -> list["Change"]:
         """The changes kept so far (handed over: no longer kept here), and
         the phase is now ``next_phase``; raises Restart after a reset."""
         with self._lock:
@@ -194,14 +202,14 @@ class LiveDocuments:
             self._phase = Phase(next_phase)
             return kept
 
-    def send(self, frames):
+    def send(self, frames: Iterable[bytes]) -> None:
         """Queue snapshot frames for the client, unless a reset came first
         (Restart): what the client gets after a reset is a new snapshot."""
         with self._lock:
             self._check_reset_locked()
             self.client.preload(frames)
 
-    def go_live(self):
+    def go_live(self) -> None:
         """Send the changes kept since the snapshot, in rounds (more may
         arrive meanwhile, judged outside the lock), then let the live feed
         through. Raises Restart after a reset."""
@@ -214,7 +222,7 @@ class LiveDocuments:
                     return
             self.send([data for change in kept for data in self.route(change)])
 
-    def _check_reset_locked(self):
+    def _check_reset_locked(self) -> None:
         assert self._lock.locked()  # the caller holds it
         if self._reset_frame is not None:
             frame, self._reset_frame = self._reset_frame, None
@@ -222,7 +230,7 @@ class LiveDocuments:
             self.client.preload([frame])
             raise Restart
 
-    def hold(self, held):
+    def hold(self, held: Iterable[tuple["HeldKey", Any]]) -> None:
         """What the client holds after a snapshot: ``(held key, _id)``
         pairs (see :func:`wsproxy.fanout.tracking.held_key`)."""
         if self._held is not None:
@@ -230,7 +238,7 @@ class LiveDocuments:
 
     # -- judging one change ---------------------------------------------------
 
-    def route(self, change):
+    def route(self, change: "Change") -> list[bytes]:
         """The frames one change means for this client: the change itself,
         a ``leave``, or nothing. Updates what it holds."""
         raw = change.raw
@@ -239,12 +247,12 @@ class LiveDocuments:
             return []
         sub = self.subscription
         shape = sub.decide(change)
-        dropped = ()
+        dropped: Sequence[Any] = ()
         if self._held is not None:
             shape, dropped = self._held.route(raw, shape)
         elif op in CLEARING_OPS and shape is None:
             shape = Shape.CHANGE
-        frames = []
+        frames: list[bytes] = []
         if shape is not None:
             frames.append(sub.frame(change, self.client.deflate_bits, shape))
         for _id in dropped:

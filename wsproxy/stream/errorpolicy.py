@@ -107,11 +107,11 @@ FATAL_CODES = frozenset(
 )
 
 
-def error_code(exc):
+def error_code(exc: BaseException | None) -> int | None:
     return exc.code if isinstance(exc, OperationFailure) else None
 
 
-def rejects_token(exc):
+def rejects_token(exc: BaseException | None) -> bool:
     """The server will not read the resume token as a position."""
     code = error_code(exc)
     if code in TOKEN_REJECTED_CODES:
@@ -119,11 +119,11 @@ def rejects_token(exc):
     return code in GENERIC_PARSE_CODES and TOKEN_MESSAGE in _message(exc).lower()
 
 
-def is_history_lost(exc):
+def is_history_lost(exc: BaseException | None) -> bool:
     return error_code(exc) in HISTORY_LOST_CODES or rejects_token(exc)
 
 
-def is_fatal(exc):
+def is_fatal(exc: BaseException | None) -> bool:
     if is_history_lost(exc):
         return False  # a bad token is not a bad deployment
     return error_code(exc) in FATAL_CODES or isinstance(exc, ConfigurationError)
@@ -136,7 +136,7 @@ class StreamEnded(PyMongoError):
     never read."""
 
 
-def classify(exc):
+def classify(exc: BaseException) -> ErrorKind:
     """What a stream's user should do about ``exc``, an :class:`ErrorKind`
     (see the module docstring)."""
     if is_history_lost(exc):
@@ -146,7 +146,7 @@ def classify(exc):
     return ErrorKind.TRANSIENT
 
 
-def _message(exc):
+def _message(exc: BaseException | None) -> str:
     details = getattr(exc, "details", None)
     if isinstance(details, dict) and isinstance(details.get("errmsg"), str):
         return details["errmsg"]

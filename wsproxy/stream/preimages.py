@@ -20,11 +20,17 @@ client which rule holds for it (``deletes``: ``"exact"`` or
 """
 
 import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from ..access.watchspec import never_streamed
+
+if TYPE_CHECKING:
+    from ..fanout.subscription import Subscription
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.preimages")
@@ -34,16 +40,19 @@ PRE_IMAGE_MODES = ("whenAvailable", "required")
 EXACT, TRACKED = "exact", "tracked"
 
 
-def _keeps_preimages(info):
+def _keeps_preimages(info: Mapping[str, Any]) -> bool:
     options = info.get("options") or {}
     setting = options.get("changeStreamPreAndPostImages") or {}
     return bool(setting.get("enabled"))
 
 
-def collections_without(target):
+def collections_without(
+    target: MongoClient[Any] | Database[Any] | Collection[Any],
+) -> tuple[set[str], set[str]]:
     """``(all, without)``: the ``db.coll`` names of the collections
     ``target`` (a MongoClient, Database or Collection) covers, and of those
     that keep no pre-images. Raises what the driver raises."""
+    databases: list[tuple[Database[Any], dict[str, Any]]]
     if isinstance(target, Collection):
         databases = [(target.database, {"name": target.name})]
     elif isinstance(target, Database):
@@ -54,6 +63,8 @@ def collections_without(target):
             for name in target.list_database_names()
             if not never_streamed(name)
         ]
+    every: set[str]
+    without: set[str]
     every, without = set(), set()
     for database, query in databases:
         for info in database.list_collections(filter=query):
@@ -72,11 +83,12 @@ def collections_without(target):
 class PreImages:
     """What the watcher found, for ``hello`` (thread-safe: replaced whole)."""
 
-    def __init__(self, mode):
+    def __init__(self, mode: str | None) -> None:
         self.mode = mode  # WSPROXY_FULL_DOCUMENT_BEFORE_CHANGE
-        self.without = None  # db.coll names without pre-images; None: unknown
+        # db.coll names without pre-images; None: unknown
+        self.without: frozenset[str] | None = None
 
-    def check(self, target):
+    def check(self, target: MongoClient[Any] | Database[Any] | Collection[Any]) -> None:
         """Look at the watched collections once; one WARNING if filtered
         feeds cannot be exact. Never raises (called on the watcher)."""
         if self.mode not in PRE_IMAGE_MODES:
@@ -109,7 +121,7 @@ class PreImages:
                 shown,
             )
 
-    def deletes(self, subscription):
+    def deletes(self, subscription: "Subscription") -> str:
         """``"exact"`` if every delete and leave the subscription can be
         sent is decided by the event itself, else ``"tracked"``."""
         if not subscription.tracks:

@@ -10,7 +10,9 @@ gets no answer, and no warning.
 """
 
 import logging
+from typing import Any
 
+from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 
@@ -18,7 +20,9 @@ from pymongo.database import Database
 log = logging.getLogger("wsproxy.scopecheck")
 
 
-def missing(target):
+def missing(
+    target: MongoClient[Any] | Database[Any] | Collection[Any],
+) -> str | None:
     """``"database 'shop'"`` or ``"collection 'shop.orders'"`` if what
     ``target`` (a MongoClient, Database or Collection) names does not
     exist, else None. Raises what the driver raises (e.g. OperationFailure:
@@ -34,7 +38,9 @@ def missing(target):
     return None  # the whole deployment
 
 
-def warn_if_missing(target):
+def warn_if_missing(
+    target: MongoClient[Any] | Database[Any] | Collection[Any],
+) -> None:
     """One WARNING if the watched namespace does not exist; never raises."""
     try:
         what = missing(target)

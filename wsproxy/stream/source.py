@@ -20,18 +20,28 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from bson import Timestamp
+from pymongo import MongoClient
+from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from .. import metrics
-from ..fanout.hub import FORGET_HISTORY, PREFILLED, Announcement, Recorded
+from ..fanout.hub import FORGET_HISTORY, PREFILLED, Announcement, Hub, Recorded
 from ..protocol import MessageType, SourceState, WatcherState
 from ..transport import codec
 from . import errorpolicy, scopecheck
 from .preimages import PreImages
+
+if TYPE_CHECKING:
+    from ..access.sealing import Sealer
+
+# What the watcher watches: the deployment, a database or a collection.
+Watched = MongoClient[Any] | Database[Any] | Collection[Any]
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.source")
@@ -40,17 +50,17 @@ log = logging.getLogger("wsproxy.source")
 class Backoff:
     """Capped exponential backoff with equal jitter."""
 
-    def __init__(self, initial=0.5, cap=30.0):
+    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
         self.initial = initial
         self.cap = cap
         self.failures = 0
 
-    def next_delay(self):
+    def next_delay(self) -> float:
         ceiling = min(self.cap, self.initial * (2**self.failures))
         self.failures += 1
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def reset(self):
+    def reset(self) -> None:
         self.failures = 0
 
 
@@ -60,17 +70,17 @@ class ChangeSource:
 
     def __init__(
         self,
-        target,
-        hub,
+        target: Watched,
+        hub: Hub,
         *,
-        sealer,
-        pipeline=(),
-        full_document=None,
-        full_document_before_change=None,
-        max_await_ms=500,
-        backoff=None,
-        prefill=0.0,
-    ):
+        sealer: "Sealer",
+        pipeline: Iterable[Mapping[str, Any]] = (),
+        full_document: str | None = None,
+        full_document_before_change: str | None = None,
+        max_await_ms: int = 500,
+        backoff: Backoff | None = None,
+        prefill: float = 0.0,
+    ) -> None:
         self.target = target
         self.hub = hub
         self.sealer = sealer  # seals each event's resume token into its id
@@ -79,22 +89,23 @@ class ChangeSource:
         self.full_document_before_change = full_document_before_change
         self.max_await_ms = max_await_ms
         self.backoff = backoff or Backoff()
-        self.resume_token = None
-        self._start_after = None
+        self.resume_token: Mapping[str, Any] | None = None
+        self._start_after: Mapping[str, Any] | None = None
         self.state = SourceState.STARTING
-        self.last_error = None
+        self.last_error: BaseException | None = None
         # When the live feed was last lost (monotonic), for the log line
         # that says it is back; None while it is live.
-        self._lost_at = None
+        self._lost_at: float | None = None
         self.errors = 0
         self.reconnects = 0
-        self.last_event_at = None
-        self.last_ok_at = None  # last successful round trip (event or idle)
+        self.last_event_at: float | None = None
+        # last successful round trip (event or idle)
+        self.last_ok_at: float | None = None
         # When the last round trip that found nothing new *began*: the
         # stream had then read everything committed before that moment.
-        self.caught_up_as_of = None
+        self.caught_up_as_of: float | None = None
         self._stopping = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         # Whether the watched namespace was looked for (once, when the
         # first round trip worked: wsproxy.stream.scopecheck), and which of its
         # collections keep pre-images (wsproxy.stream.preimages).
@@ -107,24 +118,26 @@ class ChangeSource:
         # While prefilling: the cluster time when the watcher started
         # (events up to it are Recorded, not published), and where it
         # reads from.
-        self._prefill_until = None
-        self._prefill_from = None
+        self._prefill_until: Timestamp | None = None
+        self._prefill_from: Timestamp | None = None
         self._prefill_pending = prefill > 0
         self._recorded = False  # whether any event was read back
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         self._thread = threading.Thread(
             target=self._run, name="wsproxy-watcher", daemon=True
         )
         self._thread.start()
 
-    def request_stop(self):
+    def request_stop(self) -> None:
         """Stop after the current round trip, without waiting for it."""
         self._stopping.set()
 
-    def stop(self, timeout=5.0, interrupt=None):
+    def stop(
+        self, timeout: float = 5.0, interrupt: Callable[[], object] | None = None
+    ) -> None:
         """Stop and join the watcher. One waiting for a server (the database
         is gone) would hold this for the whole selection timeout: if it has
         not ended one round trip after the stop, ``interrupt()`` (closing
@@ -140,16 +153,16 @@ class ChangeSource:
         self.state = SourceState.STOPPED
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         return self.state == SourceState.CONNECTED
 
     @property
-    def healthy(self):
+    def healthy(self) -> bool:
         """Connected, and the last round trip to the server is recent."""
         return self.connected and self.answered_recently
 
     @property
-    def answered_recently(self):
+    def answered_recently(self) -> bool:
         """The last round trip to the server is recent: a getMore returns
         within max_await_ms, so a longer silence means the server or the
         network is gone even before the driver says so."""
@@ -159,8 +172,12 @@ class ChangeSource:
         return time.time() - self.last_ok_at < stale_after
 
     def open_stream(
-        self, resume_after=None, start_after=None, batch_size=None, start_at=None
-    ):
+        self,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+        batch_size: int | None = None,
+        start_at: Timestamp | None = None,
+    ) -> ChangeStream[Any]:
         """A change stream on the watched scope with the operator's options
         (also used for per-client catch-up, with small batches: a batch is
         decoded at once and held until read)."""
@@ -186,7 +203,7 @@ class ChangeSource:
     # offered to no one, and clients resuming meanwhile wait for it (see
     # wsproxy.http.views), then resume from the history like on any worker.
 
-    def _prefill_start(self):
+    def _prefill_start(self) -> Timestamp | None:
         """Where the first stream starts: ``prefill`` seconds before the
         server's time now, or None (no prefill)."""
         if not self._prefill_pending:
@@ -200,7 +217,7 @@ class ChangeSource:
             self._prefill_from = Timestamp(max(now.time - int(self.prefill), 1), 0)
         return self._prefill_from
 
-    def _end_prefill(self, why=None):
+    def _end_prefill(self, why: str | None = None) -> None:
         if not self._prefill_pending:
             return
         self._prefill_pending = False
@@ -209,7 +226,7 @@ class ChangeSource:
             log.info("watcher: no history read back (%s)", why)
         self.hub.submit(PREFILLED, self._stopping)
 
-    def _is_prefill(self, raw):
+    def _is_prefill(self, raw: Mapping[str, Any]) -> bool:
         """Whether an event read is from before the watcher started."""
         until = self._prefill_until
         if until is None:
@@ -222,9 +239,9 @@ class ChangeSource:
 
     # -- the watcher thread --------------------------------------------------
 
-    def _run(self):
+    def _run(self) -> None:
         while not self._stopping.is_set():
-            invalidated = False
+            invalidated: bool | None = False
             began = time.monotonic()
             try:
                 invalidated = self._stream_once()
@@ -244,7 +261,7 @@ class ChangeSource:
             self.reconnects += 1
             metrics.WATCHER_RECONNECTS.inc()
 
-    def _retry_delay(self, attempt_took):
+    def _retry_delay(self, attempt_took: float) -> float:
         """Seconds before the next attempt after one that failed."""
         if errorpolicy.is_fatal(self.last_error):
             return self.backoff.cap
@@ -257,7 +274,7 @@ class ChangeSource:
             return max(self.backoff.initial - attempt_took, 0.0)
         return self.backoff.next_delay()
 
-    def _stream_once(self):
+    def _stream_once(self) -> bool | None:
         if self._start_after is not None:
             stream = self.open_stream(start_after=self._start_after)
         elif self.resume_token is None and self._prefill_start() is not None:
@@ -298,7 +315,7 @@ class ChangeSource:
                         )
                     continue
                 change = codec.Change(raw, self.sealer)
-                item = change
+                item: codec.Change | Recorded = change
                 if self._is_prefill(raw):
                     # From before the watcher started: for the history.
                     item = Recorded(change)
@@ -307,7 +324,7 @@ class ChangeSource:
                     self.last_event_at = now
                     metrics.EVENTS.inc()
                 if not self.hub.submit(item, self._stopping):
-                    return
+                    return None  # stopping
                 self.resume_token = change.token
                 self._start_after = None
                 self.backoff.reset()
@@ -320,7 +337,7 @@ class ChangeSource:
             return False
         return False
 
-    def _on_error(self, exc):
+    def _on_error(self, exc: BaseException) -> None:
         self.errors += 1
         metrics.WATCHER_ERRORS.inc()
         self.last_error = exc
@@ -373,7 +390,7 @@ class ChangeSource:
             "the database is unreachable; the feed resumes when it is back",
         )
 
-    def _set_state(self, state, detail):
+    def _set_state(self, state: SourceState, detail: str | None) -> None:
         """``detail`` goes to every client: a generic reason, never the
         driver's error text (hosts, ports, topology); that is logged."""
         previous, self.state = self.state, state
@@ -411,7 +428,7 @@ class ChangeSource:
         )
 
 
-def _client_of(target):
+def _client_of(target: Watched) -> MongoClient[Any]:
     """The MongoClient of a MongoClient, Database or Collection. (Not by
     hasattr: a Database's unknown attribute is a Collection, so a Database
     has a "database", and a Collection a "client".)"""
@@ -422,7 +439,7 @@ def _client_of(target):
     return target
 
 
-def watch_target(client, scope):
+def watch_target(client: MongoClient[Any], scope: str) -> Watched:
     """``""`` -> the whole deployment, ``"db"`` -> a database,
     ``"db.coll"`` -> a collection."""
     if not scope:

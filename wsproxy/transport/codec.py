@@ -17,7 +17,9 @@ permessage-deflate with that window gets the same bytes.
 import json
 import struct
 import zlib
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 from wsproto.frame_protocol import FrameProtocol
@@ -25,10 +27,16 @@ from wsproto.frame_protocol import FrameProtocol
 from ..access.redaction import redact
 from ..protocol import MessageType
 
+if TYPE_CHECKING:
+    from ..access.sealing import Sealer
+
+# A set of hidden fields, as a connection holds it (a cache key).
+Hide = tuple[str, ...]
+
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS
 
 
-def frame(text):
+def frame(text: str) -> bytes:
     """One final, unmasked, uncompressed text frame carrying ``text``."""
     return bytes(FrameProtocol(client=False, extensions=[]).send_data(text))
 
@@ -40,7 +48,7 @@ DEFLATE_LEVEL = 6  # zlib's default: most of level 9's ratio at half the time
 _FIN_RSV1_TEXT = 0x80 | 0x40 | 0x1
 
 
-def deflated_frame(text, window_bits):
+def deflated_frame(text: str, window_bits: int) -> bytes:
     """A final, unmasked text frame of ``text`` compressed on its own
     (permessage-deflate, RSV1 set) with a window of ``window_bits``; the
     plain frame when that would be no smaller."""
@@ -54,17 +62,17 @@ def deflated_frame(text, window_bits):
     return frame(text)
 
 
-def deflate_frame_of(body):
+def deflate_frame_of(body: bytes) -> bytes:
     """A final, unmasked text frame of an already compressed ``body``."""
     return _header(_FIN_RSV1_TEXT, len(body)) + body
 
 
-def is_compressed(data):
+def is_compressed(data: bytes) -> bool:
     """Whether a frame built here has RSV1 set (permessage-deflate)."""
     return bool(data[0] & 0x40)
 
 
-def _header(first_byte, length):
+def _header(first_byte: int, length: int) -> bytes:
     if length < 126:
         return struct.pack("!BB", first_byte, length)
     if length < 1 << 16:
@@ -72,7 +80,7 @@ def _header(first_byte, length):
     return struct.pack("!BBQ", first_byte, 127, length)
 
 
-def dumps(document):
+def dumps(document: Any) -> str:
     return json_util.dumps(document, json_options=_JSON_OPTIONS)
 
 
@@ -117,7 +125,18 @@ class Change:
         "decisions",
     )
 
-    def __init__(self, raw, sealer):
+    raw: dict[str, Any]
+    id: str
+    token: Any
+    _text: str | None
+    _frame: bytes | None
+    _variants: dict[Any, dict[str, Any]]
+    _texts: dict[tuple[Hide, Shape], str]
+    _frames: dict[tuple[Hide, Shape], bytes]
+    _deflated: dict[tuple[Hide, Shape, int], bytes]
+    decisions: dict[Any, Any]
+
+    def __init__(self, raw: dict[str, Any], sealer: "Sealer") -> None:
         self.raw = raw
         self.token = raw["_id"]
         self.id = sealer.seal(self.token)
@@ -131,18 +150,18 @@ class Change:
         self.decisions = {}
 
     @property
-    def text(self):
+    def text(self) -> str:
         if self._text is None:
             self._text = change_message(self.id, self.raw)
         return self._text
 
     @property
-    def frame(self):
+    def frame(self) -> bytes:
         if self._frame is None:
             self._frame = frame(self.text)
         return self._frame
 
-    def redacted_event(self, hide):
+    def redacted_event(self, hide: Hide) -> dict[str, Any]:
         """The event without the ``hide`` fields (computed once per set)."""
         if not hide:
             return self.raw
@@ -151,7 +170,7 @@ class Change:
             found = self._variants[hide] = redact(self.raw, hide)
         return found
 
-    def before_view(self, hide=()):
+    def before_view(self, hide: Hide = ()) -> dict[str, Any]:
         """The event as it was before the change: its pre-image as the
         document, no update description; without the ``hide`` fields
         (computed once per set). Only for events that carry a pre-image."""
@@ -164,7 +183,7 @@ class Change:
             found = self._variants[key] = redact(event, hide) if hide else event
         return found
 
-    def text_for(self, hide, shape=Shape.CHANGE):
+    def text_for(self, hide: Hide, shape: Shape = Shape.CHANGE) -> str:
         """The message this change is for a client that may not see the
         ``hide`` fields, in ``shape``."""
         if not hide and shape is Shape.CHANGE:
@@ -182,7 +201,7 @@ class Change:
             self._texts[key] = found
         return found
 
-    def frame_for(self, hide, shape=Shape.CHANGE):
+    def frame_for(self, hide: Hide, shape: Shape = Shape.CHANGE) -> bytes:
         """The frame of :meth:`text_for`."""
         if not hide and shape is Shape.CHANGE:
             return self.frame
@@ -192,7 +211,7 @@ class Change:
             found = self._frames[key] = frame(self.text_for(hide, shape))
         return found
 
-    def deflated_for(self, hide, shape, window_bits):
+    def deflated_for(self, hide: Hide, shape: Shape, window_bits: int) -> bytes:
         """The message of :meth:`text_for` compressed on its own for a
         window of ``window_bits`` (computed once per combination)."""
         key = (hide, shape, window_bits)
@@ -203,7 +222,7 @@ class Change:
             )
         return found
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Change {self.raw.get('operationType')} {self.id[:24]}…>"
 
 
@@ -211,7 +230,7 @@ class Change:
 BEFORE_FIELD = "fullDocumentBeforeChange"
 
 
-def change_message(change_id, raw):
+def change_message(change_id: str, raw: Mapping[str, Any]) -> str:
     """``{"type": "change", "id": ..., "event": {...}}`` as JSON text."""
     event = {k: v for k, v in raw.items() if k != "_id"}
     # The envelope is assembled around the event's JSON so the (possibly
@@ -232,7 +251,9 @@ LEFT_FILTER = "filter"  # a change made it stop matching (or deleted it since)
 UNTRACKED = "untracked"  # over the number of documents the server follows
 
 
-def leave_message(change_id, event, reason=LEFT_FILTER):
+def leave_message(
+    change_id: str, event: Mapping[str, Any], reason: str = LEFT_FILTER
+) -> str:
     """``{"type": "leave", "id": ..., "documentKey": {...}, "reason": ...}``:
     the document ``event`` is about left the client's view (its key only,
     as ``event`` shows it: hidden fields removed)."""
@@ -244,7 +265,7 @@ def leave_message(change_id, event, reason=LEFT_FILTER):
     )
 
 
-def untracked_leave_frame(change_id, _id, hide):
+def untracked_leave_frame(change_id: str, _id: Any, hide: Hide) -> bytes:
     """The ``leave`` frame of a document the server stops following (over
     its limit), sent with ``change_id``, without the ``hide`` fields."""
     event = {"documentKey": {"_id": _id}}
@@ -253,6 +274,6 @@ def untracked_leave_frame(change_id, _id, hide):
     return frame(leave_message(change_id, event, UNTRACKED))
 
 
-def control_message(kind, **fields):
+def control_message(kind: str, **fields: Any) -> str:
     """A non-change message (hello, reset, status) as JSON text."""
     return dumps({"type": kind, **fields})

@@ -46,8 +46,22 @@ and a newcomer waits at most that long for shared frames.
 import collections
 import threading
 import zlib
+from collections.abc import Hashable
+from typing import Protocol
 
 from . import codec
+
+# (epoch, seq, frame): a shared frame (see SharedContext.encode).
+Encoded = tuple[int, int, bytes]
+
+
+class Keyed(Protocol):
+    """What :meth:`SharedContexts.join` reads of a subscription
+    (:class:`wsproxy.fanout.subscription.Subscription`, a layer above)."""
+
+    @property
+    def key(self) -> Hashable | None: ...
+
 
 RESET_MESSAGES = 64
 RESET_BYTES = 256 * 1024
@@ -70,7 +84,7 @@ class SharedContext:
     thread only; joining and leaving on any thread (under the registry's
     lock)."""
 
-    def __init__(self, key, window_bits, owner=None):
+    def __init__(self, key: Hashable, window_bits: int, owner: Hashable = None) -> None:
         self.key = key
         self.window_bits = window_bits
         self.owner = owner  # the principal charged for it
@@ -78,10 +92,13 @@ class SharedContext:
         self.epoch = 0
         self._seq = 0
         self._input = 0
-        self._compressor = None
-        self._encoded = collections.OrderedDict()  # change id -> result
+        self._compressor: zlib._Compress | None = None
+        # change id -> result
+        self._encoded: collections.OrderedDict[str, Encoded | None] = (
+            collections.OrderedDict()
+        )
 
-    def encode(self, change, text):
+    def encode(self, change: codec.Change, text: str) -> Encoded | None:
         """The shared frame of ``change`` (whose message is ``text``), as
         ``(epoch, seq, frame)``; None if the message goes plain (too small
         to compress). Compresses each change once, in the order offered."""
@@ -117,16 +134,21 @@ class SharedContexts:
     """The worker's shared contexts, by (subscription key, window bits)."""
 
     def __init__(
-        self, max_contexts=MAX_CONTEXTS, per_principal=MAX_CONTEXTS_PER_PRINCIPAL
-    ):
+        self,
+        max_contexts: int = MAX_CONTEXTS,
+        per_principal: int = MAX_CONTEXTS_PER_PRINCIPAL,
+    ) -> None:
         self.max_contexts = max_contexts
         self.per_principal = per_principal
         # Guards _contexts, _made_by and every context's member count.
         self._lock = threading.Lock()
-        self._contexts = {}
-        self._made_by = collections.Counter()  # owner -> contexts it made
+        self._contexts: dict[tuple[Hashable, int], SharedContext] = {}
+        # owner -> contexts it made
+        self._made_by: collections.Counter[Hashable] = collections.Counter()
 
-    def join(self, subscription, window_bits, owner=None):
+    def join(
+        self, subscription: Keyed, window_bits: int | None, owner: Hashable = None
+    ) -> SharedContext | None:
         """The context for a client of ``subscription`` that negotiated
         ``window_bits``, or None (no shared frames for it). A new context
         is charged to ``owner`` (the client's principal key); one that
@@ -149,7 +171,7 @@ class SharedContexts:
             context.members += 1
             return context
 
-    def leave(self, context):
+    def leave(self, context: SharedContext | None) -> None:
         if context is None:
             return
         with self._lock:
@@ -167,15 +189,15 @@ class Sync:
 
     __slots__ = ("epoch", "next_seq")
 
-    def __init__(self):
-        self.epoch = None  # None: not in sync; independent frames only
+    def __init__(self) -> None:
+        self.epoch: int | None = None  # None: not in sync; independent frames only
         self.next_seq = 0
 
-    def expects(self, epoch, seq):
+    def expects(self, epoch: int, seq: int) -> bool:
         """Whether frame ``seq`` of ``epoch`` may be sent next."""
         return seq == 0 or (epoch == self.epoch and seq == self.next_seq)
 
-    def admits(self, epoch, seq):
+    def admits(self, epoch: int, seq: int) -> bool:
         """Whether frame ``seq`` of ``epoch`` may be sent (and, if so,
         count it as sent)."""
         if self.expects(epoch, seq):
@@ -184,6 +206,6 @@ class Sync:
         self.epoch = None
         return False
 
-    def lose(self):
+    def lose(self) -> None:
         """Another compressed frame went out: out of sync until a reset."""
         self.epoch = None

@@ -69,6 +69,8 @@ import threading
 import time
 import types
 import zlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import simple_websocket
 from wsproto.events import (
@@ -82,6 +84,11 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
+
+if TYPE_CHECKING:
+    from wsproto import WSConnection
+    from wsproto.events import Event
+    from wsproto.frame_protocol import FrameDecoder, FrameProtocol
 
 from .. import metrics
 from ..errors import ClientError
@@ -112,15 +119,15 @@ class _WriteWatchdog:
 
     IDLE_EXIT = 60.0  # seconds without a watched write before it ends
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Guards _writes and _thread; the thread waits on it for the next
         # deadline or a new write.
         self._changed = threading.Condition()
-        self._writes = {}  # token -> [deadline, socket, expired]
+        self._writes: dict[int, list[Any]] = {}  # token -> [deadline, socket, expired]
         self._tokens = iter(range(1, 1 << 62))
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
-    def watch(self, sock, deadline):
+    def watch(self, sock: socket.socket, deadline: float) -> int:
         """Watch a write to ``sock`` until ``deadline``; a token for
         :meth:`release`."""
         with self._changed:
@@ -134,15 +141,15 @@ class _WriteWatchdog:
             self._changed.notify()
             return token
 
-    def release(self, token):
+    def release(self, token: int) -> bool:
         """The write is over; whether its deadline cut it short."""
         with self._changed:
             return self._writes.pop(token)[2]
 
-    def _run(self):
+    def _run(self) -> None:
         idle_since = time.monotonic()
         while True:
-            expired = []
+            expired: list[socket.socket] = []
             with self._changed:
                 now = time.monotonic()
                 pending = [w for w in self._writes.values() if not w[2]]
@@ -173,7 +180,13 @@ class _WriteWatchdog:
 _watchdog = _WriteWatchdog()
 
 
-def _write_all(sock, data, deadline, nonblocking, progress=None):
+def _write_all(
+    sock: socket.socket,
+    data: bytes | memoryview,
+    deadline: float,
+    nonblocking: bool,
+    progress: "GuardedSocket | None" = None,
+) -> None:
     """Write all of ``data`` or raise; never blocks past ``deadline``.
     ``progress`` (a GuardedSocket) counts the bytes as they go."""
     view = memoryview(data)
@@ -195,7 +208,7 @@ def _write_all(sock, data, deadline, nonblocking, progress=None):
         if progress is not None:
             progress.bytes_written += len(view)
         return
-    poller = None
+    poller: select.poll | None = None
     try:
         while view:
             try:
@@ -222,7 +235,7 @@ class GuardedSocket:
     connection's write lock and writes everything (``sendall`` semantics)
     within the send timeout. Reads pass straight through."""
 
-    def __init__(self, sock, send_timeout):
+    def __init__(self, sock: socket.socket, send_timeout: float) -> None:
         self.raw = sock
         # Serialises every write on this socket: ours, and the
         # simple-websocket reader thread's pongs and close replies. Never
@@ -236,19 +249,19 @@ class GuardedSocket:
         # The unsent end of a frame a non-blocking write began. Whoever
         # writes next (under write_lock) must finish it first, or another
         # frame would land inside it.
-        self.tail = None
+        self.tail: memoryview | None = None
         # Bytes the peer's socket has taken so far (under write_lock; read
         # unlocked, as a sign that the peer still reads).
         self.bytes_written = 0
 
-    def send(self, data):
+    def send(self, data: bytes) -> int:
         with self.write_lock:
             self.write_now(data)
         return len(data)
 
     sendall = send
 
-    def write_now(self, data):
+    def write_now(self, data: bytes) -> None:
         """Write ``data`` (after any tail); the caller holds ``write_lock``."""
         assert self.write_lock.locked(), "write_now without write_lock"
         if self.closed:
@@ -260,7 +273,7 @@ class GuardedSocket:
         if data:
             _write_all(self.raw, data, deadline, self.nonblocking_ok, self)
 
-    def try_write(self, data):
+    def try_write(self, data: bytes) -> bool:
         """One non-blocking attempt at a whole frame; the caller holds
         ``write_lock`` and has checked there is no tail. Returns False if
         part of it (kept as the tail) is still to be written."""
@@ -278,7 +291,7 @@ class GuardedSocket:
             return False
         return True
 
-    def close(self):
+    def close(self) -> None:
         """Called when reading is done (by simple-websocket's reader thread,
         or by the handler reading itself; see Connection). The
         WSGI server owns the socket and closes it after the handler returns
@@ -290,14 +303,14 @@ class GuardedSocket:
             self.closed = True
             self.abort()
 
-    def abort(self):
+    def abort(self) -> None:
         """Unblock every thread using this socket (reader and writers)."""
         try:
             self.raw.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # recv, fileno, setblocking... are the real socket's.
         return getattr(self.raw, name)
 
@@ -316,9 +329,10 @@ class Wakeup:
 
     __slots__ = ("_flag", "_fds", "_lock", "_closed", "_signaled", "owner")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._flag = False
-        self._fds = None  # (read end, write end); the same fd for eventfd
+        # (read end, write end); the same fd for eventfd
+        self._fds: tuple[int, int] | None = None
         # Guards _flag changes, the descriptor's life and its counter; a
         # leaf: taken under _state_lock and write_lock, takes nothing.
         self._lock = threading.Lock()
@@ -326,12 +340,12 @@ class Wakeup:
         self._signaled = False  # the descriptor has been made readable
         # The thread that waits (it looks at the flag before it polls, so
         # its own set() needs no syscall); None: any thread may wait.
-        self.owner = None
+        self.owner: int | None = None
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self._flag
 
-    def set(self):
+    def set(self) -> None:
         if self._flag:  # unlocked: already set stays set until cleared
             return
         if self.owner == threading.get_ident():
@@ -345,14 +359,14 @@ class Wakeup:
                 _signal(self._fds[1])
                 self._signaled = True
 
-    def clear(self):
+    def clear(self) -> None:
         with self._lock:
-            if self._signaled:
-                _drain(self._fds[0])
+            if self._signaled:  # so the descriptor exists
+                _drain(cast("tuple[int, int]", self._fds)[0])
                 self._signaled = False
             self._flag = False
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The descriptor to poll (made now if need be)."""
         with self._lock:
             if self._fds is None:
@@ -364,13 +378,13 @@ class Wakeup:
                     self._signaled = True
             return self._fds[0]
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """Until set or ``timeout`` seconds; whether it is set."""
         if not self._flag:
             _poll([self.fileno()], timeout)
         return self._flag
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             self._closed = True
             fds, self._fds = self._fds, None
@@ -381,14 +395,14 @@ class Wakeup:
 
 if hasattr(os, "eventfd"):
 
-    def _wake_fds():
+    def _wake_fds() -> tuple[int, int]:
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         return fd, fd
 
-    def _signal(fd):
+    def _signal(fd: int) -> None:
         os.eventfd_write(fd, 1)
 
-    def _drain(fd):
+    def _drain(fd: int) -> None:
         try:
             os.eventfd_read(fd)
         except BlockingIOError:
@@ -396,19 +410,19 @@ if hasattr(os, "eventfd"):
 
 else:  # pragma: no cover - not Linux
 
-    def _wake_fds():
+    def _wake_fds() -> tuple[int, int]:
         r, w = os.pipe()
         for fd in (r, w):
             os.set_blocking(fd, False)
         return r, w
 
-    def _signal(fd):
+    def _signal(fd: int) -> None:
         try:
             os.write(fd, b"x")
         except BlockingIOError:
             pass  # full: it is readable already
 
-    def _drain(fd):
+    def _drain(fd: int) -> None:
         try:
             while os.read(fd, 512):
                 pass
@@ -416,7 +430,7 @@ else:  # pragma: no cover - not Linux
             pass
 
 
-def _poll(fds, timeout):
+def _poll(fds: list[int], timeout: float | None) -> set[int]:
     """Wait until one of ``fds`` is readable (or hung up); those that are."""
     poller = select.poll()
     for fd in fds:
@@ -429,10 +443,10 @@ class _HandlerReads:
     """simple-websocket's ``thread_class`` for connections the handler
     thread reads itself: starts no thread."""
 
-    def __init__(self, target):
+    def __init__(self, target: object) -> None:
         self.name = "wsproxy-reads-in-handler"
 
-    def start(self):
+    def start(self) -> None:
         pass
 
 
@@ -442,7 +456,14 @@ class FramePolicy:
 
     MAX_FRAGMENTS = 16  # frames one message may be split into
 
-    def __init__(self, *, rate, burst, max_message_bytes, on_breach=None):
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: float,
+        max_message_bytes: int | None,
+        on_breach: Callable[[], None] | None = None,
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_message_bytes = max_message_bytes
@@ -452,9 +473,9 @@ class FramePolicy:
         self._message_bytes = 0
         self.on_breach = on_breach
         # (close code, reason) once broken; written once, by the reader.
-        self.breach = None
+        self.breach: tuple[int, str] | None = None
 
-    def admit(self, event):
+    def admit(self, event: "Event") -> bool:
         """Whether the reader may act on ``event``; after a breach only the
         peer's close reply is, so the flood costs no more writes."""
         if self.breach is not None:
@@ -467,7 +488,7 @@ class FramePolicy:
             self.on_breach()
         return False
 
-    def check(self, event):
+    def check(self, event: "Event") -> tuple[int, str] | None:
         """(close code, reason) if ``event`` breaks the policy, else None."""
         if not isinstance(event, (TextMessage, BytesMessage, Ping, Pong)):
             return None
@@ -503,18 +524,22 @@ class BoundedDeflate(PerMessageDeflate):
     beyond that): wsproto would inflate each frame whole, and a few KB of
     deflate can inflate a thousandfold."""
 
-    def __init__(self, max_message_bytes):
+    def __init__(self, max_message_bytes: int | None) -> None:
         super().__init__()
         self.max_message_bytes = max_message_bytes
         self._inflated = 0  # bytes of the current message so far
 
-    def frame_inbound_payload_data(self, proto, data):
+    def frame_inbound_payload_data(
+        self, proto: "FrameDecoder | FrameProtocol", data: bytes
+    ) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
             return data
         assert self._decompressor is not None
         return self._bounded(self._decompressor.decompress, bytes(data))
 
-    def frame_inbound_complete(self, proto, fin):
+    def frame_inbound_complete(
+        self, proto: "FrameDecoder | FrameProtocol", fin: bool
+    ) -> bytes | CloseReason | None:
         if fin and self._inbound_compressed and self._inbound_is_compressible:
             # What wsproto does, bounded: the tail RFC 7692 strips, then
             # whatever the decompressor still holds.
@@ -531,7 +556,9 @@ class BoundedDeflate(PerMessageDeflate):
             self._inflated = 0
         return super().frame_inbound_complete(proto, fin)
 
-    def _bounded(self, decompress, data):
+    def _bounded(
+        self, decompress: Callable[..., bytes], data: bytes
+    ) -> bytes | CloseReason:
         room = self.max_message_bytes - self._inflated if self.max_message_bytes else 0
         try:
             if not self.max_message_bytes:
@@ -556,32 +583,37 @@ class _PolicedEvents:
     # handler's close timeout cuts the connection.
     DRAIN_BYTES = 64 * 1024
 
-    def __init__(self, connection, policy, deflate):
+    def __init__(
+        self,
+        connection: "WSConnection",
+        policy: FramePolicy,
+        deflate: BoundedDeflate | None,
+    ) -> None:
         self._connection = connection
         self._policy = policy
         self._deflate = deflate  # a BoundedDeflate, or None: declined
         self._after_breach = 0
 
-    def send(self, event):
+    def send(self, event: "Event") -> bytes:
         if isinstance(event, AcceptConnection):
             event = dataclasses.replace(
                 event, extensions=[self._deflate] if self._deflate else []
             )
         return self._connection.send(event)
 
-    def receive_data(self, data):
+    def receive_data(self, data: bytes | None) -> None:
         if self._policy.breach is not None:
             self._after_breach += len(data or b"")
             if self._after_breach > self.DRAIN_BYTES:
                 return
         self._connection.receive_data(data)
 
-    def events(self):
+    def events(self) -> Iterator["Event"]:
         for event in self._connection.events():
             if self._policy.admit(event):
                 yield event
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # send, receive_data, state... are the real connection's.
         return getattr(self._connection, name)
 
@@ -589,19 +621,28 @@ class _PolicedEvents:
 class _Server(simple_websocket.Server):
     """simple-websocket's server with a frame policy in its reader."""
 
-    def __init__(self, environ, *, policy, deflate, **options):
+    ws: Any  # the wsproto connection, as _PolicedEvents from handshake() on
+
+    def __init__(
+        self,
+        environ: dict[str, Any],
+        *,
+        policy: FramePolicy,
+        deflate: BoundedDeflate | None,
+        **options: Any,
+    ) -> None:
         self._policy = policy
         self.deflate = deflate
         super().__init__(environ, **options)
 
-    def handshake(self):
+    def handshake(self) -> None:
         # Called by the base constructor once self.ws exists and before the
         # reader thread starts.
         self.ws = _PolicedEvents(self.ws, self._policy, self.deflate)
         super().handshake()
 
 
-def check_handshake(environ):
+def check_handshake(environ: Mapping[str, Any]) -> None:
     """The handshake headers simple-websocket (or wsproto under it) would
     otherwise fail on with a 500 and a traceback after authorization: a
     400 with a reason instead."""
@@ -632,7 +673,7 @@ _ASCII_HEADERS = ("Connection", "Sec-WebSocket-Extensions", "Sec-WebSocket-Proto
 _WINDOW_BITS = ("client_max_window_bits", "server_max_window_bits")
 
 
-def _check_deflate_offers(header):
+def _check_deflate_offers(header: str) -> None:
     """A permessage-deflate offer's window bits, read as wsproto reads
     them (``int()`` of what follows ``=``, which would raise)."""
     for offer in header.split(","):
@@ -651,7 +692,7 @@ def _check_deflate_offers(header):
                 ) from None
 
 
-def local_address(environ):
+def local_address(environ: Mapping[str, Any]) -> str | None:
     """The address the connection arrived on (the server's side), or None."""
     sock = next((environ[k] for k in _SOCKET_KEYS if k in environ), None)
     try:
@@ -673,16 +714,16 @@ class Pending:
 
 
 def prepare(
-    environ,
+    environ: dict[str, Any],
     *,
-    send_timeout,
-    subprotocols,
-    max_message_size,
-    frame_rate,
-    frame_burst,
-    compression=True,
-    read_in_handler=None,
-):
+    send_timeout: float,
+    subprotocols: list[str] | None,
+    max_message_size: int | None,
+    frame_rate: float,
+    frame_burst: float,
+    compression: bool = True,
+    read_in_handler: bool | None = None,
+) -> Pending:
     """Before the handshake (a ``before_request``): put the guarded socket
     and wsproxy's own server options in ``environ``; with ``compression``
     accept a permessage-deflate offer. The handler thread reads the socket
@@ -727,14 +768,14 @@ def prepare(
     return Pending(guarded, wake, environ, policy, deflate)
 
 
-def accept(environ):
+def accept(environ: dict[str, Any]) -> _Server:
     """Complete the handshake of a request :func:`prepare` set up, with
     wsproxy's server options: the server object wsproxy's route hands its
     view."""
     return _Server(environ, **environ.pop(_OPTIONS_KEY))
 
 
-def route(sock, path, *, bp, **options):
+def route(sock: Any, path: str, *, bp: Any, **options: Any) -> Any:
     """``@sock.route(path, bp=bp, **options)`` for wsproxy's own route:
     flask-sock's wrapper (the handshake, and how each WSGI server is told
     that the response was the socket), with its server built by
@@ -747,7 +788,7 @@ def route(sock, path, *, bp, **options):
     other Flask-Sock route of the app, keep simple-websocket's ``Server``
     and the host's options."""
 
-    def scoped(wrapper):
+    def scoped(wrapper: types.FunctionType) -> Callable[..., Any]:
         if "Server" not in wrapper.__code__.co_names:
             raise RuntimeError(
                 "flask-sock's route wrapper does not build its server as "
@@ -764,13 +805,15 @@ def route(sock, path, *, bp, **options):
 
     class _Blueprint:
         # What flask-sock's route() calls: bp.route(path, **kwargs)(wrapper).
-        def route(self, rule, **kwargs):
+        def route(
+            self, rule: str, **kwargs: Any
+        ) -> Callable[[types.FunctionType], Any]:
             return lambda wrapper: bp.route(rule, **kwargs)(scoped(wrapper))
 
     return sock.route(path, bp=_Blueprint(), **options)
 
 
-def _accept_ignoring_options(environ, **_host_options):
+def _accept_ignoring_options(environ: dict[str, Any], **_host_options: Any) -> _Server:
     # flask-sock passes the app's SOCK_SERVER_OPTIONS: the host's, not ours.
     return accept(environ)
 
@@ -780,7 +823,7 @@ class Connection:
     close, and reading (in the handler thread, or simple-websocket's
     reader thread for TLS)."""
 
-    def __init__(self, ws, pending):
+    def __init__(self, ws: _Server, pending: Pending) -> None:
         if _OPTIONS_KEY in pending.environ:
             # flask-sock built the server without accept(): its options
             # (and so our limits) would be the host's. Refuse to run.
@@ -807,19 +850,20 @@ class Connection:
         # Whether frames may refer to earlier messages (the client did not
         # ask for server_no_context_takeover): shared contexts need it.
         self.deflate_takeover = (
-            self.deflate_bits is not None and not deflate.server_no_context_takeover
+            self.deflate_bits is not None
+            and not cast(BoundedDeflate, deflate).server_no_context_takeover
         )
 
     @property
-    def breach(self):
+    def breach(self) -> tuple[int, str] | None:
         """(close code, reason) once the peer broke the frame policy."""
         return self._policy.breach
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         return self._ws.connected
 
-    def wait(self, timeout):
+    def wait(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (None: no limit) until the wake-up
         is set or, when reading here, the client sent something, which is
         then read and handled (pongs and close replies written, messages
@@ -834,7 +878,7 @@ class Connection:
         if sock in _poll([sock, self.wake.fileno()], timeout):
             self._read()
 
-    def _read(self):
+    def _read(self) -> None:
         """Read what the socket holds now and handle it, as
         simple-websocket's reader thread does with each ``recv``."""
         ws = self._ws
@@ -859,7 +903,7 @@ class Connection:
             if len(data) < _READ_BYTES:
                 return
 
-    def _end_reading(self, gone):
+    def _end_reading(self, gone: bool) -> None:
         # What simple-websocket's reader thread does when it ends: no more
         # writes, and the socket shut down, so that gunicorn's graceful
         # close after the handler does not wait for a peer that keeps its
@@ -874,13 +918,13 @@ class Connection:
         else:
             self.sock.close()
 
-    def messages(self):
+    def messages(self) -> Iterator[str | bytes]:
         """Pop each complete message received so far."""
         buffer = self._ws.input_buffer
         while buffer:
             yield buffer.pop(0)
 
-    def send_ping(self):
+    def send_ping(self) -> bool:
         """A heartbeat ping. Returns False if no pong answered the previous
         one. Raises ConnectionClosedByPeer if the peer's close frame arrived
         meanwhile."""
@@ -895,11 +939,11 @@ class Connection:
         self.sock.send(data)
         return True
 
-    def send_close(self, code, reason):
+    def send_close(self, code: int, reason: str) -> None:
         """Start the closing handshake (raises if it cannot be sent)."""
         self._ws.close(code, reason)
 
-    def wait_reader(self, timeout):
+    def wait_reader(self, timeout: float) -> bool:
         """Wait until reading has ended (the peer's close reply arrived or
         the socket failed), reading here if this thread is the reader;
         True if it has ended."""
@@ -916,11 +960,11 @@ class Connection:
                 self._read()
         return True
 
-    def release(self):
+    def release(self) -> None:
         """Close the wake-up's descriptor; the connection is over."""
         self.wake.close()
 
-    def peer_close_code(self):
+    def peer_close_code(self) -> int:
         """The code of the peer's close frame; 1006 if it sent none.
         simple-websocket reports 1005 both for a close frame without a
         code and for a connection that just vanished; only the first came
