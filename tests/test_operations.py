@@ -3,6 +3,8 @@ and readiness following the database."""
 
 import socket
 
+import psutil
+
 from .helpers import RawPeer, WSClient, http_get, metric, scaled, scrape, wait_for
 
 
@@ -134,9 +136,26 @@ def test_a_stopping_worker_refuses_new_connections_while_its_clients_close(
         wait_for(lambda: not _connects(server.port), 5, "new connections to be refused")
         # ...while the worker still waits for the silent client's close.
         assert server.process.poll() is None and server.worker_pids()
+        # And it lets go of the database meanwhile, not after its clients:
+        # PyMongo's threads wind down now (its exit handler waited for them).
+        (worker,) = server.worker_pids()
+        wait_for(
+            lambda: not _connections_to(worker, mongo.port),
+            5,
+            "the worker's database connections to close",
+        )
+        assert server.process.poll() is None and server.worker_pids() == [worker]
     finally:
         silent.close()
     assert server.process.wait(scaled(15)) == 0
+
+
+def _connections_to(pid, port):
+    return [
+        c
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    ]
 
 
 def _connects(port):

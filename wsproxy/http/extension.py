@@ -93,6 +93,11 @@ class ProxyState:
         # Guards start/stop so concurrent first requests start things once.
         self._lock = threading.Lock()
         self._pid: int | None = None
+        # Guards _mongo_closed: the shutdown thread and worker_exit both
+        # close the client, and PyMongo's close() fails the second time
+        # (it kills the cursors closed since, on a closed topology).
+        self._close_lock = threading.Lock()
+        self._mongo_closed = False
         # Made by ensure_started() in the serving process. None before it,
         # which only begin_shutdown() looks for: typed as they are once
         # started, which is how everything else uses them.
@@ -186,6 +191,8 @@ class ProxyState:
             connect=False,
             **mongo_options(c["WSPROXY_MONGODB_URI"]),
         )
+        with self._close_lock:
+            self._mongo_closed = False
         self.contexts = (
             SharedContexts() if c["WSPROXY_COMPRESSION"] == "shared" else None
         )
@@ -268,6 +275,13 @@ class ProxyState:
         # The watcher's last round trip (up to WSPROXY_MAX_AWAIT_MS) runs
         # out while the clients close, not after them in worker_exit.
         self.source.request_stop()
+        # Nothing of ours needs the database any more: the watcher stops
+        # after its round trip in flight, which a close lets finish, and
+        # catch-ups and snapshots end with their clients. Closed now,
+        # PyMongo's monitor threads wind down while the clients close;
+        # closed in worker_exit, its exit handler waited up to 0.5 s more
+        # for them (a restart's new server listened that much later).
+        self._close_mongo()
 
     def install_sigterm_handler(self) -> None:
         """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before
@@ -304,8 +318,12 @@ class ProxyState:
         # close() first ends the client's server sessions, which waits for
         # a server (the URI's serverSelectionTimeoutMS, up to PyMongo's
         # 30 s) when the database is gone: bounded, so the exit is not.
-        with pymongo.timeout(CLOSE_BUDGET):
-            self.mongo.close()
+        with self._close_lock:
+            if self._mongo_closed:
+                return
+            self._mongo_closed = True
+            with pymongo.timeout(CLOSE_BUDGET):
+                self.mongo.close()
 
 
 class WSProxy:

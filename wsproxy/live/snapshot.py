@@ -143,6 +143,11 @@ def _run(inputs, member, key):
             except Restart:
                 log.info("client %s: reset during the snapshot; again", client.id)
     except PyMongoError as exc:
+        if inputs.stopping.is_set():
+            # The worker closed the database client on its way out; the
+            # client already has its 1001.
+            log.info("client %s: snapshot ended by the worker's shutdown", client.id)
+            return
         _on_error(client, exc)
     except Exception:  # noqa: BLE001 - a failed snapshot must not kill a worker
         log.exception("client %s: snapshot failed", client.id)

@@ -385,6 +385,11 @@ def _replay(inputs, catchup, resume_id):
                 client.id,
             )
     except PyMongoError as exc:
+        if inputs.stopping.is_set():
+            # The worker closed the database client on its way out; the
+            # client already has its 1001.
+            log.info("client %s: catch-up ended by the worker's shutdown", client.id)
+            return
         # What reaches here PyMongo did not resume from by itself (it
         # retries a failed first aggregate once, and resumes a broken
         # getMore once).
