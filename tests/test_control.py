@@ -16,13 +16,6 @@ from bson import ObjectId
 from wsproxy.errors import ClientError
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
 from wsproxy.http.control import Control, subscription_args
-from wsproxy.protocol import (
-    MessageType,
-    ResumeMode,
-    SourceState,
-    WatcherState,
-    watcher_state,
-)
 from wsproxy.transport import codec
 
 from .helpers import WSClient, http_get, refused, scaled, server_env, wait_for
@@ -55,39 +48,6 @@ def test_subscribe_fields_read_as_the_url_query_would():
     ]:
         with pytest.raises(ClientError, match=why):
             subscription_args({"type": "subscribe", **bad})
-
-
-def test_watcher_states_on_the_wire():
-    assert watcher_state("starting") is WatcherState.STARTING
-    assert watcher_state("connected") is WatcherState.CONNECTED
-    for state in ("reconnecting", "failed", "stopped"):
-        assert watcher_state(state) is WatcherState.RECONNECTING
-    assert [str(s) for s in SourceState] == [
-        "starting",
-        "connected",
-        "reconnecting",
-        "failed",
-        "stopped",
-    ]
-    for state in SourceState:
-        assert watcher_state(state) is watcher_state(state.value)
-
-
-def test_the_enums_are_their_values_on_the_wire():
-    # hello's resume and watcher, and every other enum a message carries,
-    # encode to exactly the bytes their plain values did.
-    assert [m.value for m in ResumeMode] == ["none", "history", "catch-up", "snapshot"]
-    for mode in ResumeMode:
-        for state in WatcherState:
-            assert codec.control_message(
-                MessageType.HELLO, resume=mode, watcher=state
-            ) == (
-                codec.control_message("hello", resume=mode.value, watcher=state.value)
-            )
-    assert codec.control_message(
-        MessageType.STATUS, watcher=WatcherState.CONNECTED, detail=""
-    ) == ('{"type": "status", "watcher": "connected", "detail": ""}')
-    assert json.dumps({"watcher": SourceState.FAILED}) == '{"watcher": "failed"}'
 
 
 class FakeConnection:

@@ -1,5 +1,5 @@
 """Wrong setups fail loudly, once, with the fix: bad WSPROXY_WATCH and
-WSPROXY_PIPELINE values, route collisions, a server that cannot hold a
+WSPROXY_PIPELINE values, a server that cannot hold a
 WebSocket, a gunicorn worker without wsproxy's hooks, no URI at all."""
 
 import json
@@ -98,111 +98,6 @@ def test_a_good_pipeline_is_accepted():
     app = make_app(WSPROXY_PIPELINE=json.dumps(stages))
     WSProxy(app)
     assert app.config["WSPROXY_PIPELINE"] == stages
-
-
-@pytest.mark.parametrize(
-    "path_key, path",
-    [
-        ("WSPROXY_PATH", "/ws"),
-        ("WSPROXY_PAGE_PATH", "/wsproxy/"),
-        ("WSPROXY_METRICS_PATH", "/metrics"),
-        ("WSPROXY_HEALTH_PATH", "/healthz"),
-        ("WSPROXY_READY_PATH", "/readyz"),
-    ],
-)
-def test_a_path_the_app_already_has_is_refused(path_key, path):
-    app = make_app()
-    app.add_url_rule(path, "host_view", lambda: "the host's")
-    with pytest.raises(ConfigError) as info:
-        WSProxy(app)
-    message = str(info.value)
-    assert repr(path) in message and "'host_view'" in message
-    assert f"set {path_key} to another path" in message
-    assert [
-        r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("wsproxy.")
-    ] == []
-    # Moving wsproxy's route (or leaving it out) resolves it.
-    app2 = make_app(**{path_key: "/elsewhere" if path_key == "WSPROXY_PATH" else None})
-    app2.add_url_rule(path, "host_view", lambda: "the host's")
-    WSProxy(app2)
-    assert app2.url_map.bind("x").match(path)[0] == "host_view"
-
-
-def test_a_clash_with_the_pages_assets_names_the_page_setting():
-    app = make_app()
-    app.add_url_rule(
-        "/wsproxy-static/<path:filename>", "assets", lambda filename: filename
-    )
-    with pytest.raises(
-        ConfigError,
-        match="set WSPROXY_PAGE_PATH to another path, or None to leave it out",
-    ):
-        WSProxy(app)
-
-
-def test_a_route_added_after_init_app_is_found_before_starting():
-    app = make_app(WSPROXY_PAGE_PATH="/")
-    ext = WSProxy(app)
-    app.add_url_rule("/", "home", lambda: "the host's home")
-    with pytest.raises(ConfigError) as info:
-        ext.start(app)  # what gunicorn's post_worker_init does
-    assert "'/'" in str(info.value) and "'home'" in str(info.value)
-
-
-def test_each_route_can_be_left_out():
-    app = make_app(
-        WSPROXY_PAGE_PATH=None,
-        WSPROXY_METRICS_PATH=None,
-        WSPROXY_HEALTH_PATH=None,
-        WSPROXY_READY_PATH=None,
-    )
-    WSProxy(app)
-    rules = sorted(
-        {r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("wsproxy.")}
-    )
-    assert rules == ["/ws"]
-
-
-def test_the_page_is_a_template_loaded_once_and_its_assets_static_files(
-    tmp_path, monkeypatch
-):
-    # A host app with its own index.html: wsproxy's page is not shadowed.
-    (tmp_path / "index.html").write_text("the host's index")
-    app = Flask(__name__, template_folder=str(tmp_path))
-    app.config.update(
-        WSPROXY_MONGODB_URI=URI,
-        SECRET_KEY="setup-tests-secret-key",
-        WSPROXY_PAGE_PATH="/live",
-    )
-    WSProxy(app)
-    loader = app.jinja_env.loader
-    loaded = []
-    get_source = loader.get_source
-    monkeypatch.setattr(
-        loader,
-        "get_source",
-        lambda env, name: (loaded.append(name), get_source(env, name))[1],
-    )
-    client = app.test_client()
-    for _ in range(3):
-        page = client.get("/live", base_url="http://localhost/app")
-        assert page.status_code == 200
-        html = page.get_data(as_text=True)
-        assert 'content="/app/ws"' in html
-        assert 'href="/app/wsproxy-static/app.css"' in html
-    assert loaded == ["wsproxy/index.html"]  # then Jinja's cache
-    for name in ("app.js", "app.css"):
-        asset = client.get(f"/wsproxy-static/{name}")
-        assert asset.status_code == 200 and asset.data
-        assert asset.headers["Cache-Control"] == "public, max-age=60"
-        asset.close()
-    # The template is not an asset.
-    assert client.get("/wsproxy-static/index.html").status_code == 404
-
-
-def test_the_websocket_path_cannot_be_left_out():
-    with pytest.raises(ConfigError, match="WSPROXY_PATH=None"):
-        WSProxy(make_app(WSPROXY_PATH=None))
 
 
 def test_no_uri_anywhere_says_both_ways_out(monkeypatch):
@@ -345,13 +240,6 @@ def test_each_bad_value_names_its_key_and_why(key, value, why):
     with pytest.raises(ConfigError) as info:
         WSProxy(make_app(**{key: value}))
     assert str(info.value).startswith(f"{key}=") and why in str(info.value)
-
-
-def test_a_second_init_app_raises():
-    app = make_app()
-    WSProxy(app)
-    with pytest.raises(RuntimeError, match="already registered"):
-        WSProxy(app)
 
 
 # -- served by the real gunicorn -------------------------------------------

@@ -23,7 +23,7 @@ their order, would reveal what was hidden.
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ClientError, FilterError
 from .filters import load_filter
@@ -34,6 +34,17 @@ MAX_SORT_KEYS = 3
 # (a larger document goes alone).
 MESSAGE_BYTES = 64 * 1024
 _COMPONENT = re.compile(r"[^$.][^.]*")
+
+
+class QueryArgs(Protocol):
+    """What :func:`parse` reads of the URL's query (a werkzeug MultiDict;
+    any mapping of names to values will do)."""
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def __getitem__(self, key: str, /) -> str: ...
+
+    def get(self, key: str, /) -> str | None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,7 +142,7 @@ def parse_limit(text: str, max_docs: int) -> int:
 
 
 def parse(
-    args: Mapping[str, str],
+    args: QueryArgs,
     *,
     namespaces: Sequence[str] | None,
     client_spec: Mapping[str, Any] | None,

@@ -84,6 +84,8 @@ key is re-sealed with the current one on admission.
 import base64
 import re
 import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from bson import BSON
 from cryptography.exceptions import InvalidTag
@@ -115,7 +117,7 @@ NOT_A_TOKEN = "resume_after: not a resume token"
 _SHAPES_CACHED = 256
 
 
-def derive_key(secret):
+def derive_key(secret: str | bytes) -> bytes:
     """A 64-byte AES-SIV key from one configured secret (str or bytes)."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
@@ -124,11 +126,11 @@ def derive_key(secret):
     ).derive(secret)
 
 
-def _b64(sealed):
+def _b64(sealed: bytes) -> str:
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text):
+def _unb64(text: str) -> bytes | None:
     """The bytes of one sealed part, or None if it is not one."""
     if not _PART.fullmatch(text):
         return None
@@ -143,16 +145,16 @@ class Sealer:
     objects hold no per-call state; the shape cache is a dict that is only
     filled and cleared, each in one step)."""
 
-    def __init__(self, secrets, two_part=True):
+    def __init__(self, secrets: Sequence[str | bytes], two_part: bool = True) -> None:
         if not secrets:
             raise ConfigError("no secret key to seal resume ids with")
         self._ciphers = [AESSIV(derive_key(s)) for s in secrets]
         # False while a release that opens only one-part ids still serves
         # the same clients (WSPROXY_RESUME_IDS="one-part").
         self._two_part = two_part
-        self._shapes = {}  # S -> b64(C_S) under the current key
+        self._shapes: dict[bytes, str] = {}  # S -> b64(C_S) under the current key
 
-    def seal(self, token):
+    def seal(self, token: Mapping[str, Any]) -> str:
         """Resume token document -> the opaque id clients echo back."""
         data = token.get("_data") if len(token) == 1 else None
         if isinstance(data, str) and _is_hex(data, _UPPER_DIGITS):
@@ -179,10 +181,10 @@ class Sealer:
         sealed_values = _b64(cipher.encrypt(values, [_VALUES_AD, shape]))
         return sealed_shape + _SEPARATOR + sealed_values
 
-    def _seal_whole(self, plain):
+    def _seal_whole(self, plain: bytes) -> str:
         return _b64(self._ciphers[0].encrypt(plain, _ASSOCIATED))
 
-    def unseal(self, text):
+    def unseal(self, text: object) -> dict[str, Any]:
         """The token inside an id; ClientError (400) for anything that is
         not an id sealed with one of the configured keys."""
         if not isinstance(text, str) or len(text) > MAX_ID_CHARS:
@@ -190,17 +192,18 @@ class Sealer:
         parts = [_unb64(part) for part in text.split(_SEPARATOR)]
         if None in parts:
             raise ClientError(NOT_A_TOKEN)
-        if len(parts) == 1:
-            token = self._open_whole(parts[0])
-        elif len(parts) == 2:
-            token = self._open_split(*parts)
+        sealed = cast("list[bytes]", parts)  # None is not among them
+        if len(sealed) == 1:
+            token = self._open_whole(sealed[0])
+        elif len(sealed) == 2:
+            token = self._open_split(*sealed)
         else:
             token = None
         if token is None:
             raise ClientError(NOT_A_TOKEN)
         return token
 
-    def _open_whole(self, sealed):
+    def _open_whole(self, sealed: bytes) -> dict[str, Any] | None:
         for cipher in self._ciphers:
             try:
                 plain = cipher.decrypt(sealed, _ASSOCIATED)
@@ -209,7 +212,9 @@ class Sealer:
             return _decode(plain)
         return None
 
-    def _open_split(self, sealed_shape, sealed_values):
+    def _open_split(
+        self, sealed_shape: bytes, sealed_values: bytes
+    ) -> dict[str, Any] | None:
         for cipher in self._ciphers:
             try:
                 shape = cipher.decrypt(sealed_shape, [_SHAPE_AD])
@@ -219,13 +224,13 @@ class Sealer:
             return _join(shape, values)
         return None
 
-    def seal_bytes(self, plain, purpose):
+    def seal_bytes(self, plain: bytes, purpose: bytes) -> str:
         """Any other secret a client holds for us (a reconnect ticket), as
         url-safe text; ``purpose`` (bytes) is bound into the seal, so one
         kind never opens as another."""
         return _b64(self._ciphers[0].encrypt(plain, [purpose]))
 
-    def open_bytes(self, text, purpose):
+    def open_bytes(self, text: object, purpose: bytes) -> bytes:
         """What :meth:`seal_bytes` sealed for ``purpose``; ClientError for
         anything else."""
         sealed = _unb64(text) if isinstance(text, str) else None
@@ -238,7 +243,7 @@ class Sealer:
                 continue
         raise ClientError("not sealed by this deployment")
 
-    def canonical(self, text):
+    def canonical(self, text: object) -> str:
         """The id as the current key and form seal it (ids sealed with a
         previous key or in the one-part form are found in the history
         too); ClientError if not an id."""
@@ -249,11 +254,11 @@ _UPPER_DIGITS = frozenset("0123456789ABCDEF")
 _LOWER_DIGITS = frozenset("0123456789abcdef")
 
 
-def _is_hex(text, digits):
+def _is_hex(text: str, digits: frozenset[str]) -> bool:
     return bool(text) and len(text) % 2 == 0 and digits.issuperset(text)
 
 
-def _decode(plain):
+def _decode(plain: bytes) -> dict[str, Any] | None:
     kind, body = plain[:1], plain[1:]
     if kind == _HEX and body:
         return {"_data": body.hex().upper()}
@@ -279,7 +284,7 @@ _UUID_MARK = b"\x5a\x10\x04"  # KeyString BinData, 16 bytes, subtype UUID
 _UUID_WITHIN = 24  # how far after the time the UUID may start
 
 
-def _split(raw, upper):
+def _split(raw: bytes, upper: bool) -> tuple[bytes, bytes] | None:
     """``(shape, values)`` of a token's bytes, or None if its layout is not
     one this module splits."""
     case = _UPPER if upper else 0
@@ -295,7 +300,7 @@ def _split(raw, upper):
     return bytes([_BSON_SPLIT | case]) + cut[0], cut[1]
 
 
-def _bson_cut(raw):
+def _bson_cut(raw: bytes) -> tuple[bytes, bytes] | None:
     """A BSON document's bytes as (everything but the top-level values that
     are not strings, those values); None if it is not one this reads."""
     last = len(raw) - 1
@@ -321,7 +326,7 @@ def _bson_cut(raw):
     return b"".join(shape), b"".join(values)
 
 
-def _value_size(kind, raw, at):
+def _value_size(kind: int, raw: bytes, at: int) -> int | None:
     """How many bytes the value of a ``kind`` element at ``raw[at:]`` takes;
     None for kinds this does not read, or a truncated value."""
     if kind in _FIXED:
@@ -340,7 +345,7 @@ def _value_size(kind, raw, at):
     return size if length >= 0 and size >= 4 else None
 
 
-def _join(shape, values):
+def _join(shape: bytes, values: bytes) -> dict[str, Any] | None:
     """The token a two-part id's opened parts make; None if they do not
     make one (never for parts this module sealed)."""
     kind, body = shape[:1], shape[1:]
@@ -348,7 +353,7 @@ def _join(shape, values):
         return None
     layout, upper = kind[0] & ~_UPPER, bool(kind[0] & _UPPER)
     if layout == _KEYSTRING_SPLIT and len(values) >= 8:
-        raw = _KEYSTRING_TIME + values[:8] + body + values[8:]
+        raw: bytes | None = _KEYSTRING_TIME + values[:8] + body + values[8:]
     elif layout == _BSON_SPLIT:
         raw = _bson_fill(body, values)
     else:
@@ -358,7 +363,7 @@ def _join(shape, values):
     return {"_data": raw.hex().upper() if upper else raw.hex()}
 
 
-def _bson_fill(body, values):
+def _bson_fill(body: bytes, values: bytes) -> bytes | None:
     """:func:`_bson_cut` undone: the document with its values put back."""
     if len(body) < 5:
         return None
@@ -388,7 +393,7 @@ def _bson_fill(body, values):
     return b"".join(out)
 
 
-def _secrets(config):
+def _secrets(config: Mapping[str, Any]) -> tuple[list[Any], str | None]:
     """The configured secrets, current first, and where they came from."""
     keys = config.get("WSPROXY_SECRET_KEYS")
     if keys is not None:
@@ -402,7 +407,7 @@ def _secrets(config):
     return [secret, *fallbacks], "SECRET_KEY"
 
 
-def from_config(config):
+def from_config(config: Mapping[str, Any]) -> Sealer:
     """The Sealer for an app's config; ConfigError (fail closed) without a
     usable key."""
     secrets, source = _secrets(config)

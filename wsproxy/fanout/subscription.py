@@ -8,7 +8,8 @@ narrow its grant, never widen it.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..access import documentquery
 from ..access.filters import compile_filter, load_filter
@@ -16,6 +17,11 @@ from ..access.watchspec import never_streamed
 from ..errors import ClientError, FilterError
 from ..transport import codec
 from ..transport.codec import Shape
+
+if TYPE_CHECKING:
+    from ..access.documentquery import DocumentQuery
+    from ..access.principal import Principal
+    from ..transport.codec import Change
 
 _ALL = None
 KNOWN_PARAMS = frozenset(
@@ -61,13 +67,26 @@ LEAVING_OPS = frozenset({"update", "replace"})
 _UNDECIDED = object()
 _ABSENT = object()
 
+# A filter: the operator's rules and the client's predicates
+# (wsproxy.access.filters.Predicate, or any such function).
+Rule = Callable[[Any], bool]
 
-def _within(ns, scope):
+
+class QueryArgs(documentquery.QueryArgs, Protocol):
+    """The WebSocket URL's query, as a werkzeug MultiDict gives it (a pure
+    module imports no werkzeug): its names, and every value of one."""
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def getlist(self, key: str, /) -> list[str]: ...
+
+
+def _within(ns: str, scope: str) -> bool:
     """Is namespace ``ns`` ("db" or "db.coll") inside ``scope``?"""
     return not scope or ns == scope or ns.startswith(scope + ".")
 
 
-def _covers(grant, ns):
+def _covers(grant: frozenset[str] | None, ns: str) -> bool:
     """Does a grant (set of "db"/"db.coll") cover ``ns``?"""
     return grant is None or ns in grant or ns.split(".", 1)[0] in grant
 
@@ -111,14 +130,14 @@ class Subscription:
 
     def __init__(
         self,
-        namespaces=_ALL,
-        ops=_ALL,
-        predicates=(),
-        hide=(),
-        rules=(),
-        snapshot=None,
-        key=None,
-    ):
+        namespaces: Iterable[str] | None = _ALL,
+        ops: Iterable[str] | None = _ALL,
+        predicates: Iterable[Rule] = (),
+        hide: Iterable[str] = (),
+        rules: Iterable[Rule] = (),
+        snapshot: "DocumentQuery | None" = None,
+        key: Hashable | None = None,
+    ) -> None:
         self.namespaces = _ALL if namespaces is None else frozenset(namespaces)
         self.ops = _ALL if ops is None else frozenset(ops)
         self.rules = tuple(rules)
@@ -135,7 +154,7 @@ class Subscription:
 
     # -- judging one change ---------------------------------------------------
 
-    def decide(self, change):
+    def decide(self, change: "Change") -> Shape | None:
         """What this subscription is sent of ``change``: a
         :class:`~wsproxy.transport.codec.Shape`, or None (nothing). Decided once per
         subscription key and change (``change.decisions``), whichever
@@ -163,7 +182,7 @@ class Subscription:
             change.decisions[key] = shape
         return shape
 
-    def _decide(self, change):
+    def _decide(self, change: "Change") -> Shape | None:
         raw = change.raw
         op = raw.get("operationType")
         if self.ops is not _ALL and op not in self.ops:
@@ -191,7 +210,9 @@ class Subscription:
             return Shape.LEAVE
         return None
 
-    def admits(self, event, seen):
+    def admits(
+        self, event: Mapping[str, Any], seen: Callable[[], Mapping[str, Any]]
+    ) -> bool:
         """The filter rule, once: the operator's rules judge the whole
         ``event``; the client's filter judges ``seen()``, the event as the
         client may see it (called only when there is a client filter)."""
@@ -202,7 +223,7 @@ class Subscription:
         shown = seen()  # once, whatever the number of predicates
         return all(predicate(shown) for predicate in self.predicates)
 
-    def matches(self, change, *, before=False):
+    def matches(self, change: "Change", *, before: bool = False) -> bool:
         """Whether a document image of ``change`` is in the view (see
         :meth:`admits`): the document after the change, or with ``before``
         the pre-image as the document. Without the namespace and operation
@@ -214,15 +235,21 @@ class Subscription:
             )
         return self.admits(change.raw, lambda: change.redacted_event(self.hide))
 
-    def _ns_match(self, ns):
+    def _ns_match(self, ns: object) -> bool:
         if not isinstance(ns, dict):
             return False
+        namespaces = cast("frozenset[str]", self.namespaces)  # not _ALL: see _decide
         db = ns.get("db")
-        if db in self.namespaces:
+        if db in namespaces:
             return True
-        return f"{db}.{ns.get('coll')}" in self.namespaces
+        return f"{db}.{ns.get('coll')}" in namespaces
 
-    def frame(self, change, deflate_bits=None, shape=None):
+    def frame(
+        self,
+        change: "Change",
+        deflate_bits: int | None = None,
+        shape: Shape | None = None,
+    ) -> bytes:
         """The frame of ``change`` in ``shape`` (by default what
         :meth:`decide` says) for this subscription, compressed for a
         client that negotiated permessage-deflate with ``deflate_bits``
@@ -237,7 +264,7 @@ class Subscription:
 EVERYTHING = Subscription()
 
 
-def _split(values, name, limit):
+def _split(values: Iterable[str], name: str, limit: int) -> list[str]:
     items = [v.strip() for value in values for v in value.split(",")]
     items = [v for v in items if v]
     if not items:
@@ -248,14 +275,14 @@ def _split(values, name, limit):
 
 
 def parse(
-    args,
+    args: QueryArgs,
     *,
-    scope,
-    principal,
-    operator_hide=(),
-    filter_limits=None,
-    snapshot_max_docs=10000,
-):
+    scope: str,
+    principal: "Principal",
+    operator_hide: Iterable[str] = (),
+    filter_limits: Mapping[str, int] | None = None,
+    snapshot_max_docs: int = 10000,
+) -> Subscription:
     """Build a Subscription from the WebSocket URL's query ``args`` (a
     werkzeug MultiDict) for ``principal``; raises ClientError (400/403)."""
     unknown = sorted(set(args) - KNOWN_PARAMS)

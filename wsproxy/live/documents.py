@@ -45,7 +45,7 @@ the collection matches, so nothing is kept and nothing leaves.
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..fanout.routing import NS, Anchor
 from ..fanout.tracking import (
@@ -60,6 +60,7 @@ from ..protocol import CloseCode
 from ..transport.codec import Shape, untracked_leave_frame
 
 if TYPE_CHECKING:
+    from ..access.documentquery import DocumentQuery
     from ..fanout.connection import ClientConnection
     from ..fanout.tracking import HeldKey
     from ..transport.codec import Change
@@ -97,7 +98,7 @@ class LiveDocuments:
     def __init__(self, client: "ClientConnection", *, max_held: int) -> None:
         self.client = client
         self.subscription = sub = client.subscription
-        self.query = sub.snapshot
+        self.query = cast("DocumentQuery", sub.snapshot)  # snapshot=1: never None
         self.max_held = max_held
         # Guards _phase, _kept, _kept_bytes and _reset_frame: a phase
         # change and what is kept are decided together. Taken before the

@@ -36,7 +36,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import bson
 from bson.codec_options import CodecOptions
@@ -52,9 +53,18 @@ from ..limits import throttle
 from ..logsafe import shown
 from ..protocol import CloseCode, MessageType
 from ..stream import errorpolicy
-from ..stream.seam import SeamInputs
+from ..stream.seam import SeamInputs, SeamState
 from ..transport import codec
-from .documents import Phase, Restart, document_key
+from .documents import LiveDocuments, Phase, Restart, document_key
+
+if TYPE_CHECKING:
+    from bson.timestamp import Timestamp
+    from pymongo import MongoClient
+
+    from ..access.documentquery import DocumentQuery
+    from ..fanout.connection import ClientConnection
+    from ..fanout.subscription import Subscription
+    from ..fanout.tracking import HeldKey
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.snapshot")
@@ -81,12 +91,12 @@ class SnapshotInputs(SeamInputs):
     (:class:`~wsproxy.stream.seam.SeamInputs`), and its own
     (:meth:`from_state` builds them from a running proxy)."""
 
-    mongo: object  # the worker's MongoClient
-    last_id: Callable  # () -> id of the last change published, or None
+    mongo: "MongoClient[Any]"  # the worker's
+    last_id: Callable[[], str | None]  # id of the last change published, or None
     broadcaster_idle: threading.Event  # Hub.idle
-    published_at: Callable  # () -> monotonic time of the last publish
+    published_at: Callable[[], float]  # monotonic time of the last publish
     slice_lock: threading.Lock  # one snapshot slice at a time (Pacer)
-    charge: Callable  # (key, tokens) -> None: what a read cost, after it
+    charge: Callable[[Hashable, float], None]  # (key, tokens): what a read cost
     stall_limit: float  # seconds a client may read nothing of its snapshot
 
     gauge = metrics.SNAPSHOTS
@@ -96,7 +106,7 @@ class SnapshotInputs(SeamInputs):
     busy = "too many snapshots at once; retry shortly"
 
     @classmethod
-    def from_state(cls, state):
+    def from_state(cls, state: "SnapshotState") -> "SnapshotInputs":
         hub = state.hub
         return cls(
             **SeamInputs.shared(state, state.snapshot_slots, state.snapshots_per_key),
@@ -110,11 +120,22 @@ class SnapshotInputs(SeamInputs):
         )
 
 
-def starter(inputs, member):
+class SnapshotState(SeamState, Protocol):
+    """What :meth:`SnapshotInputs.from_state` reads of a started ProxyState
+    (wsproxy.http.extension, a layer above this one)."""
+
+    mongo: "MongoClient[Any]"
+    snapshot_slots: threading.BoundedSemaphore
+    snapshots_per_key: throttle.KeyedSlots
+    snapshot_slice_lock: threading.Lock
+    connect_rate: throttle.KeyedRateLimit
+
+
+def starter(inputs: SnapshotInputs, member: LiveDocuments) -> Callable[[], None]:
     """The ``start_snapshot`` of ``member``: each call runs one snapshot
     (and its restarts) on a new thread."""
 
-    def start():
+    def start() -> None:
         threading.Thread(
             target=run,
             args=(inputs, member),
@@ -125,7 +146,7 @@ def starter(inputs, member):
     return start
 
 
-def run(inputs, member):
+def run(inputs: SnapshotInputs, member: LiveDocuments) -> None:
     """Take the member's snapshot (again after a reset), holding one of
     its principal's snapshot slots and one of the worker's."""
     with inputs.holding(member.client) as key:
@@ -133,7 +154,7 @@ def run(inputs, member):
             _run(inputs, member, key)
 
 
-def _run(inputs, member, key):
+def _run(inputs: SnapshotInputs, member: LiveDocuments, key: Hashable) -> None:
     client = member.client
     try:
         while not _stopped(inputs, client):
@@ -154,11 +175,11 @@ def _run(inputs, member, key):
         client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
-def _stopped(inputs, client):
+def _stopped(inputs: SeamInputs, client: "ClientConnection") -> bool:
     return client.closing or client.ended or inputs.stopping.is_set()
 
 
-def _take(inputs, member, key):
+def _take(inputs: SnapshotInputs, member: LiveDocuments, key: Hashable) -> None:
     client = member.client
     query = member.query
     started = time.monotonic()
@@ -219,20 +240,20 @@ class Pacer:
     (up to PACE_WAIT) for the broadcaster to be idle. Nothing inside the
     block waits on the network (see :func:`read`)."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs: SnapshotInputs) -> None:
         self._inputs = inputs
         self._count = 0
         self._began = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> "Pacer":
         self._inputs.slice_lock.acquire()
         self._began = time.monotonic()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._inputs.slice_lock.release()
 
-    def __call__(self):
+    def __call__(self) -> None:
         self._count += 1
         if self._count % SLICE_DOCS:
             return
@@ -251,26 +272,32 @@ class Pacer:
 class _NoPace:
     """Pacer's interface, doing nothing (tests, tools)."""
 
-    def __enter__(self):
+    def __enter__(self) -> "_NoPace":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         pass
 
-    def __call__(self):
+    def __call__(self) -> None:
         pass
 
 
 _no_pace = _NoPace()
 
 
-def read(mongo, query, deadline, pace=_no_pace):
+def read(
+    mongo: "MongoClient[Any]",
+    query: "DocumentQuery",
+    deadline: float,
+    pace: Pacer | _NoPace = _no_pace,
+) -> tuple[list[Any], bool, "Timestamp | None"]:
     """The matching documents in order (decoded), whether that is all of
     them, and the read's operation time."""
     coll = mongo[query.db].get_collection(
         query.coll, codec_options=_RAW, read_concern=ReadConcern("majority")
     )
     options = mongo.codec_options
+    docs: list[Any]  # decoded documents
     docs, size, complete = [], 0, True
     with mongo.start_session(causal_consistency=True) as session:
         cursor = coll.find(
@@ -299,7 +326,13 @@ def read(mongo, query, deadline, pace=_no_pace):
         return docs, complete, session.operation_time
 
 
-def _wait_for_feed(inputs, client, read_end, read_done, deadline):
+def _wait_for_feed(
+    inputs: SnapshotInputs,
+    client: "ClientConnection",
+    read_end: "Timestamp | None",
+    read_done: float,
+    deadline: float,
+) -> bool:
     """Until the live feed has offered every change up to ``read_end``:
     it has published one at least that late, or the watcher found nothing
     new after the read ended and everything it read before has been
@@ -326,7 +359,13 @@ def _wait_for_feed(inputs, client, read_end, read_done, deadline):
     return False
 
 
-def merge(sub, docs, kept, entering=True, pace=_no_pace):
+def merge(
+    sub: "Subscription",
+    docs: Iterable[Any],
+    kept: Sequence[codec.Change],
+    entering: bool = True,
+    pace: Pacer | _NoPace = _no_pace,
+) -> tuple[list[tuple["HeldKey", Any]], list[str]]:
     """The snapshot ``docs`` with the ``kept`` changes applied, judged by
     ``sub``: returns ``(held, texts)``, the ``(key, _id)`` of every document
     sent and each document's JSON, in order (read order, then new ones).
@@ -355,7 +394,8 @@ def merge(sub, docs, kept, entering=True, pace=_no_pace):
             known.add(document_key(effect.id))
         liverules.apply(states, effect, document_key, (effect.id, change))
     held, texts = [], []
-    db, coll = sub.snapshot.db, sub.snapshot.coll
+    query = cast("DocumentQuery", sub.snapshot)  # a snapshot=1 subscription's
+    db, coll = query.db, query.coll
     with pace:
         for key, (_id, source) in states.items():
             pace()
@@ -369,7 +409,7 @@ def merge(sub, docs, kept, entering=True, pace=_no_pace):
     return held, texts
 
 
-def _judge_document(sub, doc):
+def _judge_document(sub: "Subscription", doc: Any) -> Any:
     """The document as the client sees it, or None if it does not match.
     Judged as the change that inserted it would be."""
     event = {"documentKey": {"_id": doc.get("_id")}, "fullDocument": doc}
@@ -379,15 +419,16 @@ def _judge_document(sub, doc):
     return seen["fullDocument"]
 
 
-def _judge_change(sub, change):
+def _judge_change(sub: "Subscription", change: codec.Change) -> Any:
     if not sub.matches(change):
         return None
     seen = change.redacted_event(sub.hide) if sub.hide else change.raw
     return seen["fullDocument"]
 
 
-def _messages(texts):
+def _messages(texts: Iterable[str]) -> Iterator[bytes]:
     """``snapshot`` messages of about MESSAGE_BYTES each, as frames."""
+    batch: list[str]
     batch, size = [], 0
     for text in texts:
         if batch and size + len(text) > MESSAGE_BYTES:
@@ -399,7 +440,7 @@ def _messages(texts):
         yield _snapshot_frame(batch)
 
 
-def _snapshot_frame(texts):
+def _snapshot_frame(texts: list[str]) -> bytes:
     # The documents are JSON already: assembled, not encoded again.
     return codec.frame(
         '{"type": "' + MessageType.SNAPSHOT + '", "docs": [' + ", ".join(texts) + "]}"
@@ -412,13 +453,13 @@ class _Progress:
     at once, rather than after the send timeout or the snapshot's time
     limit (a slow reader still takes some bytes)."""
 
-    def __init__(self, client, limit):
+    def __init__(self, client: "ClientConnection", limit: float) -> None:
         self.client = client
         self.limit = limit
         self.sent = client.sock.bytes_written
         self.since = time.monotonic()
 
-    def stalled(self):
+    def stalled(self) -> bool:
         sent = self.client.sock.bytes_written
         now = time.monotonic()
         if sent != self.sent:
@@ -426,7 +467,12 @@ class _Progress:
         return now - self.since >= self.limit
 
 
-def _wait_for_room(inputs, client, deadline, progress):
+def _wait_for_room(
+    inputs: SnapshotInputs,
+    client: "ClientConnection",
+    deadline: float,
+    progress: _Progress,
+) -> bool:
     """Back-pressure: at most half an outbox of snapshot at a time."""
     while not client.wait_for_room(
         client.max_messages // 2, timeout=0.5, below_bytes=client.max_bytes // 2
@@ -453,7 +499,7 @@ def _wait_for_room(inputs, client, deadline, progress):
     return not _stopped(inputs, client)
 
 
-def _on_error(client, exc):
+def _on_error(client: "ClientConnection", exc: PyMongoError) -> None:
     kind = errorpolicy.classify(exc)
     if kind is errorpolicy.ErrorKind.FATAL:
         log.error(

@@ -62,6 +62,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pymongo.errors import PyMongoError
 
@@ -70,7 +71,15 @@ from ..fanout.hub import Barrier, item_size
 from ..protocol import CloseCode, MessageType
 from ..transport import codec
 from . import errorpolicy
-from .seam import SeamInputs
+from .seam import SeamInputs, SeamState
+
+if TYPE_CHECKING:
+    from pymongo.change_stream import ChangeStream
+
+    from ..access.sealing import Sealer
+    from ..fanout.connection import ClientConnection, _Item
+    from ..limits.throttle import KeyedSlots
+    from ..transport.codec import Change
 
 # Named as before the modules moved into layers: logging configs name it.
 log = logging.getLogger("wsproxy.resume")
@@ -85,31 +94,31 @@ CATCHUP_BATCH = 16
 class CatchUp:
     """The hub member that stands in for a client being caught up."""
 
-    def __init__(self, client, buffer_limit):
+    def __init__(self, client: "ClientConnection", buffer_limit: int) -> None:
         self.client = client
         self.subscription = client.subscription
         self.buffer_limit = buffer_limit
         self.buffer_bytes = client.max_bytes
         # () -> where the live feed is (see Hub.published_through); set
         # by catch_up. Replayed events before it need no remembering.
-        self.published_through = lambda: None
+        self.published_through: Callable[[], Any] = lambda: None
         # Guards everything below: the seam is decided under it. Held for
         # no filtering and no encoding; taken before the client's
         # _state_lock (docs/architecture.md, "Locks").
         self._lock = threading.Lock()
         # (id, the client's item or None if unwanted), in order; (None,
         # frame) for the watcher's reset, which keeps its place in the stream.
-        self._live = []
-        self._live_ids = {}  # id -> index in _live
+        self._live: list[tuple[str | None, _Item | bytes | None]] = []
+        self._live_ids: dict[str, int] = {}  # id -> index in _live
         self._live_bytes = 0
-        self._delivered = set()  # ids the catch-up stream delivered
+        self._delivered: set[str] = set()  # ids the catch-up stream delivered
         self.spliced = False
         self.replayed = 0
         self.last_delivery = 0.0  # monotonic time of the last catch-up event
 
     # -- the broadcaster's side ------------------------------------------
 
-    def on_change(self, change):
+    def on_change(self, change: "Change") -> bool:
         """The broadcaster's offer; True if handed to the client now."""
         sub = self.subscription
         with self._lock:
@@ -163,13 +172,13 @@ class CatchUp:
             self._delivered.clear()
             return False
 
-    def on_changes(self, changes):
+    def on_changes(self, changes: list["Change"]) -> int:
         return sum(1 for change in changes if self.on_change(change))
 
-    def offer(self, data):
+    def offer(self, data: bytes) -> bool:
         return self.client.offer(data)
 
-    def on_reset(self, frame):
+    def on_reset(self, frame: bytes) -> bool:
         """The live feed lost its place: recorded like a live event, so the
         client gets the reset where it happened in the stream, after the
         replayed events before it, and only if the seam comes before it
@@ -181,12 +190,12 @@ class CatchUp:
                 return True
         return self.client.offer(frame)
 
-    def request_close(self, code, reason):
+    def request_close(self, code: int, reason: str) -> None:
         self.client.request_close(code, reason)
 
     # -- the catch-up thread's side ----------------------------------------
 
-    def deliver(self, change):
+    def deliver(self, change: "Change") -> bool:
         """One event from the catch-up stream. Returns False once the
         seam has been found (the caller stops reading)."""
         sub = self.subscription
@@ -210,7 +219,7 @@ class CatchUp:
                 self.replayed += 1
             return True
 
-    def _may_come_live(self, change):
+    def _may_come_live(self, change: "Change") -> bool:
         """Whether the live feed may still offer ``change``: not if the hub
         has published a later event (cluster times never decrease along
         the stream)."""
@@ -221,7 +230,7 @@ class CatchUp:
         except TypeError:
             return True
 
-    def splice_if_idle_since(self, idle_at):
+    def splice_if_idle_since(self, idle_at: float) -> None:
         """The barrier's callback (broadcaster thread): the live feed takes
         over if the catch-up delivered nothing since ``idle_at``."""
         with self._lock:
@@ -229,7 +238,7 @@ class CatchUp:
                 return
             self._splice_locked([])
 
-    def reset(self, reason):
+    def reset(self, reason: str) -> None:
         """The token cannot be resumed from: say so, then go live with what
         was recorded since the catch-up began."""
         with self._lock:
@@ -248,7 +257,9 @@ class CatchUp:
             self._delivered.clear()
             self._splice_locked(self._live)
 
-    def _splice_locked(self, recorded):
+    def _splice_locked(
+        self, recorded: list[tuple[str | None, "_Item | bytes | None"]]
+    ) -> None:
         assert self._lock.locked()  # the caller holds it
         # Routed through what the client holds here, in stream order.
         self.client.queue([item for _, item in recorded])
@@ -265,15 +276,15 @@ class CatchUpInputs(SeamInputs):
 
     # (resume_after=token, batch_size=n) -> a change stream on the watched
     # scope, with the operator's pipeline and options.
-    open_stream: Callable
-    sealer: object  # unseals the client's id, seals events'
+    open_stream: Callable[..., "ChangeStream[Any]"]
+    sealer: "Sealer"  # unseals the client's id, seals events'
 
     gauge = metrics.CATCHUPS
     busy_for_key = "too many catch-ups for this client (limit {limit}); retry shortly"
     busy = "too many clients catching up; retry shortly"
 
     @classmethod
-    def from_state(cls, state):
+    def from_state(cls, state: "CatchUpState") -> "CatchUpInputs":
         """From a started ProxyState (see wsproxy.http.extension)."""
         return cls(
             **SeamInputs.shared(state, state.catchup_slots, state.catchups_per_key),
@@ -304,7 +315,16 @@ TRANSIENT_CLOSE = (
 )
 
 
-def _send_barrier(inputs, catchup, idle_since):
+class CatchUpState(SeamState, Protocol):
+    """What :meth:`CatchUpInputs.from_state` reads of a started ProxyState
+    (wsproxy.http.extension, a layer above this one)."""
+
+    catchup_slots: threading.BoundedSemaphore
+    catchups_per_key: "KeyedSlots"
+    sealer: "Sealer"
+
+
+def _send_barrier(inputs: CatchUpInputs, catchup: CatchUp, idle_since: float) -> bool:
     """Once the watcher has caught up past ``idle_since``, queue a barrier
     behind everything it read; True if one was sent."""
     caught_up = inputs.watcher_caught_up_as_of()
@@ -315,7 +335,7 @@ def _send_barrier(inputs, catchup, idle_since):
     )
 
 
-def catch_up(inputs, catchup, resume_id):
+def catch_up(inputs: CatchUpInputs, catchup: CatchUp, resume_id: str) -> None:
     """Run in the ``wsproxy-catchup`` thread: replay from ``resume_id``
     until the seam, or reset. Bounded per principal, in number
     (``inputs.slots``) and in time."""
@@ -324,7 +344,7 @@ def catch_up(inputs, catchup, resume_id):
             _replay(inputs, catchup, resume_id)
 
 
-def _replay(inputs, catchup, resume_id):
+def _replay(inputs: CatchUpInputs, catchup: CatchUp, resume_id: str) -> None:
     client = catchup.client
     catchup.published_through = inputs.published_through
     limit = inputs.time_limit
@@ -399,7 +419,7 @@ def _replay(inputs, catchup, resume_id):
         client.request_close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
-def _on_error(catchup, exc):
+def _on_error(catchup: CatchUp, exc: PyMongoError) -> None:
     """The one place a catch-up's database error becomes what the client
     is told (see wsproxy.stream.errorpolicy)."""
     client = catchup.client

@@ -9,10 +9,27 @@ a running proxy in one place; each job's inputs add their own."""
 
 import dataclasses
 import threading
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..limits import throttle
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ..fanout.connection import ClientConnection
+    from ..fanout.hub import Hub
+    from .source import ChangeSource
+
+
+class SeamState(Protocol):
+    """What :meth:`SeamInputs.shared` reads of a started ProxyState
+    (wsproxy.http.extension, a layer above this one)."""
+
+    config: Mapping[str, Any]
+    hub: "Hub"
+    source: "ChangeSource"
+    stopping: threading.Event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,21 +45,25 @@ class SeamInputs:
 
     # (item, stopping) -> bool: put an item on the hub's intake, behind
     # everything the watcher has read (Hub.submit).
-    submit: Callable
+    submit: Callable[[object, threading.Event], bool]
     # () -> clusterTime of the last event the live feed published, or None
     # (Hub.published_through).
-    published_through: Callable
+    published_through: Callable[[], Any]
     # () -> when the watcher's last empty round trip began (monotonic), or
     # None (ChangeSource.caught_up_as_of).
-    watcher_caught_up_as_of: Callable
-    slots: object  # a BoundedSemaphore: jobs of this kind at once in the worker
-    slots_per_key: object  # a throttle.KeyedSlots: per principal (or address)
+    watcher_caught_up_as_of: Callable[[], float | None]
+    slots: threading.BoundedSemaphore  # jobs of this kind at once in the worker
+    slots_per_key: throttle.KeyedSlots  # per principal (or address)
     stopping: threading.Event  # the worker is shutting down
     slot_wait: float  # seconds to wait for a slot
     time_limit: float  # seconds the job may take
 
     @staticmethod
-    def shared(state, slots, slots_per_key):
+    def shared(
+        state: SeamState,
+        slots: threading.BoundedSemaphore,
+        slots_per_key: throttle.KeyedSlots,
+    ) -> dict[str, Any]:
         """The shared fields, from a started ProxyState (see
         wsproxy.http.extension), with the job's kind of ``slots`` (the
         worker's) and ``slots_per_key``: keyword arguments for the
@@ -59,7 +80,9 @@ class SeamInputs:
             "time_limit": config["WSPROXY_CATCHUP_TIMEOUT"],
         }
 
-    def holding(self, client):
+    def holding(
+        self, client: "ClientConnection"
+    ) -> "AbstractContextManager[Hashable | None]":
         """Hold one of the client's principal's slots and one of the
         worker's while the job runs (:func:`wsproxy.limits.throttle.holding`):
         yields whom the job is charged to, or None if the client was
