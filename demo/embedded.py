@@ -119,6 +119,21 @@ class EmbeddedMongo:
         from pymongo.errors import PyMongoError
 
         deadline = time.monotonic() + timeout
+        # First until it listens, every 20 ms: a MongoClient that found
+        # nobody there looks again only after its 500 ms heartbeat.
+        while True:
+            if self.process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"secantusd-py exited with {self.process.returncode}; "
+                    f"see {self.log_path}"
+                )
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # the ping below says so
+                time.sleep(0.02)
         client = MongoClient(
             self.uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500
         )
@@ -157,12 +172,32 @@ class EmbeddedMongo:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout)
+                self._wait_stopped(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         if self._own_dir:
             shutil.rmtree(self.storage_path, ignore_errors=True)
+
+    def _wait_stopped(self, timeout):
+        """Wait for the exit SIGTERM began. SecantusDB's stop closes its
+        listening socket and then waits up to 2 s for its accept thread,
+        which closing the socket does not wake on Linux (a thread blocked
+        in accept() keeps it listening): a connection does. So: connect
+        every 50 ms until it has exited (a connection made before its stop
+        began is closed with the others)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.process.wait(0.05)
+                return
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self.start()

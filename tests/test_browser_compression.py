@@ -16,8 +16,10 @@ import datetime
 import json
 import random
 import re
+import socket
 import threading
 
+import pytest
 from bson import Decimal128
 from pymongo import DeleteOne, InsertOne, UpdateOne
 from websockets.exceptions import ConnectionClosed
@@ -231,6 +233,7 @@ class Follower {
     // this long, if no overflow came first.
     this.stallUntilEvents = spec.stallUntilEvents;
     this.stallMaxMs = spec.stallMaxMs;
+    this.silentUrl = spec.silentUrl;
     this.connect();
   }
 
@@ -300,6 +303,21 @@ class Follower {
   // event: a busy thread can still make blocking requests, and /metrics
   // says both.
   stall() {
+    // Busy without spinning (the stall lasts most of the run, and a core
+    // spent on it is taken from Chromium, the server and the database):
+    // 50 ms blocked in a synchronous request to a listener that never
+    // answers, ended by its timeout (a worker may set one). Should it end
+    // sooner, the rest is spun.
+    const pause = () => {
+      const until = Date.now() + 50;
+      const request = new XMLHttpRequest();
+      request.open("GET", this.silentUrl, false);
+      request.timeout = 50;
+      try {
+        request.send();
+      } catch (error) {}
+      while (Date.now() < until) {}
+    };
     const metrics = () => {
       const request = new XMLHttpRequest();
       request.open("GET", new URL("/metrics", this.url.replace(/^ws/, "http")),
@@ -314,8 +332,7 @@ class Follower {
     const before = metrics();
     const started = Date.now();
     for (;;) {
-      const pause = Date.now() + 50;
-      while (Date.now() < pause) {}
+      pause();
       const now = metrics();
       if (now.slow > before.slow || now.events >= this.stallUntilEvents
           || Date.now() - started > this.stallMaxMs) {
@@ -521,8 +538,45 @@ def _check_socket(name, records, reference, events):
     return closes, positions
 
 
+class Silent(threading.Thread):
+    """A listener that accepts connections and never answers: the
+    staller's requests to it block its thread until their timeout."""
+
+    def __init__(self):
+        super().__init__(name="test-silent", daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.held = []
+        self.closing = False
+
+    def run(self):
+        while True:
+            conn = self.sock.accept()[0]
+            if self.closing:
+                conn.close()
+                return
+            self.held.append(conn)
+
+    def close(self):
+        # Closing the socket would not wake accept(): a connection does.
+        self.closing = True
+        socket.create_connection(self.sock.getsockname(), timeout=5).close()
+        self.join(5)
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def silent():
+    listener = Silent()
+    listener.start()
+    yield listener
+    listener.close()
+
+
 def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
-    mongo, mongo_client, namespace, gunicorn, browser_page
+    mongo, mongo_client, namespace, gunicorn, browser_page, silent
 ):
     db, coll = namespace
     # Updates without a looked-up document: one a catch-up reads again
@@ -577,6 +631,7 @@ def test_chromium_reads_every_frame_through_joins_resumes_overflow_subscribe(
                     "worker": spec.get("worker", False),
                     "stallUntilEvents": EVENTS,
                     "stallMaxMs": scaled(100_000),
+                    "silentUrl": silent.url,
                 },
             )
         for name, kind, *rest in page.evaluate("harness.drain()"):
