@@ -8,7 +8,9 @@ gunicorn worker (``wsgi:app``, wsproxy's **default** limits), connects M
 clients (:mod:`.stormclient`, ``--procs`` processes, the bundled clients'
 reconnect policy), lets them stay connected a while, then restarts the
 worker (``--how sigterm``: each client gets 1001; ``kill``: SIGKILL to
-the whole server) and starts a new one on the same port. Reported per
+the whole server) and starts a new one on the same port, or reloads it
+(``hup``: gunicorn starts a new worker and SIGTERMs the old one, its
+listening socket open throughout). Reported per
 case: each client's time from the restart to its next ``hello`` (p50 /
 p99 / max), 429 refusals after the restart, how the clients resumed
 (history or catch-up), and events lost or repeated.
@@ -117,18 +119,24 @@ def one(mongo, case, opts, workdir):
         mark = time.time()
         for c in children:
             c.send(f"MARK {mark!r}")
-        if opts.how == "sigterm":
-            server.stop()
+        if opts.how == "hup":
+            # gunicorn's reload: new workers, the old ones SIGTERMed, and
+            # the master's listening socket open throughout.
+            os.kill(server.proc.pid, signal.SIGHUP)
+            down = listening = 0.0
         else:
-            procs._killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(10)
-        while _listening(port):
-            time.sleep(0.01)  # polling for the port to be free
-        down = time.time() - mark
-        server = _server(mongo, namespace, port, prefill, log)
-        while not _listening(port):
-            time.sleep(0.01)  # polling for the new server to listen
-        listening = time.time() - mark
+            if opts.how == "sigterm":
+                server.stop()
+            else:
+                procs._killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait(10)
+            while _listening(port):
+                time.sleep(0.01)  # polling for the port to be free
+            down = time.time() - mark
+            server = _server(mongo, namespace, port, prefill, log)
+            while not _listening(port):
+                time.sleep(0.01)  # polling for the new server to listen
+            listening = time.time() - mark
         done = writer.expect("DONE", time.monotonic() + opts.after + 60)
         deadline = time.time() + 30
         for c in children:
@@ -196,7 +204,14 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=500)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--how", choices=("sigterm", "kill"), default="sigterm")
+    p.add_argument(
+        "--how",
+        choices=("sigterm", "kill", "hup"),
+        default="sigterm",
+        help="sigterm: stop the server, then start a new one; kill: SIGKILL "
+        "it, then start a new one; hup: gunicorn's reload (new workers, the "
+        "listening socket kept)",
+    )
     p.add_argument(
         "--cases",
         default="before,after",
