@@ -313,6 +313,10 @@ class WSClient:
         kw.setdefault("compression", None)
         kw.setdefault("open_timeout", scaled(10))
         kw.setdefault("max_size", None)
+        # A client more than max_queue (16) messages behind stops reading,
+        # so its close() waits for a close frame it does not read: all of
+        # close_timeout (10 s by default), a pause and no check.
+        kw.setdefault("close_timeout", scaled(2))
         # legacy=True: connect without a `with` block (websockets >= 17.1).
         self.ws = connect(url, legacy=True, **kw)
 

@@ -185,6 +185,12 @@ class Follower(threading.Thread):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
             sock.connect(("127.0.0.1", self.server.port))
             kw["sock"] = sock
+        else:
+            # Read everything as it comes: with websockets' default queue
+            # (16 messages) a client behind by more stops reading, and its
+            # close() then waited the whole 10 s close timeout for a close
+            # frame it was not reading (the resumer's resumes, at random).
+            kw.setdefault("max_queue", None)
         return connect(url, legacy=True, open_timeout=scaled(10), max_size=None, **kw)
 
     def run(self):
