@@ -30,9 +30,8 @@ import ctypes
 import os
 import platform
 import shutil
-import signal
 import tempfile
-from types import FrameType
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -230,27 +229,26 @@ def post_worker_init(worker: Any) -> None:
         )
         return
     state.ensure_started(worker.wsgi)
-    state.install_sigterm_handler()
-    stop_listening_on_sigterm(worker)
+    state.install_sigterm_handler(then=listener_closer(worker))
 
 
-def stop_listening_on_sigterm(worker: Any) -> None:
-    """On SIGTERM, close this worker's listening sockets at once rather than
-    after its graceful wait. The master closes its own copies first thing,
-    but the worker's keep the socket open while its clients are told 1001:
-    clients reconnecting at once (the bundled ones do) were queued in a
-    backlog nobody accepted and reset when the worker exited (385 of 500
-    in a deploy storm, each then backing off), where now they are refused
-    at once. Where the master keeps listening (a reload, one worker
-    stopped) its copy, and every other worker's, go on accepting.
+def listener_closer(worker: Any) -> Callable[[], None] | None:
+    """What SIGTERM does besides the 1001s: close this worker's listening
+    sockets at once rather than after its graceful wait. The master closes
+    its own copies first thing, but the worker's keep the socket open
+    while its clients are told 1001: clients reconnecting at once (the
+    bundled ones do) were queued in a backlog nobody accepted and reset
+    when the worker exited (385 of 500 in a deploy storm, each then backing
+    off), where now they are refused at once. Where the master keeps
+    listening (a reload, one worker stopped) its copy, and every other
+    worker's, go on accepting.
 
     Through gthread's queue of calls for its main loop, whose poller owns
-    the sockets; a gunicorn without one keeps its own behaviour."""
+    the sockets; None (nothing more) for a gunicorn without one."""
     queue = getattr(worker, "method_queue", None)
     stop_accepting = getattr(worker, "set_accept_enabled", None)
     if queue is None or stop_accepting is None:
-        return
-    previous = signal.getsignal(signal.SIGTERM)
+        return None
 
     def close_listeners() -> None:
         for listener in worker.sockets:
@@ -263,12 +261,7 @@ def stop_listening_on_sigterm(worker: Any) -> None:
         # socket would end the worker with EBADF.
         queue.defer(close_listeners)
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        queue.defer(stop_listening)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: queue.defer(stop_listening)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -7,10 +7,10 @@ connection's ``write_lock`` (see :class:`~wsproxy.transport.websocket.GuardedSoc
 Locks (the worker's whole lock order is in docs/architecture.md, "Locks";
 this is the connection's part of it). A thread may wait for
 ``_state_lock`` while holding ``write_lock`` (:meth:`ClientConnection._flush`
-pops each frame under it), never the other way round: while holding
-``_state_lock``, ``write_lock`` is only ever *tried*, non-blocking
-(:meth:`ClientConnection._offer_items`), so a writer blocked on a slow socket
-never holds up the broadcaster. Every lock a member or the hub holds
+pops what is queued under it, up to 16 KB at a time), never the other way
+round: while holding ``_state_lock``, ``write_lock`` is only ever *tried*,
+non-blocking (:meth:`ClientConnection._offer_items`), so a writer blocked
+on a slow socket never holds up the broadcaster. Every lock a member or the hub holds
 (``Hub._lock``, a stand-in's ``_lock``) comes before both::
 
     Hub._lock | _Joining._lock | CatchUp._lock | LiveDocuments._lock

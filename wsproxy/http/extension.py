@@ -283,10 +283,12 @@ class ProxyState:
         # for them (a restart's new server listened that much later).
         self._close_mongo()
 
-    def install_sigterm_handler(self) -> None:
+    def install_sigterm_handler(self, then: Callable[[], None] | None = None) -> None:
         """On SIGTERM (gunicorn stop, deploy), close clients with 1001 before
         gunicorn's own handler starts its graceful wait, so nothing holds
-        the worker open until graceful_timeout."""
+        the worker open until graceful_timeout; ``then()``, after
+        gunicorn's handler, is what the server adds (wsproxy.gunicorn: stop
+        listening)."""
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -297,6 +299,8 @@ class ProxyState:
             ).start()
             if callable(previous):
                 previous(signum, frame)
+            if then is not None:
+                then()
 
         signal.signal(signal.SIGTERM, on_sigterm)
         self.hooks_installed = True
