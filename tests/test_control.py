@@ -12,6 +12,7 @@ import urllib.request
 import pymongo
 import pytest
 from bson import ObjectId
+from websockets.exceptions import ConnectionClosed
 
 from wsproxy.errors import ClientError
 from wsproxy.fanout.subscription import EVERYTHING, Subscription
@@ -604,7 +605,10 @@ def test_subscribes_count_against_the_frame_budget(mongo, namespace, gunicorn):
     )
     client = WSClient(server.ws_url())
     client.recv()
-    for _ in range(10):
-        client.ws.send(json.dumps({"type": "subscribe", "ops": "insert"}))
+    try:
+        for _ in range(10):
+            client.ws.send(json.dumps({"type": "subscribe", "ops": "insert"}))
+    except ConnectionClosed:
+        pass  # the close (after the burst of 5) may arrive before the tenth
     code, reason = client.wait_closed()
     assert code == 1008 and "too many frames" in reason
