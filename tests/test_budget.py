@@ -363,35 +363,50 @@ _ATTACKER = """
 import json, sys, threading, time
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
-url, seconds, open_timeout, count = (sys.argv[1], float(sys.argv[2]),
-                                     float(sys.argv[3]), int(sys.argv[4]))
+url, seconds, open_timeout, costly, count = (
+    sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "costly",
+    int(sys.argv[5]))
 import urllib.parse
 end = time.monotonic() + seconds
-counts = {"ok": 0, "429": 0, "other": 0}
+counts = {"ok": 0, "429": 0, "400": 0, "other": 0}
 held = []
 lock = threading.Lock()
 serial = [0]
+def a_filter(n):
+    if costly:
+        return {"fullDocument.items": {"$nin": [
+            {"s": f"{n}.{i}", "q": i} for i in range(60)]}}
+    # The same attempts at the same pace, without the cost: the first
+    # HELD are admitted with a one-term filter, as many as the costly
+    # filters' share admits; the rest are refused (400, an unknown
+    # operator) after the same parse.
+    if n <= HELD:
+        return {"fullDocument.seq": {"$gte": 0}}
+    return {"fullDocument.items": {"$where": [
+            {"s": f"{n}.{i}", "q": i} for i in range(60)]}}
 def attack():
     while time.monotonic() < end and len(held) < 600:
         with lock:
             serial[0] += 1
             n = serial[0]
-        costly = json.dumps({"fullDocument.items": {"$nin": [
-            {"s": f"{n}.{i}", "q": i} for i in range(60)]}},
-            separators=(",", ":"))
+        chosen = json.dumps(a_filter(n), separators=(",", ":"))
         try:
-            ws = connect(url + "?" + urllib.parse.urlencode({"filter": costly}),
+            ws = connect(url + "?" + urllib.parse.urlencode({"filter": chosen}),
                          compression=None, max_size=None, legacy=True,
                          open_timeout=open_timeout)
             held.append(ws)
             counts["ok"] += 1
         except InvalidStatus as exc:
-            counts["429" if exc.response.status_code == 429 else "other"] += 1
+            status = str(exc.response.status_code)
+            counts[status if status in counts else "other"] += 1
             time.sleep(0.2)  # Retry-After says 5 s; it tries far sooner
         except Exception:
             counts["other"] += 1
     time.sleep(max(0.0, end - time.monotonic()))
 """
+
+# What the costly filters' share admits (1000 terms / 180 per filter).
+_HELD = 5
 
 
 @pytest.mark.timing  # a p99 against its baseline: alone on the machine
@@ -401,7 +416,10 @@ def test_one_principals_costly_filters_do_not_slow_the_others(
     """Issue 20: 600 connections of one principal, each with a legal 1.9 KB
     filter, pushed the other tenant's bystanders to p99 14.7 s. Its share
     now bounds what its filters cost: the bystanders' p99 stays within 2x
-    of their baseline (measured in the same run, with no attacker)."""
+    of a baseline measured in the same run against the same attempts at
+    the same pace with cheap filters, so what is compared is the filters'
+    cost, not the CPU two busy processes take from the readers of a
+    2-core machine (the connect budget's share of that is another test)."""
     import random
 
     from . import attack
@@ -417,33 +435,31 @@ def test_one_principals_costly_filters_do_not_slow_the_others(
     )
     items = mongo_client[db][coll]
     rng = random.Random(20)
-    bystanders = attack.connect_bystanders(server)
-    quiet = attack.run(
-        server,
-        items,
-        rng,
-        bystanders,
-        ["import json, time; time.sleep(8); print(json.dumps({}))"],
-        8,
-    )
-    for client in bystanders:
-        client.close()
-    bystanders = attack.connect_bystanders(server)
-    report = attack.run(
-        server,
-        items,
-        rng,
-        bystanders,
-        [_ATTACKER + attack.RUN_ATTACKERS, server.ws_url(), "20", str(scaled(30)), "4"],
-        20,
-    )
+    script = _ATTACKER.replace("HELD", str(_HELD)) + attack.RUN_ATTACKERS
+
+    def attacked_by(kind):
+        bystanders = attack.connect_bystanders(server)
+        try:
+            return attack.run(
+                server,
+                items,
+                rng,
+                bystanders,
+                [script, server.ws_url(), "20", str(scaled(30)), kind, "4"],
+                20,
+            )
+        finally:
+            for client in bystanders:
+                client.close()
+
+    quiet = attacked_by("cheap")
+    report = attacked_by("costly")
     print(
-        f"baseline p99 {quiet.p99 * 1000:.1f} ms, under attack "
-        f"{report.p99 * 1000:.1f} ms: {report.outcomes}"
+        f"cheap filters p99 {quiet.p99 * 1000:.1f} ms, costly filters "
+        f"{report.p99 * 1000:.1f} ms: {quiet.outcomes} {report.outcomes}"
     )
+    assert quiet.outcomes["ok"] == _HELD and quiet.outcomes["400"] >= 1
     assert report.outcomes["ok"] >= 1 and report.outcomes["429"] >= 1
     report.assert_contained(20)
     # Below ~20 ms a p99 on this shared 2-core machine is scheduler noise.
     assert report.p99 <= 2 * max(quiet.p99, scaled(0.02)), (quiet.p99, report.p99)
-    for client in bystanders:
-        client.close()
