@@ -124,6 +124,7 @@ def one(mongo, case, opts, workdir):
             # the master's listening socket open throughout.
             os.kill(server.proc.pid, signal.SIGHUP)
             down = listening = 0.0
+            ready = None
         else:
             if opts.how == "sigterm":
                 server.stop()
@@ -137,6 +138,8 @@ def one(mongo, case, opts, workdir):
             while not _listening(port):
                 time.sleep(0.01)  # polling for the new server to listen
             listening = time.time() - mark
+            server.wait_ready()
+            ready = time.time() - mark
         done = writer.expect("DONE", time.monotonic() + opts.after + 60)
         deadline = time.time() + 30
         for c in children:
@@ -168,6 +171,7 @@ def one(mongo, case, opts, workdir):
         "backoff_max": opts.backoff_max,
         "down_s": down,
         "listening_s": listening,
+        "ready_s": ready,
         "p50_ms": percentile(back, 50),
         "p99_ms": percentile(back, 99),
         "max_ms": back[-1] if back else None,
@@ -185,11 +189,13 @@ def line(r):
     def f(v):
         return "-" if v is None else f"{v:,.0f}"
 
+    ready = "-" if r["ready_s"] is None else f"{r['ready_s']:.2f} s"
     return (
         f"{r['case']:>8} {r['how']:>7} backoff<={r['backoff_max']:g}s: "
         f"back p50 {f(r['p50_ms'])} ms, "
         f"p99 {f(r['p99_ms'])} ms, max {f(r['max_ms'])} ms "
-        f"(listening after {r['listening_s']:.2f} s); "
+        f"(old server gone after {r['down_s']:.2f} s, listening after "
+        f"{r['listening_s']:.2f} s, ready after {ready}); "
         f"not back {r['not_back']}, 429 {r['refused']}, "
         f"resumed {r['resumes']}, lost {r['lost']}, dup {r['dups']}, "
         f"other failed attempts {r['failures']} "
