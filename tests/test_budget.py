@@ -437,7 +437,7 @@ def test_one_principals_costly_filters_do_not_slow_the_others(
     rng = random.Random(20)
     script = _ATTACKER.replace("HELD", str(_HELD)) + attack.RUN_ATTACKERS
 
-    def attacked_by(kind):
+    def attacked_by(kind, seconds):
         bystanders = attack.connect_bystanders(server)
         try:
             return attack.run(
@@ -445,15 +445,17 @@ def test_one_principals_costly_filters_do_not_slow_the_others(
                 items,
                 rng,
                 bystanders,
-                [script, server.ws_url(), "20", str(scaled(30)), kind, "4"],
-                20,
+                [script, server.ws_url(), str(seconds), str(scaled(30)), kind, "4"],
+                seconds,
             )
         finally:
             for client in bystanders:
                 client.close()
 
-    quiet = attacked_by("cheap")
-    report = attacked_by("costly")
+    # The baseline needs fewer samples than the attack needs time (its p99
+    # is the 10th worst of about 1,000 latencies).
+    quiet = attacked_by("cheap", 10)
+    report = attacked_by("costly", 20)
     print(
         f"cheap filters p99 {quiet.p99 * 1000:.1f} ms, costly filters "
         f"{report.p99 * 1000:.1f} ms: {quiet.outcomes} {report.outcomes}"
