@@ -461,6 +461,9 @@ def once():
             batch = b"".join(conn.send(TextMessage("", message_finished=False))
                              for _ in range(200))
         while time.monotonic() < end:
+            # A send the server holds up (it stops reading a flooder) waits
+            # no longer than the attack lasts.
+            sock.settimeout(max(0.1, end - time.monotonic()))
             sock.sendall(batch)
 def attack():
     while time.monotonic() < end:
