@@ -113,6 +113,13 @@ class EmbeddedMongo:
         )
         return self
 
+    def _check_running(self):
+        if self.process.poll() is not None:
+            raise EmbeddedServerError(
+                f"secantusd-py exited with {self.process.returncode}; "
+                f"see {self.log_path}"
+            )
+
     def _wait_ready(self, timeout):
         # Readiness is the server answering ping, polled; never a fixed sleep.
         from pymongo import MongoClient
@@ -122,11 +129,7 @@ class EmbeddedMongo:
         # First until it listens, every 20 ms: a MongoClient that found
         # nobody there looks again only after its 500 ms heartbeat.
         while True:
-            if self.process.poll() is not None:
-                raise EmbeddedServerError(
-                    f"secantusd-py exited with {self.process.returncode}; "
-                    f"see {self.log_path}"
-                )
+            self._check_running()
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 break
@@ -139,11 +142,7 @@ class EmbeddedMongo:
         )
         try:
             while True:
-                if self.process.poll() is not None:
-                    raise EmbeddedServerError(
-                        f"secantusd-py exited with {self.process.returncode}; "
-                        f"see {self.log_path}"
-                    )
+                self._check_running()
                 try:
                     client.admin.command("ping")
                     return
